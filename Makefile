@@ -1,0 +1,33 @@
+# The README's two commands: `make run` (gateway on proxy.yaml, mock provider, no keys) and `make test`.
+# Both create the virtualenv on first use and re-install when pyproject.toml changes.
+
+PYTHON ?= $(shell command -v python3.13 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 13), f"kaixu needs Python 3.13, the venv has {sys.version.split()[0]}: remove .venv and install 3.13"'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kaixu run proxy.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check kaixu tests bench
+	$(BIN)/ruff check kaixu tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

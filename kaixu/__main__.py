@@ -1,0 +1,3 @@
+from kaixu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Step 3: who is calling? A kaixu virtual key (stored as its SHA-256), or the client's own provider key
+when the policy allows bring-your-own-key. Anything else is a 401 in the front door's error shape."""
+
+from __future__ import annotations
+
+import hashlib
+
+from mitmproxy import http
+
+from kaixu.addons.respond import error_response
+from kaixu.call import get_call
+
+# Every header a supported client SDK may carry its credential in; all are removed before forwarding.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token")
+
+
+def presented_key(request: http.Request) -> str | None:
+    """The credential the client sent, whichever SDK convention it used."""
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for name in ("x-api-key", "x-goog-api-key", "x-kaixu-token"):
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    if "key=" in request.path:
+        value = request.query.get("key")
+        if value:
+            return value
+    return None
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Auth:
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is not None:
+            return
+        key = presented_key(flow.request)
+        policy = call.policy
+        if key is None:
+            if policy.anonymous:
+                return
+            flow.response = error_response(
+                call,
+                401,
+                "missing API key: send a kaixu key as 'Authorization: Bearer <key>' (or x-api-key / x-goog-api-key)",
+                "authentication_error",
+                "missing_api_key",
+            )
+            return
+        virtual = policy.keys.get(key_hash(key))
+        if virtual is not None:
+            call.key = virtual
+            return
+        if policy.byok:
+            call.client_key = key
+            call.byok = True
+            return
+        flow.response = error_response(
+            call, 401, "invalid API key: it is not a kaixu key known to this gateway", "authentication_error",
+            "invalid_api_key",
+        )

@@ -1,0 +1,118 @@
+"""Step 1: every request gets an id and a Call; CORS; local endpoints (/health, /metrics) answered in place."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from mitmproxy import http
+
+from kaixu.addons.respond import json_response
+from kaixu.call import Call, attach, get_call
+from kaixu.gateway import Gateway
+from kaixu.metrics import exposition
+
+_MAX_CLIENT_ID = 128
+_CORS_ALLOW_HEADERS = (
+    "authorization, content-type, x-api-key, x-goog-api-key, anthropic-version, anthropic-beta, x-request-id, "
+    "x-kaixu-app, x-kaixu-build, x-kaixu-request-id, x-kaixu-install-id, x-kaixu-token"
+)
+
+
+def _request_id(request: http.Request) -> str:
+    """The client's id when it sent a sane one (so its logs and ours line up), else a fresh uuid4."""
+    for header in ("x-request-id", "x-kaixu-request-id"):
+        value = request.headers.get(header)
+        if value and len(value) <= _MAX_CLIENT_ID and value.isascii() and value.isprintable():
+            return value
+    return str(uuid.uuid4())
+
+
+class Ingress:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Attach early: a body over the size limit is refused by mitmproxy before the request hook,
+        # and that refusal must still carry the request id.
+        if get_call(flow) is None:
+            attach(flow, Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy()))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None:
+            call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
+            attach(flow, call)
+        request = flow.request
+        if request.method == "OPTIONS" and "origin" in request.headers:
+            flow.response = self._preflight(call, request)
+            return
+        path = request.path.split("?", 1)[0]
+        if path == "/health" and request.method == "GET":
+            call.operation = "local"
+            flow.response = json_response(call, 200, self.health())
+        elif path == "/metrics" and request.method == "GET":
+            call.operation = "local"
+            flow.response = http.Response.make(
+                200, exposition(), {"content-type": "text/plain; version=0.0.4; charset=utf-8"}
+            )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        headers["x-request-id"] = call.request_id
+        headers["x-kaixu-request-id"] = call.request_id
+        origin = flow.request.headers.get("origin")
+        if origin and self._origin_allowed(call, origin):
+            headers["access-control-allow-origin"] = origin
+            headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd"
+            headers["vary"] = "Origin"
+
+    # the same headers on streamed responses, which never reach `response` before the body is sent
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.response(flow)
+
+    def health(self) -> dict[str, object]:
+        policy = self.gateway.require_policy()
+        return {
+            "status": "ok",
+            "version": self.gateway.version,
+            "uptime_seconds": round(time.time() - self.gateway.started_at, 3),
+            "policy": {
+                "path": self.gateway.policy_path,
+                "hash": policy.digest,
+                "generation": self.gateway.generation,
+                "last_reload_error": self.gateway.last_reload_error,
+            },
+            "providers": {
+                name: {"kind": p.kind, "key_configured": bool(p.api_key) or p.kind == "mock"}
+                for name, p in policy.providers.items()
+            },
+            "store": self.gateway.store_status(),
+        }
+
+    @staticmethod
+    def _origin_allowed(call: Call, origin: str) -> bool:
+        allowed = call.policy.cors_origins
+        return "*" in allowed or origin in allowed
+
+    def _preflight(self, call: Call, request: http.Request) -> http.Response:
+        call.operation = "local"
+        origin = request.headers["origin"]
+        if not self._origin_allowed(call, origin):
+            # Strict by default: no Access-Control-Allow-Origin, so the browser blocks the call.
+            return http.Response.make(204, b"", {})
+        return http.Response.make(
+            204,
+            b"",
+            {
+                "access-control-allow-origin": origin,
+                "access-control-allow-methods": "GET, POST, OPTIONS",
+                "access-control-allow-headers": request.headers.get("access-control-request-headers")
+                or _CORS_ALLOW_HEADERS,
+                "access-control-max-age": "600",
+                "vary": "Origin",
+            },
+        )

@@ -1,0 +1,24 @@
+"""Every mitmproxy option kaixu adds, declared in one place (set with `--set name=value`)."""
+
+from __future__ import annotations
+
+from mitmproxy.addonmanager import Loader
+
+POLICY = "kaixu_policy"
+RELOAD_MS = "kaixu_reload_ms"
+LISTEN_FROM_POLICY = "kaixu_listen_from_policy"
+PORT_FILE = "kaixu_port_file"
+
+
+def declare(loader: Loader) -> None:
+    loader.add_option(POLICY, str, "proxy.yaml", "Path to the kaixu policy file (proxy.yaml).")
+    loader.add_option(
+        RELOAD_MS, int, 1000, "Milliseconds between checks of the policy file for changes (0 disables hot reload)."
+    )
+    loader.add_option(
+        LISTEN_FROM_POLICY,
+        bool,
+        False,
+        "Open the listeners named in the policy's `listen:` (kaixu run does; with mitmdump -s use --mode).",
+    )
+    loader.add_option(PORT_FILE, str, "", "Write the bound listen addresses as JSON to this file once running.")

@@ -1,0 +1,80 @@
+"""Step 8: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
+and count it.
+
+Pricing, budget settlement, retries and the ledger join here as their issues land.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from mitmproxy import http
+
+from kaixu.addons.respond import error_json
+from kaixu.call import Call, get_call
+from kaixu.formats import get_codec
+from kaixu.metrics import LATENCY, REQUESTS, TOKENS
+
+log = logging.getLogger("kaixu.settle")
+
+
+class Settle:
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        response = flow.response
+        if call is None or response is None:
+            return
+        if call.provider is not None and response.stream is False:
+            try:
+                self._settle_buffered(call, response)
+            except Exception:
+                log.exception("could not read the upstream answer of request %s", call.request_id)
+                body = error_json(
+                    call.front, call.request_id, 502, "the provider's answer could not be read", "api_error",
+                    "bad_upstream_response",
+                )
+                response.status_code = 502
+                response.headers["content-type"] = "application/json"
+                response.content = json.dumps(body).encode()
+        self._count(call, response.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is not None and flow.response is None:
+            self._count(call, 504 if call.timed_out else 502)
+
+    def _settle_buffered(self, call: Call, response: http.Response) -> None:
+        assert call.upstream_format is not None
+        upstream = get_codec(call.upstream_format)
+        same_format = call.upstream_format == call.front
+        if response.status_code >= 400:
+            if not same_format:
+                message, type = upstream.decode_error(response.status_code, response.content or b"")
+                body = error_json(call.front, call.request_id, response.status_code, message, type, None)
+                response.content = json.dumps(body).encode()
+                response.headers["content-type"] = "application/json"
+            return
+        if call.operation not in ("chat", "embeddings"):
+            return
+        payload = json.loads(response.content or b"null")
+        if not isinstance(payload, dict):
+            raise ValueError("the provider's answer is not a JSON object")
+        if call.canonical is None:
+            call.usage = upstream.usage_from_response(payload)
+            return
+        answer = upstream.decode_response(payload)
+        call.usage = answer.usage
+        response.content = json.dumps(get_codec(call.front).encode_response(answer), separators=(",", ":")).encode()
+        response.headers["content-type"] = "application/json"
+
+    @staticmethod
+    def _count(call: Call, status: int) -> None:
+        provider = call.provider.name if call.provider else "-"
+        model = (call.model or "-") if call.provider else "-"
+        REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
+        LATENCY.labels(call.front, provider).observe(time.monotonic() - call.started)
+        if call.usage is not None and call.provider is not None:
+            TOKENS.labels(provider, model, "input").inc(call.usage.input_tokens)
+            TOKENS.labels(provider, model, "output").inc(call.usage.output_tokens)

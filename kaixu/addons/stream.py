@@ -1,0 +1,77 @@
+"""Step 7: a streamed (SSE) answer gets a stream callable when its headers arrive.
+
+Same format: bytes pass through untouched while a decoder meters usage. Different formats: each upstream
+chunk is decoded into canonical events and re-encoded for the client, event by event. The callable is
+sync (mitmproxy calls it inside its protocol state machine), must never raise (an exception silently
+drops that chunk) and must never return b"" mid-stream (that would end the client's response).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from mitmproxy import http
+
+from kaixu.call import Call, get_call
+from kaixu.formats import StreamDecoder, StreamEncoder, get_codec
+
+log = logging.getLogger("kaixu.stream")
+
+StreamCallable = Callable[[bytes], bytes | Iterable[bytes]]
+
+
+def is_event_stream(response: http.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        try:
+            if data:
+                decoder.feed(data)
+            else:
+                decoder.close()
+            call.usage = decoder.usage or call.usage
+        except Exception:
+            log.exception("usage meter failed on request %s (the stream itself is unaffected)", call.request_id)
+        return data if data else []
+
+    return on_chunk
+
+
+def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> StreamCallable:
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        try:
+            if data:
+                out = b"".join(encoder.encode(event) for event in decoder.feed(data))
+            else:
+                out = b"".join(encoder.encode(event) for event in decoder.close()) + encoder.close()
+            call.usage = decoder.usage or call.usage
+        except Exception:
+            log.exception("stream translation failed on request %s", call.request_id)
+            return []
+        return out if out else []
+
+    return on_chunk
+
+
+class Stream:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        response = flow.response
+        if call is None or response is None or call.provider is None or not call.stream:
+            return
+        # Errors stay buffered so `settle` can put them in the client's shape (and retry, later).
+        if response.status_code >= 400 or not is_event_stream(response):
+            return
+        assert call.upstream_format is not None
+        upstream = get_codec(call.upstream_format)
+        if call.canonical is None:
+            response.stream = meter(call, upstream.stream_decoder())
+            return
+        response.headers.pop("content-length", None)
+        response.headers["content-type"] = "text/event-stream; charset=utf-8"
+        response.headers["cache-control"] = "no-cache"
+        encoder = get_codec(call.front).stream_encoder(call.canonical)
+        response.stream = translator(call, upstream.stream_decoder(), encoder)

@@ -1,0 +1,66 @@
+"""The per-request record that the addons pass along a flow (`flow.metadata["kaixu"]`).
+
+Each addon reads what earlier steps decided and adds its own decision; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+
+if TYPE_CHECKING:
+    from kaixu.config import Policy, ProviderConfig, VirtualKey
+    from kaixu.formats.canonical import ChatRequest, Usage
+
+METADATA_KEY = "kaixu"
+
+# mitmproxy writes its own error pages from the HTTP/1 layer, which only sees the request object:
+# this lets the errors addon find the call (request id, front door) from there.
+_calls_by_request: weakref.WeakKeyDictionary[http.Request, Call] = weakref.WeakKeyDictionary()
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    request_id: str
+    policy: Policy
+    started: float = field(default_factory=time.monotonic)
+    front: str = "openai"
+    """The front door's wire format: decides the shape of every answer, errors included."""
+    operation: str = ""
+    """chat | embeddings | count_tokens | models | local"""
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    stream: bool = False
+    client_key: str | None = None
+    key: VirtualKey | None = None
+    byok: bool = False
+    provider: ProviderConfig | None = None
+    upstream_model: str | None = None
+    upstream_format: str | None = None
+    canonical: ChatRequest | None = None
+    """Set only when the request is translated between wire formats."""
+    usage: Usage | None = None
+    timed_out: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def translating(self) -> bool:
+        return self.canonical is not None
+
+
+def attach(flow: http.HTTPFlow, call: Call) -> None:
+    flow.metadata[METADATA_KEY] = call
+    _calls_by_request[flow.request] = call
+
+
+def get_call(flow: http.HTTPFlow) -> Call | None:
+    call = flow.metadata.get(METADATA_KEY)
+    return call if isinstance(call, Call) else None
+
+
+def call_for_request(request: http.Request | None) -> Call | None:
+    return _calls_by_request.get(request) if request is not None else None

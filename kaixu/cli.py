@@ -1,0 +1,142 @@
+"""The `kaixu` command: run the gateway, check a policy, manage keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+
+from kaixu import __version__
+from kaixu.config import Policy, PolicyError, load_policy
+
+DEFAULT_POLICY = "proxy.yaml"
+
+
+def _print_problems(error: PolicyError) -> None:
+    count = len(error.problems)
+    print(f"{error.source}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _load_or_report(path: str) -> Policy | None:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        _print_problems(exc)
+        return None
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        return (host or "127.0.0.1", int(port))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    print(
+        f"{args.policy}: ok (hash {policy.digest}): {len(policy.providers)} providers, "
+        f"{len(policy.models) + len(policy.model_patterns)} models, {len(policy.keys)} keys"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        print("kaixu: not starting until the policy is fixed", file=sys.stderr)
+        return 1
+    _configure_logging(args.log_level)
+    return asyncio.run(_run(args, policy))
+
+
+async def _run(args: argparse.Namespace, policy: Policy) -> int:
+    from kaixu.master import build_master, serve
+
+    master, gateway = build_master(
+        args.policy, policy, listen=args.listen or None, port_file=args.port_file or "", reload_ms=args.reload_ms
+    )
+    task = asyncio.create_task(serve(master))
+    ps = master.addons.get("proxyserver")
+    while not ps.listen_addrs() and not task.done():
+        await asyncio.sleep(0.02)
+    if not task.done():
+        for host, port, *_ in ps.listen_addrs():
+            print(f"kaixu {__version__} listening on http://{host}:{port} (policy {args.policy}, hash {policy.digest})")
+        sys.stdout.flush()
+    await task
+    errors = master.addons.get("errorcheck")
+    return 1 if errors is not None and errors.logger.has_errored else 0
+
+
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    key = args.key if args.key != "-" else sys.stdin.readline().strip()
+    print("sha256:" + hashlib.sha256(key.encode()).hexdigest())
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = "sk-kaixu-" + secrets.token_urlsafe(24)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"key (shown once, store it now): {key}", file=sys.stderr)
+    team = f", team: {args.team}" if args.team else ""
+    print(f'  - {{name: {args.name}, hash: "sha256:{digest}"{team}}}')
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("kaixu")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaixu", description="An AI gateway built from mitmproxy addons.")
+    parser.add_argument("--version", action="version", version=f"kaixu {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway on a policy file")
+    run.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="policy file (default: proxy.yaml)")
+    run.add_argument(
+        "--listen", action="append", type=_parse_listen, metavar="HOST:PORT",
+        help="listen here instead of the policy's listen: (repeatable; port 0 picks a free port)",
+    )
+    run.add_argument("--port-file", help="write the bound addresses as JSON to this file once listening")
+    run.add_argument("--reload-ms", type=int, default=1000, help="policy file check interval, 0 = no hot reload")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a policy file and print every problem with its line")
+    check.add_argument("policy", nargs="?", default=DEFAULT_POLICY)
+    check.set_defaults(func=cmd_check)
+
+    keys = sub.add_parser("keys", help="virtual keys").add_subparsers(dest="keys_command", required=True)
+    key_hash = keys.add_parser("hash", help="print the sha256 of a key, for the policy's keys: list")
+    key_hash.add_argument("key", help="the key, or - to read it from stdin")
+    key_hash.set_defaults(func=cmd_keys_hash)
+    key_new = keys.add_parser("new", help="make a new random key; prints the policy line to add")
+    key_new.add_argument("--name", required=True)
+    key_new.add_argument("--team")
+    key_new.set_defaults(func=cmd_keys_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

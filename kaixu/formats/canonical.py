@@ -1,0 +1,272 @@
+"""The canonical chat model every wire format is translated through.
+
+One request/response/stream vocabulary means N codecs instead of N*N translators.
+The types are plain slotted dataclasses (no validation library): decoders validate
+the wire JSON once, and everything downstream trusts these objects.
+
+Token accounting convention (the providers disagree, so we pick one and convert):
+
+* ``Usage.input_tokens`` counts *all* prompt tokens, including tokens read from a
+  prompt cache and tokens written to it. This is OpenAI's ``prompt_tokens`` and
+  Gemini's ``promptTokenCount``; for Anthropic it is
+  ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``.
+* ``cached_input_tokens`` / ``cache_creation_input_tokens`` are subsets of it.
+* ``Usage.output_tokens`` counts all generated tokens including reasoning/thinking
+  (OpenAI ``completion_tokens``, Anthropic ``output_tokens``, Gemini
+  ``candidatesTokenCount + thoughtsTokenCount``); ``reasoning_tokens`` is a subset.
+
+Stream events: a stream decoder turns provider SSE into a sequence of
+``MessageStart``, ``UsageUpdate``, ``TextDelta``, ``ToolCallStart``/``ToolCallDelta``
+and finally ``MessageEnd`` (or ``StreamError``). ``ToolCallStart.index`` is the
+ordinal of the tool call within the answer (0, 1, 2 ...), whatever the provider
+uses as its own index, so encoders can map it to their own numbering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+Role = Literal["user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
+@dataclass(slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(slots=True)
+class ImagePart:
+    """An image given by URL or inline base64 ``data`` (never both in practice)."""
+
+    url: str | None = None
+    data: str | None = None
+    media_type: str | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class RawPart:
+    """A content part only its source format can express (audio, documents, thinking blocks ...).
+
+    Kept verbatim so the same-format encoder can forward it. A different-format
+    encoder raises ``UnsupportedFeature`` unless ``droppable`` says that losing it
+    changes nothing the target model could have used (e.g. another vendor's
+    thinking blocks).
+    """
+
+    format: str
+    data: dict[str, Any]
+    droppable: bool = False
+
+
+Part = TextPart | ImagePart | RawPart
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, exactly as produced by the model
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn. A tool result is ``role="tool"`` with ``tool_call_id`` set."""
+
+    role: Role
+    parts: list[Part] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+
+    def text(self) -> str:
+        """Concatenated text of the text parts (images and raw parts are skipped)."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # JSON Schema of the arguments
+    strict: bool | None = None
+
+
+class NamedToolChoice(TypedDict):
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+@dataclass(slots=True)
+class ResponseFormat:
+    type: Literal["text", "json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A chat request in canonical form.
+
+    ``extra`` keeps top-level fields the canonical model does not cover, keyed by
+    the format they came from (``{"openai": {"logprobs": True}}``); nested ones use
+    a dotted key (``"generationConfig.thinkingConfig"``). The same-format encoder
+    forwards them; any other encoder raises ``UnsupportedFeature`` for fields not
+    on its documented allow-list of harmless ones.
+    """
+
+    model: str
+    messages: list[Message] = field(default_factory=list)
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None
+    include_usage: bool = False
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        """Sum of two usages, e.g. to total several upstream calls of one request."""
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    def merged(self, newer: Usage) -> Usage:
+        """Overlay a later *cumulative* report: its non-zero counters win, zeros keep ours.
+
+        Streams report usage in pieces (Anthropic: input at ``message_start``,
+        output at ``message_delta``); merging keeps the best-known totals.
+        """
+        return Usage(
+            newer.input_tokens or self.input_tokens,
+            newer.output_tokens or self.output_tokens,
+            newer.cached_input_tokens or self.cached_input_tokens,
+            newer.cache_creation_input_tokens or self.cache_creation_input_tokens,
+            newer.reasoning_tokens or self.reasoning_tokens,
+        )
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    id: str
+    model: str
+    created: int
+    message: Message
+    finish_reason: FinishReason = "stop"
+    stop_sequence: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+# --- stream events -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MessageStart:
+    id: str
+    model: str
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    index: int  # ordinal of the tool call in this answer
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str  # a fragment of the arguments JSON text
+
+
+@dataclass(slots=True)
+class UsageUpdate:
+    usage: Usage
+
+
+@dataclass(slots=True)
+class MessageEnd:
+    finish_reason: FinishReason
+    usage: Usage | None = None
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class StreamError:
+    message: str
+    type: str = "api_error"
+
+
+StreamEvent = MessageStart | TextDelta | ToolCallStart | ToolCallDelta | UsageUpdate | MessageEnd | StreamError
+
+
+# --- token estimate ----------------------------------------------------------------
+
+#: Flat per-image guess: real costs depend on resolution (85..~1600 tokens); we lean high
+#: because the estimate reserves budget before the real count is known.
+IMAGE_TOKENS = 1000
+#: Role markers and separators every provider adds per message.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(req: ChatRequest) -> int:
+    """Rough prompt size (characters / 4) for budget reservation and Anthropic ``count_tokens``.
+
+    Deliberately cheap and provider-independent: a real tokenizer per vendor is
+    not worth its weight for a reservation that is corrected by the real usage.
+    """
+    chars = len(req.system or "")
+    tokens = 0
+    for msg in req.messages:
+        tokens += MESSAGE_OVERHEAD_TOKENS
+        for part in msg.parts:
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+            elif isinstance(part, ImagePart):
+                tokens += IMAGE_TOKENS
+            else:
+                chars += len(str(part.data))
+        for call in msg.tool_calls:
+            chars += len(call.name) + len(call.arguments)
+    for tool in req.tools:
+        chars += len(tool.name) + len(tool.description or "") + len(repr(tool.parameters))
+    return tokens + (chars + 3) // 4

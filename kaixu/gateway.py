@@ -1,0 +1,47 @@
+"""Process-wide runtime state shared by kaixu's addons: the current policy snapshot and its history.
+
+The addons are constructed with one `Gateway`; `kaixu run` and the `mitmdump -s` plugin build it the
+same way (`kaixu.addons.build_addons`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from kaixu import __version__
+from kaixu.config import Policy
+
+
+@dataclass(slots=True)
+class Gateway:
+    policy: Policy | None = None
+    generation: int = 0
+    """Incremented on every successful (re)load: /health shows it so operators can see a reload land."""
+    policy_path: str = ""
+    started_at: float = field(default_factory=time.time)
+    version: str = __version__
+    mock_url: str | None = None
+    """Base URL of the in-process mock provider once it listens."""
+    last_reload_error: str | None = None
+    store_ok: bool | None = None
+    """Result of the last store health check (None until the store reports)."""
+
+    def install(self, policy: Policy) -> None:
+        """Atomic swap: flows already running keep the snapshot they captured."""
+        self.policy = policy
+        self.generation += 1
+        self.last_reload_error = None
+
+    def require_policy(self) -> Policy:
+        if self.policy is None:
+            raise RuntimeError("no policy is loaded")
+        return self.policy
+
+    def store_status(self) -> dict[str, object]:
+        policy = self.require_policy()
+        kind = next(iter(policy.store), "sqlite")
+        status: dict[str, object] = {"kind": kind, "ok": self.store_ok}
+        if kind == "sqlite":
+            status["path"] = policy.store["sqlite"]
+        return status

@@ -1,0 +1,46 @@
+"""The one place that counts: Prometheus metrics for every request kaixu answers or forwards.
+
+Labels are names from the policy (front door, provider, model, status class), never keys or ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "kaixu_requests",
+    "Requests answered, by front door, operation, provider, model and HTTP status.",
+    ["front", "operation", "provider", "model", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "kaixu_request_duration_seconds",
+    "Time from the request reaching kaixu to the end of the response.",
+    ["front", "provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "kaixu_tokens",
+    "Tokens reported by providers, by direction (input/output).",
+    ["provider", "model", "direction"],
+    registry=REGISTRY,
+)
+UPSTREAM_ERRORS = Counter(
+    "kaixu_upstream_errors",
+    "Upstream failures kaixu turned into JSON errors (connect, timeout, protocol).",
+    ["provider", "kind"],
+    registry=REGISTRY,
+)
+POLICY_GENERATION = Gauge(
+    "kaixu_policy_generation", "Generation of the policy in force (increments on each reload).", registry=REGISTRY
+)
+POLICY_RELOAD_FAILURES = Counter(
+    "kaixu_policy_reload_failures", "Policy edits rejected by validation.", registry=REGISTRY
+)
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

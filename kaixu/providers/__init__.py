@@ -1,0 +1,61 @@
+"""Upstreams: where each provider kind serves each operation, and how it wants to be authenticated.
+
+The request/response bodies are the formats package's business; this module only knows URLs and headers.
+"""
+
+from __future__ import annotations
+
+from kaixu.config import ProviderConfig
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+_OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "models": "/models"}
+_ANTHROPIC_PATHS = {"chat": "/v1/messages", "count_tokens": "/v1/messages/count_tokens", "models": "/v1/models"}
+_GEMINI_ACTIONS = {"chat": "generateContent", "count_tokens": "countTokens", "embeddings": "embedContent"}
+
+
+class UnsupportedOperation(Exception):
+    """This provider kind has no endpoint for the operation."""
+
+
+def base_url(provider: ProviderConfig, wire: str, mock_url: str | None) -> str:
+    """The provider's root URL; for OpenAI-compatible providers it includes the /v1 prefix, as in their SDKs."""
+    if provider.kind == "mock":
+        if mock_url is None:
+            raise RuntimeError("the mock provider is not running")
+        return mock_url + "/v1" if wire == "openai" else mock_url
+    return provider.base_url
+
+
+def endpoint_url(
+    provider: ProviderConfig, wire: str, operation: str, model: str, stream: bool, mock_url: str | None
+) -> str:
+    root = base_url(provider, wire, mock_url)
+    if wire == "openai":
+        path = _OPENAI_PATHS.get(operation)
+    elif wire == "anthropic":
+        path = _ANTHROPIC_PATHS.get(operation)
+    elif wire == "gemini":
+        action = _GEMINI_ACTIONS.get(operation)
+        if action is None:
+            path = None
+        elif operation == "chat" and stream:
+            path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+        else:
+            path = f"/v1beta/models/{model}:{action}"
+    else:
+        path = None
+    if path is None:
+        raise UnsupportedOperation(f"{wire} providers have no {operation} endpoint")
+    return root + path
+
+
+def auth_headers(wire: str, key: str | None) -> dict[str, str]:
+    """The provider's own credential header(s) for a key (none for a keyless local provider)."""
+    if not key:
+        return {}
+    if wire == "anthropic":
+        return {"x-api-key": key}
+    if wire == "gemini":
+        return {"x-goog-api-key": key}
+    return {"authorization": f"Bearer {key}"}
