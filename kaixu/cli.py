@@ -63,9 +63,13 @@ async def _run(args: argparse.Namespace, policy: Policy) -> int:
     from kaixu.master import build_master, serve
 
     master, gateway = build_master(
-        args.policy, policy, listen=args.listen or None, port_file=args.port_file or "", reload_ms=args.reload_ms
+        args.policy,
+        policy,
+        listen=args.listen or None,
+        port_file=args.port_file or "",
+        reload_ms=args.reload_ms,
     )
-    task = asyncio.create_task(serve(master))
+    task = asyncio.create_task(serve(master, gateway))
     ps = master.addons.get("proxyserver")
     while not ps.listen_addrs() and not task.done():
         await asyncio.sleep(0.02)
@@ -110,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway on a policy file")
     run.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="policy file (default: proxy.yaml)")
     run.add_argument(
-        "--listen", action="append", type=_parse_listen, metavar="HOST:PORT",
+        "--listen",
+        action="append",
+        type=_parse_listen,
+        metavar="HOST:PORT",
         help="listen here instead of the policy's listen: (repeatable; port 0 picks a free port)",
     )
     run.add_argument("--port-file", help="write the bound addresses as JSON to this file once listening")

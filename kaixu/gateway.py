@@ -24,6 +24,8 @@ class Gateway:
     mock_url: str | None = None
     """Base URL of the in-process mock provider once it listens."""
     last_reload_error: str | None = None
+    inflight: set[str] = field(default_factory=set)
+    """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     store_ok: bool | None = None
     """Result of the last store health check (None until the store reports)."""
 

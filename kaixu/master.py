@@ -37,7 +37,11 @@ def build_master(
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     master.addons.add(
-        core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), errorcheck.ErrorCheck()
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
     )
     gateway = Gateway()
     master.addons.add(*build_addons(gateway))
@@ -56,27 +60,28 @@ def build_master(
     return master, gateway
 
 
-async def drain_and_stop(master: Master) -> None:
+async def drain_and_stop(master: Master, gateway: Gateway) -> None:
     """Stop accepting, let in-flight requests finish (bounded), then shut the Master down.
 
-    Addons' `done` hooks run during shutdown: that is where queued records are flushed."""
+    Idle keep-alive connections do not hold the stop up; addons' `done` hooks run during shutdown,
+    which is where queued records are flushed."""
     ps = master.addons.get("proxyserver")
     await ps.servers.update([])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DRAIN_SECONDS
-    while ps.connections and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    while gateway.inflight and loop.time() < deadline:
+        await asyncio.sleep(0.02)
     master.shutdown()
 
 
-async def serve(master: Master) -> None:
+async def serve(master: Master, gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
     def on_signal() -> None:
         if not stopping:
             log.info("shutting down: finishing in-flight requests (at most %.0f s)", DRAIN_SECONDS)
-            stopping.append(loop.create_task(drain_and_stop(master)))
+            stopping.append(loop.create_task(drain_and_stop(master, gateway)))
         else:
             master.shutdown()
 

@@ -35,7 +35,9 @@ UPSTREAM_ERRORS = Counter(
     registry=REGISTRY,
 )
 POLICY_GENERATION = Gauge(
-    "kaixu_policy_generation", "Generation of the policy in force (increments on each reload).", registry=REGISTRY
+    "kaixu_policy_generation",
+    "Generation of the policy in force (increments on each reload).",
+    registry=REGISTRY,
 )
 POLICY_RELOAD_FAILURES = Counter(
     "kaixu_policy_reload_failures", "Policy edits rejected by validation.", registry=REGISTRY

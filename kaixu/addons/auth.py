@@ -64,6 +64,9 @@ class Auth:
             call.byok = True
             return
         flow.response = error_response(
-            call, 401, "invalid API key: it is not a kaixu key known to this gateway", "authentication_error",
+            call,
+            401,
+            "invalid API key: it is not a kaixu key known to this gateway",
+            "authentication_error",
             "invalid_api_key",
         )

@@ -67,7 +67,12 @@ class PolicyFile:
                 ctx.options.update(mode=reverse_modes(policy))
             if previous.max_body_bytes != policy.max_body_bytes and "body_size_limit" in ctx.options:
                 ctx.options.update(body_size_limit=str(policy.max_body_bytes))
-        log.info("policy %s loaded (generation %d, %s)", policy.digest, self.gateway.generation, ctx.options.kaixu_policy)
+        log.info(
+            "policy %s loaded (generation %d, %s)",
+            policy.digest,
+            self.gateway.generation,
+            ctx.options.kaixu_policy,
+        )
 
     async def _watch(self) -> None:
         while True:

@@ -39,14 +39,24 @@ _GEMINI_ACTIONS = {
     "countTokens": "count_tokens",
     "embedContent": "embeddings",
 }
-_GEMINI_PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+# google-genai calls /v1beta/...; newer releases default to /v1/...; both are the same API.
+_GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
 
 
 def front_for_path(path: str) -> str:
     """The error shape to use for a path, even one kaixu does not serve."""
-    if path.startswith("/v1beta/"):
+    if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_PATH.match(path):
         return "gemini"
     if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def _models_front(request: http.Request) -> str:
+    headers = request.headers
+    if "x-goog-api-key" in headers or "x-goog-api-client" in headers or "key=" in request.path:
+        return "gemini"
+    if "anthropic-version" in headers:
         return "anthropic"
     return "openai"
 
@@ -72,6 +82,8 @@ class Dialect:
             )
             return
         call.front, call.operation = door.front, door.operation
+        if path == "/v1/models":  # shared by three SDKs: answer in the shape of the one asking
+            call.front = _models_front(request)
         if request.method not in door.methods:
             flow.response = error_response(
                 call,
@@ -93,7 +105,11 @@ class Dialect:
                     model = call.policy.default_model
                 if not isinstance(model, str) or not model:
                     flow.response = error_response(
-                        call, 400, "model: a model name (string) is required", "invalid_request_error", "missing_model"
+                        call,
+                        400,
+                        "model: a model name (string) is required",
+                        "invalid_request_error",
+                        "missing_model",
                     )
                     return
                 call.model = model
@@ -112,14 +128,22 @@ class Dialect:
             raw = flow.request.get_content(strict=False) or b""
         if not raw.strip():
             flow.response = error_response(
-                call, 400, "the request body is empty; send a JSON object", "invalid_request_error", "empty_body"
+                call,
+                400,
+                "the request body is empty; send a JSON object",
+                "invalid_request_error",
+                "empty_body",
             )
             return None
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             flow.response = error_response(
-                call, 400, f"the request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
+                call,
+                400,
+                f"the request body is not valid JSON: {exc}",
+                "invalid_request_error",
+                "invalid_json",
             )
             return None
         if not isinstance(body, dict):

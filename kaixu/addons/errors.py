@@ -19,7 +19,7 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import error_json
@@ -51,11 +51,19 @@ def _describe(call: Call, status: int, reason: str) -> tuple[int, str, str, str]
     if call.timed_out:
         UPSTREAM_ERRORS.labels(provider, "timeout").inc()
         seconds = call.policy.upstream_timeout_s
-        return 504, f"provider {provider!r} did not answer within {seconds:g} s", "timeout_error", "upstream_timeout"
+        return (
+            504,
+            f"provider {provider!r} did not answer within {seconds:g} s",
+            "timeout_error",
+            "upstream_timeout",
+        )
     if status == 413:
         limit = call.policy.max_body_bytes
-        return 413, f"the request body is larger than the limit of {limit} bytes", "invalid_request_error", (
-            "request_too_large"
+        return (
+            413,
+            f"the request body is larger than the limit of {limit} bytes",
+            "invalid_request_error",
+            ("request_too_large"),
         )
     if status == 502:
         kind = "connect" if "connect" in reason.lower() else "protocol"
@@ -73,7 +81,7 @@ def install_json_error_pages() -> None:
     _installed = True
     original_send = _http1.Http1Server.send
 
-    def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any, None]:
+    def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any]:
         if (
             isinstance(event, ResponseProtocolError)
             and not self.response

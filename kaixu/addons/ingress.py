@@ -35,6 +35,7 @@ class Ingress:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Attach early: a body over the size limit is refused by mitmproxy before the request hook,
         # and that refusal must still carry the request id.
+        self.gateway.inflight.add(flow.id)
         if get_call(flow) is None:
             attach(flow, Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy()))
 
@@ -57,7 +58,19 @@ class Ingress:
                 200, exposition(), {"content-type": "text/plain; version=0.0.4; charset=utf-8"}
             )
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._decorate(flow)
+
     def response(self, flow: http.HTTPFlow) -> None:
+        self.gateway.inflight.discard(flow.id)
+        # Answers made by an addon skip `responseheaders`; upstream answers were decorated there.
+        if flow.response is not None and "x-kaixu-request-id" not in flow.response.headers:
+            self._decorate(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.gateway.inflight.discard(flow.id)
+
+    def _decorate(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is None:
             return
@@ -69,10 +82,6 @@ class Ingress:
             headers["access-control-allow-origin"] = origin
             headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd"
             headers["vary"] = "Origin"
-
-    # the same headers on streamed responses, which never reach `response` before the body is sent
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.response(flow)
 
     def health(self) -> dict[str, object]:
         policy = self.gateway.require_policy()

@@ -13,7 +13,10 @@ PORT_FILE = "kaixu_port_file"
 def declare(loader: Loader) -> None:
     loader.add_option(POLICY, str, "proxy.yaml", "Path to the kaixu policy file (proxy.yaml).")
     loader.add_option(
-        RELOAD_MS, int, 1000, "Milliseconds between checks of the policy file for changes (0 disables hot reload)."
+        RELOAD_MS,
+        int,
+        1000,
+        "Milliseconds between checks of the policy file for changes (0 disables hot reload).",
     )
     loader.add_option(
         LISTEN_FROM_POLICY,

@@ -13,9 +13,7 @@ from kaixu.formats import error_body
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-def json_response(
-    call: Call | None, status: int, body: Any, headers: dict[str, str] | None = None
-) -> http.Response:
+def json_response(call: Call | None, status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
     response = http.Response.make(status, json.dumps(body, separators=(",", ":")), JSON_HEADERS)
     if call is not None:
         response.headers["x-request-id"] = call.request_id

@@ -46,13 +46,19 @@ class Router:
         route = call.policy.resolve_model(call.model)
         if route is None:
             flow.response = error_response(
-                call, 404, f"model {call.model!r} is not served by this gateway", "invalid_request_error",
+                call,
+                404,
+                f"model {call.model!r} is not served by this gateway",
+                "invalid_request_error",
                 "model_not_found",
             )
             return
         if call.key is not None and not call.key.may_use(call.model):
             flow.response = error_response(
-                call, 403, f"model {call.model!r} is not allowed for key {call.key.name!r}", "permission_error",
+                call,
+                403,
+                f"model {call.model!r} is not allowed for key {call.key.name!r}",
+                "permission_error",
                 "model_not_allowed",
             )
             return
@@ -64,7 +70,10 @@ class Router:
         key = call.client_key if call.byok else provider.api_key
         if provider.kind != "mock" and not key:
             flow.response = error_response(
-                call, 500, f"provider {provider.name!r} has no API key configured", "server_error",
+                call,
+                500,
+                f"provider {provider.name!r} has no API key configured",
+                "server_error",
                 "provider_key_missing",
             )
             return
@@ -74,7 +83,12 @@ class Router:
                 flow.response = self._count_tokens_locally(call)
                 return
             url = endpoint_url(
-                provider, call.upstream_format, call.operation, call.upstream_model, call.stream, self.gateway.mock_url
+                provider,
+                call.upstream_format,
+                call.operation,
+                call.upstream_model,
+                call.stream,
+                self.gateway.mock_url,
             )
         except FormatError as exc:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_field")
@@ -88,7 +102,7 @@ class Router:
         """The upstream body: the client's bytes when nothing changes, else a dict to serialise.
 
         None means the operation is answered locally (token counting for a provider without it)."""
-        assert call.body is not None and call.upstream_model is not None
+        assert call.body is not None and call.upstream_model is not None and call.upstream_format is not None
         if call.upstream_format == call.front:
             if call.front == "gemini" or call.body.get("model") == call.upstream_model:
                 return b""  # keep the original bytes
@@ -133,8 +147,13 @@ class Router:
                 for m in names
             ]
             return json_response(call, 200, {"models": models})
+        if call.front == "anthropic":
+            since = "1970-01-01T00:00:00Z"
+            data = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
+            first, last = (names[0], names[-1]) if names else (None, None)
+            return json_response(call, 200, {"data": data, "has_more": False, "first_id": first, "last_id": last})
         created = int(self.gateway.started_at)
-        data = [
+        data: list[dict[str, object]] = [
             {"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names
         ]
         return json_response(call, 200, {"object": "list", "data": data})
@@ -151,5 +170,3 @@ class Router:
         tokens = estimate_tokens(canonical)
         body = {"totalTokens": tokens} if call.front == "gemini" else {"input_tokens": tokens}
         return json_response(call, 200, body, {"x-kaixu-estimate": "true"})
-
-

@@ -32,7 +32,11 @@ class Settle:
             except Exception:
                 log.exception("could not read the upstream answer of request %s", call.request_id)
                 body = error_json(
-                    call.front, call.request_id, 502, "the provider's answer could not be read", "api_error",
+                    call.front,
+                    call.request_id,
+                    502,
+                    "the provider's answer could not be read",
+                    "api_error",
                     "bad_upstream_response",
                 )
                 response.status_code = 502

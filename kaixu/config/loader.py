@@ -168,9 +168,7 @@ def _interpolate(
                 return str(env[name])
             if default is not None:
                 return default
-            problems.append(
-                Problem(_dotted(path), _line_of(path, lines), f"environment variable {name} is not set")
-            )
+            problems.append(Problem(_dotted(path), _line_of(path, lines), f"environment variable {name} is not set"))
             return ""
 
         return _ENV_PATTERN.sub(substitute, value)

@@ -10,7 +10,11 @@ from kaixu.config import ProviderConfig
 ANTHROPIC_VERSION = "2023-06-01"
 
 _OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "models": "/models"}
-_ANTHROPIC_PATHS = {"chat": "/v1/messages", "count_tokens": "/v1/messages/count_tokens", "models": "/v1/models"}
+_ANTHROPIC_PATHS = {
+    "chat": "/v1/messages",
+    "count_tokens": "/v1/messages/count_tokens",
+    "models": "/v1/models",
+}
 _GEMINI_ACTIONS = {"chat": "generateContent", "count_tokens": "countTokens", "embeddings": "embedContent"}
 
 

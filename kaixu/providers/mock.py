@@ -171,9 +171,11 @@ def _route(path: str, body: dict[str, Any]) -> tuple[str | None, str, str | None
     match = _GEMINI_PATH.match(path)
     if match:
         action = match["action"]
-        operation = {"generateContent": "chat", "streamGenerateContent": "chat", "countTokens": "count_tokens"}.get(
-            action, "embeddings" if action == "embedContent" else ""
-        )
+        operation = {
+            "generateContent": "chat",
+            "streamGenerateContent": "chat",
+            "countTokens": "count_tokens",
+        }.get(action, "embeddings" if action == "embedContent" else "")
         if operation:
             return "gemini", operation, match["model"], action == "streamGenerateContent"
     return None, "", None, None

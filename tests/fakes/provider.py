@@ -192,10 +192,7 @@ def _make_reply(plan: _Plan, call_prefix: str) -> _Reply:
         parallel = len(plan.tools) >= 2 and _PARALLEL.search(plan.user_text) is not None
         args = {"echo": plan.user_text}
         arguments = json.dumps(args, ensure_ascii=False)
-        calls = [
-            _ToolCall(name, args, arguments, _new_id(call_prefix))
-            for name in plan.tools[: 2 if parallel else 1]
-        ]
+        calls = [_ToolCall(name, args, arguments, _new_id(call_prefix)) for name in plan.tools[: 2 if parallel else 1]]
         return _Reply("", calls, "tool_calls", None, sum(math.ceil(len(c.arguments) / 4) for c in calls))
     if plan.tool_result is not None:
         text = "tool said: " + plan.tool_result
@@ -320,9 +317,7 @@ _OPENAI_ERROR_KIND: dict[int, tuple[str, str | None]] = {
 
 
 def _openai_error(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    kind, code = _OPENAI_ERROR_KIND.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
+    kind, code = _OPENAI_ERROR_KIND.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -382,9 +377,7 @@ def _openai_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
             user_text = _openai_content_text(msg.get("content"))
             break
     last = messages[-1]
-    tool_result = (
-        _openai_content_text(last.get("content")) if last.get("role") in ("tool", "function") else None
-    )
+    tool_result = _openai_content_text(last.get("content")) if last.get("role") in ("tool", "function") else None
     raw_tools = req.get("tools")
     tools: list[str] = []
     if isinstance(raw_tools, list):
@@ -738,9 +731,7 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
         blocks.append(({"type": "text", "text": ""}, deltas))
     for index, (start, deltas) in enumerate(blocks):
         events.append(
-            _sse_named(
-                "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
-            )
+            _sse_named("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
         )
         if index == 0:
             events.append(_sse_named("ping", {"type": "ping"}))
@@ -882,9 +873,7 @@ def _gemini_plan(body: Any, model: str) -> tuple[_Plan, dict[str, Any]]:
     tools: list[str] = []
     for tool in raw_tools if isinstance(raw_tools, list) else []:
         decls = (
-            (tool.get("functionDeclarations") or tool.get("function_declarations"))
-            if isinstance(tool, dict)
-            else None
+            (tool.get("functionDeclarations") or tool.get("function_declarations")) if isinstance(tool, dict) else None
         )
         for decl in decls if isinstance(decls, list) else []:
             if isinstance(decl, dict) and isinstance(decl.get("name"), str):
@@ -901,9 +890,7 @@ def _gemini_plan(body: Any, model: str) -> tuple[_Plan, dict[str, Any]]:
         config = {}
     max_tokens = config.get("maxOutputTokens", config.get("max_output_tokens"))
     mime = config.get("responseMimeType", config.get("response_mime_type"))
-    system = _gemini_content_text(
-        req.get("systemInstruction") or req.get("system_instruction") or {}, with_tools=False
-    )
+    system = _gemini_content_text(req.get("systemInstruction") or req.get("system_instruction") or {}, with_tools=False)
     texts = [_gemini_content_text(c, with_tools=True) for c in contents]
     if system:
         texts.append(system)
@@ -1060,8 +1047,24 @@ _GEMINI_PREFIXES = ("/v1beta/models", "/v1alpha/models", "/v1/models")
 
 
 def _is_anthropic_client(headers: dict[str, str]) -> bool:
-    """``/v1/models`` is shared by OpenAI and Anthropic; Anthropic SDKs always send ``anthropic-version``."""
+    """Anthropic SDKs always send ``anthropic-version`` (and authenticate with ``x-api-key``)."""
     return "anthropic-version" in headers or ("x-api-key" in headers and "authorization" not in headers)
+
+
+def _is_gemini_client(headers: dict[str, str], query: str) -> bool:
+    """Gemini clients send ``x-goog-api-key`` or ``?key=``; google-genai adds ``x-goog-api-client``."""
+    has_key = query.startswith("key=") or "&key=" in query
+    return has_key or "x-goog-api-key" in headers or "x-goog-api-client" in headers
+
+
+def _models_owner(headers: dict[str, str], query: str) -> Provider:
+    """``GET /v1/models`` is OpenAI's, Anthropic's and (google-genai defaults to ``v1``) Gemini's.
+
+    Only the client's headers tell them apart, so ask them.
+    """
+    if _is_gemini_client(headers, query):
+        return "gemini"
+    return "anthropic" if _is_anthropic_client(headers) else "openai"
 
 
 def _gemini_list_models(ctx: _Ctx) -> _Json:
@@ -1082,15 +1085,15 @@ _MODEL_OBJECTS: dict[Provider, Callable[[str], dict[str, Any]]] = {
 
 
 def _resolve_models(
-    method: str, path: str, headers: dict[str, str]
+    method: str, path: str, query: str, headers: dict[str, str]
 ) -> tuple[Provider, Handler | None] | None:
     """The ``.../models...`` family: Gemini verbs (``models/{m}:verb``) and model listing/retrieval."""
     prefix = next((p for p in _GEMINI_PREFIXES if path == p or path.startswith(p + "/")), None)
     if prefix is None:
         return None
     owner: Provider = "gemini"
-    if prefix == "/v1/models":  # also OpenAI's and Anthropic's model endpoints
-        owner = "anthropic" if _is_anthropic_client(headers) else "openai"
+    if prefix == "/v1/models":
+        owner = _models_owner(headers, query)
     rest = path[len(prefix) + 1 :]
     model, colon, verb = rest.rpartition(":")
     if colon:
@@ -1106,7 +1109,7 @@ def _resolve_models(
     return owner, lambda ctx: _Json(200, render(rest))
 
 
-def _resolve(method: str, path: str, headers: dict[str, str]) -> tuple[Provider, Handler | None]:
+def _resolve(method: str, path: str, query: str, headers: dict[str, str]) -> tuple[Provider, Handler | None]:
     """Map a request to its provider (which decides error shape and auth) and handler (None: 404)."""
     if path == "/v1/chat/completions":
         return "openai", _openai_chat if method == "POST" else None
@@ -1116,10 +1119,10 @@ def _resolve(method: str, path: str, headers: dict[str, str]) -> tuple[Provider,
         return "anthropic", _anthropic_count_tokens if method == "POST" else None
     if path == "/v1/embeddings":
         return "openai", _openai_embeddings if method == "POST" else None
-    found = _resolve_models(method, path, headers)
+    found = _resolve_models(method, path, query, headers)
     if found is not None:
         return found
-    if path.startswith(("/v1beta/", "/v1alpha/")):
+    if path.startswith(("/v1beta/", "/v1alpha/")) or _is_gemini_client(headers, query):
         return "gemini", None
     if path.startswith("/v1/messages") or _is_anthropic_client(headers):
         return "anthropic", None
@@ -1134,13 +1137,12 @@ def _error_payload(provider: Provider, status: int, message: str, param: str | N
     return _openai_error(status, message, param)
 
 
-def _auth_ok(
-    provider: Provider, key: str, headers: dict[str, str], ctx_query: Callable[[str], str | None]
-) -> bool:
+def _auth_ok(provider: Provider, key: str, headers: dict[str, str], ctx_query: Callable[[str], str | None]) -> bool:
     if provider == "openai":
         return headers.get("authorization") == f"Bearer {key}"
     if provider == "anthropic":
-        return headers.get("x-api-key") == key
+        # The documented header is x-api-key, but anthropic>=2 SDKs send the key as a Bearer token.
+        return headers.get("x-api-key") == key or headers.get("authorization") == f"Bearer {key}"
     return headers.get("x-goog-api-key") == key or ctx_query("key") == key
 
 
@@ -1226,8 +1228,10 @@ class FakeProvider:
         *,
         stream_events: int = 5,
         require_key: str | None = None,
+        record: bool = True,
     ) -> None:
         self.host = host
+        self.record = record
         self.port = port
         self.stream_events = stream_events
         self.require_key = require_key
@@ -1254,9 +1258,7 @@ class FakeProvider:
             raise RuntimeError("FakeProvider already started")
         self._bound.clear()
         self._error = None
-        self._thread = threading.Thread(
-            target=self._thread_main, name=f"fake-provider-{self.port}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._thread_main, name=f"fake-provider-{self.port}", daemon=True)
         self._thread.start()
         if not self._bound.wait(10):
             raise RuntimeError("FakeProvider did not bind within 10 s")
@@ -1430,12 +1432,13 @@ class FakeProvider:
                 parsed = json.loads(body)
             except ValueError:
                 bad_json = True
-        record = RecordedRequest(method, target, headers, body, parsed)
-        with self._lock:
-            self.requests.append(record)
+        if self.record:  # long benchmarks turn this off so memory stays flat
+            with self._lock:
+                self.requests.append(RecordedRequest(method, target, headers, body, parsed))
 
-        provider, handler = _resolve(method, path, headers)
+        provider, handler = _resolve(method, path, query, headers)
         stream_events = self.stream_events
+        fault: Fault | None
         try:
             if any(h in headers for h in _OVERRIDE_HEADERS):
                 # A per-request override wins and leaves the queued faults untouched.
@@ -1464,21 +1467,15 @@ class FakeProvider:
         if handler is None:
             message = f"Unknown request URL: {method} {path}."
             return await self._send(writer, 404, _error_payload(provider, 404, message), (), keep_alive)
-        if self.require_key is not None and not _auth_ok(
-            provider, self.require_key, headers, ctx.query_param
-        ):
-            return await self._send(
-                writer, 401, _error_payload(provider, 401, _AUTH_MESSAGE[provider]), (), keep_alive
-            )
+        if self.require_key is not None and not _auth_ok(provider, self.require_key, headers, ctx.query_param):
+            return await self._send(writer, 401, _error_payload(provider, 401, _AUTH_MESSAGE[provider]), (), keep_alive)
         if bad_json or (method == "POST" and not body):
             message = "We could not parse the JSON body of your request."
             return await self._send(writer, 400, _error_payload(provider, 400, message), (), keep_alive)
         try:
             response = handler(ctx)
         except _BadRequest as exc:
-            return await self._send(
-                writer, 400, _error_payload(provider, 400, exc.message, exc.param), (), keep_alive
-            )
+            return await self._send(writer, 400, _error_payload(provider, 400, exc.message, exc.param), (), keep_alive)
         if isinstance(response, _Json):
             return await self._send(writer, response.status, response.payload, response.headers, keep_alive)
         return await self._send_stream(writer, response, fault, keep_alive)
@@ -1639,17 +1636,20 @@ def _write_port_file(path: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.fakes.provider``: serve until SIGTERM/SIGINT, for other processes to use."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.provider", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.provider", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="write the bound port here (atomically) once listening")
     parser.add_argument("--stream-events", type=int, default=5, help="pieces a streamed reply is split into")
     parser.add_argument("--require-key", help="reject requests not carrying this API key (401)")
+    parser.add_argument("--no-record", action="store_true", help="do not record requests (long benchmarks)")
     args = parser.parse_args(argv)
     provider = FakeProvider(
-        args.host, args.port, stream_events=args.stream_events, require_key=args.require_key
+        args.host,
+        args.port,
+        stream_events=args.stream_events,
+        require_key=args.require_key,
+        record=not args.no_record,
     )
 
     def on_bound() -> None:

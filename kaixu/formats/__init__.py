@@ -1,0 +1,43 @@
+"""Wire formats: one canonical chat model and one codec per provider API.
+
+``get_codec("openai" | "anthropic" | "gemini")`` returns the codec; see ``base.Codec``
+for what a codec does and ``canonical`` for the model they translate through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import anthropic, gemini, openai
+from .base import Codec, StreamDecoder, StreamEncoder
+from .canonical import estimate_tokens
+from .errors import FormatError, UnsupportedFeature
+
+__all__ = [
+    "FORMATS",
+    "Codec",
+    "FormatError",
+    "StreamDecoder",
+    "StreamEncoder",
+    "UnsupportedFeature",
+    "error_body",
+    "estimate_tokens",
+    "get_codec",
+]
+
+_CODECS: dict[str, Codec] = {"openai": openai.CODEC, "anthropic": anthropic.CODEC, "gemini": gemini.CODEC}
+FORMATS = tuple(_CODECS)
+
+
+def get_codec(name: str) -> Codec:
+    """The codec for a wire format name; ``KeyError`` for an unknown one (a config bug)."""
+    try:
+        return _CODECS[name]
+    except KeyError:
+        raise KeyError(f"unknown wire format {name!r}; expected one of {', '.join(FORMATS)}") from None
+
+
+def error_body(format: str, status: int, message: str, type: str, code: str | None = None) -> dict[str, Any]:
+    """Error JSON in ``format``'s shape; OpenAI's shape for any other front door (the de-facto default)."""
+    codec = _CODECS.get(format, openai.CODEC)
+    return codec.error_body(status, message, type, code)

@@ -1,0 +1,351 @@
+"""Helpers shared by the codecs: body validation, JSON, data URLs, extras and error bodies.
+
+Kept out of the codec modules so each codec reads as a description of its wire
+format rather than a pile of plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+import uuid
+from collections.abc import Callable
+from json.encoder import encode_basestring
+from typing import Any
+
+from .canonical import ChatRequest, Part, RawPart, StreamError, StreamEvent, Usage
+from .errors import FormatError, UnsupportedFeature
+from .sse import SSEParser
+
+JSON = dict[str, Any]
+
+#: Compact, non-ASCII-preserving JSON; one encoder instance so no per-call setup cost.
+dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: A str as a JSON string literal (C-accelerated); the hot path of every stream encoder.
+jstr: Callable[[str], str] = encode_basestring
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def join_path(prefix: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{prefix}[{key}]"
+    return f"{prefix}.{key}" if prefix else key
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def expect_dict(value: Any, field: str) -> JSON:
+    if not isinstance(value, dict):
+        raise FormatError(field or "body", "must be a JSON object")
+    return value
+
+
+def expect_list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise FormatError(field, "must be an array")
+    return value
+
+
+def opt_str(body: JSON, key: str, prefix: str = "") -> str | None:
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise FormatError(join_path(prefix, key), "must be a string")
+
+
+def req_str(body: JSON, key: str, prefix: str = "") -> str:
+    value = body.get(key)
+    if value is None:
+        raise FormatError(join_path(prefix, key), "is required")
+    if not isinstance(value, str):
+        raise FormatError(join_path(prefix, key), "must be a string")
+    return value
+
+
+def opt_num(body: JSON, key: str, prefix: str = "") -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FormatError(join_path(prefix, key), "must be a number")
+    return value
+
+
+def opt_int(body: JSON, key: str, prefix: str = "") -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(join_path(prefix, key), "must be an integer")
+    return value
+
+
+def opt_bool(body: JSON, key: str, prefix: str = "") -> bool | None:
+    value = body.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise FormatError(join_path(prefix, key), "must be a boolean")
+
+
+def str_list(value: Any, field: str) -> list[str]:
+    """A string or list of strings (stop sequences) as a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    items = expect_list(value, field)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise FormatError(f"{field}[{i}]", "must be a string")
+    return list(items)
+
+
+def parse_arguments(text: str, field: str) -> JSON:
+    """Tool-call arguments JSON text -> object, for formats that carry arguments as objects.
+
+    Empty text means "no arguments" (streams often send nothing for a no-arg call).
+    """
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise FormatError(field, "tool call arguments are not valid JSON") from None
+    if not isinstance(value, dict):
+        raise FormatError(field, "tool call arguments must be a JSON object")
+    return value
+
+
+# --- media ---------------------------------------------------------------------------
+
+
+def parse_data_url(url: str) -> tuple[str | None, str] | None:
+    """``data:<type>;base64,<data>`` -> (media type, base64 data); ``None`` for anything else."""
+    if not url.startswith("data:"):
+        return None
+    header, sep, data = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        return None
+    media_type = header[5:-7] or None
+    return media_type, data
+
+
+def data_url(media_type: str | None, data: str) -> str:
+    return f"data:{media_type or 'application/octet-stream'};base64,{data}"
+
+
+def guess_media_type(url: str) -> str | None:
+    return mimetypes.guess_type(url.partition("?")[0])[0]
+
+
+def safe_id(text: str) -> str:
+    """Restrict to ``[A-Za-z0-9_-]``, the id alphabet every provider accepts."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "_" for c in text)
+
+
+# --- extras and raw parts ------------------------------------------------------------
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
+#: Source-format fields another format may drop without changing the answer. Anything
+#: not listed here makes a cross-format encode raise ``UnsupportedFeature``.
+HARMLESS_EXTRA: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "openai": {
+        "n": lambda v: v in (None, 1),
+        "logprobs": lambda v: not v,
+        "store": _always,
+        "metadata": _always,
+        "service_tier": _always,
+        "prompt_cache_key": _always,
+        "prompt_cache_retention": _always,
+        "safety_identifier": _always,
+        "stream_options.include_obfuscation": _always,
+    },
+    "anthropic": {
+        "metadata": _always,
+        "service_tier": _always,
+        "cache_control": _always,
+    },
+    "gemini": {
+        "generationConfig.candidateCount": lambda v: v in (None, 1),
+        "generationConfig.responseModalities": lambda v: v in (None, ["TEXT"], ["text"]),
+        "labels": _always,
+    },
+}
+
+
+def check_foreign_extra(req: ChatRequest, target: str) -> None:
+    """Refuse to silently drop fields of another format that ``target`` cannot express."""
+    for source, fields in req.extra.items():
+        if source == target:
+            continue
+        harmless = HARMLESS_EXTRA.get(source, {})
+        for key, value in fields.items():
+            allowed = harmless.get(key)
+            if allowed is None or not allowed(value):
+                raise UnsupportedFeature(key, f"{source} field not supported by the {target} format")
+
+
+def merge_extra(body: JSON, req: ChatRequest, target: str) -> None:
+    """Same-format forwarding of ``extra``: dotted keys go one level down, lists extend."""
+    for key, value in req.extra.get(target, {}).items():
+        outer, dot, inner = key.partition(".")
+        if dot:
+            nested = body.setdefault(outer, {})
+            if isinstance(nested, dict):
+                nested[inner] = value
+            continue
+        current = body.get(key)
+        if isinstance(current, list) and isinstance(value, list):
+            body[key] = current + value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            body[key] = {**current, **value}
+        else:
+            body[key] = value
+
+
+def raw_part(part: Part, target: str, field: str) -> JSON | None:
+    """A ``RawPart`` for ``target``: its data if native, ``None`` if droppable, else raise."""
+    assert isinstance(part, RawPart)
+    if part.format == target:
+        return part.data
+    if part.droppable:
+        return None
+    kind = part.data.get("type") or next(iter(part.data), "part")
+    raise UnsupportedFeature(field, f"{part.format} content '{kind}' cannot be expressed in the {target} format")
+
+
+# --- errors --------------------------------------------------------------------------
+
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+GOOGLE_STATUS_TYPES = {
+    "INVALID_ARGUMENT": "invalid_request_error",
+    "FAILED_PRECONDITION": "invalid_request_error",
+    "OUT_OF_RANGE": "invalid_request_error",
+    "UNAUTHENTICATED": "authentication_error",
+    "PERMISSION_DENIED": "permission_error",
+    "NOT_FOUND": "not_found_error",
+    "RESOURCE_EXHAUSTED": "rate_limit_error",
+    "UNAVAILABLE": "overloaded_error",
+    "DEADLINE_EXCEEDED": "timeout_error",
+    "INTERNAL": "api_error",
+    "UNKNOWN": "api_error",
+}
+
+
+def status_type(status: int) -> str:
+    return STATUS_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+def decode_error_body(status: int, body: bytes) -> tuple[str, str]:
+    """(message, type) from any of the three providers' error shapes, or from garbage.
+
+    Recognises ``{"error": {"message", "type"}}`` (OpenAI), ``{"type": "error",
+    "error": {...}}`` (Anthropic), ``{"error": {"code", "message", "status"}}`` and a
+    list of those (Gemini), plus the loose ``{"error": "..."}``/``{"message": ...}``
+    of OpenAI-compatible servers.
+    """
+    fallback_type = status_type(status)
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()[:500]
+        return text or f"HTTP {status}", fallback_type
+    if isinstance(data, list) and data:
+        data = data[0]
+    if not isinstance(data, dict):
+        return (str(data)[:500] or f"HTTP {status}"), fallback_type
+    err = data.get("error", data)
+    if isinstance(err, str):
+        return err, fallback_type
+    if not isinstance(err, dict):
+        return f"HTTP {status}", fallback_type
+    message = err.get("message") or data.get("message") or data.get("detail") or f"HTTP {status}"
+    etype = err.get("type")
+    if not isinstance(etype, str) or not etype:
+        etype = GOOGLE_STATUS_TYPES.get(str(err.get("status")), fallback_type)
+    return str(message), etype
+
+
+# --- stream decoding -----------------------------------------------------------------
+
+
+class SSEStreamDecoder:
+    """Shared shell of the stream decoders: SSE splitting, end of body, and containment.
+
+    A malformed provider event must not raise out of mitmproxy's stream callable
+    (that would kill the connection without telling the client), so it becomes a
+    ``StreamError`` event and the decoder stops.
+    """
+
+    __slots__ = ("_done", "_sse", "usage")
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self._done = False
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        try:
+            events = self._sse.feed(chunk)
+        except FormatError as exc:
+            return self._fail(str(exc), out)
+        for event in events:
+            self._safe_handle(event.data, out)
+        return out
+
+    def close(self) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        for event in self._sse.flush():
+            self._safe_handle(event.data, out)
+        if not self._done:
+            self._done = True
+            self._at_eof(out)
+        return out
+
+    def _safe_handle(self, data: str, out: list[StreamEvent]) -> None:
+        try:
+            self._handle(data, out)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            self._fail(f"malformed upstream stream event ({type(exc).__name__}: {exc})", out)
+
+    def _fail(self, message: str, out: list[StreamEvent]) -> list[StreamEvent]:
+        if not self._done:
+            self._done = True
+            out.append(StreamError(message, "api_error"))
+        return out
+
+    def _handle(self, data: str, out: list[StreamEvent]) -> None:
+        raise NotImplementedError
+
+    def _at_eof(self, out: list[StreamEvent]) -> None:
+        """End of body before the stream said it was finished."""
+        out.append(StreamError("upstream stream ended before the answer was complete", "api_error"))

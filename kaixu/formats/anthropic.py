@@ -1,0 +1,785 @@
+"""Anthropic Messages (``POST /v1/messages``) codec.
+
+Decisions worth knowing:
+
+* ``max_tokens`` is required by Anthropic; when the canonical request has none we
+  send ``DEFAULT_MAX_TOKENS`` (4096). The front door accepts a request without it.
+* ``tool_result`` blocks inside a user turn become separate canonical ``tool``
+  messages (emitted before the turn's other content); on encode, consecutive tool
+  messages and the user message right after them are merged back into one user
+  turn, tool results first, as Anthropic requires.
+* ``tool_use.input`` objects become compact JSON text; canonical arguments that are
+  not a JSON object cannot be expressed and raise ``FormatError``.
+* JSON mode: ``json_schema`` maps to ``output_config.format`` (structured outputs).
+  Schema-less ``json_object`` has no equivalent and raises ``UnsupportedFeature``.
+* ``user`` maps to ``metadata.user_id``. ``cache_control`` markers are not part of
+  the canonical model and are dropped when translating to another format (harmless:
+  caching only changes cost); same-format traffic is passed through untouched.
+* Thinking blocks in the history are kept as droppable ``RawPart``s; documents,
+  server-tool blocks and file images are kept as non-droppable ones.
+* ``presence_penalty``/``frequency_penalty`` cannot be expressed; ``seed`` is
+  dropped (Anthropic sampling cannot be seeded, and a seed never changes meaning).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._common import (
+    JSON,
+    SSEStreamDecoder,
+    check_foreign_extra,
+    decode_error_body,
+    dumps,
+    expect_dict,
+    expect_list,
+    jstr,
+    merge_extra,
+    new_id,
+    now,
+    opt_bool,
+    opt_int,
+    opt_num,
+    opt_str,
+    parse_arguments,
+    raw_part,
+    req_str,
+    str_list,
+)
+from .canonical import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    MessageEnd,
+    MessageStart,
+    Part,
+    RawPart,
+    ResponseFormat,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    Usage,
+    UsageUpdate,
+)
+from .errors import FormatError, UnsupportedFeature
+
+NAME = "anthropic"
+DEFAULT_MAX_TOKENS = 4096
+
+_KNOWN_REQUEST_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "output_config",
+    }
+)
+#: Block types we do not model but forward to Anthropic verbatim.
+_OPAQUE_BLOCKS = frozenset(
+    {
+        "document",
+        "search_result",
+        "container_upload",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+    }
+)
+#: Vendor-private reasoning: meaningless to another provider, so dropping it is harmless.
+_DROPPABLE_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+_FINISH_IN: dict[Any, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_FINISH_OUT: dict[FinishReason, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+    "error": "end_turn",
+}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _stop_reason(finish: FinishReason, stop_sequence: str | None) -> str:
+    return "stop_sequence" if finish == "stop" and stop_sequence else _FINISH_OUT[finish]
+
+
+# --- usage ---------------------------------------------------------------------------
+
+
+def usage_from_anthropic(raw: Any) -> Usage:
+    """Anthropic's ``input_tokens`` excludes cache reads/writes; canonical input includes them."""
+    if not isinstance(raw, dict):
+        return Usage()
+    cache_read = _int(raw.get("cache_read_input_tokens"))
+    cache_write = _int(raw.get("cache_creation_input_tokens"))
+    details = raw.get("output_tokens_details")
+    return Usage(
+        input_tokens=_int(raw.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=_int(raw.get("output_tokens")),
+        cached_input_tokens=cache_read,
+        cache_creation_input_tokens=cache_write,
+        reasoning_tokens=_int(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
+    )
+
+
+def usage_to_anthropic(usage: Usage) -> JSON:
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_creation_input_tokens
+    out: JSON = {
+        "input_tokens": max(uncached, 0),
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cache_read_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    if usage.reasoning_tokens:
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return out
+
+
+# --- request decoding ----------------------------------------------------------------
+
+
+def _decode_image(block: JSON, path: str) -> Part:
+    source = expect_dict(block.get("source"), f"{path}.source")
+    stype = source.get("type")
+    if stype == "base64":
+        return ImagePart(
+            data=req_str(source, "data", f"{path}.source"),
+            media_type=opt_str(source, "media_type", f"{path}.source"),
+        )
+    if stype == "url":
+        return ImagePart(url=req_str(source, "url", f"{path}.source"))
+    if stype == "file":
+        return RawPart(NAME, block)
+    raise FormatError(f"{path}.source.type", "must be one of base64, url, file")
+
+
+def _decode_block(block: JSON, path: str) -> Part:
+    btype = block.get("type")
+    if btype == "text":
+        return TextPart(req_str(block, "text", path))
+    if btype == "image":
+        return _decode_image(block, path)
+    if btype in _DROPPABLE_BLOCKS:
+        return RawPart(NAME, block, droppable=True)
+    if btype in _OPAQUE_BLOCKS:
+        return RawPart(NAME, block)
+    raise FormatError(f"{path}.type", f"unknown content block type {btype!r}")
+
+
+def _decode_tool_result(block: JSON, path: str) -> Message:
+    content = block.get("content")
+    if content is None:
+        parts: list[Part] = []
+    elif isinstance(content, str):
+        parts = [TextPart(content)]
+    else:
+        parts = [
+            _decode_block(expect_dict(b, f"{path}.content[{k}]"), f"{path}.content[{k}]")
+            for k, b in enumerate(expect_list(content, f"{path}.content"))
+        ]
+    return Message(
+        "tool",
+        parts,
+        tool_call_id=req_str(block, "tool_use_id", path),
+        is_error=bool(opt_bool(block, "is_error", path)),
+    )
+
+
+def _decode_blocks(content: Any, path: str) -> list[JSON]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [expect_dict(b, f"{path}[{j}]") for j, b in enumerate(expect_list(content, path))]
+
+
+def _decode_user(content: Any, path: str) -> list[Message]:
+    """A user turn: its tool results become tool messages, placed before the rest of the turn."""
+    out: list[Message] = []
+    parts: list[Part] = []
+    for j, block in enumerate(_decode_blocks(content, path)):
+        if block.get("type") == "tool_result":
+            out.append(_decode_tool_result(block, f"{path}[{j}]"))
+        else:
+            parts.append(_decode_block(block, f"{path}[{j}]"))
+    if parts or not out:
+        out.append(Message("user", parts))
+    return out
+
+
+def _decode_assistant(content: Any, path: str) -> Message:
+    msg = Message("assistant")
+    for j, block in enumerate(_decode_blocks(content, path)):
+        if block.get("type") == "tool_use":
+            bpath = f"{path}[{j}]"
+            tool_input = expect_dict(block.get("input", {}), f"{bpath}.input")
+            msg.tool_calls.append(
+                ToolCall(req_str(block, "id", bpath), req_str(block, "name", bpath), dumps(tool_input))
+            )
+        else:
+            msg.parts.append(_decode_block(block, f"{path}[{j}]"))
+    return msg
+
+
+def _decode_messages(raw: Any) -> list[Message]:
+    out: list[Message] = []
+    for i, msg in enumerate(expect_list(raw, "messages")):
+        path = f"messages[{i}]"
+        msg = expect_dict(msg, path)
+        role = msg.get("role")
+        if "content" not in msg:
+            raise FormatError(f"{path}.content", "is required")
+        if role == "user":
+            out += _decode_user(msg["content"], f"{path}.content")
+        elif role == "assistant":
+            out.append(_decode_assistant(msg["content"], f"{path}.content"))
+        else:
+            raise FormatError(f"{path}.role", "must be one of user, assistant")
+    return out
+
+
+def _decode_system(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    texts = []
+    for i, block in enumerate(expect_list(raw, "system")):
+        block = expect_dict(block, f"system[{i}]")
+        if block.get("type") != "text":
+            raise FormatError(f"system[{i}].type", "must be 'text'")
+        texts.append(req_str(block, "text", f"system[{i}]"))
+    return "\n\n".join(texts)
+
+
+def _decode_tools(raw: Any, extra: JSON) -> list[Tool]:
+    tools, unmodeled = [], []
+    for i, tool in enumerate(expect_list(raw, "tools")):
+        path = f"tools[{i}]"
+        tool = expect_dict(tool, path)
+        if tool.get("type", "custom") != "custom":
+            unmodeled.append(tool)  # server tools (web_search, bash, ...): Anthropic only
+            continue
+        tools.append(
+            Tool(
+                name=req_str(tool, "name", path),
+                description=opt_str(tool, "description", path),
+                parameters=expect_dict(tool.get("input_schema"), f"{path}.input_schema"),
+                strict=opt_bool(tool, "strict", path),
+            )
+        )
+    if unmodeled:
+        extra["tools"] = unmodeled
+    return tools
+
+
+def _decode_tool_choice(raw: Any) -> tuple[ToolChoice | None, bool | None]:
+    """-> (tool_choice, parallel_tool_calls)."""
+    if raw is None:
+        return None, None
+    raw = expect_dict(raw, "tool_choice")
+    disable = opt_bool(raw, "disable_parallel_tool_use", "tool_choice")
+    parallel = None if disable is None else not disable
+    kind = raw.get("type")
+    if kind == "tool":
+        return {"name": req_str(raw, "name", "tool_choice")}, parallel
+    choice: dict[Any, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}
+    if kind not in choice:
+        raise FormatError("tool_choice.type", "must be one of auto, any, tool, none")
+    return choice[kind], parallel
+
+
+def _decode_output_config(raw: Any, extra: JSON) -> ResponseFormat | None:
+    if raw is None:
+        return None
+    raw = expect_dict(raw, "output_config")
+    result = None
+    for key, value in raw.items():
+        if key == "format" and value is not None:
+            fmt = expect_dict(value, "output_config.format")
+            if fmt.get("type") != "json_schema":
+                raise FormatError("output_config.format.type", "must be 'json_schema'")
+            result = ResponseFormat("json_schema", schema=expect_dict(fmt.get("schema"), "output_config.format.schema"))
+        elif key != "format":
+            extra[f"output_config.{key}"] = value
+    return result
+
+
+def decode_request(body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
+    body = expect_dict(body, "body")
+    model = model or req_str(body, "model")
+    if "messages" not in body:
+        raise FormatError("messages", "is required")
+    extra: JSON = {k: v for k, v in body.items() if k not in _KNOWN_REQUEST_KEYS}
+    metadata = expect_dict(body["metadata"], "metadata") if body.get("metadata") is not None else {}
+    other_metadata = {k: v for k, v in metadata.items() if k != "user_id"}
+    if other_metadata:
+        extra["metadata"] = other_metadata
+    tool_choice, parallel = _decode_tool_choice(body.get("tool_choice"))
+    return ChatRequest(
+        model=model,
+        messages=_decode_messages(body["messages"]),
+        system=_decode_system(body.get("system")),
+        max_tokens=opt_int(body, "max_tokens"),
+        temperature=opt_num(body, "temperature"),
+        top_p=opt_num(body, "top_p"),
+        top_k=opt_int(body, "top_k"),
+        stop=str_list(body.get("stop_sequences"), "stop_sequences"),
+        stream=stream if stream is not None else bool(opt_bool(body, "stream")),
+        tools=_decode_tools(body["tools"], extra) if body.get("tools") is not None else [],
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        response_format=_decode_output_config(body.get("output_config"), extra),
+        user=opt_str(metadata, "user_id", "metadata"),
+        include_usage=True,  # Anthropic streams always carry usage
+        extra={NAME: extra} if extra else {},
+    )
+
+
+# --- request encoding ----------------------------------------------------------------
+
+
+def _encode_part(part: Part, path: str) -> JSON | None:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text} if part.text else None  # empty text blocks are rejected
+    if isinstance(part, ImagePart):
+        if part.url is not None:
+            return {"type": "image", "source": {"type": "url", "url": part.url}}
+        source = {"type": "base64", "media_type": part.media_type or "image/png", "data": part.data or ""}
+        return {"type": "image", "source": source}
+    return raw_part(part, NAME, path)
+
+
+def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
+    return [b for j, p in enumerate(parts) if (b := _encode_part(p, f"{path}.content[{j}]")) is not None]
+
+
+def _encode_tool_result(msg: Message, path: str) -> JSON:
+    block: JSON = {"type": "tool_result", "tool_use_id": msg.tool_call_id or ""}
+    if len(msg.parts) == 1 and isinstance(msg.parts[0], TextPart):
+        block["content"] = msg.parts[0].text
+    elif msg.parts:
+        block["content"] = _encode_parts(msg.parts, path)
+    if msg.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _encode_assistant(msg: Message, path: str) -> JSON:
+    blocks = _encode_parts(msg.parts, path)
+    for k, call in enumerate(msg.tool_calls):
+        tool_input = parse_arguments(call.arguments, f"{path}.tool_calls[{k}].arguments")
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input})
+    return {"role": "assistant", "content": blocks}
+
+
+def _encode_user(msg: Message, path: str) -> str | list[JSON]:
+    if len(msg.parts) == 1 and isinstance(msg.parts[0], TextPart):
+        return msg.parts[0].text
+    return _encode_parts(msg.parts, path)
+
+
+def _encode_messages(messages: list[Message]) -> list[JSON]:
+    out: list[JSON] = []
+    pending: list[JSON] = []  # tool_result blocks waiting for their user turn
+    for i, msg in enumerate(messages):
+        path = f"messages[{i}]"
+        if msg.role == "tool":
+            pending.append(_encode_tool_result(msg, path))
+        elif msg.role == "user":
+            content = _encode_user(msg, path)
+            if pending:
+                if isinstance(content, str):
+                    content = [{"type": "text", "text": content}] if content else []
+                content, pending = pending + content, []
+            out.append({"role": "user", "content": content})
+        else:
+            if pending:
+                out.append({"role": "user", "content": pending})
+                pending = []
+            out.append(_encode_assistant(msg, path))
+    if pending:
+        out.append({"role": "user", "content": pending})
+    return out
+
+
+def _encode_tool(tool: Tool) -> JSON:
+    out: JSON = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    out["input_schema"] = tool.parameters or {"type": "object", "properties": {}}
+    if tool.strict is not None:
+        out["strict"] = tool.strict
+    return out
+
+
+def _encode_tool_choice(req: ChatRequest) -> JSON | None:
+    tc = req.tool_choice
+    if tc is None:
+        out: JSON | None = None
+    elif isinstance(tc, str):
+        out = {"type": {"auto": "auto", "none": "none", "required": "any"}[tc]}
+    else:
+        out = {"type": "tool", "name": tc["name"]}
+    if req.parallel_tool_calls is not None and req.tools:
+        out = out or {"type": "auto"}
+        if out["type"] != "none":
+            out["disable_parallel_tool_use"] = not req.parallel_tool_calls
+    return out
+
+
+def _check_expressible(req: ChatRequest) -> None:
+    if req.presence_penalty is not None:
+        raise UnsupportedFeature("presence_penalty", "Anthropic has no presence penalty")
+    if req.frequency_penalty is not None:
+        raise UnsupportedFeature("frequency_penalty", "Anthropic has no frequency penalty")
+    rf = req.response_format
+    if rf is not None and rf.type == "json_object":
+        raise UnsupportedFeature("response_format", "Anthropic JSON output needs a schema (use json_schema)")
+    if rf is not None and rf.type == "json_schema" and rf.schema is None:
+        raise UnsupportedFeature("response_format.json_schema.schema", "Anthropic JSON output needs a schema")
+
+
+def encode_request(req: ChatRequest) -> JSON:
+    check_foreign_extra(req, NAME)
+    _check_expressible(req)
+    body: JSON = {
+        "model": req.model,
+        "max_tokens": req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS,
+        "messages": _encode_messages(req.messages),
+    }
+    if req.system is not None:
+        body["system"] = req.system
+    optional: list[tuple[str, Any]] = [
+        ("temperature", req.temperature),
+        ("top_p", req.top_p),
+        ("top_k", req.top_k),
+    ]
+    body.update((k, v) for k, v in optional if v is not None)
+    if req.stop:
+        body["stop_sequences"] = list(req.stop)
+    if req.stream:
+        body["stream"] = True
+    if req.tools:
+        body["tools"] = [_encode_tool(t) for t in req.tools]
+    tool_choice = _encode_tool_choice(req)
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.schema}}
+    if req.user is not None:
+        body["metadata"] = {"user_id": req.user}
+    merge_extra(body, req, NAME)
+    return body
+
+
+# --- responses -----------------------------------------------------------------------
+
+
+def decode_response(body: JSON) -> ChatResponse:
+    body = expect_dict(body, "body")
+    msg = Message("assistant")
+    for j, block in enumerate(expect_list(body.get("content"), "content")):
+        block = expect_dict(block, f"content[{j}]")
+        btype = block.get("type")
+        if btype == "text":
+            msg.parts.append(TextPart(req_str(block, "text", f"content[{j}]")))
+        elif btype == "tool_use":
+            tool_input = expect_dict(block.get("input", {}), f"content[{j}].input")
+            msg.tool_calls.append(
+                ToolCall(
+                    req_str(block, "id", f"content[{j}]"),
+                    req_str(block, "name", f"content[{j}]"),
+                    dumps(tool_input),
+                )
+            )
+        # thinking and server-tool blocks are Anthropic-only; same-format traffic is passed through
+    stop_sequence = body.get("stop_sequence")
+    return ChatResponse(
+        id=str(body.get("id") or ""),
+        model=str(body.get("model") or ""),
+        created=now(),
+        message=msg,
+        finish_reason=_FINISH_IN.get(body.get("stop_reason"), "stop"),
+        stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None,
+        usage=usage_from_anthropic(body.get("usage")),
+    )
+
+
+def encode_response(resp: ChatResponse) -> JSON:
+    content: list[JSON] = []
+    for j, part in enumerate(resp.message.parts):
+        if isinstance(part, TextPart):
+            content.append({"type": "text", "text": part.text})
+        elif (block := _encode_part(part, f"message.content[{j}]")) is not None:
+            content.append(block)
+    for k, call in enumerate(resp.message.tool_calls):
+        tool_input = parse_arguments(call.arguments, f"message.tool_calls[{k}].arguments")
+        content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input})
+    return {
+        "id": resp.id,
+        "type": "message",
+        "role": "assistant",
+        "model": resp.model,
+        "content": content,
+        "stop_reason": _stop_reason(resp.finish_reason, resp.stop_sequence),
+        "stop_sequence": resp.stop_sequence,
+        "usage": usage_to_anthropic(resp.usage),
+    }
+
+
+# --- streaming -----------------------------------------------------------------------
+
+
+class AnthropicStreamDecoder(SSEStreamDecoder):
+    """Messages SSE -> canonical events; dispatches on the JSON ``type`` (the SSE name is redundant)."""
+
+    __slots__ = ("_finish", "_stop_sequence", "_tools")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tools: dict[Any, int] = {}  # content block index -> tool ordinal
+        self._finish: FinishReason = "stop"
+        self._stop_sequence: str | None = None
+
+    def _handle(self, data: str, out: list[StreamEvent]) -> None:
+        if self._done:
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        if kind == "content_block_delta":
+            self._delta(obj, out)
+        elif kind == "content_block_start":
+            self._block_start(obj, out)
+        elif kind == "message_start":
+            self._message_start(obj.get("message") or {}, out)
+        elif kind == "message_delta":
+            delta = obj.get("delta") or {}
+            self._finish = _FINISH_IN.get(delta.get("stop_reason"), "stop")
+            self._stop_sequence = delta.get("stop_sequence")
+            self._update_usage(obj.get("usage"), out)
+        elif kind == "message_stop":
+            self._done = True
+            out.append(MessageEnd(self._finish, self.usage, self._stop_sequence))
+        elif kind == "error":
+            self._done = True
+            err = obj.get("error") or {}
+            out.append(StreamError(str(err.get("message") or "upstream error"), str(err.get("type") or "api_error")))
+        # ping, content_block_stop: nothing to translate
+
+    def _message_start(self, message: JSON, out: list[StreamEvent]) -> None:
+        out.append(MessageStart(str(message.get("id") or ""), str(message.get("model") or "")))
+        self._update_usage(message.get("usage"), out)
+
+    def _update_usage(self, raw: Any, out: list[StreamEvent]) -> None:
+        if not isinstance(raw, dict):
+            return
+        usage = usage_from_anthropic(raw)
+        self.usage = usage if self.usage is None else self.usage.merged(usage)
+        out.append(UsageUpdate(self.usage))
+
+    def _block_start(self, obj: JSON, out: list[StreamEvent]) -> None:
+        block = obj.get("content_block") or {}
+        btype = block.get("type")
+        if btype == "text":
+            if block.get("text"):
+                out.append(TextDelta(block["text"]))
+        elif btype == "tool_use":
+            ordinal = self._tools[obj.get("index")] = len(self._tools)
+            out.append(ToolCallStart(ordinal, str(block.get("id") or ""), str(block.get("name") or "")))
+            if block.get("input"):
+                out.append(ToolCallDelta(ordinal, dumps(block["input"])))
+        # thinking / server-tool blocks: dropped for now
+
+    def _delta(self, obj: JSON, out: list[StreamEvent]) -> None:
+        delta = obj.get("delta") or {}
+        dtype = delta.get("type")
+        if dtype == "text_delta":
+            text = delta.get("text")
+            if text:
+                out.append(TextDelta(text))
+        elif dtype == "input_json_delta":
+            ordinal = self._tools.get(obj.get("index"))
+            partial = delta.get("partial_json")
+            if ordinal is not None and partial:
+                out.append(ToolCallDelta(ordinal, partial))
+        # thinking_delta, signature_delta, citations_delta: dropped for now
+
+
+class AnthropicStreamEncoder:
+    """Canonical events -> Messages SSE (``message_start`` ... ``message_stop``).
+
+    ``message_start`` is sent lazily, at the first content event, so that input usage
+    reported right after the start (Gemini's first chunk) can go into it. Blocks are
+    opened and closed as the content kind changes; tool ordinals map to block indexes.
+    """
+
+    __slots__ = ("_block", "_id", "_kind", "_model", "_next", "_started", "_tools", "_usage")
+
+    def __init__(self, req: ChatRequest) -> None:
+        self._model = req.model
+        self._id = ""
+        self._started = False
+        self._usage: Usage | None = None
+        self._block = -1  # open content block index, -1 when none
+        self._kind = ""  # "text" or "tool" for the open block
+        self._next = 0
+        self._tools: dict[int, int] = {}
+
+    def encode(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta:
+            if not event.text:
+                return b""
+            out = self._start() + (self._open("text", '{"type":"text","text":""}') if self._kind != "text" else b"")
+            return out + (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._block, jstr(event.text).encode())
+            )
+        if type(event) is ToolCallDelta:
+            index = self._tools.get(event.index)
+            if index is None or not event.arguments:
+                return b""
+            return b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,' % index + (
+                b'"delta":{"type":"input_json_delta","partial_json":%s}}\n\n' % jstr(event.arguments).encode()
+            )
+        if type(event) is ToolCallStart:
+            out = self._start()
+            block = dumps({"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
+            out += self._open("tool", block)
+            self._tools[event.index] = self._block
+            return out
+        if type(event) is MessageStart:
+            self._id = event.id
+            self._model = event.model or self._model
+            return b""
+        if type(event) is UsageUpdate:
+            self._usage = event.usage
+            return b""
+        if type(event) is MessageEnd:
+            return self._end(event)
+        if type(event) is StreamError:
+            error = {"type": "error", "error": {"type": event.type, "message": event.message}}
+            return b"event: error\ndata: " + dumps(error).encode() + b"\n\n"
+        return b""
+
+    def close(self) -> bytes:
+        return b""
+
+    def _start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        message: JSON = {
+            "id": self._id or new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage_to_anthropic(self._usage or Usage()),
+        }
+        return b"event: message_start\ndata: " + dumps({"type": "message_start", "message": message}).encode() + b"\n\n"
+
+    def _open(self, kind: str, block_json: str) -> bytes:
+        out = self._close_block()
+        self._block = self._next
+        self._next += 1
+        self._kind = kind
+        return out + (
+            b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
+            b'"content_block":%s}\n\n' % (self._block, block_json.encode())
+        )
+
+    def _close_block(self) -> bytes:
+        if self._block < 0:
+            return b""
+        index, self._block, self._kind = self._block, -1, ""
+        return b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n' % index
+
+    def _end(self, event: MessageEnd) -> bytes:
+        out = self._start() + self._close_block()
+        usage = event.usage or self._usage or Usage()
+        delta = {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": _stop_reason(event.finish_reason, event.stop_sequence),
+                "stop_sequence": event.stop_sequence,
+            },
+            "usage": usage_to_anthropic(usage),
+        }
+        out += b"event: message_delta\ndata: " + dumps(delta).encode() + b"\n\n"
+        return out + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+# --- codec ---------------------------------------------------------------------------
+
+
+class AnthropicCodec:
+    name = NAME
+
+    def decode_request(self, body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
+        return decode_request(body, model=model, stream=stream)
+
+    def encode_request(self, req: ChatRequest) -> JSON:
+        return encode_request(req)
+
+    def decode_response(self, body: JSON) -> ChatResponse:
+        return decode_response(body)
+
+    def encode_response(self, resp: ChatResponse) -> JSON:
+        return encode_response(resp)
+
+    def stream_decoder(self) -> AnthropicStreamDecoder:
+        return AnthropicStreamDecoder()
+
+    def stream_encoder(self, req: ChatRequest) -> AnthropicStreamEncoder:
+        return AnthropicStreamEncoder(req)
+
+    def usage_from_response(self, body: JSON) -> Usage:
+        return usage_from_anthropic(body.get("usage") if isinstance(body, dict) else None)
+
+    def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
+        return {"type": "error", "error": {"type": type, "message": message}}
+
+    def decode_error(self, status: int, body: bytes) -> tuple[str, str]:
+        return decode_error_body(status, body)
+
+
+CODEC = AnthropicCodec()

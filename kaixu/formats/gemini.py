@@ -1,0 +1,814 @@
+"""Gemini ``generateContent`` / ``streamGenerateContent?alt=sse`` codec.
+
+Decisions worth knowing:
+
+* The model and streaming live in the URL, so ``decode_request`` takes them as
+  arguments and ``encode_request`` returns the body only.
+* Request keys are accepted in camelCase or snake_case (the REST API takes both);
+  we always emit camelCase.
+* Gemini function calls carry no ids (newer models may send one; it is used when
+  present). We synthesise stable ids: in a request, the n-th call of function
+  ``f`` is ``call_f_n`` and the n-th response of ``f`` gets the same id, pairing
+  them in order; in a response the id also carries the response id, so ids stay
+  unique across turns. When encoding, ids are dropped and a tool result's function
+  name is recovered from the earlier tool call with that id.
+* Tool results: ``{"output": text}`` / ``{"error": text}`` (the documented keys) map
+  to text and ``is_error``; any other ``response`` object becomes its JSON text.
+  A result whose text is a JSON object is sent as that object.
+* Tools and JSON schemas are sent as ``parametersJsonSchema`` / ``responseJsonSchema``
+  (plain JSON Schema, which is what OpenAI and Anthropic clients have); on decode the
+  OpenAPI-style ``parameters`` / ``responseSchema`` are accepted, their upper-case
+  type names lower-cased.
+* Gemini reports ``STOP`` even when it called functions; we report ``tool_calls``
+  whenever the answer contains function calls.
+* ``thoughtSignature`` and thought parts are not part of the canonical model.
+  ``parallel_tool_calls=False`` cannot be expressed; ``user`` is dropped (Gemini
+  has no end-user field, and it never changes the answer).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from ._common import (
+    GOOGLE_STATUS_TYPES,
+    JSON,
+    SSEStreamDecoder,
+    check_foreign_extra,
+    decode_error_body,
+    dumps,
+    expect_dict,
+    expect_list,
+    guess_media_type,
+    jstr,
+    merge_extra,
+    now,
+    opt_int,
+    opt_num,
+    parse_arguments,
+    raw_part,
+    safe_id,
+    str_list,
+)
+from .canonical import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    MessageEnd,
+    MessageStart,
+    Part,
+    RawPart,
+    ResponseFormat,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    Usage,
+    UsageUpdate,
+)
+from .errors import FormatError, UnsupportedFeature
+
+NAME = "gemini"
+
+_KNOWN_REQUEST_KEYS = frozenset({"contents", "systemInstruction", "generationConfig", "tools", "toolConfig"})
+_KNOWN_GENERATION_KEYS = frozenset(
+    {
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "stopSequences",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+    }
+)
+_OPAQUE_PART_KEYS = ("executableCode", "codeExecutionResult", "toolCall", "toolResponse")
+_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
+_FAILED = ("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "MALFORMED_RESPONSE")
+_FINISH_IN: dict[Any, FinishReason] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    **dict.fromkeys(_FILTERED, "content_filter"),
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+    **dict.fromkeys(_FAILED, "error"),
+    "MISSING_THOUGHT_SIGNATURE": "error",
+}
+_FINISH_OUT: dict[FinishReason, str] = {
+    "stop": "STOP",
+    "length": "MAX_TOKENS",
+    "tool_calls": "STOP",
+    "content_filter": "SAFETY",
+    "error": "OTHER",
+}
+_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_TYPE_STATUS = {
+    t: s for s, t in GOOGLE_STATUS_TYPES.items() if s not in ("FAILED_PRECONDITION", "OUT_OF_RANGE", "UNKNOWN")
+}
+_STATUS_HTTP = {s: code for code, s in _HTTP_STATUS.items()}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@lru_cache(maxsize=256)
+def _snake(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+@lru_cache(maxsize=256)
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def _g(obj: JSON, key: str) -> Any:
+    """``obj[key]`` accepting the snake_case spelling the REST API also takes."""
+    value = obj.get(key)
+    return obj.get(_snake(key)) if value is None else value
+
+
+def _lower_types(schema: Any) -> Any:
+    """OpenAPI-style schema (``"type": "OBJECT"``) -> JSON Schema spelling."""
+    if isinstance(schema, dict):
+        return {k: (v.lower() if k == "type" and isinstance(v, str) else _lower_types(v)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
+
+
+def _finish(raw: Any, has_tool_calls: bool) -> FinishReason:
+    finish = _FINISH_IN.get(raw, "stop")
+    return "tool_calls" if has_tool_calls and finish == "stop" else finish
+
+
+# --- usage ---------------------------------------------------------------------------
+
+
+def usage_from_gemini(raw: Any) -> Usage:
+    """``promptTokenCount`` already includes cached tokens; thoughts are billed as output."""
+    if not isinstance(raw, dict):
+        return Usage()
+    thoughts = _int(_g(raw, "thoughtsTokenCount"))
+    return Usage(
+        input_tokens=_int(_g(raw, "promptTokenCount")) + _int(_g(raw, "toolUsePromptTokenCount")),
+        output_tokens=_int(_g(raw, "candidatesTokenCount")) + thoughts,
+        cached_input_tokens=_int(_g(raw, "cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
+    )
+
+
+def usage_to_gemini(usage: Usage) -> JSON:
+    out: JSON = {
+        "promptTokenCount": usage.input_tokens,
+        "candidatesTokenCount": usage.output_tokens - usage.reasoning_tokens,
+        "totalTokenCount": usage.total_tokens,
+    }
+    if usage.cached_input_tokens:
+        out["cachedContentTokenCount"] = usage.cached_input_tokens
+    if usage.reasoning_tokens:
+        out["thoughtsTokenCount"] = usage.reasoning_tokens
+    return out
+
+
+# --- request decoding ----------------------------------------------------------------
+
+
+class _IdSynth:
+    """Stable ids for id-less function calls: the n-th call of ``f`` is ``call_f_n`` (+ suffix)."""
+
+    __slots__ = ("_calls", "_results", "suffix")
+
+    def __init__(self, suffix: str = "") -> None:
+        self._calls: dict[str, int] = {}
+        self._results: dict[str, int] = {}
+        self.suffix = suffix
+
+    def call(self, name: str) -> str:
+        return self._next(self._calls, name)
+
+    def result(self, name: str) -> str:
+        return self._next(self._results, name)
+
+    def _next(self, counts: dict[str, int], name: str) -> str:
+        n = counts.get(name, 0)
+        counts[name] = n + 1
+        return f"call_{safe_id(name)}_{n}{self.suffix}"
+
+
+def _decode_media(part: JSON, key: str, path: str) -> Part:
+    media = expect_dict(part[key] if key in part else part[_snake(key)], f"{path}.{key}")
+    mime = _g(media, "mimeType")
+    if mime is not None and not (isinstance(mime, str) and mime.startswith("image/")):
+        return RawPart(NAME, part)  # audio, video, PDF ...
+    if key == "inlineData":
+        data = _g(media, "data")
+        if not isinstance(data, str):
+            raise FormatError(f"{path}.inlineData.data", "must be a base64 string")
+        return ImagePart(data=data, media_type=mime)
+    uri = _g(media, "fileUri")
+    if not isinstance(uri, str):
+        raise FormatError(f"{path}.fileData.fileUri", "must be a string")
+    return ImagePart(url=uri, media_type=mime)
+
+
+def _decode_call(call: Any, path: str, ids: _IdSynth) -> ToolCall:
+    call = expect_dict(call, path)
+    name = call.get("name")
+    if not isinstance(name, str):
+        raise FormatError(f"{path}.name", "is required")
+    args = call.get("args") or {}
+    expect_dict(args, f"{path}.args")
+    call_id = call.get("id")
+    return ToolCall(call_id if isinstance(call_id, str) and call_id else ids.call(name), name, dumps(args))
+
+
+def _decode_function_response(raw: Any, path: str, ids: _IdSynth) -> Message:
+    raw = expect_dict(raw, path)
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise FormatError(f"{path}.name", "is required")
+    response = raw.get("response") or {}
+    expect_dict(response, f"{path}.response")
+    is_error = False
+    if list(response) == ["output"] and isinstance(response["output"], str):
+        text = response["output"]
+    elif list(response) == ["error"] and isinstance(response["error"], str):
+        text, is_error = response["error"], True
+    else:
+        text = dumps(response)
+    given = raw.get("id")
+    call_id = given if isinstance(given, str) and given else ids.result(name)
+    return Message("tool", [TextPart(text)], tool_call_id=call_id, name=name, is_error=is_error)
+
+
+def _decode_part(part: JSON, path: str) -> Part:
+    text = part.get("text")
+    if isinstance(text, str):
+        return RawPart(NAME, part, droppable=True) if part.get("thought") else TextPart(text)
+    for key in ("inlineData", "fileData"):
+        if key in part or _snake(key) in part:
+            return _decode_media(part, key, path)
+    if any(k in part or _snake(k) in part for k in _OPAQUE_PART_KEYS):
+        return RawPart(NAME, part)
+    raise FormatError(path, "unknown part: expected text, inlineData, fileData, functionCall or functionResponse")
+
+
+def _decode_content(content: Any, path: str, ids: _IdSynth) -> list[Message]:
+    content = expect_dict(content, path)
+    role = content.get("role") or "user"
+    parts = expect_list(content.get("parts"), f"{path}.parts")
+    if role == "model":
+        msg = Message("assistant")
+        for j, part in enumerate(parts):
+            part = expect_dict(part, f"{path}.parts[{j}]")
+            call = _g(part, "functionCall")
+            if call is not None:
+                msg.tool_calls.append(_decode_call(call, f"{path}.parts[{j}].functionCall", ids))
+            else:
+                msg.parts.append(_decode_part(part, f"{path}.parts[{j}]"))
+        return [msg]
+    if role not in ("user", "function", "tool"):
+        raise FormatError(f"{path}.role", "must be one of user, model")
+    out: list[Message] = []
+    user = Message("user")
+    for j, part in enumerate(parts):
+        part = expect_dict(part, f"{path}.parts[{j}]")
+        response = _g(part, "functionResponse")
+        if response is not None:
+            out.append(_decode_function_response(response, f"{path}.parts[{j}].functionResponse", ids))
+        else:
+            user.parts.append(_decode_part(part, f"{path}.parts[{j}]"))
+    if user.parts or not out:
+        out.append(user)
+    return out
+
+
+def _decode_system(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw
+    raw = expect_dict(raw, "systemInstruction")
+    texts = []
+    for j, part in enumerate(expect_list(raw.get("parts"), "systemInstruction.parts")):
+        text = expect_dict(part, f"systemInstruction.parts[{j}]").get("text")
+        if not isinstance(text, str):
+            raise FormatError(f"systemInstruction.parts[{j}].text", "is required")
+        texts.append(text)
+    return "\n\n".join(texts)
+
+
+def _decode_declaration(decl: Any, path: str) -> Tool:
+    decl = expect_dict(decl, path)
+    name = decl.get("name")
+    if not isinstance(name, str):
+        raise FormatError(f"{path}.name", "is required")
+    description = decl.get("description")
+    schema = _g(decl, "parametersJsonSchema")
+    if schema is None and decl.get("parameters") is not None:
+        schema = _lower_types(expect_dict(decl["parameters"], f"{path}.parameters"))
+    return Tool(name, description if isinstance(description, str) else None, schema or {})
+
+
+def _decode_tools(raw: Any, extra: JSON) -> list[Tool]:
+    tools, unmodeled = [], []
+    for i, entry in enumerate(expect_list(raw, "tools")):
+        entry = expect_dict(entry, f"tools[{i}]")
+        decls = _g(entry, "functionDeclarations")
+        if decls is not None:
+            path = f"tools[{i}].functionDeclarations"
+            tools += [_decode_declaration(d, f"{path}[{k}]") for k, d in enumerate(expect_list(decls, path))]
+        others = {_camel(k): v for k, v in entry.items() if _camel(k) != "functionDeclarations"}
+        if others:
+            unmodeled.append(others)  # googleSearch, codeExecution, urlContext ...
+    if unmodeled:
+        extra["tools"] = unmodeled
+    return tools
+
+
+def _decode_tool_config(raw: Any, extra: JSON) -> ToolChoice | None:
+    if raw is None:
+        return None
+    config = _g(expect_dict(raw, "toolConfig"), "functionCallingConfig")
+    if config is None:
+        extra["toolConfig"] = raw
+        return None
+    config = expect_dict(config, "toolConfig.functionCallingConfig")
+    mode = config.get("mode")
+    names = _g(config, "allowedFunctionNames") or []
+    if mode in ("AUTO", None) and not names:
+        return "auto" if mode else None
+    if mode == "NONE":
+        return "none"
+    if mode == "ANY" and not names:
+        return "required"
+    if mode == "ANY" and isinstance(names, list) and len(names) == 1 and isinstance(names[0], str):
+        return {"name": names[0]}
+    extra["toolConfig"] = raw  # VALIDATED mode, several allowed names: Gemini only
+    return None
+
+
+def _decode_response_format(config: JSON, extra: JSON) -> ResponseFormat | None:
+    mime = _g(config, "responseMimeType")
+    schema = _g(config, "responseJsonSchema")
+    if schema is None and _g(config, "responseSchema") is not None:
+        schema = _lower_types(_g(config, "responseSchema"))
+    if mime is None and schema is None:
+        return None
+    if mime == "text/plain" and schema is None:
+        return ResponseFormat("text")
+    if mime == "application/json":
+        if schema is None:
+            return ResponseFormat("json_object")
+        return ResponseFormat("json_schema", schema=expect_dict(schema, "generationConfig.responseJsonSchema"))
+    extra["generationConfig.responseMimeType"] = mime  # e.g. text/x.enum: Gemini only
+    if schema is not None:
+        extra["generationConfig.responseJsonSchema"] = schema
+    return None
+
+
+def decode_request(body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
+    body = expect_dict(body, "body")
+    if not model:
+        raise FormatError("model", "is required (from the URL path)")
+    if _g(body, "contents") is None:
+        raise FormatError("contents", "is required")
+    extra: JSON = {_camel(k): v for k, v in body.items() if _camel(k) not in _KNOWN_REQUEST_KEYS}
+    ids = _IdSynth()
+    messages: list[Message] = []
+    for i, content in enumerate(expect_list(_g(body, "contents"), "contents")):
+        messages += _decode_content(content, f"contents[{i}]", ids)
+    raw_config = _g(body, "generationConfig")
+    config = {_camel(k): v for k, v in expect_dict(raw_config, "generationConfig").items()} if raw_config else {}
+    extra.update((f"generationConfig.{k}", v) for k, v in config.items() if k not in _KNOWN_GENERATION_KEYS)
+    gc = "generationConfig"
+    raw_tools = _g(body, "tools")
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        system=_decode_system(_g(body, "systemInstruction")),
+        max_tokens=opt_int(config, "maxOutputTokens", gc),
+        temperature=opt_num(config, "temperature", gc),
+        top_p=opt_num(config, "topP", gc),
+        top_k=opt_int(config, "topK", gc),
+        stop=str_list(config.get("stopSequences"), f"{gc}.stopSequences"),
+        stream=bool(stream),
+        tools=_decode_tools(raw_tools, extra) if raw_tools is not None else [],
+        tool_choice=_decode_tool_config(_g(body, "toolConfig"), extra),
+        response_format=_decode_response_format(config, extra),
+        include_usage=True,  # every Gemini chunk carries usageMetadata
+        seed=opt_int(config, "seed", gc),
+        presence_penalty=opt_num(config, "presencePenalty", gc),
+        frequency_penalty=opt_num(config, "frequencyPenalty", gc),
+        extra={NAME: extra} if extra else {},
+    )
+
+
+# --- request encoding ----------------------------------------------------------------
+
+
+def _encode_part(part: Part, path: str) -> JSON | None:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    if isinstance(part, ImagePart):
+        if part.url is None:
+            return {"inlineData": {"mimeType": part.media_type or "image/png", "data": part.data or ""}}
+        file_data: JSON = {"fileUri": part.url}
+        mime = part.media_type or guess_media_type(part.url)
+        if mime is not None:
+            file_data = {"mimeType": mime, "fileUri": part.url}
+        return {"fileData": file_data}
+    return raw_part(part, NAME, path)
+
+
+def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
+    return [p for j, part in enumerate(parts) if (p := _encode_part(part, f"{path}.content[{j}]")) is not None]
+
+
+def _function_response(msg: Message, names: dict[str, str], path: str) -> JSON:
+    name = names.get(msg.tool_call_id or "") or msg.name
+    if name is None:
+        raise FormatError(f"{path}.tool_call_id", "matches no earlier tool call; Gemini needs the function name")
+    texts = []
+    for j, part in enumerate(msg.parts):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif not (isinstance(part, RawPart) and part.droppable):
+            raise UnsupportedFeature(f"{path}.content[{j}]", "Gemini function responses can only contain text")
+    text = "".join(texts)
+    if msg.is_error:
+        return {"functionResponse": {"name": name, "response": {"error": text}}}
+    response: JSON = {"output": text}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and list(value) != ["error"]:
+            response = value
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+def _encode_contents(messages: list[Message]) -> list[JSON]:
+    out: list[JSON] = []
+    names: dict[str, str] = {}  # tool call id -> function name
+    pending: list[JSON] = []  # functionResponse parts waiting for their user turn
+    for i, msg in enumerate(messages):
+        path = f"messages[{i}]"
+        if msg.role == "tool":
+            pending.append(_function_response(msg, names, path))
+            continue
+        if msg.role == "user":
+            out.append({"role": "user", "parts": pending + _encode_parts(msg.parts, path)})
+            pending = []
+            continue
+        if pending:
+            out.append({"role": "user", "parts": pending})
+            pending = []
+        parts = _encode_parts(msg.parts, path)
+        for k, call in enumerate(msg.tool_calls):
+            names[call.id] = call.name
+            args = parse_arguments(call.arguments, f"{path}.tool_calls[{k}].arguments")
+            parts.append({"functionCall": {"name": call.name, "args": args}})
+        out.append({"role": "model", "parts": parts})
+    if pending:
+        out.append({"role": "user", "parts": pending})
+    return out
+
+
+def _encode_declaration(tool: Tool) -> JSON:
+    out: JSON = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    if tool.parameters:
+        out["parametersJsonSchema"] = tool.parameters
+    return out
+
+
+def _encode_tool_config(tc: ToolChoice) -> JSON:
+    if isinstance(tc, str):
+        config: JSON = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tc]}
+    else:
+        config = {"mode": "ANY", "allowedFunctionNames": [tc["name"]]}
+    return {"functionCallingConfig": config}
+
+
+def _generation_config(req: ChatRequest) -> JSON:
+    optional: list[tuple[str, Any]] = [
+        ("maxOutputTokens", req.max_tokens),
+        ("temperature", req.temperature),
+        ("topP", req.top_p),
+        ("topK", req.top_k),
+        ("seed", req.seed),
+        ("presencePenalty", req.presence_penalty),
+        ("frequencyPenalty", req.frequency_penalty),
+    ]
+    config: JSON = {k: v for k, v in optional if v is not None}
+    if req.stop:
+        config["stopSequences"] = list(req.stop)
+    rf = req.response_format
+    if rf is not None:
+        config["responseMimeType"] = "text/plain" if rf.type == "text" else "application/json"
+        if rf.type == "json_schema" and rf.schema is not None:
+            config["responseJsonSchema"] = rf.schema
+    return config
+
+
+def encode_request(req: ChatRequest) -> JSON:
+    check_foreign_extra(req, NAME)
+    if req.parallel_tool_calls is False and req.tools:
+        raise UnsupportedFeature("parallel_tool_calls", "Gemini cannot be told to avoid parallel function calls")
+    body: JSON = {"contents": _encode_contents(req.messages)}
+    if req.system is not None:
+        body["systemInstruction"] = {"parts": [{"text": req.system}]}
+    config = _generation_config(req)
+    if config:
+        body["generationConfig"] = config
+    if req.tools:
+        body["tools"] = [{"functionDeclarations": [_encode_declaration(t) for t in req.tools]}]
+    if req.tool_choice is not None:
+        body["toolConfig"] = _encode_tool_config(req.tool_choice)
+    merge_extra(body, req, NAME)
+    return body
+
+
+# --- responses -----------------------------------------------------------------------
+
+
+def _response_message(candidate: JSON, ids: _IdSynth) -> Message:
+    msg = Message("assistant")
+    content = candidate.get("content") or {}
+    for j, part in enumerate(content.get("parts") or []):
+        if not isinstance(part, dict) or part.get("thought"):
+            continue
+        call = _g(part, "functionCall")
+        if call is not None:
+            msg.tool_calls.append(_decode_call(call, f"candidates[0].content.parts[{j}].functionCall", ids))
+        elif isinstance(part.get("text"), str):
+            msg.parts.append(TextPart(part["text"]))
+        elif "inlineData" in part or "fileData" in part:
+            msg.parts.append(_decode_part(part, f"candidates[0].content.parts[{j}]"))
+    return msg
+
+
+def _response_suffix(response_id: str) -> str:
+    return "_" + safe_id(response_id)[:16] if response_id else ""
+
+
+def decode_response(body: JSON) -> ChatResponse:
+    body = expect_dict(body, "body")
+    response_id = str(body.get("responseId") or "")
+    candidates = body.get("candidates") or []
+    if candidates:
+        candidate = expect_dict(candidates[0], "candidates[0]")
+        message = _response_message(candidate, _IdSynth(_response_suffix(response_id)))
+        finish = _finish(candidate.get("finishReason"), bool(message.tool_calls))
+    else:  # the prompt itself was blocked
+        message, finish = Message("assistant"), "content_filter"
+    return ChatResponse(
+        id=response_id,
+        model=str(body.get("modelVersion") or ""),
+        created=now(),
+        message=message,
+        finish_reason=finish,
+        usage=usage_from_gemini(body.get("usageMetadata")),
+    )
+
+
+def encode_response(resp: ChatResponse) -> JSON:
+    parts = _encode_parts(resp.message.parts, "message")
+    for k, call in enumerate(resp.message.tool_calls):
+        args = parse_arguments(call.arguments, f"message.tool_calls[{k}].arguments")
+        parts.append({"functionCall": {"name": call.name, "args": args}})
+    candidate: JSON = {"content": {"parts": parts, "role": "model"}} if parts else {}
+    candidate["finishReason"] = _FINISH_OUT[resp.finish_reason]
+    candidate["index"] = 0
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage_to_gemini(resp.usage),
+        "modelVersion": resp.model,
+        "responseId": resp.id,
+    }
+
+
+# --- streaming -----------------------------------------------------------------------
+
+
+class GeminiStreamDecoder(SSEStreamDecoder):
+    """``streamGenerateContent?alt=sse`` chunks -> canonical events.
+
+    Each chunk is a whole ``GenerateContentResponse``. A function call arrives whole,
+    so it becomes ``ToolCallStart`` plus one ``ToolCallDelta`` with all arguments.
+    ``MessageEnd`` is emitted with the chunk carrying ``finishReason`` (its usage is
+    final); usage in any later chunk still updates ``usage`` for metering.
+    """
+
+    __slots__ = ("_ids", "_started", "_tools")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started = False
+        self._tools = 0
+        self._ids = _IdSynth()
+
+    def _handle(self, data: str, out: list[StreamEvent]) -> None:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        raw_usage = obj.get("usageMetadata")
+        usage = usage_from_gemini(raw_usage) if raw_usage else None
+        if usage is not None:
+            self.usage = usage
+        if self._done:
+            return
+        if "error" in obj:
+            self._done = True
+            message, etype = decode_error_body(500, data.encode())
+            out.append(StreamError(message, etype))
+            return
+        if not self._started:
+            self._started = True
+            response_id = str(obj.get("responseId") or "")
+            self._ids.suffix = _response_suffix(response_id)
+            out.append(MessageStart(response_id, str(obj.get("modelVersion") or "")))
+        if usage is not None:
+            out.append(UsageUpdate(usage))
+        candidates = obj.get("candidates")
+        if candidates:
+            self._candidate(candidates[0], out)
+        elif (obj.get("promptFeedback") or {}).get("blockReason"):
+            self._done = True
+            out.append(MessageEnd("content_filter", self.usage))
+
+    def _candidate(self, candidate: JSON, out: list[StreamEvent]) -> None:
+        content = candidate.get("content")
+        if content:
+            for part in content.get("parts") or ():
+                text = part.get("text")
+                if text:
+                    if not part.get("thought"):
+                        out.append(TextDelta(text))
+                    continue
+                call = part.get("functionCall") or part.get("function_call")
+                if call:
+                    self._call(call, out)
+        finish = candidate.get("finishReason")
+        if finish:
+            self._done = True
+            out.append(MessageEnd(_finish(finish, self._tools > 0), self.usage))
+
+    def _call(self, call: JSON, out: list[StreamEvent]) -> None:
+        name = str(call.get("name") or "")
+        call_id = call.get("id") or self._ids.call(name)
+        ordinal = self._tools
+        self._tools += 1
+        out.append(ToolCallStart(ordinal, call_id, name))
+        out.append(ToolCallDelta(ordinal, dumps(call.get("args") or {})))
+
+
+_TEXT_HEAD = 'data: {"candidates":[{"content":{"parts":[{"text":'
+_TEXT_TAIL = '}],"role":"model"},"index":0}]'
+
+
+class GeminiStreamEncoder:
+    """Canonical events -> Gemini SSE chunks (``data: {GenerateContentResponse}``).
+
+    Text is sent as it comes. Function calls must reach a Gemini client whole, with
+    parsed ``args``, so their argument fragments are collected and the calls are sent
+    in the final chunk together with ``finishReason`` and ``usageMetadata``.
+    """
+
+    __slots__ = ("_calls", "_id", "_model", "_tail", "_usage")
+
+    def __init__(self, req: ChatRequest) -> None:
+        self._model = req.model
+        self._id = ""
+        self._tail = ""
+        self._usage: Usage | None = None
+        self._calls: dict[int, tuple[str, list[str]]] = {}  # ordinal -> (name, argument fragments)
+
+    def encode(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta:
+            if not event.text:
+                return b""
+            return (_TEXT_HEAD + jstr(event.text) + _TEXT_TAIL + self._meta() + "}\r\n\r\n").encode()
+        if type(event) is ToolCallDelta:
+            call = self._calls.get(event.index)
+            if call is not None:
+                call[1].append(event.arguments)
+            return b""
+        if type(event) is ToolCallStart:
+            self._calls[event.index] = (event.name, [])
+            return b""
+        if type(event) is MessageStart:
+            self._id, self._model = event.id, event.model or self._model
+            return b""
+        if type(event) is UsageUpdate:
+            self._usage = event.usage
+            return b""
+        if type(event) is MessageEnd:
+            return self._end(event)
+        if type(event) is StreamError:
+            return self._error(event.message, event.type)
+        return b""
+
+    def close(self) -> bytes:
+        return b""
+
+    def _meta(self) -> str:
+        if not self._tail:
+            self._tail = f',"modelVersion":{jstr(self._model)},"responseId":{jstr(self._id)}'
+        return self._tail
+
+    def _end(self, event: MessageEnd) -> bytes:
+        parts: list[JSON] = []
+        for ordinal in sorted(self._calls):
+            name, fragments = self._calls[ordinal]
+            try:
+                args = parse_arguments("".join(fragments), f"tool_calls[{ordinal}].arguments")
+            except FormatError as exc:
+                return self._error(str(exc), "api_error")
+            parts.append({"functionCall": {"name": name, "args": args}})
+        candidate: JSON = {
+            "content": {"parts": parts or [{"text": ""}], "role": "model"},
+            "finishReason": _FINISH_OUT[event.finish_reason],
+            "index": 0,
+        }
+        chunk = '{"candidates":[' + dumps(candidate) + "]"
+        usage = event.usage or self._usage
+        if usage is not None:
+            chunk += ',"usageMetadata":' + dumps(usage_to_gemini(usage))
+        return ("data: " + chunk + self._meta() + "}\r\n\r\n").encode()
+
+    def _error(self, message: str, etype: str) -> bytes:
+        status = _TYPE_STATUS.get(etype, "INTERNAL")
+        error = {"error": {"code": _STATUS_HTTP.get(status, 500), "message": message, "status": status}}
+        return b"data: " + dumps(error).encode() + b"\r\n\r\n"
+
+
+# --- codec ---------------------------------------------------------------------------
+
+
+class GeminiCodec:
+    name = NAME
+
+    def decode_request(self, body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
+        return decode_request(body, model=model, stream=stream)
+
+    def encode_request(self, req: ChatRequest) -> JSON:
+        return encode_request(req)
+
+    def decode_response(self, body: JSON) -> ChatResponse:
+        return decode_response(body)
+
+    def encode_response(self, resp: ChatResponse) -> JSON:
+        return encode_response(resp)
+
+    def stream_decoder(self) -> GeminiStreamDecoder:
+        return GeminiStreamDecoder()
+
+    def stream_encoder(self, req: ChatRequest) -> GeminiStreamEncoder:
+        return GeminiStreamEncoder(req)
+
+    def usage_from_response(self, body: JSON) -> Usage:
+        return usage_from_gemini(body.get("usageMetadata") if isinstance(body, dict) else None)
+
+    def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
+        google_status = _HTTP_STATUS.get(status) or ("INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+        return {"error": {"code": status, "message": message, "status": google_status}}
+
+    def decode_error(self, status: int, body: bytes) -> tuple[str, str]:
+        return decode_error_body(status, body)
+
+
+CODEC = GeminiCodec()

@@ -1,0 +1,133 @@
+"""Start kaixu the way users do (`python -m kaixu run`), on ephemeral ports, and stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk-test"
+LIMITED_KEY = "sk-limited"
+UPSTREAM_KEYS = {"openai": "sk-up-openai", "anthropic": "sk-up-anthropic", "gemini": "sk-up-gemini"}
+
+
+def key_hash(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll a condition (bounded): the condition, not the clock, is what the test waits on."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
+    """A policy routing to the fake provider in each wire format, plus the mock and a dead upstream."""
+    policy: dict[str, Any] = {
+        "version": 1,
+        "listen": [{"host": "127.0.0.1", "port": 0}],
+        "store": {"sqlite": ":memory:"},
+        "limits": {"upstream_timeout_s": 2, "max_body_bytes": 1_000_000},
+        "providers": {
+            "oai": {"kind": "openai", "base_url": fake_url + "/v1", "api_key": UPSTREAM_KEYS["openai"]},
+            "ant": {"kind": "anthropic", "base_url": fake_url, "api_key": UPSTREAM_KEYS["anthropic"]},
+            "gem": {"kind": "gemini", "base_url": fake_url, "api_key": UPSTREAM_KEYS["gemini"]},
+            "mock": {"kind": "mock"},
+            "dead": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-dead"},
+        },
+        "models": {
+            "gpt-4o-mini": {"route": [{"provider": "oai"}]},
+            "text-embedding-3-small": {"route": [{"provider": "oai"}]},
+            "alias": {"route": [{"provider": "oai", "model": "gpt-4o-mini-2024-07-18"}]},
+            "claude-test": {"route": [{"provider": "ant", "model": "claude-3-5-haiku-latest"}]},
+            "gemini-test": {"route": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
+            "mock-model": {"route": [{"provider": "mock"}]},
+            "dead-model": {"route": [{"provider": "dead"}]},
+        },
+        "keys": [
+            {"name": "test", "hash": key_hash(TEST_KEY)},
+            {"name": "limited", "hash": key_hash(LIMITED_KEY), "models": ["gpt-4o-mini"]},
+        ],
+    }
+    policy.update(overrides)
+    return policy
+
+
+class Kaixu:
+    """A `kaixu run` subprocess."""
+
+    def __init__(self, workdir: Path, policy: dict[str, Any] | str, *, plugin: bool = False) -> None:
+        self.workdir = workdir
+        self.policy_path = workdir / "proxy.yaml"
+        self.port_file = workdir / "ports.json"
+        self.log_path = workdir / "kaixu.log"
+        self.plugin = plugin
+        self.write_policy(policy)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def write_policy(self, policy: dict[str, Any] | str) -> None:
+        text = policy if isinstance(policy, str) else yaml.safe_dump(policy, sort_keys=False)
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.policy_path)
+
+    def command(self) -> list[str]:
+        if self.plugin:
+            mitmdump = str(Path(sys.executable).parent / "mitmdump")
+            return [
+                mitmdump, "-q", "-s", str(ROOT / "kaixu" / "plugin.py"),
+                "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+                "--set", f"kaixu_policy={self.policy_path}", "--set", "connection_strategy=lazy",
+                "--set", f"kaixu_port_file={self.port_file}", "--set", "kaixu_reload_ms=100",
+                "--set", f"confdir={self.workdir / '.mitmproxy'}",
+            ]  # fmt: skip
+        return [
+            sys.executable, "-m", "kaixu", "run", str(self.policy_path), "--listen", "127.0.0.1:0",
+            "--port-file", str(self.port_file), "--reload-ms", "100",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30) -> Kaixu:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"kaixu exited with {proc.returncode}:\n{self.log()}")
+            return self.port_file.exists()
+
+        wait_for(ready, timeout, "kaixu to listen")
+        host, port = json.loads(self.port_file.read_text())[0]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/health").json()

@@ -1,0 +1,231 @@
+"""kaixu as a process: policy checks, refusing bad policies, hot reload, graceful stop, the mitmdump plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.fakes.provider import FakeProvider, Fault
+from tests.harness import ROOT, TEST_KEY, UPSTREAM_KEYS, Kaixu, policy_for, wait_for
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def kaixu_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kaixu", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def chat(url: str, model: str = "gpt-4o-mini", key: str = TEST_KEY) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "messages": HELLO},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+
+
+BROKEN = """\
+providers:
+  mock: {kind: mock}
+  openai: {kind: openai, api_key: "${KAIXU_TEST_UNSET_VARIABLE}"}
+models:
+  fast:
+    route: [{provider: nowhere}]
+keys:
+  - {name: k, hash: "md5:abc"}
+colour: blue
+"""
+
+
+def test_check_lists_every_problem_with_its_line(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text(BROKEN)
+    result = kaixu_cli("check", str(workdir / "bad.yaml"))
+    assert result.returncode == 1
+    err = result.stderr
+    assert "line 3: providers.openai.api_key: environment variable KAIXU_TEST_UNSET_VARIABLE is not set" in err
+    assert "line 8: keys[0].hash" in err
+    assert "line 9: colour: unknown field" in err
+
+
+def test_check_reports_cross_references(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text(
+        BROKEN.replace('"${KAIXU_TEST_UNSET_VARIABLE}"', "sk")
+        .replace("md5:abc", "sha256:" + "a" * 64)
+        .replace("colour: blue\n", "")
+    )
+    result = kaixu_cli("check", str(workdir / "bad.yaml"))
+    assert result.returncode == 1
+    assert "line 6: models.fast.route[0].provider: unknown provider 'nowhere'" in result.stderr
+
+
+def test_check_accepts_the_shipped_policy() -> None:
+    result = kaixu_cli("check", str(ROOT / "proxy.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_run_refuses_an_invalid_policy_with_the_same_messages(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text(BROKEN)
+    result = kaixu_cli("run", str(workdir / "bad.yaml"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "environment variable KAIXU_TEST_UNSET_VARIABLE is not set" in result.stderr
+    assert "not starting" in result.stderr
+
+
+def test_invalid_yaml_names_the_line(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text("providers:\n  mock: {kind: mock\nmodels: {}\n")
+    result = kaixu_cli("check", str(workdir / "bad.yaml"))
+    assert result.returncode == 1 and "invalid YAML" in result.stderr and "line 3" in result.stderr
+
+
+def test_health_reports_without_secrets(kaixu: Kaixu) -> None:
+    health = kaixu.health()
+    assert health["status"] == "ok" and health["version"]
+    assert health["policy"]["generation"] >= 1 and len(health["policy"]["hash"]) == 12
+    assert health["providers"]["oai"] == {"kind": "openai", "key_configured": True}
+    assert health["uptime_seconds"] >= 0
+    assert "store" in health
+    text = json.dumps(health)
+    assert not any(secret in text for secret in UPSTREAM_KEYS.values())
+
+
+def test_metrics_are_exposed(kaixu: Kaixu) -> None:
+    chat(kaixu.url)
+    text = httpx.get(kaixu.url + "/metrics").text
+    assert (
+        'kaixu_requests_total{front="openai",model="gpt-4o-mini",operation="chat",provider="oai",status="200"}' in text
+    )
+    assert TEST_KEY not in text
+
+
+def test_byok_forwards_the_clients_own_key(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url, auth={"byok": True})).start()
+    try:
+        assert chat(gateway.url, key="sk-my-own-openai-key").status_code == 200
+        assert fake.requests[-1].headers["authorization"] == "Bearer sk-my-own-openai-key"
+        assert chat(gateway.url).status_code == 200  # a kaixu key still gets the provider's key
+        assert fake.requests[-1].headers["authorization"] == "Bearer " + UPSTREAM_KEYS["openai"]
+    finally:
+        gateway.stop()
+
+
+def test_byok_is_off_by_default(kaixu: Kaixu) -> None:
+    assert chat(kaixu.url, key="sk-my-own-openai-key").status_code == 401
+
+
+def test_cors_is_strict_by_default_and_allows_listed_origins(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url, cors={"allowed_origins": ["https://app.example.com"]})).start()
+    try:
+        ok = httpx.options(
+            gateway.url + "/v1/chat/completions",
+            headers={"origin": "https://app.example.com", "access-control-request-method": "POST"},
+        )
+        assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = httpx.options(gateway.url + "/v1/chat/completions", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": HELLO},
+            headers={"authorization": f"Bearer {TEST_KEY}", "origin": "https://app.example.com"},
+        )
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+    finally:
+        gateway.stop()
+
+
+def test_hot_reload_applies_edits_keeps_serving_and_rejects_bad_edits(fake: FakeProvider, workdir: Path) -> None:
+    policy = policy_for(fake.base_url)
+    gateway = Kaixu(workdir, policy).start()
+    try:
+        assert chat(gateway.url, model="brand-new").status_code == 404
+        generation = gateway.health()["policy"]["generation"]
+
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(timeout=10) as http:
+                while not stop.is_set():
+                    r = http.post(
+                        gateway.url + "/v1/chat/completions",
+                        json={"model": "gpt-4o-mini", "messages": HELLO},
+                        headers={"authorization": f"Bearer {TEST_KEY}"},
+                    )
+                    statuses.append(r.status_code)
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            for n in range(3):
+                policy["models"][f"brand-new-{n}"] = {"route": [{"provider": "mock"}]}
+                gateway.write_policy(policy)
+                wait_for(lambda g=generation + n + 1: gateway.health()["policy"]["generation"] >= g, 10, "reload")
+            policy["models"]["brand-new"] = {"route": [{"provider": "oai"}]}
+            gateway.write_policy(policy)
+            wait_for(lambda: chat(gateway.url, model="brand-new").status_code == 200, 10, "the new model")
+        finally:
+            stop.set()
+            worker.join()
+        assert statuses and set(statuses) == {200}, "a request failed during reloads"
+
+        good_generation = gateway.health()["policy"]["generation"]
+        gateway.write_policy("providers: {mock: {kind: nope}}\n")
+        wait_for(lambda: gateway.health()["policy"]["last_reload_error"] is not None, 10, "the rejection")
+        health = gateway.health()
+        assert health["policy"]["generation"] == good_generation
+        assert "providers.mock.kind" in health["policy"]["last_reload_error"]
+        assert chat(gateway.url, model="brand-new").status_code == 200
+        assert "policy reload rejected" in gateway.log()
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_lets_in_flight_requests_finish(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url)).start()
+    fake.add_fault(Fault(latency_ms=1000))
+    result: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: result.append(chat(gateway.url)))
+    worker.start()
+    wait_for(lambda: len(fake.requests) == 1, 10, "the request to reach the provider")
+    assert gateway.stop() == 0
+    worker.join()
+    assert result[0].status_code == 200
+    assert result[0].json()["choices"][0]["message"]["content"] == "echo: Hello"
+
+
+def test_mitmdump_plugin_runs_the_same_addons(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url), plugin=True).start()
+    try:
+        c = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        assert (
+            c.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content == "echo: Hello"
+        )
+        chunks = list(c.chat.completions.create(model="mock-model", messages=HELLO, stream=True))
+        assert "".join(x.choices[0].delta.content or "" for x in chunks if x.choices) == "echo: Hello"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=gateway.url + "/v1", api_key="bad", max_retries=0).models.list()
+        assert chat(gateway.url, model="dead-model").json()["error"]["code"] == "upstream_connect_error"
+    finally:
+        gateway.stop()
+
+
+def test_shipped_policy_serves_the_mock(workdir: Path) -> None:
+    text = (ROOT / "proxy.yaml").read_text()
+    policy = yaml.safe_load(text)
+    policy["listen"] = [{"host": "127.0.0.1", "port": 0}]
+    gateway = Kaixu(workdir, policy).start()
+    try:
+        c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-kaixu-demo", max_retries=0)
+        assert (
+            c.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content == "echo: Hello"
+        )
+    finally:
+        gateway.stop()
