@@ -149,9 +149,9 @@ class Router:
             return json_response(call, 200, {"models": models})
         if call.front == "anthropic":
             since = "1970-01-01T00:00:00Z"
-            data = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
+            listing = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
             first, last = (names[0], names[-1]) if names else (None, None)
-            return json_response(call, 200, {"data": data, "has_more": False, "first_id": first, "last_id": last})
+            return json_response(call, 200, {"data": listing, "has_more": False, "first_id": first, "last_id": last})
         created = int(self.gateway.started_at)
         data: list[dict[str, object]] = [
             {"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names

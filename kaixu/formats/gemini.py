@@ -21,7 +21,10 @@ Decisions worth knowing:
   type names lower-cased.
 * Gemini reports ``STOP`` even when it called functions; we report ``tool_calls``
   whenever the answer contains function calls.
-* ``thoughtSignature`` and thought parts are not part of the canonical model.
+* ``thoughtSignature`` and thought parts are not part of the canonical model. Gemini 3
+  rejects a replayed function call without a signature, so the first call of each
+  model turn is sent with Google's documented ``skip_thought_signature_validator``
+  sentinel (older models ignore it).
   ``parallel_tool_calls=False`` cannot be expressed; ``user`` is dropped (Gemini
   has no end-user field, and it never changes the answer).
 """
@@ -78,6 +81,8 @@ from .canonical import (
 from .errors import FormatError, UnsupportedFeature
 
 NAME = "gemini"
+#: Google's documented sentinel for replayed function calls whose thought signature is unknown.
+SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
 
 _KNOWN_REQUEST_KEYS = frozenset({"contents", "systemInstruction", "generationConfig", "tools", "toolConfig"})
 _KNOWN_GENERATION_KEYS = frozenset(
@@ -496,7 +501,10 @@ def _encode_contents(messages: list[Message]) -> list[JSON]:
         for k, call in enumerate(msg.tool_calls):
             names[call.id] = call.name
             args = parse_arguments(call.arguments, f"{path}.tool_calls[{k}].arguments")
-            parts.append({"functionCall": {"name": call.name, "args": args}})
+            part: JSON = {"functionCall": {"name": call.name, "args": args}}
+            if k == 0:  # Gemini 3 rejects replayed calls without one; the real one is gone
+                part["thoughtSignature"] = SKIP_THOUGHT_SIGNATURE
+            parts.append(part)
         out.append({"role": "model", "parts": parts})
     if pending:
         out.append({"role": "user", "parts": pending})
@@ -627,13 +635,15 @@ class GeminiStreamDecoder(SSEStreamDecoder):
     Each chunk is a whole ``GenerateContentResponse``. A function call arrives whole,
     so it becomes ``ToolCallStart`` plus one ``ToolCallDelta`` with all arguments.
     ``MessageEnd`` is emitted with the chunk carrying ``finishReason`` (its usage is
-    final); usage in any later chunk still updates ``usage`` for metering.
+    final); usage in any later chunk still updates ``usage`` for metering. Every
+    chunk repeats ``usageMetadata``; a ``UsageUpdate`` is emitted only when it changes.
     """
 
-    __slots__ = ("_ids", "_started", "_tools")
+    __slots__ = ("_ids", "_raw_usage", "_started", "_tools")
 
     def __init__(self) -> None:
         super().__init__()
+        self._raw_usage: Any = None
         self._started = False
         self._tools = 0
         self._ids = _IdSynth()
@@ -646,9 +656,10 @@ class GeminiStreamDecoder(SSEStreamDecoder):
         if not isinstance(obj, dict):
             return
         raw_usage = obj.get("usageMetadata")
-        usage = usage_from_gemini(raw_usage) if raw_usage else None
-        if usage is not None:
-            self.usage = usage
+        usage = None
+        if raw_usage and raw_usage != self._raw_usage:  # repeated in every chunk, usually unchanged
+            self._raw_usage = raw_usage
+            self.usage = usage = usage_from_gemini(raw_usage)
         if self._done:
             return
         if "error" in obj:

@@ -26,12 +26,18 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Incremental SSE parser: ``feed(bytes) -> [SSEEvent]``; ``flush()`` at end of body."""
+    """Incremental SSE parser: ``feed(bytes) -> [SSEEvent]``; ``flush()`` at end of body.
 
-    __slots__ = ("_buf", "_pending_cr", "max_event_bytes")
+    The unfinished tail is kept as a list of pieces and joined only once a chunk
+    brings an event boundary, so an event spread over many chunks costs one copy,
+    not one per chunk.
+    """
+
+    __slots__ = ("_pending_cr", "_size", "_tail", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
-        self._buf = bytearray()
+        self._tail: list[bytes] = []
+        self._size = 0
         self._pending_cr = False
         self.max_event_bytes = max_event_bytes
 
@@ -41,32 +47,40 @@ class SSEParser:
             chunk = self._normalise(chunk)
         if not chunk:
             return []
-        buf = self._buf
-        scan = len(buf) - 1 if buf else 0  # a boundary may straddle the old tail
-        buf += chunk
+        if self._tail:
+            straddles = chunk[:1] == b"\n" and self._tail[-1][-1:] == b"\n"
+            if not straddles and b"\n\n" not in chunk:
+                return self._keep(chunk)
+            chunk = b"".join(self._tail) + chunk
+            self._tail, self._size = [], 0
         events: list[SSEEvent] = []
         start = 0
-        while (end := buf.find(b"\n\n", scan)) >= 0:
+        while (end := chunk.find(b"\n\n", start)) >= 0:
             if end > start:
-                event = _parse_block(bytes(buf[start:end]))
+                event = _parse_block(chunk[start:end])
                 if event is not None:
                     events.append(event)
-            start = scan = end + 2
-        if start:
-            del buf[:start]
-        if len(buf) > self.max_event_bytes:
-            raise FormatError("stream", f"SSE event exceeds {self.max_event_bytes} bytes")
+            start = end + 2
+        if start < len(chunk):
+            self._keep(chunk[start:] if start else chunk)
         return events
 
     def flush(self) -> list[SSEEvent]:
         """End of body: an unterminated final event is still delivered (lenient to sloppy servers)."""
         self._pending_cr = False
-        block = bytes(self._buf).strip(b"\n")
-        self._buf.clear()
+        block = b"".join(self._tail).strip(b"\n")
+        self._tail, self._size = [], 0
         if not block:
             return []
         event = _parse_block(block)
         return [event] if event is not None else []
+
+    def _keep(self, piece: bytes) -> list[SSEEvent]:
+        self._tail.append(piece)
+        self._size += len(piece)
+        if self._size > self.max_event_bytes:
+            raise FormatError("stream", f"SSE event exceeds {self.max_event_bytes} bytes")
+        return []
 
     def _normalise(self, chunk: bytes) -> bytes:
         if self._pending_cr:
@@ -79,7 +93,20 @@ class SSEParser:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
-    """Parse one event's lines; ``None`` when it carries no data (comments, keep-alives)."""
+    """One event's lines -> ``SSEEvent``; ``None`` when it carries no data (comments, keep-alives)."""
+    # Fast paths for the two shapes providers actually send: "data: X" and "event: E\ndata: X".
+    if block[:6] == b"data: ":
+        if b"\n" not in block:
+            return SSEEvent(None, block[6:].decode("utf-8", "replace"))
+    elif block[:7] == b"event: ":
+        eol = block.find(b"\n")
+        if block[eol + 1 : eol + 7] == b"data: " and block.find(b"\n", eol + 1) < 0:
+            return SSEEvent(block[7:eol].decode("utf-8", "replace"), block[eol + 7 :].decode("utf-8", "replace"))
+    return _parse_lines(block)
+
+
+def _parse_lines(block: bytes) -> SSEEvent | None:
+    """The general case: any mix of fields, comments and multi-line data."""
     event: str | None = None
     data: list[str] = []
     for line in block.decode("utf-8", "replace").split("\n"):
@@ -94,7 +121,7 @@ def _parse_block(block: bytes) -> SSEEvent | None:
             event = value
     if not data:
         return None
-    return SSEEvent(event, data[0] if len(data) == 1 else "\n".join(data))
+    return SSEEvent(event, "\n".join(data))
 
 
 def encode_sse(data: str, event: str | None = None) -> bytes:

@@ -78,6 +78,13 @@ def test_system_overrides_global_system() -> None:
     assert req == expected(user("What is habeas corpus?"), system=body["system"])
 
 
+def test_blank_system_means_not_given() -> None:
+    body = {"system": "  ", "input": {"type": "text", "content": "Hi"}}
+    assert decode(body, global_system="GLOBAL").system == "GLOBAL"
+    keep = {"system": "Keep my spacing.\n", "input": {"type": "text", "content": "Hi"}}
+    assert decode(keep, global_system="GLOBAL").system == "Keep my spacing.\n"
+
+
 def test_choosing_a_model() -> None:
     body = {
         "model": "gemini-2.5-pro",

@@ -179,7 +179,9 @@ def decode_request(
     name = model or opt_str(body, "model") or default_model
     if not name:
         raise FormatError("model", "is required (no default model is configured)")
-    system = (opt_str(body, "system") or "").strip()
+    system = opt_str(body, "system")
+    if system is not None and not system.strip():
+        system = None  # blank means "not given", as in the seed: the global prompt applies
     native, layers = _gemini_body(body)
     if system:
         native.pop("systemInstruction", None)
