@@ -15,6 +15,7 @@ from mitmproxy import http
 if TYPE_CHECKING:
     from kaixu.config import Policy, ProviderConfig, VirtualKey
     from kaixu.formats.canonical import ChatRequest, Usage
+    from kaixu.formats.seeds import SeedContext
 
 METADATA_KEY = "kaixu"
 
@@ -43,6 +44,8 @@ class Call:
     upstream_format: str | None = None
     canonical: ChatRequest | None = None
     """Set only when the request is translated between wire formats."""
+    seed_context: SeedContext | None = None
+    """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
     usage: Usage | None = None
     timed_out: bool = False
     extras: dict[str, Any] = field(default_factory=dict)

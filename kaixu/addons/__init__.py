@@ -7,6 +7,7 @@ from kaixu.addons.config import PolicyFile
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
+from kaixu.addons.local import Local
 from kaixu.addons.mock import MockProvider
 from kaixu.addons.router import Router
 from kaixu.addons.settle import Settle
@@ -22,6 +23,7 @@ def build_addons(gateway: Gateway) -> list[object]:
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics
         Dialect(),  # 2 which front door
         Auth(),  # 3 who is calling
+        Local(gateway),  # model lists and token checks for the authenticated caller
         Router(gateway),  # 6 where it goes (policy and limits, steps 4-5, arrive with their issues)
         Errors(),  # 9 upstream timeout + JSON error pages
         Stream(),  # 7 SSE pass-through meter or translator

@@ -11,7 +11,7 @@ from kaixu.addons.respond import error_response
 from kaixu.call import get_call
 
 # Every header a supported client SDK may carry its credential in; all are removed before forwarding.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token")
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")
 
 
 def presented_key(request: http.Request) -> str | None:
@@ -22,7 +22,7 @@ def presented_key(request: http.Request) -> str | None:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    for name in ("x-api-key", "x-goog-api-key", "x-kaixu-token"):
+    for name in CREDENTIAL_HEADERS[1:]:
         value = headers.get(name)
         if value:
             return value.strip()

@@ -1,4 +1,5 @@
-"""Step 2: which front door did the client knock on? Sets the call's wire format, operation and model.
+"""Step 2: which front door did the client knock on? Sets the call's front door (its wire format and
+error shape), operation, model and stream flag.
 
 The body is parsed once here (JSON); nothing is translated yet: when the provider speaks the client's
 format, the router forwards the original bytes.
@@ -15,6 +16,8 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
+from kaixu.formats import FormatError
+from kaixu.formats.seeds import gateway13
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +26,31 @@ class Door:
     operation: str
     methods: tuple[str, ...]
     needs_body: bool
+    stream: bool | None = None
+    """Fixed by the path (seed APIs, Gemini); None = the body's `stream` field decides."""
 
 
+_POST_CHAT = ("POST",)
 _EXACT: dict[str, Door] = {
-    "/v1/chat/completions": Door("openai", "chat", ("POST",), True),
+    # OpenAI
+    "/v1/chat/completions": Door("openai", "chat", _POST_CHAT, True),
     "/v1/embeddings": Door("openai", "embeddings", ("POST",), True),
     "/v1/models": Door("openai", "models", ("GET",), False),
-    "/v1/messages": Door("anthropic", "chat", ("POST",), True),
+    # Anthropic
+    "/v1/messages": Door("anthropic", "chat", _POST_CHAT, True),
     "/v1/messages/count_tokens": Door("anthropic", "count_tokens", ("POST",), True),
+    # Gemini (the model is in the path: see _GEMINI_PATH)
     "/v1beta/models": Door("gemini", "models", ("GET",), False),
+    "/v1alpha/models": Door("gemini", "models", ("GET",), False),
+    # kAIxu Gate (seed 001)
+    "/v1/generate": Door("kaixu_gate", "chat", _POST_CHAT, True, stream=False),
+    "/v1/stream": Door("kaixu_gate", "chat", _POST_CHAT, True, stream=True),
+    "/v1/health": Door("kaixu_gate", "health", ("GET",), False),
+    # Kaixu Gateway 13 (seed 000)
+    "/.netlify/functions/gateway-chat": Door("gateway13", "chat", _POST_CHAT, True, stream=False),
+    "/.netlify/functions/gateway-stream": Door("gateway13", "chat", _POST_CHAT, True, stream=True),
+    # Pulse (seed 003)
+    "/api/ai/request": Door("pulse", "chat", _POST_CHAT, True, stream=False),
 }
 _GEMINI_ACTIONS = {
     "generateContent": "chat",
@@ -41,14 +60,23 @@ _GEMINI_ACTIONS = {
 }
 # google-genai calls /v1beta/...; newer releases default to /v1/...; both are the same API.
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+# Intelligent AI Gateway (seed 002): an explicit backend (a provider, or a model alias) in the path.
+_BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions$")
 
 
 def front_for_path(path: str) -> str:
     """The error shape to use for a path, even one kaixu does not serve."""
+    door = _EXACT.get(path)
+    if door is not None:
+        return door.front
     if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_PATH.match(path):
         return "gemini"
     if path.startswith("/v1/messages"):
         return "anthropic"
+    if path.startswith("/.netlify/functions/"):
+        return "gateway13"
+    if path.startswith("/api/ai/"):
+        return "pulse"
     return "openai"
 
 
@@ -61,20 +89,31 @@ def _models_front(request: http.Request) -> str:
     return "openai"
 
 
+def _door_for(call: Call, path: str) -> Door | None:
+    door = _EXACT.get(path)
+    if door is not None:
+        return door
+    match = _GEMINI_PATH.match(path)
+    if match and match["action"] in _GEMINI_ACTIONS:
+        call.model = match["model"]
+        return Door(
+            "gemini", _GEMINI_ACTIONS[match["action"]], ("POST",), True, match["action"] == "streamGenerateContent"
+        )
+    match = _BACKEND_PATH.match(path)
+    if match:
+        call.extras["backend"] = match["backend"]
+        return _EXACT["/v1/chat/completions"]
+    return None
+
+
 class Dialect:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is not None:
             return
         request = flow.request
-        path, _, _query = request.path.partition("?")
-        door = _EXACT.get(path)
-        if door is None:
-            match = _GEMINI_PATH.match(path)
-            if match and match["action"] in _GEMINI_ACTIONS:
-                door = Door("gemini", _GEMINI_ACTIONS[match["action"]], ("POST",), True)
-                call.model = match["model"]
-                call.stream = match["action"] == "streamGenerateContent"
+        path = request.path.partition("?")[0]
+        door = _door_for(call, path)
         if door is None:
             call.front = front_for_path(path)
             flow.response = error_response(
@@ -94,32 +133,46 @@ class Dialect:
                 {"allow": ", ".join(door.methods)},
             )
             return
-        if door.needs_body:
-            body = self._parse_body(flow, call)
-            if body is None:
-                return
-            call.body = body
-            if call.front != "gemini":
-                model = body.get("model")
-                if model is None:
-                    model = call.policy.default_model
-                if not isinstance(model, str) or not model:
-                    flow.response = error_response(
-                        call,
-                        400,
-                        "model: a model name (string) is required",
-                        "invalid_request_error",
-                        "missing_model",
-                    )
-                    return
-                call.model = model
-                stream = body.get("stream", False)
-                if not isinstance(stream, bool):
-                    flow.response = error_response(
-                        call, 400, "stream: must be true or false", "invalid_request_error", "invalid_type"
-                    )
-                    return
-                call.stream = stream
+        if not door.needs_body:
+            return
+        body = self._parse_body(flow, call)
+        if body is None:
+            return
+        call.body = body
+        problem = self._read_request_fields(call, door, body)
+        if problem is not None:
+            flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
+
+    @staticmethod
+    def _read_request_fields(call: Call, door: Door, body: dict[str, Any]) -> str | None:
+        """Model, stream flag and routing hints; returns what is wrong, naming the field."""
+        if call.model is None:  # Gemini has it in the path
+            model = body.get("model")
+            if model is None:
+                model = call.policy.default_model
+            if not isinstance(model, str) or not model:
+                return "model: a model name (string) is required"
+            call.model = model
+        if door.stream is not None:
+            call.stream = door.stream
+        else:
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                return "stream: must be true or false"
+            call.stream = stream
+        backend = body.get("backend")
+        if backend is not None:
+            if not isinstance(backend, str) or not backend:
+                return "backend: must be a backend name (string)"
+            call.extras.setdefault("backend", backend)
+        if call.front == gateway13.NAME:
+            try:
+                call.extras["provider_hint"] = gateway13.provider_hint(body)
+            except FormatError as exc:
+                return str(exc)
+            if call.extras["provider_hint"] is None:
+                del call.extras["provider_hint"]
+        return None
 
     @staticmethod
     def _parse_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any] | None:
@@ -128,22 +181,14 @@ class Dialect:
             raw = flow.request.get_content(strict=False) or b""
         if not raw.strip():
             flow.response = error_response(
-                call,
-                400,
-                "the request body is empty; send a JSON object",
-                "invalid_request_error",
-                "empty_body",
+                call, 400, "the request body is empty; send a JSON object", "invalid_request_error", "empty_body"
             )
             return None
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             flow.response = error_response(
-                call,
-                400,
-                f"the request body is not valid JSON: {exc}",
-                "invalid_request_error",
-                "invalid_json",
+                call, 400, f"the request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
             )
             return None
         if not isinstance(body, dict):

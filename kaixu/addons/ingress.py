@@ -19,6 +19,10 @@ _CORS_ALLOW_HEADERS = (
 )
 
 
+# kaixu's own, and Kaixu Gateway 13's (seed 000); kAIxu Gate's /v1/health checks the token (addons/local.py).
+HEALTH_PATHS = ("/health", "/.netlify/functions/health")
+
+
 def _request_id(request: http.Request) -> str:
     """The client's id when it sent a sane one (so its logs and ours line up), else a fresh uuid4."""
     for header in ("x-request-id", "x-kaixu-request-id"):
@@ -49,9 +53,12 @@ class Ingress:
             flow.response = self._preflight(call, request)
             return
         path = request.path.split("?", 1)[0]
-        if path == "/health" and request.method == "GET":
+        if path in HEALTH_PATHS and request.method == "GET":
             call.operation = "local"
             flow.response = json_response(call, 200, self.health())
+        elif path == "/queue/status" and request.method == "GET":
+            call.operation = "local"
+            flow.response = json_response(call, 200, self.queue_status())
         elif path == "/metrics" and request.method == "GET":
             call.operation = "local"
             flow.response = http.Response.make(
@@ -100,7 +107,16 @@ class Ingress:
                 for name, p in policy.providers.items()
             },
             "store": self.gateway.store_status(),
+            "routing": self.queue_status(),
         }
+
+    def queue_status(self) -> dict[str, object]:
+        """The Intelligent AI Gateway's pool view (seed 002): kaixu has no queue, every request is in flight."""
+        policy = self.gateway.require_policy()
+        active = len(self.gateway.inflight)
+        counts = {"total": len(policy.providers), "tool": 0, "api": len(policy.providers)}
+        pool = {"active": active, "queued": 0, "maxConcurrent": None, "maxQueue": 0, "utilization": None}
+        return {"processPool": pool, "backends": counts}
 
     @staticmethod
     def _origin_allowed(call: Call, origin: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu.call import Call
-from kaixu.formats import error_body
+from kaixu.formats.fronts import error_body
 
 JSON_HEADERS = {"content-type": "application/json"}
 

@@ -1,8 +1,8 @@
 """Step 6: model name -> deployment. Rewrites the flow's destination, swaps the client's credential for
 the provider's, and encodes the body in the provider's format when it differs from the client's.
 
-Same-format traffic keeps the client's bytes: only the URL, the credential and (for an alias) the model
-name change.
+Same-format traffic keeps the client's bytes: only the URL, the credential and (for an alias or a
+gateway-only field) the body's model change.
 """
 
 from __future__ import annotations
@@ -16,19 +16,69 @@ from mitmproxy import http
 from kaixu.addons.auth import CREDENTIAL_HEADERS
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
-from kaixu.config import ModelRoute, RouteTarget
-from kaixu.formats import FormatError, estimate_tokens, get_codec
+from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
+from kaixu.formats import FormatError, estimate_tokens, fronts, get_codec
+from kaixu.formats.seeds import SeedContext, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url
 
-_HOP_HEADERS = ("accept-encoding", "content-length", "host")
+# Body fields that only steer the gateway; a provider would reject them.
+GATEWAY_FIELDS = ("backend",)
 
 
-def pick_target(route: ModelRoute) -> RouteTarget:
-    targets = route.targets
+class RouteRefused(Exception):
+    def __init__(self, status: int, message: str, type: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+
+
+def pick_target(targets: tuple[RouteTarget, ...]) -> RouteTarget:
     if len(targets) == 1:
         return targets[0]
     return random.choices(targets, weights=[t.weight for t in targets])[0]
+
+
+def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
+    """The route's targets, narrowed by what the client asked for explicitly (a backend or a provider)."""
+    policy = call.policy
+    backend = call.extras.get("backend")
+    if backend is not None:
+        targets = tuple(t for t in route.targets if t.provider == backend)
+        if targets:
+            return targets
+        if backend in policy.providers:  # a provider outside the route: the model goes there as named
+            return (RouteTarget(backend, None),)
+        raise RouteRefused(404, f"unknown backend {backend!r}", "invalid_request_error", "backend_not_found")
+    hint = call.extras.get("provider_hint")
+    if hint is not None:
+        targets = tuple(t for t in route.targets if policy.providers[t.provider].kind == hint or t.provider == hint)
+        if not targets:
+            raise RouteRefused(
+                403, f"provider {hint!r} does not serve model {call.model!r} here", "permission_error",
+                "provider_not_allowed",
+            )  # fmt: skip
+        return targets
+    return route.targets
+
+
+def resolve_route(call: Call) -> ModelRoute:
+    assert call.model is not None
+    policy: Policy = call.policy
+    route = policy.resolve_model(call.model)
+    backend = call.extras.get("backend")
+    if route is None and backend is not None and backend in policy.models:
+        route = policy.models[backend]  # /v1/{backend}/chat/completions naming a model alias
+        call.extras.pop("backend")
+    if route is None:
+        raise RouteRefused(
+            404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
+        )
+    if call.key is not None and not call.key.may_use(call.model):
+        raise RouteRefused(
+            403, f"model {call.model!r} is not allowed for key {call.key.name!r}", "permission_error",
+            "model_not_allowed",
+        )  # fmt: skip
+    return route
 
 
 class Router:
@@ -37,61 +87,36 @@ class Router:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None:
+        if call is None or flow.response is not None or call.operation not in ("chat", "embeddings", "count_tokens"):
             return
-        if call.operation == "models":
-            flow.response = self._models(call)
+        try:
+            target = pick_target(candidate_targets(call, resolve_route(call)))
+        except RouteRefused as refused:
+            flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
-        assert call.model is not None
-        route = call.policy.resolve_model(call.model)
-        if route is None:
-            flow.response = error_response(
-                call,
-                404,
-                f"model {call.model!r} is not served by this gateway",
-                "invalid_request_error",
-                "model_not_found",
-            )
-            return
-        if call.key is not None and not call.key.may_use(call.model):
-            flow.response = error_response(
-                call,
-                403,
-                f"model {call.model!r} is not allowed for key {call.key.name!r}",
-                "permission_error",
-                "model_not_allowed",
-            )
-            return
-        target = pick_target(route)
         provider = call.policy.providers[target.provider]
         call.provider = provider
-        call.upstream_model = target.model or call.model
-        call.upstream_format = provider.wire_format or call.front
+        call.upstream_model = upstream_model = target.model or call.model or ""
+        call.upstream_format = provider.wire_format or fronts.native_format(call.front)
         key = call.client_key if call.byok else provider.api_key
         if provider.kind != "mock" and not key:
             flow.response = error_response(
-                call,
-                500,
-                f"provider {provider.name!r} has no API key configured",
-                "server_error",
+                call, 500, f"provider {provider.name!r} has no API key configured", "server_error",
                 "provider_key_missing",
-            )
+            )  # fmt: skip
             return
+        if fronts.is_seed(call.front):
+            call.seed_context = self._seed_context(flow, call, provider)
         try:
             body = self._upstream_body(call)
             if body is None:  # answered locally (token estimate)
                 flow.response = self._count_tokens_locally(call)
                 return
             url = endpoint_url(
-                provider,
-                call.upstream_format,
-                call.operation,
-                call.upstream_model,
-                call.stream,
-                self.gateway.mock_url,
+                provider, call.upstream_format, call.operation, upstream_model, call.stream, self.gateway.mock_url
             )
         except FormatError as exc:
-            flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_field")
+            flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
             return
         except UnsupportedOperation as exc:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
@@ -104,19 +129,46 @@ class Router:
         None means the operation is answered locally (token counting for a provider without it)."""
         assert call.body is not None and call.upstream_model is not None and call.upstream_format is not None
         if call.upstream_format == call.front:
-            if call.front == "gemini" or call.body.get("model") == call.upstream_model:
+            rewrite_model = call.front != "gemini" and call.body.get("model") != call.upstream_model
+            if not rewrite_model and not any(field in call.body for field in GATEWAY_FIELDS):
                 return b""  # keep the original bytes
-            return {**call.body, "model": call.upstream_model}
+            body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+            if call.front != "gemini":
+                body["model"] = call.upstream_model
+            return body
         if call.operation == "count_tokens":
             return None
         if call.operation != "chat":
             raise UnsupportedOperation(
                 f"{call.operation} requests cannot be translated from {call.front} to {call.upstream_format}"
             )
-        canonical = get_codec(call.front).decode_request(call.body, model=call.model, stream=call.stream)
+        canonical = self._decode(call)
         canonical.model = call.upstream_model
         call.canonical = canonical
         return get_codec(call.upstream_format).encode_request(canonical)
+
+    def _decode(self, call: Call) -> Any:
+        assert call.body is not None
+        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        return fronts.decode_request(
+            call.front,
+            body,
+            model=call.model,
+            stream=call.stream,
+            default_model=call.policy.default_model,
+            global_system=call.policy.front_settings(call.front).get("system"),
+        )
+
+    @staticmethod
+    def _seed_context(flow: http.HTTPFlow, call: Call, provider: ProviderConfig) -> SeedContext:
+        assert call.body is not None
+        return SeedContext(
+            model=call.model,
+            provider=call.extras.get("provider_hint") or provider.kind,
+            install_id=flow.request.headers.get("x-kaixu-install-id"),
+            request_id=call.request_id,
+            include_raw=call.front == kaixu_gate.NAME and kaixu_gate.include_raw(call.body),
+        )
 
     def _rewrite(
         self, flow: http.HTTPFlow, call: Call, url: str, body: bytes | dict[str, Any], key: str | None
@@ -139,34 +191,7 @@ class Router:
             headers["content-type"] = "application/json"
             headers.pop("content-encoding", None)
 
-    def _models(self, call: Call) -> http.Response:
-        names = [m for m in call.policy.listed_models() if call.key is None or call.key.may_use(m)]
-        if call.front == "gemini":
-            models = [
-                {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": ["generateContent"]}
-                for m in names
-            ]
-            return json_response(call, 200, {"models": models})
-        if call.front == "anthropic":
-            since = "1970-01-01T00:00:00Z"
-            listing = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
-            first, last = (names[0], names[-1]) if names else (None, None)
-            return json_response(call, 200, {"data": listing, "has_more": False, "first_id": first, "last_id": last})
-        created = int(self.gateway.started_at)
-        data: list[dict[str, object]] = [
-            {"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names
-        ]
-        return json_response(call, 200, {"object": "list", "data": data})
-
-    @staticmethod
-    def _owner(call: Call, model: str) -> str:
-        route = call.policy.models.get(model)
-        return route.targets[0].provider if route else "kaixu"
-
-    @staticmethod
-    def _count_tokens_locally(call: Call) -> http.Response:
-        assert call.body is not None
-        canonical = get_codec(call.front).decode_request(call.body, model=call.model, stream=False)
-        tokens = estimate_tokens(canonical)
+    def _count_tokens_locally(self, call: Call) -> http.Response:
+        tokens = estimate_tokens(self._decode(call))
         body = {"totalTokens": tokens} if call.front == "gemini" else {"input_tokens": tokens}
         return json_response(call, 200, body, {"x-kaixu-estimate": "true"})

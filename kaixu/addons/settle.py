@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
-from kaixu.formats import get_codec
+from kaixu.formats import fronts, get_codec
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
 
 log = logging.getLogger("kaixu.settle")
@@ -70,7 +70,8 @@ class Settle:
             return
         answer = upstream.decode_response(payload)
         call.usage = answer.usage
-        response.content = json.dumps(get_codec(call.front).encode_response(answer), separators=(",", ":")).encode()
+        body = fronts.encode_response(call.front, answer, call.seed_context)
+        response.content = json.dumps(body, separators=(",", ":")).encode()
         response.headers["content-type"] = "application/json"
 
     @staticmethod

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
-from kaixu.formats import StreamDecoder, StreamEncoder, get_codec
+from kaixu.formats import StreamDecoder, StreamEncoder, fronts, get_codec
 
 log = logging.getLogger("kaixu.stream")
 
@@ -73,5 +73,5 @@ class Stream:
         response.headers.pop("content-length", None)
         response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.headers["cache-control"] = "no-cache"
-        encoder = get_codec(call.front).stream_encoder(call.canonical)
+        encoder = fronts.stream_encoder(call.front, call.canonical, call.seed_context)
         response.stream = translator(call, upstream.stream_decoder(), encoder)

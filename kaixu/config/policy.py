@@ -80,6 +80,11 @@ class Policy:
     upstream_timeout_s: float
     default_model: str | None
     store: dict[str, Any] = field(default_factory=dict)
+    fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def front_settings(self, front: str) -> dict[str, Any]:
+        """Per-front-door settings (`fronts.kaixu_gate.system`, ...); empty when none are set."""
+        return self.fronts.get(front) or {}
 
     def resolve_model(self, name: str) -> ModelRoute | None:
         """The route for a client-facing model name: exact names first, then globs in file order."""
@@ -172,5 +177,6 @@ def build_policy(
         upstream_timeout_s=float(limits.get("upstream_timeout_s", 600)),
         default_model=default_model,
         store=store,
+        fronts=dict(data.get("fronts") or {}),
     )
     return policy, problems

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any
 
-from .canonical import ChatRequest, Part, RawPart, StreamError, StreamEvent, Usage
+from .canonical import ChatRequest, RawPart, StreamError, StreamEvent, Usage
 from .errors import FormatError, UnsupportedFeature
 from .sse import SSEParser
 
@@ -216,9 +216,8 @@ def merge_extra(body: JSON, req: ChatRequest, target: str) -> None:
             body[key] = value
 
 
-def raw_part(part: Part, target: str, field: str) -> JSON | None:
+def raw_part(part: RawPart, target: str, field: str) -> JSON | None:
     """A ``RawPart`` for ``target``: its data if native, ``None`` if droppable, else raise."""
-    assert isinstance(part, RawPart)
     if part.format == target:
         return part.data
     if part.droppable:

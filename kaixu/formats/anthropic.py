@@ -8,6 +8,8 @@ Decisions worth knowing:
   messages (emitted before the turn's other content); on encode, consecutive tool
   messages and the user message right after them are merged back into one user
   turn, tool results first, as Anthropic requires.
+* An assistant turn with nothing Anthropic accepts (e.g. OpenAI ``content: ""``) is
+  dropped unless it is the last message, since Anthropic rejects empty turns.
 * ``tool_use.input`` objects become compact JSON text; canonical arguments that are
   not a JSON object cannot be expressed and raise ``FormatError``.
 * JSON mode: ``json_schema`` maps to ``output_config.format`` (structured outputs).
@@ -428,7 +430,9 @@ def _encode_messages(messages: list[Message]) -> list[JSON]:
             if pending:
                 out.append({"role": "user", "content": pending})
                 pending = []
-            out.append(_encode_assistant(msg, path))
+            turn = _encode_assistant(msg, path)
+            if turn["content"] or i == len(messages) - 1:  # empty turns are rejected, except a final prefill
+                out.append(turn)
     if pending:
         out.append({"role": "user", "content": pending})
     return out
@@ -565,10 +569,11 @@ def encode_response(resp: ChatResponse) -> JSON:
 class AnthropicStreamDecoder(SSEStreamDecoder):
     """Messages SSE -> canonical events; dispatches on the JSON ``type`` (the SSE name is redundant)."""
 
-    __slots__ = ("_finish", "_stop_sequence", "_tools")
+    __slots__ = ("_finish", "_raw_usage", "_stop_sequence", "_tools")
 
     def __init__(self) -> None:
         super().__init__()
+        self._raw_usage: JSON = {}
         self._tools: dict[Any, int] = {}  # content block index -> tool ordinal
         self._finish: FinishReason = "stop"
         self._stop_sequence: str | None = None
@@ -608,10 +613,11 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         self._update_usage(message.get("usage"), out)
 
     def _update_usage(self, raw: Any, out: list[StreamEvent]) -> None:
+        """Counters are cumulative; a later report may omit some, so merge field by field (as the SDK does)."""
         if not isinstance(raw, dict):
             return
-        usage = usage_from_anthropic(raw)
-        self.usage = usage if self.usage is None else self.usage.merged(usage)
+        self._raw_usage.update((k, v) for k, v in raw.items() if v is not None)
+        self.usage = usage_from_anthropic(self._raw_usage)
         out.append(UsageUpdate(self.usage))
 
     def _block_start(self, obj: JSON, out: list[StreamEvent]) -> None:

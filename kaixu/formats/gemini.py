@@ -457,6 +457,11 @@ def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
     return [p for j, part in enumerate(parts) if (p := _encode_part(part, f"{path}.content[{j}]")) is not None]
 
 
+def _request_parts(parts: list[Part], path: str) -> list[JSON]:
+    """Parts for a request turn: Gemini rejects empty text parts ("empty text parameter")."""
+    return [p for p in _encode_parts(parts, path) if p.get("text") != ""]
+
+
 def _function_response(msg: Message, names: dict[str, str], path: str) -> JSON:
     name = names.get(msg.tool_call_id or "") or msg.name
     if name is None:
@@ -491,13 +496,13 @@ def _encode_contents(messages: list[Message]) -> list[JSON]:
             pending.append(_function_response(msg, names, path))
             continue
         if msg.role == "user":
-            out.append({"role": "user", "parts": pending + _encode_parts(msg.parts, path)})
+            out.append({"role": "user", "parts": pending + _request_parts(msg.parts, path)})
             pending = []
             continue
         if pending:
             out.append({"role": "user", "parts": pending})
             pending = []
-        parts = _encode_parts(msg.parts, path)
+        parts = _request_parts(msg.parts, path)
         for k, call in enumerate(msg.tool_calls):
             names[call.id] = call.name
             args = parse_arguments(call.arguments, f"{path}.tool_calls[{k}].arguments")
@@ -505,7 +510,8 @@ def _encode_contents(messages: list[Message]) -> list[JSON]:
             if k == 0:  # Gemini 3 rejects replayed calls without one; the real one is gone
                 part["thoughtSignature"] = SKIP_THOUGHT_SIGNATURE
             parts.append(part)
-        out.append({"role": "model", "parts": parts})
+        if parts:  # an empty model turn (nothing Gemini can express) is rejected; it said nothing
+            out.append({"role": "model", "parts": parts})
     if pending:
         out.append({"role": "user", "parts": pending})
     return out

@@ -557,9 +557,9 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         if usage:
             self.usage = usage_from_openai(usage)
             out.append(UsageUpdate(self.usage))
-        choices = obj.get("choices")
-        if choices:
-            self._choice(choices[0], out)
+        for choice in obj.get("choices") or ():
+            if not choice.get("index"):  # with n > 1 other choices interleave; we translate choice 0
+                self._choice(choice, out)
 
     def _choice(self, choice: JSON, out: list[StreamEvent]) -> None:
         delta = choice.get("delta")

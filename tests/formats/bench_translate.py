@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from kaixu.formats import FORMATS, get_codec
 from kaixu.formats.canonical import ChatRequest
@@ -26,7 +27,7 @@ def provider_events(provider: str, n: int) -> list[bytes]:
     if provider == "openai":
         head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
         body = [{**head, "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}] * n
-        end = [
+        end: list[dict[str, Any]] = [
             {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             {
                 **head,
@@ -47,7 +48,8 @@ def provider_events(provider: str, n: int) -> list[bytes]:
             {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": n}},
             {"type": "message_stop"},
         ]
-        return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in [start, block, *[delta] * n, *end]]
+        events: list[dict[str, Any]] = [start, block, *[delta] * n, *end]
+        return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
     meta = {"modelVersion": "gemini-2.5-flash", "responseId": "r1"}
     chunk = {
         "candidates": [{"content": {"parts": [{"text": " tok"}], "role": "model"}, "index": 0}],

@@ -294,3 +294,20 @@ def test_error_body_and_decode_error() -> None:
     assert body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     assert codec.decode_error(529, json.dumps(body).encode()) == ("Overloaded", "overloaded_error")
     assert codec.decode_error(529, b"not json") == ("not json", "overloaded_error")
+
+
+def test_stream_usage_merges_field_by_field() -> None:
+    """A message_delta repeating input_tokens without the cache fields keeps the cached counts."""
+    start = {
+        "type": "message_start",
+        "message": {"id": "m", "model": "c", "usage": {"input_tokens": 5, "cache_read_input_tokens": 100}},
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"input_tokens": 5, "output_tokens": 7},
+    }
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (start, delta, {"type": "message_stop"}))
+    events, decoder = decode_stream("anthropic", [raw])
+    assert events[-1] == MessageEnd("stop", Usage(105, 7, 100))
+    assert decoder.usage == Usage(105, 7, 100)

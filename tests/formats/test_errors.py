@@ -245,3 +245,15 @@ def test_module_error_body_defaults_to_openai_shape() -> None:
     }
     with pytest.raises(KeyError):
         get_codec("cohere")
+
+
+def test_empty_assistant_turns_are_dropped_where_rejected() -> None:
+    body = {
+        "model": "m",
+        "messages": [USER, {"role": "assistant", "content": ""}, USER, {"role": "assistant", "content": ""}],
+    }
+    req = get_codec("openai").decode_request(body)
+    anthropic = get_codec("anthropic").encode_request(req)["messages"]
+    assert [m["role"] for m in anthropic] == ["user", "user", "assistant"]  # a final empty turn is a prefill
+    gemini = get_codec("gemini").encode_request(req)["contents"]
+    assert [c["role"] for c in gemini] == ["user", "user"]  # Gemini rejects empty text parts and turns

@@ -304,3 +304,13 @@ def test_error_body_and_decode_error() -> None:
     assert codec.decode_error(502, b"<html>Bad gateway</html>") == ("<html>Bad gateway</html>", "api_error")
     assert codec.decode_error(500, b"") == ("HTTP 500", "api_error")
     assert codec.decode_error(400, b'{"error": "bad"}') == ("bad", "invalid_request_error")
+
+
+def test_stream_decode_with_several_choices_translates_choice_zero() -> None:
+    def chunk(index: int, content: str) -> bytes:
+        body = {"id": "c", "model": "m", "choices": [{"index": index, "delta": {"content": content}}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    raw = chunk(0, "a") + chunk(1, "X") + chunk(0, "b") + b"data: [DONE]\n\n"
+    events, _ = decode_stream("openai", [raw])
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", "b"]

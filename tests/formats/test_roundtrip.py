@@ -165,7 +165,7 @@ def anthropic_requests(draw: st.DrawFn) -> ChatRequest:
         lambda parts, calls: Message("assistant", parts, calls),
         st.lists(st.builds(TextPart, nonempty), max_size=2),
         st.lists(anthropic_call, max_size=2),
-    )
+    ).filter(lambda m: bool(m.parts or m.tool_calls))  # empty turns are dropped on purpose
     tool = st.builds(
         lambda parts, cid, err: Message("tool", parts, tool_call_id=cid, is_error=err),
         st.lists(st.one_of(st.builds(TextPart, nonempty), anthropic_image), max_size=2),
@@ -248,14 +248,16 @@ def gemini_conversations(draw: st.DrawFn) -> list[Message]:
         messages.append(
             Message(
                 "user",
-                draw(st.lists(st.one_of(st.builds(TextPart, text), gemini_image), min_size=1, max_size=3)),
+                draw(st.lists(st.one_of(st.builds(TextPart, nonempty), gemini_image), min_size=1, max_size=3)),
             )
         )
         turn = []
         for name in draw(st.lists(names, max_size=3)):
             turn.append(ToolCall(f"call_{name}_{calls.get(name, 0)}", name, dumps(draw(args_obj))))
             calls[name] = calls.get(name, 0) + 1
-        messages.append(Message("assistant", draw(st.lists(st.builds(TextPart, text), max_size=2)), turn))
+        min_text = 0 if turn else 1  # empty model turns and empty texts are dropped on purpose
+        texts: list[Part] = draw(st.lists(st.builds(TextPart, nonempty), min_size=min_text, max_size=2))
+        messages.append(Message("assistant", texts, turn))
         for call in turn[: draw(st.integers(0, len(turn)))]:
             call_id = f"call_{call.name}_{results.get(call.name, 0)}"
             results[call.name] = results.get(call.name, 0) + 1

@@ -1,0 +1,52 @@
+"""Endpoints kaixu answers itself for an authenticated caller: the model list (in the shape of the SDK
+asking) and kAIxu Gate's token check (`GET /v1/health`)."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from kaixu.addons.respond import json_response
+from kaixu.call import Call, get_call
+from kaixu.formats.seeds import kaixu_gate
+from kaixu.gateway import Gateway
+
+
+class Local:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is not None:
+            return
+        if call.operation == "models":
+            flow.response = self.models(call)
+        elif call.operation == "health":
+            policy = call.policy
+            key_configured = any(p.api_key or p.kind == "mock" for p in policy.providers.values())
+            body = kaixu_gate.health_body(key_configured, bool(policy.keys), policy.anonymous)
+            flow.response = json_response(call, 200, body)
+
+    def models(self, call: Call) -> http.Response:
+        names = [m for m in call.policy.listed_models() if call.key is None or call.key.may_use(m)]
+        if call.front == "gemini":
+            models = [
+                {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": ["generateContent"]}
+                for m in names
+            ]
+            return json_response(call, 200, {"models": models})
+        if call.front == "anthropic":
+            since = "1970-01-01T00:00:00Z"
+            listing = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
+            first, last = (names[0], names[-1]) if names else (None, None)
+            return json_response(call, 200, {"data": listing, "has_more": False, "first_id": first, "last_id": last})
+        created = int(self.gateway.started_at)
+        data = [{"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names]
+        # OpenAI clients read `data`; kAIxu Gate clients, which share the path, read `models`.
+        body = {"object": "list", "data": data, **kaixu_gate.models_body(names, call.policy.default_model)}
+        return json_response(call, 200, body)
+
+    @staticmethod
+    def _owner(call: Call, model: str) -> str:
+        route = call.policy.models.get(model)
+        return route.targets[0].provider if route else "kaixu"
