@@ -57,6 +57,7 @@ def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
             "mock-model": {"route": [{"provider": "mock"}]},
             "dead-model": {"route": [{"provider": "dead"}]},
         },
+        "default_model": "gemini-test",
         "keys": [
             {"name": "test", "hash": key_hash(TEST_KEY)},
             {"name": "limited", "hash": key_hash(LIMITED_KEY), "models": ["gpt-4o-mini"]},

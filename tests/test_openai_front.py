@@ -142,7 +142,7 @@ def test_missing_key_is_401(kaixu: Kaixu) -> None:
         (b'{"model": "gpt-4o-mini", "messages": [', "not valid JSON"),
         (b"[1, 2]", "JSON object"),
         (b"", "empty"),
-        (b'{"messages": []}', "model"),
+        (b'{"model": 5, "messages": []}', "model"),
         (b'{"model": "gpt-4o-mini", "messages": [], "stream": "yes"}', "stream"),
     ],
 )

@@ -7,6 +7,7 @@ import uuid
 
 from mitmproxy import http
 
+from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import json_response
 from kaixu.call import Call, attach, get_call
 from kaixu.gateway import Gateway
@@ -41,7 +42,9 @@ class Ingress:
         # and that refusal must still carry the request id.
         self.gateway.inflight.add(flow.id)
         if get_call(flow) is None:
-            attach(flow, Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy()))
+            call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
+            call.front = front_for_path(flow.request.path.partition("?")[0])
+            attach(flow, call)
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

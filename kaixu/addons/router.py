@@ -64,11 +64,10 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
 def resolve_route(call: Call) -> ModelRoute:
     assert call.model is not None
     policy: Policy = call.policy
-    route = policy.resolve_model(call.model)
     backend = call.extras.get("backend")
-    if route is None and backend is not None and backend in policy.models:
-        route = policy.models[backend]  # /v1/{backend}/chat/completions naming a model alias
-        call.extras.pop("backend")
+    if backend is not None and backend not in policy.providers and backend in policy.models:
+        call.model = call.extras.pop("backend")  # /v1/{backend}/chat/completions naming a model, not a provider
+    route = policy.resolve_model(call.model)
     if route is None:
         raise RouteRefused(
             404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"

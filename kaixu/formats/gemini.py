@@ -19,6 +19,8 @@ Decisions worth knowing:
   (plain JSON Schema, which is what OpenAI and Anthropic clients have); on decode the
   OpenAPI-style ``parameters`` / ``responseSchema`` are accepted, their upper-case
   type names lower-cased.
+* Gemini rejects empty text parts and empty turns, so requests skip them (an OpenAI
+  ``content: ""`` says nothing anyway).
 * Gemini reports ``STOP`` even when it called functions; we report ``tool_calls``
   whenever the answer contains function calls.
 * ``thoughtSignature`` and thought parts are not part of the canonical model. Gemini 3

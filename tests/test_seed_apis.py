@@ -1,0 +1,315 @@
+"""The seed gateways' client APIs, exercised as their own docs show (../shared/seeds/): curl-style httpx
+calls, the documented bodies, headers, SSE event names and error statuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.provider import FakeProvider
+from tests.harness import LIMITED_KEY, TEST_KEY, Kaixu
+
+BEARER = {"authorization": f"Bearer {TEST_KEY}"}
+
+
+def sse_events(text: str) -> list[tuple[str | None, str]]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+# --- kAIxu Gate (seed 001) ---------------------------------------------------------------------------
+
+
+def gate(kaixu: Kaixu, path: str, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    headers = BEARER if headers is None else headers
+    if body is None:
+        return httpx.get(kaixu.url + path, headers=headers)
+    return httpx.post(kaixu.url + path, json=body, headers=headers, timeout=10)
+
+
+def test_gate_health_checks_the_token(kaixu: Kaixu) -> None:
+    assert gate(kaixu, "/v1/health").json() == {
+        "ok": True,
+        "keyConfigured": True,
+        "authConfigured": True,
+        "openGate": False,
+    }
+    assert gate(kaixu, "/v1/health", headers={"x-kaixu-token": TEST_KEY}).status_code == 200
+    bad = gate(kaixu, "/v1/health", headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["ok"] is False and bad.json()["error"]
+
+
+def test_gate_models(kaixu: Kaixu) -> None:
+    models = gate(kaixu, "/v1/models").json()["models"]
+    assert "gemini-test" in {m["id"] for m in models}
+
+
+def test_gate_generate_simple_input_defaults_to_the_default_model(kaixu: Kaixu, fake: FakeProvider) -> None:
+    data = gate(kaixu, "/v1/generate", {"input": {"type": "text", "content": "Explain WebSockets."}}).json()
+    assert data["ok"] is True and data["text"] == "echo: Explain WebSockets."
+    assert data["model"] == "gemini-test" and data["finishReason"] == "STOP"
+    usage = data["usage"]
+    assert set(usage) == {"promptTokens", "candidatesTokens", "thoughtsTokens", "totalTokens"}
+    assert usage["totalTokens"] == usage["promptTokens"] + usage["candidatesTokens"] + usage["thoughtsTokens"]
+    assert ":generateContent" in fake.requests[-1].path
+
+
+def test_gate_messages_and_system_routed_to_another_provider(kaixu: Kaixu, fake: FakeProvider) -> None:
+    body = {
+        "model": "claude-test",
+        "system": "You are a helpful assistant.",
+        "messages": [
+            {"role": "user", "content": "My name is Skye."},
+            {"role": "assistant", "content": "Hello Skye"},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    }
+    data = gate(kaixu, "/v1/generate", body).json()
+    assert data["ok"] and data["text"] == "echo: What is my name?"
+    sent = fake.requests[-1]
+    assert sent.path == "/v1/messages"
+    assert sent.json["system"] == "You are a helpful assistant." and len(sent.json["messages"]) == 3
+
+
+def test_gate_gemini_native_fields_pass_verbatim(kaixu: Kaixu, fake: FakeProvider) -> None:
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Hello"}]}],
+        "generationConfig": {"temperature": 1.2, "topP": 0.95, "maxOutputTokens": 512, "stopSequences": ["END"]},
+        "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+    }
+    data = gate(kaixu, "/v1/generate", body).json()
+    assert data["ok"] and data["text"] == "echo: Hello"
+    sent = fake.requests[-1].json
+    assert sent["generationConfig"] == body["generationConfig"]
+    assert sent["safetySettings"] == body["safetySettings"]
+
+
+def test_gate_json_output_and_raw(kaixu: Kaixu, fake: FakeProvider) -> None:
+    body = {"output": {"format": "json"}, "includeRaw": True, "input": {"type": "text", "content": "France"}}
+    data = gate(kaixu, "/v1/generate", body).json()
+    assert json.loads(data["text"]) == {"echo": "France"}
+    assert fake.requests[-1].json["generationConfig"]["responseMimeType"] == "application/json"
+    assert data["raw"]["candidates"][0]["content"]["parts"][0]["text"] == data["text"]
+
+
+def test_gate_stream_is_raw_gemini_chunks_then_done(kaixu: Kaixu) -> None:
+    with httpx.stream(
+        "POST", kaixu.url + "/v1/stream", headers=BEARER, json={"input": {"type": "text", "content": "Hi"}}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = response.read().decode()
+    datas = [data for _, data in sse_events(text)]
+    assert datas[-1] == "[DONE]"
+    # the doc's own client loop
+    out = ""
+    for raw in datas[:-1]:
+        chunk = json.loads(raw)
+        parts = chunk.get("candidates", [{}])[0].get("content", {}).get("parts", [])
+        out += "".join(p.get("text", "") for p in parts if not p.get("thought"))
+    assert out == "echo: Hi"
+
+
+def test_gate_stream_to_an_openai_provider(kaixu: Kaixu) -> None:
+    response = gate(kaixu, "/v1/stream", {"model": "gpt-4o-mini", "input": {"type": "text", "content": "Yo"}})
+    datas = [data for _, data in sse_events(response.text)]
+    text = "".join(p.get("text", "") for d in datas[:-1] for p in json.loads(d)["candidates"][0]["content"]["parts"])
+    assert text == "echo: Yo" and datas[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [
+        ("POST", {}, 400),
+        ("POST", {"input": {"type": "text"}}, 400),
+        ("POST", {"messages": [{"role": "wizard", "content": "x"}]}, 400),
+        ("POST", {"input": {"type": "text", "content": "x"}, "output": {"format": "yaml"}}, 400),
+        ("GET", None, 405),
+    ],
+)
+def test_gate_errors(kaixu: Kaixu, method: str, body: Any, status: int) -> None:
+    response = httpx.request(method, kaixu.url + "/v1/generate", json=body, headers=BEARER)
+    assert response.status_code == status
+    assert response.json()["ok"] is False and response.json()["error"]
+
+
+def test_gate_401_413_and_upstream_failure(kaixu: Kaixu) -> None:
+    unauthorized = gate(kaixu, "/v1/generate", {"input": {"type": "text", "content": "x"}}, headers={})
+    assert unauthorized.status_code == 401 and unauthorized.json()["ok"] is False
+    huge = gate(kaixu, "/v1/generate", {"input": {"type": "text", "content": "x" * 1_100_000}})
+    assert huge.status_code == 413 and huge.json()["ok"] is False
+    dead = gate(kaixu, "/v1/generate", {"model": "dead-model", "input": {"type": "text", "content": "x"}})
+    assert dead.status_code == 502 and dead.json()["ok"] is False
+    assert dead.json()["request_id"] == dead.headers["x-request-id"]
+
+
+# --- Kaixu Gateway 13 (seed 000) ---------------------------------------------------------------------
+
+GW13_HEADERS = {**BEARER, "x-kaixu-app": "demo", "x-kaixu-build": "b1", "x-kaixu-install-id": "install-42"}
+
+
+def test_gateway13_chat(kaixu: Kaixu, fake: FakeProvider) -> None:
+    body = {
+        "provider": "anthropic",
+        "model": "claude-test",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 100,
+        "temperature": 1,
+    }
+    response = httpx.post(
+        kaixu.url + "/.netlify/functions/gateway-chat",
+        json=body,
+        headers={**GW13_HEADERS, "x-kaixu-request-id": "req-gw13"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-kaixu-request-id"] == "req-gw13"
+    data = response.json()
+    assert data["provider"] == "anthropic" and data["model"] == "claude-test" and data["output_text"] == "echo: Hi"
+    assert data["usage"]["input_tokens"] > 0 and data["usage"]["output_tokens"] > 0 and "cost_cents" in data["usage"]
+    assert set(data["month"]) >= {
+        "month",
+        "customer_cap_cents",
+        "customer_spent_cents",
+        "key_cap_cents",
+        "key_spent_cents",
+    }
+    assert data["telemetry"] == {"install_id": "install-42"}
+    assert fake.requests[-1].json["max_tokens"] == 100
+
+
+def test_gateway13_stream_events(kaixu: Kaixu) -> None:
+    body = {"provider": "openai", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello you"}]}
+    response = httpx.post(kaixu.url + "/.netlify/functions/gateway-stream", json=body, headers=GW13_HEADERS)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    names = [name for name, _ in events]
+    assert names[0] == "meta" and names[-1] == "done" and "delta" in names
+    assert "".join(json.loads(d)["text"] for n, d in events if n == "delta") == "echo: Hello you"
+    done = json.loads(events[-1][1])
+    assert done["usage"]["output_tokens"] > 0
+
+
+def test_gateway13_provider_hint_must_serve_the_model(kaixu: Kaixu) -> None:
+    body = {"provider": "gemini", "model": "claude-test", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(kaixu.url + "/.netlify/functions/gateway-chat", json=body, headers=GW13_HEADERS)
+    assert response.status_code == 403 and "gemini" in response.json()["error"]
+
+
+def test_gateway13_errors_and_health(kaixu: Kaixu) -> None:
+    body = {"model": "claude-test", "messages": [{"role": "user", "content": "x"}]}
+    unauthorized = httpx.post(kaixu.url + "/.netlify/functions/gateway-chat", json=body)
+    assert unauthorized.status_code == 401 and "error" in unauthorized.json()
+    bad = httpx.post(kaixu.url + "/.netlify/functions/gateway-chat", json={**body, "provider": "aws"}, headers=BEARER)
+    assert bad.status_code == 400 and "provider" in bad.json()["error"]
+    health = httpx.get(kaixu.url + "/.netlify/functions/health").json()
+    assert health["status"] == "ok" and health["providers"]["ant"]["key_configured"] is True
+
+
+# --- Intelligent AI Gateway (seed 002) ---------------------------------------------------------------
+
+
+def test_backend_in_the_path_picks_the_provider(kaixu: Kaixu, fake: FakeProvider) -> None:
+    response = httpx.post(
+        kaixu.url + "/v1/ant/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
+        headers=BEARER,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "echo: Hello"
+    assert fake.requests[-1].path == "/v1/messages"
+
+
+def test_backend_in_the_body_is_stripped_before_forwarding(kaixu: Kaixu, fake: FakeProvider) -> None:
+    response = httpx.post(
+        kaixu.url + "/v1/chat/completions",
+        json={"backend": "oai", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
+        headers=BEARER,
+    )
+    assert response.status_code == 200
+    assert "backend" not in fake.requests[-1].json
+
+
+def test_backend_may_name_a_model_and_the_model_may_be_omitted(kaixu: Kaixu, fake: FakeProvider) -> None:
+    response = httpx.post(
+        kaixu.url + "/v1/claude-test/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hello"}]},
+        headers=BEARER,
+    )
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].path == "/v1/messages"
+
+
+def test_unknown_backend_is_404(kaixu: Kaixu) -> None:
+    response = httpx.post(
+        kaixu.url + "/v1/nowhere/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+        headers=BEARER,
+    )
+    assert response.status_code == 404 and response.json()["error"]["code"] == "backend_not_found"
+
+
+def test_queue_status_and_health_uptime(kaixu: Kaixu) -> None:
+    status = httpx.get(kaixu.url + "/queue/status").json()
+    assert {"processPool", "backends"} <= set(status) and status["processPool"]["queued"] == 0
+    health = httpx.get(kaixu.url + "/health").json()
+    assert health["status"] == "ok" and health["uptime_seconds"] >= 0 and "routing" in health
+
+
+# --- Pulse (seed 003) --------------------------------------------------------------------------------
+
+
+def test_pulse_request(kaixu: Kaixu, fake: FakeProvider) -> None:
+    body = {"model": "gpt-4o-mini", "prompt": "Say hello", "teamId": "team-123", "projectId": "project-456"}
+    response = httpx.post(kaixu.url + "/api/ai/request", json=body, headers={"x-pulse-key": TEST_KEY})
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["success"] is True and data["content"] == "echo: Say hello"
+    assert data["usage"]["inputTokens"] > 0
+    assert "teamId" not in fake.requests[-1].json
+
+
+def test_pulse_messages_input(kaixu: Kaixu) -> None:
+    body = {
+        "model": "claude-test",
+        "input": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is 2+2?"},
+        ],
+        "teamId": "t",
+    }
+    data = httpx.post(kaixu.url + "/api/ai/request", json=body, headers=BEARER).json()
+    assert data["success"] and data["content"] == "echo: What is 2+2?"
+
+
+def test_pulse_errors(kaixu: Kaixu) -> None:
+    body = {"model": "claude-test", "prompt": "x"}
+    forbidden = httpx.post(kaixu.url + "/api/ai/request", json=body, headers={"x-pulse-key": LIMITED_KEY})
+    assert forbidden.status_code == 403 and forbidden.json()["success"] is False
+    assert "claude-test" in forbidden.json()["error"]
+    missing = httpx.post(kaixu.url + "/api/ai/request", json={"model": "gpt-4o-mini"}, headers=BEARER)
+    assert missing.status_code == 400 and missing.json()["success"] is False
+    assert httpx.post(kaixu.url + "/api/ai/request", json=body).status_code == 401
+
+
+# --- AI Gateway (node, seed 004) ----------------------------------------------------------------------
+
+
+def test_node_gateway_request_id_header(kaixu: Kaixu) -> None:
+    response = httpx.post(
+        kaixu.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={**BEARER, "X-Request-Id": "node-1"},
+    )
+    assert response.headers["X-Request-Id"] == "node-1"
