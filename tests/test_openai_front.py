@@ -186,6 +186,12 @@ def test_dead_provider_is_a_json_502(kaixu: Kaixu) -> None:
         client(kaixu).chat.completions.create(model="dead-model", messages=HELLO)
 
 
+def test_unresolvable_provider_is_a_json_502(kaixu: Kaixu) -> None:
+    response = post(kaixu, json.dumps({"model": "nxdomain-model", "messages": HELLO}))
+    body = assert_openai_error(response, 502, "upstream_connect_error")
+    assert "nxdomain" in body["error"]["message"]  # type: ignore[index]
+
+
 def test_slow_provider_is_a_json_504(kaixu: Kaixu, fake: FakeProvider) -> None:
     fake.add_fault(Fault(latency_ms=6000))
     started = time.monotonic()

@@ -19,7 +19,7 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import error_json
@@ -30,9 +30,11 @@ log = logging.getLogger("kaixu.errors")
 _installed = False
 
 
-def _error_bytes(call: Call | None, request: http.Request | None, status: int, reason: str) -> bytes:
+def _error_bytes(
+    call: Call | None, request: http.Request | None, status: int, reason: str, connect_failed: bool = False
+) -> bytes:
     if call is not None:
-        status, message, type, code = _describe(call, status, reason)
+        status, message, type, code = _describe(call, status, reason, connect_failed)
         body = error_json(call.front, call.request_id, status, message, type, code)
         request_id: str | None = call.request_id
     else:
@@ -46,7 +48,7 @@ def _error_bytes(call: Call | None, request: http.Request | None, status: int, r
     return _http1.http1.assemble_response(response)
 
 
-def _describe(call: Call, status: int, reason: str) -> tuple[int, str, str, str]:
+def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
     provider = call.provider.name if call.provider else "upstream"
     if call.timed_out:
         UPSTREAM_ERRORS.labels(provider, "timeout").inc()
@@ -66,7 +68,7 @@ def _describe(call: Call, status: int, reason: str) -> tuple[int, str, str, str]
             ("request_too_large"),
         )
     if status == 502:
-        kind = "connect" if "connect" in reason.lower() else "protocol"
+        kind = "connect" if connect_failed else "protocol"
         UPSTREAM_ERRORS.labels(provider, kind).inc()
         what = "is unreachable" if kind == "connect" else "closed the connection without a complete response"
         return 502, f"provider {provider!r} {what} ({reason})", "api_error", f"upstream_{kind}_error"
@@ -91,7 +93,8 @@ def install_json_error_pages() -> None:
             status = event.code.http_status_code()
             assert status is not None
             call = call_for_request(self.request)
-            yield commands.SendData(self.conn, _error_bytes(call, self.request, status, event.message))
+            connect_failed = event.code is ErrorCode.CONNECT_FAILED
+            yield commands.SendData(self.conn, _error_bytes(call, self.request, status, event.message, connect_failed))
             yield commands.CloseConnection(self.conn)
             return
         yield from original_send(self, event)
