@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kaixu import __version__
 from kaixu.config import Policy
+from kaixu.store import Ledger
 
 
 @dataclass(slots=True)
@@ -27,7 +28,8 @@ class Gateway:
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     store_ok: bool | None = None
-    """Result of the last store health check (None until the store reports)."""
+    """Whether the store could be opened (None until it was tried)."""
+    ledger: Ledger | None = None
 
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""
@@ -43,7 +45,10 @@ class Gateway:
     def store_status(self) -> dict[str, object]:
         policy = self.require_policy()
         kind = next(iter(policy.store), "sqlite")
-        status: dict[str, object] = {"kind": kind, "ok": self.store_ok}
+        ok = self.ledger.ok if self.ledger is not None else self.store_ok
+        status: dict[str, object] = {"kind": kind, "ok": ok}
+        if self.ledger is not None:
+            status["queued_records"] = self.ledger.queued
         if kind == "sqlite":
             status["path"] = policy.store["sqlite"]
         return status

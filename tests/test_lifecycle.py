@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -92,7 +93,7 @@ def test_health_reports_without_secrets(kaixu: Kaixu) -> None:
     assert health["policy"]["generation"] >= 1 and len(health["policy"]["hash"]) == 12
     assert health["providers"]["oai"] == {"kind": "openai", "key_configured": True}
     assert health["uptime_seconds"] >= 0
-    assert "store" in health
+    assert health["store"]["kind"] == "sqlite" and health["store"]["ok"] is True
     text = json.dumps(health)
     assert not any(secret in text for secret in UPSTREAM_KEYS.values())
 
@@ -188,17 +189,27 @@ def test_hot_reload_applies_edits_keeps_serving_and_rejects_bad_edits(fake: Fake
         gateway.stop()
 
 
-def test_sigterm_lets_in_flight_requests_finish(fake: FakeProvider, workdir: Path) -> None:
-    gateway = Kaixu(workdir, policy_for(fake.base_url)).start()
+def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_ledger(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url, store={"sqlite": "ledger.db"})).start()
+    assert chat(gateway.url, model="claude-test").status_code == 200
     fake.add_fault(Fault(latency_ms=1000))
     result: list[httpx.Response] = []
     worker = threading.Thread(target=lambda: result.append(chat(gateway.url)))
     worker.start()
-    wait_for(lambda: len(fake.requests) == 1, 10, "the request to reach the provider")
+    wait_for(lambda: len(fake.requests) == 2, 10, "the request to reach the provider")
     assert gateway.stop() == 0
     worker.join()
     assert result[0].status_code == 200
     assert result[0].json()["choices"][0]["message"]["content"] == "echo: Hello"
+    with sqlite3.connect(workdir / "ledger.db") as db:
+        columns = "request_id, key_name, model, provider, status, input_tokens, output_tokens"
+        rows = db.execute(f"SELECT {columns} FROM requests ORDER BY ts").fetchall()
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("test", "claude-test", "ant", 200),
+        ("test", "gpt-4o-mini", "oai", 200),
+    ]
+    assert rows[1][0] == result[0].headers["x-request-id"]
+    assert all(r[5] > 0 and r[6] > 0 for r in rows)
 
 
 def test_mitmdump_plugin_runs_the_same_addons(fake: FakeProvider, workdir: Path) -> None:

@@ -7,6 +7,7 @@ from kaixu.addons.config import PolicyFile
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
+from kaixu.addons.ledger import LedgerWriter
 from kaixu.addons.local import Local
 from kaixu.addons.mock import MockProvider
 from kaixu.addons.router import Router
@@ -20,6 +21,7 @@ def build_addons(gateway: Gateway) -> list[object]:
     return [
         PolicyFile(gateway),
         MockProvider(gateway),
+        LedgerWriter(gateway),
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics
         Dialect(),  # 2 which front door
         Auth(),  # 3 who is calling
@@ -27,5 +29,5 @@ def build_addons(gateway: Gateway) -> list[object]:
         Router(gateway),  # 6 where it goes (policy and limits, steps 4-5, arrive with their issues)
         Errors(),  # 9 upstream timeout + JSON error pages
         Stream(),  # 7 SSE pass-through meter or translator
-        Settle(),  # 8 usage, translation of buffered answers, metrics
+        Settle(gateway),  # 8 usage, translation of buffered answers, metrics
     ]

@@ -15,12 +15,17 @@ from mitmproxy import http
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
 from kaixu.formats import fronts, get_codec
+from kaixu.gateway import Gateway
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
+from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
 
 
 class Settle:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
     def response(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         response = flow.response
@@ -42,12 +47,16 @@ class Settle:
                 response.status_code = 502
                 response.headers["content-type"] = "application/json"
                 response.content = json.dumps(body).encode()
-        self._count(call, response.status_code)
+        self._count(call, response.status_code, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is not None and flow.response is None:
-            self._count(call, 504 if call.timed_out else 502)
+        if call is None or flow.error is None:
+            return
+        if flow.response is None:
+            self._count(call, 504 if call.timed_out else 502, flow.error.msg)
+        else:  # the answer had started: a stream cut by the provider or abandoned by the client
+            self._count(call, flow.response.status_code, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
         assert call.upstream_format is not None
@@ -74,12 +83,36 @@ class Settle:
         response.content = json.dumps(body, separators=(",", ":")).encode()
         response.headers["content-type"] = "application/json"
 
-    @staticmethod
-    def _count(call: Call, status: int) -> None:
+    def _count(self, call: Call, status: int, error: str | None) -> None:
+        if call.operation == "local":
+            return
         provider = call.provider.name if call.provider else "-"
         model = (call.model or "-") if call.provider else "-"
+        elapsed = time.monotonic() - call.started
         REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
-        LATENCY.labels(call.front, provider).observe(time.monotonic() - call.started)
-        if call.usage is not None and call.provider is not None:
-            TOKENS.labels(provider, model, "input").inc(call.usage.input_tokens)
-            TOKENS.labels(provider, model, "output").inc(call.usage.output_tokens)
+        LATENCY.labels(call.front, provider).observe(elapsed)
+        usage = call.usage
+        if usage is not None and call.provider is not None:
+            TOKENS.labels(provider, model, "input").inc(usage.input_tokens)
+            TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
+        if self.gateway.ledger is not None:
+            self.gateway.ledger.record(
+                LedgerRecord(
+                    request_id=call.request_id,
+                    ts=time.time(),
+                    front=call.front,
+                    operation=call.operation,
+                    key_name=call.key.name if call.key else None,
+                    team=call.key.team if call.key else None,
+                    model=call.model,
+                    provider=call.provider.name if call.provider else None,
+                    upstream_model=call.upstream_model,
+                    status=status,
+                    stream=int(call.stream),
+                    input_tokens=usage.input_tokens if usage else None,
+                    output_tokens=usage.output_tokens if usage else None,
+                    cached_input_tokens=usage.cached_input_tokens if usage else None,
+                    latency_ms=round(elapsed * 1000, 3),
+                    error=error,
+                )
+            )

@@ -159,6 +159,10 @@ def build_policy(
         problems.append((("default_model",), f"unknown model {default_model!r}"))
     listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
     store = dict(data.get("store") or {"sqlite": "kaixu.db"})
+    for shared in ("postgres", "redis"):
+        if shared in store:
+            problems.append((("store", shared), f"{shared} is not supported by this version yet; use sqlite"))
+    store.setdefault("sqlite", "kaixu.db")
     if "sqlite" in store and store["sqlite"] != ":memory:":
         store["sqlite"] = str((base_dir / store["sqlite"]).resolve())
 
