@@ -32,6 +32,11 @@ class RouteRefused(Exception):
         self.status, self.message, self.type, self.code = status, message, type, code
 
 
+def _asks_for_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def pick_target(targets: tuple[RouteTarget, ...]) -> RouteTarget:
     if len(targets) == 1:
         return targets[0]
@@ -129,11 +134,16 @@ class Router:
         assert call.body is not None and call.upstream_model is not None and call.upstream_format is not None
         if call.upstream_format == call.front:
             rewrite_model = call.front != "gemini" and call.body.get("model") != call.upstream_model
-            if not rewrite_model and not any(field in call.body for field in GATEWAY_FIELDS):
+            ask_usage = call.front == "openai" and call.stream and not _asks_for_usage(call.body)
+            if not rewrite_model and not ask_usage and not any(field in call.body for field in GATEWAY_FIELDS):
                 return b""  # keep the original bytes
             body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
             if call.front != "gemini":
                 body["model"] = call.upstream_model
+            if ask_usage:
+                # Without it OpenAI streams carry no token counts; the stream step drops the extra chunk.
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+                call.extras["strip_usage_chunk"] = True
             return body
         if call.operation == "count_tokens":
             return None

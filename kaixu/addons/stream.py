@@ -8,6 +8,7 @@ drops that chunk) and must never return b"" mid-stream (that would end the clien
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 
@@ -40,6 +41,43 @@ def meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
     return on_chunk
 
 
+def _is_usage_only_chunk(event: bytes) -> bool:
+    """The chunk OpenAI appends for `include_usage`: usage set, no choices."""
+    if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
+        return False
+    try:
+        payload = json.loads(event.partition(b"data:")[2])
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("choices") == [] and bool(payload.get("usage"))
+
+
+def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
+    """Pass-through for an OpenAI stream where kaixu asked for the usage chunk the client did not ask for:
+    meter everything, forward every complete event as it arrives except that one chunk."""
+    metered = meter(call, decoder)
+    held = b""
+
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        nonlocal held
+        metered(data)
+        if not data:
+            rest, held = held, b""
+            return rest if rest and not _is_usage_only_chunk(rest) else []
+        buffer = held + data
+        lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        complete, held = buffer[:cut], buffer[cut:]
+        if not complete:
+            return []
+        if b'"usage"' in complete:
+            events = complete.replace(b"\r\n", b"\n").split(b"\n\n")
+            complete = b"".join(e + b"\n\n" for e in events if e and not _is_usage_only_chunk(e))
+        return complete or []
+
+    return on_chunk
+
+
 def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> StreamCallable:
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
         try:
@@ -68,7 +106,8 @@ class Stream:
         assert call.upstream_format is not None
         upstream = get_codec(call.upstream_format)
         if call.canonical is None:
-            response.stream = meter(call, upstream.stream_decoder())
+            make = usage_stripping_meter if call.extras.get("strip_usage_chunk") else meter
+            response.stream = make(call, upstream.stream_decoder())
             return
         response.headers.pop("content-length", None)
         response.headers["content-type"] = "text/event-stream; charset=utf-8"
