@@ -229,10 +229,14 @@ def kaixu_policy(fake_port: int) -> str:
     return json.dumps(policy, indent=2)  # JSON is YAML
 
 
-def start_kaixu(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
-    """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid)."""
+def start_kaixu(
+    work: Path, fake_port: int, stack: contextlib.ExitStack, policy_text: str | None = None
+) -> tuple[int, int]:
+    """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
+
+    ``policy_text`` replaces the default one-route policy (other benchmarks route more models)."""
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "kaixu.log"
-    policy.write_text(kaixu_policy(fake_port))
+    policy.write_text(policy_text if policy_text is not None else kaixu_policy(fake_port))
     cmd = [sys.executable, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
     cmd += ["--port-file", str(port_file), "--reload-ms", "0", "--log-level", "warning"]
     proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
@@ -313,14 +317,12 @@ def lua_string(value: str) -> str:
     return json.dumps(value)
 
 
-def write_lua(path: Path, body: dict[str, Any], key: str) -> Path:
-    """A wrk script: every request is the same keep-alive POST with a JSON body and a bearer key."""
-    path.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {lua_string(json.dumps(body))}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = {lua_string("Bearer " + key)}\n'
-    )
+def write_lua(path: Path, body: dict[str, Any], key: str, extra: dict[str, str] | None = None) -> Path:
+    """A wrk script: every request is the same keep-alive POST with a JSON body, a bearer key and ``extra``."""
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + key, **(extra or {})}
+    lines = ['wrk.method = "POST"', f"wrk.body = {lua_string(json.dumps(body))}"]
+    lines += [f"wrk.headers[{lua_string(name)}] = {lua_string(value)}" for name, value in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -657,16 +659,18 @@ and the section below is rewritten.
 """
 
 
-def update_doc(text: str) -> None:
-    """Replace the marked section of docs/performance.md, creating the page (with its intro) if needed."""
-    block = f"{DOC_BEGIN}\n{text.rstrip()}\n{DOC_END}"
+def update_doc(text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: str = "") -> None:
+    """Replace the section between ``begin`` and ``end`` in docs/performance.md, creating the page (with
+    its intro) if needed. Missing markers are appended at the end of the page, after ``preamble``."""
+    block = f"{begin}\n{text.rstrip()}\n{end}"
     current = DOC_PATH.read_text() if DOC_PATH.exists() else DOC_INTRO
-    if DOC_BEGIN in current and DOC_END in current:
-        before, _, rest = current.partition(DOC_BEGIN)
-        after = rest.partition(DOC_END)[2]
+    if begin in current and end in current:
+        before, _, rest = current.partition(begin)
+        after = rest.partition(end)[2]
         current = before + block + after
     else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
+        lead = preamble.strip("\n") + "\n\n" if preamble.strip() else ""
+        current = current.rstrip("\n") + "\n\n" + lead + block + "\n"
     DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
     DOC_PATH.write_text(current)
 

@@ -47,6 +47,7 @@ def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
             "gem": {"kind": "gemini", "base_url": fake_url, "api_key": UPSTREAM_KEYS["gemini"]},
             "mock": {"kind": "mock"},
             "dead": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-dead"},
+            "nokey": {"kind": "gemini", "base_url": fake_url},
             "nxdomain": {"kind": "openai", "base_url": "http://no-such-host.invalid/v1", "api_key": "sk-dead"},
         },
         "models": {
@@ -57,6 +58,7 @@ def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
             "gemini-test": {"route": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
             "mock-model": {"route": [{"provider": "mock"}]},
             "dead-model": {"route": [{"provider": "dead"}]},
+            "nokey-model": {"route": [{"provider": "nokey"}]},
             "nxdomain-model": {"route": [{"provider": "nxdomain"}]},
         },
         "default_model": "gemini-test",

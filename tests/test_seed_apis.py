@@ -153,6 +153,12 @@ def test_gate_401_413_and_upstream_failure(kaixu: Kaixu) -> None:
     dead = gate(kaixu, "/v1/generate", {"model": "dead-model", "input": {"type": "text", "content": "x"}})
     assert dead.status_code == 502 and dead.json()["ok"] is False
     assert dead.json()["request_id"] == dead.headers["x-request-id"]
+    misconfigured = gate(kaixu, "/v1/generate", {"model": "nokey-model", "input": {"type": "text", "content": "x"}})
+    assert misconfigured.status_code == 500 and misconfigured.json() == {
+        "ok": False,
+        "error": "provider 'nokey' has no API key configured",
+        "request_id": misconfigured.headers["x-request-id"],
+    }
 
 
 # --- Kaixu Gateway 13 (seed 000) ---------------------------------------------------------------------
