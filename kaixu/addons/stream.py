@@ -43,7 +43,7 @@ def meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
 
 def _is_usage_only_chunk(event: bytes) -> bool:
     """The chunk OpenAI appends for `include_usage`: usage set, no choices."""
-    if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
+    if b'"usage":{' not in event and b'"usage": {' not in event:
         return False
     try:
         payload = json.loads(event.partition(b"data:")[2])
@@ -70,7 +70,7 @@ def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
         complete, held = buffer[:cut], buffer[cut:]
         if not complete:
             return []
-        if b'"usage"' in complete:
+        if b'"usage":{' in complete or b'"usage": {' in complete:  # not the `"usage":null` of every chunk
             events = complete.replace(b"\r\n", b"\n").split(b"\n\n")
             complete = b"".join(e + b"\n\n" for e in events if e and not _is_usage_only_chunk(e))
         return complete or []
