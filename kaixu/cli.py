@@ -104,6 +104,11 @@ def _configure_logging(level: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # mitmproxy's own problems (a port in use, a TLS failure) at warning and above; its per-connection
+    # chatter stays quiet.
+    proxy_logger = logging.getLogger("mitmproxy")
+    proxy_logger.addHandler(handler)
+    proxy_logger.setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

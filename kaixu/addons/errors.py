@@ -128,8 +128,16 @@ class Errors:
     def error(self, flow: http.HTTPFlow) -> None:
         self.responseheaders(flow)
         call = get_call(flow)
-        if call is not None and flow.error is not None and flow.error.msg != "Client disconnected.":
-            log.warning("request %s failed upstream: %s", call.request_id, flow.error.msg)
+        if call is None or flow.error is None or flow.error.msg == "Client disconnected.":
+            return
+        provider = call.provider.name if call.provider else "-"
+        if call.timed_out:
+            log.warning("request %s: provider %s did not answer within %g s", call.request_id, provider,
+                        call.policy.upstream_timeout_s)  # fmt: skip
+        elif "body_size_limit" in flow.error.msg:
+            log.info("request %s refused: body over %d bytes", call.request_id, call.policy.max_body_bytes)
+        else:
+            log.warning("request %s to provider %s failed: %s", call.request_id, provider, flow.error.msg)
 
     def _expire(self, flow: http.HTTPFlow, call: Call) -> None:
         self._timers.pop(flow.id, None)
