@@ -185,6 +185,9 @@ def test_hot_reload_applies_edits_keeps_serving_and_rejects_bad_edits(fake: Fake
         assert "providers.mock.kind" in health["policy"]["last_reload_error"]
         assert chat(gateway.url, model="brand-new").status_code == 200
         assert "policy reload rejected" in gateway.log()
+        metrics = httpx.get(gateway.url + "/metrics").text
+        assert f"kaixu_policy_generation {float(good_generation)}" in metrics
+        assert "kaixu_policy_reload_failures_total 1.0" in metrics
     finally:
         gateway.stop()
 

@@ -115,6 +115,29 @@ def test_openai_front_streamed_parallel_tool_calls(kaixu: Kaixu, model: str) -> 
     assert all(json.loads(c["arguments"]) == {"echo": "parallel please"} for c in calls.values())
 
 
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+@pytest.mark.parametrize(
+    ("model", "path"), [("claude-test", ("source", "data")), ("gemini-test", ("inlineData", "data"))]
+)
+def test_openai_front_base64_image_reaches_other_providers(
+    kaixu: Kaixu, fake: FakeProvider, model: str, path: tuple[str, str]
+) -> None:
+    content: Any = [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+    ]
+    completion = openai_client(kaixu).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}]
+    )
+    assert completion.choices[0].message.content == "echo: what is this [image]"
+    sent = fake.requests[-1].json
+    parts = sent["messages"][0]["content"] if model == "claude-test" else sent["contents"][0]["parts"]
+    [image] = [p for p in parts if path[0] in p]
+    assert image[path[0]][path[1]] == PIXEL
+
+
 # --- Anthropic SDK ----------------------------------------------------------------------------------
 
 

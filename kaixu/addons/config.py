@@ -13,6 +13,7 @@ from mitmproxy import ctx, exceptions
 from kaixu.addons import options
 from kaixu.config import Policy, PolicyError, load_policy
 from kaixu.gateway import Gateway
+from kaixu.metrics import POLICY_GENERATION, POLICY_RELOAD_FAILURES
 
 log = logging.getLogger("kaixu.config")
 
@@ -62,6 +63,7 @@ class PolicyFile:
     def _install(self, policy: Policy) -> None:
         previous = self.gateway.policy
         self.gateway.install(policy)
+        POLICY_GENERATION.set(self.gateway.generation)
         if previous is not None:  # the first load's listeners and limits are set by whoever built the Master
             if ctx.options.kaixu_listen_from_policy and previous.listen != policy.listen:
                 ctx.options.update(mode=reverse_modes(policy))
@@ -87,6 +89,7 @@ class PolicyFile:
             except PolicyError as exc:
                 message = "; ".join(str(p) for p in exc.problems)
                 self.gateway.last_reload_error = message
+                POLICY_RELOAD_FAILURES.inc()
                 log.error("policy reload rejected, keeping generation %d: %s", self.gateway.generation, message)
                 continue
             except Exception as exc:  # the watcher must survive anything a file system can do
