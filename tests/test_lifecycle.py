@@ -243,3 +243,19 @@ def test_shipped_policy_serves_the_mock(workdir: Path) -> None:
         )
     finally:
         gateway.stop()
+
+
+def test_keys_new_prints_a_policy_line_that_authenticates_the_key(fake: FakeProvider, workdir: Path) -> None:
+    made = kaixu_cli("keys", "new", "--name", "web-app")
+    assert made.returncode == 0
+    key = made.stderr.split("store it now): ", 1)[1].split()[0]
+    entry = yaml.safe_load(made.stdout)[0]
+    assert entry["name"] == "web-app" and key not in made.stdout
+    assert kaixu_cli("keys", "hash", key).stdout.strip() == entry["hash"]
+    policy = policy_for(fake.base_url)
+    policy["keys"].append(entry)
+    gateway = Kaixu(workdir, policy).start()
+    try:
+        assert chat(gateway.url, key=key).status_code == 200
+    finally:
+        gateway.stop()
