@@ -1,6 +1,6 @@
 """Per-event cost of stream translation (not a test; run it by hand).
 
-    .venv/bin/python -m tests.formats.bench_translate
+    .venv/bin/python bench/codec_events.py
 
 For every (provider, client) pair it builds a provider SSE body of N short text
 deltas (one token each, the worst case: most overhead per byte) and measures
