@@ -195,6 +195,14 @@ def test_body_over_the_limit_is_413(kaixu: Kaixu) -> None:
     assert_openai_error(response, 413, "request_too_large")
 
 
+def test_answers_larger_than_the_request_limit_pass(kaixu: Kaixu) -> None:
+    inputs = [f"w{i}" for i in range(10_000)]
+    response = post(kaixu, json.dumps({"model": "text-embedding-3-small", "input": inputs}), path="/v1/embeddings")
+    assert response.status_code == 200
+    assert len(response.content) > 1_000_000  # the test policy's max_body_bytes
+    assert len(response.json()["data"]) == 10_000
+
+
 def test_dead_provider_is_a_json_502(kaixu: Kaixu) -> None:
     response = post(kaixu, json.dumps({"model": "dead-model", "messages": HELLO}))
     body = assert_openai_error(response, 502, "upstream_connect_error")

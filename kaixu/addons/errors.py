@@ -18,6 +18,7 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands
+from mitmproxy.proxy import layers as proxy_layers
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
@@ -104,6 +105,22 @@ def install_json_error_pages() -> None:
 
     _http1.Http1Server.send = send  # type: ignore[method-assign]
     _http1.make_error_response = make_error_response
+    _limit_request_bodies_only()
+
+
+def _limit_request_bodies_only() -> None:
+    """mitmproxy applies `body_size_limit` to requests and responses alike; kaixu's limit is for what
+    clients send. Provider answers (an embeddings batch easily passes 5 MB) come from configured upstreams
+    and are not cut off."""
+    stream_class = proxy_layers.http.HttpStream
+    original = stream_class.check_body_size
+
+    def check_body_size(self: Any, request: bool) -> Generator[Any, Any, bool]:
+        if request:
+            return (yield from original(self, request))
+        return False
+
+    stream_class.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
 class Errors:
