@@ -48,6 +48,8 @@ class Call:
     """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
     usage: Usage | None = None
     timed_out: bool = False
+    attributes: dict[str, str] = field(default_factory=dict)
+    """What the client says about itself (app, build, install id, team and project ids), for the ledger."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -259,3 +259,23 @@ def test_keys_new_prints_a_policy_line_that_authenticates_the_key(fake: FakeProv
         assert chat(gateway.url, key=key).status_code == 200
     finally:
         gateway.stop()
+
+
+def test_ledger_records_who_the_client_says_it_is(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url, store={"sqlite": "ledger.db"})).start()
+    try:
+        headers = {"authorization": f"Bearer {TEST_KEY}", "x-kaixu-app": "notes", "x-kaixu-build": "b7"}
+        body = {"model": "gpt-4o-mini", "messages": HELLO}
+        assert (
+            httpx.post(gateway.url + "/.netlify/functions/gateway-chat", json=body, headers=headers).status_code == 200
+        )
+        pulse = {"model": "gpt-4o-mini", "prompt": "hi", "teamId": "team-1", "projectId": "p-2"}
+        assert httpx.post(gateway.url + "/api/ai/request", json=pulse, headers=headers).status_code == 200
+    finally:
+        gateway.stop()
+    with sqlite3.connect(workdir / "ledger.db") as db:
+        rows = [json.loads(r[0]) for r in db.execute("SELECT attributes FROM requests ORDER BY ts")]
+    assert rows == [
+        {"app": "notes", "build": "b7"},
+        {"app": "notes", "build": "b7", "teamId": "team-1", "projectId": "p-2"},
+    ]

@@ -17,7 +17,10 @@ from mitmproxy import http
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError
-from kaixu.formats.seeds import gateway13
+from kaixu.formats.seeds import gateway13, pulse
+
+# Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
+_ATTRIBUTE_HEADERS = (("x-kaixu-app", "app"), ("x-kaixu-build", "build"), ("x-kaixu-install-id", "install_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,10 @@ class Dialect:
         if body is None:
             return
         call.body = body
+        headers = request.headers
+        for header, name in _ATTRIBUTE_HEADERS:
+            if header in headers:
+                call.attributes[name] = headers[header][:200]
         problem = self._read_request_fields(call, door, body)
         if problem is not None:
             flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
@@ -165,6 +172,8 @@ class Dialect:
             if not isinstance(backend, str) or not backend:
                 return "backend: must be a backend name (string)"
             call.extras.setdefault("backend", backend)
+        if call.front == pulse.NAME:
+            call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
         if call.front == gateway13.NAME:
             try:
                 call.extras["provider_hint"] = gateway13.provider_hint(body)

@@ -114,5 +114,6 @@ class Settle:
                     cached_input_tokens=usage.cached_input_tokens if usage else None,
                     latency_ms=round(elapsed * 1000, 3),
                     error=error,
+                    attributes=json.dumps(call.attributes, separators=(",", ":")) if call.attributes else None,
                 )
             )

@@ -34,6 +34,8 @@ class LedgerRecord:
     cached_input_tokens: int | None
     latency_ms: float
     error: str | None
+    attributes: str | None
+    """JSON of what the client said about itself: app, build, install id, team/project ids (seed APIs)."""
 
 
 class LedgerStore(Protocol):

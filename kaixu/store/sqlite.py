@@ -15,7 +15,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT, ts REAL, front TEXT, operation TEXT, key_name TEXT, team TEXT, model TEXT,
     provider TEXT, upstream_model TEXT, status INTEGER, stream INTEGER, input_tokens INTEGER,
-    output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT
+    output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT, attributes TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
@@ -34,6 +34,7 @@ class SqliteLedgerStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
             self._db = db
 
     def write(self, records: Sequence[LedgerRecord]) -> None:
@@ -52,3 +53,14 @@ class SqliteLedgerStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A ledger written by an older kaixu gains the columns added since (new columns are nullable)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name in _COLUMNS:
+        if name not in present:
+            kind = (
+                "REAL" if name in ("ts", "latency_ms") else "INTEGER" if name.endswith(("tokens", "status")) else "TEXT"
+            )
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
