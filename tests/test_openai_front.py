@@ -238,6 +238,21 @@ def test_provider_errors_reach_the_client_with_retry_after(kaixu: Kaixu, fake: F
     assert response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-test"])
+def test_provider_dropping_a_stream_midway_leaves_the_gateway_serving(
+    kaixu: Kaixu, fake: FakeProvider, model: str
+) -> None:
+    fake.add_fault(Fault(disconnect_after_events=3))
+    received = ""
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for chunk in client(kaixu).chat.completions.create(model=model, messages=HELLO, stream=True):
+            if chunk.choices:
+                received += chunk.choices[0].delta.content or ""
+    assert len(received) < len("echo: Hello there")
+    completion = client(kaixu).chat.completions.create(model=model, messages=HELLO)
+    assert completion.choices[0].message.content == "echo: Hello there"
+
+
 def test_curl_completion_and_stream(kaixu: Kaixu) -> None:
     body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO})
     common = [
