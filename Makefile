@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kaixu run proxy.yaml
+	$(BIN)/kaixu run proxy.yaml --access-log
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check kaixu tests bench

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import logging.handlers
+import queue
 import secrets
 import sys
 from collections.abc import Sequence
@@ -55,8 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if policy is None:
         print("kaixu: not starting until the policy is fixed", file=sys.stderr)
         return 1
-    _configure_logging(args.log_level)
-    return asyncio.run(_run(args, policy))
+    listener = _configure_logging(args.log_level, args.access_log)
+    try:
+        return asyncio.run(_run(args, policy))
+    finally:
+        listener.stop()
 
 
 async def _run(args: argparse.Namespace, policy: Policy) -> int:
@@ -97,18 +102,26 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueListener:
+    """Log records are queued by the event loop and written to stderr by a thread: a slow terminal or
+    pipe never stalls the proxy."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stderr)
+    handler = logging.handlers.QueueHandler(records)
     logger = logging.getLogger("kaixu")
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    logging.getLogger("kaixu.access").setLevel(logging.INFO if access_log else logging.WARNING)
     # mitmproxy's own problems (a port in use, a TLS failure) at warning and above; its per-connection
     # chatter stays quiet.
     proxy_logger = logging.getLogger("mitmproxy")
     proxy_logger.addHandler(handler)
     proxy_logger.setLevel(logging.WARNING)
+    listener.start()
+    return listener
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port-file", help="write the bound addresses as JSON to this file once listening")
     run.add_argument("--reload-ms", type=int, default=1000, help="policy file check interval, 0 = no hot reload")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--access-log", action="store_true", help="log one line per request (id, status, model, tokens)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a policy file and print every problem with its line")

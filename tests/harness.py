@@ -74,7 +74,10 @@ def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
 class Kaixu:
     """A `kaixu run` subprocess."""
 
-    def __init__(self, workdir: Path, policy: dict[str, Any] | str, *, plugin: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, policy: dict[str, Any] | str, *, plugin: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
+        self.args = args
         self.workdir = workdir
         self.policy_path = workdir / "proxy.yaml"
         self.port_file = workdir / "ports.json"
@@ -102,7 +105,7 @@ class Kaixu:
             ]  # fmt: skip
         return [
             sys.executable, "-m", "kaixu", "run", str(self.policy_path), "--listen", "127.0.0.1:0",
-            "--port-file", str(self.port_file), "--reload-ms", "100",
+            "--port-file", str(self.port_file), "--reload-ms", "100", *self.args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30) -> Kaixu:

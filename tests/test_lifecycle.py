@@ -279,3 +279,17 @@ def test_ledger_records_who_the_client_says_it_is(fake: FakeProvider, workdir: P
         {"app": "notes", "build": "b7"},
         {"app": "notes", "build": "b7", "teamId": "team-1", "projectId": "p-2"},
     ]
+
+
+def test_access_log_has_one_line_per_request_without_secrets(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url), args=("--access-log",)).start()
+    try:
+        response = chat(gateway.url)
+        assert chat(gateway.url, key="sk-wrong-key").status_code == 401
+    finally:
+        gateway.stop()
+    lines = [line for line in gateway.log().splitlines() if "kaixu.access" in line]
+    assert len(lines) == 2
+    assert response.headers["x-request-id"] in lines[0] and " 200 " in lines[0] and "key=test" in lines[0]
+    assert " 401 " in lines[1]
+    assert "sk-wrong-key" not in gateway.log() and TEST_KEY not in gateway.log()

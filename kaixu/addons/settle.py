@@ -20,6 +20,7 @@ from kaixu.metrics import LATENCY, REQUESTS, TOKENS
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
+access = logging.getLogger("kaixu.access")
 
 
 class Settle:
@@ -95,6 +96,13 @@ class Settle:
         if usage is not None and call.provider is not None:
             TOKENS.labels(provider, model, "input").inc(usage.input_tokens)
             TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "%s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
+                call.request_id, call.front, call.operation, status, elapsed * 1000, call.model, provider,
+                call.upstream_model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
+                call.key.name if call.key else "-", f" error={error!r}" if error else "",
+            )  # fmt: skip
         if self.gateway.ledger is not None:
             self.gateway.ledger.record(
                 LedgerRecord(
