@@ -285,3 +285,31 @@ def test_feature_a_provider_cannot_express_is_a_400_naming_it(kaixu: Kaixu) -> N
             model="claude-test", messages=[{"role": "user", "content": PROMPT}], n=2
         )
     assert "n" in str(info.value)
+
+
+def test_gemini_stream_without_alt_sse_is_a_400_naming_alt(kaixu: Kaixu) -> None:
+    import httpx
+
+    response = httpx.post(
+        kaixu.url + "/v1beta/models/gemini-test:streamGenerateContent",
+        json={"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]},
+        headers={"x-goog-api-key": TEST_KEY},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("alt:")
+
+
+async def test_concurrent_translated_streams_do_not_mix(kaixu: Kaixu) -> None:
+    import asyncio
+
+    async with openai.AsyncOpenAI(base_url=kaixu.url + "/v1", api_key=TEST_KEY, max_retries=0) as client:
+
+        async def one(n: int) -> str:
+            model = MODELS[n % 3]
+            stream = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"prompt number {n}"}], stream=True
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        texts = await asyncio.gather(*(one(n) for n in range(30)))
+    assert texts == [f"echo: prompt number {n}" for n in range(30)]

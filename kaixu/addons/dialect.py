@@ -138,6 +138,13 @@ class Dialect:
             return
         if not door.needs_body:
             return
+        if door.front == "gemini" and door.stream and "alt=sse" not in request.path:
+            flow.response = error_response(
+                call, 400, "alt: kaixu streams Gemini answers as server-sent events; call "
+                ":streamGenerateContent?alt=sse (as the google-genai SDK does)", "invalid_request_error",
+                "invalid_field",
+            )  # fmt: skip
+            return
         body = self._parse_body(flow, call)
         if body is None:
             return
