@@ -42,15 +42,10 @@ class Ingress:
         # and that refusal must still carry the request id.
         self.gateway.inflight.add(flow.id)
         if get_call(flow) is None:
-            call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
-            call.front = front_for_path(flow.request.path.partition("?")[0])
-            attach(flow, call)
+            self._attach(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        call = get_call(flow)
-        if call is None:
-            call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
-            attach(flow, call)
+        call = get_call(flow) or self._attach(flow)
         request = flow.request
         if request.method == "OPTIONS" and "origin" in request.headers:
             flow.response = self._preflight(call, request)
@@ -67,6 +62,13 @@ class Ingress:
             flow.response = http.Response.make(
                 200, exposition(), {"content-type": "text/plain; version=0.0.4; charset=utf-8"}
             )
+
+    def _attach(self, flow: http.HTTPFlow) -> Call:
+        """The call a flow carries through every later step, with the policy snapshot it will keep."""
+        call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
+        call.front = front_for_path(flow.request.path.partition("?")[0])
+        attach(flow, call)
+        return call
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._decorate(flow)
