@@ -20,7 +20,7 @@ from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, estimate_tokens, fronts, get_codec
 from kaixu.formats.seeds import SeedContext, kaixu_gate
 from kaixu.gateway import Gateway
-from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url
+from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 
 # Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
@@ -183,7 +183,7 @@ class Router:
         self, flow: http.HTTPFlow, call: Call, url: str, body: bytes | dict[str, Any], key: str | None
     ) -> None:
         request = flow.request
-        request.url = url
+        request.scheme, request.host, request.port, request.path = split_url(url)
         headers = request.headers
         for name in CREDENTIAL_HEADERS:
             if name in headers:

@@ -5,6 +5,9 @@ The request/response bodies are the formats package's business; this module only
 
 from __future__ import annotations
 
+from functools import lru_cache
+from urllib.parse import urlsplit
+
 from kaixu.config import ProviderConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -63,3 +66,14 @@ def auth_headers(wire: str, key: str | None) -> dict[str, str]:
     if wire == "gemini":
         return {"x-goog-api-key": key}
     return {"authorization": f"Bearer {key}"}
+
+
+@lru_cache(maxsize=4096)
+def split_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path with query) of an endpoint URL, parsed once per distinct URL: setting these
+    on a request costs a third of assigning `request.url`, which parses the URL on every request."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme == "https" else 80)
+    path = parts.path + ("?" + parts.query if parts.query else "")
+    return scheme, parts.hostname or "", port, path or "/"
