@@ -6,8 +6,6 @@ for what a codec does and ``canonical`` for the model they translate through.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import anthropic, gemini, openai
 from .base import Codec, StreamDecoder, StreamEncoder
 from .canonical import estimate_tokens
@@ -20,7 +18,6 @@ __all__ = [
     "StreamDecoder",
     "StreamEncoder",
     "UnsupportedFeature",
-    "error_body",
     "estimate_tokens",
     "get_codec",
 ]
@@ -35,9 +32,3 @@ def get_codec(name: str) -> Codec:
         return _CODECS[name]
     except KeyError:
         raise KeyError(f"unknown wire format {name!r}; expected one of {', '.join(FORMATS)}") from None
-
-
-def error_body(format: str, status: int, message: str, type: str, code: str | None = None) -> dict[str, Any]:
-    """Error JSON in ``format``'s shape; OpenAI's shape for any other front door (the de-facto default)."""
-    codec = _CODECS.get(format, openai.CODEC)
-    return codec.error_body(status, message, type, code)

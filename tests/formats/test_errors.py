@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from kaixu.formats import FormatError, UnsupportedFeature, error_body, get_codec
+from kaixu.formats import FormatError, UnsupportedFeature, get_codec
 from kaixu.formats.canonical import ChatRequest, ImagePart, Message, ResponseFormat, TextPart, Tool, ToolCall
+from kaixu.formats.fronts import error_body
 
 USER = {"role": "user", "content": "hi"}
 
