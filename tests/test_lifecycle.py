@@ -241,6 +241,10 @@ def test_shipped_policy_serves_the_mock(workdir: Path) -> None:
         assert (
             c.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content == "echo: Hello"
         )
+        # the README's error examples
+        assert chat(gateway.url, key="wrong").json()["error"]["code"] == "invalid_api_key"
+        dead = chat(gateway.url, model="offline-demo", key="sk-kaixu-demo")
+        assert dead.status_code == 502 and dead.json()["error"]["code"] == "upstream_connect_error"
     finally:
         gateway.stop()
 
