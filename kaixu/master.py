@@ -101,6 +101,7 @@ def build_master(
         connection_strategy="lazy",
         keep_host_header=False,
         body_size_limit=str(policy.max_body_bytes),
+        ssl_verify_upstream_trusted_ca=policy.ca_file,
         kaixu_listen_from_policy=listen is None,
         kaixu_port_file=port_file,
         kaixu_reload_ms=reload_ms,

@@ -16,6 +16,7 @@ import yaml
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import ROOT, TEST_KEY, UPSTREAM_KEYS, Kaixu, policy_for, wait_for
+from tests.tls import make_tls_files
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -297,3 +298,29 @@ def test_access_log_has_one_line_per_request_without_secrets(fake: FakeProvider,
     assert response.headers["x-request-id"] in lines[0] and " 200 " in lines[0] and "key=test" in lines[0]
     assert " 401 " in lines[1]
     assert "sk-wrong-key" not in gateway.log() and TEST_KEY not in gateway.log()
+
+
+def test_https_provider_is_verified_against_the_policys_ca(workdir: Path) -> None:
+    _ca_file, server_tls = make_tls_files(workdir)
+    with FakeProvider(ssl_context=server_tls) as tls_fake:
+        assert tls_fake.base_url.startswith("https://")
+        policy = policy_for(tls_fake.base_url, tls={"ca_file": "ca.pem"})
+        gateway = Kaixu(workdir, policy).start()
+        try:
+            response = chat(gateway.url)
+            assert response.status_code == 200, response.text
+            assert tls_fake.requests[-1].headers["authorization"] == "Bearer " + UPSTREAM_KEYS["openai"]
+            # without the CA, the provider's certificate is not trusted: a JSON 502, never a plaintext retry
+            del policy["tls"]
+            gateway.write_policy(policy)
+            wait_for(lambda: chat(gateway.url).status_code == 502, 10, "the reload without the CA")
+            error = chat(gateway.url).json()["error"]
+            assert error["code"] == "upstream_connect_error" and "certificate" in error["message"].lower()
+        finally:
+            gateway.stop()
+
+
+def test_missing_ca_file_is_a_policy_problem(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text("providers: {mock: {kind: mock}}\ntls: {ca_file: nowhere.pem}\n")
+    result = kaixu_cli("check", str(workdir / "p.yaml"))
+    assert result.returncode == 1 and "line 2: tls.ca_file: no such file" in result.stderr

@@ -64,17 +64,25 @@ class PolicyFile:
         previous = self.gateway.policy
         self.gateway.install(policy)
         POLICY_GENERATION.set(self.gateway.generation)
-        if previous is not None:  # the first load's listeners and limits are set by whoever built the Master
-            if ctx.options.kaixu_listen_from_policy and previous.listen != policy.listen:
-                ctx.options.update(mode=reverse_modes(policy))
-            if previous.max_body_bytes != policy.max_body_bytes and "body_size_limit" in ctx.options:
-                ctx.options.update(body_size_limit=str(policy.max_body_bytes))
+        ctx.options.update(**self._proxy_options(policy, previous))
         log.info(
             "policy %s loaded (generation %d, %s)",
             policy.digest,
             self.gateway.generation,
             ctx.options.kaixu_policy,
         )
+
+    @staticmethod
+    def _proxy_options(policy: Policy, previous: Policy | None) -> dict[str, Any]:
+        """mitmproxy options that follow the policy, where they differ from what is set (so `kaixu run`,
+        which sets them when it builds the Master, and `mitmdump -s` get the same proxy)."""
+        wanted: dict[str, Any] = {
+            "body_size_limit": str(policy.max_body_bytes),
+            "ssl_verify_upstream_trusted_ca": policy.ca_file,
+        }
+        if ctx.options.kaixu_listen_from_policy and previous is not None and previous.listen != policy.listen:
+            wanted["mode"] = reverse_modes(policy)
+        return {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
 
     async def _watch(self) -> None:
         while True:

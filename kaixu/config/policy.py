@@ -81,6 +81,8 @@ class Policy:
     default_model: str | None
     store: dict[str, Any] = field(default_factory=dict)
     fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ca_file: str | None = None
+    """CA bundle that verifies providers' certificates (None: certifi's roots)."""
 
     def front_settings(self, front: str) -> dict[str, Any]:
         """Per-front-door settings (`fronts.kaixu_gate.system`, ...); empty when none are set."""
@@ -166,6 +168,12 @@ def build_policy(
     if "sqlite" in store and store["sqlite"] != ":memory:":
         store["sqlite"] = str((base_dir / store["sqlite"]).resolve())
 
+    ca_file = (data.get("tls") or {}).get("ca_file")
+    if ca_file is not None:
+        ca_file = str((base_dir / ca_file).resolve())
+        if not Path(ca_file).is_file():
+            problems.append((("tls", "ca_file"), f"no such file: {ca_file}"))
+
     policy = Policy(
         digest=digest,
         raw=data,
@@ -182,5 +190,6 @@ def build_policy(
         default_model=default_model,
         store=store,
         fronts=dict(data.get("fronts") or {}),
+        ca_file=ca_file,
     )
     return policy, problems

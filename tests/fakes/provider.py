@@ -46,6 +46,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import struct
 import threading
 import time
@@ -1229,8 +1230,10 @@ class FakeProvider:
         stream_events: int = 5,
         require_key: str | None = None,
         record: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self.record = record
         self.port = port
         self.stream_events = stream_events
@@ -1249,8 +1252,9 @@ class FakeProvider:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` with no path: SDKs add their own (``/v1``, ``/v1beta``)."""
-        return f"http://{self.host}:{self.port}"
+        """``http(s)://host:port`` with no path: SDKs add their own (``/v1``, ``/v1beta``)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> FakeProvider:
         """Serve from a daemon thread; returns once the socket is bound (``port`` is then real)."""
@@ -1300,7 +1304,7 @@ class FakeProvider:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         server = await asyncio.start_server(
-            self._handle_connection, self.host, self.port, limit=_MAX_HEAD, backlog=2048
+            self._handle_connection, self.host, self.port, limit=_MAX_HEAD, backlog=2048, ssl=self.ssl_context
         )
         self.port = server.sockets[0].getsockname()[1]
         try:
