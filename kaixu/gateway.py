@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kaixu import __version__
 from kaixu.config import Policy
+from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
 
 
@@ -24,6 +25,8 @@ class Gateway:
     version: str = __version__
     mock_url: str | None = None
     """Base URL of the in-process mock provider once it listens."""
+    loopback_url: str | None = None
+    relay: Relay | None = None
     last_reload_error: str | None = None
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""

@@ -62,6 +62,7 @@ def policy_for(fake_url: str, **overrides: Any) -> dict[str, Any]:
             "nxdomain-model": {"route": [{"provider": "nxdomain"}]},
         },
         "default_model": "gemini-test",
+        "fronts": {"gateway13": {"ping_interval_s": 0.2}},
         "keys": [
             {"name": "test", "hash": key_hash(TEST_KEY)},
             {"name": "limited", "hash": key_hash(LIMITED_KEY), "models": ["gpt-4o-mini"]},

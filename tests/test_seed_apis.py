@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import LIMITED_KEY, TEST_KEY, Kaixu
 
 BEARER = {"authorization": f"Bearer {TEST_KEY}"}
@@ -205,6 +205,47 @@ def test_gateway13_stream_events(kaixu: Kaixu) -> None:
     assert "".join(json.loads(d)["text"] for n, d in events if n == "delta") == "echo: Hello you"
     done = json.loads(events[-1][1])
     assert done["usage"]["output_tokens"] > 0
+
+
+def gw13_stream(kaixu: Kaixu, model: str) -> list[tuple[str | None, str]]:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello you"}]}
+    response = httpx.post(kaixu.url + "/.netlify/functions/gateway-stream", json=body, headers=GW13_HEADERS, timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    return sse_events(response.text)
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault(latency_ms=1200), Fault(first_byte_delay_ms=1200)], ids=["before-headers", "before-first-event"]
+)
+def test_gateway13_pings_while_the_provider_thinks(kaixu: Kaixu, fake: FakeProvider, fault: Fault) -> None:
+    fake.add_fault(fault)
+    events = gw13_stream(kaixu, "claude-test")  # translated from Anthropic's stream, through the relay
+    names = [name for name, _ in events]
+    assert names[0] == "meta" and names[-1] == "done"
+    first_delta = names.index("delta")
+    assert names[1:first_delta].count("ping") >= 3 and set(names[1:first_delta]) == {"ping"}
+    assert "ping" not in names[first_delta:]
+    assert "".join(json.loads(d)["text"] for n, d in events if n == "delta") == "echo: Hello you"
+    assert fake.requests[-1].headers["x-api-key"] == "sk-up-anthropic"
+
+
+def test_gateway13_provider_error_before_the_first_byte_is_an_error_event(kaixu: Kaixu, fake: FakeProvider) -> None:
+    fake.add_fault(Fault(status=429, retry_after=3))
+    events = gw13_stream(kaixu, "gpt-4o-mini")
+    assert [name for name, _ in events] == ["meta", "error"]
+    assert json.loads(events[1][1])["error"]
+    metrics = httpx.get(kaixu.url + "/metrics").text
+    assert 'front="gateway13",model="gpt-4o-mini",operation="chat",provider="oai",status="429"' in metrics
+
+
+def test_gateway13_dead_or_silent_provider_is_an_error_event(kaixu: Kaixu, fake: FakeProvider) -> None:
+    events = gw13_stream(kaixu, "dead-model")
+    assert [name for name, _ in events] == ["meta", "error"] and "unreachable" in json.loads(events[1][1])["error"]
+    fake.add_fault(Fault(latency_ms=4000))
+    events = gw13_stream(kaixu, "gpt-4o-mini")
+    names = [name for name, _ in events]
+    assert names[0] == "meta" and names[-1] == "error" and "ping" in names
+    assert "did not answer within 2 s" in json.loads(events[-1][1])["error"]
 
 
 def test_gateway13_provider_hint_must_serve_the_model(kaixu: Kaixu) -> None:

@@ -9,7 +9,7 @@ from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
 from kaixu.addons.ledger import LedgerWriter
 from kaixu.addons.local import Local
-from kaixu.addons.mock import MockProvider
+from kaixu.addons.loopback import Loopback
 from kaixu.addons.router import Router
 from kaixu.addons.settle import Settle
 from kaixu.addons.stream import Stream
@@ -20,7 +20,7 @@ def build_addons(gateway: Gateway) -> list[object]:
     """The chain `kaixu run` and the `mitmdump -s` plugin both load."""
     return [
         PolicyFile(gateway),
-        MockProvider(gateway),
+        Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics
         Dialect(),  # 2 which front door

@@ -18,12 +18,16 @@ from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, estimate_tokens, fronts, get_codec
-from kaixu.formats.seeds import SeedContext, kaixu_gate
+from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
+from kaixu.providers.relay import RelayPlan
 
 # Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
+# Headers httpx sets itself when the relay makes the upstream request.
+_RELAY_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+DEFAULT_PING_S = 10.0
 
 
 class RouteRefused(Exception):
@@ -126,6 +130,8 @@ class Router:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
             return
         self._rewrite(flow, call, url, body, key)
+        if call.front == gateway13.NAME and call.stream:
+            self._divert_to_relay(flow, call)
 
     def _upstream_body(self, call: Call) -> bytes | dict[str, Any] | None:
         """The upstream body: the client's bytes when nothing changes, else a dict to serialise.
@@ -199,6 +205,27 @@ class Router:
             request.content = json.dumps(body, separators=(",", ":")).encode()
             headers["content-type"] = "application/json"
             headers.pop("content-encoding", None)
+
+    def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Send the flow, as it would go to the provider, through the relay, which keeps the client's stream
+        alive (Gateway 13 `ping` events) until the provider's first byte."""
+        relay, loopback = self.gateway.relay, self.gateway.loopback_url
+        if relay is None or loopback is None:
+            return  # not running yet: the stream still works, without keep-alives
+        request = flow.request
+        ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
+        path = relay.register(
+            RelayPlan(
+                call=call,
+                method=request.method,
+                url=request.url,
+                headers=[(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _RELAY_DROP],
+                body=request.raw_content or b"",
+                ping_s=ping_s,
+            )
+        )
+        request.scheme, request.host, request.port, request.path = split_url(loopback + path)
+        call.extras["relayed"] = True
 
     def _count_tokens_locally(self, call: Call) -> http.Response:
         tokens = estimate_tokens(self._decode(call))

@@ -48,7 +48,9 @@ class Settle:
                 response.status_code = 502
                 response.headers["content-type"] = "application/json"
                 response.content = json.dumps(body).encode()
-        self._count(call, response.status_code, None)
+        # A relayed stream is a 200 to the client even when the provider failed before its first byte.
+        status = call.extras.get("relay_status", response.status_code)
+        self._count(call, status, call.extras.get("relay_error"))
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

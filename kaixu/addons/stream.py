@@ -16,6 +16,8 @@ from mitmproxy import http
 
 from kaixu.call import Call, get_call
 from kaixu.formats import StreamDecoder, StreamEncoder, fronts, get_codec
+from kaixu.formats.canonical import StreamError
+from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
 
 log = logging.getLogger("kaixu.stream")
 
@@ -94,6 +96,53 @@ def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> St
     return on_chunk
 
 
+def relayed(call: Call, translate: StreamCallable, encoder: StreamEncoder) -> StreamCallable:
+    """The relay's markers (providers/relay.py) arrive only before the provider's first byte: render them
+    as the front door's keep-alive / error events, then hand the provider's bytes to `translate`."""
+    held = b""
+    started = False
+
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        nonlocal held, started
+        if started or (not data and not held):
+            return translate(data)
+        held += data
+        out = b""
+        while held.startswith(MARKER_PREFIX) or (held and MARKER_PREFIX.startswith(held[: len(MARKER_PREFIX)])):
+            end = held.find(b"\n\n")
+            if end < 0:
+                if data:
+                    return out or []  # a marker split across chunks: wait for its end
+                held = b""
+                break
+            marker, held = held[:end], held[end + 2 :]
+            out += _render_marker(call, marker, encoder)
+        if held:
+            started = True
+            rest, held = held, b""
+            translated = translate(rest)
+            out += translated if isinstance(translated, bytes) else b"".join(translated)
+        if not data:  # end of the relay's body
+            tail = translate(b"")
+            out += tail if isinstance(tail, bytes) else b"".join(tail)
+        return out or []
+
+    return on_chunk
+
+
+def _render_marker(call: Call, marker: bytes, encoder: StreamEncoder) -> bytes:
+    try:
+        if marker == PING_MARKER:
+            keepalive = getattr(encoder, "keepalive", None)
+            return keepalive() if keepalive is not None else b""
+        if marker.startswith(ERROR_MARKER):
+            detail = json.loads(marker[len(ERROR_MARKER) :])
+            return encoder.encode(StreamError(message=str(detail.get("message")), type="api_error"))
+    except Exception:
+        log.exception("relay marker not understood on request %s", call.request_id)
+    return b""
+
+
 class Stream:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -113,4 +162,5 @@ class Stream:
         response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.headers["cache-control"] = "no-cache"
         encoder = fronts.stream_encoder(call.front, call.canonical, call.seed_context)
-        response.stream = translator(call, upstream.stream_decoder(), encoder)
+        translate = translator(call, upstream.stream_decoder(), encoder)
+        response.stream = relayed(call, translate, encoder) if call.extras.get("relayed") else translate

@@ -197,17 +197,23 @@ def _embeddings(wire: str, body: dict[str, Any], model: str | None) -> dict[str,
     }
 
 
-class MockServer:
-    """Listens on an ephemeral loopback port on the running event loop."""
+MOCK_ROUTE = (r"(/.*)", _Handler)
 
-    def __init__(self) -> None:
+
+class LoopbackServer:
+    """kaixu's own HTTP server on an ephemeral loopback port, on mitmproxy's event loop: it hosts the mock
+    provider and the stream relay (providers/relay.py). Routes are matched in order; the mock's catch-all
+    comes last."""
+
+    def __init__(self, routes: list[Any]) -> None:
+        self.routes = routes
         self._server: tornado.httpserver.HTTPServer | None = None
         self.url: str | None = None
 
     def start(self) -> str:
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         port = sockets[0].getsockname()[1]
-        app = tornado.web.Application([(r"(/.*)", _Handler)])
+        app = tornado.web.Application(self.routes)
         self._server = tornado.httpserver.HTTPServer(app)
         self._server.add_sockets(sockets)
         self.url = f"http://127.0.0.1:{port}"

@@ -159,6 +159,10 @@ class Gateway13StreamEncoder:
     def close(self) -> bytes:
         return self._meta()
 
+    def keepalive(self) -> bytes:
+        """A `ping` while the provider has not answered yet (after the `meta` every stream starts with)."""
+        return b"" if self._finished else self._meta() + ping_event()
+
     def _meta(self) -> bytes:
         if self._started:
             return b""
