@@ -313,3 +313,17 @@ async def test_concurrent_translated_streams_do_not_mix(kaixu: Kaixu) -> None:
 
         texts = await asyncio.gather(*(one(n) for n in range(30)))
     assert texts == [f"echo: prompt number {n}" for n in range(30)]
+
+
+@pytest.mark.parametrize("model", ["gemini-test", "mock-model"])
+def test_gemini_front_embeddings(kaixu: Kaixu, model: str) -> None:
+    client = gemini_client(kaixu)
+    contents: Any = [types.Content(parts=[types.Part(text="one")]), types.Content(parts=[types.Part(text="two")])]
+    result = client.models.embed_content(model=model, contents=contents)
+    assert result.embeddings is not None and len(result.embeddings) == 2
+    assert all(e.values and len(e.values) == 8 for e in result.embeddings)
+
+
+def test_openai_front_embeddings_from_the_mock(kaixu: Kaixu) -> None:
+    result = openai_client(kaixu).embeddings.create(model="mock-model", input=["a", "b", "c"])
+    assert [len(d.embedding) for d in result.data] == [8, 8, 8]

@@ -60,6 +60,7 @@ _GEMINI_ACTIONS = {
     "streamGenerateContent": "chat",
     "countTokens": "count_tokens",
     "embedContent": "embeddings",
+    "batchEmbedContents": "batch_embeddings",
 }
 # google-genai calls /v1beta/...; newer releases default to /v1/...; both are the same API.
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")

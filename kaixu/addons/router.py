@@ -28,6 +28,7 @@ GATEWAY_FIELDS = ("backend",)
 # Headers httpx sets itself when the relay makes the upstream request.
 _RELAY_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 DEFAULT_PING_S = 10.0
+ROUTED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings", "count_tokens"})
 
 
 class RouteRefused(Exception):
@@ -95,7 +96,7 @@ class Router:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or call.operation not in ("chat", "embeddings", "count_tokens"):
+        if call is None or flow.response is not None or call.operation not in ROUTED_OPERATIONS:
             return
         try:
             target = pick_target(candidate_targets(call, resolve_route(call)))

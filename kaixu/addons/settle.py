@@ -72,7 +72,7 @@ class Settle:
                 response.content = json.dumps(body).encode()
                 response.headers["content-type"] = "application/json"
             return
-        if call.operation not in ("chat", "embeddings"):
+        if call.operation not in ("chat", "embeddings", "batch_embeddings"):
             return
         payload = json.loads(response.content or b"null")
         if not isinstance(payload, dict):

@@ -18,7 +18,12 @@ _ANTHROPIC_PATHS = {
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
 }
-_GEMINI_ACTIONS = {"chat": "generateContent", "count_tokens": "countTokens", "embeddings": "embedContent"}
+_GEMINI_ACTIONS = {
+    "chat": "generateContent",
+    "count_tokens": "countTokens",
+    "embeddings": "embedContent",
+    "batch_embeddings": "batchEmbedContents",
+}
 
 
 class UnsupportedOperation(Exception):

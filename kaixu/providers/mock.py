@@ -10,9 +10,11 @@ formats package, so it is also a live check that our encoders produce what the o
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
+import struct
 import time
 import uuid
 from typing import Any
@@ -103,6 +105,10 @@ def embedding(text: str) -> list[float]:
     return [round(b / 255 * 2 - 1, 6) for b in digest[:8]]
 
 
+def _vector(values: list[float], as_base64: bool) -> list[float] | str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode() if as_base64 else values
+
+
 class _Handler(tornado.web.RequestHandler):
     def check_xsrf_cookie(self) -> None:  # an API, not a web form
         return None
@@ -175,23 +181,35 @@ def _route(path: str, body: dict[str, Any]) -> tuple[str | None, str, str | None
             "generateContent": "chat",
             "streamGenerateContent": "chat",
             "countTokens": "count_tokens",
-        }.get(action, "embeddings" if action == "embedContent" else "")
+            "embedContent": "embeddings",
+            "batchEmbedContents": "embeddings",
+        }.get(action, "")
         if operation:
             return "gemini", operation, match["model"], action == "streamGenerateContent"
     return None, "", None, None
 
 
+def _gemini_text(content: Any) -> str:
+    parts = (content or {}).get("parts") or [] if isinstance(content, dict) else []
+    return " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+
+
 def _embeddings(wire: str, body: dict[str, Any], model: str | None) -> dict[str, Any]:
     if wire == "gemini":
-        parts = (body.get("content") or {}).get("parts") or []
-        text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
-        return {"embedding": {"values": embedding(text)}}
+        if "requests" in body:  # batchEmbedContents
+            requests = body.get("requests") or []
+            return {"embeddings": [{"values": embedding(_gemini_text(r.get("content")))} for r in requests]}
+        return {"embedding": {"values": embedding(_gemini_text(body.get("content")))}}
     inputs = body.get("input", "")
     texts = [inputs] if isinstance(inputs, str) else [str(x) for x in inputs]
     tokens = sum(max(1, len(t) // 4) for t in texts)
+    as_base64 = body.get("encoding_format") == "base64"  # what the openai SDK asks for by default
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": embedding(t)} for i, t in enumerate(texts)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _vector(embedding(t), as_base64)}
+            for i, t in enumerate(texts)
+        ],
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
