@@ -327,3 +327,33 @@ def test_gemini_front_embeddings(kaixu: Kaixu, model: str) -> None:
 def test_openai_front_embeddings_from_the_mock(kaixu: Kaixu) -> None:
     result = openai_client(kaixu).embeddings.create(model="mock-model", input=["a", "b", "c"])
     assert [len(d.embedding) for d in result.data] == [8, 8, 8]
+
+
+def test_openai_embeddings_translated_to_a_gemini_provider(kaixu: Kaixu, fake: FakeProvider) -> None:
+    result = openai_client(kaixu).embeddings.create(model="gemini-test", input=["a", "b"])  # SDK asks for base64
+    assert [len(d.embedding) for d in result.data] == [8, 8]
+    sent = fake.requests[-1]
+    assert sent.path.endswith("/models/gemini-2.5-flash:batchEmbedContents")
+    assert [r["content"]["parts"][0]["text"] for r in sent.json["requests"]] == ["a", "b"]
+    # the fake derives a vector from the text alone, whatever the format: translation must keep it exactly
+    direct = openai_client(kaixu).embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    for translated, native in zip(result.data, direct.data, strict=True):
+        assert translated.embedding == pytest.approx(native.embedding, abs=1e-6)
+
+
+def test_gemini_embeddings_translated_to_an_openai_provider(kaixu: Kaixu, fake: FakeProvider) -> None:
+    client = gemini_client(kaixu)
+    contents: Any = [types.Content(parts=[types.Part(text="one")]), types.Content(parts=[types.Part(text="two")])]
+    result = client.models.embed_content(model="gpt-4o-mini", contents=contents)
+    assert result.embeddings is not None and [len(e.values or []) for e in result.embeddings] == [8, 8]
+    sent = fake.requests[-1]
+    assert sent.path == "/v1/embeddings" and sent.json["input"] == ["one", "two"]
+
+
+def test_gemini_task_type_cannot_reach_openai_and_says_so(kaixu: Kaixu) -> None:
+    client = gemini_client(kaixu)
+    with pytest.raises(genai.errors.ClientError) as info:
+        client.models.embed_content(
+            model="gpt-4o-mini", contents="x", config=types.EmbedContentConfig(task_type="RETRIEVAL_QUERY")
+        )
+    assert info.value.code == 400 and "taskType" in str(info.value)

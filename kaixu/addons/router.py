@@ -17,7 +17,7 @@ from kaixu.addons.auth import CREDENTIAL_HEADERS
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
-from kaixu.formats import FormatError, estimate_tokens, fronts, get_codec
+from kaixu.formats import FormatError, embeddings, estimate_tokens, fronts, get_codec
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
@@ -121,8 +121,9 @@ class Router:
             if body is None:  # answered locally (token estimate)
                 flow.response = self._count_tokens_locally(call)
                 return
+            operation = call.extras.get("upstream_operation", call.operation)
             url = endpoint_url(
-                provider, call.upstream_format, call.operation, upstream_model, call.stream, self.gateway.mock_url
+                provider, call.upstream_format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
         except FormatError as exc:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
@@ -154,6 +155,13 @@ class Router:
             return body
         if call.operation == "count_tokens":
             return None
+        if call.operation in ("embeddings", "batch_embeddings"):
+            request = embeddings.decode_request(
+                call.front, call.body, model=call.upstream_model, single=call.operation == "embeddings"
+            )
+            call.extras["embedding_request"] = request
+            call.extras["upstream_operation"] = "batch_embeddings" if call.upstream_format == "gemini" else "embeddings"
+            return embeddings.encode_request(call.upstream_format, request)
         if call.operation != "chat":
             raise UnsupportedOperation(
                 f"{call.operation} requests cannot be translated from {call.front} to {call.upstream_format}"

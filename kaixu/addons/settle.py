@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
-from kaixu.formats import fronts, get_codec
+from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.gateway import Gateway
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
 from kaixu.store import LedgerRecord
@@ -77,6 +77,13 @@ class Settle:
         payload = json.loads(response.content or b"null")
         if not isinstance(payload, dict):
             raise ValueError("the provider's answer is not a JSON object")
+        embedding_request = call.extras.get("embedding_request")
+        if embedding_request is not None:
+            vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
+            call.usage = vectors.usage
+            body = embeddings.encode_response(call.front, vectors, embedding_request)
+            response.content = json.dumps(body, separators=(",", ":")).encode()
+            return
         if call.canonical is None:
             call.usage = upstream.usage_from_response(payload)
             return

@@ -10,11 +10,9 @@ formats package, so it is also a live check that our encoders produce what the o
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import re
-import struct
 import time
 import uuid
 from typing import Any
@@ -23,7 +21,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from kaixu.formats import FormatError, estimate_tokens, get_codec
+from kaixu.formats import FormatError, embeddings, estimate_tokens, get_codec
 from kaixu.formats.canonical import (
     ChatRequest,
     ChatResponse,
@@ -105,10 +103,6 @@ def embedding(text: str) -> list[float]:
     return [round(b / 255 * 2 - 1, 6) for b in digest[:8]]
 
 
-def _vector(values: list[float], as_base64: bool) -> list[float] | str:
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode() if as_base64 else values
-
-
 class _Handler(tornado.web.RequestHandler):
     def check_xsrf_cookie(self) -> None:  # an API, not a web form
         return None
@@ -136,7 +130,10 @@ class _Handler(tornado.web.RequestHandler):
             return
         codec = get_codec(wire)
         if operation == "embeddings":
-            self._json(200, _embeddings(wire, body, model))
+            try:
+                self._json(200, _embeddings(wire, body, model, single=path.endswith(":embedContent")))
+            except FormatError as exc:
+                self._json(400, codec.error_body(400, str(exc), "invalid_request_error"))
             return
         try:
             request = codec.decode_request(body, model=model, stream=stream)
@@ -189,30 +186,12 @@ def _route(path: str, body: dict[str, Any]) -> tuple[str | None, str, str | None
     return None, "", None, None
 
 
-def _gemini_text(content: Any) -> str:
-    parts = (content or {}).get("parts") or [] if isinstance(content, dict) else []
-    return " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
-
-
-def _embeddings(wire: str, body: dict[str, Any], model: str | None) -> dict[str, Any]:
-    if wire == "gemini":
-        if "requests" in body:  # batchEmbedContents
-            requests = body.get("requests") or []
-            return {"embeddings": [{"values": embedding(_gemini_text(r.get("content")))} for r in requests]}
-        return {"embedding": {"values": embedding(_gemini_text(body.get("content")))}}
-    inputs = body.get("input", "")
-    texts = [inputs] if isinstance(inputs, str) else [str(x) for x in inputs]
-    tokens = sum(max(1, len(t) // 4) for t in texts)
-    as_base64 = body.get("encoding_format") == "base64"  # what the openai SDK asks for by default
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": _vector(embedding(t), as_base64)}
-            for i, t in enumerate(texts)
-        ],
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+def _embeddings(wire: str, body: dict[str, Any], model: str | None, single: bool) -> dict[str, Any]:
+    request = embeddings.decode_request(wire, body, model=model or "mock", single=single)
+    tokens = sum(max(1, len(text) // 4) for text in request.inputs)
+    vectors = [embedding(text) for text in request.inputs]
+    answer = embeddings.EmbeddingResponse(request.model, vectors, Usage(input_tokens=tokens))
+    return embeddings.encode_response(wire, answer, request)
 
 
 MOCK_ROUTE = (r"(/.*)", _Handler)
