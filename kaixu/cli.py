@@ -49,6 +49,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.policy}: ok (hash {policy.digest}): {len(policy.providers)} providers, "
         f"{len(policy.models) + len(policy.model_patterns)} models, {len(policy.keys)} keys"
     )
+    for warning in policy.warnings:
+        print(f"  warning: {warning}")
     return 0
 
 

@@ -74,6 +74,17 @@ def test_check_accepts_the_shipped_policy() -> None:
     assert "ok" in result.stdout
 
 
+def test_check_warns_about_providers_no_request_can_use(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(
+        "providers:\n  mock: {kind: mock}\n  openai: {kind: openai}\n  spare: {kind: anthropic, api_key: x}\n"
+        "models:\n  gpt-4o: {route: [{provider: openai}]}\n  m: {route: [{provider: mock}]}\n"
+    )
+    result = kaixu_cli("check", str(workdir / "p.yaml"))
+    assert result.returncode == 0
+    assert "warning: line 3: providers.openai: no api_key and auth.byok is off" in result.stdout
+    assert "warning: line 4: providers.spare: no model routes to this provider" in result.stdout
+
+
 def test_run_refuses_an_invalid_policy_with_the_same_messages(workdir: Path) -> None:
     (workdir / "bad.yaml").write_text(BROKEN)
     result = kaixu_cli("run", str(workdir / "bad.yaml"), "--listen", "127.0.0.1:0")

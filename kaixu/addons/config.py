@@ -65,6 +65,8 @@ class PolicyFile:
         self.gateway.install(policy)
         POLICY_GENERATION.set(self.gateway.generation)
         ctx.options.update(**self._proxy_options(policy, previous))
+        for warning in policy.warnings:
+            log.warning("policy: %s", warning)
         log.info(
             "policy %s loaded (generation %d, %s)",
             policy.digest,

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,13 @@ def parse_policy(
         raise PolicyError(source, problems)
 
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    policy, semantic = build_policy(data, digest=digest, base_dir=base_dir or Path.cwd())
+    policy, semantic, warnings = build_policy(data, digest=digest, base_dir=base_dir or Path.cwd())
     for where, message in semantic:
         problems.append(Problem(_dotted(where), _line_of(where, lines), message))
     if problems:
         raise PolicyError(source, problems)
-    return policy
+    notes = tuple(str(Problem(_dotted(where), _line_of(where, lines), message)) for where, message in warnings)
+    return replace(policy, warnings=notes)
 
 
 def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> None:

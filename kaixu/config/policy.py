@@ -83,6 +83,8 @@ class Policy:
     fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ca_file: str | None = None
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
+    warnings: tuple[str, ...] = ()
+    """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
     def front_settings(self, front: str) -> dict[str, Any]:
         """Per-front-door settings (`fronts.kaixu_gate.system`, ...); empty when none are set."""
@@ -105,7 +107,7 @@ class Policy:
 
 def build_policy(
     data: dict[str, Any], *, digest: str, base_dir: Path
-) -> tuple[Policy, list[tuple[tuple[Any, ...], str]]]:
+) -> tuple[Policy, list[tuple[tuple[Any, ...], str]], list[tuple[tuple[Any, ...], str]]]:
     """Turn schema-valid data into a Policy, with the cross-reference problems a schema cannot see."""
     problems: list[tuple[tuple[Any, ...], str]] = []
 
@@ -174,6 +176,17 @@ def build_policy(
         if not Path(ca_file).is_file():
             problems.append((("tls", "ca_file"), f"no such file: {ca_file}"))
 
+    warnings: list[tuple[tuple[Any, ...], str]] = []
+    byok = bool((data.get("auth") or {}).get("byok", False))
+    for name, provider in providers.items():
+        if provider.kind != "mock" and not provider.api_key and not byok:
+            warnings.append(
+                (("providers", name), "no api_key and auth.byok is off: requests routed here are answered 500")
+            )
+    used = {t.provider for route in [*models.values(), *patterns] for t in route.targets}
+    for name in providers.keys() - used:
+        warnings.append((("providers", name), "no model routes to this provider"))
+
     policy = Policy(
         digest=digest,
         raw=data,
@@ -192,4 +205,4 @@ def build_policy(
         fronts=dict(data.get("fronts") or {}),
         ca_file=ca_file,
     )
-    return policy, problems
+    return policy, problems, warnings
