@@ -15,6 +15,7 @@ from mitmproxy import http
 if TYPE_CHECKING:
     from kaixu.config import Policy, ProviderConfig, VirtualKey
     from kaixu.formats.canonical import ChatRequest, Usage
+    from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
 
 METADATA_KEY = "kaixu"
@@ -50,7 +51,21 @@ class Call:
     timed_out: bool = False
     attributes: dict[str, str] = field(default_factory=dict)
     """What the client says about itself (app, build, install id, team and project ids), for the ledger."""
-    extras: dict[str, Any] = field(default_factory=dict)
+    backend: str | None = None
+    """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""
+    provider_hint: str | None = None
+    """Kaixu Gateway 13's `provider` field: narrows the route to that provider kind."""
+    upstream_operation: str | None = None
+    """The provider-side operation when it differs from the client's (Gemini batch embeddings)."""
+    embedding_request: EmbeddingRequest | None = None
+    """Set only when embeddings are translated between wire formats."""
+    strip_usage_chunk: bool = False
+    """kaixu asked an OpenAI provider for the usage chunk the client did not ask for."""
+    relayed: bool = False
+    """The stream goes through the loopback relay (providers/relay.py)."""
+    relay_error: str | None = None
+    relay_status: int | None = None
+    """What the provider answered when the relay had already told the client 200."""
 
     @property
     def translating(self) -> bool:

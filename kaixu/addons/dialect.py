@@ -105,7 +105,7 @@ def _door_for(call: Call, path: str) -> Door | None:
         )
     match = _BACKEND_PATH.match(path)
     if match:
-        call.extras["backend"] = match["backend"]
+        call.backend = match["backend"]
         return _EXACT["/v1/chat/completions"]
     return None
 
@@ -179,16 +179,14 @@ class Dialect:
         if backend is not None:
             if not isinstance(backend, str) or not backend:
                 return "backend: must be a backend name (string)"
-            call.extras.setdefault("backend", backend)
+            call.backend = call.backend or backend
         if call.front == pulse.NAME:
             call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
         if call.front == gateway13.NAME:
             try:
-                call.extras["provider_hint"] = gateway13.provider_hint(body)
+                call.provider_hint = gateway13.provider_hint(body)
             except FormatError as exc:
                 return str(exc)
-            if call.extras["provider_hint"] is None:
-                del call.extras["provider_hint"]
         return None
 
     @staticmethod

@@ -51,7 +51,7 @@ def pick_target(targets: tuple[RouteTarget, ...]) -> RouteTarget:
 def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
     """The route's targets, narrowed by what the client asked for explicitly (a backend or a provider)."""
     policy = call.policy
-    backend = call.extras.get("backend")
+    backend = call.backend
     if backend is not None:
         targets = tuple(t for t in route.targets if t.provider == backend)
         if targets:
@@ -59,7 +59,7 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
         if backend in policy.providers:  # a provider outside the route: the model goes there as named
             return (RouteTarget(backend, None),)
         raise RouteRefused(404, f"unknown backend {backend!r}", "invalid_request_error", "backend_not_found")
-    hint = call.extras.get("provider_hint")
+    hint = call.provider_hint
     if hint is not None:
         targets = tuple(t for t in route.targets if policy.providers[t.provider].kind == hint or t.provider == hint)
         if not targets:
@@ -74,9 +74,9 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
 def resolve_route(call: Call) -> ModelRoute:
     assert call.model is not None
     policy: Policy = call.policy
-    backend = call.extras.get("backend")
+    backend = call.backend
     if backend is not None and backend not in policy.providers and backend in policy.models:
-        call.model = call.extras.pop("backend")  # /v1/{backend}/chat/completions naming a model, not a provider
+        call.model, call.backend = backend, None  # /v1/{backend}/chat/completions naming a model, not a provider
     route = policy.resolve_model(call.model)
     if route is None:
         raise RouteRefused(
@@ -121,7 +121,7 @@ class Router:
             if body is None:  # answered locally (token estimate)
                 flow.response = self._count_tokens_locally(call)
                 return
-            operation = call.extras.get("upstream_operation", call.operation)
+            operation = call.upstream_operation or call.operation
             url = endpoint_url(
                 provider, call.upstream_format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
@@ -151,7 +151,7 @@ class Router:
             if ask_usage:
                 # Without it OpenAI streams carry no token counts; the stream step drops the extra chunk.
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-                call.extras["strip_usage_chunk"] = True
+                call.strip_usage_chunk = True
             return body
         if call.operation == "count_tokens":
             return None
@@ -159,8 +159,8 @@ class Router:
             request = embeddings.decode_request(
                 call.front, call.body, model=call.upstream_model, single=call.operation == "embeddings"
             )
-            call.extras["embedding_request"] = request
-            call.extras["upstream_operation"] = "batch_embeddings" if call.upstream_format == "gemini" else "embeddings"
+            call.embedding_request = request
+            call.upstream_operation = "batch_embeddings" if call.upstream_format == "gemini" else "embeddings"
             return embeddings.encode_request(call.upstream_format, request)
         if call.operation != "chat":
             raise UnsupportedOperation(
@@ -188,7 +188,7 @@ class Router:
         assert call.body is not None
         return SeedContext(
             model=call.model,
-            provider=call.extras.get("provider_hint") or provider.kind,
+            provider=call.provider_hint or provider.kind,
             install_id=flow.request.headers.get("x-kaixu-install-id"),
             request_id=call.request_id,
             include_raw=call.front == kaixu_gate.NAME and kaixu_gate.include_raw(call.body),
@@ -234,7 +234,7 @@ class Router:
             )
         )
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
-        call.extras["relayed"] = True
+        call.relayed = True
 
     def _count_tokens_locally(self, call: Call) -> http.Response:
         tokens = estimate_tokens(self._decode(call))

@@ -49,8 +49,7 @@ class Settle:
                 response.headers["content-type"] = "application/json"
                 response.content = json.dumps(body).encode()
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
-        status = call.extras.get("relay_status", response.status_code)
-        self._count(call, status, call.extras.get("relay_error"))
+        self._count(call, call.relay_status or response.status_code, call.relay_error)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -77,7 +76,7 @@ class Settle:
         payload = json.loads(response.content or b"null")
         if not isinstance(payload, dict):
             raise ValueError("the provider's answer is not a JSON object")
-        embedding_request = call.extras.get("embedding_request")
+        embedding_request = call.embedding_request
         if embedding_request is not None:
             vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
             call.usage = vectors.usage

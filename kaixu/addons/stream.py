@@ -155,7 +155,7 @@ class Stream:
         assert call.upstream_format is not None
         upstream = get_codec(call.upstream_format)
         if call.canonical is None:
-            make = usage_stripping_meter if call.extras.get("strip_usage_chunk") else meter
+            make = usage_stripping_meter if call.strip_usage_chunk else meter
             response.stream = make(call, upstream.stream_decoder())
             return
         response.headers.pop("content-length", None)
@@ -163,4 +163,4 @@ class Stream:
         response.headers["cache-control"] = "no-cache"
         encoder = fronts.stream_encoder(call.front, call.canonical, call.seed_context)
         translate = translator(call, upstream.stream_decoder(), encoder)
-        response.stream = relayed(call, translate, encoder) if call.extras.get("relayed") else translate
+        response.stream = relayed(call, translate, encoder) if call.relayed else translate

@@ -136,7 +136,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
                 chunk = await anext(chunks, b"")
         except (TimeoutError, httpx.HTTPError) as exc:
-            call.extras["relay_error"] = f"stream from provider {provider!r} broke: {exc!r}"
+            call.relay_error = f"stream from provider {provider!r} broke: {exc!r}"
         finally:
             await response.aclose()
 
@@ -157,7 +157,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
 
     async def _fail(self, call: Call, message: str, status: int) -> None:
-        call.extras["relay_error"] = message
-        call.extras["relay_status"] = status  # what the client would have got without the relay
+        call.relay_error = message
+        call.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))
         await self.flush()
