@@ -13,7 +13,7 @@ from google import genai
 from google.genai import types
 
 from tests.fakes.provider import FakeProvider
-from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu
+from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS, Kaixu
 
 # model name in the test policy -> (provider wire format, upstream path fragment, credential header)
 PROVIDERS = {
@@ -357,3 +357,15 @@ def test_gemini_task_type_cannot_reach_openai_and_says_so(kaixu: Kaixu) -> None:
             model="gpt-4o-mini", contents="x", config=types.EmbedContentConfig(task_type="RETRIEVAL_QUERY")
         )
     assert info.value.code == 400 and "taskType" in str(info.value)
+
+
+def test_each_sdk_retrieves_one_model(kaixu: Kaixu) -> None:
+    assert openai_client(kaixu).models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    assert anthropic_client(kaixu).models.retrieve("claude-test").id == "claude-test"
+    client = gemini_client(kaixu)
+    assert client.models.get(model="gemini-test").name == "models/gemini-test"
+    with pytest.raises(openai.NotFoundError):
+        openai_client(kaixu).models.retrieve("no-such-model")
+    limited = openai.OpenAI(base_url=kaixu.url + "/v1", api_key=LIMITED_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        limited.models.retrieve("claude-test")

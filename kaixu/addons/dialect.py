@@ -64,6 +64,8 @@ _GEMINI_ACTIONS = {
 }
 # google-genai calls /v1beta/...; newer releases default to /v1/...; both are the same API.
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+# GET one model: /v1/models/{id} (OpenAI, Anthropic; Gemini under /v1beta too), answered by addons/local.py.
+_MODEL_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)$")
 # Intelligent AI Gateway (seed 002): an explicit backend (a provider, or a model alias) in the path.
 _BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions$")
 
@@ -103,6 +105,10 @@ def _door_for(call: Call, path: str) -> Door | None:
         return Door(
             "gemini", _GEMINI_ACTIONS[match["action"]], ("POST",), True, match["action"] == "streamGenerateContent"
         )
+    match = _MODEL_PATH.match(path)
+    if match:
+        call.model = match["model"]
+        return Door("gemini" if path.startswith(("/v1beta/", "/v1alpha/")) else "openai", "model", ("GET",), False)
     match = _BACKEND_PATH.match(path)
     if match:
         call.backend = match["backend"]
@@ -125,8 +131,8 @@ class Dialect:
             )
             return
         call.front, call.operation = door.front, door.operation
-        if path == "/v1/models":  # shared by three SDKs: answer in the shape of the one asking
-            call.front = _models_front(request)
+        if door.operation in ("models", "model") and path.startswith("/v1/"):
+            call.front = _models_front(request)  # shared by three SDKs: answer in the shape of the one asking
         if request.method not in door.methods:
             flow.response = error_response(
                 call,

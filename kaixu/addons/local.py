@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from kaixu.addons.respond import json_response
+from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.formats.seeds import kaixu_gate
 from kaixu.gateway import Gateway
@@ -21,6 +21,8 @@ class Local:
             return
         if call.operation == "models":
             flow.response = self.models(call)
+        elif call.operation == "model":
+            flow.response = self.model(call)
         elif call.operation == "health":
             policy = call.policy
             key_configured = any(p.api_key or p.kind == "mock" for p in policy.providers.values())
@@ -44,6 +46,27 @@ class Local:
         data = [{"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names]
         # OpenAI clients read `data`; kAIxu Gate clients, which share the path, read `models`.
         body = {"object": "list", "data": data, **kaixu_gate.models_body(names, call.policy.default_model)}
+        return json_response(call, 200, body)
+
+    def model(self, call: Call) -> http.Response:
+        """One model, in the same shape as an entry of the list; 404 for one the caller may not use."""
+        name = call.model or ""
+        if name not in call.policy.models or (call.key is not None and not call.key.may_use(name)):
+            return error_response(call, 404, f"model {name!r} is not served by this gateway", "not_found_error",
+                                  "model_not_found")  # fmt: skip
+        if call.front == "gemini":
+            body: dict[str, object] = {
+                "name": f"models/{name}", "displayName": name, "supportedGenerationMethods": ["generateContent"],
+            }  # fmt: skip
+        elif call.front == "anthropic":
+            body = {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+        else:
+            body = {
+                "id": name,
+                "object": "model",
+                "created": int(self.gateway.started_at),
+                "owned_by": self._owner(call, name),
+            }
         return json_response(call, 200, body)
 
     @staticmethod
