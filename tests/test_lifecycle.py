@@ -335,3 +335,33 @@ def test_missing_ca_file_is_a_policy_problem(workdir: Path) -> None:
     (workdir / "p.yaml").write_text("providers: {mock: {kind: mock}}\ntls: {ca_file: nowhere.pem}\n")
     result = kaixu_cli("check", str(workdir / "p.yaml"))
     assert result.returncode == 1 and "line 2: tls.ca_file: no such file" in result.stderr
+
+
+def test_a_provider_rejecting_kaixus_key_is_a_502_without_the_providers_words(workdir: Path) -> None:
+    with FakeProvider(require_key="sk-what-the-provider-expects") as strict:
+        gateway = Kaixu(workdir, policy_for(strict.base_url)).start()
+        try:
+            response = chat(gateway.url)
+            assert response.status_code == 502
+            error = response.json()["error"]
+            assert error["code"] == "provider_auth_failed" and "'oai'" in error["message"]
+            assert "Incorrect API key" not in response.text and UPSTREAM_KEYS["openai"] not in response.text
+            stream = httpx.post(
+                gateway.url + "/.netlify/functions/gateway-stream",
+                json={"model": "gpt-4o-mini", "messages": HELLO},
+                headers={"authorization": f"Bearer {TEST_KEY}"},
+            )
+            assert "rejected the API key configured for it" in stream.text and "Incorrect" not in stream.text
+            assert "rejected the API key configured for it" in gateway.log()
+        finally:
+            gateway.stop()
+
+
+def test_with_byok_the_providers_401_reaches_the_client(workdir: Path) -> None:
+    with FakeProvider(require_key="sk-what-the-provider-expects") as strict:
+        gateway = Kaixu(workdir, policy_for(strict.base_url, auth={"byok": True})).start()
+        try:
+            response = chat(gateway.url, key="sk-clients-own-wrong-key")
+            assert response.status_code == 401 and "Incorrect API key" in response.text
+        finally:
+            gateway.stop()

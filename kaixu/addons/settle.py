@@ -17,6 +17,7 @@ from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.gateway import Gateway
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
+from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
@@ -64,6 +65,16 @@ class Settle:
         assert call.upstream_format is not None
         upstream = get_codec(call.upstream_format)
         same_format = call.upstream_format == call.front
+        if call.provider is not None and hides_provider_answer(response.status_code, call.byok):
+            log.warning("request %s: %s", call.request_id, credentials_rejected(call.provider.name))
+            body = error_json(
+                call.front, call.request_id, 502, credentials_rejected(call.provider.name), "api_error",
+                "provider_auth_failed",
+            )  # fmt: skip
+            response.status_code = 502
+            response.content = json.dumps(body).encode()
+            response.headers["content-type"] = "application/json"
+            return
         if response.status_code >= 400:
             if not same_format:
                 message, type = upstream.decode_error(response.status_code, response.content or b"")

@@ -82,3 +82,13 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     port = parts.port or (443 if scheme == "https" else 80)
     path = parts.path + ("?" + parts.query if parts.query else "")
     return scheme, parts.hostname or "", port, path or "/"
+
+
+def hides_provider_answer(status: int, byok: bool) -> bool:
+    """A provider's 401 is about the key kaixu sent, not the client's, and its text may quote part of that key
+    (OpenAI's does): the client gets a 502 naming the provider instead of the provider's words."""
+    return status == 401 and not byok
+
+
+def credentials_rejected(provider: str) -> str:
+    return f"provider {provider!r} rejected the API key configured for it (HTTP 401)"

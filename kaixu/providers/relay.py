@@ -24,6 +24,7 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
+from kaixu.providers import credentials_rejected, hides_provider_answer
 
 PING_MARKER = b": kaixu-ping"
 ERROR_MARKER = b": kaixu-error "
@@ -123,6 +124,9 @@ class RelayHandler(tornado.web.RequestHandler):
             await self._fail(call, f"provider {provider!r} is unreachable ({exc})", 502)
             return
         try:
+            if hides_provider_answer(response.status_code, call.byok):
+                await self._fail(call, credentials_rejected(provider), 502)
+                return
             if response.status_code >= 400:
                 body = await response.aread()
                 message, _ = get_codec(call.upstream_format or "openai").decode_error(response.status_code, body)
