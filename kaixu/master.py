@@ -95,7 +95,7 @@ def build_master(
     )
     gateway = Gateway()
     master.addons.add(*build_addons(gateway))
-    modes = [f"reverse:http://127.0.0.1:9@{host}:{port}" for host, port in listen] if listen else reverse_modes(policy)
+    modes = reverse_modes(listen or policy.listen)
     opts.update(
         confdir=confdir or str(Path(policy_path).resolve().parent / ".kaixu"),
         connection_strategy="lazy",

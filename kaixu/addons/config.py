@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from mitmproxy import ctx, exceptions
@@ -18,9 +19,9 @@ from kaixu.metrics import POLICY_GENERATION, POLICY_RELOAD_FAILURES
 log = logging.getLogger("kaixu.config")
 
 
-def reverse_modes(policy: Policy) -> list[str]:
+def reverse_modes(listen: Iterable[tuple[str, int]]) -> list[str]:
     """Plain-HTTP reverse listeners; the router rewrites every flow's destination, so the target is inert."""
-    return [f"reverse:http://127.0.0.1:9@{host}:{port}" for host, port in policy.listen]
+    return [f"reverse:http://127.0.0.1:9@{host}:{port}" for host, port in listen]
 
 
 class PolicyFile:
@@ -83,7 +84,7 @@ class PolicyFile:
             "ssl_verify_upstream_trusted_ca": policy.ca_file,
         }
         if ctx.options.kaixu_listen_from_policy and previous is not None and previous.listen != policy.listen:
-            wanted["mode"] = reverse_modes(policy)
+            wanted["mode"] = reverse_modes(policy.listen)
         return {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
 
     async def _watch(self) -> None:

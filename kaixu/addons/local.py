@@ -31,21 +31,14 @@ class Local:
 
     def models(self, call: Call) -> http.Response:
         names = [m for m in call.policy.listed_models() if call.key is None or call.key.may_use(m)]
+        entries = [self._entry(call, m) for m in names]
         if call.front == "gemini":
-            models = [
-                {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": ["generateContent"]}
-                for m in names
-            ]
-            return json_response(call, 200, {"models": models})
+            return json_response(call, 200, {"models": entries})
         if call.front == "anthropic":
-            since = "1970-01-01T00:00:00Z"
-            listing = [{"type": "model", "id": m, "display_name": m, "created_at": since} for m in names]
             first, last = (names[0], names[-1]) if names else (None, None)
-            return json_response(call, 200, {"data": listing, "has_more": False, "first_id": first, "last_id": last})
-        created = int(self.gateway.started_at)
-        data = [{"id": m, "object": "model", "created": created, "owned_by": self._owner(call, m)} for m in names]
+            return json_response(call, 200, {"data": entries, "has_more": False, "first_id": first, "last_id": last})
         # OpenAI clients read `data`; kAIxu Gate clients, which share the path, read `models`.
-        body = {"object": "list", "data": data, **kaixu_gate.models_body(names, call.policy.default_model)}
+        body = {"object": "list", "data": entries, **kaixu_gate.models_body(names, call.policy.default_model)}
         return json_response(call, 200, body)
 
     def model(self, call: Call) -> http.Response:
@@ -54,20 +47,16 @@ class Local:
         if name not in call.policy.models or (call.key is not None and not call.key.may_use(name)):
             return error_response(call, 404, f"model {name!r} is not served by this gateway", "not_found_error",
                                   "model_not_found")  # fmt: skip
+        return json_response(call, 200, self._entry(call, name))
+
+    def _entry(self, call: Call, name: str) -> dict[str, object]:
+        """A model as the SDK asking describes one."""
         if call.front == "gemini":
-            body: dict[str, object] = {
-                "name": f"models/{name}", "displayName": name, "supportedGenerationMethods": ["generateContent"],
-            }  # fmt: skip
-        elif call.front == "anthropic":
-            body = {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
-        else:
-            body = {
-                "id": name,
-                "object": "model",
-                "created": int(self.gateway.started_at),
-                "owned_by": self._owner(call, name),
-            }
-        return json_response(call, 200, body)
+            return {"name": f"models/{name}", "displayName": name, "supportedGenerationMethods": ["generateContent"]}
+        if call.front == "anthropic":
+            return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+        created = int(self.gateway.started_at)
+        return {"id": name, "object": "model", "created": created, "owned_by": self._owner(call, name)}
 
     @staticmethod
     def _owner(call: Call, model: str) -> str:

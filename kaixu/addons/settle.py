@@ -24,6 +24,14 @@ log = logging.getLogger("kaixu.settle")
 access = logging.getLogger("kaixu.access")
 
 
+def replace_body(response: http.Response, body: object, status: int | None = None) -> None:
+    """Put kaixu's JSON in place of the provider's (a translated answer, or an error in the client's shape)."""
+    if status is not None:
+        response.status_code = status
+    response.content = json.dumps(body, separators=(",", ":")).encode()
+    response.headers["content-type"] = "application/json"
+
+
 class Settle:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -38,17 +46,9 @@ class Settle:
                 self._settle_buffered(call, response)
             except Exception:
                 log.exception("could not read the upstream answer of request %s", call.request_id)
-                body = error_json(
-                    call.front,
-                    call.request_id,
-                    502,
-                    "the provider's answer could not be read",
-                    "api_error",
-                    "bad_upstream_response",
-                )
-                response.status_code = 502
-                response.headers["content-type"] = "application/json"
-                response.content = json.dumps(body).encode()
+                message = "the provider's answer could not be read"
+                body = error_json(call.front, call.request_id, 502, message, "api_error", "bad_upstream_response")
+                replace_body(response, body, status=502)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
         self._count(call, call.relay_status or response.status_code, call.relay_error)
 
@@ -67,20 +67,14 @@ class Settle:
         same_format = call.upstream_format == call.front
         if call.provider is not None and hides_provider_answer(response.status_code, call.byok):
             log.warning("request %s: %s", call.request_id, credentials_rejected(call.provider.name))
-            body = error_json(
-                call.front, call.request_id, 502, credentials_rejected(call.provider.name), "api_error",
-                "provider_auth_failed",
-            )  # fmt: skip
-            response.status_code = 502
-            response.content = json.dumps(body).encode()
-            response.headers["content-type"] = "application/json"
+            message = credentials_rejected(call.provider.name)
+            body = error_json(call.front, call.request_id, 502, message, "api_error", "provider_auth_failed")
+            replace_body(response, body, status=502)
             return
         if response.status_code >= 400:
             if not same_format:
                 message, type = upstream.decode_error(response.status_code, response.content or b"")
-                body = error_json(call.front, call.request_id, response.status_code, message, type, None)
-                response.content = json.dumps(body).encode()
-                response.headers["content-type"] = "application/json"
+                replace_body(response, error_json(call.front, call.request_id, response.status_code, message, type))
             return
         if call.operation not in ("chat", "embeddings", "batch_embeddings"):
             return
@@ -91,17 +85,14 @@ class Settle:
         if embedding_request is not None:
             vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
             call.usage = vectors.usage
-            body = embeddings.encode_response(call.front, vectors, embedding_request)
-            response.content = json.dumps(body, separators=(",", ":")).encode()
+            replace_body(response, embeddings.encode_response(call.front, vectors, embedding_request))
             return
         if call.canonical is None:
             call.usage = upstream.usage_from_response(payload)
             return
         answer = upstream.decode_response(payload)
         call.usage = answer.usage
-        body = fronts.encode_response(call.front, answer, call.seed_context)
-        response.content = json.dumps(body, separators=(",", ":")).encode()
-        response.headers["content-type"] = "application/json"
+        replace_body(response, fronts.encode_response(call.front, answer, call.seed_context))
 
     def _count(self, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":
