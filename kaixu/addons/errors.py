@@ -10,7 +10,6 @@ same path and comes out as a 504.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Generator
 from typing import Any
@@ -23,7 +22,7 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
 from kaixu.addons.dialect import front_for_path
-from kaixu.addons.respond import error_json
+from kaixu.addons.respond import error_json, json_response
 from kaixu.call import Call, call_for_request, get_call
 from kaixu.metrics import UPSTREAM_ERRORS
 
@@ -37,15 +36,10 @@ def _error_bytes(
     if call is not None:
         status, message, type, code = _describe(call, status, reason, connect_failed)
         body = error_json(call.front, call.request_id, status, message, type, code)
-        request_id: str | None = call.request_id
     else:
         front = front_for_path(request.path) if request is not None else "openai"
         body = error_json(front, None, status, reason, "invalid_request_error" if status < 500 else "api_error")
-        request_id = None
-    response = http.Response.make(status, json.dumps(body), {"content-type": "application/json", "connection": "close"})
-    if request_id:
-        response.headers["x-request-id"] = request_id
-        response.headers["x-kaixu-request-id"] = request_id
+    response = json_response(call, status, body, {"connection": "close"})
     return _http1.http1.assemble_response(response)
 
 
