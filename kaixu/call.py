@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 if TYPE_CHECKING:
+    from kaixu.addons.dialect import Door
     from kaixu.config import Policy, ProviderConfig, VirtualKey
     from kaixu.formats.canonical import ChatRequest, Usage
     from kaixu.formats.embeddings import EmbeddingRequest
@@ -34,6 +35,8 @@ class Call:
     """The front door's wire format: decides the shape of every answer, errors included."""
     operation: str = ""
     """chat | embeddings | count_tokens | models | local"""
+    door: Door | None = None
+    """The endpoint the request came in by (set from the request head by the dialect step)."""
     body: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
@@ -66,6 +69,18 @@ class Call:
     relay_error: str | None = None
     relay_status: int | None = None
     """What the provider answered when the relay had already told the client 200."""
+
+    cors_origin: str | None = None
+    """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""
+    route_name: str | None = None
+    """The policy's name for the route that served the model (a glob route's glob): the only model name
+    that becomes a metric label."""
+    routed: bool = False
+    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
+    failed: bool = False
+    """A kaixu step raised: the caller got a JSON 500 (addons/chain.py)."""
+    client_disconnected: bool = False
+    """The client went away before its answer was complete (recorded as 499)."""
 
     @property
     def translating(self) -> bool:

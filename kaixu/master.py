@@ -1,20 +1,17 @@
 """The embedded mitmproxy Master: the few core addons a reverse proxy needs, plus kaixu's chain.
 
 mitmdump loads ~30 addons, and every flow event is dispatched to each of them; the minimal set roughly
-halves the CPU per request (shared research notes, section 8).
+halves the CPU per request. kaixu's own chain is one addon (addons/chain.py), here and under `mitmdump -s`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from mitmproxy import addonmanager, exceptions, hooks, options
+from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -28,52 +25,6 @@ log = logging.getLogger("kaixu")
 DRAIN_SECONDS = 30.0
 
 
-class CachedAddonManager(addonmanager.AddonManager):
-    """mitmproxy's AddonManager with the hook lookup done once per hook name instead of once per event.
-
-    mitmproxy walks every addon for every event (and an `update` event follows each flow hook), building a
-    coroutine, a context manager and two generators per addon each time; on a proxy whose addons never
-    change that walk is pure overhead. Semantics are kept: chain order, awaited async hooks, AddonHalt
-    stops the chain, OptionsError propagates, any other exception is logged as an addon error.
-    """
-
-    def __init__(self, master: Any) -> None:
-        super().__init__(master)
-        self._hooks: dict[str, list[Callable[..., Any]]] = {}
-
-    def add(self, *addons: Any) -> None:
-        self._hooks.clear()
-        super().add(*addons)
-
-    def remove(self, addon: Any) -> None:
-        self._hooks.clear()
-        super().remove(addon)
-
-    def clear(self) -> None:
-        self._hooks.clear()
-        super().clear()
-
-    async def trigger_event(self, event: hooks.Hook) -> None:
-        funcs = self._hooks.get(event.name)
-        if funcs is None:
-            funcs = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
-            self._hooks[event.name] = funcs
-        if not funcs:
-            return
-        args = event.args()
-        for func in funcs:
-            try:
-                result = func(*args)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as exc:
-                logging.getLogger("mitmproxy.addonmanager").error(f"Addon error: {exc}", exc_info=True)
-
-
 def build_master(
     policy_path: str,
     policy: Policy,
@@ -85,7 +36,6 @@ def build_master(
 ) -> tuple[Master, Gateway]:
     opts = options.Options()
     master = Master(opts, with_termlog=False)
-    master.addons = CachedAddonManager(master)
     master.addons.add(
         core.Core(),
         proxyserver.Proxyserver(),

@@ -1,9 +1,14 @@
-"""kaixu's addons, one concern each, in the order a request meets them (see DESIGN.md)."""
+"""kaixu's addons, one concern each, in the order a request meets them (see docs/architecture.md).
+
+mitmproxy sees one of them, the `Chain`, which runs the others in this order and fails closed."""
 
 from __future__ import annotations
 
 from kaixu.addons.auth import Auth
+from kaixu.addons.body import Body
+from kaixu.addons.chain import Chain
 from kaixu.addons.config import PolicyFile
+from kaixu.addons.connections import Connections
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
@@ -16,18 +21,24 @@ from kaixu.addons.stream import Stream
 from kaixu.gateway import Gateway
 
 
-def build_addons(gateway: Gateway) -> list[object]:
-    """The chain `kaixu run` and the `mitmdump -s` plugin both load."""
+def build_steps(gateway: Gateway) -> list[object]:
     return [
-        PolicyFile(gateway),
+        PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),
-        Ingress(gateway),  # 1 request id, CORS, /health, /metrics
-        Dialect(),  # 2 which front door
-        Auth(),  # 3 who is calling
+        Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
+        Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
+        Dialect(),  # 2 which front door (request head)
+        Auth(),  # 3 who is calling (request head)
+        Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Router(gateway),  # 6 where it goes (policy and limits, steps 4-5, arrive with their issues)
         Errors(),  # 9 upstream timeout + JSON error pages
         Stream(),  # 7 SSE pass-through meter or translator
-        Settle(gateway),  # 8 usage, translation of buffered answers, metrics
+        Settle(gateway),  # 8 usage, translation of buffered answers, metrics, ledger
     ]
+
+
+def build_addons(gateway: Gateway) -> list[object]:
+    """What `kaixu run` and the `mitmdump -s` plugin both load: one addon."""
+    return [Chain(build_steps(gateway))]

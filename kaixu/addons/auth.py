@@ -10,7 +10,7 @@ from mitmproxy import http
 from kaixu.addons.respond import error_response
 from kaixu.call import get_call
 
-# Every header a supported client SDK may carry its credential in; all are removed before forwarding.
+# Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")
 
 
@@ -34,11 +34,13 @@ def presented_key(request: http.Request) -> str | None:
 
 
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class Auth:
-    def request(self, flow: http.HTTPFlow) -> None:
+    """Runs on the request head, so an unknown caller is refused before its body is decompressed or parsed."""
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is not None:
             return

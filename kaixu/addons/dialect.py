@@ -1,23 +1,18 @@
-"""Step 2: which front door did the client knock on? Sets the call's front door (its wire format and
-error shape), operation, model and stream flag.
-
-The body is parsed once here (JSON); nothing is translated yet: when the provider speaks the client's
-format, the router forwards the original bytes.
+"""Step 2: which front door did the client knock on? From the request head alone (path, method, headers):
+the call's front door (its wire format and error shape), operation, a model named in the path, the stream
+flag a path fixes, and client attribution headers. The body waits until the caller is known (addons/body.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from mitmproxy import http
 
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
-from kaixu.formats import FormatError
-from kaixu.formats.seeds import gateway13, pulse
+from kaixu.log import safe
 
 # Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
 _ATTRIBUTE_HEADERS = (("x-kaixu-app", "app"), ("x-kaixu-build", "build"), ("x-kaixu-install-id", "install_id"))
@@ -70,6 +65,26 @@ _MODEL_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)$")
 _BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions$")
 
 
+#: Model names: printable, no whitespace, no URL syntax a provider path could be steered with. `/` is allowed
+#: (OpenAI-compatible servers name models `org/model`); it is percent-encoded wherever a name enters a URL.
+MAX_MODEL_CHARS = 256
+_MODEL_FORBIDDEN = re.compile(r"[\s?#%\\]|\.\.|^/|/$")
+
+
+def model_name_problem(name: str) -> str | None:
+    """What is wrong with a client's model name, or None: checked before any routing."""
+    if not name:
+        return "model: a model name is required"
+    if len(name) > MAX_MODEL_CHARS:
+        return f"model: a model name has at most {MAX_MODEL_CHARS} characters"
+    if not name.isprintable() or _MODEL_FORBIDDEN.search(name):
+        return (
+            f"model: {safe(name, 80)!r} is not a valid model name "
+            "(no spaces, control characters, '?', '#', '%', '\\' or '..')"
+        )
+    return None
+
+
 def front_for_path(path: str) -> str:
     """The error shape to use for a path, even one kaixu does not serve."""
     door = _EXACT.get(path)
@@ -117,7 +132,9 @@ def _door_for(call: Call, path: str) -> Door | None:
 
 
 class Dialect:
-    def request(self, flow: http.HTTPFlow) -> None:
+    """Runs on the request head: the body is neither read nor parsed before the caller is authenticated."""
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is not None:
             return
@@ -127,9 +144,10 @@ class Dialect:
         if door is None:
             call.front = front_for_path(path)
             flow.response = error_response(
-                call, 404, f"no such endpoint: {request.method} {path}", "not_found_error", "unknown_endpoint"
+                call, 404, f"no such endpoint: {request.method} {safe(path)}", "not_found_error", "unknown_endpoint"
             )
             return
+        call.door = door
         call.front, call.operation = door.front, door.operation
         if door.operation in ("models", "model") and path.startswith("/v1/"):
             call.front = _models_front(request)  # shared by three SDKs: answer in the shape of the one asking
@@ -137,14 +155,19 @@ class Dialect:
             flow.response = error_response(
                 call,
                 405,
-                f"method {request.method} is not allowed on {path}; use {', '.join(door.methods)}",
+                f"method {safe(request.method, 20)} is not allowed on {path}; use {', '.join(door.methods)}",
                 "invalid_request_error",
                 "method_not_allowed",
                 {"allow": ", ".join(door.methods)},
             )
             return
-        if not door.needs_body:
-            return
+        if door.stream is not None:
+            call.stream = door.stream
+        if call.model is not None:  # from the path (Gemini, GET one model)
+            problem = model_name_problem(call.model)
+            if problem is not None:
+                flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_model")
+                return
         if door.front == "gemini" and door.stream and "alt=sse" not in request.path:
             flow.response = error_response(
                 call, 400, "alt: kaixu streams Gemini answers as server-sent events; call "
@@ -152,73 +175,7 @@ class Dialect:
                 "invalid_field",
             )  # fmt: skip
             return
-        body = self._parse_body(flow, call)
-        if body is None:
-            return
-        call.body = body
         headers = request.headers
         for header, name in _ATTRIBUTE_HEADERS:
             if header in headers:
                 call.attributes[name] = headers[header][:200]
-        problem = self._read_request_fields(call, door, body)
-        if problem is not None:
-            flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
-
-    @staticmethod
-    def _read_request_fields(call: Call, door: Door, body: dict[str, Any]) -> str | None:
-        """Model, stream flag and routing hints; returns what is wrong, naming the field."""
-        if call.model is None:  # Gemini has it in the path
-            model = body.get("model")
-            if model is None:
-                model = call.policy.default_model
-            if not isinstance(model, str) or not model:
-                return "model: a model name (string) is required"
-            call.model = model
-        if door.stream is not None:
-            call.stream = door.stream
-        else:
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                return "stream: must be true or false"
-            call.stream = stream
-        backend = body.get("backend")
-        if backend is not None:
-            if not isinstance(backend, str) or not backend:
-                return "backend: must be a backend name (string)"
-            call.backend = call.backend or backend
-        if call.front == pulse.NAME:
-            call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
-        if call.front == gateway13.NAME:
-            try:
-                call.provider_hint = gateway13.provider_hint(body)
-            except FormatError as exc:
-                return str(exc)
-        return None
-
-    @staticmethod
-    def _parse_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any] | None:
-        raw = flow.request.raw_content or b""
-        if flow.request.headers.get("content-encoding"):
-            raw = flow.request.get_content(strict=False) or b""
-        if not raw.strip():
-            flow.response = error_response(
-                call, 400, "the request body is empty; send a JSON object", "invalid_request_error", "empty_body"
-            )
-            return None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            flow.response = error_response(
-                call, 400, f"the request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
-            )
-            return None
-        if not isinstance(body, dict):
-            flow.response = error_response(
-                call,
-                400,
-                f"the request body must be a JSON object, not {type(body).__name__}",
-                "invalid_request_error",
-                "invalid_json",
-            )
-            return None
-        return body

@@ -38,13 +38,9 @@ class Ingress:
         self.gateway = gateway
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # Attach early: a body over the size limit is refused by mitmproxy before the request hook,
-        # and that refusal must still carry the request id.
+        # Everything here needs the request head only: a body over the size limit is refused by mitmproxy
+        # before the request hook, and that refusal must still carry the request id.
         self.gateway.inflight.add(flow.id)
-        if get_call(flow) is None:
-            self._attach(flow)
-
-    def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow) or self._attach(flow)
         request = flow.request
         if request.method == "OPTIONS" and "origin" in request.headers:
@@ -67,6 +63,9 @@ class Ingress:
         """The call a flow carries through every later step, with the policy snapshot it will keep."""
         call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
         call.front = front_for_path(flow.request.path.partition("?")[0])
+        origin = flow.request.headers.get("origin")
+        if origin and self._origin_allowed(call, origin):
+            call.cors_origin = origin  # decided here: the router forwards no origin header
         attach(flow, call)
         return call
 
@@ -89,8 +88,8 @@ class Ingress:
         headers = flow.response.headers
         headers["x-request-id"] = call.request_id
         headers["x-kaixu-request-id"] = call.request_id
-        origin = flow.request.headers.get("origin")
-        if origin and self._origin_allowed(call, origin):
+        origin = call.cors_origin
+        if origin:
             headers["access-control-allow-origin"] = origin
             headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd"
             headers["vary"] = "Origin"

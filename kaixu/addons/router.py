@@ -13,7 +13,6 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.auth import CREDENTIAL_HEADERS
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
@@ -23,6 +22,24 @@ from kaixu.gateway import Gateway
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 from kaixu.providers.relay import RelayPlan
 
+#: The client headers a provider gets (lower-case). Everything else is dropped: credentials (kaixu sends the
+#: provider's own), cookies, proxy credentials, forwarding and client-IP headers. docs/compatibility.md lists it.
+FORWARDED_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"accept",
+        b"user-agent",
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"openai-beta",
+        b"idempotency-key",
+        b"traceparent",
+        b"tracestate",
+        b"x-request-id",
+    }
+)
 # Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
 # Headers httpx sets itself when the relay makes the upstream request.
@@ -72,7 +89,8 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
 
 
 def resolve_route(call: Call) -> ModelRoute:
-    assert call.model is not None
+    if call.model is None:
+        raise RouteRefused(400, "model: a model name is required", "invalid_request_error", "invalid_model")
     policy: Policy = call.policy
     backend = call.backend
     if backend is not None and backend not in policy.providers and backend in policy.models:
@@ -87,6 +105,7 @@ def resolve_route(call: Call) -> ModelRoute:
             403, f"model {call.model!r} is not allowed for key {call.key.name!r}", "permission_error",
             "model_not_allowed",
         )  # fmt: skip
+    call.route_name = route.name
     return route
 
 
@@ -132,6 +151,7 @@ class Router:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
             return
         self._rewrite(flow, call, url, body, key)
+        call.routed = True
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)
 
@@ -199,12 +219,14 @@ class Router:
     ) -> None:
         request = flow.request
         request.scheme, request.host, request.port, request.path = split_url(url)
-        headers = request.headers
-        for name in CREDENTIAL_HEADERS:
-            if name in headers:
-                del headers[name]
-        headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes
         assert call.provider is not None and call.upstream_format is not None
+        headers = request.headers
+        # Only what a provider needs leaves kaixu: never cookies, proxy credentials, the client's own keys
+        # (api-key, authorization, ...), forwarding headers or anything else a client happened to send.
+        forwarded = [(k, v) for k, v in headers.fields if k.lower() in FORWARDED_HEADERS]
+        headers.fields = tuple(forwarded)
+        headers["host"] = request.host if request.port in (80, 443) else f"{request.host}:{request.port}"
+        headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes
         headers.update(auth_headers(call.upstream_format, key))
         if call.upstream_format == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = ANTHROPIC_VERSION

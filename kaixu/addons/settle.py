@@ -12,15 +12,19 @@ import time
 
 from mitmproxy import http
 
+from kaixu import mitm
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.gateway import Gateway
+from kaixu.log import safe
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
 from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
+CLIENT_CLOSED = 499
+"""What kaixu records for a request whose client disconnected before its answer was complete."""
 access = logging.getLogger("kaixu.access")
 
 
@@ -56,9 +60,15 @@ class Settle:
         call = get_call(flow)
         if call is None or flow.error is None:
             return
-        if flow.response is None:
+        if mitm.is_client_disconnect(flow.error):
+            # the client went away: its fault, not the gateway's (nginx's 499), flagged in the ledger
+            call.client_disconnected = True
+            self._count(call, CLIENT_CLOSED, flow.error.msg)
+        elif mitm.is_body_too_large(flow.error):
+            self._count(call, 413, flow.error.msg)
+        elif flow.response is None:
             self._count(call, 504 if call.timed_out else 502, flow.error.msg)
-        else:  # the answer had started: a stream cut by the provider or abandoned by the client
+        else:  # the answer had started: a stream cut by the provider
             self._count(call, flow.response.status_code, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
@@ -72,9 +82,18 @@ class Settle:
             replace_body(response, body, status=502)
             return
         if response.status_code >= 400:
+            redactor, own_key = call.policy.redactor, call.client_key
             if not same_format:
                 message, type = upstream.decode_error(response.status_code, response.content or b"")
+                message = redactor.text(message, own_key)
                 replace_body(response, error_json(call.front, call.request_id, response.status_code, message, type))
+                return
+            parsed, clean = redactor.body(response.content or b"", own_key)
+            if isinstance(parsed, dict):  # the provider's own error shape, with kaixu's request id added
+                parsed.setdefault("request_id", call.request_id)
+                replace_body(response, parsed)
+            else:
+                response.content = clean
             return
         if call.operation not in ("chat", "embeddings", "batch_embeddings"):
             return
@@ -97,8 +116,10 @@ class Settle:
     def _count(self, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":
             return
+        if error:
+            error = call.policy.redactor.text(error, call.client_key)
         provider = call.provider.name if call.provider else "-"
-        model = (call.model or "-") if call.provider else "-"
+        model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started
         REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
         LATENCY.labels(call.front, provider).observe(elapsed)
@@ -109,9 +130,9 @@ class Settle:
         if access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
-                call.request_id, call.front, call.operation, status, elapsed * 1000, call.model, provider,
+                call.request_id, call.front, call.operation, status, elapsed * 1000, safe(call.model), provider,
                 call.upstream_model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
-                call.key.name if call.key else "-", f" error={error!r}" if error else "",
+                call.key.name if call.key else "-", f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
             self.gateway.ledger.record(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kaixu.redact import Redactor
+
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
 WireFormat = Literal["openai", "anthropic", "gemini"]
 
@@ -65,6 +67,15 @@ class VirtualKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What a client connection may cost kaixu (`limits:` in the policy; addons/connections.py)."""
+
+    client_header_timeout_s: float = 10.0
+    client_idle_timeout_s: float = 60.0
+    max_client_connections: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     digest: str
     raw: dict[str, Any]
@@ -83,6 +94,9 @@ class Policy:
     fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ca_file: str | None = None
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    redactor: Redactor = field(default_factory=Redactor)
+    """Scrubs every configured provider key (and credential-shaped text) from what kaixu passes on."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
@@ -204,5 +218,11 @@ def build_policy(
         store=store,
         fronts=dict(data.get("fronts") or {}),
         ca_file=ca_file,
+        redactor=Redactor(p.api_key for p in providers.values()),
+        limits=ClientLimits(
+            client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
+            client_idle_timeout_s=float(limits.get("client_idle_timeout_s", 60)),
+            max_client_connections=int(limits.get("max_client_connections", 4096)),
+        ),
     )
     return policy, problems, warnings

@@ -6,7 +6,7 @@ The request/response bodies are the formats package's business; this module only
 from __future__ import annotations
 
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from kaixu.config import ProviderConfig
 
@@ -49,12 +49,13 @@ def endpoint_url(
         path = _ANTHROPIC_PATHS.get(operation)
     elif wire == "gemini":
         action = _GEMINI_ACTIONS.get(operation)
+        name = quote(model, safe="")  # a model name never steers the path: `/`, `?`, `..` stay inside it
         if action is None:
             path = None
         elif operation == "chat" and stream:
-            path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+            path = f"/v1beta/models/{name}:streamGenerateContent?alt=sse"
         else:
-            path = f"/v1beta/models/{model}:{action}"
+            path = f"/v1beta/models/{name}:{action}"
     else:
         path = None
     if path is None:

@@ -118,11 +118,6 @@ class RelayHandler(tornado.web.RequestHandler):
                 raise
             await self._fail(call, _describe(exc, provider, timeout), 504 if isinstance(exc, TimeoutError) else 502)
             return
-            await self._fail(call, f"provider {provider!r} did not answer within {timeout:g} s", 504)
-            return
-        except httpx.HTTPError as exc:
-            await self._fail(call, f"provider {provider!r} is unreachable ({exc})", 502)
-            return
         try:
             if hides_provider_answer(response.status_code, call.byok):
                 await self._fail(call, credentials_rejected(provider), 502)
@@ -161,6 +156,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
 
     async def _fail(self, call: Call, message: str, status: int) -> None:
+        message = call.policy.redactor.text(message, call.client_key)  # provider text may quote kaixu's key
         call.relay_error = message
         call.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))

@@ -1,0 +1,165 @@
+"""Step 3b: the request body, read only once the caller is authenticated (step 3).
+
+Decompressed here, never earlier and never without a bound: `limits.max_body_bytes` applies to the
+decompressed size too, so a 1 MB gzip bomb costs at most the limit in memory. Then parsed as JSON (nesting
+bounded, so no step after this can recurse itself to death on a hostile body), and the request facts the
+later steps use are read: model (validated), stream flag, routing hints, client attribution.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from mitmproxy import http
+
+from kaixu.addons.dialect import Door, model_name_problem
+from kaixu.addons.respond import error_response
+from kaixu.call import Call, get_call
+from kaixu.formats import FormatError
+from kaixu.formats.seeds import gateway13, pulse
+
+#: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
+MAX_JSON_DEPTH = 64
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class BodyRefused(Exception):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    """`raw` decoded by its Content-Encoding, refusing (413) as soon as the output passes `limit` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    wbits = _ZLIB_WBITS.get(encoding)
+    if wbits is None:
+        raise BodyRefused(
+            415, f"content-encoding {encoding[:40]!r} is not supported; use gzip or deflate", "unsupported_encoding"
+        )
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(raw, limit + 1)
+        if len(out) > limit or decoder.unconsumed_tail:
+            raise BodyRefused(
+                413, f"the decompressed request body is larger than the limit of {limit} bytes", "request_too_large"
+            )
+        out += decoder.flush()
+    except zlib.error as exc:
+        raise BodyRefused(400, f"the request body is not valid {encoding}: {exc}", "invalid_encoding") from None
+    if len(out) > limit:
+        raise BodyRefused(
+            413, f"the decompressed request body is larger than the limit of {limit} bytes", "request_too_large"
+        )
+    if not decoder.eof:
+        raise BodyRefused(400, f"the request body is truncated {encoding} data", "invalid_encoding")
+    return out
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit` (iterative: the check itself cannot overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise BodyRefused(400, "the request body is empty; send a JSON object", "empty_body")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise BodyRefused(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from None
+    except UnicodeDecodeError:
+        raise BodyRefused(400, "the request body is not valid JSON: it is not UTF-8 text", "invalid_json") from None
+    except ValueError as exc:
+        raise BodyRefused(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BodyRefused(400, f"the request body must be a JSON object, not {json_type(body)}", "invalid_json")
+    if (raw.count(b"{") + raw.count(b"[")) > MAX_JSON_DEPTH and json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise BodyRefused(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
+    return body
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages a client reads."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+class Body:
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is not None or call.door is None or not call.door.needs_body:
+            return
+        request = flow.request
+        try:
+            raw = request.raw_content or b""
+            encoding = request.headers.get("content-encoding", "")
+            if encoding:
+                raw = decompress(raw, encoding, call.policy.max_body_bytes)
+                # the provider gets plain bytes: the encoding header is not forwarded (router's allowlist)
+                request.raw_content = raw
+                del request.headers["content-encoding"]
+            body = parse_json_object(raw)
+        except BodyRefused as refused:
+            flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)
+            return
+        call.body = body
+        problem = self._read_request_fields(call, call.door, body)
+        if problem is not None:
+            flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
+
+    @staticmethod
+    def _read_request_fields(call: Call, door: Door, body: dict[str, Any]) -> str | None:
+        """Model, stream flag and routing hints; returns what is wrong, naming the field."""
+        if call.model is None:  # Gemini has it in the path
+            model = body.get("model")
+            if model is None:
+                model = call.policy.default_model
+            if not isinstance(model, str) or not model:
+                return f"model: a model name (string) is required, got {json_type(model)}"
+            problem = model_name_problem(model)
+            if problem is not None:
+                return problem
+            call.model = model
+        if door.stream is None:
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                return f"stream: must be true or false, not {json_type(stream)}"
+            call.stream = stream
+        backend = body.get("backend")
+        if backend is not None:
+            if not isinstance(backend, str) or not backend:
+                return "backend: must be a backend name (string)"
+            if model_name_problem(backend) is not None:
+                return "backend: not a valid backend name"
+            call.backend = call.backend or backend
+        if call.front == pulse.NAME:
+            call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
+        if call.front == gateway13.NAME:
+            try:
+                call.provider_hint = gateway13.provider_hint(body)
+            except FormatError as exc:
+                return str(exc)
+        return None

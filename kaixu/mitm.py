@@ -1,0 +1,273 @@
+"""Every use of a mitmproxy internal lives here: a version guard, a start-up self-test, and the few patches
+kaixu cannot do with a public hook or option.
+
+Why each patch exists (mitmproxy writes these answers itself, from its HTTP layers, where no addon hook can
+reach):
+
+* JSON error pages (HTTP/1 and HTTP/2): connect failures, upstream disconnects, timeouts, over-limit bodies,
+  malformed requests and chunked bodies would otherwise be answered with an HTML page — or, for a malformed
+  chunk size, with a closed connection and no answer at all.
+* A 413 that every client can read: mitmproxy closes the connection right after its error page, while an
+  SDK is still uploading (it reads the answer only after sending its body), so the client sees a reset or
+  hangs. kaixu half-closes instead and keeps reading (discarding) until the client is done; the idle
+  timeout (addons/connections.py) bounds how long.
+* A request-header size cap (431): mitmproxy buffers request heads without a bound ("FIXME: protect against
+  header size DoS" in its HTTP/1 server).
+* `body_size_limit` limits requests only: mitmproxy applies it to responses too, which would cut off large
+  provider answers (embedding batches).
+
+Every patch acts only on kaixu's connections (a client that arrived on a reverse-mode listener: all of them
+under `kaixu run`, the reverse listeners under `mitmdump -s kaixu/plugin.py`); any other flow in the same
+mitmproxy keeps stock behaviour. `self_test()` runs at start-up and refuses to run on a mitmproxy whose
+internals moved.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+
+import mitmproxy
+from mitmproxy import connection, flow, http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http.http1 import assemble_response
+from mitmproxy.proxy import commands, events, mode_specs
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseProtocolError
+from mitmproxy.version import VERSION
+
+log = logging.getLogger("kaixu.mitm")
+
+#: The mitmproxy releases whose internals this module was written against and tested with.
+SUPPORTED_VERSIONS = ("12.3.1",)
+#: What kaixu's reverse listeners point at: nothing, on purpose. Every kaixu flow is rewritten by the router
+#: or answered by kaixu; a flow that reached this address would be a bug, so the chain refuses it first.
+INERT_UPSTREAM = "http://127.0.0.1:9"
+#: The limit on a request head (request line + headers): 431 above it.
+MAX_HEADER_BYTES = 64 * 1024
+BODY_TOO_LARGE = "body exceeds mitmproxy's body_size_limit"
+
+ErrorRenderer = Callable[[http.Request | None, int, str, ErrorCode], bytes]
+"""Builds a complete HTTP/1 error response (status line, headers, JSON body) for a kaixu connection."""
+
+_renderer: ErrorRenderer | None = None
+_installed = False
+
+
+class IncompatibleMitmproxy(RuntimeError):
+    """The installed mitmproxy is not one whose internals kaixu knows."""
+
+
+def is_kaixu_client(client: connection.Client) -> bool:
+    """Whether a client connection is kaixu's to answer: it arrived on a reverse-mode listener."""
+    return isinstance(client.proxy_mode, mode_specs.ReverseMode)
+
+
+def is_body_too_large(error: flow.Error | None) -> bool:
+    return error is not None and BODY_TOO_LARGE in error.msg
+
+
+def is_client_disconnect(error: flow.Error | None) -> bool:
+    return error is not None and error.msg == "Client disconnected."
+
+
+def close_connection(client: connection.Client, conn: connection.Connection | None = None) -> bool:
+    """Close one of a client's connections (the client's own by default) from outside mitmproxy's layers.
+
+    mitmproxy has no public call for it: the proxyserver addon keeps a handler per client connection."""
+    from mitmproxy import ctx  # late: ctx.master exists only once a Master runs
+
+    handler = ctx.master.addons.get("proxyserver").connections.get(client.id)
+    target = conn or client
+    if handler is None or target not in handler.transports:
+        return False
+    handler.close_connection(target)
+    return True
+
+
+def self_test() -> None:
+    """Fail loudly, at start-up, if this mitmproxy is not one whose internals the patches below rely on."""
+    if VERSION not in SUPPORTED_VERSIONS:
+        raise IncompatibleMitmproxy(
+            f"kaixu supports mitmproxy {', '.join(SUPPORTED_VERSIONS)}; {VERSION} is installed "
+            f"(from {mitmproxy.__file__}). Install the pinned version: pip install -e ."
+        )
+    checks: list[tuple[object, str, tuple[str, ...]]] = [
+        (_http1.Http1Server, "send", ("self", "event")),
+        (_http1.Http1Server, "read_headers", ("self", "event")),
+        (_http1.Http1Connection, "read_body", ("self", "event")),
+        (_http2.Http2Connection, "_handle_event", ("self", "event")),
+        (http_layers.HttpStream, "check_body_size", ("self", "request")),
+    ]
+    for owner, name, params in checks:
+        func = getattr(owner, name, None)
+        if func is None or tuple(inspect.signature(func).parameters) != params:
+            raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: {owner.__name__}.{name}{params} changed")  # type: ignore[attr-defined]
+    for owner, attr in ((_http1.Http1Connection, "buf"), (_http1.Http1Connection, "state")):
+        if attr not in getattr(owner, "__annotations__", {}) and not hasattr(owner, attr):
+            raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: {owner.__name__}.{attr} is gone")
+    for code in ("CONNECT_FAILED", "REQUEST_TOO_LARGE", "CLIENT_DISCONNECTED", "GENERIC_CLIENT_ERROR"):
+        if not hasattr(ErrorCode, code):
+            raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: ErrorCode.{code} is gone")
+    from mitmproxy.addons import proxyserver
+
+    if "connections" not in proxyserver.Proxyserver.__annotations__:
+        raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: Proxyserver.connections is gone")
+
+
+def install(renderer: ErrorRenderer) -> None:
+    """Apply the patches (once per process); `renderer` makes kaixu's JSON error responses."""
+    global _renderer, _installed
+    _renderer = renderer
+    if _installed:
+        return
+    self_test()
+    _installed = True
+    _patch_http1_send()
+    _patch_http1_read_headers()
+    _patch_http1_read_body()
+    _patch_http2_errors()
+    _patch_request_only_body_limit()
+
+
+def _ours(layer: Any) -> bool:
+    return _renderer is not None and is_kaixu_client(layer.context.client)
+
+
+def _render(request: http.Request | None, status: int, message: str, code: ErrorCode) -> bytes:
+    assert _renderer is not None
+    return _renderer(request, status, message, code)
+
+
+def _patch_http1_send() -> None:
+    original = _http1.Http1Server.send
+
+    def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any]:
+        status = event.code.http_status_code() if isinstance(event, ResponseProtocolError) else None
+        if status is None or not _ours(self) or self.response or not (self.conn.state & ConnectionState.CAN_WRITE):
+            yield from original(self, event)
+            return
+        yield commands.SendData(self.conn, _render(self.request, status, event.message, event.code))
+        if event.code is ErrorCode.REQUEST_TOO_LARGE:
+            # The client may still be uploading: stop writing, keep reading (and discarding) so it can finish
+            # and read the 413. The idle timeout closes the connection if it never does.
+            yield commands.CloseTcpConnection(self.conn, half_close=True)
+        else:
+            yield commands.CloseConnection(self.conn)
+
+    _http1.Http1Server.send = send  # type: ignore[method-assign]
+
+
+def _patch_http1_read_headers() -> None:
+    original = _http1.Http1Server.read_headers
+
+    def read_headers(self: _http1.Http1Server, event: events.ConnectionEvent) -> Generator[commands.Command, Any]:
+        if not _ours(self):
+            yield from original(self, event)
+            return
+        if (
+            isinstance(event, events.DataReceived)
+            and len(self.buf) > MAX_HEADER_BYTES
+            and b"\r\n\r\n" not in bytes(self.buf)[: MAX_HEADER_BYTES + 4]
+        ):
+            message = f"the request head is larger than {MAX_HEADER_BYTES} bytes"
+            yield commands.SendData(self.conn, _render(None, 431, message, ErrorCode.GENERIC_CLIENT_ERROR))
+            yield commands.CloseConnection(self.conn)
+            self.state = self.done
+            return
+        for command in original(self, event):
+            if isinstance(command, commands.SendData) and command.data.startswith(b"HTTP/1.1 400 "):
+                # mitmproxy's HTML answer to a request head it cannot parse
+                reason = command.data.partition(b"<p>")[2].partition(b"</p>")[0].decode("utf-8", "replace")
+                message = f"malformed HTTP request: {reason or 'unparseable request head'}"
+                command = commands.SendData(self.conn, _render(None, 400, message, ErrorCode.GENERIC_CLIENT_ERROR))
+            yield command
+
+    _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
+
+
+def _patch_http1_read_body() -> None:
+    original = _http1.Http1Connection.read_body
+
+    def read_body(self: _http1.Http1Connection, event: events.Event) -> Generator[commands.Command, Any]:
+        if not isinstance(self, _http1.Http1Server) or not _ours(self):
+            yield from original(self, event)
+            return
+        for command in original(self, event):
+            if (
+                isinstance(command, commands.CloseConnection)
+                and command.connection is self.conn
+                and self.response is None
+                and self.conn.state & ConnectionState.CAN_WRITE
+            ):
+                # a malformed request body (chunk size, early end): answer 400 before closing
+                message = "malformed HTTP request body (invalid chunked encoding or a body shorter than announced)"
+                yield commands.SendData(self.conn, _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR))
+            yield command
+
+    _http1.Http1Connection.read_body = read_body  # type: ignore[method-assign]
+
+
+def _patch_http2_errors() -> None:
+    """HTTP/2 clients get the same JSON errors (mitmproxy sends an HTML page on the stream)."""
+    original = _http2.Http2Connection._handle_event
+
+    def _handle_event(self: _http2.Http2Connection, event: events.Event) -> Generator[commands.Command, Any]:
+        status = event.code.http_status_code() if isinstance(event, ResponseProtocolError) else None
+        if status is None or not isinstance(self, _http2.Http2Server) or not _ours(self):
+            yield from original(self, event)
+            return
+        assert isinstance(event, ResponseProtocolError)
+        stream = self.h2_conn.streams.get(event.stream_id)
+        if self.is_closed(event.stream_id) or stream is None or stream.state_machine.headers_sent:
+            yield from original(self, event)
+            return
+        if not self.is_open_for_us(event.stream_id):
+            yield from original(self, event)
+            return
+        raw = _render(None, status, event.message, event.code)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        headers = [(b":status", b"%d" % status)]
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() not in (b"connection", b"content-length"):
+                headers.append((name.strip().lower(), value.strip()))
+        self.h2_conn.send_headers(event.stream_id, headers)
+        self.h2_conn.send_data(event.stream_id, body, end_stream=True)
+        data_to_send = self.h2_conn.data_to_send()
+        if data_to_send:
+            yield commands.SendData(self.conn, data_to_send)
+
+    _http2.Http2Connection._handle_event = _handle_event  # type: ignore[method-assign]
+
+
+def _patch_request_only_body_limit() -> None:
+    """`body_size_limit` (mitmproxy's public option) bounds what clients send without buffering it: a
+    Content-Length over the limit is refused before the body is read, a chunked body as it crosses the limit.
+    Provider answers to kaixu flows are not limited (an embeddings batch easily passes 5 MB)."""
+    original = http_layers.HttpStream.check_body_size
+
+    def check_body_size(self: http_layers.HttpStream, request: bool) -> Generator[Any, Any, bool]:
+        if not request and is_kaixu_client(self.context.client):
+            return False
+        return (yield from original(self, request))
+
+    http_layers.HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
+
+
+__all__ = [
+    "BODY_TOO_LARGE",
+    "INERT_UPSTREAM",
+    "IncompatibleMitmproxy",
+    "RequestProtocolError",
+    "assemble_response",
+    "close_connection",
+    "install",
+    "is_body_too_large",
+    "is_client_disconnect",
+    "is_kaixu_client",
+    "self_test",
+]
