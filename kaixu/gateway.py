@@ -48,10 +48,11 @@ class Gateway:
     def store_status(self) -> dict[str, object]:
         policy = self.require_policy()
         kind = next(iter(policy.store), "sqlite")
-        ok = self.ledger.ok if self.ledger is not None else self.store_ok
-        status: dict[str, object] = {"kind": kind, "ok": ok}
+        status: dict[str, object] = {"kind": kind}
         if self.ledger is not None:
-            status["queued_records"] = self.ledger.queued
+            status.update(self.ledger.status())
+        else:
+            status.update(ok=self.store_ok, degraded=self.store_ok is False)
         if kind == "sqlite":
             status["path"] = policy.store["sqlite"]
         return status

@@ -46,3 +46,25 @@ POLICY_RELOAD_FAILURES = Counter(
 
 def exposition() -> bytes:
     return generate_latest(REGISTRY)
+
+
+LEDGER_QUEUE_DEPTH = Gauge(
+    "kaixu_ledger_queue_depth",
+    "Ledger records waiting to be written to the store (grows while the store is unavailable).",
+    registry=REGISTRY,
+)
+LEDGER_WRITE_FAILURES = Counter(
+    "kaixu_ledger_write_failures",
+    "Ledger writes that failed: the store was unavailable, or refused a batch that was then written record by record.",
+    registry=REGISTRY,
+)
+LEDGER_DROPPED_RECORDS = Counter(
+    "kaixu_ledger_dropped_records",
+    "Ledger records lost: the queue was full, or the store refused the record even with its fields escaped.",
+    registry=REGISTRY,
+)
+LEDGER_ESCAPED_RECORDS = Counter(
+    "kaixu_ledger_escaped_records",
+    "Ledger records stored with text fields escaped because the store could not encode them as sent.",
+    registry=REGISTRY,
+)

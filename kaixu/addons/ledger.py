@@ -1,5 +1,6 @@
 """Runs the request ledger (kaixu/store/ledger.py) for as long as the proxy runs: opened when the proxy
-starts, flushed on a timer and once more when it stops, after the last in-flight request settled."""
+starts, flushed on a timer and once more when it stops, after the last in-flight request settled.
+A store that cannot be opened does not stop the proxy: the ledger queues records and keeps trying."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ class LedgerWriter:
     async def _open(self) -> None:
         store = self.gateway.require_policy().store
         ledger = Ledger(SqliteLedgerStore(store.get("sqlite", ":memory:")))
-        try:
-            await ledger.start()
-        except Exception as exc:
-            self.gateway.store_ok = False
-            log.error("cannot open the store %s: %r; requests are served but not recorded", store, exc)
-            return
         self.gateway.ledger = ledger
-        self.gateway.store_ok = True
+        await ledger.start()
+        self.gateway.store_ok = ledger.ok
+        if not ledger.ok:
+            log.error(
+                "cannot open the store %s: %s; requests are served, their records kept in memory until it opens",
+                store, ledger.last_error,
+            )  # fmt: skip
 
     async def done(self) -> None:
         await self._start

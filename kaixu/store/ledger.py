@@ -1,19 +1,32 @@
-"""The request ledger: one record per request, queued on the hot path (a list append) and written in
+"""The request ledger: one record per request, queued on the hot path (a deque append) and written in
 batches by a background task, so no request ever waits for the disk. Flushed on a timer and at shutdown.
+
+Nothing a client sends can stop it: a batch the store rejects is written record by record, a record the
+store cannot encode is stored with its bad fields escaped (`escaped`), and a record refused even then is
+counted and dropped instead of blocking the queue. A store that is unavailable (database locked, file gone,
+connection lost) keeps the records queued; the next flush reopens it and writes them. That logic lives here,
+once, for every backend: a backend only has to keep the `LedgerStore` contract.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol, get_args, get_type_hints
+
+from kaixu.metrics import LEDGER_DROPPED_RECORDS, LEDGER_ESCAPED_RECORDS, LEDGER_QUEUE_DEPTH, LEDGER_WRITE_FAILURES
 
 log = logging.getLogger("kaixu.ledger")
 
 FLUSH_SECONDS = 0.5
 MAX_BATCH = 1000
 MAX_QUEUE = 100_000
+_MAX_ERROR_CHARS = 200
 
 
 @dataclass(slots=True)
@@ -38,59 +51,312 @@ class LedgerRecord:
     """JSON of what the client said about itself: app, build, install id, team/project ids (seed APIs)."""
 
 
+class StoreUnavailable(Exception):
+    """The store, not the records, is the problem (database locked, file removed, connection lost): the
+    records are kept and written by a later flush, after the ledger reopened the store."""
+
+
 class LedgerStore(Protocol):
+    """A ledger backend. `write` is all or nothing: when it raises, nothing of the batch was stored and the
+    store is ready for the next call (its transaction rolled back). It raises `StoreUnavailable` when the
+    store cannot take writes at the moment; any other exception means it refused these records.
+    `open` may be called again after `close` (the ledger reopens a store that became unavailable)."""
+
     def open(self) -> None: ...
     def write(self, records: list[LedgerRecord]) -> None: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
 
+def escape_text(text: str) -> str:
+    """Text every store can hold: lone surrogates (a JSON `\\ud800` escape decodes to one, and so does a
+    header byte that is not UTF-8) become `\\udXXX`, NUL (PostgreSQL refuses it) becomes `\\x00`.
+    The same object when nothing needed escaping."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def escaped(record: LedgerRecord) -> LedgerRecord:
+    """The record with every field made storable: text escaped (`escape_text`), values of the wrong type
+    coerced to the field's type (text from anything; numbers that do not fit become NULL).
+    The same object when nothing needed changing."""
+    changes: dict[str, object] = {}
+    for name, kind in _FIELD_KINDS.items():
+        value = getattr(record, name)
+        fixed = _storable(value, kind)
+        if fixed is not value:
+            changes[name] = fixed
+    return dataclasses.replace(record, **changes) if changes else record  # type: ignore[arg-type]
+
+
+def describe(exc: BaseException) -> str:
+    """An error as /health and the logs show it: class and message, escaped and short."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = escape_text(text)
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def _field_kind(hint: object) -> type:
+    for kind in (str, int, float):
+        if hint is kind or kind in get_args(hint):
+            return kind
+    raise TypeError(f"LedgerRecord field of unsupported type {hint!r}")
+
+
+_FIELD_KINDS = {name: _field_kind(hint) for name, hint in get_type_hints(LedgerRecord).items()}
+_INT64 = range(-(2**63), 2**63)
+
+
+def _storable(value: object, kind: type) -> object:
+    if value is None:
+        return None
+    if kind is str:
+        if not isinstance(value, str):
+            try:
+                value = str(value)
+            except Exception:
+                value = f"<{type(value).__name__}>"
+        return escape_text(value)
+    if kind is int:
+        if isinstance(value, float):
+            value = int(value) if math.isfinite(value) else None
+        return value if isinstance(value, int) and value in _INT64 else None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one flush step did, computed in the worker thread and applied on the event loop."""
+
+    settled: int = 0
+    """Records of the batch that are done with: stored, or refused for good. The rest stay queued."""
+    escaped: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    failures: int = 0
+    error: str | None = None
+    unavailable: bool = False
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.error = describe(exc)
+        self.unavailable = isinstance(exc, StoreUnavailable)
+
+
 class Ledger:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: LedgerStore, *, max_queue: int = MAX_QUEUE) -> None:
         self.store = store
+        self.max_queue = max_queue
         self.ok: bool | None = None
-        self._queue: list[LedgerRecord] = []
+        """Whether the last write (or open) succeeded; None before the store was opened."""
+        self.write_failures = 0
+        self.dropped = 0
+        self.escaped = 0
+        self.last_error: str | None = None
+        self._queue: deque[LedgerRecord] = deque()
+        self._writing = 0
+        self._reopen = False
+        self._overflowing = False
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._dropped = 0
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.store.open)
-        self.ok = True
+        """Opens the store. A store that cannot be opened is not fatal: records queue up and every flush
+        tries to open it again (`ok` and `last_error` say why it is down)."""
+        LEDGER_QUEUE_DEPTH.set_function(lambda: self.queued)
+        try:
+            await asyncio.to_thread(self.store.open)
+            self.ok = True
+        except Exception as exc:  # the caller logs it, naming the store
+            self.ok, self.last_error, self._reopen = False, describe(exc), True
+            self.write_failures += 1
+            LEDGER_WRITE_FAILURES.inc()
         self._task = asyncio.get_running_loop().create_task(self._flush_forever(), name="kaixu-ledger")
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Records not written yet, including the batch being written."""
+        return len(self._queue) + self._writing
+
+    @property
+    def degraded(self) -> bool:
+        """The store is failing now, or records were lost since start."""
+        return self.ok is False or self.dropped > 0
+
+    def status(self) -> dict[str, object]:
+        """The `store` section of /health (without the backend's kind and location)."""
+        return {
+            "ok": self.ok,
+            "degraded": self.degraded,
+            "queued_records": self.queued,
+            "write_failures": self.write_failures,
+            "dropped_records": self.dropped,
+            "escaped_records": self.escaped,
+            "last_error": self.last_error,
+        }
 
     def record(self, record: LedgerRecord) -> None:
         """Called on the hot path: never blocks. A store that is down for long drops the oldest records."""
-        if len(self._queue) >= MAX_QUEUE:
-            self._queue.pop(0)
-            self._dropped += 1
         self._queue.append(record)
+        self._trim()
 
     async def flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
-                await asyncio.to_thread(self.store.write, batch)
-                self.ok = True
-            except Exception as exc:
-                self.ok = False
-                self._queue[:0] = batch  # keep them for the next attempt
-                log.error("ledger write failed, %d records kept for retry: %r", len(self._queue), exc)
+        async with self._flushing:
+            if self._reopen and not await self._reopen_store():
                 return
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                self._writing = len(batch)
+                try:
+                    outcome = await asyncio.to_thread(self._write, batch)
+                except BaseException:
+                    self._requeue(batch)
+                    raise
+                finally:
+                    self._writing = 0
+                self._apply(outcome)
+                if outcome.settled < len(batch):
+                    self._requeue(batch[outcome.settled :])
+                    return
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
             self._task = None
-        await self.flush()
-        if self._dropped:
-            log.warning("ledger dropped %d records while the store was unavailable", self._dropped)
-        await asyncio.to_thread(self.store.close)
+        await self.flush()  # waits for a flush the timer had started
+        if self.queued:
+            log.error("ledger stopped with %d records not written: %s", self.queued, self.last_error)
+        if self.dropped:
+            log.warning("ledger dropped %d records since start", self.dropped)
+        try:
+            await asyncio.to_thread(self.store.close)
+        except Exception as exc:
+            log.warning("ledger store did not close cleanly: %s", describe(exc))
 
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            await self.flush()
+            try:
+                # shielded: a stop() arriving mid-write lets the write finish (its records are then settled)
+                await asyncio.shield(self.flush())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ledger flush failed; retrying on the next tick")
+
+    async def _reopen_store(self) -> bool:
+        def reopen() -> None:
+            self.store.close()
+            self.store.open()
+
+        try:
+            await asyncio.to_thread(reopen)
+        except Exception as exc:
+            self.write_failures += 1
+            LEDGER_WRITE_FAILURES.inc()
+            self._unavailable(describe(exc))
+            return False
+        self._reopen = False
+        if not self._queue:
+            self._available()
+        return True
+
+    def _write(self, batch: list[LedgerRecord]) -> _Outcome:
+        """Worker thread: write the batch in one go or, when the store refuses it, record by record."""
+        outcome = _Outcome()
+        try:
+            self.store.write(batch)
+        except Exception as exc:
+            outcome.failed(exc)
+            if outcome.unavailable:
+                return outcome
+        else:
+            outcome.settled = len(batch)
+            return outcome
+        for record in batch:
+            if not self._write_alone(record, outcome):
+                return outcome
+            outcome.settled += 1
+        return outcome
+
+    def _write_alone(self, record: LedgerRecord, outcome: _Outcome) -> bool:
+        """Stores one record, escaped if it must be, or gives up on it. False: the store became unavailable."""
+        attempts = [record]
+        fixed = escaped(record)
+        if fixed is not record:
+            attempts.append(fixed)
+        for attempt in attempts:
+            try:
+                self.store.write([attempt])
+            except Exception as exc:
+                outcome.failed(exc)
+                if outcome.unavailable:
+                    return False
+                continue
+            if attempt is not record:
+                outcome.escaped.append(escape_text(str(record.request_id)))
+            return True
+        outcome.rejected.append(escape_text(str(record.request_id)))
+        return True
+
+    def _apply(self, outcome: _Outcome) -> None:
+        self.write_failures += outcome.failures
+        LEDGER_WRITE_FAILURES.inc(outcome.failures)
+        for request_id in outcome.escaped:
+            log.warning("ledger record %s stored with fields escaped: the store could not encode them", request_id)
+        self.escaped += len(outcome.escaped)
+        LEDGER_ESCAPED_RECORDS.inc(len(outcome.escaped))
+        for request_id in outcome.rejected:
+            log.error("ledger record %s refused by the store even escaped; dropped: %s", request_id, outcome.error)
+        self.dropped += len(outcome.rejected)
+        LEDGER_DROPPED_RECORDS.inc(len(outcome.rejected))
+        if outcome.unavailable:
+            self._unavailable(outcome.error or "")
+            return
+        if outcome.error is not None:
+            self.last_error = outcome.error
+        self._available()
+
+    def _unavailable(self, error: str) -> None:
+        if self.ok is not False or error != self.last_error:
+            log.error("ledger store unavailable: %s; %d records kept, retrying", error, self.queued)
+        self.ok = False
+        self.last_error = error
+        self._reopen = True
+
+    def _available(self) -> None:
+        if self.ok is False:
+            log.warning("ledger store available again (%d failed writes since start)", self.write_failures)
+        self.ok = True
+        self._overflowing = False
+
+    def _requeue(self, records: list[LedgerRecord]) -> None:
+        """Records not written go back to the front, in order; a full queue then loses its oldest."""
+        self._queue.extendleft(reversed(records))
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._queue) - self.max_queue
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._queue.popleft()
+        if not self._overflowing:
+            log.error(
+                "ledger queue full (%d records): dropping the oldest until the store takes writes", self.max_queue
+            )
+            self._overflowing = True
+        self.dropped += excess
+        LEDGER_DROPPED_RECORDS.inc(excess)

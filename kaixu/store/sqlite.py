@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import astuple, fields
 
-from kaixu.store.ledger import LedgerRecord
+from kaixu.store.ledger import LedgerRecord, StoreUnavailable, describe
 
 _COLUMNS = [f.name for f in fields(LedgerRecord)]
 _SCHEMA = """
@@ -23,36 +25,96 @@ _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' 
 
 
 class SqliteLedgerStore:
-    def __init__(self, path: str) -> None:
+    """Keeps the `LedgerStore` contract: each write is one transaction, rolled back when it fails; failures
+    of the database (locked by another process, file removed or unreadable, disk full) are `StoreUnavailable`,
+    failures of the records (text SQLite cannot encode, values it cannot bind) are raised as they are."""
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 5.0) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        """How long a write waits for another process's lock before the batch is kept for the next flush."""
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None
 
     def open(self) -> None:
         with self._lock:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            _add_missing_columns(db)
+            self._close()
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                _add_missing_columns(db)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
+            self._file = self._identity()
 
     def write(self, records: Sequence[LedgerRecord]) -> None:
         with self._lock:
-            assert self._db is not None, "store not open"
-            self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, [astuple(r) for r in records])
-            self._db.execute("COMMIT")
+            db = self._db
+            if db is None:
+                raise StoreUnavailable("the store is not open")
+            if self._identity() != self._file:
+                # Deleted or replaced under us: rows would go to an unlinked file. Reopening recreates it.
+                raise StoreUnavailable(f"{self.path} was removed or replaced")
+            try:
+                if db.in_transaction:  # never carry a transaction over from a failed call
+                    db.execute("ROLLBACK")
+                db.execute("BEGIN")
+                db.executemany(_INSERT, [astuple(r) for r in records])
+                db.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(db, exc)
+                if _database_failed(exc):
+                    raise StoreUnavailable(describe(exc)) from exc
+                raise
 
     def ping(self) -> bool:
         with self._lock:
-            return self._db is not None and self._db.execute("SELECT 1").fetchone() == (1,)
+            try:
+                return self._db is not None and self._db.execute("SELECT 1").fetchone() == (1,)
+            except sqlite3.Error:
+                return False
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._close()
+
+    def _close(self) -> None:
+        db, self._db, self._file = self._db, None, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):  # a broken connection is let go all the same
+                db.close()
+
+    def _identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+
+def _rollback(db: sqlite3.Connection, cause: BaseException) -> None:
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"rollback failed: {describe(exc)}") from cause
+
+
+def _database_failed(exc: BaseException) -> bool:
+    """The database, not the rows: locked, I/O error, disk full, read-only, table gone, not a database.
+    Unencodable text (UnicodeEncodeError), unbindable values (ProgrammingError, OverflowError) and constraint
+    violations (IntegrityError) are the rows' fault."""
+    return (
+        isinstance(exc, (OSError, sqlite3.OperationalError, sqlite3.InternalError))
+        or type(exc) is sqlite3.DatabaseError
+    )
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
