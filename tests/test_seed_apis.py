@@ -4,13 +4,14 @@ calls, the documented bodies, headers, SSE event names and error statuses."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import LIMITED_KEY, TEST_KEY, Kaixu
+from tests.harness import LIMITED_KEY, ROOT, TEST_KEY, Kaixu
 
 BEARER = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -252,6 +253,64 @@ def test_gateway13_provider_hint_must_serve_the_model(kaixu: Kaixu) -> None:
     body = {"provider": "gemini", "model": "claude-test", "messages": [{"role": "user", "content": "x"}]}
     response = httpx.post(kaixu.url + "/.netlify/functions/gateway-chat", json=body, headers=GW13_HEADERS)
     assert response.status_code == 403 and "gemini" in response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
+    """kaixu on the repository's own proxy.yaml, as `make run` starts it: every model on the built-in mock."""
+    workdir = tmp_path_factory.mktemp("shipped")
+    gateway = Kaixu(workdir, (ROOT / "proxy.yaml").read_text()).start()
+    yield gateway
+    gateway.stop()
+
+
+SHIPPED_KEY = {"authorization": "Bearer sk-kaixu-demo"}
+# The runbook's body, for each provider it lists, with a model the shipped policy serves.
+RUNBOOK_BODIES = {
+    provider: {
+        "provider": provider,
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 1024,
+        "temperature": 1,
+    }
+    for provider, model in (
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("gemini", "gemini-2.5-flash"),
+    )
+}
+
+
+@pytest.mark.parametrize("provider", list(RUNBOOK_BODIES))
+def test_gateway13_runbook_body_on_the_shipped_policy(shipped: Kaixu, provider: str) -> None:
+    body = RUNBOOK_BODIES[provider]
+    chat = httpx.post(shipped.url + "/.netlify/functions/gateway-chat", json=body, headers=SHIPPED_KEY, timeout=10)
+    assert chat.status_code == 200, chat.text
+    data = chat.json()
+    assert data["provider"] == provider and data["model"] == body["model"]
+    assert data["output_text"] == "echo: Say hello"
+    stream = httpx.post(shipped.url + "/.netlify/functions/gateway-stream", json=body, headers=SHIPPED_KEY, timeout=10)
+    assert stream.status_code == 200, stream.text
+    events = sse_events(stream.text)
+    assert events[0][0] == "meta" and json.loads(events[0][1])["provider"] == provider
+    assert "".join(json.loads(d)["text"] for n, d in events if n == "delta") == "echo: Say hello"
+    assert events[-1][0] == "done"
+
+
+@pytest.mark.parametrize("door", ["gateway-chat", "gateway-stream"])
+def test_gateway13_unknown_model_is_the_seeds_403(kaixu: Kaixu, door: str) -> None:
+    body = {"provider": "openai", "model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(kaixu.url + f"/.netlify/functions/{door}", json=body, headers=GW13_HEADERS, timeout=10)
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": "model 'no-such-model' is not served by this gateway",
+        "code": "model_not_allowed",
+        "request_id": response.headers["x-kaixu-request-id"],
+    }
+    # the other front doors keep their 404
+    openai_front = httpx.post(kaixu.url + "/v1/chat/completions", json=body, headers=BEARER)
+    assert openai_front.status_code == 404 and openai_front.json()["error"]["code"] == "model_not_found"
 
 
 def test_gateway13_errors_and_health(kaixu: Kaixu) -> None:
