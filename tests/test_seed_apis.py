@@ -4,14 +4,16 @@ calls, the documented bodies, headers, SSE event names and error statuses."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import LIMITED_KEY, ROOT, TEST_KEY, Kaixu
+from tests.harness import LIMITED_KEY, ROOT, TEST_KEY, Kaixu, policy_for, wait_for
 
 BEARER = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -371,6 +373,55 @@ def test_queue_status_and_health_uptime(kaixu: Kaixu) -> None:
     assert {"processPool", "backends"} <= set(status) and status["processPool"]["queued"] == 0
     health = httpx.get(kaixu.url + "/health").json()
     assert health["status"] == "ok" and health["uptime_seconds"] >= 0 and "routing" in health
+
+
+def test_health_and_queue_status_carry_the_seeds_pool_numbers(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url)).start()
+    try:
+        health = gateway.health()
+        assert health["backend"] == "intelligent-gateway" and health["status"] == "ok"
+        pool = health["routing"]["processPool"]
+        assert pool["maxConcurrent"] == 10 and pool["utilization"] == 0.0 and pool["active"] == 0
+        status = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+        assert {k: status[k] for k in ("totalProcessed", "totalQueued", "totalFailed")} == {
+            "totalProcessed": 0,
+            "totalQueued": 0,
+            "totalFailed": 0,
+        }
+        hello = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+        chat = gateway.url + "/v1/chat/completions"
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 200
+        assert httpx.post(chat, json={**hello, "stream": True}, headers=BEARER).status_code == 200
+        fake.add_fault(Fault(status=500))
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 500
+        assert httpx.post(chat, json={**hello, "model": "dead-model"}, headers=BEARER).status_code == 502
+        fake.add_fault(Fault(status=429))
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 429
+        # answered by kaixu itself: never reached a provider
+        assert httpx.post(chat, json={**hello, "model": "nope"}, headers=BEARER).status_code == 404
+        assert httpx.get(gateway.url + "/v1/models", headers=BEARER).status_code == 200
+
+        def totals() -> dict[str, Any]:
+            pool = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+            return {k: pool[k] for k in ("active", "totalProcessed", "totalQueued", "totalFailed")}
+
+        wait_for(lambda: totals()["totalProcessed"] == 5, 5, "five forwarded requests to settle")
+        assert totals() == {"active": 0, "totalProcessed": 5, "totalQueued": 0, "totalFailed": 2}
+
+        # a request in flight is active: utilization = active / maxConcurrent
+        fake.add_fault(Fault(latency_ms=1500))
+        slow = threading.Thread(target=lambda: httpx.post(chat, json=hello, headers=BEARER, timeout=10))
+        slow.start()
+        try:
+            wait_for(lambda: totals()["active"] == 1, 5, "the slow request to be in flight")
+            pool = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+            assert pool["utilization"] == 0.1 and pool["maxConcurrent"] == 10
+        finally:
+            slow.join()
+        wait_for(lambda: totals()["totalProcessed"] == 6, 5, "the slow request to settle")
+        assert totals()["active"] == 0
+    finally:
+        gateway.stop()
 
 
 # --- Pulse (seed 003) --------------------------------------------------------------------------------

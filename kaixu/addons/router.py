@@ -142,6 +142,7 @@ class Router:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
             return
         self._rewrite(flow, call, url, body, key)
+        self.gateway.pool.started(call)
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)
 

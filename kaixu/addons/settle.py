@@ -97,6 +97,7 @@ class Settle:
     def _count(self, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":
             return
+        self.gateway.pool.finished(call, status, error)
         provider = call.provider.name if call.provider else "-"
         model = (call.model or "-") if call.provider else "-"
         elapsed = time.monotonic() - call.started
