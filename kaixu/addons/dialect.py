@@ -146,12 +146,7 @@ class Dialect:
         if not door.needs_body:
             return
         if door.front == "gemini" and door.stream and "alt=sse" not in request.path:
-            flow.response = error_response(
-                call, 400, "alt: kaixu streams Gemini answers as server-sent events; call "
-                ":streamGenerateContent?alt=sse (as the google-genai SDK does)", "invalid_request_error",
-                "invalid_field",
-            )  # fmt: skip
-            return
+            call.json_array_stream = True  # what Google streams without alt=sse
         body = self._parse_body(flow, call)
         if body is None:
             return
