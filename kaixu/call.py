@@ -69,6 +69,10 @@ class Call:
     relay_error: str | None = None
     relay_status: int | None = None
     """What the provider answered when the relay had already told the client 200."""
+    json_array_stream: bool = False
+    """Gemini `:streamGenerateContent` without `alt=sse`: the client reads one JSON array, not SSE."""
+    forwarded: bool = False
+    """Sent to a provider and not settled yet (`Gateway.pool`)."""
 
     cors_origin: str | None = None
     """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""

@@ -8,11 +8,51 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kaixu import __version__
 from kaixu.config import Policy
 from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
+
+if TYPE_CHECKING:
+    from kaixu.call import Call
+
+POOL_MAX_CONCURRENT = 10
+"""What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
+size): kaixu does not cap concurrent requests, so it is only the reference `utilization` is measured against."""
+
+
+@dataclass(slots=True)
+class PoolCounters:
+    """The Intelligent AI Gateway's process-pool numbers (seed 002) for the requests kaixu forwards to a
+    provider: started by the router, finished by the settle step (once per request, whichever hook ends it).
+
+    kaixu has no queue: a forwarded request runs at once, so `queued` stays 0 until pools exist.
+    """
+
+    active: int = 0
+    processed: int = 0
+    failed: int = 0
+    """Ended in a 5xx (the provider's, or kaixu's 502/504 for an unreachable or silent one), or cut after
+    the answer had started; a provider's 4xx is processed, not failed."""
+    queued: int = 0
+
+    def started(self, call: Call) -> None:
+        call.forwarded = True
+        self.active += 1
+
+    def finished(self, call: Call, status: int, error: str | None) -> None:
+        if not call.forwarded:
+            return
+        call.forwarded = False
+        self.active -= 1
+        self.processed += 1
+        if status >= 500 or (error is not None and status < 400):
+            self.failed += 1
+
+    def utilization(self) -> float:
+        return round(self.active / POOL_MAX_CONCURRENT, 4)
 
 
 @dataclass(slots=True)
@@ -33,6 +73,7 @@ class Gateway:
     store_ok: bool | None = None
     """Whether the store could be opened (None until it was tried)."""
     ledger: Ledger | None = None
+    pool: PoolCounters = field(default_factory=PoolCounters)
 
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""

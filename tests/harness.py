@@ -87,6 +87,7 @@ class Kaixu:
         self.write_policy(policy)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.host, self.port = "", 0
 
     def write_policy(self, policy: dict[str, Any] | str) -> None:
         text = policy if isinstance(policy, str) else yaml.safe_dump(policy, sort_keys=False)
@@ -121,6 +122,7 @@ class Kaixu:
 
         wait_for(ready, timeout, "kaixu to listen")
         host, port = json.loads(self.port_file.read_text())[0]
+        self.host, self.port = host, int(port)
         self.url = f"http://{host}:{port}"
         return self
 

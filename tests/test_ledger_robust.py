@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import socket
+
 import httpx
 
 from tests.fakes.provider import FakeProvider
@@ -40,15 +42,25 @@ def test_an_unencodable_model_from_an_unauthenticated_client_does_not_stop_the_l
             headers={"content-type": "application/json"},
         )
         assert bad.status_code == 401
+        # The body of an unauthenticated request is never parsed, but a model in a Gemini path is read from
+        # the request head: a raw non-UTF-8 byte there becomes a lone surrogate in Python's str.
+        with socket.create_connection((gateway.host, gateway.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1beta/models/m\xff:generateContent HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+            )
+            raw_path = sock.recv(65536)
+        assert raw_path.startswith(b"HTTP/1.1 400 ")
+        raw_id = raw_path.partition(b"x-request-id: ")[2].partition(b"\r\n")[0].decode()
         wrong_key = chat(gateway.url, key=WRONG_KEY)
         assert wrong_key.status_code == 401
         good = chat(gateway.url)
         assert good.status_code == 200
         db = workdir / "ledger.db"
-        wait_for(lambda: len(ledger_rows(db)) == 3, 10, "the three requests in the ledger")
+        wait_for(lambda: len(ledger_rows(db)) == 4, 10, "the four requests in the ledger")
         assert ledger_rows(db) == [
-            (bad.headers["x-request-id"], None, "\\ud800", 401),
-            (wrong_key.headers["x-request-id"], None, "gpt-4o-mini", 401),
+            (bad.headers["x-request-id"], None, None, 401),
+            (raw_id, None, "m\\udcff", 400),
+            (wrong_key.headers["x-request-id"], None, None, 401),  # not parsed before auth
             (good.headers["x-request-id"], "test", "gpt-4o-mini", 200),
         ]
         everything = repr(ledger_rows(db, "*"))

@@ -287,18 +287,6 @@ def test_feature_a_provider_cannot_express_is_a_400_naming_it(kaixu: Kaixu) -> N
     assert "n" in str(info.value)
 
 
-def test_gemini_stream_without_alt_sse_is_a_400_naming_alt(kaixu: Kaixu) -> None:
-    import httpx
-
-    response = httpx.post(
-        kaixu.url + "/v1beta/models/gemini-test:streamGenerateContent",
-        json={"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]},
-        headers={"x-goog-api-key": TEST_KEY},
-    )
-    assert response.status_code == 400
-    assert response.json()["error"]["message"].startswith("alt:")
-
-
 async def test_concurrent_translated_streams_do_not_mix(kaixu: Kaixu) -> None:
     import asyncio
 

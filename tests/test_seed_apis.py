@@ -4,13 +4,16 @@ calls, the documented bodies, headers, SSE event names and error statuses."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import LIMITED_KEY, TEST_KEY, Kaixu
+from tests.harness import LIMITED_KEY, ROOT, TEST_KEY, Kaixu, policy_for, wait_for
 
 BEARER = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -254,6 +257,64 @@ def test_gateway13_provider_hint_must_serve_the_model(kaixu: Kaixu) -> None:
     assert response.status_code == 403 and "gemini" in response.json()["error"]
 
 
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
+    """kaixu on the repository's own proxy.yaml, as `make run` starts it: every model on the built-in mock."""
+    workdir = tmp_path_factory.mktemp("shipped")
+    gateway = Kaixu(workdir, (ROOT / "proxy.yaml").read_text()).start()
+    yield gateway
+    gateway.stop()
+
+
+SHIPPED_KEY = {"authorization": "Bearer sk-kaixu-demo"}
+# The runbook's body, for each provider it lists, with a model the shipped policy serves.
+RUNBOOK_BODIES = {
+    provider: {
+        "provider": provider,
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 1024,
+        "temperature": 1,
+    }
+    for provider, model in (
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("gemini", "gemini-2.5-flash"),
+    )
+}
+
+
+@pytest.mark.parametrize("provider", list(RUNBOOK_BODIES))
+def test_gateway13_runbook_body_on_the_shipped_policy(shipped: Kaixu, provider: str) -> None:
+    body = RUNBOOK_BODIES[provider]
+    chat = httpx.post(shipped.url + "/.netlify/functions/gateway-chat", json=body, headers=SHIPPED_KEY, timeout=10)
+    assert chat.status_code == 200, chat.text
+    data = chat.json()
+    assert data["provider"] == provider and data["model"] == body["model"]
+    assert data["output_text"] == "echo: Say hello"
+    stream = httpx.post(shipped.url + "/.netlify/functions/gateway-stream", json=body, headers=SHIPPED_KEY, timeout=10)
+    assert stream.status_code == 200, stream.text
+    events = sse_events(stream.text)
+    assert events[0][0] == "meta" and json.loads(events[0][1])["provider"] == provider
+    assert "".join(json.loads(d)["text"] for n, d in events if n == "delta") == "echo: Say hello"
+    assert events[-1][0] == "done"
+
+
+@pytest.mark.parametrize("door", ["gateway-chat", "gateway-stream"])
+def test_gateway13_unknown_model_is_the_seeds_403(kaixu: Kaixu, door: str) -> None:
+    body = {"provider": "openai", "model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(kaixu.url + f"/.netlify/functions/{door}", json=body, headers=GW13_HEADERS, timeout=10)
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": "model 'no-such-model' is not served by this gateway",
+        "code": "model_not_allowed",
+        "request_id": response.headers["x-kaixu-request-id"],
+    }
+    # the other front doors keep their 404
+    openai_front = httpx.post(kaixu.url + "/v1/chat/completions", json=body, headers=BEARER)
+    assert openai_front.status_code == 404 and openai_front.json()["error"]["code"] == "model_not_found"
+
+
 def test_gateway13_errors_and_health(kaixu: Kaixu) -> None:
     body = {"model": "claude-test", "messages": [{"role": "user", "content": "x"}]}
     unauthorized = httpx.post(kaixu.url + "/.netlify/functions/gateway-chat", json=body)
@@ -312,6 +373,55 @@ def test_queue_status_and_health_uptime(kaixu: Kaixu) -> None:
     assert {"processPool", "backends"} <= set(status) and status["processPool"]["queued"] == 0
     health = httpx.get(kaixu.url + "/health").json()
     assert health["status"] == "ok" and health["uptime_seconds"] >= 0 and "routing" in health
+
+
+def test_health_and_queue_status_carry_the_seeds_pool_numbers(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url)).start()
+    try:
+        health = gateway.health()
+        assert health["backend"] == "intelligent-gateway" and health["status"] == "ok"
+        pool = health["routing"]["processPool"]
+        assert pool["maxConcurrent"] == 10 and pool["utilization"] == 0.0 and pool["active"] == 0
+        status = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+        assert {k: status[k] for k in ("totalProcessed", "totalQueued", "totalFailed")} == {
+            "totalProcessed": 0,
+            "totalQueued": 0,
+            "totalFailed": 0,
+        }
+        hello = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+        chat = gateway.url + "/v1/chat/completions"
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 200
+        assert httpx.post(chat, json={**hello, "stream": True}, headers=BEARER).status_code == 200
+        fake.add_fault(Fault(status=500))
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 500
+        assert httpx.post(chat, json={**hello, "model": "dead-model"}, headers=BEARER).status_code == 502
+        fake.add_fault(Fault(status=429))
+        assert httpx.post(chat, json=hello, headers=BEARER).status_code == 429
+        # answered by kaixu itself: never reached a provider
+        assert httpx.post(chat, json={**hello, "model": "nope"}, headers=BEARER).status_code == 404
+        assert httpx.get(gateway.url + "/v1/models", headers=BEARER).status_code == 200
+
+        def totals() -> dict[str, Any]:
+            pool = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+            return {k: pool[k] for k in ("active", "totalProcessed", "totalQueued", "totalFailed")}
+
+        wait_for(lambda: totals()["totalProcessed"] == 5, 5, "five forwarded requests to settle")
+        assert totals() == {"active": 0, "totalProcessed": 5, "totalQueued": 0, "totalFailed": 2}
+
+        # a request in flight is active: utilization = active / maxConcurrent
+        fake.add_fault(Fault(latency_ms=1500))
+        slow = threading.Thread(target=lambda: httpx.post(chat, json=hello, headers=BEARER, timeout=10))
+        slow.start()
+        try:
+            wait_for(lambda: totals()["active"] == 1, 5, "the slow request to be in flight")
+            pool = httpx.get(gateway.url + "/queue/status").json()["processPool"]
+            assert pool["utilization"] == 0.1 and pool["maxConcurrent"] == 10
+        finally:
+            slow.join()
+        wait_for(lambda: totals()["totalProcessed"] == 6, 5, "the slow request to settle")
+        assert totals()["active"] == 0
+    finally:
+        gateway.stop()
 
 
 # --- Pulse (seed 003) --------------------------------------------------------------------------------

@@ -169,12 +169,7 @@ class Dialect:
                 flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_model")
                 return
         if door.front == "gemini" and door.stream and "alt=sse" not in request.path:
-            flow.response = error_response(
-                call, 400, "alt: kaixu streams Gemini answers as server-sent events; call "
-                ":streamGenerateContent?alt=sse (as the google-genai SDK does)", "invalid_request_error",
-                "invalid_field",
-            )  # fmt: skip
-            return
+            call.json_array_stream = True  # what Google streams without alt=sse
         headers = request.headers
         for header, name in _ATTRIBUTE_HEADERS:
             if header in headers:

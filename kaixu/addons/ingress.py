@@ -10,7 +10,7 @@ from mitmproxy import http
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import json_response
 from kaixu.call import Call, attach, get_call
-from kaixu.gateway import Gateway
+from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition
 
 _MAX_CLIENT_ID = 128
@@ -99,6 +99,7 @@ class Ingress:
         return {
             "status": "ok",
             "version": self.gateway.version,
+            "backend": "intelligent-gateway",  # the Intelligent AI Gateway's (seed 002) name for itself
             "uptime_seconds": round(time.time() - self.gateway.started_at, 3),
             "policy": {
                 "path": self.gateway.policy_path,
@@ -115,11 +116,21 @@ class Ingress:
         }
 
     def queue_status(self) -> dict[str, object]:
-        """The Intelligent AI Gateway's pool view (seed 002): kaixu has no queue, every request is in flight."""
+        """The Intelligent AI Gateway's pool view (seed 002) of the requests forwarded to providers: kaixu has
+        no queue, every one of them is active at once (`kaixu.gateway.PoolCounters`)."""
         policy = self.gateway.require_policy()
-        active = len(self.gateway.inflight)
+        counters = self.gateway.pool
         counts = {"total": len(policy.providers), "tool": 0, "api": len(policy.providers)}
-        pool = {"active": active, "queued": 0, "maxConcurrent": None, "maxQueue": 0, "utilization": None}
+        pool = {
+            "active": counters.active,
+            "queued": 0,
+            "maxConcurrent": POOL_MAX_CONCURRENT,
+            "maxQueue": 0,
+            "utilization": counters.utilization(),
+            "totalProcessed": counters.processed,
+            "totalQueued": counters.queued,
+            "totalFailed": counters.failed,
+        }
         return {"processPool": pool, "backends": counts}
 
     @staticmethod

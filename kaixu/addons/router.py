@@ -65,6 +65,12 @@ def pick_target(targets: tuple[RouteTarget, ...]) -> RouteTarget:
     return random.choices(targets, weights=[t.weight for t in targets])[0]
 
 
+def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
+    """A provider hint names a provider kind (or a provider); the mock stands in for every kind, so the
+    default policy (everything on `mock`) serves the seed's `"provider": "openai"` bodies."""
+    return provider.kind in (hint, "mock") or name == hint
+
+
 def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
     """The route's targets, narrowed by what the client asked for explicitly (a backend or a provider)."""
     policy = call.policy
@@ -78,7 +84,7 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
         raise RouteRefused(404, f"unknown backend {backend!r}", "invalid_request_error", "backend_not_found")
     hint = call.provider_hint
     if hint is not None:
-        targets = tuple(t for t in route.targets if policy.providers[t.provider].kind == hint or t.provider == hint)
+        targets = tuple(t for t in route.targets if _serves_hint(policy.providers[t.provider], t.provider, hint))
         if not targets:
             raise RouteRefused(
                 403, f"provider {hint!r} does not serve model {call.model!r} here", "permission_error",
@@ -97,6 +103,10 @@ def resolve_route(call: Call) -> ModelRoute:
         call.model, call.backend = backend, None  # /v1/{backend}/chat/completions naming a model, not a provider
     route = policy.resolve_model(call.model)
     if route is None:
+        if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
+            raise RouteRefused(
+                403, f"model {call.model!r} is not served by this gateway", "permission_error", "model_not_allowed"
+            )
         raise RouteRefused(
             404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
         )
@@ -152,6 +162,7 @@ class Router:
             return
         self._rewrite(flow, call, url, body, key)
         call.routed = True
+        self.gateway.pool.started(call)
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)
 

@@ -118,6 +118,7 @@ class Settle:
             return
         if error:
             error = call.policy.redactor.text(error, call.client_key)
+        self.gateway.pool.finished(call, status, error)
         provider = call.provider.name if call.provider else "-"
         model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
-from kaixu.formats import StreamDecoder, StreamEncoder, fronts, get_codec
+from kaixu.formats import StreamDecoder, StreamEncoder, fronts, gemini, get_codec
 from kaixu.formats.canonical import StreamError
 from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
 
@@ -96,6 +96,22 @@ def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> St
     return on_chunk
 
 
+def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable:
+    """Pass-through of a Gemini SSE stream to a client that asked for Gemini's JSON array framing: every
+    provider event is forwarded as an array element as soon as it is complete, and metered."""
+
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        try:
+            out = reframer.reframe(data)
+            call.usage = reframer.usage or call.usage
+        except Exception:
+            log.exception("stream re-framing failed on request %s", call.request_id)
+            return []
+        return out if out else []
+
+    return on_chunk
+
+
 def relayed(call: Call, translate: StreamCallable, encoder: StreamEncoder) -> StreamCallable:
     """The relay's markers (providers/relay.py) arrive only before the provider's first byte: render them
     as the front door's keep-alive / error events, then hand the provider's bytes to `translate`."""
@@ -154,13 +170,21 @@ class Stream:
             return
         assert call.upstream_format is not None
         upstream = get_codec(call.upstream_format)
-        if call.canonical is None:
+        if call.canonical is None and not call.json_array_stream:
             make = usage_stripping_meter if call.strip_usage_chunk else meter
             response.stream = make(call, upstream.stream_decoder())
             return
         response.headers.pop("content-length", None)
-        response.headers["content-type"] = "text/event-stream; charset=utf-8"
+        if call.json_array_stream:  # Gemini without alt=sse; the provider was asked for SSE
+            response.headers["content-type"] = "application/json; charset=UTF-8"
+        else:
+            response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.headers["cache-control"] = "no-cache"
-        encoder = fronts.stream_encoder(call.front, call.canonical, call.seed_context)
+        if call.canonical is None:
+            response.stream = reframed(call, gemini.GeminiArrayReframer())
+            return
+        encoder = fronts.stream_encoder(
+            call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
+        )
         translate = translator(call, upstream.stream_decoder(), encoder)
         response.stream = relayed(call, translate, encoder) if call.relayed else translate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import get_codec
+from . import gemini, get_codec
 from .base import StreamEncoder
 from .canonical import ChatRequest, ChatResponse
 from .seeds import SEED_CODECS, SeedContext
@@ -54,9 +54,14 @@ def encode_response(front: str, response: ChatResponse, context: SeedContext | N
     return get_codec(front).encode_response(response)
 
 
-def stream_encoder(front: str, request: ChatRequest, context: SeedContext | None) -> StreamEncoder:
+def stream_encoder(
+    front: str, request: ChatRequest, context: SeedContext | None, *, json_array: bool = False
+) -> StreamEncoder:
+    """``json_array``: Gemini's framing without ``alt=sse`` (the only front door that has two)."""
     if front in SEED_CODECS:
         return SEED_CODECS[front].stream_encoder(request, context=context)
+    if json_array and front == "gemini":
+        return gemini.CODEC.stream_encoder(request, framing="json_array")
     return get_codec(front).stream_encoder(request)
 
 

@@ -1,4 +1,4 @@
-"""Gemini ``generateContent`` / ``streamGenerateContent?alt=sse`` codec.
+"""Gemini ``generateContent`` / ``streamGenerateContent`` codec.
 
 Decisions worth knowing:
 
@@ -29,13 +29,17 @@ Decisions worth knowing:
   sentinel (older models ignore it).
   ``parallel_tool_calls=False`` cannot be expressed; ``user`` is dropped (Gemini
   has no end-user field, and it never changes the answer).
+* Streams have two framings: SSE (``?alt=sse``, what the SDKs ask for) and, without
+  it, one JSON array streamed element by element (``JsonArrayFraming``). Providers
+  are always asked for SSE; a client that wants the array gets the provider's
+  events re-framed (``GeminiArrayReframer``) or translated ones in that framing.
 """
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from ._common import (
     GOOGLE_STATUS_TYPES,
@@ -661,8 +665,11 @@ class GeminiStreamDecoder(SSEStreamDecoder):
             obj = json.loads(data)
         except ValueError:
             return
-        if not isinstance(obj, dict):
-            return
+        if isinstance(obj, dict):
+            self._response(obj, data, out)
+
+    def _response(self, obj: JSON, data: str, out: list[StreamEvent]) -> None:
+        """One ``GenerateContentResponse`` (``data`` is its text)."""
         raw_usage = obj.get("usageMetadata")
         usage = None
         if raw_usage and raw_usage != self._raw_usage:  # repeated in every chunk, usually unchanged
@@ -715,21 +722,88 @@ class GeminiStreamDecoder(SSEStreamDecoder):
         out.append(ToolCallDelta(ordinal, dumps(call.get("args") or {})))
 
 
-_TEXT_HEAD = 'data: {"candidates":[{"content":{"parts":[{"text":'
+Framing = Literal["sse", "json_array"]
+
+
+class SSEFraming:
+    """``?alt=sse``: each ``GenerateContentResponse`` is one event, ended by CRLF CRLF as Google does."""
+
+    __slots__ = ()
+
+    def element(self, text: str) -> bytes:
+        return ("data: " + text + "\r\n\r\n").encode()
+
+    def close(self) -> bytes:
+        return b""
+
+
+class JsonArrayFraming:
+    """``:streamGenerateContent`` without ``alt=sse``: one JSON array, sent element by element as Google
+    does: ``[`` before the first element, ``\n,\r\n`` before each next one, ``\n]`` at the end, and each
+    element indented by two spaces (clients that split on ``}\n,\r\n{`` exist, so the bytes matter)."""
+
+    __slots__ = ("_started",)
+
+    def __init__(self) -> None:
+        self._started = False
+
+    def element(self, text: str) -> bytes:
+        return self.value(json.loads(text))
+
+    def value(self, obj: Any) -> bytes:
+        head = "\n,\r\n" if self._started else "["
+        self._started = True
+        return (head + json.dumps(obj, ensure_ascii=False, indent=2)).encode()
+
+    def close(self) -> bytes:
+        return b"\n]" if self._started else b"[]"
+
+
+class GeminiArrayReframer(GeminiStreamDecoder):
+    """A Gemini provider's SSE -> the JSON array a client that called ``:streamGenerateContent`` without
+    ``alt=sse`` reads. Each provider event becomes one element as soon as it is complete, keeping every
+    field (safety ratings, grounding, thought signatures); the decoder underneath meters usage as on any
+    pass-through. A truncated provider stream ends the array, as a pass-through SSE stream just ends."""
+
+    __slots__ = ("_framing", "_ready")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._framing = JsonArrayFraming()
+        self._ready: list[bytes] = []
+
+    def reframe(self, chunk: bytes) -> bytes:
+        """Provider bytes in, client bytes out (``b""`` until an event completes); ``b""`` in = end of body."""
+        if chunk:
+            self.feed(chunk)
+        else:
+            self.close()
+            self._ready.append(self._framing.close())
+        out = b"".join(self._ready)
+        self._ready.clear()
+        return out
+
+    def _response(self, obj: JSON, data: str, out: list[StreamEvent]) -> None:
+        self._ready.append(self._framing.value(obj))
+        super()._response(obj, data, out)
+
+
+_TEXT_HEAD = '{"candidates":[{"content":{"parts":[{"text":'
 _TEXT_TAIL = '}],"role":"model"},"index":0}]'
 
 
 class GeminiStreamEncoder:
-    """Canonical events -> Gemini SSE chunks (``data: {GenerateContentResponse}``).
+    """Canonical events -> Gemini stream chunks (``GenerateContentResponse``), SSE or JSON array framed.
 
     Text is sent as it comes. Function calls must reach a Gemini client whole, with
     parsed ``args``, so their argument fragments are collected and the calls are sent
     in the final chunk together with ``finishReason`` and ``usageMetadata``.
     """
 
-    __slots__ = ("_calls", "_id", "_model", "_tail", "_usage")
+    __slots__ = ("_calls", "_framing", "_id", "_model", "_tail", "_usage")
 
-    def __init__(self, req: ChatRequest) -> None:
+    def __init__(self, req: ChatRequest, framing: Framing = "sse") -> None:
+        self._framing = JsonArrayFraming() if framing == "json_array" else SSEFraming()
         self._model = req.model
         self._id = ""
         self._tail = ""
@@ -740,7 +814,7 @@ class GeminiStreamEncoder:
         if type(event) is TextDelta:
             if not event.text:
                 return b""
-            return (_TEXT_HEAD + jstr(event.text) + _TEXT_TAIL + self._meta() + "}\r\n\r\n").encode()
+            return self._framing.element(_TEXT_HEAD + jstr(event.text) + _TEXT_TAIL + self._meta() + "}")
         if type(event) is ToolCallDelta:
             call = self._calls.get(event.index)
             if call is not None:
@@ -762,7 +836,7 @@ class GeminiStreamEncoder:
         return b""
 
     def close(self) -> bytes:
-        return b""
+        return self._framing.close()
 
     def _meta(self) -> str:
         if not self._tail:
@@ -787,12 +861,12 @@ class GeminiStreamEncoder:
         usage = event.usage or self._usage
         if usage is not None:
             chunk += ',"usageMetadata":' + dumps(usage_to_gemini(usage))
-        return ("data: " + chunk + self._meta() + "}\r\n\r\n").encode()
+        return self._framing.element(chunk + self._meta() + "}")
 
     def _error(self, message: str, etype: str) -> bytes:
         status = _TYPE_STATUS.get(etype, "INTERNAL")
         error = {"error": {"code": _STATUS_HTTP.get(status, 500), "message": message, "status": status}}
-        return b"data: " + dumps(error).encode() + b"\r\n\r\n"
+        return self._framing.element(dumps(error))
 
 
 # --- codec ---------------------------------------------------------------------------
@@ -816,8 +890,8 @@ class GeminiCodec:
     def stream_decoder(self) -> GeminiStreamDecoder:
         return GeminiStreamDecoder()
 
-    def stream_encoder(self, req: ChatRequest) -> GeminiStreamEncoder:
-        return GeminiStreamEncoder(req)
+    def stream_encoder(self, req: ChatRequest, framing: Framing = "sse") -> GeminiStreamEncoder:
+        return GeminiStreamEncoder(req, framing)
 
     def usage_from_response(self, body: JSON) -> Usage:
         return usage_from_gemini(body.get("usageMetadata") if isinstance(body, dict) else None)

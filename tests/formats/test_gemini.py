@@ -30,6 +30,7 @@ from kaixu.formats.canonical import (
     UsageUpdate,
 )
 from kaixu.formats.errors import FormatError
+from kaixu.formats.gemini import GeminiArrayReframer, GeminiStreamEncoder
 
 from .clients import decode_stream, random_chunks
 from .samples import (
@@ -328,3 +329,47 @@ def test_error_body_and_decode_error() -> None:
     assert codec.decode_error(429, json.dumps(body).encode()) == ("Quota exceeded", "rate_limit_error")
     assert codec.decode_error(400, json.dumps([body]).encode()) == ("Quota exceeded", "rate_limit_error")
     assert codec.decode_error(503, b"\xff\xfe garbage")[1] == "overloaded_error"
+
+
+# --- JSON array framing (:streamGenerateContent without alt=sse) -----------------------------------
+
+
+def _array(raw: bytes) -> list[Any]:
+    """Google's framing, checked byte for byte: `[`, `\\n,\\r\\n` between elements, `\\n]`, 2-space indent."""
+    assert raw.startswith(b'[{\n  "') and raw.endswith(b"\n}\n]")
+    elements = json.loads(raw)
+    assert raw.count(b"\n}\n,\r\n{\n") == len(elements) - 1
+    return elements
+
+
+def test_stream_encode_json_array_framing() -> None:
+    events: list[StreamEvent] = [
+        MessageStart("r1", "gemini-x-001"),
+        TextDelta("Hi"),
+        TextDelta(" there"),
+        MessageEnd("stop", Usage(5, 3)),
+    ]
+    sse = codec.stream_encoder(ChatRequest(model="gemini-x"))
+    array = GeminiStreamEncoder(ChatRequest(model="gemini-x"), framing="json_array")
+    pieces = [array.encode(e) for e in events]
+    assert pieces[0] == b"" and pieces[1].startswith(b'[{\n  "candidates": [') and pieces[2].startswith(b"\n,\r\n{")
+    raw = b"".join(pieces) + array.close()
+    assert _array(raw) == _chunks(b"".join(sse.encode(e) for e in events) + sse.close())
+    failed = GeminiStreamEncoder(ChatRequest(model="g"), framing="json_array")
+    raw = failed.encode(TextDelta("a")) + failed.encode(StreamError("slow down", "rate_limit_error")) + failed.close()
+    assert _array(raw)[1] == {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}
+    assert json.loads(GeminiStreamEncoder(ChatRequest(model="g"), framing="json_array").close()) == []
+
+
+def test_array_reframer_keeps_every_event_and_meters_usage_at_any_split() -> None:
+    expected = _chunks(GEMINI_TOOL_STREAM) + _chunks(GEMINI_TEXT_STREAM)
+    whole = GEMINI_TOOL_STREAM + GEMINI_TEXT_STREAM
+    rng = random.Random(5)
+    for _ in range(20):
+        reframer = GeminiArrayReframer()
+        raw = b"".join(reframer.reframe(chunk) for chunk in random_chunks(whole, rng)) + reframer.reframe(b"")
+        assert _array(raw) == expected  # thought parts and signatures included: nothing is dropped
+        assert reframer.usage == GEMINI_STREAM_USAGE
+    first_event = GEMINI_TEXT_STREAM[: GEMINI_TEXT_STREAM.index(b"\r\n\r\n") + 4]
+    streaming = GeminiArrayReframer()
+    assert json.loads(streaming.reframe(first_event)[1:]) == _chunks(GEMINI_TEXT_STREAM)[0]  # at once
