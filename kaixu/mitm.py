@@ -74,6 +74,23 @@ def is_client_disconnect(error: flow.Error | None) -> bool:
     return error is not None and error.msg == "Client disconnected."
 
 
+def client_fault_status(flw: http.HTTPFlow) -> int | None:
+    """The status to record when a flow's error was the client's doing (None: an upstream failure).
+
+    499 (nginx's "client closed request") when it went away, 413 over the body limit, 400 for a request
+    mitmproxy could not read (malformed chunked body, early end)."""
+    error = flw.error
+    if error is None:
+        return None
+    if is_client_disconnect(error):
+        return 499
+    if is_body_too_large(error):
+        return 413
+    if flw.request.timestamp_end is None and error.msg.startswith("HTTP/1 protocol error"):
+        return 400
+    return None
+
+
 def close_connection(client: connection.Client, conn: connection.Connection | None = None) -> bool:
     """Close one of a client's connections (the client's own by default) from outside mitmproxy's layers.
 
@@ -179,7 +196,11 @@ def _patch_http1_read_headers() -> None:
             self.state = self.done
             return
         for command in original(self, event):
-            if isinstance(command, commands.SendData) and command.data.startswith(b"HTTP/1.1 400 "):
+            if (
+                isinstance(command, commands.SendData)
+                and command.data.startswith(b"HTTP/1.1 400 ")
+                and b"text/html" in command.data[:300]
+            ):
                 # mitmproxy's HTML answer to a request head it cannot parse
                 reason = command.data.partition(b"<p>")[2].partition(b"</p>")[0].decode("utf-8", "replace")
                 message = f"malformed HTTP request: {reason or 'unparseable request head'}"
@@ -264,6 +285,7 @@ __all__ = [
     "IncompatibleMitmproxy",
     "RequestProtocolError",
     "assemble_response",
+    "client_fault_status",
     "close_connection",
     "install",
     "is_body_too_large",

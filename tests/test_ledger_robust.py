@@ -3,10 +3,9 @@ and the ledger on their own, with a locked, removed or missing database, are in 
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
-
-import socket
 
 import httpx
 

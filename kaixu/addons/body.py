@@ -119,8 +119,8 @@ class Body:
             if encoding:
                 raw = decompress(raw, encoding, call.policy.max_body_bytes)
                 # the provider gets plain bytes: the encoding header is not forwarded (router's allowlist)
-                request.raw_content = raw
                 del request.headers["content-encoding"]
+                request.content = raw  # (sets content-length too)
             body = parse_json_object(raw)
         except BodyRefused as refused:
             flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)

@@ -89,6 +89,9 @@ class Errors:
         call = get_call(flow)
         if call is None or flow.error is None or mitm.is_client_disconnect(flow.error):
             return
+        if mitm.client_fault_status(flow) == 400:
+            log.info("request %s refused: %s", call.request_id, safe(flow.error.msg))
+            return
         provider = call.provider.name if call.provider else "-"
         if call.timed_out:
             log.warning("request %s: provider %s did not answer within %g s", call.request_id, provider,

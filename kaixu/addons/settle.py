@@ -60,12 +60,11 @@ class Settle:
         call = get_call(flow)
         if call is None or flow.error is None:
             return
-        if mitm.is_client_disconnect(flow.error):
-            # the client went away: its fault, not the gateway's (nginx's 499), flagged in the ledger
-            call.client_disconnected = True
-            self._count(call, CLIENT_CLOSED, flow.error.msg)
-        elif mitm.is_body_too_large(flow.error):
-            self._count(call, 413, flow.error.msg)
+        fault = mitm.client_fault_status(flow)
+        if fault is not None:
+            # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
+            call.client_disconnected = fault == CLIENT_CLOSED
+            self._count(call, fault, flow.error.msg)
         elif flow.response is None:
             self._count(call, 504 if call.timed_out else 502, flow.error.msg)
         else:  # the answer had started: a stream cut by the provider
@@ -155,5 +154,6 @@ class Settle:
                     latency_ms=round(elapsed * 1000, 3),
                     error=error,
                     attributes=json.dumps(call.attributes, separators=(",", ":")) if call.attributes else None,
+                    client_disconnected=int(call.client_disconnected),
                 )
             )

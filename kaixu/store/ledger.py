@@ -49,6 +49,8 @@ class LedgerRecord:
     error: str | None
     attributes: str | None
     """JSON of what the client said about itself: app, build, install id, team/project ids (seed APIs)."""
+    client_disconnected: int = 0
+    """1 when the client went away before its answer was complete (status 499)."""
 
 
 class StoreUnavailable(Exception):

@@ -17,7 +17,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT, ts REAL, front TEXT, operation TEXT, key_name TEXT, team TEXT, model TEXT,
     provider TEXT, upstream_model TEXT, status INTEGER, stream INTEGER, input_tokens INTEGER,
-    output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT, attributes TEXT
+    output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT, attributes TEXT,
+    client_disconnected INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
@@ -123,6 +124,10 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     for name in _COLUMNS:
         if name not in present:
             kind = (
-                "REAL" if name in ("ts", "latency_ms") else "INTEGER" if name.endswith(("tokens", "status")) else "TEXT"
+                "REAL"
+                if name in ("ts", "latency_ms")
+                else "INTEGER"
+                if name.endswith(("tokens", "status", "disconnected"))
+                else "TEXT"
             )
             db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
