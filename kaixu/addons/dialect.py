@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
-from kaixu.formats import FormatError
+from kaixu.formats import FormatError, json_type
 from kaixu.formats.seeds import gateway13, pulse
 
 # Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
@@ -216,7 +216,7 @@ class Dialect:
             flow.response = error_response(
                 call,
                 400,
-                f"the request body must be a JSON object, not {type(body).__name__}",
+                f"the request body must be a JSON object, got {json_type(body)}",
                 "invalid_request_error",
                 "invalid_json",
             )
