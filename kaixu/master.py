@@ -1,7 +1,7 @@
 """The embedded mitmproxy Master: the few core addons a reverse proxy needs, plus kaixu's chain.
 
 mitmdump loads ~30 addons, and every flow event is dispatched to each of them; the minimal set roughly
-halves the CPU per request (shared research notes, section 8).
+halves the CPU per request (measured on mitmproxy 12.2.3: docs/architecture.md).
 """
 
 from __future__ import annotations

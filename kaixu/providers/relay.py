@@ -2,8 +2,8 @@
 sends `ping` keep-alives while the model thinks), the flow is pointed at kaixu's loopback server, which
 answers with stream headers at once and calls the provider itself (httpx, streaming).
 
-mitmproxy cannot emit bytes for a flow on its own (shared research notes, section 4): this is the
-workaround those notes measured. Before the provider's first byte the relay writes SSE comment markers
+mitmproxy cannot emit bytes for a flow on its own (docs/architecture.md): this is the
+workaround measured for mitmproxy 12.2.3. Before the provider's first byte the relay writes SSE comment markers
 (never mixed into the provider's events, which it forwards untouched); the stream step turns them into
 the front door's keep-alive and error events. A provider that fails before its first byte becomes an
 error marker: the client has already been told 200, as the seed's own gateway does.
