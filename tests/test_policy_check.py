@@ -14,6 +14,8 @@ import pytest
 
 from kaixu.config import PolicyError, Problem, parse_policy
 from kaixu.config.policy import NOT_ENFORCED
+from tests.fakes.provider import FakeProvider
+from tests.harness import Kaixu, policy_for, wait_for
 
 HASH = "sha256:" + "a" * 64
 OTHER_HASH = "sha256:" + "b" * 64
@@ -154,6 +156,16 @@ def test_kaixu_check_prints_the_unenforced_warnings(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"warning: line 9: retries: {NOT_ENFORCED}" in result.stdout
     assert f"warning: line 18: keys[0].limits: {NOT_ENFORCED}" in result.stdout
+
+
+def test_kaixu_run_logs_the_unenforced_warnings(fake: FakeProvider, workdir: Path) -> None:
+    policy = policy_for(fake.base_url, retries={"attempts": 2, "on_status": [503]})
+    gateway = Kaixu(workdir, policy).start()
+    try:
+        wait_for(lambda: f"retries: {NOT_ENFORCED}" in gateway.log(), 10, "the warning in the log")
+        assert "WARNING kaixu.config: policy: line" in gateway.log()
+    finally:
+        gateway.stop()
 
 
 def test_a_policy_without_those_fields_has_no_such_warning() -> None:

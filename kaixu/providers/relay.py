@@ -140,7 +140,8 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
                 chunk = await anext(chunks, b"")
         except (TimeoutError, httpx.HTTPError) as exc:
-            call.relay_error = f"stream from provider {provider!r} broke: {exc!r}"
+            reason = f"no data within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
+            call.relay_error = f"stream from provider {provider!r} broke: {reason}"
         finally:
             await response.aclose()
 
