@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
+import json
 import logging
 import logging.handlers
+import os
 import queue
+import re
 import secrets
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -81,12 +86,59 @@ async def _run(args: argparse.Namespace, policy: Policy) -> int:
     while not ps.listen_addrs() and not task.done():
         await asyncio.sleep(0.02)
     if not task.done():
-        for host, port, *_ in ps.listen_addrs():
-            print(f"kaixu {__version__} listening on http://{host}:{port} (policy {args.policy}, hash {policy.digest})")
+        addrs = ps.listen_addrs()
+        for host, port, *_ in addrs:
+            print(f"kaixu {__version__} listening on {_url(host, port)} (policy {args.policy}, hash {policy.digest})")
+        if args.hint_key and addrs:
+            print(_hint(policy, args.hint_key, *addrs[0][:2]))
         sys.stdout.flush()
     await task
     errors = master.addons.get("errorcheck")
     return 1 if errors is not None and errors.logger.has_errored else 0
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _hint(policy: Policy, key: str, host: str, port: int) -> str:
+    """One curl line a new user can paste: a chat completion with `key`, on a model that key may call."""
+    from kaixu.addons.auth import key_hash
+
+    known = policy.keys.get(key_hash(key))
+    if known is None:
+        return "kaixu: no hint: --hint-key is not a key of this policy"
+    models = [m for m in policy.listed_models() if known.may_use(m)]
+    if not models:
+        return "kaixu: no hint: the --hint-key may call none of the policy's models"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    body = json.dumps({"model": models[0], "messages": [{"role": "user", "content": "Hello"}]})
+    command = [
+        "curl", _url(host, port) + "/v1/chat/completions", "-H", f"Authorization: Bearer {key}",
+        "-H", "content-type: application/json", "-d", body,
+    ]  # fmt: skip
+    return "try: " + shlex.join(command)
+
+
+class ListenFailure(logging.Filter):
+    """Say which address kaixu could not listen on, and why, in place of mitmproxy's wording.
+
+    mitmproxy reports "[Errno 98] reverse proxy to http://127.0.0.1:9 failed to listen on HOST:PORT with ...":
+    the upstream it names is kaixu's inert placeholder (the router picks every destination), which would send
+    an operator looking at the wrong address.
+    """
+
+    PATTERN = re.compile(r"\[Errno (\d+)\] .*? failed to listen on (\S+) with ", re.S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self.PATTERN.match(record.getMessage())
+        if match is not None:
+            number, address = int(match[1]), match[2]
+            message = f"kaixu cannot listen on {address}: {os.strerror(number).lower()}"
+            if number == errno.EADDRINUSE:
+                message += " (another process has it: stop that one, or pick a port with --listen HOST:PORT)"
+            record.msg, record.args = message, ()
+        return True
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:
@@ -112,6 +164,7 @@ def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueLi
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stderr)
     handler = logging.handlers.QueueHandler(records)
+    handler.addFilter(ListenFailure())
     logger = logging.getLogger("kaixu")
     logger.addHandler(handler)
     logger.setLevel(level.upper())
@@ -144,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reload-ms", type=int, default=1000, help="policy file check interval, 0 = no hot reload")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--access-log", action="store_true", help="log one line per request (id, status, model, tokens)")
+    run.add_argument(
+        "--hint-key",
+        metavar="KEY",
+        help="once listening, print a curl line to try, with this key (it is printed: a demo key only)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a policy file and print every problem with its line")

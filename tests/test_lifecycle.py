@@ -311,6 +311,21 @@ def test_access_log_has_one_line_per_request_without_secrets(fake: FakeProvider,
     assert "sk-wrong-key" not in gateway.log() and TEST_KEY not in gateway.log()
 
 
+def test_a_relayed_stream_cut_by_the_provider_is_logged_in_plain_words(fake: FakeProvider, workdir: Path) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url), args=("--access-log",)).start()
+    try:
+        fake.add_fault(Fault(disconnect_after_events=2))
+        body = {"model": "gpt-4o-mini", "messages": HELLO}
+        headers = {"authorization": f"Bearer {TEST_KEY}"}
+        httpx.post(gateway.url + "/.netlify/functions/gateway-stream", json=body, headers=headers, timeout=10)
+        wait_for(lambda: " error=" in gateway.log(), 10, "the access log line")
+    finally:
+        gateway.stop()
+    line = next(line for line in gateway.log().splitlines() if " error=" in line)
+    assert "stream from provider 'oai' broke: peer closed connection" in line, line
+    assert "Error(" not in line  # no Python exception repr (RemoteProtocolError('...'))
+
+
 def test_https_provider_is_verified_against_the_policys_ca(workdir: Path) -> None:
     _ca_file, server_tls = make_tls_files(workdir)
     with FakeProvider(ssl_context=server_tls) as tls_fake:

@@ -157,7 +157,7 @@ def test_missing_key_is_401(kaixu: Kaixu) -> None:
     ("body", "needle"),
     [
         (b'{"model": "gpt-4o-mini", "messages": [', "not valid JSON"),
-        (b"[1, 2]", "JSON object"),
+        (b"[1, 2]", "the request body must be a JSON object, got array"),
         (b"", "empty"),
         (b'{"model": 5, "messages": []}', "model"),
         (b'{"model": "gpt-4o-mini", "messages": [], "stream": "yes"}', "stream"),

@@ -17,7 +17,7 @@ from mitmproxy import http
 from kaixu.addons.dialect import Door, model_name_problem
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
-from kaixu.formats import FormatError
+from kaixu.formats import FormatError, json_type
 from kaixu.formats.seeds import gateway13, pulse
 
 #: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
@@ -86,25 +86,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise BodyRefused(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
     if not isinstance(body, dict):
-        raise BodyRefused(400, f"the request body must be a JSON object, not {json_type(body)}", "invalid_json")
+        raise BodyRefused(400, f"the request body must be a JSON object, got {json_type(body)}", "invalid_json")
     if (raw.count(b"{") + raw.count(b"[")) > MAX_JSON_DEPTH and json_depth_exceeds(body, MAX_JSON_DEPTH):
         raise BodyRefused(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
     return body
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages a client reads."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 class Body:
@@ -146,7 +131,7 @@ class Body:
         if door.stream is None:
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
-                return f"stream: must be true or false, not {json_type(stream)}"
+                return f"stream: must be true or false, got {json_type(stream)}"
             call.stream = stream
         backend = body.get("backend")
         if backend is not None:

@@ -18,10 +18,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kaixu.config.policy import Policy, build_policy
+from kaixu.config.policy import Policy, build_policy, reference_problems
+from kaixu.formats import json_type
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SCHEMA: dict[str, Any] | None = None
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +77,13 @@ def parse_policy(
 ) -> Policy:
     """Parse policy text. `environ` defaults to os.environ; `base_dir` anchors relative file paths."""
     env = os.environ if environ is None else environ
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems: list[Problem] = []
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        if node is not None:
+            _index_lines(node, (), lines, problems)
+        data = yaml.SafeLoader("").construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -84,11 +91,7 @@ def parse_policy(
         raise PolicyError(source, [Problem("", line, f"invalid YAML: {problem}")]) from exc
     if data is None:
         data = {}
-    lines: dict[tuple[str | int, ...], int] = {}
-    if node is not None:
-        _index_lines(node, (), lines)
 
-    problems: list[Problem] = []
     data = _interpolate(data, (), env, lines, problems)
     if not isinstance(data, dict):
         problems.append(Problem("", 1, "the policy must be a mapping (key: value pairs) at the top level"))
@@ -104,30 +107,56 @@ def parse_policy(
                 problems.append(Problem(_dotted(at), _line_of(at, lines), "unknown field"))
             continue
         problems.append(Problem(_dotted(where), _line_of(where, lines), _describe(error)))
-    if problems:
-        raise PolicyError(source, problems)
-
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    policy, semantic, warnings = build_policy(data, digest=digest, base_dir=base_dir or Path.cwd())
-    for where, message in semantic:
+    # Cross-references are checked even when the schema failed: the operator gets the whole list in one go.
+    for where, message in reference_problems(data, base_dir=base_dir or Path.cwd()):
         problems.append(Problem(_dotted(where), _line_of(where, lines), message))
     if problems:
-        raise PolicyError(source, problems)
-    notes = tuple(str(Problem(_dotted(where), _line_of(where, lines), message)) for where, message in warnings)
-    return replace(policy, warnings=notes)
+        raise PolicyError(source, sorted(problems, key=_by_line))
+
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    policy, warnings = build_policy(data, digest=digest, base_dir=base_dir or Path.cwd())
+    notes = sorted(
+        (Problem(_dotted(where), _line_of(where, lines), message) for where, message in warnings), key=_by_line
+    )
+    return replace(policy, warnings=tuple(map(str, notes)))
 
 
-def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> None:
+def _by_line(problem: Problem) -> int:
+    """File order, for reading a list top to bottom while editing (sorting is stable: one line keeps its order)."""
+    return problem.line or 0
+
+
+def _index_lines(
+    node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int], problems: list[Problem]
+) -> None:
+    """Record the line of every path, and refuse mapping keys that YAML 1.1 reads as booleans.
+
+    `on:`, `off:`, `yes:`, `no:`, `true:`, `false:` as keys become True/False, not the words: a field or a
+    model named `on` would silently be another one. Such a key is a problem; it is kept as its text so the
+    rest of the checks still see it under the name the file gives it.
+    """
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            _index_lines(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            at = (*path, key)
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _BOOL_TAG:
+                meaning = str(yaml.constructor.SafeConstructor.bool_values[key.lower()]).lower()
+                problems.append(
+                    Problem(
+                        _dotted(at),
+                        line,
+                        f"YAML reads the unquoted key {key} as the boolean {meaning}, not as the text {key!r}: "
+                        f'quote it ("{key}": ...) if you mean the name',
+                    )
+                )
+                key_node.tag = _STR_TAG
+            _index_lines(value_node, at, lines, problems)
+            lines[at] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index_lines(item, (*path, index), lines)
+            _index_lines(item, (*path, index), lines, problems)
 
 
 def _line_of(path: tuple[Any, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
@@ -145,10 +174,31 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return out
 
 
+_ARTICLES = {"object": "an object", "array": "an array", "integer": "an integer", "null": "null"}
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, with JSON names and values where it would print Python's (None, dict, True)."""
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        names = " or ".join(_ARTICLES.get(name, f"a {name}") for name in expected)
+        got = "nothing (null)" if error.instance is None else json_type(error.instance)
+        return f"must be {names}, got {got}"
+    if error.validator == "enum":
+        return f"must be one of {', '.join(map(_json, error.validator_value))}, got {_json(error.instance)}"
+    if error.validator == "const":
+        return f"must be {_json(error.validator_value)}, got {_json(error.instance)}"
+    if error.validator in ("minProperties", "maxProperties"):
+        bound = "at least" if error.validator == "minProperties" else "at most"
+        count = error.validator_value
+        return f"must have {bound} {count} field{'s' if count != 1 else ''}"
     return error.message
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 def _interpolate(

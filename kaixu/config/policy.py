@@ -119,12 +119,107 @@ class Policy:
         return list(self.models)
 
 
+NOT_ENFORCED = "accepted but not enforced yet by this version"
+
+
+def is_glob(name: str) -> bool:
+    """A `models:` name with glob characters matches a family of names instead of one."""
+    return any(ch in name for ch in "*?[")
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _ca_path(value: str, base_dir: Path) -> str:
+    return str((base_dir / value).resolve())
+
+
+def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
+    """What a schema cannot see: names that must exist elsewhere in the file, a key listed twice, a missing file,
+    a store this version does not have.
+
+    Runs on data the schema may have rejected, so that one `kaixu check` lists both kinds of problem: it reads
+    defensively and skips any value of the wrong type (the schema reports that one already).
+    """
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    providers = _mapping(data.get("providers"))
+    models = _mapping(data.get("models"))
+    concrete = {name for name in models if isinstance(name, str) and not is_glob(name)}
+    for name, spec in models.items():
+        for index, target in enumerate(_sequence(_mapping(spec).get("route"))):
+            provider = _mapping(target).get("provider")
+            if isinstance(provider, str) and provider not in providers:
+                problems.append((("models", name, "route", index, "provider"), f"unknown provider {provider!r}"))
+        for index, fallback in enumerate(_sequence(_mapping(spec).get("fallbacks"))):
+            if isinstance(fallback, str) and fallback not in concrete:
+                problems.append((("models", name, "fallbacks", index), f"unknown model {fallback!r}"))
+
+    teams = _mapping(data.get("teams"))
+    names: dict[str, str] = {}
+    key_names: set[str] = set()
+    for index, spec in enumerate(_sequence(data.get("keys"))):
+        spec = _mapping(spec)
+        if isinstance(spec.get("name"), str):
+            key_names.add(spec["name"])
+        team = spec.get("team")
+        if isinstance(team, str) and team not in teams:
+            problems.append((("keys", index, "team"), f"unknown team {team!r}"))
+        digest = spec.get("hash")
+        if isinstance(digest, str):
+            digest = digest.removeprefix("sha256:").lower()
+            if digest in names:
+                problems.append((("keys", index, "hash"), f"the same key is also listed as {names[digest]!r}"))
+            else:
+                names[digest] = str(spec.get("name"))
+
+    for index, entry in enumerate(_sequence(data.get("policies"))):
+        match = _mapping(_mapping(entry).get("match"))
+        if isinstance(match.get("team"), str) and match["team"] not in teams:
+            problems.append((("policies", index, "match", "team"), f"unknown team {match['team']!r}"))
+        if isinstance(match.get("key"), str) and match["key"] not in key_names:
+            problems.append((("policies", index, "match", "key"), f"unknown key name {match['key']!r}"))
+
+    default_model = data.get("default_model")
+    if isinstance(default_model, str) and default_model not in concrete:
+        problems.append((("default_model",), f"unknown model {default_model!r}"))
+    store = _mapping(data.get("store"))
+    for shared in ("postgres", "redis"):
+        if shared in store:
+            problems.append((("store", shared), f"{shared} is not supported by this version yet; use sqlite"))
+    ca_file = _mapping(data.get("tls")).get("ca_file")
+    if isinstance(ca_file, str) and not Path(_ca_path(ca_file, base_dir)).is_file():
+        problems.append((("tls", "ca_file"), f"no such file: {_ca_path(ca_file, base_dir)}"))
+    return problems
+
+
+def unenforced_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Fields the schema accepts (so files written for the next version load) that no code reads yet.
+
+    An operator who sets a budget must not believe it holds: each one is a warning naming its line.
+    """
+    found: list[tuple[Any, ...]] = []
+    for index, spec in enumerate(data.get("keys") or ()):
+        if "limits" in spec:
+            found.append(("keys", index, "limits"))
+    for name, spec in (data.get("teams") or {}).items():
+        found.extend(("teams", name, field) for field in ("budget", "limits", "models") if field in spec)
+    for name, spec in (data.get("models") or {}).items():
+        if "fallbacks" in spec:
+            found.append(("models", name, "fallbacks"))
+    found.extend((section,) for section in ("retries", "policies") if section in data)
+    return [(path, NOT_ENFORCED) for path in found]
+
+
 def build_policy(
     data: dict[str, Any], *, digest: str, base_dir: Path
-) -> tuple[Policy, list[tuple[tuple[Any, ...], str]], list[tuple[tuple[Any, ...], str]]]:
-    """Turn schema-valid data into a Policy, with the cross-reference problems a schema cannot see."""
-    problems: list[tuple[tuple[Any, ...], str]] = []
-
+) -> tuple[Policy, list[tuple[tuple[Any, ...], str]]]:
+    """Turn valid data (schema and `reference_problems` both clean) into a Policy, plus warnings about what is
+    valid but probably not meant."""
     providers: dict[str, ProviderConfig] = {}
     for name, spec in (data.get("providers") or {}).items():
         kind: ProviderKind = spec["kind"]
@@ -142,56 +237,32 @@ def build_policy(
     models: dict[str, ModelRoute] = {}
     patterns: list[ModelRoute] = []
     for name, spec in (data.get("models") or {}).items():
-        targets = []
-        for index, target in enumerate(spec["route"]):
-            if target["provider"] not in providers:
-                problems.append(
-                    (("models", name, "route", index, "provider"), f"unknown provider {target['provider']!r}")
-                )
-            targets.append(RouteTarget(target["provider"], target.get("model"), int(target.get("weight", 1))))
-        route = ModelRoute(name, tuple(targets), tuple(spec.get("fallbacks") or ()))
-        if any(ch in name for ch in "*?["):
+        targets = tuple(
+            RouteTarget(target["provider"], target.get("model"), int(target.get("weight", 1)))
+            for target in spec["route"]
+        )
+        route = ModelRoute(name, targets, tuple(spec.get("fallbacks") or ()))
+        if is_glob(name):
             patterns.append(route)
         else:
             models[name] = route
-    for name, spec in (data.get("models") or {}).items():
-        for index, fallback in enumerate(spec.get("fallbacks") or ()):
-            if fallback not in models:
-                problems.append((("models", name, "fallbacks", index), f"unknown model {fallback!r}"))
 
-    teams = data.get("teams") or {}
     keys: dict[str, VirtualKey] = {}
-    for index, spec in enumerate(data.get("keys") or ()):
+    for spec in data.get("keys") or ():
         digest_hex = spec["hash"].removeprefix("sha256:").lower()
-        team = spec.get("team")
-        if team is not None and team not in teams:
-            problems.append((("keys", index, "team"), f"unknown team {team!r}"))
-        if digest_hex in keys:
-            problems.append((("keys", index, "hash"), f"the same key is also listed as {keys[digest_hex].name!r}"))
-        keys[digest_hex] = VirtualKey(spec["name"], digest_hex, team, tuple(spec.get("models") or ()))
+        keys[digest_hex] = VirtualKey(spec["name"], digest_hex, spec.get("team"), tuple(spec.get("models") or ()))
 
     auth = data.get("auth") or {}
     limits = data.get("limits") or {}
-    default_model = data.get("default_model")
-    if default_model is not None and default_model not in models:
-        problems.append((("default_model",), f"unknown model {default_model!r}"))
     listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
     store = dict(data.get("store") or {"sqlite": "kaixu.db"})
-    for shared in ("postgres", "redis"):
-        if shared in store:
-            problems.append((("store", shared), f"{shared} is not supported by this version yet; use sqlite"))
     store.setdefault("sqlite", "kaixu.db")
-    if "sqlite" in store and store["sqlite"] != ":memory:":
+    if store["sqlite"] != ":memory:":
         store["sqlite"] = str((base_dir / store["sqlite"]).resolve())
-
     ca_file = (data.get("tls") or {}).get("ca_file")
-    if ca_file is not None:
-        ca_file = str((base_dir / ca_file).resolve())
-        if not Path(ca_file).is_file():
-            problems.append((("tls", "ca_file"), f"no such file: {ca_file}"))
 
+    byok = bool(auth.get("byok", False))
     warnings: list[tuple[tuple[Any, ...], str]] = []
-    byok = bool((data.get("auth") or {}).get("byok", False))
     for name, provider in providers.items():
         if provider.kind != "mock" and not provider.api_key and not byok:
             warnings.append(
@@ -200,6 +271,7 @@ def build_policy(
     used = {t.provider for route in [*models.values(), *patterns] for t in route.targets}
     for name in providers.keys() - used:
         warnings.append((("providers", name), "no model routes to this provider"))
+    warnings.extend(unenforced_fields(data))
 
     policy = Policy(
         digest=digest,
@@ -209,15 +281,15 @@ def build_policy(
         models=models,
         model_patterns=tuple(patterns),
         keys=keys,
-        byok=bool(auth.get("byok", False)),
+        byok=byok,
         anonymous=bool(auth.get("anonymous", False)),
         cors_origins=tuple((data.get("cors") or {}).get("allowed_origins") or ()),
         max_body_bytes=int(limits.get("max_body_bytes", 5 * 1024 * 1024)),
         upstream_timeout_s=float(limits.get("upstream_timeout_s", 600)),
-        default_model=default_model,
+        default_model=data.get("default_model"),
         store=store,
         fronts=dict(data.get("fronts") or {}),
-        ca_file=ca_file,
+        ca_file=None if ca_file is None else _ca_path(ca_file, base_dir),
         redactor=Redactor(p.api_key for p in providers.values()),
         limits=ClientLimits(
             client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
@@ -225,4 +297,4 @@ def build_policy(
             max_client_connections=int(limits.get("max_client_connections", 4096)),
         ),
     )
-    return policy, problems, warnings
+    return policy, warnings

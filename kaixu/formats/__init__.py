@@ -7,6 +7,7 @@ for what a codec does and ``canonical`` for the model they translate through.
 from __future__ import annotations
 
 from . import anthropic, gemini, openai
+from ._common import json_type
 from .base import Codec, StreamDecoder, StreamEncoder
 from .canonical import estimate_tokens
 from .errors import FormatError, UnsupportedFeature
@@ -20,6 +21,7 @@ __all__ = [
     "UnsupportedFeature",
     "estimate_tokens",
     "get_codec",
+    "json_type",
 ]
 
 _CODECS: dict[str, Codec] = {"openai": openai.CODEC, "anthropic": anthropic.CODEC, "gemini": gemini.CODEC}

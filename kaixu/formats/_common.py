@@ -43,15 +43,35 @@ def join_path(prefix: str, key: str | int) -> str:
 # --- validation ----------------------------------------------------------------------
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type (object, array, string, number, boolean, null) for messages people read.
+
+    Clients and operators write JSON or YAML, so Python's names (dict, NoneType) would only puzzle them.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return "non-JSON value"
+
+
 def expect_dict(value: Any, field: str) -> JSON:
     if not isinstance(value, dict):
-        raise FormatError(field or "body", "must be a JSON object")
+        raise FormatError(field or "body", f"must be a JSON object, got {json_type(value)}")
     return value
 
 
 def expect_list(value: Any, field: str) -> list[Any]:
     if not isinstance(value, list):
-        raise FormatError(field, "must be an array")
+        raise FormatError(field, f"must be an array, got {json_type(value)}")
     return value
 
 
@@ -333,8 +353,12 @@ class SSEStreamDecoder:
     def _safe_handle(self, data: str, out: list[StreamEvent]) -> None:
         try:
             self._handle(data, out)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-            self._fail(f"malformed upstream stream event ({type(exc).__name__}: {exc})", out)
+        except FormatError as exc:
+            self._fail(f"malformed upstream stream event: {exc}", out)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+            # The event's own text, not the exception's: "KeyError: 'choices'" speaks Python to the client.
+            excerpt = data if len(data) <= 200 else data[:200] + "..."
+            self._fail(f"malformed upstream stream event: {excerpt}", out)
 
     def _fail(self, message: str, out: list[StreamEvent]) -> list[StreamEvent]:
         if not self._done:

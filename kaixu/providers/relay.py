@@ -2,8 +2,8 @@
 sends `ping` keep-alives while the model thinks), the flow is pointed at kaixu's loopback server, which
 answers with stream headers at once and calls the provider itself (httpx, streaming).
 
-mitmproxy cannot emit bytes for a flow on its own (shared research notes, section 4): this is the
-workaround those notes measured. Before the provider's first byte the relay writes SSE comment markers
+mitmproxy cannot emit bytes for a flow on its own (docs/architecture.md): this is the
+workaround measured for mitmproxy 12.2.3. Before the provider's first byte the relay writes SSE comment markers
 (never mixed into the provider's events, which it forwards untouched); the stream step turns them into
 the front door's keep-alive and error events. A provider that fails before its first byte becomes an
 error marker: the client has already been told 200, as the seed's own gateway does.
@@ -135,7 +135,8 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
                 chunk = await anext(chunks, b"")
         except (TimeoutError, httpx.HTTPError) as exc:
-            call.relay_error = f"stream from provider {provider!r} broke: {exc!r}"
+            reason = f"no data within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
+            call.relay_error = f"stream from provider {provider!r} broke: {reason}"
         finally:
             await response.aclose()
 

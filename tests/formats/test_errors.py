@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from kaixu.formats import FormatError, UnsupportedFeature, get_codec
-from kaixu.formats.canonical import ChatRequest, ImagePart, Message, ResponseFormat, TextPart, Tool, ToolCall
+from kaixu.formats.canonical import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    StreamError,
+    TextPart,
+    Tool,
+    ToolCall,
+)
 from kaixu.formats.fronts import error_body
 
 USER = {"role": "user", "content": "hi"}
@@ -258,3 +268,35 @@ def test_empty_assistant_turns_are_dropped_where_rejected() -> None:
     assert [m["role"] for m in anthropic] == ["user", "user", "assistant"]  # a final empty turn is a prefill
     gemini = get_codec("gemini").encode_request(req)["contents"]
     assert [c["role"] for c in gemini] == ["user", "user"]  # Gemini rejects empty text parts and turns
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body", "message"),
+    [
+        ("openai", None, "body: must be a JSON object, got null"),
+        ("openai", {"model": "m", "messages": ["hi"]}, "messages[0]: must be a JSON object, got string"),
+        ("openai", {"model": "m", "messages": {"role": "user"}}, "messages: must be an array, got object"),
+        ("anthropic", {"model": "m", "max_tokens": 5, "messages": [[USER]]}, "must be a JSON object, got array"),
+    ],
+)
+def test_messages_name_json_types_not_python_ones(fmt: str, body: Any, message: str) -> None:
+    text = str(decode_error(fmt, body))
+    assert message in text
+    assert not re.search(r"\b(NoneType|dict|list|str|int|float|bool)\b", text)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "event"),
+    [
+        ("openai", b'data: {"choices": ["x"]}\n\n'),
+        ("anthropic", b'event: message_start\ndata: {"type": "message_start", "message": 5}\n\n'),
+        ("gemini", b'data: {"candidates": [5]}\n\n'),
+    ],
+)
+def test_a_malformed_upstream_event_is_described_without_python_words(fmt: str, event: bytes) -> None:
+    decoder = get_codec(fmt).stream_decoder()
+    events = decoder.feed(event) + decoder.close()
+    errors = [event for event in events if isinstance(event, StreamError)]
+    assert errors and errors[0].message.startswith("malformed upstream stream event"), events
+    for word in ("Error:", "NoneType", "'list'", "object has no attribute", "Traceback"):
+        assert word not in errors[0].message

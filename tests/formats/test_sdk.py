@@ -12,7 +12,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import anthropic as anthropic_sdk
+import httpx2
+import openai as openai_sdk
 import pytest
+from google import genai
+from google.genai import types as genai_types
 
 from kaixu.formats import FORMATS, get_codec
 from kaixu.formats.canonical import ChatRequest, StreamError, TextDelta
@@ -26,12 +31,6 @@ from .samples import (
     STREAM_TOOL_ARGS,
     STREAMS,
 )
-
-httpx2 = pytest.importorskip("httpx2")
-openai_sdk = pytest.importorskip("openai")
-anthropic_sdk = pytest.importorskip("anthropic")
-genai = pytest.importorskip("google.genai")
-genai_types = pytest.importorskip("google.genai.types")
 
 REQ = ChatRequest(model="client-model", stream=True, include_usage=True)
 RESPONSES = {"openai": OPENAI_RESPONSE, "anthropic": ANTHROPIC_RESPONSE, "gemini": GEMINI_RESPONSE}
