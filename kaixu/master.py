@@ -67,8 +67,11 @@ async def drain_and_stop(master: Master, gateway: Gateway) -> None:
     Idle keep-alive connections do not hold the stop up; addons' `done` hooks run during shutdown,
     which is where queued records are flushed."""
     ps = master.addons.get("proxyserver")
-    await ps.servers.update([])
+    master.options.update(mode=[])  # stop listening, through mitmproxy's public option
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while ps.listen_addrs() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
     deadline = loop.time() + DRAIN_SECONDS
     while gateway.inflight and loop.time() < deadline:
         await asyncio.sleep(0.02)

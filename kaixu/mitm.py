@@ -281,6 +281,7 @@ def _patch_request_only_body_limit() -> None:
 
 __all__ = [
     "BODY_TOO_LARGE",
+    "ErrorCode",
     "INERT_UPSTREAM",
     "IncompatibleMitmproxy",
     "RequestProtocolError",

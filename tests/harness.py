@@ -103,7 +103,7 @@ class Kaixu:
                 "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
                 "--set", f"kaixu_policy={self.policy_path}", "--set", "connection_strategy=lazy",
                 "--set", f"kaixu_port_file={self.port_file}", "--set", "kaixu_reload_ms=100",
-                "--set", f"confdir={self.workdir / '.mitmproxy'}",
+                "--set", f"confdir={self.workdir / '.mitmproxy'}", *self.args,
             ]  # fmt: skip
         return [
             sys.executable, "-m", "kaixu", "run", str(self.policy_path), "--listen", "127.0.0.1:0",

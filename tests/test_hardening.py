@@ -295,3 +295,31 @@ def test_same_format_provider_errors_carry_the_request_id(gw: Kaixu, fake: FakeP
     assert response.status_code == 429 and response.headers.get("retry-after") == "3"
     assert response.json()["request_id"] == response.headers["x-request-id"]
     assert "error" in response.json()
+
+
+def test_under_mitmdump_other_listeners_keep_stock_behaviour(fake: FakeProvider, workdir: Path) -> None:
+    """kaixu as a plugin takes its reverse listener; a regular proxy listener in the same mitmdump is untouched."""
+    with socket.socket() as probe:  # mitmproxy refuses two listeners on "port 0" of one host
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    gateway = Kaixu(workdir, policy_for(fake.base_url), plugin=True, args=("--mode", f"regular@127.0.0.1:{free}"))
+    gateway.start()
+    try:
+        addrs = json.loads(gateway.port_file.read_text())
+        assert len(addrs) == 2
+        proxy = "http://{}:{}".format(*addrs[1])
+        fake.clear()
+        with httpx.Client(proxy=proxy, timeout=10) as client:
+            direct = client.post(
+                fake.base_url + "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HELLO},
+                headers={"authorization": f"Bearer {UPSTREAM_KEYS['openai']}", "cookie": "c=1"},
+            )
+            assert direct.status_code == 200 and "x-kaixu-request-id" not in direct.headers
+            (forwarded,) = fake.requests
+            assert forwarded.headers.get("cookie") == "c=1"  # kaixu's allowlist is not applied here
+            dead = client.get("http://127.0.0.1:9/")
+            assert dead.status_code == 502 and "text/html" in dead.headers["content-type"]  # mitmproxy's own page
+        assert httpx.post(gateway.url + "/v1/chat/completions", json={}).status_code == 401  # kaixu's listener
+    finally:
+        gateway.stop()

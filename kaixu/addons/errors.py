@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 from mitmproxy import http
-from mitmproxy.proxy.layers.http._events import ErrorCode
 
 from kaixu import mitm
+from kaixu.mitm import ErrorCode
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import error_json, json_response
 from kaixu.call import Call, call_for_request, get_call
