@@ -64,6 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if policy is None:
         print("kaixu: not starting until the policy is fixed", file=sys.stderr)
         return 1
+    from kaixu import mitm
+
+    try:
+        mitm.self_test()
+    except mitm.IncompatibleMitmproxy as exc:
+        print(f"kaixu: not starting: {exc}", file=sys.stderr)
+        return 1
     listener = _configure_logging(args.log_level, args.access_log)
     try:
         return asyncio.run(_run(args, policy))

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
@@ -145,3 +148,16 @@ def test_flows_that_are_not_kaixus_are_left_alone() -> None:
     run(chain, "requestheaders", flow)
     run(chain, "request", flow)
     assert seen.events == [] and flow.response is None and get_call(flow) is None
+
+
+def test_an_unknown_mitmproxy_version_is_refused_at_start_up(tmp_path: Path) -> None:
+    """The patches in kaixu/mitm.py rely on one mitmproxy's internals: any other version must fail loudly."""
+    script = (
+        "import mitmproxy.version as v; v.VERSION = '99.0.0'\n"
+        "import sys; from kaixu import cli; sys.exit(cli.main(['run', sys.argv[1]]))\n"
+    )
+    policy = tmp_path / "proxy.yaml"
+    policy.write_text("providers: {m: {kind: mock}}\nmodels: {x: {route: [{provider: m}]}}\n")
+    done = subprocess.run([sys.executable, "-c", script, str(policy)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "not starting" in done.stderr and "99.0.0" in done.stderr and "12.3.1" in done.stderr
