@@ -1,12 +1,17 @@
 """Measure what kaixu costs on top of a direct connection and a bare mitmdump, in one run on this machine.
 
 Why one run with its own baselines: cloud VMs are noisy (±20 % between runs), so absolute numbers from
-another day mean little. Each run measures three configurations back to back against the same fake
+another day mean little. Each run measures these configurations back to back against the same fake
 provider and reports kaixu relative to the baselines measured minutes earlier:
 
 * ``direct``   wrk -> fake provider
 * ``mitmdump`` wrk -> bare ``mitmdump -q --mode reverse:...`` (default addon set, no scripts) -> fake
 * ``kaixu``    wrk -> ``python -m kaixu run policy.yaml`` -> fake
+* ``kaixu-plugin``    wrk -> ``mitmdump -s kaixu/plugin.py`` (the same addon chain on mitmdump's own Master,
+  with its default addon set) -> fake
+* ``kaixu-baseline``  with ``--baseline-tree DIR``: wrk -> another checkout's ``python -m kaixu run`` -> fake,
+  so a change is measured before and after in one run (``git worktree add /tmp/base <commit>``; DIR's own
+  ``.venv`` is used if it has one, else this venv's Python with DIR first on the import path)
 
 The gateway is pinned to CPU 1, the fake provider, wrk and this script to CPU 0, so the gateway has a core
 to itself and its CPU per request is measurable. ``make bench`` runs this file; results go to stdout, to
@@ -143,11 +148,17 @@ def pinned(cmd: list[str], cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if can_pin() else cmd
 
 
-def spawn(cmd: list[str], log_path: Path, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str],
+    log_path: Path,
+    stack: contextlib.ExitStack,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a process whose output goes to a log file, and register its shutdown on ``stack``."""
     log = log_path.open("wb")
     stack.callback(log.close)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack.callback(stop, proc)
     return proc
 
@@ -194,11 +205,17 @@ def accepts(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def start_fake(work: Path, stack: contextlib.ExitStack) -> int:
-    """The fake provider (tests/fakes/provider.py) on CPU 0, demanding the upstream key, not recording."""
+def start_fake(
+    work: Path, stack: contextlib.ExitStack, require_key: str | None = UPSTREAM_KEY, record: bool = False
+) -> int:
+    """The fake provider (tests/fakes/provider.py) on CPU 0, by default demanding the upstream key and not
+    recording (other benchmarks route several keys to it, or read what it received at ``/_fake/requests``)."""
     port_file, log = work / "fake.port", work / "fake.log"
-    cmd = [sys.executable, "-m", "tests.fakes.provider", "--host", HOST, "--port", "0"]
-    cmd += ["--port-file", str(port_file), "--require-key", UPSTREAM_KEY, "--no-record"]
+    cmd = [sys.executable, "-m", "tests.fakes.provider", "--host", HOST, "--port", "0", "--port-file", str(port_file)]
+    if require_key is not None:
+        cmd += ["--require-key", require_key]
+    if not record:
+        cmd.append("--no-record")
     proc = spawn(pinned(cmd, LOAD_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "fake provider")
     return int(port_file.read_text().strip())
@@ -230,17 +247,57 @@ def kaixu_policy(fake_port: int) -> str:
 
 
 def start_kaixu(
-    work: Path, fake_port: int, stack: contextlib.ExitStack, policy_text: str | None = None
+    work: Path,
+    fake_port: int,
+    stack: contextlib.ExitStack,
+    policy_text: str | None = None,
+    tree: Path | None = None,
 ) -> tuple[int, int]:
     """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
 
-    ``policy_text`` replaces the default one-route policy (other benchmarks route more models)."""
+    ``policy_text`` replaces the default one-route policy (other benchmarks route more models); ``tree`` runs
+    another checkout's kaixu (see :func:`tree_python`)."""
+    work.mkdir(parents=True, exist_ok=True)
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "kaixu.log"
     policy.write_text(policy_text if policy_text is not None else kaixu_policy(fake_port))
-    cmd = [sys.executable, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
+    python, cwd, env = tree_python(tree) if tree is not None else (sys.executable, ROOT, None)
+    cmd = [python, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
     cmd += ["--port-file", str(port_file), "--reload-ms", "0", "--log-level", "warning"]
-    proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
+    proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack, cwd, env)
     wait_until(port_file.exists, proc, log, "kaixu")
+    _host, port = json.loads(port_file.read_text())[0]
+    return int(port), proc.pid
+
+
+def tree_python(tree: Path) -> tuple[str, Path, dict[str, str]]:
+    """(python, cwd, environment) that import kaixu from ``tree``, not from this checkout: the tree's own venv
+    if it has one, else this venv's Python with the tree first on the path. Checked by importing kaixu once:
+    `python -m` puts the working directory first on sys.path, so a wrong cwd would silently measure this tree."""
+    own = tree / ".venv" / "bin" / "python"
+    python = str(own) if own.exists() else sys.executable
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    found = subprocess.run(
+        [python, "-c", "import kaixu; print(kaixu.__file__)"], cwd=tree, env=env, capture_output=True, text=True
+    )
+    where = Path(found.stdout.strip() or "?").resolve()
+    if found.returncode != 0 or not where.is_relative_to(tree.resolve()):
+        raise BenchError(f"baseline tree {tree}: kaixu imports from {where} {found.stderr.strip()}")
+    print(f"  kaixu-baseline imports {where} with {python}", file=sys.stderr)
+    return python, tree, env
+
+
+def start_kaixu_plugin(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
+    """The same chain as a mitmdump script (`mitmdump -s kaixu/plugin.py`, README's second way to run kaixu):
+    mitmdump's own Master and default addons around kaixu's. Returns (port, pid)."""
+    work.mkdir(parents=True, exist_ok=True)
+    policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "mitmdump.log"
+    policy.write_text(kaixu_policy(fake_port))
+    mitmdump = str(Path(sys.executable).parent / "mitmdump")
+    cmd = [mitmdump, "-q", "-s", str(ROOT / "kaixu" / "plugin.py"), "--mode", f"reverse:http://{HOST}:9@{HOST}:0"]
+    cmd += ["--set", f"kaixu_policy={policy}", "--set", "connection_strategy=lazy", "--set", "kaixu_reload_ms=0"]
+    cmd += ["--set", f"kaixu_port_file={port_file}", "--set", f"confdir={work / 'mitmproxy'}"]
+    proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
+    wait_until(port_file.exists, proc, log, "kaixu-plugin")
     _host, port = json.loads(port_file.read_text())[0]
     return int(port), proc.pid
 
@@ -492,7 +549,28 @@ def measure(name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path
     return result
 
 
-def run_all(plan: Plan, only: set[str]) -> list[ConfigResult]:
+Starter = Callable[[Path, int, contextlib.ExitStack], tuple[int, int]]
+
+
+def gateways(baseline: Path | None) -> list[tuple[str, Starter, str]]:
+    """(name, starter, key) of every configuration behind a gateway, in the order they are measured."""
+    configs: list[tuple[str, Starter, str]] = [
+        ("mitmdump", start_mitmdump, UPSTREAM_KEY),
+        ("kaixu", lambda work, port, stack: start_kaixu(work / "kaixu", port, stack), CLIENT_KEY),
+        ("kaixu-plugin", lambda work, port, stack: start_kaixu_plugin(work / "plugin", port, stack), CLIENT_KEY),
+    ]
+    if baseline is not None:
+        configs.append(
+            (
+                "kaixu-baseline",
+                lambda work, port, stack: start_kaixu(work / "baseline", port, stack, tree=baseline),
+                CLIENT_KEY,
+            )
+        )
+    return configs
+
+
+def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[ConfigResult]:
     """Start the fake once, then each configuration in turn (stopping it before the next)."""
     wrk = ensure_wrk()
     results: list[ConfigResult] = []
@@ -504,13 +582,11 @@ def run_all(plan: Plan, only: set[str]) -> list[ConfigResult]:
         if "direct" in only:
             print("measuring direct", file=sys.stderr)
             results.append(measure("direct", fake_port, None, UPSTREAM_KEY, wrk, upstream_lua, plan))
-        for name, starter, key, lua in (
-            ("mitmdump", start_mitmdump, UPSTREAM_KEY, upstream_lua),
-            ("kaixu", start_kaixu, CLIENT_KEY, kaixu_lua),
-        ):
+        for name, starter, key in gateways(baseline):
             if name not in only:
                 continue
             print(f"measuring {name}", file=sys.stderr)
+            lua = upstream_lua if key == UPSTREAM_KEY else kaixu_lua
             with contextlib.ExitStack() as config_stack:
                 port, pid = starter(work, fake_port, config_stack)
                 results.append(measure(name, port, pid, key, wrk, lua, plan))
@@ -579,6 +655,21 @@ def targets(results: list[ConfigResult]) -> list[Target]:
     return out
 
 
+def comparisons(results: list[ConfigResult]) -> str:
+    """kaixu against the other ways of running kaixu measured in this run (before/after, script vs master)."""
+    named = by_name(results)
+    kaixu = named.get("kaixu")
+    lines = []
+    for other in ("kaixu-baseline", "kaixu-plugin"):
+        row = named.get(other)
+        if kaixu is None or row is None:
+            continue
+        ratio = kaixu.load[32].rps / row.load[32].rps
+        added = kaixu.load[1].p50_ms - row.load[1].p50_ms
+        lines.append(f"* kaixu vs {other}: {ratio:.2f}x the requests/s at c=32, {added:+.2f} ms p50 at c=1.")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def targets_table(items: list[Target]) -> str:
     rows = [f"| {t.name} | {t.goal} | {t.measured} | {'PASS' if t.passed else 'FAIL'} |" for t in items]
     return "| target | goal | measured | result |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
@@ -612,7 +703,11 @@ def machine_line(info: dict[str, str], plan: Plan) -> str:
 
 def report(results: list[ConfigResult], plan: Plan) -> str:
     info = machine()
-    return f"{machine_line(info, plan)}\n\n{table(results)}\n{targets_table(targets(results))}"
+    compared = comparisons(results)
+    return (
+        f"{machine_line(info, plan)}\n\n{table(results)}\n{compared + chr(10) if compared else ''}"
+        f"{targets_table(targets(results))}"
+    )
 
 
 DOC_INTRO = """# Performance
@@ -659,11 +754,14 @@ and the section below is rewritten.
 """
 
 
-def update_doc(text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: str = "") -> None:
-    """Replace the section between ``begin`` and ``end`` in docs/performance.md, creating the page (with
-    its intro) if needed. Missing markers are appended at the end of the page, after ``preamble``."""
+def update_doc(
+    text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: str = "", path: Path = DOC_PATH
+) -> None:
+    """Replace the section between ``begin`` and ``end`` of a docs page (docs/performance.md unless ``path``
+    says otherwise), creating docs/performance.md with its intro if needed. Missing markers are appended at
+    the end of the page, after ``preamble``."""
     block = f"{begin}\n{text.rstrip()}\n{end}"
-    current = DOC_PATH.read_text() if DOC_PATH.exists() else DOC_INTRO
+    current = path.read_text() if path.exists() else DOC_INTRO if path == DOC_PATH else ""
     if begin in current and end in current:
         before, _, rest = current.partition(begin)
         after = rest.partition(end)[2]
@@ -671,8 +769,8 @@ def update_doc(text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: 
     else:
         lead = preamble.strip("\n") + "\n\n" if preamble.strip() else ""
         current = current.rstrip("\n") + "\n\n" + lead + block + "\n"
-    DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DOC_PATH.write_text(current)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(current)
 
 
 def save_json(results: list[ConfigResult], plan: Plan) -> Path:
@@ -690,33 +788,48 @@ def save_json(results: list[ConfigResult], plan: Plan) -> Path:
     return path
 
 
-def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool]:
+DEFAULT_CONFIGS = ("direct", "mitmdump", "kaixu", "kaixu-plugin")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per load level")
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per load level")
     parser.add_argument("--sse-requests", type=int, default=30, help="sequential streamed requests per config")
-    parser.add_argument("--only", default="direct,mitmdump,kaixu", help="comma-separated configs to run")
+    parser.add_argument(
+        "--only", help=f"comma-separated configs to run (default: {','.join(DEFAULT_CONFIGS)}, plus kaixu-baseline)"
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit) run as kaixu-baseline",
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
     args = parser.parse_args(argv)
-    only = {name.strip() for name in args.only.split(",") if name.strip()}
-    return Plan(args.warmup, args.duration, args.sse_requests), only, not args.no_doc
+    default = [*DEFAULT_CONFIGS, *(["kaixu-baseline"] if args.baseline_tree else [])]
+    only = {name.strip() for name in (args.only or ",".join(default)).split(",") if name.strip()}
+    if "kaixu-baseline" in only and args.baseline_tree is None:
+        parser.error("kaixu-baseline needs --baseline-tree DIR")
+    if args.baseline_tree is not None and not (args.baseline_tree / "kaixu" / "__init__.py").exists():
+        parser.error(f"--baseline-tree {args.baseline_tree}: no kaixu package there")
+    return Plan(args.warmup, args.duration, args.sse_requests), only, not args.no_doc, args.baseline_tree
 
 
 def main(argv: list[str] | None = None) -> int:
-    plan, only, write_doc = parse_args(argv)
+    plan, only, write_doc, baseline = parse_args(argv)
     # A SIGTERM (e.g. from a CI timeout) must unwind through the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if can_pin():
         os.sched_setaffinity(0, {LOAD_CPU})  # the streaming client shares CPU 0 with wrk and the fake
     try:
-        results = run_all(plan, only)
+        results = run_all(plan, only, baseline)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     text = report(results, plan)
     print(text)
     print(f"raw results: {save_json(results, plan).relative_to(ROOT)}")
-    if write_doc and only == {"direct", "mitmdump", "kaixu"}:
+    if write_doc and only.issuperset(DEFAULT_CONFIGS):
         update_doc(text)
         print(f"updated {DOC_PATH.relative_to(ROOT)}")
     return 0

@@ -758,6 +758,20 @@ def test_header_overrides_are_one_shot_and_leave_queue(fake: FakeProvider) -> No
     assert bad.status_code == 400
 
 
+def test_echo_headers_quotes_the_credential_in_the_error(fake: FakeProvider) -> None:
+    url = fake.base_url + "/v1/chat/completions"
+    fake.add_fault(Fault(status=403, echo_headers=True))
+    queued = httpx.post(url, json=chat_body(), headers={"authorization": "Bearer sk-secret-1"})
+    assert queued.status_code == 403 and "Bearer sk-secret-1" in queued.json()["error"]["message"]
+    gemini = fake.base_url + "/v1beta/models/gemini-2.5-flash:generateContent"
+    body = {"contents": [{"parts": [{"text": "x"}]}]}
+    headers = {"x-goog-api-key": "sk-secret-2", "x-fake-status": "429", "x-fake-echo-headers": "1"}
+    by_header = httpx.post(gemini, json=body, headers=headers)
+    assert by_header.status_code == 429 and "sk-secret-2" in by_header.json()["error"]["message"]
+    plain = httpx.post(url, json=chat_body(), headers={"authorization": "Bearer sk-x", "x-fake-status": "500"})
+    assert plain.status_code == 500 and "sk-x" not in plain.text
+
+
 # ------------------------------------------------------------------------------------------------
 # Auth
 # ------------------------------------------------------------------------------------------------

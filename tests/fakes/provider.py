@@ -16,10 +16,11 @@ Design choices, and why:
   so tests can assert exact bodies and exact usage/cost numbers.
 * Streams are built completely up front and written one HTTP chunk per SSE event, flushed per event,
   which is what lets fault injection stop after exactly N events or pace them in time.
-* Faults (status codes, Retry-After, latency, pacing, mid-stream disconnects, dropped connections)
-  can be injected from Python, from another process over ``/_fake/*``, or per request with
-  ``x-fake-*`` headers, because the gateway's retry and failover policies are only testable against
-  an upstream that misbehaves on demand.
+* Faults (status codes, Retry-After, latency, pacing, mid-stream disconnects, dropped connections,
+  error bodies that quote the request's headers) can be injected from Python, from another process
+  over ``/_fake/*``, or per request with ``x-fake-*`` headers, because the gateway's retry and
+  failover policies (and its secret scrubbing) are only testable against an upstream that misbehaves
+  on demand.
 
 Token formula (shared by all three formats, so a conversation costs the same whichever way it is
 spelled): prompt tokens = for every message (and the system prompt, if any)
@@ -81,6 +82,10 @@ class Fault:
     event_delay_ms: int = 0
     disconnect_after_events: int | None = None
     close_without_response: bool = False
+    echo_headers: bool = False
+    """With ``status``: the error message quotes every request header, the credential included, as some
+    real providers quote (part of) the key they refused. Lets tests prove the gateway's key never reaches
+    its client, log or ledger, whatever the provider says."""
     times: int = 1
     path_contains: str | None = None
 
@@ -234,7 +239,7 @@ def _vector(text: str, dims: int = 8) -> list[float]:
     raw: list[float] = []
     block = 0
     while len(raw) < dims:
-        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        digest = hashlib.sha256(f"{block}:{text}".encode("utf-8", "surrogatepass")).digest()
         raw.extend(v / 2147483648.0 - 1.0 for v in struct.unpack("<8I", digest))
         block += 1
     raw = raw[:dims]
@@ -287,7 +292,10 @@ class _Stream(NamedTuple):
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate the client sent (valid JSON, not UTF-8): echo it escaped
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _sse(payload: Any) -> bytes:
@@ -1169,6 +1177,7 @@ _OVERRIDE_HEADERS = (
     "x-fake-event-delay-ms",
     "x-fake-disconnect-after-events",
     "x-fake-stream-events",
+    "x-fake-echo-headers",
 )
 
 
@@ -1463,6 +1472,8 @@ class FakeProvider:
                 if fault.retry_after is not None:
                     extra.append(("Retry-After", _format_retry_after(fault.retry_after)))
                 message = f"Injected fault: HTTP {fault.status} from the fake {provider} provider."
+                if fault.echo_headers:
+                    message += " Request headers: " + _compact(headers)
                 return await self._send(
                     writer, fault.status, _error_payload(provider, fault.status, message), extra, keep_alive
                 )
@@ -1507,6 +1518,7 @@ class FakeProvider:
             first_byte_delay_ms=int(number("x-fake-first-byte-delay-ms") or 0),
             event_delay_ms=int(number("x-fake-event-delay-ms") or 0),
             disconnect_after_events=int(disconnect) if disconnect is not None else None,
+            echo_headers=headers.get("x-fake-echo-headers", "").lower() in ("1", "true", "yes"),
         )
         return fault, (max(1, int(events)) if events is not None else None)
 

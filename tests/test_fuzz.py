@@ -1,0 +1,191 @@
+"""Hostile requests at every front door (tests/hostile.py generates and judges them): whatever a client
+sends, kaixu answers with complete JSON in the front door's error shape, a client's fault is a 4xx, the
+process and its ledger keep working, and nothing but a real endpoint of a routed model, with kaixu's own
+provider key, reaches the provider.
+
+Bounded: hypothesis draws a fixed number of probes per test, derandomized and without an example
+database, so every run (and CI) sends the same requests. Each test collects every broken rule over all its
+probes and fails once with the whole list, grouped by rule: a to-do list rather than one shrunk example.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests import hostile
+from tests.fakes.provider import FakeProvider
+from tests.harness import TEST_KEY, Kaixu, policy_for, wait_for
+
+BUDGET_S = 10.0
+"""Wall-clock cap of one test's probes (a hang costs hostile.ANSWER_TIMEOUT_S): the file stays under 60 s."""
+
+
+class Gateway:
+    """The kaixu under fire, the fake behind it and the ledger file they write."""
+
+    def __init__(self, kaixu: Kaixu, fake: FakeProvider, ledger: Path) -> None:
+        self.kaixu, self.fake, self.ledger = kaixu, fake, ledger
+        host, _, port = kaixu.url.removeprefix("http://").rpartition(":")
+        self.host, self.port = host, int(port)
+
+    def send(self, probe: hostile.Probe) -> hostile.Answer | hostile.NoAnswer:
+        return hostile.send(self.host, self.port, probe)
+
+    def fire(self, probe: hostile.Probe) -> list[hostile.Finding]:
+        """Send one probe; judge the answer and whatever reached the fake provider because of it."""
+        before = len(self.fake.requests)
+        found = hostile.judge(probe, self.send(probe))
+        for forwarded in self.fake.requests[before:]:
+            found += hostile.judge_forwarded(forwarded.path, forwarded.headers, probe.describe())
+        return found
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    work = tmp_path_factory.mktemp("fuzz")
+    ledger = work / "ledger.db"
+    policy = policy_for(fake.base_url, store={"sqlite": str(ledger)})
+    policy["models"].update(hostile.GLOB_ROUTE)
+    kaixu = Kaixu(work, policy, args=("--access-log",)).start()
+    yield Gateway(kaixu, fake, ledger)
+    kaixu.stop()
+
+
+def run_probes(gateway: Gateway, focus: str, examples: int) -> list[hostile.Finding]:
+    """Draw ``examples`` probes with hypothesis and fire each; returns every finding (never raises inside)."""
+    findings: list[hostile.Finding] = []
+    deadline = time.monotonic() + BUDGET_S
+    skipped = 0
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.data())
+    def one(data: st.DataObject) -> None:
+        nonlocal skipped
+        probe = hostile.probe(hostile.HypothesisChooser(data), focus)
+        if time.monotonic() > deadline:
+            skipped += 1
+            return
+        findings.extend(gateway.fire(probe))
+
+    one()
+    if skipped:
+        findings.append(hostile.Finding("budget", f"{skipped} probes not sent: {BUDGET_S:g} s spent", focus))
+    return findings
+
+
+def assert_clean(gateway: Gateway, findings: list[hostile.Finding]) -> None:
+    """No finding, and kaixu still up: a crash would otherwise show only as a wall of 'refused'."""
+    health = httpx.get(gateway.kaixu.url + "/health", timeout=10)
+    assert health.status_code == 200, f"kaixu is down after the probes:\n{gateway.kaixu.log()[-3000:]}"
+    assert not findings, f"{len(findings)} broken rules:\n{hostile.summarize(findings)}"
+
+
+def test_hostile_bodies_at_every_door(gateway: Gateway) -> None:
+    assert_clean(gateway, run_probes(gateway, "body", 600))
+
+
+def test_hostile_headers_at_every_door(gateway: Gateway) -> None:
+    assert_clean(gateway, run_probes(gateway, "headers", 400))
+
+
+def test_hostile_paths_and_methods(gateway: Gateway) -> None:
+    assert_clean(gateway, run_probes(gateway, "target", 400))
+
+
+def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
+    """Request lines and header blocks no generator assembles, and a body that never arrives in full. A
+    server may close on bytes that are not HTTP at all (TLS, HTTP/2 preface), but it must not hold any of
+    these connections open, and whatever it answers must follow the rules. Sent at once: a hang costs one
+    timeout, not one per probe."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    short_body = hostile.Probe(
+        "POST", "/v1/chat/completions",
+        [("Host", "x"), ("Authorization", f"Bearer {TEST_KEY}"), ("Content-Length", str(len(body) + 100))],
+        body, ["header:long-content-length"], malformed=True,
+    )  # fmt: skip
+    probes = [*hostile.raw_probes(), short_body]
+    before = len(gateway.fake.requests)
+    with ThreadPoolExecutor(len(probes)) as pool:
+        answers = list(pool.map(gateway.send, probes))
+    findings = []
+    for probe, answer in zip(probes, answers, strict=True):
+        not_http = probe.raw is not None and probe.raw[:3] in (b"\x16\x03\x01", b"PRI")
+        if not_http and isinstance(answer, hostile.NoAnswer) and answer.kind == "closed":
+            continue
+        findings += hostile.judge(probe, answer)
+    for forwarded in gateway.fake.requests[before:]:
+        findings += hostile.judge_forwarded(forwarded.path, forwarded.headers, "one of the broken requests")
+    assert_clean(gateway, findings)
+
+
+def test_a_gzip_body_is_limited_after_inflating(gateway: Gateway) -> None:
+    """The body limit (1 MB in this policy) is about what kaixu holds in memory, so it counts inflated bytes:
+    20 KB of gzip that inflate to 20 MB is a 413, authenticated or not."""
+    padding = "x" * 20_000_000
+    inflated = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": padding}]}).encode()
+    bomb = gzip.compress(inflated, compresslevel=9, mtime=0)
+    assert len(bomb) < 100_000
+    findings = []
+    for auth in ([], [("Authorization", f"Bearer {TEST_KEY}")]):
+        headers = [("Host", "x"), *auth, ("Content-Encoding", "gzip"), ("Content-Type", "application/json")]
+        headers += [("Content-Length", str(len(bomb))), ("Connection", "close")]
+        probe = hostile.Probe("POST", "/v1/chat/completions", headers, bomb, ["body:gzip-20MB"], malformed=True)
+        answer = gateway.send(probe)
+        findings += hostile.judge(probe, answer)
+        if isinstance(answer, hostile.Answer) and answer.status != 413:
+            findings.append(
+                hostile.Finding("inflated body over the limit is not a 413", f"HTTP {answer.status}: "
+                                f"{answer.body[:200]!r}", probe.describe())
+            )  # fmt: skip
+    assert_clean(gateway, findings)
+
+
+def test_the_ledger_still_records_after_the_probes(gateway: Gateway) -> None:
+    """Runs last: one good request after everything above, and its row must reach the sqlite file."""
+    request_id = f"fuzz-final-{uuid.uuid4()}"
+    response = httpx.post(
+        gateway.kaixu.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "still there?"}]},
+        headers={"authorization": f"Bearer {TEST_KEY}", "x-request-id": request_id},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+    def recorded() -> bool:
+        if not gateway.ledger.exists():
+            return False
+        with sqlite3.connect(gateway.ledger) as db:
+            return db.execute("SELECT count(*) FROM requests WHERE request_id = ?", (request_id,)).fetchone()[0] > 0
+
+    try:
+        wait_for(recorded, 10, "the final request's ledger row")
+    except TimeoutError:
+        store = gateway.kaixu.health()["store"]
+        errors = [line for line in gateway.kaixu.log().splitlines() if "kaixu.ledger" in line]
+        raise AssertionError(f"the ledger stopped recording: store {store}; first errors: {errors[:3]}") from None
+
+
+def test_client_text_cannot_forge_log_lines(gateway: Gateway) -> None:
+    """Model names with a newline were among the probes (hostile.HOSTILE_NAMES): each must stay inside its own
+    log line, escaped, or an attacker writes whole lines of the operator's log."""
+    forged = [line for line in gateway.kaixu.log().splitlines() if line.lstrip().startswith("X-Injected")]
+    assert not forged, f"{len(forged)} log lines begin with text a client sent, e.g. {forged[:3]}"
