@@ -24,6 +24,7 @@ internals moved.
 
 from __future__ import annotations
 
+import html
 import inspect
 import logging
 from collections.abc import Callable, Generator
@@ -50,8 +51,10 @@ INERT_UPSTREAM = "http://127.0.0.1:9"
 MAX_HEADER_BYTES = 64 * 1024
 BODY_TOO_LARGE = "body exceeds mitmproxy's body_size_limit"
 
-ErrorRenderer = Callable[[http.Request | None, int, str, ErrorCode], bytes]
-"""Builds a complete HTTP/1 error response (status line, headers, JSON body) for a kaixu connection."""
+ErrorRenderer = Callable[[http.Request | None, int, str, ErrorCode, str], bytes]
+"""Builds a complete HTTP/1 error response (status line, headers, JSON body) for a kaixu connection, from the
+request (None before its head was parsed), status, message, mitmproxy's error code and the request path (as
+far as it could be read: it picks the front door's error shape)."""
 
 _renderer: ErrorRenderer | None = None
 _installed = False
@@ -154,9 +157,18 @@ def _ours(layer: Any) -> bool:
     return _renderer is not None and is_kaixu_client(layer.context.client)
 
 
-def _render(request: http.Request | None, status: int, message: str, code: ErrorCode) -> bytes:
+def _render(
+    request: http.Request | None, status: int, message: str, code: ErrorCode, head: bytes | None = None
+) -> bytes:
     assert _renderer is not None
-    return _renderer(request, status, message, code)
+    path = request.path if request is not None else _path_of(head or b"")
+    return _renderer(request, status, message, code, path)
+
+
+def _path_of(head: bytes) -> str:
+    """The path of a request line that could not be parsed as a whole (for the error's shape only)."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    return parts[1].decode("latin-1")[:2048] if len(parts) >= 2 else "/"
 
 
 def _patch_http1_send() -> None:
@@ -191,7 +203,8 @@ def _patch_http1_read_headers() -> None:
             and b"\r\n\r\n" not in bytes(self.buf)[: MAX_HEADER_BYTES + 4]
         ):
             message = f"the request head is larger than {MAX_HEADER_BYTES} bytes"
-            yield commands.SendData(self.conn, _render(None, 431, message, ErrorCode.GENERIC_CLIENT_ERROR))
+            first = bytes(self.buf)[:4096]
+            yield commands.SendData(self.conn, _render(None, 431, message, ErrorCode.GENERIC_CLIENT_ERROR, first))
             yield commands.CloseConnection(self.conn)
             self.state = self.done
             return
@@ -203,8 +216,10 @@ def _patch_http1_read_headers() -> None:
             ):
                 # mitmproxy's HTML answer to a request head it cannot parse
                 reason = command.data.partition(b"<p>")[2].partition(b"</p>")[0].decode("utf-8", "replace")
-                message = f"malformed HTTP request: {reason or 'unparseable request head'}"
-                command = commands.SendData(self.conn, _render(None, 400, message, ErrorCode.GENERIC_CLIENT_ERROR))
+                message = f"malformed HTTP request: {html.unescape(reason) or 'unparseable request head'}"
+                head = bytes(self.buf)[:4096] if self.request is None else None
+                rendered = _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR, head)
+                command = commands.SendData(self.conn, rendered)
             yield command
 
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]

@@ -58,6 +58,8 @@ def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ledger = work / "ledger.db"
     policy = policy_for(fake.base_url, store={"sqlite": str(ledger)})
     policy["models"].update(hostile.GLOB_ROUTE)
+    # short client timeouts, so a connection kaixu should close is closed well within a probe's 10 s
+    policy["limits"].update({"client_header_timeout_s": 2, "client_body_timeout_s": 2, "client_idle_timeout_s": 2})
     kaixu = Kaixu(work, policy, args=("--access-log",)).start()
     yield Gateway(kaixu, fake, ledger)
     kaixu.stop()
@@ -128,8 +130,10 @@ def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
         answers = list(pool.map(gateway.send, probes))
     findings = []
     for probe, answer in zip(probes, answers, strict=True):
-        not_http = probe.raw is not None and probe.raw[:3] in (b"\x16\x03\x01", b"PRI")
-        if not_http and isinstance(answer, hostile.NoAnswer) and answer.kind == "closed":
+        not_http = probe.raw is not None and probe.raw[:3] in (b"\x16\x03\x01", b"PRI", b"\r\n\r")
+        # a body announced and never sent in full (a 2^72-byte chunk included) is closed by the body timeout
+        never_complete = not_http or probe is short_body or b"\r\n\r\nffffffffffffffffff" in (probe.raw or b"")
+        if never_complete and isinstance(answer, hostile.NoAnswer) and answer.kind == "closed":
             continue
         findings += hostile.judge(probe, answer)
     for forwarded in gateway.fake.requests[before:]:
@@ -139,7 +143,8 @@ def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
 
 def test_a_gzip_body_is_limited_after_inflating(gateway: Gateway) -> None:
     """The body limit (1 MB in this policy) is about what kaixu holds in memory, so it counts inflated bytes:
-    20 KB of gzip that inflate to 20 MB is a 413, authenticated or not."""
+    20 KB of gzip that inflate to 20 MB is a 413 once the caller is known; before that, nothing is inflated
+    and an unknown caller gets its 401."""
     padding = "x" * 20_000_000
     inflated = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": padding}]}).encode()
     bomb = gzip.compress(inflated, compresslevel=9, mtime=0)
@@ -151,9 +156,10 @@ def test_a_gzip_body_is_limited_after_inflating(gateway: Gateway) -> None:
         probe = hostile.Probe("POST", "/v1/chat/completions", headers, bomb, ["body:gzip-20MB"], malformed=True)
         answer = gateway.send(probe)
         findings += hostile.judge(probe, answer)
-        if isinstance(answer, hostile.Answer) and answer.status != 413:
+        expected = 413 if auth else 401
+        if isinstance(answer, hostile.Answer) and answer.status != expected:
             findings.append(
-                hostile.Finding("inflated body over the limit is not a 413", f"HTTP {answer.status}: "
+                hostile.Finding(f"inflated body over the limit is not a {expected}", f"HTTP {answer.status}: "
                                 f"{answer.body[:200]!r}", probe.describe())
             )  # fmt: skip
     assert_clean(gateway, findings)

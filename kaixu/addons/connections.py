@@ -5,6 +5,8 @@ head a byte at a time, or holding idle keep-alive connections open, costs kaixu 
 long as it likes. Here, from the policy's `limits`:
 
 * `client_header_timeout_s`: from connect to a complete request head;
+* `client_body_timeout_s`: from a request head to the end of its body (a client that announces a body and
+  never sends it all);
 * `client_idle_timeout_s`: from the end of a response to the next request head (and how long kaixu keeps
   reading the rest of a body it refused with 413, for the client's sake);
 * `max_client_connections`: connections beyond it are closed as they arrive.
@@ -34,6 +36,8 @@ class _Tracked:
     client: connection.Client
     active: int = 0
     timer: asyncio.TimerHandle | None = None
+    bodies: dict[str, asyncio.TimerHandle] | None = None
+    """Per flow still receiving its body: the timer that closes the connection if the body stalls."""
 
 
 class Connections:
@@ -59,8 +63,12 @@ class Connections:
 
     def client_disconnected(self, client: connection.Client) -> None:
         tracked = self._open.pop(client.id, None)
-        if tracked is not None and tracked.timer is not None:
+        if tracked is None:
+            return
+        if tracked.timer is not None:
             tracked.timer.cancel()
+        for timer in (tracked.bodies or {}).values():
+            timer.cancel()
 
     def next_layer(self, nextlayer: object) -> None:
         data = nextlayer.data_client()  # type: ignore[attr-defined]
@@ -69,11 +77,19 @@ class Connections:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         tracked = self._open.get(flow.client_conn.id)
-        if tracked is not None:
-            tracked.active += 1
-            if tracked.timer is not None:
-                tracked.timer.cancel()
-                tracked.timer = None
+        if tracked is None:
+            return
+        tracked.active += 1
+        if tracked.timer is not None:
+            tracked.timer.cancel()
+            tracked.timer = None
+        if flow.request.timestamp_end is None:  # a body is still to come
+            seconds = self.gateway.require_policy().limits.client_body_timeout_s
+            timer = asyncio.get_running_loop().call_later(seconds, self._body_stalled, tracked, flow.id)
+            (tracked.bodies if tracked.bodies is not None else self._bodies(tracked))[flow.id] = timer
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._body_done(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)
@@ -81,7 +97,27 @@ class Connections:
     def error(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)
 
+    @staticmethod
+    def _bodies(tracked: _Tracked) -> dict[str, asyncio.TimerHandle]:
+        tracked.bodies = {}
+        return tracked.bodies
+
+    def _body_done(self, flow: http.HTTPFlow) -> None:
+        tracked = self._open.get(flow.client_conn.id)
+        if tracked is not None and tracked.bodies:
+            timer = tracked.bodies.pop(flow.id, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _body_stalled(self, tracked: _Tracked, flow_id: str) -> None:
+        if tracked.bodies is None or tracked.bodies.pop(flow_id, None) is None:
+            return
+        self.timed_out += 1
+        log.info("closing connection from %s: request body not complete in time", tracked.client.peername[0])
+        mitm.close_connection(tracked.client)
+
     def _finished(self, flow: http.HTTPFlow) -> None:
+        self._body_done(flow)
         tracked = self._open.get(flow.client_conn.id)
         if tracked is None:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from mitmproxy import http
 
@@ -24,18 +25,21 @@ from kaixu.mitm import ErrorCode
 log = logging.getLogger("kaixu.errors")
 
 
-def render_error(request: http.Request | None, status: int, reason: str, code: ErrorCode) -> bytes:
-    """A complete HTTP/1 error response for mitmproxy to send on a kaixu connection."""
+def render_error(request: http.Request | None, status: int, reason: str, code: ErrorCode, path: str) -> bytes:
+    """A complete HTTP/1 error response for mitmproxy to send on a kaixu connection, in the shape of the front
+    door the path names, always with a request id (a fresh one for a request that never became a flow)."""
     call = call_for_request(request)
     if call is not None:
         status, message, type, error_code = _describe(call, status, reason, code is ErrorCode.CONNECT_FAILED)
         body = error_json(call.front, call.request_id, status, message, type, error_code)
+        request_id = call.request_id
     else:
-        front = front_for_path(request.path.partition("?")[0]) if request is not None else "openai"
+        request_id = str(uuid.uuid4())
         type = "invalid_request_error" if status < 500 else "api_error"
-        body = error_json(front, None, status, reason, type, "bad_request" if status < 500 else "gateway_error")
-    response = json_response(call, status, body, {"connection": "close"})
-    return mitm.assemble_response(response)
+        error_code = "bad_request" if status < 500 else "gateway_error"
+        body = error_json(front_for_path(path.partition("?")[0]), request_id, status, reason, type, error_code)
+    headers = {"connection": "close", "x-request-id": request_id, "x-kaixu-request-id": request_id}
+    return mitm.assemble_response(json_response(call, status, body, headers))
 
 
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:

@@ -72,6 +72,7 @@ class ClientLimits:
 
     client_header_timeout_s: float = 10.0
     client_idle_timeout_s: float = 60.0
+    client_body_timeout_s: float = 60.0
     max_client_connections: int = 4096
 
 
@@ -294,6 +295,7 @@ def build_policy(
         limits=ClientLimits(
             client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
             client_idle_timeout_s=float(limits.get("client_idle_timeout_s", 60)),
+            client_body_timeout_s=float(limits.get("client_body_timeout_s", 60)),
             max_client_connections=int(limits.get("max_client_connections", 4096)),
         ),
     )
