@@ -323,3 +323,17 @@ def test_under_mitmdump_other_listeners_keep_stock_behaviour(fake: FakeProvider,
         assert httpx.post(gateway.url + "/v1/chat/completions", json={}).status_code == 401  # kaixu's listener
     finally:
         gateway.stop()
+
+
+def test_an_absolute_form_request_target_goes_upstream_in_origin_form(gw: Kaixu, fake: FakeProvider) -> None:
+    fake.clear()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
+    answer = raw_exchange(
+        gw,
+        b"POST http://evil.example/v1/chat/completions HTTP/1.1\r\nhost: evil.example\r\n"
+        b"authorization: Bearer sk-test\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    (forwarded,) = fake.requests
+    assert forwarded.path == "/v1/chat/completions" and "evil" not in forwarded.headers.get("host", "")

@@ -230,6 +230,7 @@ class Router:
     ) -> None:
         request = flow.request
         request.scheme, request.host, request.port, request.path = split_url(url)
+        request.authority = ""  # origin-form upstream, whatever form the client's request line had
         assert call.provider is not None and call.upstream_format is not None
         headers = request.headers
         # Only what a provider needs leaves kaixu: never cookies, proxy credentials, the client's own keys
