@@ -54,6 +54,12 @@ def ledger_row(gateway: Kaixu, request_id: str) -> dict[str, Any]:
     return row
 
 
+def answer_complete(received: bytes) -> bool:
+    head, sep, body = received.partition(b"\r\n\r\n")
+    length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    return bool(sep and length) and len(body) >= int(length[0].split(b":")[1])
+
+
 def raw_exchange(gateway: Kaixu, data: bytes, timeout: float = 10) -> bytes:
     """Send raw bytes on a fresh connection; read until kaixu closes it or the answer is complete."""
     with socket.create_connection((gateway.host, gateway.port), timeout=timeout) as sock:
@@ -64,9 +70,7 @@ def raw_exchange(gateway: Kaixu, data: bytes, timeout: float = 10) -> bytes:
             if not chunk:
                 return received
             received += chunk
-            head, sep, body = received.partition(b"\r\n\r\n")
-            length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-            if sep and length and len(body) >= int(length[0].split(b":")[1]):
+            if answer_complete(received):
                 return received
 
 
@@ -337,3 +341,24 @@ def test_an_absolute_form_request_target_goes_upstream_in_origin_form(gw: Kaixu,
     assert answer.startswith(b"HTTP/1.1 200 ")
     (forwarded,) = fake.requests
     assert forwarded.path == "/v1/chat/completions" and "evil" not in forwarded.headers.get("host", "")
+
+
+def test_a_slow_reader_gets_its_whole_answer_past_the_idle_timeout(gw: Kaixu) -> None:
+    """The idle timeout starts when an answer is handed over; what is still buffered for a slow reader is
+    delivered before the connection closes."""
+    inputs = [f"text {i}" for i in range(200)]  # about 2 MB of answer: more than the sockets' buffers hold
+    body = json.dumps({"model": "text-embedding-3-small", "input": inputs, "dimensions": 512}).encode()
+    with socket.create_connection((gw.host, gw.port), timeout=15) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(3)  # the scenario itself: a client that reads nothing for 3 idle timeouts
+        received = b""
+        while not answer_complete(received):
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(received)} bytes"
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(json.loads(payload)["data"]) == 200
