@@ -23,7 +23,7 @@ from kaixu.metrics import LEDGER_DROPPED_RECORDS, LEDGER_ESCAPED_RECORDS, LEDGER
 
 log = logging.getLogger("kaixu.ledger")
 
-FLUSH_SECONDS = 0.5
+FLUSH_SECONDS = 0.1
 MAX_BATCH = 1000
 MAX_QUEUE = 100_000
 _MAX_ERROR_CHARS = 200
