@@ -230,15 +230,20 @@ def kaixu_policy(fake_port: int) -> str:
 
 
 def start_kaixu(
-    work: Path, fake_port: int, stack: contextlib.ExitStack, policy_text: str | None = None
+    work: Path,
+    fake_port: int,
+    stack: contextlib.ExitStack,
+    policy_text: str | None = None,
+    args: tuple[str, ...] = ("--log-level", "warning"),
 ) -> tuple[int, int]:
     """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
 
-    ``policy_text`` replaces the default one-route policy (other benchmarks route more models)."""
+    ``policy_text`` replaces the default one-route policy (other benchmarks route more models); ``args`` are
+    the logging options (bench/real_clients.py wants the access log)."""
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "kaixu.log"
     policy.write_text(policy_text if policy_text is not None else kaixu_policy(fake_port))
     cmd = [sys.executable, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
-    cmd += ["--port-file", str(port_file), "--reload-ms", "0", "--log-level", "warning"]
+    cmd += ["--port-file", str(port_file), "--reload-ms", "0", *args]
     proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "kaixu")
     _host, port = json.loads(port_file.read_text())[0]
@@ -659,11 +664,13 @@ and the section below is rewritten.
 """
 
 
-def update_doc(text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: str = "") -> None:
-    """Replace the section between ``begin`` and ``end`` in docs/performance.md, creating the page (with
-    its intro) if needed. Missing markers are appended at the end of the page, after ``preamble``."""
+def update_doc(
+    text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: str = "", path: Path = DOC_PATH
+) -> None:
+    """Replace the section between ``begin`` and ``end`` in ``path`` (docs/performance.md), creating the page
+    (with its intro) if needed. Missing markers are appended at the end of the page, after ``preamble``."""
     block = f"{begin}\n{text.rstrip()}\n{end}"
-    current = DOC_PATH.read_text() if DOC_PATH.exists() else DOC_INTRO
+    current = path.read_text() if path.exists() else (DOC_INTRO if path == DOC_PATH else "")
     if begin in current and end in current:
         before, _, rest = current.partition(begin)
         after = rest.partition(end)[2]
@@ -671,8 +678,8 @@ def update_doc(text: str, begin: str = DOC_BEGIN, end: str = DOC_END, preamble: 
     else:
         lead = preamble.strip("\n") + "\n\n" if preamble.strip() else ""
         current = current.rstrip("\n") + "\n\n" + lead + block + "\n"
-    DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DOC_PATH.write_text(current)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(current)
 
 
 def save_json(results: list[ConfigResult], plan: Plan) -> Path:
