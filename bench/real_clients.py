@@ -385,7 +385,7 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
     )
     if why:
         result.cli_stderr_tail = "\n".join(stderr.strip().splitlines()[-15:])
-        result.kaixu_errors = errors[-10:]
+        result.kaixu_errors = refused + [line for line in errors[-10:] if line not in refused]
     return result
 
 
