@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-translation clean
+.PHONY: run test lint bench bench-translation bench-clients clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 bench-translation: $(STAMP)
 	$(BIN)/python bench/translation.py
+
+bench-clients: $(STAMP)  # real Claude Code and Gemini CLI from the npm registry (needs node >= 20)
+	$(BIN)/python bench/real_clients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -252,17 +252,19 @@ def start_kaixu(
     stack: contextlib.ExitStack,
     policy_text: str | None = None,
     tree: Path | None = None,
+    args: tuple[str, ...] = ("--log-level", "warning"),
 ) -> tuple[int, int]:
     """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
 
     ``policy_text`` replaces the default one-route policy (other benchmarks route more models); ``tree`` runs
-    another checkout's kaixu (see :func:`tree_python`)."""
+    another checkout's kaixu (see :func:`tree_python`); ``args`` are the logging options (bench/real_clients.py
+    wants the access log)."""
     work.mkdir(parents=True, exist_ok=True)
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "kaixu.log"
     policy.write_text(policy_text if policy_text is not None else kaixu_policy(fake_port))
     python, cwd, env = tree_python(tree) if tree is not None else (sys.executable, ROOT, None)
     cmd = [python, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
-    cmd += ["--port-file", str(port_file), "--reload-ms", "0", "--log-level", "warning"]
+    cmd += ["--port-file", str(port_file), "--reload-ms", "0", *args]
     proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack, cwd, env)
     wait_until(port_file.exists, proc, log, "kaixu")
     _host, port = json.loads(port_file.read_text())[0]

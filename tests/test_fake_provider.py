@@ -554,6 +554,42 @@ def test_gemini_function_calls(fake: FakeProvider, gemini: genai.Client) -> None
     assert answered.text == "tool said: snow"
 
 
+def test_a_call_marker_picks_the_tool_and_its_arguments(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic, gemini: genai.Client
+) -> None:
+    """`<<call NAME {json}>>` in the user's text: the fake calls that offered tool with those arguments (what
+    bench/real_clients.py uses to make a coding agent read a file), in every format, JSON and streamed."""
+    prompt = 'read it <<call get_time {"city": "Oslo", "n": 2}>> please'
+    resp = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], tools=OPENAI_TOOLS
+    )
+    (call,) = resp.choices[0].message.tool_calls or []
+    assert call.function.name == "get_time"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "n": 2}  # type: ignore[union-attr]
+    with claude.messages.stream(
+        model="claude-haiku-4-5", max_tokens=100, tools=ANTHROPIC_TOOLS, messages=[{"role": "user", "content": prompt}]
+    ) as stream:
+        final = stream.get_final_message()
+    (block,) = final.content
+    assert block.type == "tool_use"
+    assert (block.name, block.input) == ("get_time", {"city": "Oslo", "n": 2})
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[WEATHER_DECL, TIME_DECL])],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+    )
+    (chunk,) = gemini.models.generate_content_stream(model="gemini-2.5-flash", contents=prompt, config=config)
+    assert [(c.name, c.args) for c in chunk.function_calls or []] == [("get_time", {"city": "Oslo", "n": 2})]
+    # Without tools the marker is only text; a tool the request does not offer, or arguments that are not a
+    # JSON object, are the test's mistake: a 400 that says so.
+    plain = oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    assert plain.choices[0].message.content == "echo: " + prompt
+    for bad, words in (("<<call get_date {}>>", "get_date"), ("<<call get_time [1]>>", "JSON object")):
+        with pytest.raises(openai.BadRequestError, match=words):
+            oai.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": bad}], tools=OPENAI_TOOLS
+            )
+
+
 def test_gemini_json_mode_limits_count_embed_models(fake: FakeProvider, gemini: genai.Client) -> None:
     as_json = gemini.models.generate_content(
         model="gemini-2.5-flash",

@@ -190,6 +190,19 @@ def test_only_allowlisted_headers_reach_the_provider(gw: Kaixu, fake: FakeProvid
     assert forwarded.headers.get("anthropic-beta") == "tools-2024-04-04"
 
 
+def test_the_provider_gets_the_calls_request_id(gw: Kaixu, fake: FakeProvider) -> None:
+    """kaixu's own mock puts it in its errors; a provider's logs line up with kaixu's. A client's id that kaixu
+    did not adopt (not printable) is not forwarded as it came."""
+    body = {"model": "gpt-4o-mini", "messages": HELLO}
+    for sent in ({}, {"x-request-id": "client-id-7"}, {"x-request-id": "x" * 300}):
+        fake.clear()
+        response = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={**AUTH, **sent})
+        assert response.status_code == 200, response.text
+        (forwarded,) = fake.requests
+        assert forwarded.headers.get("x-request-id") == response.headers["x-request-id"], sent
+    assert response.headers["x-request-id"] != "x" * 300
+
+
 def test_a_malformed_chunked_body_is_a_json_400(gw: Kaixu) -> None:
     answer = raw_exchange(
         gw,

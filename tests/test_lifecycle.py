@@ -380,3 +380,60 @@ def test_with_byok_the_providers_401_reaches_the_client(workdir: Path) -> None:
             assert response.status_code == 401 and "Incorrect API key" in response.text
         finally:
             gateway.stop()
+
+
+def test_access_log_names_method_path_and_a_valid_key_even_for_an_unknown_endpoint(
+    fake: FakeProvider, workdir: Path
+) -> None:
+    gateway = Kaixu(workdir, policy_for(fake.base_url), args=("--access-log",)).start()
+    try:
+        auth = {"authorization": f"Bearer {TEST_KEY}"}
+        ok = chat(gateway.url)
+        unknown = httpx.post(gateway.url + "/v1/nope?key=secret-in-query", json={}, headers=auth, timeout=10)
+        assert unknown.status_code == 404
+        stranger = httpx.post(gateway.url + "/v1/nope", json={}, headers={"authorization": "Bearer sk-wrong"})
+        assert stranger.status_code == 404
+        wait_for(lambda: gateway.log().count("kaixu.access") == 3, 10, "three access log lines")
+    finally:
+        gateway.stop()
+    lines = {
+        line.split("kaixu.access: ")[1].split()[0]: line
+        for line in gateway.log().splitlines()
+        if "kaixu.access" in line
+    }
+    assert " POST /v1/chat/completions openai chat 200 " in lines[ok.headers["x-request-id"]]
+    line = lines[unknown.headers["x-request-id"]]
+    assert " POST /v1/nope openai - 404 " in line and "key=test" in line, line
+    assert "secret-in-query" not in gateway.log()
+    assert "key=-" in lines[stranger.headers["x-request-id"]]  # an invalid key names no one
+
+
+def test_root_answers_get_and_head_without_a_404(kaixu: Kaixu) -> None:
+    """Claude Code sends `HEAD /` to its base URL before it starts; a person may open the URL in a browser."""
+    got = httpx.get(kaixu.url + "/")
+    assert got.status_code == 200 and got.headers["x-request-id"]
+    body = got.json()
+    assert body["name"] == "kaixu" and body["version"] and "docs" in body
+    head = httpx.head(kaixu.url + "/")
+    assert head.status_code == 200 and head.content == b"" and head.headers["x-request-id"]
+    assert " 404 " not in kaixu.log()
+
+
+async def test_the_mock_puts_the_request_id_in_its_own_errors() -> None:
+    """The mock is kaixu's own provider: its errors carry the call's id (sent as x-request-id) like kaixu's."""
+    from kaixu.providers.mock import MOCK_ROUTE, LoopbackServer
+
+    server = LoopbackServer([MOCK_ROUTE])
+    url = server.start()
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"x-request-id": "req-42"}) as client:
+            answers = [
+                await client.post("/v1/chat/completions", content=b"{not json"),
+                await client.post("/v1/messages", json={"model": "m", "messages": [{"role": "bogus"}]}),
+                await client.post("/v1/nowhere", json={}),
+                await client.get("/v1/nowhere"),
+            ]
+    finally:
+        await server.stop()
+    assert [a.status_code for a in answers] == [400, 400, 404, 404]
+    assert all(a.json()["request_id"] == "req-42" for a in answers), [a.text for a in answers]

@@ -42,10 +42,16 @@ class Auth:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None:
+        if call is None:
             return
         key = presented_key(flow.request)
         policy = call.policy
+        if flow.response is not None:
+            # Refused on its head already (unknown endpoint, method, model name): the access log and the
+            # ledger still name a caller whose key is valid. Nothing else changes for the refused request.
+            if key is not None and call.operation != "local":
+                call.key = policy.keys.get(key_hash(key))
+            return
         if key is None:
             if policy.anonymous:
                 return

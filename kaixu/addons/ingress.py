@@ -47,7 +47,13 @@ class Ingress:
             flow.response = self._preflight(call, request)
             return
         path = request.path.split("?", 1)[0]
-        if path in HEALTH_PATHS and request.method == "GET":
+        if path == "/" and request.method in ("GET", "HEAD"):
+            # Claude Code sends HEAD to its base URL before it starts; a person may open the URL in a browser.
+            call.operation = "local"
+            flow.response = json_response(call, 200, self.about())
+            if request.method == "HEAD":
+                flow.response.content = b""
+        elif path in HEALTH_PATHS and request.method == "GET":
             call.operation = "local"
             flow.response = json_response(call, 200, self.health())
         elif path == "/queue/status" and request.method == "GET":
@@ -93,6 +99,15 @@ class Ingress:
             headers["access-control-allow-origin"] = origin
             headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd"
             headers["vary"] = "Origin"
+
+    def about(self) -> dict[str, object]:
+        """`GET /`: what this is and where to read on; nothing about the policy (no key needed)."""
+        return {
+            "name": "kaixu",
+            "version": self.gateway.version,
+            "docs": "docs/clients.md: point an OpenAI, Anthropic or Gemini SDK's base URL here",
+            "health": "/health",
+        }
 
     def health(self) -> dict[str, object]:
         policy = self.gateway.require_policy()

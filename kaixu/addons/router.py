@@ -239,6 +239,7 @@ class Router:
         headers.fields = tuple(forwarded)
         headers["host"] = request.host if request.port in (80, 443) else f"{request.host}:{request.port}"
         headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes
+        headers["x-request-id"] = call.request_id  # the provider's logs line up with kaixu's; the mock quotes it
         headers.update(auth_headers(call.upstream_format, key))
         if call.upstream_format == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = ANTHROPIC_VERSION

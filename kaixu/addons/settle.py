@@ -36,6 +36,11 @@ def replace_body(response: http.Response, body: object, status: int | None = Non
     response.headers["content-type"] = "application/json"
 
 
+def _path(request: http.Request) -> str:
+    """The path for the access log: without the query string (`?key=` may carry a credential), one line."""
+    return safe(request.path.partition("?")[0], 120)
+
+
 class Settle:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -54,7 +59,7 @@ class Settle:
                 body = error_json(call.front, call.request_id, 502, message, "api_error", "bad_upstream_response")
                 replace_body(response, body, status=502)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
-        self._count(call, call.relay_status or response.status_code, call.relay_error)
+        self._count(flow.request, call, call.relay_status or response.status_code, call.relay_error)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -64,11 +69,11 @@ class Settle:
         if fault is not None:
             # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
             call.client_disconnected = fault == CLIENT_CLOSED
-            self._count(call, fault, flow.error.msg)
+            self._count(flow.request, call, fault, flow.error.msg)
         elif flow.response is None:
-            self._count(call, 504 if call.timed_out else 502, flow.error.msg)
+            self._count(flow.request, call, 504 if call.timed_out else 502, flow.error.msg)
         else:  # the answer had started: a stream cut by the provider
-            self._count(call, flow.response.status_code, flow.error.msg)
+            self._count(flow.request, call, flow.response.status_code, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
         assert call.upstream_format is not None
@@ -112,7 +117,7 @@ class Settle:
         call.usage = answer.usage
         replace_body(response, fronts.encode_response(call.front, answer, call.seed_context))
 
-    def _count(self, call: Call, status: int, error: str | None) -> None:
+    def _count(self, request: http.Request, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":
             return
         if error:
@@ -129,8 +134,9 @@ class Settle:
             TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
         if access.isEnabledFor(logging.INFO):
             access.info(
-                "%s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
-                call.request_id, call.front, call.operation, status, elapsed * 1000, safe(call.model), provider,
+                "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
+                call.request_id, safe(request.method, 20), _path(request), call.front, call.operation or "-", status,
+                elapsed * 1000, safe(call.model) if call.model else "-", provider,
                 call.upstream_model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
                 call.key.name if call.key else "-", f" error={safe(error)!r}" if error else "",
             )  # fmt: skip

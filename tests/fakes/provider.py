@@ -29,6 +29,10 @@ definitions (``json.dumps(tools, separators=(",", ":"))`` of the request's own `
 Completion tokens = whitespace-separated words of the reply + 1, or for tool calls the sum of
 ``ceil(len(arguments_json) / 4)``.
 
+Tool calls: when the request offers tools and its last message is not a tool result, the fake calls the
+first tool (the first two when the user's text says "parallel") with ``{"echo": <user text>}``; a
+``<<call NAME {json}>>`` marker in the user's text makes it call tool NAME with those arguments instead.
+
 Run it standalone with ``python -m tests.fakes.provider --port 0 --port-file PATH``.
 """
 
@@ -126,6 +130,7 @@ _RUN_ID = os.urandom(4).hex()
 _COUNTER = itertools.count(1)
 _PARALLEL = re.compile(r"\bparallel\b", re.IGNORECASE)
 _WORD = re.compile(r"\S+")
+_CALL_MARKER = re.compile(r"<<call\s+(?P<name>[^\s>]+)(?P<args>.*?)>>", re.DOTALL)
 
 
 def _new_id(prefix: str) -> str:
@@ -192,9 +197,36 @@ class _Reply:
     completion_tokens: int
 
 
+def _marked_call(plan: _Plan) -> tuple[str, dict[str, Any]] | None:
+    """The tool and arguments a ``<<call NAME {json}>>`` marker in the user's text asks for, if any.
+
+    Why: a real agent (a coding CLI) validates a tool's arguments, so ``{"echo": ...}`` cannot make it
+    read a file; the marker lets a prompt say exactly which call the model makes. A tool the request does
+    not offer, or arguments that are not a JSON object, are the test's mistake: a 400 that says so."""
+    match = _CALL_MARKER.search(plan.user_text)
+    if match is None:
+        return None
+    name, raw = match["name"], match["args"].strip()
+    if name not in plan.tools:
+        raise _BadRequest(f"fake: <<call {name}>> names a tool this request does not offer: {plan.tools}")
+    try:
+        args = json.loads(raw) if raw else {}
+    except ValueError:
+        args = None
+    if not isinstance(args, dict):
+        raise _BadRequest(f"fake: the arguments of <<call {name}>> are not a JSON object: {raw!r}")
+    return name, args
+
+
 def _make_reply(plan: _Plan, call_prefix: str) -> _Reply:
     """Decide the reply: a tool call, a tool-result echo, a JSON echo or a plain echo."""
     if plan.tool_result is None and plan.tools:
+        marked = _marked_call(plan)
+        if marked is not None:
+            name, args = marked
+            arguments = json.dumps(args, ensure_ascii=False)
+            call = _ToolCall(name, args, arguments, _new_id(call_prefix))
+            return _Reply("", [call], "tool_calls", None, math.ceil(len(arguments) / 4))
         parallel = len(plan.tools) >= 2 and _PARALLEL.search(plan.user_text) is not None
         args = {"echo": plan.user_text}
         arguments = json.dumps(args, ensure_ascii=False)
