@@ -48,6 +48,9 @@ class Call:
     upstream_format: str | None = None
     canonical: ChatRequest | None = None
     """Set only when the request is translated between wire formats."""
+    dropped: list[str] = field(default_factory=list)
+    """Client fields a translated request left out (paths as the client spells them: `context_management`,
+    `messages[3].content[0].cache_control`, `headers.anthropic-beta`); answered as `x-kaixu-dropped`."""
     seed_context: SeedContext | None = None
     """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
     usage: Usage | None = None

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -142,3 +143,23 @@ class Kaixu:
 
     def health(self) -> dict[str, Any]:
         return httpx.get(self.url + "/health").json()
+
+
+def ledger(gateway: Kaixu, request_id: str, file: str = "ledger.db") -> dict[str, Any] | None:
+    """The ledger row of a request, read from the gateway's SQLite file (`store: {sqlite: ledger.db}`)."""
+    path = gateway.workdir / file
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return dict(row) if row is not None else None
+
+
+def ledger_row(gateway: Kaixu, request_id: str) -> dict[str, Any]:
+    """The ledger row of a request, once the batched writer has stored it."""
+    wait_for(lambda: ledger(gateway, request_id) is not None, 10, f"ledger record {request_id}")
+    row = ledger(gateway, request_id)
+    assert row is not None
+    return row

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, policy_for, wait_for
+from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}
@@ -34,24 +33,6 @@ def gw(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     gateway = Kaixu(tmp_path_factory.mktemp("hardening"), policy, args=("--access-log",)).start()
     yield gateway
     gateway.stop()
-
-
-def ledger(gateway: Kaixu, request_id: str) -> dict[str, Any] | None:
-    path = gateway.workdir / "ledger.db"
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
-    except sqlite3.OperationalError:
-        return None
-    return dict(row) if row is not None else None
-
-
-def ledger_row(gateway: Kaixu, request_id: str) -> dict[str, Any]:
-    wait_for(lambda: ledger(gateway, request_id) is not None, 10, f"ledger record {request_id}")
-    row = ledger(gateway, request_id)
-    assert row is not None
-    return row
 
 
 def answer_complete(received: bytes) -> bool:

@@ -255,6 +255,13 @@ def test_retries_on_status_is_the_status_list() -> None:
     assert "on_status" in lines_of(BASE + "retries: {on_status: [200]}\n")[0]
 
 
+def test_translation_unsupported_is_drop_unless_the_policy_says_reject() -> None:
+    assert parse_policy(BASE).translation.unsupported == "drop"
+    assert parse_policy(BASE + "translation: {unsupported: reject}\n").translation.unsupported == "reject"
+    [problem] = lines_of(BASE + "translation: {unsupported: ignore}\n")
+    assert problem == 'line 6: translation.unsupported: must be one of "drop", "reject", got "ignore"'
+
+
 # --- messages in JSON's words, never Python's ----------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from mitmproxy import http
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import json_response
 from kaixu.call import Call, attach, get_call
+from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition
 
@@ -94,10 +95,12 @@ class Ingress:
         headers = flow.response.headers
         headers["x-request-id"] = call.request_id
         headers["x-kaixu-request-id"] = call.request_id
+        if call.dropped:
+            headers["x-kaixu-dropped"] = summary(call.dropped)
         origin = call.cors_origin
         if origin:
             headers["access-control-allow-origin"] = origin
-            headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd"
+            headers["access-control-expose-headers"] = "x-request-id, x-kaixu-request-id, x-cost-usd, x-kaixu-dropped"
             headers["vary"] = "Origin"
 
     def about(self) -> dict[str, object]:

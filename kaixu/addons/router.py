@@ -16,7 +16,7 @@ from mitmproxy import http
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
-from kaixu.formats import FormatError, embeddings, estimate_tokens, fronts, get_codec
+from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
@@ -40,6 +40,10 @@ FORWARDED_HEADERS = frozenset(
         b"x-request-id",
     }
 )
+#: Headers only their own vendor's API reads: a provider of another format never gets them. The beta ones
+#: switch features on, so losing them is reported (`x-kaixu-dropped`), as `headers.NAME`.
+VENDOR_HEADERS = {b"anthropic-version": "anthropic", b"anthropic-beta": "anthropic", b"openai-beta": "openai"}
+_REPORTED_HEADERS = ("anthropic-beta", "openai-beta")
 # Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
 # Headers httpx sets itself when the relay makes the upstream request.
@@ -154,7 +158,9 @@ class Router:
             url = endpoint_url(
                 provider, call.upstream_format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
+            self._account_losses(flow, call)
         except FormatError as exc:
+            call.dropped = []  # nothing was sent, so nothing was dropped
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
             return
         except UnsupportedOperation as exc:
@@ -200,7 +206,22 @@ class Router:
         canonical = self._decode(call)
         canonical.model = call.upstream_model
         call.canonical = canonical
-        return get_codec(call.upstream_format).encode_request(canonical)
+        codec = get_codec(call.upstream_format)
+        call.dropped = codec.dropped_fields(canonical)
+        return codec.encode_request(canonical)
+
+    @staticmethod
+    def _account_losses(flow: http.HTTPFlow, call: Call) -> None:
+        """Add the vendor headers the provider will not get to what is dropped; under
+        `translation.unsupported: reject`, refuse the request instead of dropping anything."""
+        headers = flow.request.headers
+        call.dropped += [
+            f"headers.{name}"
+            for name in _REPORTED_HEADERS
+            if name in headers and VENDOR_HEADERS[name.encode()] != call.upstream_format
+        ]
+        if call.dropped and call.policy.translation.unsupported == "reject":
+            raise droppable.refusal(call.dropped, call.upstream_format or "")
 
     def _decode(self, call: Call) -> Any:
         assert call.body is not None
@@ -235,7 +256,12 @@ class Router:
         headers = request.headers
         # Only what a provider needs leaves kaixu: never cookies, proxy credentials, the client's own keys
         # (api-key, authorization, ...), forwarding headers or anything else a client happened to send.
-        forwarded = [(k, v) for k, v in headers.fields if k.lower() in FORWARDED_HEADERS]
+        fmt = call.upstream_format
+        forwarded = [
+            (k, v)
+            for k, v in headers.fields
+            if k.lower() in FORWARDED_HEADERS and VENDOR_HEADERS.get(k.lower(), fmt) == fmt
+        ]
         headers.fields = tuple(forwarded)
         headers["host"] = request.host if request.port in (80, 443) else f"{request.host}:{request.port}"
         headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes

@@ -16,6 +16,7 @@ from kaixu import mitm
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, fronts, get_codec
+from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import LATENCY, REQUESTS, TOKENS
@@ -161,5 +162,6 @@ class Settle:
                     error=error,
                     attributes=json.dumps(call.attributes, separators=(",", ":")) if call.attributes else None,
                     client_disconnected=int(call.client_disconnected),
+                    dropped=summary(call.dropped) if call.dropped else None,
                 )
             )

@@ -77,6 +77,18 @@ class ClientLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class TranslationPolicy:
+    """`translation:`: what happens to a client field the provider's format cannot carry.
+
+    Only fields that tune the client's vendor's own machinery (prompt caching, context editing, capacity tiers...,
+    `kaixu/formats/droppable.py`) are ever dropped; a field that would change the answer is refused either way.
+    """
+
+    unsupported: Literal["drop", "reject"] = "drop"
+    """`drop`: forward without them, listed in `x-kaixu-dropped` and the ledger; `reject`: refuse with a 400."""
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     digest: str
     raw: dict[str, Any]
@@ -96,6 +108,7 @@ class Policy:
     ca_file: str | None = None
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
     limits: ClientLimits = field(default_factory=ClientLimits)
+    translation: TranslationPolicy = field(default_factory=TranslationPolicy)
     redactor: Redactor = field(default_factory=Redactor)
     """Scrubs every configured provider key (and credential-shaped text) from what kaixu passes on."""
     warnings: tuple[str, ...] = ()
@@ -292,6 +305,7 @@ def build_policy(
         fronts=dict(data.get("fronts") or {}),
         ca_file=None if ca_file is None else _ca_path(ca_file, base_dir),
         redactor=Redactor(p.api_key for p in providers.values()),
+        translation=TranslationPolicy(unsupported=(data.get("translation") or {}).get("unsupported", "drop")),
         limits=ClientLimits(
             client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
             client_idle_timeout_s=float(limits.get("client_idle_timeout_s", 60)),

@@ -175,49 +175,6 @@ def safe_id(text: str) -> str:
 # --- extras and raw parts ------------------------------------------------------------
 
 
-def _always(_: Any) -> bool:
-    return True
-
-
-#: Source-format fields another format may drop without changing the answer. Anything
-#: not listed here makes a cross-format encode raise ``UnsupportedFeature``.
-HARMLESS_EXTRA: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "openai": {
-        "n": lambda v: v in (None, 1),
-        "logprobs": lambda v: not v,
-        "store": _always,
-        "metadata": _always,
-        "service_tier": _always,
-        "prompt_cache_key": _always,
-        "prompt_cache_retention": _always,
-        "safety_identifier": _always,
-        "stream_options.include_obfuscation": _always,
-    },
-    "anthropic": {
-        "metadata": _always,
-        "service_tier": _always,
-        "cache_control": _always,
-    },
-    "gemini": {
-        "generationConfig.candidateCount": lambda v: v in (None, 1),
-        "generationConfig.responseModalities": lambda v: v in (None, ["TEXT"], ["text"]),
-        "labels": _always,
-    },
-}
-
-
-def check_foreign_extra(req: ChatRequest, target: str) -> None:
-    """Refuse to silently drop fields of another format that ``target`` cannot express."""
-    for source, fields in req.extra.items():
-        if source == target:
-            continue
-        harmless = HARMLESS_EXTRA.get(source, {})
-        for key, value in fields.items():
-            allowed = harmless.get(key)
-            if allowed is None or not allowed(value):
-                raise UnsupportedFeature(key, f"{source} field not supported by the {target} format")
-
-
 def merge_extra(body: JSON, req: ChatRequest, target: str) -> None:
     """Same-format forwarding of ``extra``: dotted keys go one level down, lists extend."""
     for key, value in req.extra.get(target, {}).items():

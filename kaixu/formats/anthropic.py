@@ -14,13 +14,23 @@ Decisions worth knowing:
   not a JSON object cannot be expressed and raise ``FormatError``.
 * JSON mode: ``json_schema`` maps to ``output_config.format`` (structured outputs).
   Schema-less ``json_object`` has no equivalent and raises ``UnsupportedFeature``.
-* ``user`` maps to ``metadata.user_id``. ``cache_control`` markers are not part of
-  the canonical model and are dropped when translating to another format (harmless:
-  caching only changes cost); same-format traffic is passed through untouched.
+* ``user`` maps to ``metadata.user_id``. ``cache_control`` markers (on blocks, system
+  blocks, system messages, tools) are not part of the canonical model: the decoder lists
+  their paths in ``ChatRequest.unmodeled`` and a translated request drops them, with the
+  other fields on ``droppable.ANTHROPIC`` (``context_management``, ``service_tier`` ...).
+  Same-format traffic is passed through untouched.
+* Mid-conversation system messages (``{"role": "system", "content": string or text
+  blocks}`` inside ``messages``) become canonical ``system`` messages at their position.
+  Encoded for Anthropic, canonical system messages (an OpenAI system message after the
+  first turn) are appended, in order, to the top-level ``system``: Anthropic takes
+  ``role: system`` in ``messages`` only on its newest models and only in some places
+  (after a user turn, before an assistant turn), which a translated request cannot know.
+* JSON schemas get ``additionalProperties: false`` on every object that does not say
+  otherwise (``schema.closed_objects``): structured outputs refuse open objects.
 * Thinking blocks in the history are kept as droppable ``RawPart``s; documents,
   server-tool blocks and file images are kept as non-droppable ones.
 * ``presence_penalty``/``frequency_penalty`` cannot be expressed; ``seed`` is
-  dropped (Anthropic sampling cannot be seeded, and a seed never changes meaning).
+  dropped and reported (Anthropic sampling cannot be seeded).
 """
 
 from __future__ import annotations
@@ -31,7 +41,6 @@ from typing import Any
 from ._common import (
     JSON,
     SSEStreamDecoder,
-    check_foreign_extra,
     decode_error_body,
     dumps,
     expect_dict,
@@ -72,7 +81,9 @@ from .canonical import (
     Usage,
     UsageUpdate,
 )
+from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
+from .schema import closed_objects
 
 NAME = "anthropic"
 DEFAULT_MAX_TOKENS = 4096
@@ -256,6 +267,16 @@ def _decode_assistant(content: Any, path: str) -> Message:
     return msg
 
 
+def _decode_system_message(content: Any, path: str) -> Message:
+    """A mid-conversation system message: text only, as a string or text blocks (joined as ``system`` is)."""
+    texts = []
+    for j, block in enumerate(_decode_blocks(content, path)):
+        if block.get("type") != "text":
+            raise FormatError(f"{path}[{j}].type", "system messages can only contain text blocks")
+        texts.append(req_str(block, "text", f"{path}[{j}]"))
+    return Message("system", [TextPart("\n\n".join(texts))])
+
+
 def _decode_messages(raw: Any) -> list[Message]:
     out: list[Message] = []
     for i, msg in enumerate(expect_list(raw, "messages")):
@@ -268,8 +289,48 @@ def _decode_messages(raw: Any) -> list[Message]:
             out += _decode_user(msg["content"], f"{path}.content")
         elif role == "assistant":
             out.append(_decode_assistant(msg["content"], f"{path}.content"))
+        elif role == "system":
+            out.append(_decode_system_message(msg["content"], f"{path}.content"))
         else:
-            raise FormatError(f"{path}.role", "must be one of user, assistant")
+            raise FormatError(f"{path}.role", "must be one of user, assistant, system")
+    return out
+
+
+#: Tool fields that only tune Anthropic's own tool machinery (all on ``droppable.ANTHROPIC``).
+_TOOL_TUNING = ("cache_control", "defer_loading", "eager_input_streaming")
+_CACHE = "cache_control"
+
+
+def _unmodeled(body: JSON) -> list[str]:
+    """Paths of the fields inside repeated elements that the canonical model does not carry.
+
+    Runs on a body the decoder has validated, in one walk, so that decoding itself stays a description of
+    the format; a path is only built for a field that is there (an agent's history has thousands of blocks).
+    """
+    out: list[str] = []
+    system = body.get("system")
+    if isinstance(system, list):
+        out += [f"system[{i}].{_CACHE}" for i, block in enumerate(system) if block.get(_CACHE) is not None]
+    for i, msg in enumerate(body["messages"]):
+        if msg.get(_CACHE) is not None:
+            out.append(f"messages[{i}].{_CACHE}")
+        content = msg.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, block in enumerate(content):
+            if block.get(_CACHE) is not None:
+                out.append(f"messages[{i}].content[{j}].{_CACHE}")
+            inner = block.get("content") if block.get("type") == "tool_result" else None
+            if isinstance(inner, list):
+                out += [
+                    f"messages[{i}].content[{j}].content[{k}].{_CACHE}"
+                    for k, sub in enumerate(inner)
+                    if sub.get(_CACHE) is not None
+                ]
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if tool.get("type", "custom") == "custom":  # server tools travel whole, in ``extra``
+            out += [f"tools[{i}].{key}" for key in _TOOL_TUNING if tool.get(key) is not None]
     return out
 
 
@@ -366,6 +427,8 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         user=opt_str(metadata, "user_id", "metadata"),
         include_usage=True,  # Anthropic streams always carry usage
         extra={NAME: extra} if extra else {},
+        unmodeled=_unmodeled(body),
+        source=NAME,
     )
 
 
@@ -419,6 +482,8 @@ def _encode_messages(messages: list[Message]) -> list[JSON]:
         path = f"messages[{i}]"
         if msg.role == "tool":
             pending.append(_encode_tool_result(msg, path))
+        elif msg.role == "system":
+            continue  # in the top-level system (``_system``)
         elif msg.role == "user":
             content = _encode_user(msg, path)
             if pending:
@@ -475,16 +540,29 @@ def _check_expressible(req: ChatRequest) -> None:
         raise UnsupportedFeature("response_format.json_schema.schema", "Anthropic JSON output needs a schema")
 
 
+def _system(req: ChatRequest) -> str | None:
+    """The top-level system: the system prompt, then the canonical system messages in order."""
+    texts = [m.text() for m in req.messages if m.role == "system"]
+    if not texts:
+        return req.system
+    return "\n\n".join([req.system, *texts] if req.system is not None else texts)
+
+
+def dropped_fields(req: ChatRequest) -> list[str]:
+    return losses(req, NAME, ["seed"] if req.seed is not None else [])
+
+
 def encode_request(req: ChatRequest) -> JSON:
-    check_foreign_extra(req, NAME)
+    dropped_fields(req)
     _check_expressible(req)
     body: JSON = {
         "model": req.model,
         "max_tokens": req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS,
         "messages": _encode_messages(req.messages),
     }
-    if req.system is not None:
-        body["system"] = req.system
+    system = _system(req)
+    if system is not None:
+        body["system"] = system
     optional: list[tuple[str, Any]] = [
         ("temperature", req.temperature),
         ("top_p", req.top_p),
@@ -501,7 +579,8 @@ def encode_request(req: ChatRequest) -> JSON:
     if tool_choice is not None:
         body["tool_choice"] = tool_choice
     if req.response_format is not None and req.response_format.type == "json_schema":
-        body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.schema}}
+        schema = closed_objects(req.response_format.schema)
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     merge_extra(body, req, NAME)
@@ -765,6 +844,9 @@ class AnthropicCodec:
 
     def encode_request(self, req: ChatRequest) -> JSON:
         return encode_request(req)
+
+    def dropped_fields(self, req: ChatRequest) -> list[str]:
+        return dropped_fields(req)
 
     def decode_response(self, body: JSON) -> ChatResponse:
         return decode_response(body)

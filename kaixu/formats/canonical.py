@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-Role = Literal["user", "assistant", "tool"]
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
 
@@ -73,7 +73,12 @@ class ToolCall:
 
 @dataclass(slots=True)
 class Message:
-    """One turn. A tool result is ``role="tool"`` with ``tool_call_id`` set."""
+    """One turn. A tool result is ``role="tool"`` with ``tool_call_id`` set.
+
+    ``role="system"`` is a system instruction at that point of the conversation (Anthropic's mid-conversation
+    system messages, an OpenAI system message after the first turn): it applies from there on, and its text
+    parts are all it has. The system prompt before the whole conversation is ``ChatRequest.system``.
+    """
 
     role: Role
     parts: list[Part] = field(default_factory=list)
@@ -104,6 +109,12 @@ ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 @dataclass(slots=True)
 class ResponseFormat:
+    """What the answer must look like: plain text, any JSON object, or JSON valid against ``schema``.
+
+    ``schema`` is standard JSON Schema whatever the client sent (Gemini's upper-case dialect is converted on
+    decode, ``kaixu/formats/schema.py``); each encoder writes it in its format's field.
+    """
+
     type: Literal["text", "json_object", "json_schema"]
     schema: dict[str, Any] | None = None
     name: str | None = None
@@ -118,8 +129,14 @@ class ChatRequest:
     ``extra`` keeps top-level fields the canonical model does not cover, keyed by
     the format they came from (``{"openai": {"logprobs": True}}``); nested ones use
     a dotted key (``"generationConfig.thinkingConfig"``). The same-format encoder
-    forwards them; any other encoder raises ``UnsupportedFeature`` for fields not
-    on its documented allow-list of harmless ones.
+    forwards them; any other encoder drops the ones on their format's table in
+    ``droppable`` and raises ``UnsupportedFeature`` for the others.
+
+    ``unmodeled`` lists the paths of fields inside repeated elements that the
+    canonical model does not carry (``messages[3].content[0].cache_control``), all
+    of them on the source format's droppable table: a translated request loses them.
+    ``source`` is the wire format the request was decoded from (None when it was
+    built in code), which says how the client spells what a target leaves out.
     """
 
     model: str
@@ -141,6 +158,8 @@ class ChatRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unmodeled: list[str] = field(default_factory=list)
+    source: str | None = None
 
 
 @dataclass(slots=True)

@@ -16,9 +16,17 @@ Decisions worth knowing:
   to text and ``is_error``; any other ``response`` object becomes its JSON text.
   A result whose text is a JSON object is sent as that object.
 * Tools and JSON schemas are sent as ``parametersJsonSchema`` / ``responseJsonSchema``
-  (plain JSON Schema, which is what OpenAI and Anthropic clients have); on decode the
-  OpenAPI-style ``parameters`` / ``responseSchema`` are accepted, their upper-case
-  type names lower-cased.
+  (plain JSON Schema, which is what OpenAI and Anthropic clients have). On decode all
+  four fields go through ``schema.from_gemini``: the OpenAPI-style dialect (upper-case
+  types, ``nullable``, ``propertyOrdering``), which the Gemini CLI also writes in
+  ``responseJsonSchema``, becomes standard JSON Schema.
+* Gemini has one system instruction, before the conversation. A canonical ``system``
+  message at a later position (an Anthropic mid-conversation system message) becomes a
+  user text part at that position, marked ``<system>...</system>`` (``SYSTEM_MARK``),
+  joined to the user turn it follows. Not appended to ``systemInstruction``: the
+  instruction applies from its position on (it may speak of what came just before),
+  and ``systemInstruction`` heads the cached prefix (implicit caching, ``cachedContent``)
+  that a client adds a mid-conversation message precisely not to change.
 * Gemini rejects empty text parts and empty turns, so requests skip them (an OpenAI
   ``content: ""`` says nothing anyway).
 * Gemini reports ``STOP`` even when it called functions; we report ``tool_calls``
@@ -27,8 +35,10 @@ Decisions worth knowing:
   rejects a replayed function call without a signature, so the first call of each
   model turn is sent with Google's documented ``skip_thought_signature_validator``
   sentinel (older models ignore it).
-  ``parallel_tool_calls=False`` cannot be expressed; ``user`` is dropped (Gemini
-  has no end-user field, and it never changes the answer).
+  ``parallel_tool_calls=False`` cannot be expressed and ``user`` has no field (Gemini
+  has no end-user id): both are dropped and reported (``droppable``).
+* ``cachedContent`` is refused across formats: the cache holds part of the prompt,
+  which another provider would never see.
 * Streams have two framings: SSE (``?alt=sse``, what the SDKs ask for) and, without
   it, one JSON array streamed element by element (``JsonArrayFraming``). Providers
   are always asked for SSE; a client that wants the array gets the provider's
@@ -45,7 +55,6 @@ from ._common import (
     GOOGLE_STATUS_TYPES,
     JSON,
     SSEStreamDecoder,
-    check_foreign_extra,
     decode_error_body,
     dumps,
     expect_dict,
@@ -84,11 +93,15 @@ from .canonical import (
     Usage,
     UsageUpdate,
 )
+from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
+from .schema import from_gemini
 
 NAME = "gemini"
 #: Google's documented sentinel for replayed function calls whose thought signature is unknown.
 SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
+#: How a system message at a position of the conversation reads in a user turn.
+SYSTEM_MARK = "<system>\n{}\n</system>"
 
 _KNOWN_REQUEST_KEYS = frozenset({"contents", "systemInstruction", "generationConfig", "tools", "toolConfig"})
 _KNOWN_GENERATION_KEYS = frozenset(
@@ -163,15 +176,6 @@ def _g(obj: JSON, key: str) -> Any:
     """``obj[key]`` accepting the snake_case spelling the REST API also takes."""
     value = obj.get(key)
     return obj.get(_snake(key)) if value is None else value
-
-
-def _lower_types(schema: Any) -> Any:
-    """OpenAPI-style schema (``"type": "OBJECT"``) -> JSON Schema spelling."""
-    if isinstance(schema, dict):
-        return {k: (v.lower() if k == "type" and isinstance(v, str) else _lower_types(v)) for k, v in schema.items()}
-    if isinstance(schema, list):
-        return [_lower_types(v) for v in schema]
-    return schema
 
 
 def _finish(raw: Any, has_tool_calls: bool) -> FinishReason:
@@ -342,9 +346,10 @@ def _decode_declaration(decl: Any, path: str) -> Tool:
     if not isinstance(name, str):
         raise FormatError(f"{path}.name", "is required")
     description = decl.get("description")
-    schema = _g(decl, "parametersJsonSchema")
-    if schema is None and decl.get("parameters") is not None:
-        schema = _lower_types(expect_dict(decl["parameters"], f"{path}.parameters"))
+    key = "parametersJsonSchema" if _g(decl, "parametersJsonSchema") is not None else "parameters"
+    schema = _g(decl, key)
+    if schema is not None:
+        schema = from_gemini(expect_dict(schema, f"{path}.{key}"))
     return Tool(name, description if isinstance(description, str) else None, schema or {})
 
 
@@ -388,20 +393,20 @@ def _decode_tool_config(raw: Any, extra: JSON) -> ToolChoice | None:
 
 def _decode_response_format(config: JSON, extra: JSON) -> ResponseFormat | None:
     mime = _g(config, "responseMimeType")
-    schema = _g(config, "responseJsonSchema")
-    if schema is None and _g(config, "responseSchema") is not None:
-        schema = _lower_types(_g(config, "responseSchema"))
+    key = "responseJsonSchema" if _g(config, "responseJsonSchema") is not None else "responseSchema"
+    schema = _g(config, key)
     if mime is None and schema is None:
         return None
     if mime == "text/plain" and schema is None:
         return ResponseFormat("text")
-    if mime == "application/json":
+    if mime in ("application/json", None):  # a schema without a MIME type can only mean JSON
         if schema is None:
             return ResponseFormat("json_object")
-        return ResponseFormat("json_schema", schema=expect_dict(schema, "generationConfig.responseJsonSchema"))
+        schema = from_gemini(expect_dict(schema, f"generationConfig.{key}"))
+        return ResponseFormat("json_schema", schema=schema)
     extra["generationConfig.responseMimeType"] = mime  # e.g. text/x.enum: Gemini only
     if schema is not None:
-        extra["generationConfig.responseJsonSchema"] = schema
+        extra[f"generationConfig.{key}"] = schema
     return None
 
 
@@ -439,6 +444,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         presence_penalty=opt_num(config, "presencePenalty", gc),
         frequency_penalty=opt_num(config, "frequencyPenalty", gc),
         extra={NAME: extra} if extra else {},
+        source=NAME,
     )
 
 
@@ -501,6 +507,16 @@ def _encode_contents(messages: list[Message]) -> list[JSON]:
         if msg.role == "tool":
             pending.append(_function_response(msg, names, path))
             continue
+        if msg.role == "system":
+            marked = {"text": SYSTEM_MARK.format(msg.text())}
+            if pending:
+                out.append({"role": "user", "parts": [*pending, marked]})
+                pending = []
+            elif out and out[-1]["role"] == "user":
+                out[-1]["parts"].append(marked)
+            else:
+                out.append({"role": "user", "parts": [marked]})
+            continue
         if msg.role == "user":
             out.append({"role": "user", "parts": pending + _request_parts(msg.parts, path)})
             pending = []
@@ -561,10 +577,15 @@ def _generation_config(req: ChatRequest) -> JSON:
     return config
 
 
-def encode_request(req: ChatRequest) -> JSON:
-    check_foreign_extra(req, NAME)
+def dropped_fields(req: ChatRequest) -> list[str]:
+    lost = ["user"] if req.user is not None else []
     if req.parallel_tool_calls is False and req.tools:
-        raise UnsupportedFeature("parallel_tool_calls", "Gemini cannot be told to avoid parallel function calls")
+        lost.append("parallel_tool_calls")  # Gemini cannot be told to avoid parallel function calls
+    return losses(req, NAME, lost)
+
+
+def encode_request(req: ChatRequest) -> JSON:
+    dropped_fields(req)
     body: JSON = {"contents": _encode_contents(req.messages)}
     if req.system is not None:
         body["systemInstruction"] = {"parts": [{"text": req.system}]}
@@ -880,6 +901,9 @@ class GeminiCodec:
 
     def encode_request(self, req: ChatRequest) -> JSON:
         return encode_request(req)
+
+    def dropped_fields(self, req: ChatRequest) -> list[str]:
+        return dropped_fields(req)
 
     def decode_response(self, body: JSON) -> ChatResponse:
         return decode_response(body)

@@ -2,8 +2,11 @@
 
 Decisions worth knowing:
 
-* ``system`` and ``developer`` messages anywhere in the list are joined (blank line
-  between) into ``ChatRequest.system``; their position is not kept.
+* ``system`` and ``developer`` messages before the first other message are joined
+  (blank line between) into ``ChatRequest.system``; a later one is a canonical
+  ``system`` message at its position, and is encoded back as a ``system`` message
+  there (``system`` rather than ``developer``: OpenAI reads both alike, and
+  OpenAI-compatible servers know ``system``).
 * Requests are encoded with ``max_completion_tokens`` (``max_tokens`` is deprecated and
   rejected by reasoning models); both are accepted on decode.
 * A streamed request to OpenAI always asks for ``stream_options.include_usage`` so the
@@ -15,7 +18,8 @@ Decisions worth knowing:
 * Tool results have no error flag in this format: ``Message.is_error`` is dropped and
   the text is sent as is. Images in tool results cannot be expressed.
 * The canonical ``error`` finish reason has no OpenAI equivalent and is sent as ``stop``.
-* Allow-listed harmless fields from other formats: see ``_common.HARMLESS_EXTRA``.
+* Fields of other formats that only tune their vendor's machinery are dropped and
+  reported (``droppable``); any other field this format cannot express is a 400.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from typing import Any
 from ._common import (
     JSON,
     SSEStreamDecoder,
-    check_foreign_extra,
     data_url,
     decode_error_body,
     dumps,
@@ -68,6 +71,7 @@ from .canonical import (
     Usage,
     UsageUpdate,
 )
+from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
 
 NAME = "openai"
@@ -195,14 +199,13 @@ def _decode_tool_calls(raw: Any, path: str) -> list[ToolCall]:
     return calls
 
 
-def _decode_message(raw: Any, path: str, system: list[str]) -> Message | None:
+def _decode_message(raw: Any, path: str) -> Message:
     msg = expect_dict(raw, path)
     role = msg.get("role")
     content = msg.get("content")
     if role in ("system", "developer"):
         parts = _decode_content(content, f"{path}.content")
-        system.append("\n\n".join(p.text for p in parts if isinstance(p, TextPart)))
-        return None
+        return Message("system", [TextPart("\n\n".join(p.text for p in parts if isinstance(p, TextPart)))])
     if role == "user":
         return Message("user", _decode_content(content, f"{path}.content"), name=opt_str(msg, "name", path))
     if role == "assistant":
@@ -298,11 +301,13 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
     if "messages" not in body:
         raise FormatError("messages", "is required")
     system: list[str] = []
-    messages = [
-        m
-        for i, raw in enumerate(expect_list(body["messages"], "messages"))
-        if (m := _decode_message(raw, f"messages[{i}]", system)) is not None
-    ]
+    messages: list[Message] = []
+    for i, raw in enumerate(expect_list(body["messages"], "messages")):
+        msg = _decode_message(raw, f"messages[{i}]")
+        if msg.role == "system" and not messages:  # before the conversation: the system prompt
+            system.append(msg.text())
+        else:
+            messages.append(msg)
     extra: JSON = {k: v for k, v in body.items() if k not in _KNOWN_REQUEST_KEYS}
     max_tokens = opt_int(body, "max_completion_tokens")
     return ChatRequest(
@@ -324,6 +329,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         presence_penalty=opt_num(body, "presence_penalty"),
         frequency_penalty=opt_num(body, "frequency_penalty"),
         extra={NAME: extra} if extra else {},
+        source=NAME,
     )
 
 
@@ -377,6 +383,8 @@ def _encode_tool_call(call: ToolCall) -> JSON:
 
 
 def _encode_message(msg: Message, path: str) -> JSON:
+    if msg.role == "system":
+        return {"role": "system", "content": msg.text()}
     if msg.role == "user":
         out: JSON = {"role": "user", "content": _encode_user_content(msg.parts, path)}
     elif msg.role == "assistant":
@@ -423,8 +431,12 @@ def _encode_response_format(rf: ResponseFormat) -> JSON:
     return {"type": "json_schema", "json_schema": spec}
 
 
+def dropped_fields(req: ChatRequest) -> list[str]:
+    return losses(req, NAME)
+
+
 def encode_request(req: ChatRequest) -> JSON:
-    check_foreign_extra(req, NAME)
+    dropped_fields(req)
     if req.top_k is not None:
         raise UnsupportedFeature("top_k", "OpenAI has no top_k sampling parameter")
     messages: list[JSON] = [{"role": "system", "content": req.system}] if req.system is not None else []
@@ -684,6 +696,9 @@ class OpenAICodec:
 
     def encode_request(self, req: ChatRequest) -> JSON:
         return encode_request(req)
+
+    def dropped_fields(self, req: ChatRequest) -> list[str]:
+        return dropped_fields(req)
 
     def decode_response(self, body: JSON) -> ChatResponse:
         return decode_response(body)

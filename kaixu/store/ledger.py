@@ -51,6 +51,8 @@ class LedgerRecord:
     """JSON of what the client said about itself: app, build, install id, team/project ids (seed APIs)."""
     client_disconnected: int = 0
     """1 when the client went away before its answer was complete (status 499)."""
+    dropped: str | None = None
+    """The client fields a translated request left out, comma-separated (the `x-kaixu-dropped` header)."""
 
 
 class StoreUnavailable(Exception):

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT, ts REAL, front TEXT, operation TEXT, key_name TEXT, team TEXT, model TEXT,
     provider TEXT, upstream_model TEXT, status INTEGER, stream INTEGER, input_tokens INTEGER,
     output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT, attributes TEXT,
-    client_disconnected INTEGER
+    client_disconnected INTEGER, dropped TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """

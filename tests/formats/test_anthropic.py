@@ -80,6 +80,8 @@ CANONICAL = ChatRequest(
     user="user-42",
     include_usage=True,
     extra={"anthropic": {"thinking": {"type": "enabled", "budget_tokens": 2048}}},
+    unmodeled=["system[1].cache_control"],
+    source="anthropic",
 )
 
 
@@ -118,8 +120,9 @@ def test_structured_output_maps_to_output_config() -> None:
     req = ChatRequest(model="m", messages=[Message("user", [TextPart("hi")])])
     req.response_format = ResponseFormat("json_schema", WEATHER_SCHEMA, "weather")
     body = codec.encode_request(req)
-    assert body["output_config"] == {"format": {"type": "json_schema", "schema": WEATHER_SCHEMA}}
-    assert codec.decode_request(body).response_format == ResponseFormat("json_schema", WEATHER_SCHEMA)
+    closed = {**WEATHER_SCHEMA, "additionalProperties": False}  # structured outputs refuse open objects
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": closed}}
+    assert codec.decode_request(body).response_format == ResponseFormat("json_schema", closed)
 
 
 def test_history_thinking_documents_and_server_tools_are_kept_for_anthropic() -> None:

@@ -15,7 +15,6 @@ from kaixu.formats.canonical import (
     ResponseFormat,
     StreamError,
     TextPart,
-    Tool,
     ToolCall,
 )
 from kaixu.formats.fronts import error_body
@@ -80,7 +79,11 @@ def test_openai_malformed(body: Any, field: str) -> None:
     [
         ({"max_tokens": 5, "messages": [USER]}, "model"),
         ({"model": "m", "messages": "hi"}, "messages"),
-        ({"model": "m", "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "developer", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": "m", "messages": [USER, {"role": "system", "content": [{"type": "image"}]}]},
+            "messages[1].content[0].type",
+        ),
         ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
         (
             {"model": "m", "messages": [{"role": "user", "content": [{"type": "gif"}]}]},
@@ -165,11 +168,11 @@ def test_harmless_openai_fields_are_dropped(target: str) -> None:
 def test_gemini_only_fields() -> None:
     body = {
         "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-        "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+        "cachedContent": "cachedContents/abc",  # part of the prompt lives in Google's cache
     }
     req = get_codec("gemini").decode_request(body, model="g")
-    assert unsupported("openai", req).field == "safetySettings"
-    assert unsupported("anthropic", req).field == "safetySettings"
+    assert unsupported("openai", req).field == "cachedContent"
+    assert unsupported("anthropic", req).field == "cachedContent"
     req = get_codec("gemini").decode_request(
         {"contents": [], "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}, model="g"
     )
@@ -222,10 +225,6 @@ def test_canonical_features_a_target_cannot_express() -> None:
         "response_format"
     )
     assert unsupported("anthropic", ChatRequest("m", msgs, presence_penalty=0.5)).field == "presence_penalty"
-    tools = [Tool("f", None, {"type": "object"})]
-    assert unsupported("gemini", ChatRequest("m", msgs, tools=tools, parallel_tool_calls=False)).field == (
-        "parallel_tool_calls"
-    )
     image_result = [
         *msgs,
         Message("assistant", [], [ToolCall("c1", "f", "{}")]),

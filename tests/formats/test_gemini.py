@@ -86,6 +86,7 @@ CANONICAL = ChatRequest(
             "generationConfig.thinkingConfig": {"thinkingBudget": 1024},
         }
     },
+    source="gemini",
 )
 
 

@@ -81,6 +81,7 @@ CANONICAL = ChatRequest(
     include_usage=True,
     seed=7,
     extra={"openai": {"store": False, "logprobs": True}},
+    source="openai",
 )
 
 

@@ -84,6 +84,7 @@ def openai_requests(draw: st.DrawFn) -> ChatRequest:
         st.lists(st.builds(TextPart, text), min_size=1, max_size=2),
         st.text("abc_123", min_size=1, max_size=8),
     )
+    system = st.builds(lambda t: Message("system", [TextPart(t)]), text)  # at a position: kept there
     stream = draw(st.booleans())
     rf = st.one_of(
         st.none(),
@@ -97,7 +98,11 @@ def openai_requests(draw: st.DrawFn) -> ChatRequest:
     )
     return ChatRequest(
         model=draw(nonempty),
-        messages=draw(st.lists(st.one_of(user, assistant, tool), max_size=5)),
+        messages=draw(
+            st.lists(st.one_of(user, assistant, tool, system), max_size=5).filter(
+                lambda ms: not ms or ms[0].role != "system"  # a leading one is the system prompt
+            )
+        ),
         system=draw(st.none() | text),
         max_tokens=draw(st.none() | ints),
         temperature=draw(st.none() | floats),
@@ -113,6 +118,7 @@ def openai_requests(draw: st.DrawFn) -> ChatRequest:
         seed=draw(st.none() | ints),
         presence_penalty=draw(st.none() | floats),
         frequency_penalty=draw(st.none() | floats),
+        source="openai",
     )
 
 
@@ -175,7 +181,8 @@ def anthropic_requests(draw: st.DrawFn) -> ChatRequest:
     tools = draw(st.lists(st.builds(Tool, names, st.none() | text, schemas, st.none() | st.booleans()), max_size=2))
     choice = draw(tool_choices)
     parallel = draw(st.none() | st.booleans()) if tools and choice not in (None, "none") else None
-    schema_format = st.builds(lambda s: ResponseFormat("json_schema", s), schemas)
+    # structured outputs take closed objects only, so that is the form that comes back
+    schema_format = st.builds(lambda s: ResponseFormat("json_schema", {**s, "additionalProperties": False}), schemas)
     return ChatRequest(
         model=draw(nonempty),
         messages=draw(st.lists(st.one_of(user, assistant, tool), max_size=5)),
@@ -192,6 +199,7 @@ def anthropic_requests(draw: st.DrawFn) -> ChatRequest:
         response_format=draw(st.none() | schema_format),
         user=draw(st.none() | text),
         include_usage=True,
+        source="anthropic",
     )
 
 
@@ -299,6 +307,7 @@ def gemini_requests(draw: st.DrawFn) -> ChatRequest:
         seed=draw(st.none() | ints),
         presence_penalty=draw(st.none() | floats),
         frequency_penalty=draw(st.none() | floats),
+        source="gemini",
     )
 
 

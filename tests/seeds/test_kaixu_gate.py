@@ -38,7 +38,7 @@ def user(text: str) -> Message:
 
 def expected(*messages: Message, model: str = DEFAULT, **fields: Any) -> ChatRequest:
     """What the Gemini front door produces (it always asks for usage: every chunk carries it)."""
-    return ChatRequest(model=model, messages=list(messages), include_usage=True, **fields)
+    return ChatRequest(model=model, messages=list(messages), include_usage=True, source="gemini", **fields)
 
 
 # --- requests: the directive's examples ----------------------------------------------

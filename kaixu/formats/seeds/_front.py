@@ -83,6 +83,9 @@ class FrontDoorOnly:
     def encode_request(self, req: ChatRequest) -> JSON:
         self._not_a_provider()
 
+    def dropped_fields(self, req: ChatRequest) -> list[str]:
+        self._not_a_provider()
+
     def decode_response(self, body: JSON) -> ChatResponse:
         self._not_a_provider()
 
