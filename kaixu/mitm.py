@@ -281,8 +281,8 @@ def _patch_request_only_body_limit() -> None:
 
 __all__ = [
     "BODY_TOO_LARGE",
-    "ErrorCode",
     "INERT_UPSTREAM",
+    "ErrorCode",
     "IncompatibleMitmproxy",
     "RequestProtocolError",
     "assemble_response",

@@ -14,12 +14,12 @@ import logging
 from mitmproxy import http
 
 from kaixu import mitm
-from kaixu.mitm import ErrorCode
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import error_json, json_response
 from kaixu.call import Call, call_for_request, get_call
 from kaixu.log import safe
 from kaixu.metrics import UPSTREAM_ERRORS
+from kaixu.mitm import ErrorCode
 
 log = logging.getLogger("kaixu.errors")
 
