@@ -935,3 +935,112 @@ def test_cli_port_file_and_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------
+# Thinking (the docstring's rules: thinks only when asked, counts the thought's words)
+# ------------------------------------------------------------------------------------------------
+
+THOUGHT = "considering: hello world"
+
+
+def test_openai_reasoning_effort_counts_reasoning_tokens(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(model="gpt-4o-mini", messages=chat_body()["messages"])
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 0
+    completion = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=chat_body()["messages"], reasoning_effort="low"
+    )
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 3
+    assert completion.usage.completion_tokens == 4 + 3  # "echo: hello world" + the thought
+    assert getattr(completion.choices[0].message, "reasoning_content", None) is None  # the official API shows none
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=chat_body()["messages"], reasoning_effort="huge")  # type: ignore[arg-type]
+
+
+def test_openai_reasoner_shows_reasoning_content(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(model="test-reasoner", messages=chat_body()["messages"])
+    assert getattr(completion.choices[0].message, "reasoning_content", None) == THOUGHT
+    stream = oai.chat.completions.create(model="test-reasoner", messages=chat_body()["messages"], stream=True)
+    pieces = [
+        (getattr(c.choices[0].delta, "reasoning_content", None) or "", c.choices[0].delta.content or "")
+        for c in stream
+        if c.choices
+    ]
+    assert "".join(r for r, _ in pieces) == THOUGHT and "".join(t for _, t in pieces) == "echo: hello world"
+
+
+def test_anthropic_thinking_block_signature_and_rules(fake: FakeProvider, claude: anthropic.Anthropic) -> None:
+    user: Any = [{"role": "user", "content": "hello world"}]
+    message = claude.messages.create(
+        model="claude-x", max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 1024}, messages=user
+    )
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.thinking == THOUGHT and thinking.signature.startswith("sig_")
+    assert text.type == "text" and message.usage.output_tokens == 4 + 3
+    with claude.messages.stream(
+        model="claude-x", max_tokens=2000, thinking={"type": "adaptive", "display": "omitted"}, messages=user
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking" and final.content[0].thinking == ""
+    assert final.content[0].signature.startswith("sig_")
+    refused: list[dict[str, Any]] = [
+        {"thinking": {"type": "enabled", "budget_tokens": 512}, "max_tokens": 2000},
+        {"thinking": {"type": "enabled", "budget_tokens": 2000}, "max_tokens": 2000},
+        {"thinking": {"type": "adaptive"}, "max_tokens": 100, "extra_body": {"temperature": 0.5}},
+        {"thinking": {"type": "adaptive"}, "max_tokens": 100, "extra_body": {"top_k": 5}},
+        {
+            "max_tokens": 100,
+            "messages": [
+                *user,
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "forged"}]},
+                {"role": "user", "content": "again"},
+            ],
+        },
+    ]
+    for fields in refused:
+        with pytest.raises(anthropic.BadRequestError):
+            claude.messages.create(**{"model": "claude-x", "messages": user, **fields})
+
+
+def test_anthropic_thinking_tool_loop_needs_the_thinking_block(fake: FakeProvider, claude: anthropic.Anthropic) -> None:
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    messages: Any = [{"role": "user", "content": "weather"}]
+    first = claude.messages.create(
+        model="claude-x", max_tokens=2000, thinking=thinking, tools=ANTHROPIC_TOOLS[:1], messages=messages
+    )
+    use = first.content[1]
+    assert first.content[0].type == "thinking" and use.type == "tool_use"
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}
+    with_block = [*messages, {"role": "assistant", "content": [b.model_dump() for b in first.content]}, result]
+    without = [*messages, {"role": "assistant", "content": [use.model_dump()]}, result]
+    args: Any = {"model": "claude-x", "max_tokens": 2000, "thinking": thinking, "tools": ANTHROPIC_TOOLS[:1]}
+    assert claude.messages.create(**args, messages=with_block).content[-1].type == "text"
+    with pytest.raises(anthropic.BadRequestError, match="must start with a thinking block"):
+        claude.messages.create(**args, messages=without)
+
+
+def test_gemini_thinking_config(fake: FakeProvider, gemini: genai.Client) -> None:
+    config = types.GenerateContentConfig(
+        thinking_config=types.ThinkingConfig(thinking_budget=512, include_thoughts=True)
+    )
+    response = gemini.models.generate_content(model="gemini-2.5-flash", contents="hello world", config=config)
+    parts = response.candidates[0].content.parts  # type: ignore[index,union-attr]
+    assert [(p.text, p.thought) for p in parts or []] == [(THOUGHT, True), ("echo: hello world", None)]
+    assert (parts or [])[-1].thought_signature  # the signature rides on the last part
+    usage = response.usage_metadata
+    assert usage is not None and (usage.thoughts_token_count, usage.candidates_token_count) == (3, 4)
+    assert usage.total_token_count == (usage.prompt_token_count or 0) + 4 + 3
+    quiet = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=0))
+    response = gemini.models.generate_content(model="gemini-2.5-flash", contents="hello world", config=quiet)
+    assert response.usage_metadata is not None and response.usage_metadata.thoughts_token_count is None
+    for model, bad in [
+        ("gemini-2.5-flash", types.ThinkingConfig(thinking_budget=30000)),
+        ("gemini-2.5-pro", types.ThinkingConfig(thinking_budget=0)),
+        ("gemini-2.5-flash", types.ThinkingConfig(thinking_budget=1024, thinking_level=types.ThinkingLevel.LOW)),
+    ]:
+        with pytest.raises(genai.errors.ClientError):
+            gemini.models.generate_content(
+                model=model, contents="hi", config=types.GenerateContentConfig(thinking_config=bad)
+            )

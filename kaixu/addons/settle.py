@@ -116,7 +116,7 @@ class Settle:
             return
         answer = upstream.decode_response(payload)
         call.usage = answer.usage
-        replace_body(response, fronts.encode_response(call.front, answer, call.seed_context))
+        replace_body(response, fronts.encode_response(call.front, answer, call.seed_context, call.canonical))
 
     def _count(self, request: http.Request, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":

@@ -27,8 +27,16 @@ Decisions worth knowing:
   (after a user turn, before an assistant turn), which a translated request cannot know.
 * JSON schemas get ``additionalProperties: false`` on every object that does not say
   otherwise (``schema.closed_objects``): structured outputs refuse open objects.
-* Thinking blocks in the history are kept as droppable ``RawPart``s; documents,
-  server-tool blocks and file images are kept as non-droppable ones.
+* Documents, server-tool blocks and file images are kept as ``RawPart``s (Anthropic only).
+* Reasoning: ``thinking`` (``enabled`` + ``budget_tokens``, ``adaptive``, ``disabled``; ``between_tools``
+  is read as ``disabled``; ``display``) and ``output_config.effort`` are ``ChatRequest.reasoning``.
+  Encoding for Anthropic, a budget is raised to Anthropic's minimum (1024) and ``max_tokens`` to above
+  it; thinking is left out when the request carries what Anthropic refuses with thinking on (a
+  ``temperature`` other than 1, ``top_k``, ``top_p`` below 0.95, a forced tool choice) or is in a tool
+  loop whose last assistant turn does not start with an Anthropic thinking block (a translated history
+  never does). ``thinking``/``redacted_thinking`` blocks are ``ThinkingPart``s; another format's
+  thinking is dropped from requests, and answers carry a ``signature`` only when it is Anthropic's
+  (``""`` otherwise: the SDKs' ``ThinkingBlock`` requires the field).
 * ``presence_penalty``/``frequency_penalty`` cannot be expressed; ``seed`` is
   dropped and reported (Anthropic sampling cannot be seeded).
 """
@@ -59,6 +67,7 @@ from ._common import (
     str_list,
 )
 from .canonical import (
+    EFFORT_BUDGET,
     ChatRequest,
     ChatResponse,
     FinishReason,
@@ -68,11 +77,14 @@ from .canonical import (
     MessageStart,
     Part,
     RawPart,
+    Reasoning,
     ResponseFormat,
     StreamError,
     StreamEvent,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -103,6 +115,7 @@ _KNOWN_REQUEST_KEYS = frozenset(
         "tool_choice",
         "metadata",
         "output_config",
+        "thinking",
     }
 )
 #: Block types we do not model but forward to Anthropic verbatim.
@@ -122,8 +135,10 @@ _OPAQUE_BLOCKS = frozenset(
         "mcp_tool_result",
     }
 )
-#: Vendor-private reasoning: meaningless to another provider, so dropping it is harmless.
-_DROPPABLE_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+#: ``output_config.effort`` values (canonical efforts minus ``minimal``).
+_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
+#: Anthropic's floor for ``thinking.budget_tokens``.
+MIN_THINKING_BUDGET = 1024
 
 _FINISH_IN: dict[Any, FinishReason] = {
     "end_turn": "stop",
@@ -207,11 +222,17 @@ def _decode_block(block: JSON, path: str) -> Part:
         return TextPart(req_str(block, "text", path))
     if btype == "image":
         return _decode_image(block, path)
-    if btype in _DROPPABLE_BLOCKS:
-        return RawPart(NAME, block, droppable=True)
+    if btype in ("thinking", "redacted_thinking"):
+        return _decode_thinking_block(block, path)
     if btype in _OPAQUE_BLOCKS:
         return RawPart(NAME, block)
     raise FormatError(f"{path}.type", f"unknown content block type {btype!r}")
+
+
+def _decode_thinking_block(block: JSON, path: str) -> ThinkingPart:
+    if block.get("type") == "redacted_thinking":
+        return ThinkingPart(redacted=req_str(block, "data", path), format=NAME)
+    return ThinkingPart(req_str(block, "thinking", path), opt_str(block, "signature", path), format=NAME)
 
 
 def _decode_tool_result(block: JSON, path: str) -> Message:
@@ -394,9 +415,38 @@ def _decode_output_config(raw: Any, extra: JSON) -> ResponseFormat | None:
             if fmt.get("type") != "json_schema":
                 raise FormatError("output_config.format.type", "must be 'json_schema'")
             result = ResponseFormat("json_schema", schema=expect_dict(fmt.get("schema"), "output_config.format.schema"))
-        elif key != "format":
+        elif key not in ("format", "effort"):  # effort: see _decode_reasoning
             extra[f"output_config.{key}"] = value
     return result
+
+
+def _decode_reasoning(thinking: Any, output_config: Any) -> Reasoning | None:
+    reasoning = Reasoning()
+    if thinking is not None:
+        thinking = expect_dict(thinking, "thinking")
+        kind = thinking.get("type")
+        if kind == "enabled":
+            budget = opt_int(thinking, "budget_tokens", "thinking")
+            if budget is None:
+                raise FormatError("thinking.budget_tokens", "is required")
+            reasoning.mode, reasoning.budget_tokens = "on", budget
+        elif kind == "adaptive":
+            reasoning.mode = "adaptive"
+        elif kind in ("disabled", "between_tools"):  # between_tools: thinking off (progress notes aside)
+            reasoning.mode = "off"
+        else:
+            raise FormatError("thinking.type", "must be one of enabled, adaptive, disabled, between_tools")
+        display = opt_str(thinking, "display", "thinking")
+        if display not in (None, "summarized", "omitted"):
+            raise FormatError("thinking.display", "must be one of summarized, omitted")
+        if reasoning.mode != "off":
+            reasoning.include_thoughts = display != "omitted"
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if effort is not None:
+        if effort not in _EFFORTS:
+            raise FormatError("output_config.effort", "must be one of low, medium, high, xhigh, max")
+        reasoning.effort = effort
+    return None if reasoning == Reasoning() else reasoning
 
 
 def decode_request(body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
@@ -424,6 +474,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         response_format=_decode_output_config(body.get("output_config"), extra),
+        reasoning=_decode_reasoning(body.get("thinking"), body.get("output_config")),
         user=opt_str(metadata, "user_id", "metadata"),
         include_usage=True,  # Anthropic streams always carry usage
         extra={NAME: extra} if extra else {},
@@ -443,7 +494,19 @@ def _encode_part(part: Part, path: str) -> JSON | None:
             return {"type": "image", "source": {"type": "url", "url": part.url}}
         source = {"type": "base64", "media_type": part.media_type or "image/png", "data": part.data or ""}
         return {"type": "image", "source": source}
+    if isinstance(part, ThinkingPart):
+        return _encode_thinking(part) if part.format == NAME else None  # another vendor's reasoning: dropped
     return raw_part(part, NAME, path)
+
+
+def _encode_thinking(part: ThinkingPart) -> JSON:
+    """Anthropic's own thinking, as it sent it; the signature only Anthropic can check is kept."""
+    if part.redacted is not None:
+        return {"type": "redacted_thinking", "data": part.redacted}
+    block: JSON = {"type": "thinking", "thinking": part.text}
+    if part.signature is not None:
+        block["signature"] = part.signature
+    return block
 
 
 def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
@@ -552,6 +615,51 @@ def dropped_fields(req: ChatRequest) -> list[str]:
     return losses(req, NAME, ["seed"] if req.seed is not None else [])
 
 
+def _thinking_refused(req: ChatRequest) -> bool:
+    """What Anthropic rejects together with thinking, so that thinking (how the model works toward the
+    answer) yields to the request's explicit instructions about the answer rather than making it a 400."""
+    if req.temperature not in (None, 1) or req.top_k is not None:
+        return True
+    if req.top_p is not None and req.top_p < 0.95:
+        return True
+    if req.tool_choice is not None and req.tool_choice not in ("auto", "none"):
+        return True
+    # In a tool loop, the assistant turn whose calls are being answered must start with Anthropic's own
+    # thinking block; a history from another format has none to give it.
+    for i in range(len(req.messages) - 1, -1, -1):
+        msg = req.messages[i]
+        if msg.role == "assistant":
+            if not any(m.role == "tool" for m in req.messages[i + 1 :]):
+                return False
+            first = msg.parts[0] if msg.parts else None
+            return not (isinstance(first, ThinkingPart) and first.format == NAME)
+    return False
+
+
+def _encode_reasoning(req: ChatRequest, body: JSON) -> None:
+    """``thinking`` and ``output_config.effort`` (rules in docs/compatibility.md, "Reasoning controls")."""
+    r = req.reasoning
+    if r is None:
+        return
+    if r.mode == "off":
+        body["thinking"] = {"type": "disabled"}
+    elif r.mode is not None and not _thinking_refused(req):
+        if r.mode == "adaptive":
+            thinking: JSON = {"type": "adaptive"}
+        else:
+            budget = max(r.budget() or EFFORT_BUDGET["medium"], MIN_THINKING_BUDGET)
+            thinking = {"type": "enabled", "budget_tokens": budget}
+            if budget >= body["max_tokens"]:  # Anthropic counts thinking in max_tokens; the answer keeps its own
+                body["max_tokens"] = budget + (req.max_tokens or DEFAULT_MAX_TOKENS)
+        if r.include_thoughts is False:
+            thinking["display"] = "omitted"
+        body["thinking"] = thinking
+    # An effort that only sized the thinking (another format's level, mode "on" without a budget) is not
+    # sent: it is in budget_tokens, and older models reject output_config.effort.
+    if r.effort in _EFFORTS and not (r.mode == "on" and r.budget_tokens is None):
+        body.setdefault("output_config", {})["effort"] = r.effort
+
+
 def encode_request(req: ChatRequest) -> JSON:
     dropped_fields(req)
     _check_expressible(req)
@@ -581,6 +689,7 @@ def encode_request(req: ChatRequest) -> JSON:
     if req.response_format is not None and req.response_format.type == "json_schema":
         schema = closed_objects(req.response_format.schema)
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    _encode_reasoning(req, body)
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     merge_extra(body, req, NAME)
@@ -607,7 +716,9 @@ def decode_response(body: JSON) -> ChatResponse:
                     dumps(tool_input),
                 )
             )
-        # thinking and server-tool blocks are Anthropic-only; same-format traffic is passed through
+        elif btype in ("thinking", "redacted_thinking"):
+            msg.parts.append(_decode_thinking_block(block, f"content[{j}]"))
+        # server-tool blocks are Anthropic-only; same-format traffic is passed through
     stop_sequence = body.get("stop_sequence")
     return ChatResponse(
         id=str(body.get("id") or ""),
@@ -620,11 +731,26 @@ def decode_response(body: JSON) -> ChatResponse:
     )
 
 
+def _answer_thinking(part: ThinkingPart) -> JSON | None:
+    """A thinking block for an answer; the signature is Anthropic's own or ``""`` (the SDKs' ``ThinkingBlock``
+    requires the field; sent back, such a block is dropped on its way to the format that made it)."""
+    own = part.format == NAME
+    if part.redacted is not None:
+        return {"type": "redacted_thinking", "data": part.redacted} if own else None
+    if not part.text and not own:
+        return None  # e.g. a Gemini part that only carried a signature
+    signature = part.signature if own and part.signature is not None else ""
+    return {"type": "thinking", "thinking": part.text, "signature": signature}
+
+
 def encode_response(resp: ChatResponse) -> JSON:
     content: list[JSON] = []
     for j, part in enumerate(resp.message.parts):
         if isinstance(part, TextPart):
             content.append({"type": "text", "text": part.text})
+        elif isinstance(part, ThinkingPart):
+            if (block := _answer_thinking(part)) is not None:
+                content.append(block)
         elif (block := _encode_part(part, f"message.content[{j}]")) is not None:
             content.append(block)
     for k, call in enumerate(resp.message.tool_calls):
@@ -710,7 +836,13 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             out.append(ToolCallStart(ordinal, str(block.get("id") or ""), str(block.get("name") or "")))
             if block.get("input"):
                 out.append(ToolCallDelta(ordinal, dumps(block["input"])))
-        # thinking / server-tool blocks: dropped for now
+        elif btype == "thinking":
+            if block.get("thinking"):
+                out.append(ThinkingDelta(block["thinking"]))
+            if block.get("signature"):
+                out.append(ThinkingDelta(signature=block["signature"], format=NAME))
+        # redacted_thinking (no readable text; only an Anthropic client could use it, and its streams from
+        # Anthropic are passed through) and server-tool blocks: dropped
 
     def _delta(self, obj: JSON, out: list[StreamEvent]) -> None:
         delta = obj.get("delta") or {}
@@ -724,7 +856,15 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             partial = delta.get("partial_json")
             if ordinal is not None and partial:
                 out.append(ToolCallDelta(ordinal, partial))
-        # thinking_delta, signature_delta, citations_delta: dropped for now
+        elif dtype == "thinking_delta":
+            thinking = delta.get("thinking")
+            if thinking:
+                out.append(ThinkingDelta(thinking))
+        elif dtype == "signature_delta":
+            signature = delta.get("signature")
+            if signature:
+                out.append(ThinkingDelta(signature=signature, format=NAME))
+        # citations_delta: dropped
 
 
 class AnthropicStreamEncoder:
@@ -733,17 +873,19 @@ class AnthropicStreamEncoder:
     ``message_start`` is sent lazily, at the first content event, so that input usage
     reported right after the start (Gemini's first chunk) can go into it. Blocks are
     opened and closed as the content kind changes; tool ordinals map to block indexes.
+    Thinking becomes ``thinking`` blocks only when the client asked to see it.
     """
 
-    __slots__ = ("_block", "_id", "_kind", "_model", "_next", "_started", "_tools", "_usage")
+    __slots__ = ("_block", "_id", "_kind", "_model", "_next", "_started", "_thinking", "_tools", "_usage")
 
     def __init__(self, req: ChatRequest) -> None:
+        self._thinking = req.shows_thinking()
         self._model = req.model
         self._id = ""
         self._started = False
         self._usage: Usage | None = None
         self._block = -1  # open content block index, -1 when none
-        self._kind = ""  # "text" or "tool" for the open block
+        self._kind = ""  # "text", "thinking" or "tool" for the open block
         self._next = 0
         self._tools: dict[int, int] = {}
 
@@ -763,6 +905,8 @@ class AnthropicStreamEncoder:
             return b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,' % index + (
                 b'"delta":{"type":"input_json_delta","partial_json":%s}}\n\n' % jstr(event.arguments).encode()
             )
+        if type(event) is ThinkingDelta:
+            return self._thinking_delta(event) if self._thinking else b""
         if type(event) is ToolCallStart:
             out = self._start()
             block = dumps({"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
@@ -801,6 +945,22 @@ class AnthropicStreamEncoder:
             "usage": usage_to_anthropic(self._usage or Usage()),
         }
         return b"event: message_start\ndata: " + dumps({"type": "message_start", "message": message}).encode() + b"\n\n"
+
+    def _thinking_delta(self, event: ThinkingDelta) -> bytes:
+        """``thinking_delta`` for text; ``signature_delta`` for Anthropic's own signature (others are useless)."""
+        if event.text:
+            delta = '{"type":"thinking_delta","thinking":' + jstr(event.text) + "}"
+        elif event.signature and event.format == NAME:
+            delta = '{"type":"signature_delta","signature":' + jstr(event.signature) + "}"
+        else:
+            return b""
+        out = self._start()
+        if self._kind != "thinking":
+            out += self._open("thinking", '{"type":"thinking","thinking":"","signature":""}')
+        return out + (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":%s}\n\n'
+            % (self._block, delta.encode())
+        )
 
     def _open(self, kind: str, block_json: str) -> bytes:
         out = self._close_block()

@@ -16,19 +16,27 @@ Token accounting convention (the providers disagree, so we pick one and convert)
   ``candidatesTokenCount + thoughtsTokenCount``); ``reasoning_tokens`` is a subset.
 
 Stream events: a stream decoder turns provider SSE into a sequence of
-``MessageStart``, ``UsageUpdate``, ``TextDelta``, ``ToolCallStart``/``ToolCallDelta``
-and finally ``MessageEnd`` (or ``StreamError``). ``ToolCallStart.index`` is the
-ordinal of the tool call within the answer (0, 1, 2 ...), whatever the provider
-uses as its own index, so encoders can map it to their own numbering.
+``MessageStart``, ``UsageUpdate``, ``ThinkingDelta``, ``TextDelta``,
+``ToolCallStart``/``ToolCallDelta`` and finally ``MessageEnd`` (or ``StreamError``).
+``ToolCallStart.index`` is the ordinal of the tool call within the answer (0, 1, 2 ...),
+whatever the provider uses as its own index, so encoders can map it to their own numbering.
+
+Reasoning: ``ChatRequest.reasoning`` is the client's thinking control and
+``ThinkingPart``/``ThinkingDelta`` the thinking the model showed; the conversion rules
+between the formats' controls are the ``Reasoning`` methods and ``EFFORT_BUDGET``
+(table in docs/compatibility.md, "Reasoning controls").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypedDict, get_args
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+#: How hard to think, the union of the formats' levels (OpenAI's "none" is ``Reasoning.mode == "off"``).
+Effort = Literal["minimal", "low", "medium", "high", "xhigh", "max"]
+EFFORTS: tuple[Effort, ...] = get_args(Effort)
 
 
 @dataclass(slots=True)
@@ -52,8 +60,8 @@ class RawPart:
 
     Kept verbatim so the same-format encoder can forward it. A different-format
     encoder raises ``UnsupportedFeature`` unless ``droppable`` says that losing it
-    changes nothing the target model could have used (e.g. another vendor's
-    thinking blocks).
+    changes nothing the target model could have used. (Thinking is not raw: it is a
+    ``ThinkingPart``.)
     """
 
     format: str
@@ -61,7 +69,24 @@ class RawPart:
     droppable: bool = False
 
 
-Part = TextPart | ImagePart | RawPart
+@dataclass(slots=True)
+class ThinkingPart:
+    """Reasoning the model showed: Anthropic ``thinking``/``redacted_thinking`` blocks, Gemini ``thought``
+    parts, the ``reasoning_content`` of OpenAI-compatible servers.
+
+    ``signature`` (Anthropic's block signature, Gemini's ``thoughtSignature``) and ``redacted`` (Anthropic's
+    encrypted ``redacted_thinking.data``) mean something only to the provider that made them, named by
+    ``format``: encoders of any other format leave them out, and a request encoder drops another format's
+    thinking altogether (no provider accepts, or needs, a different vendor's reasoning).
+    """
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+    format: str | None = None
+
+
+Part = TextPart | ImagePart | ThinkingPart | RawPart
 
 
 @dataclass(slots=True)
@@ -122,6 +147,54 @@ class ResponseFormat:
     description: str | None = None
 
 
+#: Thinking tokens per effort level, for the formats that size thinking in tokens (Anthropic
+#: ``budget_tokens``, Gemini ``thinkingBudget``). Fixed, documented numbers: see ``Reasoning.budget``.
+EFFORT_BUDGET: dict[Effort, int] = {
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+    "max": 32768,
+}
+
+
+@dataclass(slots=True)
+class Reasoning:
+    """The client's thinking control, in canonical terms.
+
+    ``mode``: ``"off"`` no thinking; ``"on"`` think, as much as ``budget_tokens`` and/or ``effort`` say;
+    ``"adaptive"`` the model decides whether and how much; ``None`` the client did not say (it gave only
+    an ``effort``, e.g. Anthropic ``output_config.effort`` alone, or only ``include_thoughts``).
+    ``include_thoughts``: whether the client wants the thinking shown in the answer (Anthropic shows it
+    unless ``display: omitted``; Gemini only with ``includeThoughts``); ``None`` when it did not say.
+    """
+
+    mode: Literal["off", "on", "adaptive"] | None = None
+    budget_tokens: int | None = None
+    effort: Effort | None = None
+    include_thoughts: bool | None = None
+
+    def budget(self) -> int | None:
+        """Thinking tokens for token-sized formats: the explicit budget, else the effort's (``EFFORT_BUDGET``)."""
+        if self.budget_tokens is not None:
+            return self.budget_tokens
+        return EFFORT_BUDGET[self.effort] if self.effort is not None else None
+
+    def level(self) -> Effort | None:
+        """Effort for level-sized formats: the explicit effort, else the budget's band, else ``medium`` when
+        thinking is on or adaptive with no size given (the default level of the models that have levels).
+
+        Bands: below 4096 tokens ``low``, below 16384 ``medium``, else ``high``; never ``minimal``,
+        ``xhigh`` or ``max`` (few models take them), which only pass through as explicit efforts.
+        """
+        if self.effort is not None:
+            return self.effort
+        if self.budget_tokens is not None:
+            return "low" if self.budget_tokens < 4096 else "medium" if self.budget_tokens < 16384 else "high"
+        return "medium" if self.mode in ("adaptive", "on") else None
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A chat request in canonical form.
@@ -157,9 +230,18 @@ class ChatRequest:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    reasoning: Reasoning | None = None
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     unmodeled: list[str] = field(default_factory=list)
     source: str | None = None
+
+    def shows_thinking(self) -> bool:
+        """Whether the client asked to see the model's thinking in its answer (``Reasoning.include_thoughts``:
+        Anthropic thinking on, Gemini ``includeThoughts``, OpenAI ``reasoning_effort``).
+
+        Thinking reaches a client only then (``fronts.encode_response``, the stream encoders): one that did
+        not ask would read an Anthropic thinking block or a Gemini thought part as the answer."""
+        return self.reasoning is not None and bool(self.reasoning.include_thoughts)
 
 
 @dataclass(slots=True)
@@ -209,6 +291,11 @@ class ChatResponse:
     stop_sequence: str | None = None
     usage: Usage = field(default_factory=Usage)
 
+    def without_thinking(self) -> ChatResponse:
+        """This answer minus its ``ThinkingPart``s (for a client that did not ask to see them)."""
+        parts: list[Part] = [p for p in self.message.parts if not isinstance(p, ThinkingPart)]
+        return replace(self, message=replace(self.message, parts=parts))
+
 
 # --- stream events -----------------------------------------------------------------
 
@@ -222,6 +309,16 @@ class MessageStart:
 @dataclass(slots=True)
 class TextDelta:
     text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    """A fragment of the model's visible thinking; with ``signature`` (and the ``format`` that made it), the
+    signature that ends the current thinking block (Anthropic ``signature_delta``, Gemini ``thoughtSignature``)."""
+
+    text: str = ""
+    signature: str | None = None
+    format: str | None = None
 
 
 @dataclass(slots=True)
@@ -255,7 +352,9 @@ class StreamError:
     type: str = "api_error"
 
 
-StreamEvent = MessageStart | TextDelta | ToolCallStart | ToolCallDelta | UsageUpdate | MessageEnd | StreamError
+StreamEvent = (
+    MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | UsageUpdate | MessageEnd | StreamError
+)
 
 
 # --- token estimate ----------------------------------------------------------------
@@ -282,6 +381,8 @@ def estimate_tokens(req: ChatRequest) -> int:
                 chars += len(part.text)
             elif isinstance(part, ImagePart):
                 tokens += IMAGE_TOKENS
+            elif isinstance(part, ThinkingPart):
+                chars += len(part.text)
             else:
                 chars += len(str(part.data))
         for call in msg.tool_calls:

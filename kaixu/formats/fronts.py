@@ -48,7 +48,13 @@ def decode_request(
     return get_codec(front).decode_request(body, model=model, stream=stream)
 
 
-def encode_response(front: str, response: ChatResponse, context: SeedContext | None) -> dict[str, Any]:
+def encode_response(
+    front: str, response: ChatResponse, context: SeedContext | None, request: ChatRequest | None = None
+) -> dict[str, Any]:
+    """``request``: the client's, canonical: thinking reaches the client only if it asked to see it
+    (``ChatRequest.shows_thinking``; the stream encoders apply the same rule)."""
+    if request is not None and not request.shows_thinking():
+        response = response.without_thinking()
     if front in SEED_CODECS:
         return SEED_CODECS[front].encode_response(response, context=context)
     return get_codec(front).encode_response(response)

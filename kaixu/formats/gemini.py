@@ -31,11 +31,17 @@ Decisions worth knowing:
   ``content: ""`` says nothing anyway).
 * Gemini reports ``STOP`` even when it called functions; we report ``tool_calls``
   whenever the answer contains function calls.
-* ``thoughtSignature`` and thought parts are not part of the canonical model. Gemini 3
-  rejects a replayed function call without a signature, so the first call of each
-  model turn is sent with Google's documented ``skip_thought_signature_validator``
-  sentinel (older models ignore it).
-  ``parallel_tool_calls=False`` cannot be expressed and ``user`` has no field (Gemini
+* Reasoning: ``generationConfig.thinkingConfig`` is ``ChatRequest.reasoning``
+  (``thinkingBudget`` 0 = off, -1 = adaptive, N = on with N tokens; ``thinkingLevel`` = on
+  at that effort; ``includeThoughts``). Other formats' controls are sent as
+  ``thinkingBudget`` (which 2.5 and 3 models take; 2.5 models reject ``thinkingLevel``),
+  at most 24576, the top of Gemini 2.5 Flash's range.
+* Thought parts (``thought: true``) are ``ThinkingPart``s; ``thoughtSignature`` is kept
+  on them and dropped elsewhere (function calls, text). Gemini 3 rejects a replayed
+  function call without a signature, so the first call of each model turn is sent with
+  Google's documented ``skip_thought_signature_validator`` sentinel (older models
+  ignore it). Another format's thinking is dropped from requests.
+* ``parallel_tool_calls=False`` cannot be expressed and ``user`` has no field (Gemini
   has no end-user id): both are dropped and reported (``droppable``).
 * ``cachedContent`` is refused across formats: the cache holds part of the prompt,
   which another provider would never see.
@@ -63,6 +69,7 @@ from ._common import (
     jstr,
     merge_extra,
     now,
+    opt_bool,
     opt_int,
     opt_num,
     parse_arguments,
@@ -73,6 +80,7 @@ from ._common import (
 from .canonical import (
     ChatRequest,
     ChatResponse,
+    Effort,
     FinishReason,
     ImagePart,
     Message,
@@ -80,11 +88,14 @@ from .canonical import (
     MessageStart,
     Part,
     RawPart,
+    Reasoning,
     ResponseFormat,
     StreamError,
     StreamEvent,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -102,6 +113,10 @@ NAME = "gemini"
 SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
 #: How a system message at a position of the conversation reads in a user turn.
 SYSTEM_MARK = "<system>\n{}\n</system>"
+#: The largest ``thinkingBudget`` every 2.5 model takes (Flash: 0..24576, Pro: 128..32768).
+MAX_THINKING_BUDGET = 24576
+#: ``thinkingLevel`` values (the enum; the API takes any case) and their canonical effort.
+_LEVELS: dict[str, Effort] = {"MINIMAL": "minimal", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "xhigh"}
 
 _KNOWN_REQUEST_KEYS = frozenset({"contents", "systemInstruction", "generationConfig", "tools", "toolConfig"})
 _KNOWN_GENERATION_KEYS = frozenset(
@@ -117,6 +132,7 @@ _KNOWN_GENERATION_KEYS = frozenset(
         "responseMimeType",
         "responseSchema",
         "responseJsonSchema",
+        "thinkingConfig",
     }
 )
 _OPAQUE_PART_KEYS = ("executableCode", "codeExecutionResult", "toolCall", "toolResponse")
@@ -285,13 +301,17 @@ def _decode_function_response(raw: Any, path: str, ids: _IdSynth) -> Message:
 
 def _decode_part(part: JSON, path: str) -> Part:
     text = part.get("text")
+    signature = _g(part, "thoughtSignature")
+    signature = signature if isinstance(signature, str) else None
     if isinstance(text, str):
-        return RawPart(NAME, part, droppable=True) if part.get("thought") else TextPart(text)
+        return ThinkingPart(text, signature, format=NAME) if part.get("thought") else TextPart(text)
     for key in ("inlineData", "fileData"):
         if key in part or _snake(key) in part:
             return _decode_media(part, key, path)
     if any(k in part or _snake(k) in part for k in _OPAQUE_PART_KEYS):
         return RawPart(NAME, part)
+    if signature is not None or part.get("thought"):  # a part that only carries a signature
+        return ThinkingPart("", signature, format=NAME)
     raise FormatError(path, "unknown part: expected text, inlineData, fileData, functionCall or functionResponse")
 
 
@@ -410,6 +430,28 @@ def _decode_response_format(config: JSON, extra: JSON) -> ResponseFormat | None:
     return None
 
 
+def _decode_reasoning(raw: Any) -> Reasoning | None:
+    path = "generationConfig.thinkingConfig"
+    config = {_camel(k): v for k, v in expect_dict(raw, path).items()}
+    reasoning = Reasoning(include_thoughts=opt_bool(config, "includeThoughts", path))
+    level = config.get("thinkingLevel")
+    if level is not None:
+        effort = _LEVELS.get(level.upper()) if isinstance(level, str) else None
+        if effort is None and level != "THINKING_LEVEL_UNSPECIFIED":
+            raise FormatError(f"{path}.thinkingLevel", "must be one of MINIMAL, LOW, MEDIUM, HIGH, XHIGH")
+        reasoning.mode, reasoning.effort = ("on", effort) if effort is not None else (None, None)
+    budget = opt_int(config, "thinkingBudget", path)
+    if budget == 0:
+        reasoning.mode = "off"
+    elif budget == -1:
+        reasoning.mode = "adaptive"
+    elif budget is not None and budget > 0:
+        reasoning.mode, reasoning.budget_tokens = "on", budget
+    elif budget is not None:
+        raise FormatError(f"{path}.thinkingBudget", "must be -1 (dynamic), 0 (off) or a number of tokens")
+    return None if reasoning == Reasoning() else reasoning
+
+
 def decode_request(body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
     body = expect_dict(body, "body")
     if not model:
@@ -443,6 +485,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         seed=opt_int(config, "seed", gc),
         presence_penalty=opt_num(config, "presencePenalty", gc),
         frequency_penalty=opt_num(config, "frequencyPenalty", gc),
+        reasoning=_decode_reasoning(config["thinkingConfig"]) if config.get("thinkingConfig") is not None else None,
         extra={NAME: extra} if extra else {},
         source=NAME,
     )
@@ -462,7 +505,17 @@ def _encode_part(part: Part, path: str) -> JSON | None:
         if mime is not None:
             file_data = {"mimeType": mime, "fileUri": part.url}
         return {"fileData": file_data}
+    if isinstance(part, ThinkingPart):
+        return _encode_thought(part) if part.format == NAME else None  # another vendor's reasoning: dropped
     return raw_part(part, NAME, path)
+
+
+def _encode_thought(part: ThinkingPart) -> JSON:
+    """A thought part; the signature only Gemini's own (only Gemini can check it)."""
+    out: JSON = {"text": part.text, "thought": True}
+    if part.format == NAME and part.signature:
+        out["thoughtSignature"] = part.signature
+    return out
 
 
 def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
@@ -471,7 +524,7 @@ def _encode_parts(parts: list[Part], path: str) -> list[JSON]:
 
 def _request_parts(parts: list[Part], path: str) -> list[JSON]:
     """Parts for a request turn: Gemini rejects empty text parts ("empty text parameter")."""
-    return [p for p in _encode_parts(parts, path) if p.get("text") != ""]
+    return [p for p in _encode_parts(parts, path) if p.get("text") != "" or "thoughtSignature" in p]
 
 
 def _function_response(msg: Message, names: dict[str, str], path: str) -> JSON:
@@ -482,7 +535,7 @@ def _function_response(msg: Message, names: dict[str, str], path: str) -> JSON:
     for j, part in enumerate(msg.parts):
         if isinstance(part, TextPart):
             texts.append(part.text)
-        elif not (isinstance(part, RawPart) and part.droppable):
+        elif not isinstance(part, ThinkingPart) and not (isinstance(part, RawPart) and part.droppable):
             raise UnsupportedFeature(f"{path}.content[{j}]", "Gemini function responses can only contain text")
     text = "".join(texts)
     if msg.is_error:
@@ -574,6 +627,23 @@ def _generation_config(req: ChatRequest) -> JSON:
         config["responseMimeType"] = "text/plain" if rf.type == "text" else "application/json"
         if rf.type == "json_schema" and rf.schema is not None:
             config["responseJsonSchema"] = rf.schema
+    if req.reasoning is not None and (thinking := _thinking_config(req.reasoning)):
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def _thinking_config(r: Reasoning) -> JSON:
+    """``thinkingBudget``: 0 for off, else the budget (explicit, else the effort's), -1 when adaptive."""
+    config: JSON = {}
+    budget = r.budget()
+    if r.mode == "off":
+        config["thinkingBudget"] = 0
+    elif budget is not None:
+        config["thinkingBudget"] = min(budget, MAX_THINKING_BUDGET)
+    elif r.mode is not None:
+        config["thinkingBudget"] = -1
+    if r.include_thoughts is not None:
+        config["includeThoughts"] = r.include_thoughts
     return config
 
 
@@ -607,7 +677,18 @@ def _response_message(candidate: JSON, ids: _IdSynth) -> Message:
     msg = Message("assistant")
     content = candidate.get("content") or {}
     for j, part in enumerate(content.get("parts") or []):
-        if not isinstance(part, dict) or part.get("thought"):
+        if not isinstance(part, dict):
+            continue
+        if part.get("thought"):
+            text = part.get("text")
+            signature = _g(part, "thoughtSignature")
+            msg.parts.append(
+                ThinkingPart(
+                    text if isinstance(text, str) else "",
+                    signature if isinstance(signature, str) else None,
+                    format=NAME,
+                )
+            )
             continue
         call = _g(part, "functionCall")
         if call is not None:
@@ -644,7 +725,13 @@ def decode_response(body: JSON) -> ChatResponse:
 
 
 def encode_response(resp: ChatResponse) -> JSON:
-    parts = _encode_parts(resp.message.parts, "message")
+    parts = []
+    for j, part in enumerate(resp.message.parts):
+        if isinstance(part, ThinkingPart):
+            if part.text or (part.format == NAME and part.signature):
+                parts.append(_encode_thought(part))
+        elif (encoded := _encode_part(part, f"message.content[{j}]")) is not None:
+            parts.append(encoded)
     for k, call in enumerate(resp.message.tool_calls):
         args = parse_arguments(call.arguments, f"message.tool_calls[{k}].arguments")
         parts.append({"functionCall": {"name": call.name, "args": args}})
@@ -722,9 +809,15 @@ class GeminiStreamDecoder(SSEStreamDecoder):
         if content:
             for part in content.get("parts") or ():
                 text = part.get("text")
+                if part.get("thought"):
+                    if text:
+                        out.append(ThinkingDelta(text))
+                    signature = part.get("thoughtSignature") or part.get("thought_signature")
+                    if signature:
+                        out.append(ThinkingDelta(signature=signature, format=NAME))
+                    continue
                 if text:
-                    if not part.get("thought"):
-                        out.append(TextDelta(text))
+                    out.append(TextDelta(text))
                     continue
                 call = part.get("functionCall") or part.get("function_call")
                 if call:
@@ -811,19 +904,22 @@ class GeminiArrayReframer(GeminiStreamDecoder):
 
 _TEXT_HEAD = '{"candidates":[{"content":{"parts":[{"text":'
 _TEXT_TAIL = '}],"role":"model"},"index":0}]'
+_THOUGHT_TAIL = ',"thought":true' + _TEXT_TAIL
 
 
 class GeminiStreamEncoder:
     """Canonical events -> Gemini stream chunks (``GenerateContentResponse``), SSE or JSON array framed.
 
-    Text is sent as it comes. Function calls must reach a Gemini client whole, with
+    Text is sent as it comes, and thinking as thought parts when the client asked for
+    them (``includeThoughts``). Function calls must reach a Gemini client whole, with
     parsed ``args``, so their argument fragments are collected and the calls are sent
     in the final chunk together with ``finishReason`` and ``usageMetadata``.
     """
 
-    __slots__ = ("_calls", "_framing", "_id", "_model", "_tail", "_usage")
+    __slots__ = ("_calls", "_framing", "_id", "_model", "_tail", "_thoughts", "_usage")
 
     def __init__(self, req: ChatRequest, framing: Framing = "sse") -> None:
+        self._thoughts = req.shows_thinking()
         self._framing = JsonArrayFraming() if framing == "json_array" else SSEFraming()
         self._model = req.model
         self._id = ""
@@ -836,6 +932,8 @@ class GeminiStreamEncoder:
             if not event.text:
                 return b""
             return self._framing.element(_TEXT_HEAD + jstr(event.text) + _TEXT_TAIL + self._meta() + "}")
+        if type(event) is ThinkingDelta:
+            return self._thought(event) if self._thoughts else b""
         if type(event) is ToolCallDelta:
             call = self._calls.get(event.index)
             if call is not None:
@@ -858,6 +956,15 @@ class GeminiStreamEncoder:
 
     def close(self) -> bytes:
         return self._framing.close()
+
+    def _thought(self, event: ThinkingDelta) -> bytes:
+        if event.text:
+            return self._framing.element(_TEXT_HEAD + jstr(event.text) + _THOUGHT_TAIL + self._meta() + "}")
+        if event.signature and event.format == NAME:  # only Gemini's own signature means anything to Gemini
+            part = {"text": "", "thought": True, "thoughtSignature": event.signature}
+            candidate = {"content": {"parts": [part], "role": "model"}, "index": 0}
+            return self._framing.element('{"candidates":[' + dumps(candidate) + "]" + self._meta() + "}")
+        return b""
 
     def _meta(self) -> str:
         if not self._tail:

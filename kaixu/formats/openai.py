@@ -18,6 +18,13 @@ Decisions worth knowing:
 * Tool results have no error flag in this format: ``Message.is_error`` is dropped and
   the text is sent as is. Images in tool results cannot be expressed.
 * The canonical ``error`` finish reason has no OpenAI equivalent and is sent as ``stop``.
+* Reasoning: ``reasoning_effort`` is ``ChatRequest.reasoning`` (``none`` = off, any other level = on at
+  that effort); other formats' budgets are sent as the effort band they fall in (``Reasoning.level``).
+  The official API returns no thinking text, only ``completion_tokens_details.reasoning_tokens``; the
+  ``reasoning_content`` (or ``reasoning``) string of OpenAI-compatible servers is read from messages
+  and deltas, and kaixu sends translated thinking to OpenAI clients that set ``reasoning_effort`` the
+  same way (a field the SDKs keep as an extra and other clients ignore). Thinking in a request history
+  is not sent to OpenAI.
 * Fields of other formats that only tune their vendor's machinery are dropped and
   reported (``droppable``); any other field this format cannot express is a 400.
 """
@@ -49,6 +56,7 @@ from ._common import (
     str_list,
 )
 from .canonical import (
+    EFFORTS,
     ChatRequest,
     ChatResponse,
     FinishReason,
@@ -58,11 +66,14 @@ from .canonical import (
     MessageStart,
     Part,
     RawPart,
+    Reasoning,
     ResponseFormat,
     StreamError,
     StreamEvent,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -95,6 +106,7 @@ _KNOWN_REQUEST_KEYS = frozenset(
         "seed",
         "presence_penalty",
         "frequency_penalty",
+        "reasoning_effort",
     }
 )
 _OPAQUE_PART_TYPES = frozenset({"input_audio", "file"})
@@ -186,6 +198,16 @@ def _decode_content(content: Any, path: str) -> list[Part]:
     raise FormatError(path, "must be a string or an array of content parts")
 
 
+def _reasoning_text(msg: JSON) -> str | None:
+    """The thinking text OpenAI-compatible servers put beside the content (``reasoning_content``, or
+    ``reasoning`` in some); ``None`` when there is none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = msg.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _decode_tool_calls(raw: Any, path: str) -> list[ToolCall]:
     calls = []
     for k, call in enumerate(expect_list(raw, path)):
@@ -212,6 +234,9 @@ def _decode_message(raw: Any, path: str) -> Message:
         if msg.get("function_call") is not None:
             raise UnsupportedFeature(f"{path}.function_call", "legacy function_call is not supported; use tool_calls")
         parts = _decode_content(content, f"{path}.content")
+        thinking = _reasoning_text(msg)
+        if thinking is not None:
+            parts.insert(0, ThinkingPart(thinking, format=NAME))
         refusal = opt_str(msg, "refusal", path)
         if refusal:
             parts.append(TextPart(refusal))
@@ -295,6 +320,16 @@ def _decode_stream_options(raw: Any, extra: JSON) -> bool:
     return bool(opt_bool(raw, "include_usage", "stream_options"))
 
 
+def _decode_reasoning(raw: Any) -> Reasoning | None:
+    if raw is None:
+        return None
+    if raw == "none":
+        return Reasoning(mode="off")
+    if raw not in EFFORTS:
+        raise FormatError("reasoning_effort", "must be one of none, minimal, low, medium, high, xhigh, max")
+    return Reasoning(mode="on", effort=raw, include_thoughts=True)  # shown as reasoning_content
+
+
 def decode_request(body: JSON, *, model: str | None = None, stream: bool | None = None) -> ChatRequest:
     body = expect_dict(body, "body")
     model = model or req_str(body, "model")
@@ -328,6 +363,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         seed=opt_int(body, "seed"),
         presence_penalty=opt_num(body, "presence_penalty"),
         frequency_penalty=opt_num(body, "frequency_penalty"),
+        reasoning=_decode_reasoning(body.get("reasoning_effort")),
         extra={NAME: extra} if extra else {},
         source=NAME,
     )
@@ -353,6 +389,8 @@ def _encode_user_content(parts: list[Part], path: str) -> str | list[JSON]:
             out.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             out.append(_encode_image(part))
+        elif isinstance(part, ThinkingPart):
+            continue  # OpenAI takes no thinking in requests
         elif (raw := raw_part(part, NAME, f"{path}.content[{j}]")) is not None:
             out.append(raw)
     return out
@@ -365,6 +403,8 @@ def _encode_text_only(parts: list[Part], path: str, what: str) -> list[str]:
             texts.append(part.text)
         elif isinstance(part, ImagePart):
             raise UnsupportedFeature(f"{path}.content[{j}]", f"OpenAI {what} cannot contain images")
+        elif isinstance(part, ThinkingPart):
+            continue  # not sent in requests; answers carry it as reasoning_content
         else:
             raw = raw_part(part, NAME, f"{path}.content[{j}]")
             if raw is not None:
@@ -435,6 +475,11 @@ def dropped_fields(req: ChatRequest) -> list[str]:
     return losses(req, NAME)
 
 
+def _encode_reasoning(r: Reasoning) -> str | None:
+    """``reasoning_effort``: ``none`` for off, else the effort (or a budget's band, ``medium`` if adaptive)."""
+    return "none" if r.mode == "off" else r.level()
+
+
 def encode_request(req: ChatRequest) -> JSON:
     dropped_fields(req)
     if req.top_k is not None:
@@ -451,6 +496,7 @@ def encode_request(req: ChatRequest) -> JSON:
         ("frequency_penalty", req.frequency_penalty),
         ("parallel_tool_calls", req.parallel_tool_calls),
         ("user", req.user),
+        ("reasoning_effort", _encode_reasoning(req.reasoning) if req.reasoning is not None else None),
     ]
     body.update((k, v) for k, v in optional if v is not None)
     if req.stop:
@@ -480,6 +526,9 @@ def decode_response(body: JSON) -> ChatResponse:
     choice = expect_dict(choices[0], "choices[0]")
     msg = expect_dict(choice.get("message"), "choices[0].message")
     parts = _decode_content(msg.get("content"), "choices[0].message.content")
+    thinking = _reasoning_text(msg)
+    if thinking is not None:
+        parts.insert(0, ThinkingPart(thinking, format=NAME))
     if isinstance(msg.get("refusal"), str) and msg["refusal"]:
         parts.append(TextPart(msg["refusal"]))
     calls = _decode_tool_calls(msg["tool_calls"], "choices[0].message.tool_calls") if msg.get("tool_calls") else []
@@ -501,6 +550,9 @@ def encode_response(resp: ChatResponse) -> JSON:
         "content": "".join(texts) if texts or not resp.message.tool_calls else None,
         "refusal": None,
     }
+    thinking = "".join(p.text for p in resp.message.parts if isinstance(p, ThinkingPart))
+    if thinking:
+        message["reasoning_content"] = thinking
     if resp.message.tool_calls:
         message["tool_calls"] = [_encode_tool_call(c) for c in resp.message.tool_calls]
     return {
@@ -576,6 +628,9 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
     def _choice(self, choice: JSON, out: list[StreamEvent]) -> None:
         delta = choice.get("delta")
         if delta:
+            thinking = delta.get("reasoning_content") or delta.get("reasoning")  # see _reasoning_text
+            if thinking and isinstance(thinking, str):
+                out.append(ThinkingDelta(thinking))
             text = delta.get("content")
             if text:
                 out.append(TextDelta(text))
@@ -617,9 +672,10 @@ class OpenAIStreamEncoder:
     the first content so it can say ``"content": null`` when the answer is a tool call.
     """
 
-    __slots__ = ("_closed", "_created", "_head", "_id", "_include_usage", "_model", "_usage")
+    __slots__ = ("_closed", "_created", "_head", "_id", "_include_usage", "_model", "_thinking", "_usage")
 
     def __init__(self, req: ChatRequest) -> None:
+        self._thinking = req.shows_thinking()
         self._model = req.model
         self._id = ""
         self._include_usage = req.include_usage
@@ -637,6 +693,10 @@ class OpenAIStreamEncoder:
             return self._start() + self._delta(
                 f'{{"tool_calls":[{{"index":{event.index},"function":{{"arguments":{args}}}}}]}}'
             )
+        if type(event) is ThinkingDelta:
+            if not event.text or not self._thinking:
+                return b""  # signatures mean nothing here
+            return self._start() + self._delta('{"reasoning_content":' + jstr(event.text) + "}")
         if type(event) is ToolCallStart:
             fn = {"name": event.name, "arguments": ""}
             call = {"index": event.index, "id": event.id, "type": "function", "function": fn}

@@ -33,6 +33,23 @@ Tool calls: when the request offers tools and its last message is not a tool res
 first tool (the first two when the user's text says "parallel") with ``{"echo": <user text>}``; a
 ``<<call NAME {json}>>`` marker in the user's text makes it call tool NAME with those arguments instead.
 
+Thinking: the fake thinks only when the request asks it to (OpenAI ``reasoning_effort`` other than
+``none``; Anthropic ``thinking`` ``enabled``/``adaptive``; Gemini ``thinkingConfig`` with a non-zero
+``thinkingBudget`` or a ``thinkingLevel``), and an OpenAI model whose name contains ``reasoner`` always
+thinks, as the OpenAI-compatible servers that return ``reasoning_content`` do. The thought is
+``"considering: " + last user text`` (``"considering: " + tool result`` after a tool call); reasoning
+tokens = its whitespace-separated words. Each format reports them its own way: OpenAI in
+``completion_tokens`` and ``completion_tokens_details.reasoning_tokens``, Anthropic in ``output_tokens``
+(no separate count), Gemini as ``thoughtsTokenCount`` beside ``candidatesTokenCount``. The thought text is
+shown where the format has a place for it and the request asked: Anthropic ``thinking`` blocks (unless
+``display: omitted``) with a signature (``_signature``), Gemini ``thought`` parts with ``includeThoughts``
+(and a ``thoughtSignature`` on the first function call or the last part whenever it thinks),
+``reasoning_content`` from ``reasoner`` models; the official OpenAI API shows none. The documented
+request rules that go with thinking are enforced with the providers' 400s (Anthropic: budget at least
+1024 and below ``max_tokens``, no ``temperature`` other than 1, ``top_k``, ``top_p`` below 0.95 or forced
+tool choice, a tool loop's last assistant turn starting with a thinking block, history signatures that
+verify; Gemini: budget ranges, not both budget and level), so tests see what a translation would cost.
+
 Run it standalone with ``python -m tests.fakes.provider --port 0 --port-file PATH``.
 """
 
@@ -176,6 +193,7 @@ class _Plan:
     max_tokens: int | None
     stop: list[str]
     prompt_tokens: int
+    think: bool = False
 
 
 @dataclass(slots=True)
@@ -195,6 +213,13 @@ class _Reply:
     finish: Literal["stop", "length", "tool_calls", "stop_sequence"]
     stop_sequence: str | None
     completion_tokens: int
+    thought: str = ""
+    reasoning_tokens: int = 0
+
+
+def _signature(thought: str) -> str:
+    """The fake's thinking signature: derived from the text, so a replayed block can be verified."""
+    return "sig_" + hashlib.sha256(thought.encode()).hexdigest()[:24]
 
 
 def _marked_call(plan: _Plan) -> tuple[str, dict[str, Any]] | None:
@@ -219,6 +244,15 @@ def _marked_call(plan: _Plan) -> tuple[str, dict[str, Any]] | None:
 
 
 def _make_reply(plan: _Plan, call_prefix: str) -> _Reply:
+    """The reply (see ``_answer``) and, when the plan thinks, the thought that preceded it."""
+    reply = _answer(plan, call_prefix)
+    if plan.think:
+        reply.thought = "considering: " + (plan.tool_result if plan.tool_result is not None else plan.user_text)
+        reply.reasoning_tokens = len(_WORD.findall(reply.thought))
+    return reply
+
+
+def _answer(plan: _Plan, call_prefix: str) -> _Reply:
     """Decide the reply: a tool call, a tool-result echo, a JSON echo or a plain echo."""
     if plan.tool_result is None and plan.tools:
         marked = _marked_call(plan)
@@ -437,6 +471,12 @@ def _openai_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
     max_tokens = _as_int(req.get("max_completion_tokens"), "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _as_int(req.get("max_tokens"), "max_tokens")
+    effort = req.get("reasoning_effort")
+    if effort is not None and effort not in _OPENAI_EFFORTS:
+        raise _BadRequest(
+            f"Invalid value: '{effort}'. Supported values are: {', '.join(repr(e) for e in _OPENAI_EFFORTS)}.",
+            "reasoning_effort",
+        )
     plan = _Plan(
         model=model,
         user_text=user_text,
@@ -446,21 +486,31 @@ def _openai_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
         max_tokens=max_tokens,
         stop=_as_stop(req.get("stop")),
         prompt_tokens=_prompt_tokens((_openai_message_text(m) for m in messages), raw_tools),
+        think=_shows_reasoning(model) or effort not in (None, "none"),
     )
     return plan, req
+
+
+_OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+def _shows_reasoning(model: str) -> bool:
+    """An OpenAI-compatible reasoning server that always thinks and returns ``reasoning_content``."""
+    return "reasoner" in model
 
 
 _OPENAI_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "stop_sequence": "stop"}
 
 
 def _openai_usage(plan: _Plan, reply: _Reply) -> dict[str, Any]:
+    completion = reply.completion_tokens + reply.reasoning_tokens
     return {
         "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": plan.prompt_tokens + reply.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": plan.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reply.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -475,6 +525,7 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
     completion_id = _new_id("chatcmpl-")
     created = int(time.time())
     finish = _OPENAI_FINISH[reply.finish]
+    shown = reply.thought if _shows_reasoning(plan.model) else ""
     if not req.get("stream"):
         message: dict[str, Any] = {
             "role": "assistant",
@@ -482,6 +533,8 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
             "refusal": None,
             "annotations": [],
         }
+        if shown:
+            message["reasoning_content"] = shown
         if reply.calls:
             message["tool_calls"] = [
                 {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -518,6 +571,9 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
         return _sse({**base, "choices": [choice]})
 
     events: list[bytes] = []
+    if shown:
+        events.append(chunk({"role": "assistant", "content": None, "reasoning_content": ""}))
+        events.extend(chunk({"reasoning_content": piece}) for piece in _split(shown, ctx.stream_events))
     if reply.calls:
         for index, call in enumerate(reply.calls):
             head = {
@@ -527,13 +583,14 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
                 "function": {"name": call.name, "arguments": ""},
             }
             delta: dict[str, Any] = {"tool_calls": [head]}
-            if index == 0:
+            if index == 0 and not shown:
                 delta = {"role": "assistant", "content": None, **delta}
             events.append(chunk(delta))
             for piece in _split(call.arguments, ctx.stream_events, minimum=2):
                 events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     else:
-        events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
+        if not shown:
+            events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
         events.extend(chunk({"content": piece}) for piece in _split(reply.text, ctx.stream_events))
     events.append(chunk({}, finish))
     if include_usage:
@@ -684,6 +741,10 @@ def _anthropic_plan(body: Any, *, need_max_tokens: bool) -> tuple[_Plan, dict[st
         texts.append(system)
     output_config = req.get("output_config")
     fmt = output_config.get("format") if isinstance(output_config, dict) else None
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
+        raise _BadRequest("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
+    think = _anthropic_thinking(req, max_tokens) if need_max_tokens else False
     plan = _Plan(
         model=model,
         user_text=user_text,
@@ -693,8 +754,67 @@ def _anthropic_plan(body: Any, *, need_max_tokens: bool) -> tuple[_Plan, dict[st
         max_tokens=max_tokens,
         stop=_as_stop(req.get("stop_sequences")),
         prompt_tokens=_prompt_tokens(texts, raw_tools),
+        think=think,
     )
     return plan, req
+
+
+def _anthropic_thinking(req: dict[str, Any], max_tokens: int | None) -> bool:
+    """Whether the request turns thinking on, after Anthropic's documented checks of what goes with it."""
+    thinking = req.get("thinking")
+    for msg in req.get("messages") or []:
+        for block in msg.get("content") if isinstance(msg.get("content"), list) else []:
+            signed = isinstance(block, dict) and block.get("type") == "thinking"
+            if signed and block.get("signature") != _signature(str(block.get("thinking", ""))):
+                raise _BadRequest("messages: Invalid `signature` in `thinking` block")
+    if thinking is None:
+        return False
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive", "disabled"):
+        raise _BadRequest(
+            "thinking: Input tag does not match any of the expected tags: 'enabled', 'adaptive', 'disabled'"
+        )
+    if thinking["type"] == "disabled":
+        return False
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            raise _BadRequest("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+        if max_tokens is not None and budget >= max_tokens:
+            raise _BadRequest("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if req.get("temperature") not in (None, 1):
+        raise _BadRequest("`temperature` may only be set to 1 when thinking is enabled")
+    if req.get("top_k") is not None:
+        raise _BadRequest("`top_k` is not supported when thinking is enabled")
+    top_p = req.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        raise _BadRequest("`top_p` must be greater than or equal to 0.95 when thinking is enabled")
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise _BadRequest("Thinking may not be enabled when tool_choice forces tool use.")
+    messages = [m for m in req.get("messages") or [] if isinstance(m, dict)]
+    last = messages[-1] if messages else {}
+    in_loop = isinstance(last.get("content"), list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"]
+    )
+    assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+    if in_loop and assistant is not None:
+        content = assistant.get("content")
+        first = content[0] if isinstance(content, list) and content else None
+        if not (isinstance(first, dict) and first.get("type") in ("thinking", "redacted_thinking")):
+            raise _BadRequest(
+                "Expected `thinking` or `redacted_thinking`, but found another block. When `thinking` is enabled, "
+                "a final `assistant` message must start with a thinking block."
+            )
+    return True
+
+
+def _anthropic_thinking_block(req: dict[str, Any], reply: _Reply) -> dict[str, Any] | None:
+    """The answer's thinking block: the thought, or empty with ``display: omitted``; signed either way."""
+    if not reply.thought:
+        return None
+    omitted = isinstance(req.get("thinking"), dict) and req["thinking"].get("display") == "omitted"
+    text = "" if omitted else reply.thought
+    return {"type": "thinking", "thinking": text, "signature": _signature(text)}
 
 
 _ANTHROPIC_STOP = {
@@ -720,12 +840,16 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
     reply = _make_reply(plan, "toolu_")
     message_id = _new_id("msg_")
     stop_reason = _ANTHROPIC_STOP[reply.finish]
+    output_tokens = reply.completion_tokens + reply.reasoning_tokens
+    thinking = _anthropic_thinking_block(req, reply)
     if not req.get("stream"):
         content: list[dict[str, Any]] = (
             [{"type": "tool_use", "id": c.call_id, "name": c.name, "input": c.args} for c in reply.calls]
             if reply.calls
             else [{"type": "text", "text": reply.text}]
         )
+        if thinking is not None:
+            content.insert(0, thinking)
         return _Json(
             200,
             {
@@ -736,7 +860,7 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
                 "content": content,
                 "stop_reason": stop_reason,
                 "stop_sequence": reply.stop_sequence,
-                "usage": _anthropic_usage(plan.prompt_tokens, reply.completion_tokens),
+                "usage": _anthropic_usage(plan.prompt_tokens, output_tokens),
             },
         )
 
@@ -759,6 +883,10 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
         )
     ]
     blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    if thinking is not None:
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in _split(thinking["thinking"], ctx.stream_events)]
+        deltas.append({"type": "signature_delta", "signature": thinking["signature"]})
+        blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
     if reply.calls:
         for call in reply.calls:
             start = {"type": "tool_use", "id": call.call_id, "name": call.name, "input": {}}
@@ -787,7 +915,7 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": reply.stop_sequence},
-                "usage": {"output_tokens": reply.completion_tokens},
+                "usage": {"output_tokens": output_tokens},
             },
         )
     )
@@ -935,6 +1063,7 @@ def _gemini_plan(body: Any, model: str) -> tuple[_Plan, dict[str, Any]]:
     texts = [_gemini_content_text(c, with_tools=True) for c in contents]
     if system:
         texts.append(system)
+    thinking = config.get("thinkingConfig", config.get("thinking_config"))
     plan = _Plan(
         model=model,
         user_text=user_text,
@@ -944,8 +1073,31 @@ def _gemini_plan(body: Any, model: str) -> tuple[_Plan, dict[str, Any]]:
         max_tokens=_as_int(max_tokens, "generationConfig.maxOutputTokens"),
         stop=_as_stop(config.get("stopSequences", config.get("stop_sequences"))),
         prompt_tokens=_prompt_tokens(texts, raw_tools),
+        think=_gemini_thinks(thinking, model),
     )
     return plan, req
+
+
+def _gemini_thinks(config: Any, model: str) -> bool:
+    """Whether ``thinkingConfig`` asks for thinking, after Google's documented range checks."""
+    if not isinstance(config, dict):
+        return False
+    budget = config.get("thinkingBudget", config.get("thinking_budget"))
+    level = config.get("thinkingLevel", config.get("thinking_level"))
+    if budget is not None and level is not None:
+        raise _BadRequest("You can only set only one of thinking budget and thinking level.")
+    if level is not None and (not isinstance(level, str) or level.upper() not in _GEMINI_LEVELS):
+        raise _BadRequest(f"Invalid value at 'generation_config.thinking_config.thinking_level' ({level!r})")
+    if budget is not None:
+        low, high = (128, 32768) if "pro" in model else (0, 24576)
+        if budget == 0 and low > 0:
+            raise _BadRequest("Budget 0 is invalid. This model only works in thinking mode.")
+        if not isinstance(budget, int) or (budget != -1 and not low <= budget <= high):
+            raise _BadRequest(f"The thinking budget ({budget}) is invalid.")
+    return level is not None or budget not in (None, 0)
+
+
+_GEMINI_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")
 
 
 _GEMINI_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "stop_sequence": "STOP"}
@@ -962,32 +1114,44 @@ def _gemini_usage(prompt: int, completion: int | None) -> dict[str, Any]:
 
 def _gemini_generate(ctx: _Ctx, model: str, *, stream: bool) -> _Json | _Stream:
     """``:generateContent`` / ``:streamGenerateContent`` (SSE with ``alt=sse``, else a streamed array)."""
-    plan, _ = _gemini_plan(ctx.json, model)
+    plan, req = _gemini_plan(ctx.json, model)
     reply = _make_reply(plan, "")
     response_id = _new_id("r")
+    config = req.get("generationConfig") or req.get("generation_config") or {}
+    thinking = config.get("thinkingConfig", config.get("thinking_config")) if isinstance(config, dict) else None
+    include = isinstance(thinking, dict) and bool(thinking.get("includeThoughts", thinking.get("include_thoughts")))
+    thought_parts = [{"text": reply.thought, "thought": True}] if reply.thought and include else []
 
     def response(parts: list[dict[str, Any]], finish: str | None, completion: int | None) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
         if finish is not None:
             candidate["finishReason"] = finish
         candidate["index"] = 0
-        return {
-            "candidates": [candidate],
-            "usageMetadata": _gemini_usage(plan.prompt_tokens, completion),
-            "modelVersion": model,
-            "responseId": response_id,
-        }
+        usage = _gemini_usage(plan.prompt_tokens, completion)
+        if completion is not None and reply.reasoning_tokens:
+            usage["thoughtsTokenCount"] = reply.reasoning_tokens
+            usage["totalTokenCount"] += reply.reasoning_tokens
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+
+    def signed(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Google's rule: the signature rides on the first function call, else on the last part."""
+        if not reply.thought:
+            return parts
+        at = next((i for i, p in enumerate(parts) if "functionCall" in p), len(parts) - 1)
+        return [dict(p, thoughtSignature=_signature(reply.thought)) if i == at else p for i, p in enumerate(parts)]
 
     finish = _GEMINI_FINISH[reply.finish]
     if reply.calls:
         call_parts = [{"functionCall": {"name": c.name, "args": c.args}} for c in reply.calls]
-        chunks = [response(call_parts, finish, reply.completion_tokens)]
+        chunks = [response(thought_parts + signed(call_parts), finish, reply.completion_tokens)]
     elif not stream:
-        chunks = [response([{"text": reply.text}], finish, reply.completion_tokens)]
+        chunks = [response(thought_parts + signed([{"text": reply.text}]), finish, reply.completion_tokens)]
     else:
         pieces = _split(reply.text, ctx.stream_events) or [""]
-        chunks = [response([{"text": p}], None, None) for p in pieces[:-1]]
-        chunks.append(response([{"text": pieces[-1]}], finish, reply.completion_tokens))
+        thoughts = _split(reply.thought, ctx.stream_events) if thought_parts else []
+        chunks = [response([{"text": t, "thought": True}], None, None) for t in thoughts]
+        chunks += [response([{"text": p}], None, None) for p in pieces[:-1]]
+        chunks.append(response(signed([{"text": pieces[-1]}]), finish, reply.completion_tokens))
     if not stream:
         return _Json(200, chunks[0])
     if ctx.query_param("alt") == "sse":

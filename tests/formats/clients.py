@@ -20,6 +20,8 @@ from kaixu.formats.canonical import ChatRequest, StreamEvent
 @dataclass
 class Reassembled:
     text: str = ""
+    thinking: str = ""  # Anthropic thinking blocks, Gemini thought parts, OpenAI reasoning_content
+    signatures: list[str] = field(default_factory=list)  # of thinking blocks / thought parts, as sent
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments)
     finish: str | None = None
     usage: dict[str, Any] | None = None
@@ -67,6 +69,7 @@ def read_openai(raw: bytes) -> Reassembled:
             assert delta.get("role") == "assistant", "first delta carries the role"
             first = False
         result.text += delta.get("content") or ""
+        result.thinking += delta.get("reasoning_content") or ""
         for call in delta.get("tool_calls") or []:
             if "id" in call:
                 calls[call["index"]] = [
@@ -111,6 +114,12 @@ def read_anthropic(raw: bytes) -> Reassembled:
             delta = event["delta"]
             if delta["type"] == "text_delta":
                 block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                assert block["type"] == "thinking"
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                assert block["type"] == "thinking"
+                block["signature"] = delta["signature"]
             else:
                 block["_json"] += delta["partial_json"]
         elif name == "content_block_stop":
@@ -123,6 +132,10 @@ def read_anthropic(raw: bytes) -> Reassembled:
     for block in blocks:
         if block["type"] == "text":
             result.text += block["text"]
+        elif block["type"] == "thinking":
+            assert isinstance(block["signature"], str), "the SDKs require a signature string"
+            result.thinking += block["thinking"]
+            result.signatures.append(block["signature"])
         else:
             result.tool_calls.append((block["id"], block["name"], block["_json"]))
     return result
@@ -138,7 +151,11 @@ def read_gemini(raw: bytes) -> Reassembled:
             continue
         candidate = chunk["candidates"][0]
         for part in candidate.get("content", {}).get("parts", []):
-            if "text" in part:
+            if part.get("thought"):
+                result.thinking += part.get("text", "")
+                if "thoughtSignature" in part:
+                    result.signatures.append(part["thoughtSignature"])
+            elif "text" in part:
                 result.text += part["text"]
             if "functionCall" in part:
                 call = part["functionCall"]

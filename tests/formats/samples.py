@@ -523,3 +523,110 @@ STREAMS: dict[str, tuple[bytes, bytes, Usage]] = {
 }
 STREAM_TEXT = "Hello wörld, 你好 👋"
 STREAM_TOOL_ARGS = [{"location": "Paris"}, {"location": "Tokyo"}]
+
+# --- thinking ------------------------------------------------------------------------
+# Answers with visible reasoning, in each format's documented shape: Anthropic thinking blocks (with
+# a signature, and a redacted block), Gemini thought parts (thoughtsTokenCount, a thoughtSignature),
+# and the reasoning_content of OpenAI-compatible servers (the official API returns only the count).
+
+THINKING_TEXT = "Greet back, 简短 🤔."
+THINKING_SIGNATURE = "EqQBCgIYAhIMsig"
+REDACTED_DATA = "EmwKAhgBEgy3va3pzix/LafPsn4a"
+
+ANTHROPIC_THINKING_RESPONSE: dict[str, Any] = {
+    **ANTHROPIC_RESPONSE,
+    "content": [
+        {"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE},
+        {"type": "redacted_thinking", "data": REDACTED_DATA},
+        {"type": "text", "text": STREAM_TEXT},
+    ],
+    "stop_reason": "end_turn",
+}
+
+GEMINI_THINKING_RESPONSE: dict[str, Any] = {
+    **GEMINI_RESPONSE,
+    "candidates": [
+        {
+            "content": {
+                "parts": [
+                    {"text": THINKING_TEXT, "thought": True},
+                    {"text": STREAM_TEXT, "thoughtSignature": "CiQB0e2Kb"},
+                ],
+                "role": "model",
+            },
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+}
+
+OPENAI_REASONING_RESPONSE: dict[str, Any] = {
+    **OPENAI_RESPONSE,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": STREAM_TEXT, "reasoning_content": THINKING_TEXT},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+}
+
+ANTHROPIC_THINKING_STREAM = sse(
+    _AN_START,
+    {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+    },
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Greet back, "}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "简短 🤔."}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": THINKING_SIGNATURE}},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": REDACTED_DATA}},
+    {"type": "content_block_stop", "index": 1},
+    {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "Hello wörld, "}},
+    {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "你好 👋"}},
+    {"type": "content_block_stop", "index": 2},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 30},
+    },
+    {"type": "message_stop"},
+    event_names=True,
+)
+
+_GE_THINKING_USAGE = {**_GE_USAGE, "thoughtsTokenCount": 12, "totalTokenCount": 39}
+
+GEMINI_THINKING_STREAM = sse(
+    _ge_chunk([{"text": "Greet back, ", "thought": True}]),
+    _ge_chunk([{"text": "简短 🤔.", "thought": True}]),
+    _ge_chunk([{"text": "Hello wörld, "}]),
+    _ge_chunk([{"text": "你好 👋", "thoughtSignature": "CiQB0e2Kb"}], "STOP", _GE_THINKING_USAGE),
+    sep="\r\n\r\n",
+)
+
+OPENAI_REASONING_STREAM = sse(
+    _oa_chunk({"role": "assistant", "content": None, "reasoning_content": ""}),
+    _oa_chunk({"content": None, "reasoning_content": "Greet back, "}),
+    _oa_chunk({"content": None, "reasoning_content": "简短 🤔."}),
+    _oa_chunk({"content": "Hello wörld, ", "reasoning_content": None}),
+    _oa_chunk({"content": "你好 👋"}),
+    _oa_chunk({}, "stop"),
+    _oa_chunk(None, usage={**_OA_USAGE, "completion_tokens_details": {"reasoning_tokens": 12}}),
+    "[DONE]",
+)
+
+#: Per provider: (stream with visible thinking, its reasoning tokens as the provider counts them).
+THINKING_STREAMS: dict[str, tuple[bytes, int]] = {
+    "openai": (OPENAI_REASONING_STREAM, 12),
+    "anthropic": (ANTHROPIC_THINKING_STREAM, 0),  # Anthropic sends no separate count
+    "gemini": (GEMINI_THINKING_STREAM, 12),
+}
+THINKING_RESPONSES: dict[str, dict[str, Any]] = {
+    "openai": OPENAI_REASONING_RESPONSE,
+    "anthropic": ANTHROPIC_THINKING_RESPONSE,
+    "gemini": GEMINI_THINKING_RESPONSE,
+}

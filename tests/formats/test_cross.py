@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kaixu.formats import FORMATS, get_codec
-from kaixu.formats.canonical import ChatRequest, ChatResponse, ImagePart, TextPart, Usage
+from kaixu.formats.canonical import ChatRequest, ChatResponse, ImagePart, Reasoning, TextPart, Usage
 
 from .clients import READERS, random_chunks, translate_stream
 from .samples import (
@@ -23,6 +23,9 @@ from .samples import (
     STREAM_TEXT,
     STREAM_TOOL_ARGS,
     STREAMS,
+    THINKING_SIGNATURE,
+    THINKING_STREAMS,
+    THINKING_TEXT,
 )
 
 PAIRS = [(front, provider) for front in FORMATS for provider in FORMATS]
@@ -198,3 +201,33 @@ def test_stream_truncated_upstream_reaches_the_client_as_an_error(client: str, p
     cut = text_stream[: len(text_stream) // 2]
     raw = translate_stream(provider, client, [cut], ChatRequest(model="m", stream=True))
     assert READERS[client](raw).error is not None
+
+
+@pytest.mark.parametrize(("client", "provider"), PAIRS)
+def test_stream_thinking_matrix(client: str, provider: str) -> None:
+    """Thinking reaches each client in its own form (Anthropic thinking blocks, Gemini thought parts, OpenAI
+    reasoning_content), signatures only from the provider that can check them; not at all when not asked."""
+    stream, reasoning_tokens = THINKING_STREAMS[provider]
+    rng = random.Random(f"{client}-{provider}-thinking")
+    asked = ChatRequest(
+        model="client-model", stream=True, include_usage=True, reasoning=Reasoning("on", 2048, include_thoughts=True)
+    )
+    quiet = ChatRequest(model="client-model", stream=True, include_usage=True)
+    for _ in range(5):
+        result = READERS[client](translate_stream(provider, client, random_chunks(stream, rng), asked))
+        assert result.error is None
+        assert (result.thinking, result.text, result.finish) == (THINKING_TEXT, STREAM_TEXT, FINISH[client]["stop"])
+        if client == "anthropic":
+            assert result.signatures == [THINKING_SIGNATURE if provider == "anthropic" else ""]
+        else:
+            assert result.signatures == []  # Gemini's sample signs its answer part, which canonical text drops
+        assert result.usage is not None
+        if client == "openai":
+            assert result.usage["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
+        elif client == "gemini":
+            assert result.usage.get("thoughtsTokenCount", 0) == reasoning_tokens
+        else:
+            assert result.usage.get("output_tokens_details", {}).get("thinking_tokens", 0) == reasoning_tokens
+
+        result = READERS[client](translate_stream(provider, client, random_chunks(stream, rng), quiet))
+        assert (result.thinking, result.text, result.error) == ("", STREAM_TEXT, None)

@@ -17,11 +17,13 @@ from kaixu.formats.canonical import (
     Message,
     MessageEnd,
     MessageStart,
+    Reasoning,
     ResponseFormat,
     StreamError,
     StreamEvent,
     TextDelta,
     TextPart,
+    ThinkingDelta,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -80,12 +82,8 @@ CANONICAL = ChatRequest(
     tools=[Tool("get_weather", "Current weather", WEATHER_SCHEMA)],
     tool_choice="auto",
     include_usage=True,
-    extra={
-        "gemini": {
-            "safetySettings": GEMINI_REQUEST["safetySettings"],
-            "generationConfig.thinkingConfig": {"thinkingBudget": 1024},
-        }
-    },
+    reasoning=Reasoning(mode="on", budget_tokens=1024),
+    extra={"gemini": {"safetySettings": GEMINI_REQUEST["safetySettings"]}},
     source="gemini",
 )
 
@@ -267,7 +265,8 @@ def test_stream_decode_parallel_calls_come_whole() -> None:
             ToolCallStart(1, "call_get_weather_1_tTCwacuEBMvnitYP", "get_weather"),
             ToolCallDelta(1, '{"location":"Tokyo"}'),
         ]
-        assert not any(isinstance(e, TextDelta) for e in events), "thought parts are dropped"
+        assert not any(isinstance(e, TextDelta) for e in events), "thought parts are not answer text"
+        assert [e for e in events if isinstance(e, ThinkingDelta)] == [ThinkingDelta("Plan: two lookups.")]
         assert events[-1] == MessageEnd("tool_calls", GEMINI_STREAM_USAGE)
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from kaixu.formats import get_codec
 from kaixu.formats._common import dumps
 from kaixu.formats.canonical import (
+    EFFORTS,
     ChatRequest,
     ChatResponse,
     FinishReason,
@@ -23,8 +24,10 @@ from kaixu.formats.canonical import (
     Message,
     NamedToolChoice,
     Part,
+    Reasoning,
     ResponseFormat,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -52,6 +55,7 @@ tool_choices: st.SearchStrategy[ToolChoice | None] = st.one_of(
     st.none(), st.sampled_from(CHOICES), st.builds(lambda n: NamedToolChoice(name=n), names)
 )
 FINISHES: tuple[FinishReason, ...] = ("stop", "length", "tool_calls", "content_filter")
+maybe_bool = st.none() | st.booleans()
 
 
 def wire(codec: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +123,13 @@ def openai_requests(draw: st.DrawFn) -> ChatRequest:
         presence_penalty=draw(st.none() | floats),
         frequency_penalty=draw(st.none() | floats),
         source="openai",
+        reasoning=draw(
+            st.one_of(
+                st.none(),
+                st.just(Reasoning("off")),
+                st.builds(lambda e: Reasoning("on", effort=e, include_thoughts=True), st.sampled_from(EFFORTS)),
+            )
+        ),
     )
 
 
@@ -133,11 +144,15 @@ def test_openai_request_round_trip(req: ChatRequest) -> None:
 def openai_responses(draw: st.DrawFn) -> ChatResponse:
     calls = draw(st.lists(st.builds(ToolCall, nonempty, names, text), max_size=2))
     content = draw(st.none() | text) if calls else draw(text)
+    parts: list[Part] = [] if content is None else [TextPart(content)]
+    thinking = draw(st.none() | nonempty)  # reasoning_content
+    if thinking is not None:
+        parts.insert(0, ThinkingPart(thinking, format="openai"))
     return ChatResponse(
         id=draw(nonempty),
         model=draw(nonempty),
         created=draw(ints),
-        message=Message("assistant", [] if content is None else [TextPart(content)], calls),
+        message=Message("assistant", parts, calls),
         finish_reason=draw(st.sampled_from(FINISHES)),
         usage=draw(usage),
     )
@@ -159,6 +174,10 @@ anthropic_image = st.one_of(
 anthropic_call = st.builds(
     lambda i, n, a: ToolCall(i, n, dumps(a)), st.text("abc_123", min_size=1, max_size=8), names, args_obj
 )
+anthropic_thinking = st.one_of(
+    st.builds(lambda t, s: ThinkingPart(t, s, format="anthropic"), text, nonempty),
+    st.builds(lambda d: ThinkingPart(redacted=d, format="anthropic"), b64),
+)
 
 
 @st.composite
@@ -168,7 +187,8 @@ def anthropic_requests(draw: st.DrawFn) -> ChatRequest:
         st.lists(st.one_of(st.builds(TextPart, nonempty), anthropic_image), min_size=1, max_size=3),
     )
     assistant = st.builds(
-        lambda parts, calls: Message("assistant", parts, calls),
+        lambda thinking, parts, calls: Message("assistant", thinking + parts, calls),
+        st.lists(anthropic_thinking, max_size=2),
         st.lists(st.builds(TextPart, nonempty), max_size=2),
         st.lists(anthropic_call, max_size=2),
     ).filter(lambda m: bool(m.parts or m.tool_calls))  # empty turns are dropped on purpose
@@ -200,6 +220,15 @@ def anthropic_requests(draw: st.DrawFn) -> ChatRequest:
         user=draw(st.none() | text),
         include_usage=True,
         source="anthropic",
+        # Thinking on or adaptive is changed on purpose when the rest of the request makes Anthropic refuse
+        # it (test_reasoning.py); off and a bare effort always round-trip.
+        reasoning=draw(
+            st.one_of(
+                st.none(),
+                st.just(Reasoning("off")),
+                st.builds(lambda e: Reasoning(effort=e), st.sampled_from(["low", "medium", "high", "xhigh", "max"])),
+            )
+        ),
     )
 
 
@@ -221,7 +250,7 @@ def anthropic_responses(draw: st.DrawFn) -> ChatResponse:
         created=0,
         message=Message(
             "assistant",
-            draw(st.lists(st.builds(TextPart, text), max_size=2)),
+            draw(st.lists(anthropic_thinking, max_size=2)) + draw(st.lists(st.builds(TextPart, text), max_size=2)),
             draw(st.lists(anthropic_call, max_size=2)),
         ),
         finish_reason=finish,
@@ -244,6 +273,14 @@ gemini_image = st.one_of(
     st.builds(lambda d, m: ImagePart(data=d, media_type=m), b64, media),
 )
 plain = st.text(max_size=12).filter(lambda t: not t.startswith("{"))  # JSON-object text is sent as an object
+gemini_thought = st.builds(lambda t, s: ThinkingPart(t, s, format="gemini"), nonempty, st.none() | nonempty)
+gemini_reasoning = st.one_of(
+    st.none(),
+    st.builds(lambda i: Reasoning("off", include_thoughts=i), maybe_bool),
+    st.builds(lambda i: Reasoning("adaptive", include_thoughts=i), maybe_bool),
+    st.builds(lambda b, i: Reasoning("on", b, include_thoughts=i), st.integers(1, 24576), maybe_bool),
+    st.builds(lambda i: Reasoning(include_thoughts=i), st.booleans()),
+)
 
 
 @st.composite
@@ -264,7 +301,8 @@ def gemini_conversations(draw: st.DrawFn) -> list[Message]:
             turn.append(ToolCall(f"call_{name}_{calls.get(name, 0)}", name, dumps(draw(args_obj))))
             calls[name] = calls.get(name, 0) + 1
         min_text = 0 if turn else 1  # empty model turns and empty texts are dropped on purpose
-        texts: list[Part] = draw(st.lists(st.builds(TextPart, nonempty), min_size=min_text, max_size=2))
+        texts: list[Part] = draw(st.lists(gemini_thought, max_size=1))
+        texts += draw(st.lists(st.builds(TextPart, nonempty), min_size=min_text, max_size=2))
         messages.append(Message("assistant", texts, turn))
         for call in turn[: draw(st.integers(0, len(turn)))]:
             call_id = f"call_{call.name}_{results.get(call.name, 0)}"
@@ -308,6 +346,7 @@ def gemini_requests(draw: st.DrawFn) -> ChatRequest:
         presence_penalty=draw(st.none() | floats),
         frequency_penalty=draw(st.none() | floats),
         source="gemini",
+        reasoning=draw(gemini_reasoning),
     )
 
 
@@ -330,7 +369,8 @@ def gemini_responses(draw: st.DrawFn) -> ChatResponse:
     use = draw(usage)
     use.cache_creation_input_tokens = 0  # Gemini has no cache-write counter
     use.output_tokens += use.reasoning_tokens  # thoughts are part of the output
-    parts: list[Part] = draw(st.lists(st.one_of(st.builds(TextPart, text), gemini_image), max_size=2))
+    parts: list[Part] = draw(st.lists(gemini_thought, max_size=2))
+    parts += draw(st.lists(st.one_of(st.builds(TextPart, text), gemini_image), max_size=2))
     return ChatResponse(response_id, draw(nonempty), 0, Message("assistant", parts, calls), finish, None, use)
 
 

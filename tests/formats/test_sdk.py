@@ -20,7 +20,8 @@ from google import genai
 from google.genai import types as genai_types
 
 from kaixu.formats import FORMATS, get_codec
-from kaixu.formats.canonical import ChatRequest, StreamError, TextDelta
+from kaixu.formats.canonical import ChatRequest, Reasoning, StreamError, TextDelta
+from kaixu.formats.fronts import encode_response
 
 from .clients import random_chunks, translate_stream
 from .samples import (
@@ -30,6 +31,10 @@ from .samples import (
     STREAM_TEXT,
     STREAM_TOOL_ARGS,
     STREAMS,
+    THINKING_RESPONSES,
+    THINKING_SIGNATURE,
+    THINKING_STREAMS,
+    THINKING_TEXT,
 )
 
 REQ = ChatRequest(model="client-model", stream=True, include_usage=True)
@@ -170,3 +175,58 @@ def test_sdk_reads_gateway_error_bodies(client: str) -> None:
             anthropic_client(body, "application/json", 429).messages.create(model="m", max_tokens=5, messages=user)
         else:
             gemini_client(body, "application/json", 429).models.generate_content(model="m", contents="hi")
+
+
+THINKING_REQ = ChatRequest(
+    model="client-model", stream=True, include_usage=True, reasoning=Reasoning("on", 2048, include_thoughts=True)
+)
+USER = [{"role": "user", "content": "hi"}]
+
+
+def sdk_thinking(client: str, body: bytes, *, stream: bool) -> tuple[str, str, list[str]]:
+    """(thinking, answer text, signatures) as the client's SDK hands them to its caller."""
+    content_type = "text/event-stream" if stream else "application/json"
+    if client == "openai":
+        sdk = openai_client(body, content_type).chat.completions
+        if stream:
+            with sdk.stream(model="m", messages=USER) as events:
+                message = events.get_final_completion().choices[0].message
+        else:
+            message = sdk.create(model="m", messages=USER).choices[0].message
+        return str(getattr(message, "reasoning_content", "")), message.content or "", []  # an SDK extra field
+    if client == "anthropic":
+        messages = anthropic_client(body, content_type).messages
+        if stream:
+            with messages.stream(model="m", max_tokens=10, messages=USER) as events:
+                blocks = events.get_final_message().content
+        else:
+            blocks = messages.create(model="m", max_tokens=10, messages=USER).content
+        thinking = [b for b in blocks if b.type == "thinking"]
+        text = "".join(b.text for b in blocks if b.type == "text")
+        return "".join(b.thinking for b in thinking), text, [b.signature for b in thinking]
+    models = gemini_client(body, content_type).models
+    answers = (
+        list(models.generate_content_stream(model="m", contents="hi"))
+        if stream
+        else [models.generate_content(model="m", contents="hi")]
+    )
+    parts = [p for a in answers for p in (a.candidates[0].content.parts or [])]
+    text = "".join(a.text or "" for a in answers)  # the SDK's .text leaves thoughts out
+    return "".join(p.text or "" for p in parts if p.thought), text, [p.thought_signature for p in parts if p.thought]
+
+
+@pytest.mark.parametrize("client", FORMATS)
+@pytest.mark.parametrize("provider", FORMATS)
+def test_sdk_reads_translated_thinking(client: str, provider: str) -> None:
+    rng = random.Random(f"sdk-thinking-{client}-{provider}")
+    body = translate_stream(provider, client, random_chunks(THINKING_STREAMS[provider][0], rng), THINKING_REQ)
+    thinking, text, signatures = sdk_thinking(client, body, stream=True)
+    assert (thinking, text) == (THINKING_TEXT, STREAM_TEXT)
+    own_signature = THINKING_SIGNATURE if provider == "anthropic" else ""
+    assert signatures == {"openai": [], "anthropic": [own_signature], "gemini": [None, None]}[client]
+
+    answer = get_codec(provider).decode_response(THINKING_RESPONSES[provider])
+    body = json.dumps(encode_response(client, answer, None, THINKING_REQ)).encode()
+    thinking, text, signatures = sdk_thinking(client, body, stream=False)
+    assert (thinking, text) == (THINKING_TEXT, STREAM_TEXT)
+    assert signatures == {"openai": [], "anthropic": [own_signature], "gemini": [None]}[client]
