@@ -346,7 +346,7 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
     else:
         prompt = "Say hello"
     with contextlib.ExitStack() as stack:
-        port, _pid = start_kaixu(folder, fake_port, stack, policy(client, case.provider, fake_port), KAIXU_ARGS)
+        port, _pid = start_kaixu(folder, fake_port, stack, policy(client, case.provider, fake_port), args=KAIXU_ARGS)
         cmd, env = RUNNERS[case.client](exe, f"http://{HOST}:{port}", home, case, prompt)
         print(f"  {case.name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
