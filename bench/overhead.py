@@ -479,7 +479,7 @@ def preflight(name: str, port: int, key: str) -> None:
 def stream_once(conn: http.client.HTTPConnection, key: str) -> tuple[float, float, int]:
     """One streamed completion: (ms to the first body bytes, ms to the end, number of SSE events)."""
     start = time.perf_counter()
-    post(conn, SSE_BODY, key, {"x-fake-stream-events": str(SSE_EVENTS)})
+    post(conn, SSE_BODY, key, {})
     response = conn.getresponse()
     first = response.read1(65536)
     ttfb = time.perf_counter() - start

@@ -12,14 +12,15 @@ stime from /proc/<pid>/stat) for these cases, interleaved in rounds in one run:
 * ``openai → gemini``     translated: the same request for ``gemini-test`` (a ``gemini``-kind provider)
 * ``anthropic → openai``  translated: ``POST /v1/messages`` for ``gpt-4o-mini``
 
-Per streamed event: each case runs batches of long streams (``x-fake-stream-events: 200``) and a batch of
-1-event streams; the CPU per stream of the long batch minus that of the short one, divided by the extra
-events, is the cost of one event, free of the per-stream cost (parsing, routing, connection, ledger). Long
-streams run in two regimes: *paced* (the fake pauses between events, so each reaches the gateway in its own
-read, as from a real model) and *burst* (no pause: the gateway is saturated and reads many events at once,
-so the Python work per event weighs most). Per non-streamed request: wrk, as in ``bench/overhead.py``,
-whose process, pinning, /proc, wrk and doc helpers this file imports. The gateway is pinned to CPU 1; the
-fake, wrk and this script's client to CPU 0.
+Per streamed event: each case runs batches of long streams (200 events) and a batch of 1-event streams;
+the CPU per stream of the long batch minus that of the short one, divided by the extra events, is the cost
+of one event, free of the per-stream cost (parsing, routing, connection, ledger). Long streams run in two
+regimes: *paced* (the fake pauses between events, so each reaches the gateway in its own read, as from a
+real model) and *burst* (no pause: the gateway is saturated and reads many events at once, so the Python
+work per event weighs most). kaixu forwards no client ``x-fake-*`` header, so the policy steers the fake:
+per steering a provider with static headers and a model alias per case (see :class:`Steer`). Per
+non-streamed request: wrk, as in ``bench/overhead.py``, whose process, pinning, /proc, wrk and doc helpers
+this file imports. The gateway is pinned to CPU 1; the fake, wrk and this script's client to CPU 0.
 
 Run with ``.venv/bin/python bench/translation.py`` (``make bench-translation``, about 2 minutes); results
 go to stdout, to ``bench/results/translation-<timestamp>.json`` and to the marked section of
@@ -84,6 +85,31 @@ Role = Literal["baseline", "reference", "translated"]
 
 
 @dataclass(frozen=True)
+class Steer:
+    """How the fake streams one request: ``events`` text events, ``delay_ms`` apart.
+
+    kaixu sends a provider only an allowlist of the client's headers (router.FORWARDED_HEADERS), so the
+    ``x-fake-*`` headers that steer the fake are a provider's static ``headers`` in the policy: one provider
+    per steering, reached through a model alias per case (``<model>@<tag>``, see policy())."""
+
+    events: int
+    delay_ms: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"e{self.events}" + (f"d{self.delay_ms}" if self.delay_ms else "")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-fake-stream-events": str(self.events)}
+        if self.delay_ms:
+            headers["x-fake-event-delay-ms"] = str(self.delay_ms)
+        return headers
+
+
+PREFLIGHT = Steer(3)
+
+
+@dataclass(frozen=True)
 class Case:
     """One client format talking to one provider format through kaixu."""
 
@@ -101,8 +127,10 @@ class Case:
         """Besides the bearer key (which every SDK kaixu supports may send): Anthropic's version header."""
         return {"anthropic-version": ANTHROPIC_VERSION} if self.front == "anthropic" else {}
 
-    def body(self, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": PROMPT}]}
+    def body(self, stream: bool, steer: Steer | None = None) -> dict[str, Any]:
+        """The request; a ``steer`` sends it to the model alias whose provider makes the fake stream so."""
+        model = self.model if steer is None else steered_model(self.model, steer)
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
         if self.front == "anthropic":
             body["max_tokens"] = 1024  # required by the Anthropic format; far above the reply's length
         if stream:
@@ -121,25 +149,47 @@ CASES = (
 )
 
 
-def policy(fake_port: int, work: Path) -> str:
-    """tests/harness.py's policy_for, trimmed: the fake in each wire format, one model each, one key.
+# The cases' models: (provider name, kind, path after the fake's base URL, the model the provider is asked for).
+MODELS = {
+    "gpt-4o-mini": ("oai", "openai", "/v1", "gpt-4o-mini"),
+    "claude-test": ("ant", "anthropic", "", "claude-3-5-haiku-latest"),
+    "gemini-test": ("gem", "gemini", "", "gemini-2.5-flash"),
+}
 
-    The fake demands one upstream key (overhead.start_fake), so every provider presents the same one."""
+
+def steered_model(model: str, steer: Steer) -> str:
+    return f"{model}@{steer.tag}"
+
+
+def steers(plan: Plan) -> tuple[Steer, ...]:
+    """Every way a run makes the fake stream: preflight, the short batch, the paced and burst long batches."""
+    wanted = (PREFLIGHT, Steer(1), Steer(plan.long_events, plan.event_delay_ms), Steer(plan.long_events))
+    return tuple(dict.fromkeys(wanted))
+
+
+def policy(fake_port: int, work: Path, plan: Plan) -> str:
+    """tests/harness.py's policy_for, trimmed: the fake in each wire format, one model each, one key; and per
+    steering (see :class:`Steer`) a copy of each provider with the fake's headers and a model alias to it.
+
+    An alias asks its provider for the same model as the plain route, so upstream requests and replies are
+    what they were when the bench sent the steering headers itself. The fake demands one upstream key
+    (overhead.start_fake), so every provider presents the same one."""
     fake = f"http://{HOST}:{fake_port}"
+    providers: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for model, (name, kind, path, upstream) in MODELS.items():
+        providers[name] = {"kind": kind, "base_url": fake + path, "api_key": UPSTREAM_KEY}
+        models[model] = {"route": [{"provider": name} | ({"model": upstream} if upstream != model else {})]}
+        for steer in steers(plan):
+            steered = f"{name}-{steer.tag}"
+            providers[steered] = providers[name] | {"headers": steer.headers()}
+            models[steered_model(model, steer)] = {"route": [{"provider": steered, "model": upstream}]}
     doc = {
         "version": 1,
         "listen": [{"host": HOST, "port": 0}],
         "store": {"sqlite": str(work / "kaixu-bench.db")},
-        "providers": {
-            "oai": {"kind": "openai", "base_url": fake + "/v1", "api_key": UPSTREAM_KEY},
-            "ant": {"kind": "anthropic", "base_url": fake, "api_key": UPSTREAM_KEY},
-            "gem": {"kind": "gemini", "base_url": fake, "api_key": UPSTREAM_KEY},
-        },
-        "models": {
-            "gpt-4o-mini": {"route": [{"provider": "oai"}]},
-            "claude-test": {"route": [{"provider": "ant", "model": "claude-3-5-haiku-latest"}]},
-            "gemini-test": {"route": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
-        },
+        "providers": providers,
+        "models": models,
         "keys": [{"name": "bench", "hash": "sha256:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}],
     }
     return json.dumps(doc, indent=2)  # JSON is YAML
@@ -172,16 +222,16 @@ class Connection:
                 await self.writer.wait_closed()
         self.reader = self.writer = None
 
-    async def post(self, case: Case, body: bytes, extra: dict[str, str]) -> Reply:
+    async def post(self, case: Case, body: bytes) -> Reply:
         """One request; a hang, a dropped connection or a garbled response fails the run with a BenchError."""
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return await self._post(case, body, extra)
+                return await self._post(case, body)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             await self.close()
             raise BenchError(f"{case.name}: request failed: {exc!r}") from exc
 
-    async def _post(self, case: Case, body: bytes, extra: dict[str, str]) -> Reply:
+    async def _post(self, case: Case, body: bytes) -> Reply:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         reader, writer = self.reader, self.writer
@@ -192,7 +242,6 @@ class Connection:
             "Content-Length": str(len(body)),
             "Authorization": f"Bearer {CLIENT_KEY}",
             **case.headers(),
-            **extra,
         }
         head = f"POST {case.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         writer.write(head.encode() + body)
@@ -371,10 +420,7 @@ class CaseResult:
 
 async def stream_batch(case: Case, port: int, pid: int, events: int, streams: int, plan: Plan, delay_ms: int) -> Batch:
     """``streams`` streams on ``plan.concurrency`` keep-alive connections, each one checked."""
-    body = json.dumps(case.body(stream=True)).encode()
-    extra = {"x-fake-stream-events": str(events)}
-    if delay_ms:
-        extra["x-fake-event-delay-ms"] = str(delay_ms)
+    body = json.dumps(case.body(stream=True, steer=Steer(events, delay_ms))).encode()
     todo: Iterator[int] = iter(range(streams))
     chunks = 0
 
@@ -383,7 +429,7 @@ async def stream_batch(case: Case, port: int, pid: int, events: int, streams: in
         conn = Connection(port)
         try:
             for _ in todo:
-                reply = await conn.post(case, body, extra)
+                reply = await conn.post(case, body)
                 check_stream(case, reply, events)
                 chunks += reply.chunks
         finally:
@@ -409,9 +455,9 @@ async def preflight(case: Case, port: int) -> None:
     """One plain request and one short stream before measuring: a wrong route fails here, with the body."""
     conn = Connection(port)
     try:
-        check_json(case, await conn.post(case, json.dumps(case.body(stream=False)).encode(), {}))
-        reply = await conn.post(case, json.dumps(case.body(stream=True)).encode(), {"x-fake-stream-events": "3"})
-        check_stream(case, reply, 3)
+        check_json(case, await conn.post(case, json.dumps(case.body(stream=False)).encode()))
+        reply = await conn.post(case, json.dumps(case.body(stream=True, steer=PREFLIGHT)).encode())
+        check_stream(case, reply, PREFLIGHT.events)
     finally:
         await conn.close()
 
@@ -436,7 +482,7 @@ def run_all(plan: Plan) -> tuple[list[CaseResult], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="kaixu-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         fake_port = start_fake(work, stack)
-        port, pid = start_kaixu(work, fake_port, stack, policy(fake_port, work))
+        port, pid = start_kaixu(work, fake_port, stack, policy(fake_port, work, plan))
         gateway: dict[str, float] = {"rss_idle_mb": rss_mb(pid)}
         for case in CASES:  # warm-up: every code path runs before anything is measured
             asyncio.run(preflight(case, port))
