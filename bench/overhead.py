@@ -212,6 +212,7 @@ def start_fake(
     recording (other benchmarks route several keys to it, or read what it received at ``/_fake/requests``)."""
     port_file, log = work / "fake.port", work / "fake.log"
     cmd = [sys.executable, "-m", "tests.fakes.provider", "--host", HOST, "--port", "0", "--port-file", str(port_file)]
+    cmd += ["--stream-events", str(SSE_EVENTS)]  # kaixu forwards no x-fake-* header: set for every stream here
     if require_key is not None:
         cmd += ["--require-key", require_key]
     if not record:

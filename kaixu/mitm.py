@@ -175,19 +175,26 @@ def _patch_http1_send() -> None:
     original = _http1.Http1Server.send
 
     def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any]:
-        status = event.code.http_status_code() if isinstance(event, ResponseProtocolError) else None
-        if status is None or not _ours(self) or self.response or not (self.conn.state & ConnectionState.CAN_WRITE):
-            yield from original(self, event)
-            return
-        yield commands.SendData(self.conn, _render(self.request, status, event.message, event.code))
-        if event.code is ErrorCode.REQUEST_TOO_LARGE:
-            # The client may still be uploading: stop writing, keep reading (and discarding) so it can finish
-            # and read the 413. The idle timeout closes the connection if it never does.
-            yield commands.CloseTcpConnection(self.conn, half_close=True)
-        else:
-            yield commands.CloseConnection(self.conn)
+        # Called for every chunk of every answer: the common case hands back mitmproxy's own generator.
+        if type(event) is not ResponseProtocolError or self.response or not _ours(self):
+            return original(self, event)
+        if event.code.http_status_code() is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+            return original(self, event)
+        return _send_error(self, event)
 
     _http1.Http1Server.send = send  # type: ignore[method-assign]
+
+
+def _send_error(self: _http1.Http1Server, event: ResponseProtocolError) -> Generator[commands.Command, Any]:
+    status = event.code.http_status_code()
+    assert status is not None
+    yield commands.SendData(self.conn, _render(self.request, status, event.message, event.code))
+    if event.code is ErrorCode.REQUEST_TOO_LARGE:
+        # The client may still be uploading: stop writing, keep reading (and discarding) so it can finish
+        # and read the 413. The idle timeout closes the connection if it never does.
+        yield commands.CloseTcpConnection(self.conn, half_close=True)
+    else:
+        yield commands.CloseConnection(self.conn)
 
 
 def _patch_http1_read_headers() -> None:
@@ -288,10 +295,15 @@ def _patch_request_only_body_limit() -> None:
 
     def check_body_size(self: http_layers.HttpStream, request: bool) -> Generator[Any, Any, bool]:
         if not request and is_kaixu_client(self.context.client):
-            return False
-        return (yield from original(self, request))
+            return _not_too_large()
+        return original(self, request)
 
     http_layers.HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
+
+
+def _not_too_large() -> Generator[Any, Any, bool]:
+    return False
+    yield  # a generator that yields nothing: `yield from` it gives False
 
 
 __all__ = [
