@@ -118,7 +118,9 @@ class Target:
         policy = policy_for(
             f"http://{HOST}:{fake_port}",
             store={"sqlite": str(self.ledger)},
-            limits={"upstream_timeout_s": 5, "max_body_bytes": 2_000_000},  # room for the 1 MB bomb
+            # room for the 1 MB bomb; the body timeout shortened from 60 s so that a body announced and never
+            # sent is closed within a malformed request's 10 s answer window (every other limit: defaults)
+            limits={"upstream_timeout_s": 5, "max_body_bytes": 2_000_000, "client_body_timeout_s": 5},
         )
         policy["models"].update(hostile.GLOB_ROUTE)
         self.port, self.pid = start_kaixu(work, fake_port, stack, json.dumps(policy, indent=2))

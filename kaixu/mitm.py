@@ -176,7 +176,9 @@ def _patch_http1_send() -> None:
 
     def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any]:
         # Called for every chunk of every answer: the common case hands back mitmproxy's own generator.
-        if type(event) is not ResponseProtocolError or self.response or not _ours(self):
+        # (a `100 Continue` sent before is not the answer: mitmproxy itself then sends no error at all)
+        answered = self.response is not None and self.response.status_code >= 200
+        if type(event) is not ResponseProtocolError or answered or not _ours(self):
             return original(self, event)
         if event.code.http_status_code() is None or not (self.conn.state & ConnectionState.CAN_WRITE):
             return original(self, event)

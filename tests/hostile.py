@@ -815,9 +815,27 @@ def shape_problem(front: str, status: int, body: Any) -> str | None:
     return None if isinstance(error, str) else 'expected {"error": "..."}'  # gateway13
 
 
+def closing_is_an_answer(probe: Probe) -> bool:
+    """Requests a server may answer by closing the connection: bytes that are not HTTP/1 (TLS, an HTTP/2
+    preface), no request line at all, and a body announced and never sent in full (kaixu's client body
+    timeout closes those; a chunk of 2^72 bytes included)."""
+    raw = probe.raw or b""
+    if raw[:3] in (b"\x16\x03\x01", b"PRI", b"\r\n\r") or b"\r\n\r\nffffffffffffffffff" in raw:
+        return True
+    chunked = any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in probe.headers)
+    if chunked and not probe.body.endswith(b"0\r\n\r\n"):
+        return True  # a chunked body without its last chunk never ends
+    lengths = {v.strip() for k, v in probe.headers if k.lower() == "content-length"}
+    if not chunked and len(lengths) == 1 and (length := lengths.pop()).isdigit() and int(length) > len(probe.body):
+        return True  # fewer bytes than announced: the rest never comes
+    return "header:long-content-length" in probe.labels
+
+
 def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
     """Every rule an answer to a hostile request must keep."""
     where = probe.describe()
+    if isinstance(answer, NoAnswer) and answer.kind == "closed" and closing_is_an_answer(probe):
+        return []
     if isinstance(answer, NoAnswer):
         return [Finding(f"no answer ({answer.kind})", f"{answer.detail}; got {answer.received[:120]!r}", where)]
     found: list[Finding] = []

@@ -130,11 +130,6 @@ def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
         answers = list(pool.map(gateway.send, probes))
     findings = []
     for probe, answer in zip(probes, answers, strict=True):
-        not_http = probe.raw is not None and probe.raw[:3] in (b"\x16\x03\x01", b"PRI", b"\r\n\r")
-        # a body announced and never sent in full (a 2^72-byte chunk included) is closed by the body timeout
-        never_complete = not_http or probe is short_body or b"\r\n\r\nffffffffffffffffff" in (probe.raw or b"")
-        if never_complete and isinstance(answer, hostile.NoAnswer) and answer.kind == "closed":
-            continue
         findings += hostile.judge(probe, answer)
     for forwarded in gateway.fake.requests[before:]:
         findings += hostile.judge_forwarded(forwarded.path, forwarded.headers, "one of the broken requests")

@@ -356,3 +356,22 @@ def test_a_slow_reader_gets_its_whole_answer_past_the_idle_timeout(gw: Kaixu) ->
             received += chunk
     head, _, payload = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and len(json.loads(payload)["data"]) == 200
+
+
+def test_an_upstream_failure_after_100_continue_is_still_a_json_502(gw: Kaixu) -> None:
+    """mitmproxy sends no error at all once it has sent `100 Continue`; kaixu's clients get their 502."""
+    body = json.dumps({"model": "dead-model", "messages": HELLO}).encode()
+    with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\nexpect: 100-continue\r\n\r\n" % len(body)
+        )
+        assert sock.recv(1000).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        received = b""
+        while not answer_complete(received):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer after {received!r}"
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 ") and json.loads(payload)["error"]["code"] == "upstream_connect_error"
