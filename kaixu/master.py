@@ -15,6 +15,7 @@ from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+from kaixu import mitm
 from kaixu.addons import build_addons
 from kaixu.addons.config import reverse_modes
 from kaixu.config import Policy
@@ -36,6 +37,7 @@ def build_master(
 ) -> tuple[Master, Gateway]:
     opts = options.Options()
     master = Master(opts, with_termlog=False)
+    master.addons = mitm.CachedAddonManager(master)  # why: kaixu/mitm.py
     master.addons.add(
         core.Core(),
         proxyserver.Proxyserver(),

@@ -11,6 +11,9 @@ long as it likes. Here, from the policy's `limits`:
   reading the rest of a body it refused with 413, for the client's sake);
 * `max_client_connections`: connections beyond it are closed as they arrive.
 
+Each connection carries one deadline (a float: what it is waiting for, and until when), and one task sweeps
+them every `SWEEP_S`: a request costs a few attribute writes, not timers (timeouts are met within `SWEEP_S`).
+
 Plaintext HTTP/2 with prior knowledge (gRPC-style clients) is recognised here too: mitmproxy's reverse mode
 would parse the HTTP/2 preface as an HTTP/1 request and drop the connection.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
 
@@ -29,27 +32,39 @@ from kaixu.gateway import Gateway
 log = logging.getLogger("kaixu.connections")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SWEEP_S = 0.25
+_NEVER = float("inf")
 
 
 @dataclass(slots=True)
 class _Tracked:
     client: connection.Client
+    deadline: float
+    waiting_for: str
+    """What the deadline is for: a request head, an idle period's end, or the rest of a body."""
     active: int = 0
-    timer: asyncio.TimerHandle | None = None
-    bodies: dict[str, asyncio.TimerHandle] | None = None
-    """Per flow still receiving its body: the timer that closes the connection if the body stalls."""
+    bodies: dict[str, float] = field(default_factory=dict)
+    """Per flow still receiving its body: when it must be complete."""
 
 
 class Connections:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._open: dict[str, _Tracked] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.refused = 0
         self.timed_out = 0
 
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    def running(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="kaixu-connections")
+
+    def done(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     def client_connected(self, client: connection.Client) -> None:
         limits = self.gateway.require_policy().limits
@@ -58,17 +73,11 @@ class Connections:
             client.error = f"kaixu: over limits.max_client_connections ({limits.max_client_connections})"
             log.warning("connection from %s refused: %d connections open", client.peername[0], len(self._open))
             return
-        tracked = self._open[client.id] = _Tracked(client)
-        self._arm(tracked, limits.client_header_timeout_s, "no complete request head")
+        deadline = asyncio.get_running_loop().time() + limits.client_header_timeout_s
+        self._open[client.id] = _Tracked(client, deadline, "no complete request head")
 
     def client_disconnected(self, client: connection.Client) -> None:
-        tracked = self._open.pop(client.id, None)
-        if tracked is None:
-            return
-        if tracked.timer is not None:
-            tracked.timer.cancel()
-        for timer in (tracked.bodies or {}).values():
-            timer.cancel()
+        self._open.pop(client.id, None)
 
     def next_layer(self, nextlayer: object) -> None:
         data = nextlayer.data_client()  # type: ignore[attr-defined]
@@ -80,16 +89,15 @@ class Connections:
         if tracked is None:
             return
         tracked.active += 1
-        if tracked.timer is not None:
-            tracked.timer.cancel()
-            tracked.timer = None
+        tracked.deadline = _NEVER
         if flow.request.timestamp_end is None:  # a body is still to come
             seconds = self.gateway.require_policy().limits.client_body_timeout_s
-            timer = asyncio.get_running_loop().call_later(seconds, self._body_stalled, tracked, flow.id)
-            (tracked.bodies if tracked.bodies is not None else self._bodies(tracked))[flow.id] = timer
+            tracked.bodies[flow.id] = asyncio.get_running_loop().time() + seconds
 
     def request(self, flow: http.HTTPFlow) -> None:
-        self._body_done(flow)
+        tracked = self._open.get(flow.client_conn.id)
+        if tracked is not None and tracked.bodies:
+            tracked.bodies.pop(flow.id, None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)
@@ -97,43 +105,36 @@ class Connections:
     def error(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)
 
-    @staticmethod
-    def _bodies(tracked: _Tracked) -> dict[str, asyncio.TimerHandle]:
-        tracked.bodies = {}
-        return tracked.bodies
-
-    def _body_done(self, flow: http.HTTPFlow) -> None:
-        tracked = self._open.get(flow.client_conn.id)
-        if tracked is not None and tracked.bodies:
-            timer = tracked.bodies.pop(flow.id, None)
-            if timer is not None:
-                timer.cancel()
-
-    def _body_stalled(self, tracked: _Tracked, flow_id: str) -> None:
-        if tracked.bodies is None or tracked.bodies.pop(flow_id, None) is None:
-            return
-        self.timed_out += 1
-        log.info("closing connection from %s: request body not complete in time", tracked.client.peername[0])
-        mitm.close_connection(tracked.client)
-
     def _finished(self, flow: http.HTTPFlow) -> None:
-        self._body_done(flow)
         tracked = self._open.get(flow.client_conn.id)
         if tracked is None:
             return
+        if tracked.bodies:
+            tracked.bodies.pop(flow.id, None)
         tracked.active = max(0, tracked.active - 1)
         if tracked.active == 0:
-            self._arm(tracked, self.gateway.require_policy().limits.client_idle_timeout_s, "idle")
+            seconds = self.gateway.require_policy().limits.client_idle_timeout_s
+            tracked.deadline, tracked.waiting_for = asyncio.get_running_loop().time() + seconds, "idle"
 
-    def _arm(self, tracked: _Tracked, seconds: float, why: str) -> None:
-        if tracked.timer is not None:
-            tracked.timer.cancel()
-        tracked.timer = asyncio.get_running_loop().call_later(seconds, self._expire, tracked, why)
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                self.sweep(loop.time())
+            except Exception:  # the sweeper must outlive any surprise; a missed sweep is retried next tick
+                log.exception("connection sweep failed")
 
-    def _expire(self, tracked: _Tracked, why: str) -> None:
-        tracked.timer = None
-        if tracked.active or self._open.get(tracked.client.id) is not tracked:
-            return
-        self.timed_out += 1
-        log.debug("closing connection from %s: %s", tracked.client.peername[0], why)
-        mitm.close_connection(tracked.client)
+    def sweep(self, now: float) -> None:
+        """Close every connection past its deadline: no request head in time, idle too long, a stalled body."""
+        for tracked in list(self._open.values()):
+            if tracked.bodies and min(tracked.bodies.values()) <= now:
+                why = "request body not complete in time"
+            elif tracked.active == 0 and tracked.deadline <= now:
+                why = tracked.waiting_for
+            else:
+                continue
+            self.timed_out += 1
+            log.debug("closing connection from %s: %s", tracked.client.peername[0], why)
+            self._open.pop(tracked.client.id, None)
+            mitm.close_connection(tracked.client)
