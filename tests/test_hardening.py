@@ -375,3 +375,8 @@ def test_an_upstream_failure_after_100_continue_is_still_a_json_502(gw: Kaixu) -
             received += chunk
     head, _, payload = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 502 ") and json.loads(payload)["error"]["code"] == "upstream_connect_error"
+
+
+def test_answers_do_not_name_the_loopback_servers_software(gw: Kaixu) -> None:
+    answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "mock-model", "messages": HELLO}, headers=AUTH)
+    assert answer.status_code == 200 and "tornado" not in answer.headers.get("server", "").lower()

@@ -104,6 +104,10 @@ def embedding(text: str) -> list[float]:
 
 
 class _Handler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        # tornado names itself in every answer, which clients would see as kaixu's own `Server` header
+        self.clear_header("Server")
+
     def check_xsrf_cookie(self) -> None:  # an API, not a web form
         return None
 

@@ -81,6 +81,10 @@ def error_marker(message: str, status: int) -> bytes:
 
 
 class RelayHandler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        # tornado names itself in every answer, which clients would see as kaixu's own `Server` header
+        self.clear_header("Server")
+
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
 
