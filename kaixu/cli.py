@@ -163,6 +163,73 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_overrides(path: str | None) -> dict[str, object]:
+    """A file holding the shape of a policy's future ``pricing:`` section: ``{models: {"kind/model": {...}}}``."""
+    if not path:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        loaded = yaml.safe_load(f) or {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def cmd_prices_show(args: argparse.Namespace) -> int:
+    from kaixu import pricing
+
+    try:
+        prices = pricing.table(_load_overrides(args.overrides))
+    except (OSError, pricing.PricingError) as exc:
+        print(f"kaixu: {exc}", file=sys.stderr)
+        return 1
+    if args.provider:
+        price = prices.lookup(args.provider, args.model)
+        found = [(args.provider, price)] if price is not None else []
+    else:
+        found = prices.find(args.model)
+    if not found:
+        where = f" for provider kind {args.provider}" if args.provider else ""
+        print(f"kaixu: no price for {args.model}{where} (its cost is unknown, not 0)", file=sys.stderr)
+        return 1
+    for kind, price in found:
+        origin = price.source if price.source == pricing.POLICY_OVERRIDE else f"{price.source} (as of {price.as_of})"
+        print(f"{kind}/{args.model}: {price.key}, USD per 1M tokens; from {origin}")
+        for name, rate in pricing.rate_fields(price.rates).items():
+            print(f"  {name}: {float(rate):g}")
+        for tier in price.tiers:
+            print(f"  above {tier.above_input_tokens} input tokens:")
+            for name, rate in pricing.rate_fields(tier.rates).items():
+                print(f"    {name}: {float(rate):g}")
+        if price.note:
+            print(f"  note: {price.note}")
+    return 0
+
+
+def cmd_prices_import(args: argparse.Namespace) -> int:
+    import datetime
+
+    from kaixu.pricing import litellm
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"kaixu: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(data, dict):
+        print(f"kaixu: {args.file}: expected a JSON object of models", file=sys.stderr)
+        return 1
+    converted = litellm.convert(data, args.as_of or datetime.date.today().isoformat())
+    text = json.dumps(converted, indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"{args.out}: {len(converted['models'])} models", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueListener:
     """Log records are queued by the event loop and written to stderr by a thread: a slow terminal or
     pipe never stalls the proxy."""
@@ -223,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     key_new.add_argument("--name", required=True)
     key_new.add_argument("--team")
     key_new.set_defaults(func=cmd_keys_new)
+
+    prices = sub.add_parser("prices", help="model prices").add_subparsers(dest="prices_command", required=True)
+    show = prices.add_parser("show", help="print the price that applies to a model, and where it came from")
+    show.add_argument("model")
+    show.add_argument("--provider", metavar="KIND", help="provider kind (openai, anthropic, gemini, mock)")
+    show.add_argument("--overrides", metavar="FILE", help="YAML/JSON file with {models: {kind/model: prices}}")
+    show.set_defaults(func=cmd_prices_show)
+    imp = prices.add_parser("import", help="convert LiteLLM's model_prices_and_context_window.json to kaixu's format")
+    imp.add_argument("file")
+    imp.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    imp.add_argument("--as-of", metavar="DATE", help="the as_of date to record (default: today)")
+    imp.set_defaults(func=cmd_prices_import)
     return parser
 
 
