@@ -70,8 +70,6 @@ class Gateway:
     last_reload_error: str | None = None
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
-    store_ok: bool | None = None
-    """Whether the store could be opened (None until it was tried)."""
     ledger: Ledger | None = None
     pool: PoolCounters = field(default_factory=PoolCounters)
 
@@ -93,7 +91,7 @@ class Gateway:
         if self.ledger is not None:
             status.update(self.ledger.status())
         else:
-            status.update(ok=self.store_ok, degraded=self.store_ok is False)
+            status.update(ok=None, degraded=False)  # the store is opened as the proxy starts
         if kind == "sqlite":
             status["path"] = policy.store["sqlite"]
         return status

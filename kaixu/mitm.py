@@ -41,7 +41,7 @@ from mitmproxy.net.http.http1 import assemble_response
 from mitmproxy.proxy import commands, events, mode_specs
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
-from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 from mitmproxy.version import VERSION
 
 log = logging.getLogger("kaixu.mitm")
@@ -54,6 +54,8 @@ INERT_UPSTREAM = "http://127.0.0.1:9"
 #: The limit on a request head (request line + headers): 431 above it.
 MAX_HEADER_BYTES = 64 * 1024
 BODY_TOO_LARGE = "body exceeds mitmproxy's body_size_limit"
+CLIENT_CLOSED = 499
+"""What kaixu records for a request whose client went away before its answer was complete (nginx's code)."""
 
 ErrorRenderer = Callable[[http.Request | None, int, str, ErrorCode, str], bytes]
 """Builds a complete HTTP/1 error response (status line, headers, JSON body) for a kaixu connection, from the
@@ -62,6 +64,7 @@ far as it could be read: it picks the front door's error shape)."""
 
 _renderer: ErrorRenderer | None = None
 _installed = False
+_tested = False
 
 
 class IncompatibleMitmproxy(RuntimeError):
@@ -90,7 +93,7 @@ def client_fault_status(flw: http.HTTPFlow) -> int | None:
     if error is None:
         return None
     if is_client_disconnect(error):
-        return 499
+        return CLIENT_CLOSED
     if is_body_too_large(error):
         return 413
     if flw.request.timestamp_end is None and error.msg.startswith("HTTP/1 protocol error"):
@@ -156,7 +159,11 @@ class CachedAddonManager(addonmanager.AddonManager):
 
 
 def self_test() -> None:
-    """Fail loudly, at start-up, if this mitmproxy is not one whose internals the patches below rely on."""
+    """Fail loudly, at start-up, if this mitmproxy is not one whose internals the patches below rely on.
+    Runs its checks once per process (`kaixu run` calls it for a clean message, `install` for the plugin)."""
+    global _tested
+    if _tested:
+        return
     if VERSION not in SUPPORTED_VERSIONS:
         raise IncompatibleMitmproxy(
             f"kaixu supports mitmproxy {', '.join(SUPPORTED_VERSIONS)}; {VERSION} is installed "
@@ -185,6 +192,7 @@ def self_test() -> None:
 
     if "connections" not in proxyserver.Proxyserver.__annotations__:
         raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: Proxyserver.connections is gone")
+    _tested = True
 
 
 def install(renderer: ErrorRenderer) -> None:
@@ -359,11 +367,11 @@ def _not_too_large() -> Generator[Any, Any, bool]:
 
 __all__ = [
     "BODY_TOO_LARGE",
+    "CLIENT_CLOSED",
     "INERT_UPSTREAM",
     "CachedAddonManager",
     "ErrorCode",
     "IncompatibleMitmproxy",
-    "RequestProtocolError",
     "assemble_response",
     "client_fault_status",
     "close_connection",

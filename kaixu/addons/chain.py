@@ -24,6 +24,7 @@ from mitmproxy import http
 from kaixu import mitm
 from kaixu.addons.respond import JSON_HEADERS, error_json, error_response
 from kaixu.call import get_call
+from kaixu.log import safe
 
 log = logging.getLogger("kaixu.chain")
 
@@ -173,8 +174,8 @@ class Chain:
         call = get_call(flow)
         if flow.response is not None or call is None or call.routed:
             return
-        log.error("request %s was not routed by any step; refused (%s %s)", call.request_id, flow.request.method,
-                  flow.request.path[:200].encode("unicode_escape").decode())  # fmt: skip
+        log.error("request %s was not routed by any step; refused (%s %s)", call.request_id,
+                  safe(flow.request.method, 20), safe(flow.request.path))  # fmt: skip
         call.failed = True
         flow.response = error_response(call, 500, INTERNAL_ERROR, "api_error", "internal_error")
 

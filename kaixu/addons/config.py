@@ -11,6 +11,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
+from kaixu import mitm
 from kaixu.addons import options
 from kaixu.config import Policy, PolicyError, load_policy
 from kaixu.gateway import Gateway
@@ -21,7 +22,7 @@ log = logging.getLogger("kaixu.config")
 
 def reverse_modes(listen: Iterable[tuple[str, int]]) -> list[str]:
     """Plain-HTTP reverse listeners; the router rewrites every flow's destination, so the target is inert."""
-    return [f"reverse:http://127.0.0.1:9@{host}:{port}" for host, port in listen]
+    return [f"reverse:{mitm.INERT_UPSTREAM}@{host}:{port}" for host, port in listen]
 
 
 class PolicyFile:

@@ -52,12 +52,6 @@ class Connections:
         self.gateway = gateway
         self._open: dict[str, _Tracked] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self.refused = 0
-        self.timed_out = 0
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
 
     def running(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="kaixu-connections")
@@ -69,7 +63,6 @@ class Connections:
     def client_connected(self, client: connection.Client) -> None:
         limits = self.gateway.require_policy().limits
         if len(self._open) >= limits.max_client_connections:
-            self.refused += 1
             client.error = f"kaixu: over limits.max_client_connections ({limits.max_client_connections})"
             log.warning("connection from %s refused: %d connections open", client.peername[0], len(self._open))
             return
@@ -134,7 +127,6 @@ class Connections:
                 why = tracked.waiting_for
             else:
                 continue
-            self.timed_out += 1
             log.debug("closing connection from %s: %s", tracked.client.peername[0], why)
             self._open.pop(tracked.client.id, None)
             mitm.close_connection(tracked.client)

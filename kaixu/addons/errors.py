@@ -91,17 +91,19 @@ class Errors:
     def error(self, flow: http.HTTPFlow) -> None:
         self.responseheaders(flow)
         call = get_call(flow)
-        if call is None or flow.error is None or mitm.is_client_disconnect(flow.error):
+        if call is None or flow.error is None:
             return
-        if mitm.client_fault_status(flow) == 400:
-            log.info("request %s refused: %s", call.request_id, safe(flow.error.msg))
-            return
+        fault = mitm.client_fault_status(flow)  # the one classification of client faults (settle uses it too)
         provider = call.provider.name if call.provider else "-"
-        if call.timed_out:
+        if fault == mitm.CLIENT_CLOSED:
+            return
+        if fault == 413:
+            log.info("request %s refused: body over %d bytes", call.request_id, call.policy.max_body_bytes)
+        elif fault == 400:
+            log.info("request %s refused: %s", call.request_id, safe(flow.error.msg))
+        elif call.timed_out:
             log.warning("request %s: provider %s did not answer within %g s", call.request_id, provider,
                         call.policy.upstream_timeout_s)  # fmt: skip
-        elif mitm.is_body_too_large(flow.error):
-            log.info("request %s refused: body over %d bytes", call.request_id, call.policy.max_body_bytes)
         else:
             log.warning("request %s to provider %s failed: %s", call.request_id, provider, safe(flow.error.msg))
 

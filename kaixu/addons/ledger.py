@@ -26,7 +26,6 @@ class LedgerWriter:
         ledger = Ledger(SqliteLedgerStore(store.get("sqlite", ":memory:")))
         self.gateway.ledger = ledger
         await ledger.start()
-        self.gateway.store_ok = ledger.ok
         if not ledger.ok:
             log.error(
                 "cannot open the store %s: %s; requests are served, their records kept in memory until it opens",

@@ -24,8 +24,6 @@ from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
-CLIENT_CLOSED = 499
-"""What kaixu records for a request whose client disconnected before its answer was complete."""
 access = logging.getLogger("kaixu.access")
 
 
@@ -69,7 +67,7 @@ class Settle:
         fault = mitm.client_fault_status(flow)
         if fault is not None:
             # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
-            call.client_disconnected = fault == CLIENT_CLOSED
+            call.client_disconnected = fault == mitm.CLIENT_CLOSED
             self._count(flow.request, call, fault, flow.error.msg)
         elif flow.response is None:
             self._count(flow.request, call, 504 if call.timed_out else 502, flow.error.msg)

@@ -193,12 +193,10 @@ def merge_extra(body: JSON, req: ChatRequest, target: str) -> None:
             body[key] = value
 
 
-def raw_part(part: RawPart, target: str, field: str) -> JSON | None:
-    """A ``RawPart`` for ``target``: its data if native, ``None`` if droppable, else raise."""
+def raw_part(part: RawPart, target: str, field: str) -> JSON:
+    """A ``RawPart`` for ``target``: its data if native, else raise."""
     if part.format == target:
         return part.data
-    if part.droppable:
-        return None
     kind = part.data.get("type") or next(iter(part.data), "part")
     raise UnsupportedFeature(field, f"{part.format} content '{kind}' cannot be expressed in the {target} format")
 

@@ -58,15 +58,12 @@ class ImagePart:
 class RawPart:
     """A content part only its source format can express (audio, documents, thinking blocks ...).
 
-    Kept verbatim so the same-format encoder can forward it. A different-format
-    encoder raises ``UnsupportedFeature`` unless ``droppable`` says that losing it
-    changes nothing the target model could have used. (Thinking is not raw: it is a
-    ``ThinkingPart``.)
+    Kept verbatim so the same-format encoder can forward it; a different-format
+    encoder raises ``UnsupportedFeature``. (Thinking is not raw: it is a ``ThinkingPart``.)
     """
 
     format: str
     data: dict[str, Any]
-    droppable: bool = False
 
 
 @dataclass(slots=True)

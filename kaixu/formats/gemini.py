@@ -535,7 +535,7 @@ def _function_response(msg: Message, names: dict[str, str], path: str) -> JSON:
     for j, part in enumerate(msg.parts):
         if isinstance(part, TextPart):
             texts.append(part.text)
-        elif not isinstance(part, ThinkingPart) and not (isinstance(part, RawPart) and part.droppable):
+        elif not isinstance(part, ThinkingPart):
             raise UnsupportedFeature(f"{path}.content[{j}]", "Gemini function responses can only contain text")
     text = "".join(texts)
     if msg.is_error:

@@ -391,8 +391,8 @@ def _encode_user_content(parts: list[Part], path: str) -> str | list[JSON]:
             out.append(_encode_image(part))
         elif isinstance(part, ThinkingPart):
             continue  # OpenAI takes no thinking in requests
-        elif (raw := raw_part(part, NAME, f"{path}.content[{j}]")) is not None:
-            out.append(raw)
+        else:
+            out.append(raw_part(part, NAME, f"{path}.content[{j}]"))
     return out
 
 
@@ -406,9 +406,8 @@ def _encode_text_only(parts: list[Part], path: str, what: str) -> list[str]:
         elif isinstance(part, ThinkingPart):
             continue  # not sent in requests; answers carry it as reasoning_content
         else:
-            raw = raw_part(part, NAME, f"{path}.content[{j}]")
-            if raw is not None:
-                raise UnsupportedFeature(f"{path}.content[{j}]", f"OpenAI {what} can only contain text")
+            raw_part(part, NAME, f"{path}.content[{j}]")  # another format's part raises here
+            raise UnsupportedFeature(f"{path}.content[{j}]", f"OpenAI {what} can only contain text")
     return texts
 
 
