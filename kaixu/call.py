@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
+
+from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
     from kaixu.addons.dialect import Door
@@ -18,12 +20,81 @@ if TYPE_CHECKING:
     from kaixu.formats.canonical import ChatRequest, Usage
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
+    from kaixu.pricing import Price
 
 METADATA_KEY = "kaixu"
 
 # mitmproxy writes its own error pages from the HTTP/1 layer, which only sees the request object:
 # this lets the errors addon find the call (request id, front door) from there.
 _calls_by_request: weakref.WeakKeyDictionary[http.Request, Call] = weakref.WeakKeyDictionary()
+
+
+UsageSource = Literal["provider", "estimated"]
+
+
+@dataclass(slots=True, eq=False)
+class Bill:
+    """Usage and cost: what the call consumed and what that cost, decided by the router (the price of what is
+    served), the stream and settle steps (usage, first token) and priced once, by `kaixu.pricing.cost_micros`."""
+
+    price: Price | None = None
+    """The price of the provider and upstream model that serve the call (None: unpriced)."""
+    usage: Usage | None = None
+    """Token counts as the provider reported them (or as estimated, see `usage_source`); None: none known."""
+    usage_source: UsageSource | None = None
+    cost_micros: int | None = None
+    """What the call cost, integer micro-dollars; None when unknown (no usage, or no price)."""
+    first_token_at: float | None = None
+    """`time.monotonic()` of the first streamed byte of the answer (time to first token)."""
+    streamed_chars: int = 0
+    """Characters of text, thinking and tool arguments streamed to the client: what an estimate bills when a
+    stream ends without the provider's usage."""
+    streamed_text: list[str] | None = None
+    """The streamed answer's text, collected only when the policy stores content (`ledger.content.enabled`):
+    None means "do not collect"."""
+
+    @property
+    def unpriced(self) -> bool:
+        """Tokens were used but no price is known: the cost is unknown, never 0."""
+        return self.usage is not None and self.cost_micros is None
+
+    def settle(self) -> None:
+        """Price the usage known now (`kaixu.pricing.cost_micros`, the one pricing function). Idempotent: the
+        stream step prices at the end of a stream for its final comment, the settle step once more."""
+        if self.usage is None:
+            self.cost_micros = None
+            return
+        self.usage_source = self.usage_source or "provider"
+        self.cost_micros = cost_micros(self.price, self.usage)
+
+    def cost_usd(self) -> str:
+        """The cost as the answer shows it: exact USD (`0.000123`), or `unknown`."""
+        return "unknown" if self.cost_micros is None else usd(self.cost_micros)
+
+    def usage_summary(self) -> str:
+        """`x-kaixu-usage`: every token count, as an RFC 8941 dictionary (`input=12, output=3, ...`)."""
+        u = self.usage
+        if u is None:
+            return "unknown"
+        return (
+            f"input={u.input_tokens}, output={u.output_tokens}, cached={u.cached_input_tokens}, "
+            f"cache_write={u.cache_creation_input_tokens}, reasoning={u.reasoning_tokens}"
+        )
+
+    def answer_headers(self) -> dict[str, str]:
+        """The cost on a JSON answer: `X-Cost-USD` (the node gateway's), `x-kaixu-cost-usd`, `x-kaixu-usage`.
+        An unknown cost is `unknown` in kaixu's header and absent from `X-Cost-USD`, which clients parse as a number."""
+        headers = {"x-kaixu-cost-usd": self.cost_usd(), "x-kaixu-usage": self.usage_summary()}
+        if self.cost_micros is not None:
+            headers["X-Cost-USD"] = headers["x-kaixu-cost-usd"]
+        if self.usage_source == "estimated":
+            headers["x-kaixu-usage-source"] = "estimated"
+        return headers
+
+    def sse_comment(self) -> bytes:
+        """The cost at the end of a stream, where headers cannot go: SSE comment lines, which every SSE client
+        (the openai, anthropic and google-genai SDKs included) skips."""
+        return f": kaixu-cost-usd={self.cost_usd()}\n: kaixu-usage={self.usage_summary()}\n\n".encode()
 
 
 @dataclass(slots=True, eq=False)
@@ -53,7 +124,8 @@ class Call:
     `messages[3].content[0].cache_control`, `headers.anthropic-beta`); answered as `x-kaixu-dropped`."""
     seed_context: SeedContext | None = None
     """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
-    usage: Usage | None = None
+    bill: Bill = field(default_factory=Bill)
+    """Usage and cost (kaixu/pricing)."""
     timed_out: bool = False
     attributes: dict[str, str] = field(default_factory=dict)
     """What the client says about itself (app, build, install id, team and project ids), for the ledger."""

@@ -5,6 +5,8 @@ Labels are names from the policy (front door, provider, model, status class), ne
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -42,6 +44,20 @@ POLICY_GENERATION = Gauge(
 POLICY_RELOAD_FAILURES = Counter(
     "kaixu_policy_reload_failures", "Policy edits rejected by validation.", registry=REGISTRY
 )
+
+
+if TYPE_CHECKING:
+    from kaixu.call import Call
+
+
+def count_request(call: Call, provider: str, model: str, status: int, elapsed: float) -> None:
+    """Everything one settled request adds to the metrics; `provider` and `model` are policy names ("-": none)."""
+    REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
+    LATENCY.labels(call.front, provider).observe(elapsed)
+    usage = call.bill.usage
+    if usage is not None and call.provider is not None:
+        TOKENS.labels(provider, model, "input").inc(usage.input_tokens)
+        TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
 
 
 def exposition() -> bytes:

@@ -56,7 +56,7 @@ def run(stream: bytes, cuts: list[int]) -> tuple[bytes, Call]:
 def test_usage_chunk_is_dropped_whatever_the_chunking(cuts: list[int]) -> None:
     out, call = run(STREAM, cuts)
     assert out == b"".join(DELTAS) + b"data: [DONE]\n\n"
-    assert call.usage is not None and call.usage.output_tokens == 3 and call.usage.input_tokens == 7
+    assert call.bill.usage is not None and call.bill.usage.output_tokens == 3 and call.bill.usage.input_tokens == 7
 
 
 def test_crlf_streams_are_not_held_back() -> None:

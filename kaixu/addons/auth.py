@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_response
 from kaixu.call import get_call
+from kaixu.config import Policy
 
 # Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")
@@ -35,6 +36,14 @@ def presented_key(request: http.Request) -> str | None:
 
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def admin_name(policy: Policy, request: http.Request) -> str | None:
+    """The name of the admin key the request carries (`admin_keys:` in the policy), else None. Admin keys
+    guard kaixu's own endpoints (`/api/*`, `/metrics` under `metrics.auth: admin`); they are not client keys
+    and a client key is never an admin key."""
+    key = presented_key(request)
+    return None if key is None else policy.admin_keys.get(key_hash(key))
 
 
 class Auth:

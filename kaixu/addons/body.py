@@ -140,6 +140,9 @@ class Body:
             if model_name_problem(backend) is not None:
                 return "backend: not a valid backend name"
             call.backend = call.backend or backend
+        user = _end_user(body)
+        if user is not None and "user" not in call.attributes:
+            call.attributes["user"] = user
         if call.front == pulse.NAME:
             call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
         if call.front == gateway13.NAME:
@@ -148,3 +151,12 @@ class Body:
             except FormatError as exc:
                 return str(exc)
         return None
+
+
+def _end_user(body: dict[str, Any]) -> str | None:
+    """The end user a body names: OpenAI's `user`, Anthropic's `metadata.user_id` (for the ledger only)."""
+    user = body.get("user")
+    if not isinstance(user, str):
+        metadata = body.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user[:200] if isinstance(user, str) and user else None

@@ -15,7 +15,17 @@ from kaixu.call import Call, get_call
 from kaixu.log import safe
 
 # Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
-_ATTRIBUTE_HEADERS = (("x-kaixu-app", "app"), ("x-kaixu-build", "build"), ("x-kaixu-install-id", "install_id"))
+#: What a client may say about itself, for the ledger and `/api/costs?group_by=` (never for access decisions).
+_ATTRIBUTE_HEADERS = (
+    ("x-kaixu-app", "app"),
+    ("x-kaixu-build", "build"),
+    ("x-kaixu-install-id", "install_id"),
+    ("x-kaixu-customer", "customer"),
+    ("x-kaixu-user", "user"),
+    ("x-kaixu-team", "team"),
+    ("x-kaixu-project", "project"),
+    ("x-kaixu-client", "client"),
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,10 @@ from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec
+from kaixu.formats.canonical import Usage
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
+from kaixu.pricing import cost_micros
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 from kaixu.providers.relay import RelayPlan
 
@@ -147,6 +149,13 @@ class Router:
                 "provider_key_missing",
             )  # fmt: skip
             return
+        call.bill.price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
+        if call.bill.price is None and call.policy.pricing.require and call.operation != "count_tokens":
+            flow.response = error_response(
+                call, 409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
+                "requires one (pricing.require)", "invalid_request_error", "UNPRICED_MODEL",
+            )  # fmt: skip
+            return
         if fronts.is_seed(call.front):
             call.seed_context = self._seed_context(flow, call, provider)
         try:
@@ -238,7 +247,14 @@ class Router:
     @staticmethod
     def _seed_context(flow: http.HTTPFlow, call: Call, provider: ProviderConfig) -> SeedContext:
         assert call.body is not None
+        price = call.bill.price
+
+        def price_cents(usage: Usage) -> float:  # Gateway 13's `done` event, priced when the stream ends
+            micros = cost_micros(price, usage)
+            return 0 if micros is None else micros / 10_000
+
         return SeedContext(
+            price_cents=price_cents,
             model=call.model,
             provider=call.provider_hint or provider.kind,
             install_id=flow.request.headers.get("x-kaixu-install-id"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
@@ -19,7 +20,8 @@ from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
-from kaixu.metrics import LATENCY, REQUESTS, TOKENS
+from kaixu.metrics import count_request
+from kaixu.pricing import convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.store import LedgerRecord
 
@@ -33,6 +35,32 @@ def replace_body(response: http.Response, body: object, status: int | None = Non
         response.status_code = status
     response.content = json.dumps(body, separators=(",", ":")).encode()
     response.headers["content-type"] = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a request is counted against, beyond its key: the dimensions of `/api/costs?group_by=`."""
+
+    team: str | None
+    customer: str | None
+    user: str | None
+    app: str | None
+    project: str | None
+    client: str | None
+
+
+def attribution(call: Call) -> Attribution:
+    """The key's team wins over the team a client names; the rest is what the client says about itself
+    (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/`clientId`/`userId`)."""
+    said = call.attributes.get
+    return Attribution(
+        team=(call.key.team if call.key else None) or said("teamId") or said("team"),
+        customer=said("customer"),
+        user=said("userId") or said("user"),
+        app=said("appId") or said("app"),
+        project=said("projectId") or said("project"),
+        client=said("clientId") or said("client"),
+    )
 
 
 def _path(request: http.Request) -> str:
@@ -57,6 +85,9 @@ class Settle:
                 message = "the provider's answer could not be read"
                 body = error_json(call.front, call.request_id, 502, message, "api_error", "bad_upstream_response")
                 replace_body(response, body, status=502)
+            else:
+                if call.bill.usage is not None and response.status_code < 400:
+                    response.headers.update(call.bill.answer_headers())
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
         self._count(flow.request, call, call.relay_status or response.status_code, call.relay_error)
 
@@ -103,18 +134,26 @@ class Settle:
         payload = json.loads(response.content or b"null")
         if not isinstance(payload, dict):
             raise ValueError("the provider's answer is not a JSON object")
+        bill = call.bill
         embedding_request = call.embedding_request
         if embedding_request is not None:
             vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
-            call.usage = vectors.usage
+            bill.usage = vectors.usage
+            bill.settle()
             replace_body(response, embeddings.encode_response(call.front, vectors, embedding_request))
             return
         if call.canonical is None:
-            call.usage = upstream.usage_from_response(payload)
+            bill.usage = upstream.usage_from_response(payload)
+            bill.settle()
             return
         answer = upstream.decode_response(payload)
-        call.usage = answer.usage
-        replace_body(response, fronts.encode_response(call.front, answer, call.seed_context, call.canonical))
+        bill.usage = answer.usage
+        bill.settle()
+        context = call.seed_context
+        if context is not None and bill.cost_micros is not None:  # the seeds' own cost fields
+            eur = convert_micros(bill.cost_micros, call.policy.pricing.eur_per_usd)
+            context = replace(context, cost_cents=bill.cost_micros / 10_000, cost_eur=eur / 1_000_000)
+        replace_body(response, fronts.encode_response(call.front, answer, context, call.canonical))
 
     def _count(self, request: http.Request, call: Call, status: int, error: str | None) -> None:
         if call.operation == "local":
@@ -122,15 +161,12 @@ class Settle:
         if error:
             error = call.policy.redactor.text(error, call.client_key)
         self.gateway.pool.finished(call, status, error)
+        call.bill.settle()
         provider = call.provider.name if call.provider else "-"
         model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started
-        REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
-        LATENCY.labels(call.front, provider).observe(elapsed)
-        usage = call.usage
-        if usage is not None and call.provider is not None:
-            TOKENS.labels(provider, model, "input").inc(usage.input_tokens)
-            TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
+        count_request(call, provider, model, status, elapsed)
+        usage = call.bill.usage
         if access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
@@ -140,6 +176,8 @@ class Settle:
                 call.key.name if call.key else "-", f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
+            who = attribution(call)
+            bill = call.bill
             self.gateway.ledger.record(
                 LedgerRecord(
                     request_id=call.request_id,
@@ -147,7 +185,7 @@ class Settle:
                     front=call.front,
                     operation=call.operation,
                     key_name=call.key.name if call.key else None,
-                    team=call.key.team if call.key else None,
+                    team=who.team,
                     model=call.model,
                     provider=call.provider.name if call.provider else None,
                     upstream_model=call.upstream_model,
@@ -161,5 +199,18 @@ class Settle:
                     attributes=json.dumps(call.attributes, separators=(",", ":")) if call.attributes else None,
                     client_disconnected=int(call.client_disconnected),
                     dropped=summary(call.dropped) if call.dropped else None,
+                    customer=who.customer,
+                    user_id=who.user,
+                    app=who.app,
+                    project=who.project,
+                    client=who.client,
+                    cache_write_tokens=usage.cache_creation_input_tokens if usage else None,
+                    reasoning_tokens=usage.reasoning_tokens if usage else None,
+                    usage_source=bill.usage_source,
+                    cost_micros=bill.cost_micros,
+                    unpriced=int(bill.unpriced),
+                    ttft_ms=None
+                    if bill.first_token_at is None
+                    else round((bill.first_token_at - call.started) * 1000, 3),
                 )
             )

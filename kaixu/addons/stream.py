@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from mitmproxy import http
@@ -35,7 +36,7 @@ def meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
                 decoder.feed(data)
             else:
                 decoder.close()
-            call.usage = decoder.usage or call.usage
+            call.bill.usage = decoder.usage or call.bill.usage
         except Exception:
             log.exception("usage meter failed on request %s (the stream itself is unaffected)", call.request_id)
         return data if data else []
@@ -87,7 +88,7 @@ def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> St
                 out = b"".join(encoder.encode(event) for event in decoder.feed(data))
             else:
                 out = b"".join(encoder.encode(event) for event in decoder.close()) + encoder.close()
-            call.usage = decoder.usage or call.usage
+            call.bill.usage = decoder.usage or call.bill.usage
         except Exception:
             log.exception("stream translation failed on request %s", call.request_id)
             return []
@@ -103,7 +104,7 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
         try:
             out = reframer.reframe(data)
-            call.usage = reframer.usage or call.usage
+            call.bill.usage = reframer.usage or call.bill.usage
         except Exception:
             log.exception("stream re-framing failed on request %s", call.request_id)
             return []
@@ -135,6 +136,7 @@ def relayed(call: Call, translate: StreamCallable, encoder: StreamEncoder) -> St
             out += _render_marker(call, marker, encoder)
         if held:
             started = True
+            call.bill.first_token_at = call.bill.first_token_at or time.monotonic()
             rest, held = held, b""
             translated = translate(rest)
             out += translated if isinstance(translated, bytes) else b"".join(translated)
@@ -142,6 +144,39 @@ def relayed(call: Call, translate: StreamCallable, encoder: StreamEncoder) -> St
             tail = translate(b"")
             out += tail if isinstance(tail, bytes) else b"".join(tail)
         return out or []
+
+    return on_chunk
+
+
+def takes_comments(call: Call) -> bool:
+    """Whether the client's stream may end with kaixu's cost comment. Not Gemini's door: google-genai parses
+    every line that does not start with `data: ` as raw JSON (an SSE comment fails the whole stream), and the
+    JSON-array framing has no comments; those callers find the cost in the ledger by request id."""
+    return call.front != "gemini" and not call.json_array_stream
+
+
+def billed(call: Call, inner: StreamCallable) -> StreamCallable:
+    """The outermost callable of every stream: notes the first byte the provider sent (time to first token)
+    and, when the stream ends, prices its usage and appends the cost as an SSE comment (`Bill.sse_comment`)
+    where the client's parser skips comments (`takes_comments`)."""
+    bill = call.bill
+    sse = takes_comments(call)
+
+    def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        if data and bill.first_token_at is None and not call.relayed:  # relayed: set by `relayed`
+            bill.first_token_at = time.monotonic()
+        out = inner(data)
+        if data:
+            return out
+        try:
+            bill.settle()
+            if not sse:
+                return out
+            comment = bill.sse_comment()
+        except Exception:
+            log.exception("pricing the stream of request %s failed (the stream itself is unaffected)", call.request_id)
+            return out
+        return (out if isinstance(out, bytes) else b"".join(out)) + comment
 
     return on_chunk
 
@@ -172,7 +207,7 @@ class Stream:
         upstream = get_codec(call.upstream_format)
         if call.canonical is None and not call.json_array_stream:
             make = usage_stripping_meter if call.strip_usage_chunk else meter
-            response.stream = make(call, upstream.stream_decoder())
+            response.stream = billed(call, make(call, upstream.stream_decoder()))
             return
         response.headers.pop("content-length", None)
         if call.json_array_stream:  # Gemini without alt=sse; the provider was asked for SSE
@@ -181,10 +216,11 @@ class Stream:
             response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.headers["cache-control"] = "no-cache"
         if call.canonical is None:
-            response.stream = reframed(call, gemini.GeminiArrayReframer())
+            response.stream = billed(call, reframed(call, gemini.GeminiArrayReframer()))
             return
         encoder = fronts.stream_encoder(
             call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
         )
         translate = translator(call, upstream.stream_decoder(), encoder)
-        response.stream = relayed(call, translate, encoder) if call.relayed else translate
+        stream = relayed(call, translate, encoder) if call.relayed else translate
+        response.stream = billed(call, stream)

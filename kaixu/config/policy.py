@@ -7,10 +7,13 @@ started with, so a reload never changes the rules half-way through a request.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+from kaixu import pricing
 from kaixu.redact import Redactor
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
@@ -89,6 +92,44 @@ class TranslationPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PricingPolicy:
+    """`pricing:`: the price table in force (built-in list plus the policy's entries) and what an unpriced
+    model gets. Built once per load, so a request only looks a price up."""
+
+    table: pricing.PriceTable = field(default_factory=pricing.table)
+    require: bool = False
+    """Refuse a model without a price before forwarding (409 `UNPRICED_MODEL`)."""
+    eur_per_usd: Fraction = Fraction("0.92")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPolicy:
+    """`metrics:`: who may scrape `/metrics` and which opt-in labels of high cardinality are on."""
+
+    auth: Literal["off", "admin"] = "off"
+    label_key: bool = False
+    label_customer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContentPolicy:
+    """`ledger.content:`: whether prompt and answer text are stored, cut and redacted how."""
+
+    enabled: bool = False
+    max_chars: int = 4000
+    builtin_redactions: bool = True
+    redact: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPolicy:
+    """`ledger:`: how long records are kept and whether they hold text."""
+
+    retention_days: float | None = None
+    content: ContentPolicy = field(default_factory=ContentPolicy)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     digest: str
     raw: dict[str, Any]
@@ -111,6 +152,11 @@ class Policy:
     translation: TranslationPolicy = field(default_factory=TranslationPolicy)
     redactor: Redactor = field(default_factory=Redactor)
     """Scrubs every configured provider key (and credential-shaped text) from what kaixu passes on."""
+    pricing: PricingPolicy = field(default_factory=PricingPolicy)
+    admin_keys: dict[str, str] = field(default_factory=dict)
+    """Admin key names by the SHA-256 (hex) of the key: who may read `/api/*` (and `/metrics` when guarded)."""
+    metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
+    ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
@@ -191,6 +237,27 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
             else:
                 names[digest] = str(spec.get("name"))
 
+    for index, spec in enumerate(_sequence(data.get("admin_keys"))):
+        digest = _mapping(spec).get("hash")
+        if isinstance(digest, str):
+            digest = digest.removeprefix("sha256:").lower()
+            if digest in names:
+                problems.append((("admin_keys", index, "hash"), f"the same key is also listed as {names[digest]!r}"))
+            else:
+                names[digest] = str(_mapping(spec).get("name"))
+
+    prices = _mapping(_mapping(data.get("pricing")).get("models"))
+    try:
+        pricing.parse_models(prices, source=pricing.POLICY_OVERRIDE)
+    except (pricing.PricingError, TypeError) as exc:
+        problems.append((("pricing", "models"), str(exc)))
+    for index, pattern in enumerate(_sequence(_mapping(_mapping(data.get("ledger")).get("content")).get("redact"))):
+        if isinstance(pattern, str):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.append((("ledger", "content", "redact", index), f"not a regular expression: {exc}"))
+
     for index, entry in enumerate(_sequence(data.get("policies"))):
         match = _mapping(_mapping(entry).get("match"))
         if isinstance(match.get("team"), str) and match["team"] not in teams:
@@ -266,6 +333,13 @@ def build_policy(
         digest_hex = spec["hash"].removeprefix("sha256:").lower()
         keys[digest_hex] = VirtualKey(spec["name"], digest_hex, spec.get("team"), tuple(spec.get("models") or ()))
 
+    admin_keys = {spec["hash"].removeprefix("sha256:").lower(): spec["name"] for spec in data.get("admin_keys") or ()}
+    prices = data.get("pricing") or {}
+    metrics = data.get("metrics") or {}
+    labels = metrics.get("labels") or {}
+    ledger = data.get("ledger") or {}
+    content = ledger.get("content") or {}
+
     auth = data.get("auth") or {}
     limits = data.get("limits") or {}
     listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
@@ -306,6 +380,26 @@ def build_policy(
         ca_file=None if ca_file is None else _ca_path(ca_file, base_dir),
         redactor=Redactor(p.api_key for p in providers.values()),
         translation=TranslationPolicy(unsupported=(data.get("translation") or {}).get("unsupported", "drop")),
+        pricing=PricingPolicy(
+            table=pricing.table(prices),
+            require=bool(prices.get("require", False)),
+            eur_per_usd=Fraction(str(prices.get("eur_per_usd", "0.92"))),
+        ),
+        admin_keys=admin_keys,
+        metrics=MetricsPolicy(
+            auth=metrics.get("auth", "off"),
+            label_key=bool(labels.get("key", False)),
+            label_customer=bool(labels.get("customer", False)),
+        ),
+        ledger=LedgerPolicy(
+            retention_days=ledger.get("retention_days"),
+            content=ContentPolicy(
+                enabled=bool(content.get("enabled", False)),
+                max_chars=int(content.get("max_chars", 4000)),
+                builtin_redactions=bool(content.get("builtin_redactions", True)),
+                redact=tuple(content.get("redact") or ()),
+            ),
+        ),
         limits=ClientLimits(
             client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
             client_idle_timeout_s=float(limits.get("client_idle_timeout_s", 60)),

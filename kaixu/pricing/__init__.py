@@ -4,7 +4,8 @@ Money is integer micro-dollars (1 USD = 1_000_000). Prices are USD per 1M tokens
 rate *is* micro-dollars: the sum is computed exactly with ``Fraction`` and rounded half up once, at the end.
 ``cost_micros`` answers ``None`` when it cannot price a usage: an unknown price is never 0.
 
-Not wired into the request path yet: ``table()`` takes the shape of a future ``pricing:`` policy section.
+The policy's ``pricing:`` section is read by ``table()`` when the policy loads; the router looks up the price
+of what it serves, the settle step prices the usage (``kaixu/addons/settle.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from typing import Any
 
 from kaixu.formats.canonical import Usage
 
-__all__ = ["POLICY_OVERRIDE", "Price", "PriceTable", "PricingError", "Rates", "cost_micros", "load_builtin", "table"]
+__all__ = [
+    "POLICY_OVERRIDE",
+    "Price",
+    "PriceTable",
+    "PricingError",
+    "Rates",
+    "convert_micros",
+    "cost_micros",
+    "load_builtin",
+    "table",
+    "usd",
+]
 
 #: ``Price.source`` of an entry that came from the policy, not from ``prices.json``.
 POLICY_OVERRIDE = "policy override"
@@ -108,6 +120,18 @@ def cost_micros(price: Price | None, usage: Usage) -> int | None:
         + reasoning * _or(rates.reasoning, out_rate)
     )
     return int(total + Fraction(1, 2)) if total >= 0 else None  # half up: floor(x + 1/2), x >= 0
+
+
+def usd(micros: int) -> str:
+    """Micro-dollars as a decimal USD string, exact: 1234 -> ``0.001234`` (headers, SSE comments, CLI)."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def convert_micros(micros: int, rate: Fraction) -> int:
+    """Micro-dollars in another currency at ``rate`` units per USD (``pricing.eur_per_usd``), rounded half up."""
+    return int(micros * rate + Fraction(1, 2))
 
 
 def _or(rate: Fraction | None, default: Fraction) -> Fraction:

@@ -53,6 +53,28 @@ class LedgerRecord:
     """1 when the client went away before its answer was complete (status 499)."""
     dropped: str | None = None
     """The client fields a translated request left out, comma-separated (the `x-kaixu-dropped` header)."""
+    customer: str | None = None
+    """Who the request is for, beyond the key: the customer the caller names (attribution, docs/observability.md)."""
+    user_id: str | None = None
+    app: str | None = None
+    project: str | None = None
+    client: str | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_source: str | None = None
+    """`provider` (the provider's own counts) or `estimated` (a stream that ended without them)."""
+    cost_micros: int | None = None
+    """What the request cost in integer micro-dollars (kaixu/pricing); NULL when unknown, never 0 for unknown."""
+    unpriced: int = 0
+    """1 when tokens were used but the served model has no price (`cost_micros` is then NULL)."""
+    ttft_ms: float | None = None
+    """Time to the first streamed byte of the answer (streams only)."""
+    prompt_sha256: str | None = None
+    """SHA-256 of the prompt (the audit trail), kept whether or not content logging is on."""
+    prompt: str | None = None
+    """Prompt text, redacted, only when `ledger.content.enabled`."""
+    answer: str | None = None
+    """Answer text, redacted, only when `ledger.content.enabled`."""
 
 
 class StoreUnavailable(Exception):
@@ -89,7 +111,7 @@ def escaped(record: LedgerRecord) -> LedgerRecord:
     coerced to the field's type (text from anything; numbers that do not fit become NULL).
     The same object when nothing needed changing."""
     changes: dict[str, object] = {}
-    for name, kind in _FIELD_KINDS.items():
+    for name, kind in FIELD_KINDS.items():
         value = getattr(record, name)
         fixed = _storable(value, kind)
         if fixed is not value:
@@ -111,7 +133,7 @@ def _field_kind(hint: object) -> type:
     raise TypeError(f"LedgerRecord field of unsupported type {hint!r}")
 
 
-_FIELD_KINDS = {name: _field_kind(hint) for name, hint in get_type_hints(LedgerRecord).items()}
+FIELD_KINDS = {name: _field_kind(hint) for name, hint in get_type_hints(LedgerRecord).items()}
 _INT64 = range(-(2**63), 2**63)
 
 

@@ -10,16 +10,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import astuple, fields
 
-from kaixu.store.ledger import LedgerRecord, StoreUnavailable, describe
+from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
 
 _COLUMNS = [f.name for f in fields(LedgerRecord)]
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT, ts REAL, front TEXT, operation TEXT, key_name TEXT, team TEXT, model TEXT,
-    provider TEXT, upstream_model TEXT, status INTEGER, stream INTEGER, input_tokens INTEGER,
-    output_tokens INTEGER, cached_input_tokens INTEGER, latency_ms REAL, error TEXT, attributes TEXT,
-    client_disconnected INTEGER, dropped TEXT
-);
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests ({", ".join(f"{name} {_SQL_TYPES[FIELD_KINDS[name]]}" for name in _COLUMNS)});
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -123,11 +119,4 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     for name in _COLUMNS:
         if name not in present:
-            kind = (
-                "REAL"
-                if name in ("ts", "latency_ms")
-                else "INTEGER"
-                if name.endswith(("tokens", "status", "disconnected"))
-                else "TEXT"
-            )
-            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {_SQL_TYPES[FIELD_KINDS[name]]}")
