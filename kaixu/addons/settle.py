@@ -77,7 +77,7 @@ class Settle:
         response = flow.response
         if call is None or response is None:
             return
-        if call.provider is not None and response.stream is False:
+        if call.routed and response.stream is False:  # not a refusal kaixu made itself, after routing
             try:
                 self._settle_buffered(call, response)
             except Exception:
