@@ -18,7 +18,8 @@ from typing import Any
 
 REDACTED = "[redacted]"
 _MIN_SECRET = 6
-_SHAPES = (
+#: What a credential looks like; also the ledger's built-in content rules (kaixu/content.py).
+CREDENTIAL_SHAPES = (
     r"(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{6,}",
     r"\bsk-[A-Za-z0-9_\-]{12,}",
     r"\bAIza[0-9A-Za-z_\-]{20,}",
@@ -31,7 +32,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         known = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True)
         self._known = re.compile("|".join(re.escape(s) for s in known)) if known else None
-        self._shapes = re.compile("|".join(_SHAPES))
+        self._shapes = re.compile("|".join(CREDENTIAL_SHAPES))
 
     def text(self, value: str, extra: str | None = None) -> str:
         """`value` with every secret replaced; `extra` is one more secret (a caller's own key)."""

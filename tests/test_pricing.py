@@ -105,6 +105,102 @@ def test_embeddings_are_input_only():
     assert cost("openai", "text-embedding-3-small", Usage(input_tokens=1_000, output_tokens=5)) is None
 
 
+# --- the newer models (docs/pricing.md): one hand-computed fixture each ----------------------
+
+
+def openai_usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> Usage:
+    return usage_from_openai(
+        {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "micros"),
+    [
+        # 6,000 x 1.25 + 4,000 cached x 0.125 + 2,000 output (1,500 of it reasoning) x 10
+        ("gpt-5", openai_usage(10_000, 2_000, cached=4_000, reasoning=1_500), 7_500 + 500 + 20_000),
+        # 2,000 x 0.25 + 1,000 cached x 0.025 + 500 x 2
+        ("gpt-5-mini", openai_usage(3_000, 500, cached=1_000), 500 + 25 + 1_000),
+        # 800,000 x 0.05 + 200,000 cached x 0.005 + 100,000 x 0.40
+        ("gpt-5-nano", openai_usage(1_000_000, 100_000, cached=200_000), 40_000 + 1_000 + 40_000),
+        # 600 x 2 + 400 cached x 0.50 + 3,000 x 8
+        ("o3", openai_usage(1_000, 3_000, cached=400, reasoning=2_800), 1_200 + 200 + 24_000),
+        # 500 x 1.10 + 500 cached x 0.55 + 1,000 x 4.40
+        ("o3-mini", openai_usage(1_000, 1_000, cached=500), 550 + 275 + 4_400),
+        # 2,000 x 1.10 + 8,000 cached x 0.275 + 1,000 x 4.40
+        ("o4-mini-2025-04-16", openai_usage(10_000, 1_000, cached=8_000), 2_200 + 2_200 + 4_400),
+    ],
+)
+def test_newer_openai_models(model: str, usage: Usage, micros: int):
+    assert cost("openai", model, usage) == micros
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "micros"),
+    [
+        # 1,000 x 2 + 20,000 reads x 0.10 + 5,000 writes x 2.50 + 800 x 10
+        (
+            "claude-sonnet-5-5",
+            {"input_tokens": 1_000, "cache_read_input_tokens": 20_000, "cache_creation_input_tokens": 5_000,
+             "output_tokens": 800},
+            2_000 + 2_000 + 12_500 + 8_000,
+        ),
+        # no long-context tier: 300,000 x 2 + 1,000 x 10
+        ("claude-sonnet-5-5", {"input_tokens": 300_000, "output_tokens": 1_000}, 600_000 + 10_000),
+        # 1,000 x 2 + 1,000 reads x 0.20 + 100 x 10
+        ("claude-sonnet-5", {"input_tokens": 1_000, "cache_read_input_tokens": 1_000, "output_tokens": 100},
+         2_000 + 200 + 1_000),
+        # 10,000 x 4 + 10,000 reads x 0.20 + 2,000 writes x 5 + 2,000 x 20
+        (
+            "claude-opus-5-5",
+            {"input_tokens": 10_000, "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000,
+             "output_tokens": 2_000},
+            40_000 + 2_000 + 10_000 + 40_000,
+        ),
+        ("claude-opus-5", {"input_tokens": 1_000, "output_tokens": 1_000}, 5_000 + 25_000),
+        ("claude-opus-4-8", {"input_tokens": 1_000, "output_tokens": 1_000}, 5_000 + 25_000),
+        ("claude-opus-4-7", {"input_tokens": 1_000, "cache_read_input_tokens": 1_000}, 5_000 + 500),
+        ("claude-opus-4-6", {"input_tokens": 1_000, "cache_creation_input_tokens": 1_000}, 5_000 + 6_250),
+        # 100,000 input with the cache reads: not above 100k, base rates: 90,000 x 0.10 + 10,000 x 0.01 + 1,000 x 0.50
+        ("claude-haiku-5-5", {"input_tokens": 90_000, "cache_read_input_tokens": 10_000, "output_tokens": 1_000},
+         9_000 + 100 + 500),
+        # 101,000 > 100k, every token at the long-prompt rates:
+        # 95,000 x 0.50 + 5,000 x 0.05 + 1,000 writes x 0.625 + 1,000 x 2.50
+        (
+            "claude-haiku-5-5",
+            {"input_tokens": 95_000, "cache_read_input_tokens": 5_000, "cache_creation_input_tokens": 1_000,
+             "output_tokens": 1_000},
+            47_500 + 250 + 625 + 2_500,
+        ),
+    ],
+)  # fmt: skip
+def test_newer_anthropic_models(model: str, usage: dict[str, int], micros: int):
+    assert cost("anthropic", model, usage_from_anthropic(usage)) == micros
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [
+        ("openai", "o1-preview"),
+        ("openai", "o1-mini"),
+        ("gemini", "gemini-1.5-pro"),
+        ("gemini", "gemini-1.5-flash"),
+        ("gemini", "gemini-pro"),
+        ("gemini", "gemini-pro-vision"),
+        ("openai", "mistral-large"),
+    ],
+)
+def test_models_whose_price_could_not_be_verified_stay_unknown(kind: str, model: str):
+    """Seed models retired from the vendors' pages (docs/pricing.md lists them): unknown, never 0."""
+    assert PRICES.lookup(kind, model) is None
+    assert cost(kind, model, Usage(input_tokens=10, output_tokens=10)) is None
+
+
 # --- integers, rounding, unknowns ---------------------------------------------------------
 
 
@@ -169,6 +265,7 @@ SEED_MODELS = [
     ("anthropic", "claude-3-sonnet-20240229"),
     ("anthropic", "claude-3-opus-20240229"),
     ("anthropic", "claude-3-haiku-20240307"),
+    ("anthropic", "claude-3-5-sonnet"),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from kaixu import content
 from kaixu.addons.dialect import Door, model_name_problem
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
@@ -114,6 +115,8 @@ class Body:
         problem = self._read_request_fields(call, call.door, body)
         if problem is not None:
             flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
+            return
+        content.start(call)  # content logging: the answer's text is collected from now on
 
     @staticmethod
     def _read_request_fields(call: Call, door: Door, body: dict[str, Any]) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
-from kaixu import mitm
+from kaixu import content, mitm
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, fronts, get_codec
@@ -134,6 +134,7 @@ class Settle:
         payload = json.loads(response.content or b"null")
         if not isinstance(payload, dict):
             raise ValueError("the provider's answer is not a JSON object")
+        content.collect_answer(call, payload)
         bill = call.bill
         embedding_request = call.embedding_request
         if embedding_request is not None:
@@ -178,6 +179,7 @@ class Settle:
         if self.gateway.ledger is not None:
             who = attribution(call)
             bill = call.bill
+            text = content.recorded(call)
             self.gateway.ledger.record(
                 LedgerRecord(
                     request_id=call.request_id,
@@ -212,5 +214,8 @@ class Settle:
                     ttft_ms=None
                     if bill.first_token_at is None
                     else round((bill.first_token_at - call.started) * 1000, 3),
+                    prompt_sha256=text.prompt_sha256,
+                    prompt=text.prompt,
+                    answer=text.answer,
                 )
             )

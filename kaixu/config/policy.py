@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kaixu import pricing
+from kaixu.content import ContentRedactor
 from kaixu.redact import Redactor
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
@@ -119,6 +120,8 @@ class ContentPolicy:
     max_chars: int = 4000
     builtin_redactions: bool = True
     redact: tuple[str, ...] = ()
+    redactor: ContentRedactor | None = None
+    """The rules above compiled once per load (kaixu/content.py); None when content logging is off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +353,15 @@ def build_policy(
     ca_file = (data.get("tls") or {}).get("ca_file")
 
     byok = bool(auth.get("byok", False))
+    secrets = Redactor(p.api_key for p in providers.values())
+    max_chars = int(content.get("max_chars", 4000))
+    builtin_redactions = bool(content.get("builtin_redactions", True))
+    redact = tuple(content.get("redact") or ())
+    content_redactor = (
+        ContentRedactor(secrets, builtin=builtin_redactions, patterns=redact, max_chars=max_chars)
+        if content.get("enabled", False)
+        else None
+    )
     warnings: list[tuple[tuple[Any, ...], str]] = []
     for name, provider in providers.items():
         if provider.kind != "mock" and not provider.api_key and not byok:
@@ -378,7 +390,7 @@ def build_policy(
         store=store,
         fronts=dict(data.get("fronts") or {}),
         ca_file=None if ca_file is None else _ca_path(ca_file, base_dir),
-        redactor=Redactor(p.api_key for p in providers.values()),
+        redactor=secrets,
         translation=TranslationPolicy(unsupported=(data.get("translation") or {}).get("unsupported", "drop")),
         pricing=PricingPolicy(
             table=pricing.table(prices),
@@ -394,10 +406,11 @@ def build_policy(
         ledger=LedgerPolicy(
             retention_days=ledger.get("retention_days"),
             content=ContentPolicy(
-                enabled=bool(content.get("enabled", False)),
-                max_chars=int(content.get("max_chars", 4000)),
-                builtin_redactions=bool(content.get("builtin_redactions", True)),
-                redact=tuple(content.get("redact") or ()),
+                enabled=content_redactor is not None,
+                max_chars=max_chars,
+                builtin_redactions=builtin_redactions,
+                redact=redact,
+                redactor=content_redactor,
             ),
         ),
         limits=ClientLimits(

@@ -86,10 +86,13 @@ class LedgerStore(Protocol):
     """A ledger backend. `write` is all or nothing: when it raises, nothing of the batch was stored and the
     store is ready for the next call (its transaction rolled back). It raises `StoreUnavailable` when the
     store cannot take writes at the moment; any other exception means it refused these records.
-    `open` may be called again after `close` (the ledger reopens a store that became unavailable)."""
+    `open` may be called again after `close` (the ledger reopens a store that became unavailable).
+    `prune` deletes the records older than `before_ts` (retention) and returns how many; it deletes in short
+    batches, so writes go on while it runs (they are blocking calls too: run from a worker thread)."""
 
     def open(self) -> None: ...
     def write(self, records: list[LedgerRecord]) -> None: ...
+    def prune(self, before_ts: float) -> int: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -254,6 +257,11 @@ class Ledger:
                 if outcome.settled < len(batch):
                     self._requeue(batch[outcome.settled :])
                     return
+
+    async def prune(self, before_ts: float) -> int:
+        """Deletes the records older than `before_ts` (retention, scheduled by addons/ledger.py), in a worker
+        thread. Raises what the store raised; a later call tries again."""
+        return await asyncio.to_thread(self.store.prune, before_ts)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,0 +1,221 @@
+"""What the ledger keeps of a request's text: the prompt's SHA-256 always, the prompt and answer text only when
+the policy turns content logging on (`ledger.content`), redacted and cut. Defined exactly in docs/ledger.md.
+
+The prompt hash is Pulse's audit trail: it must not depend on how the conversation was asked for (stream flag,
+temperature, max tokens), so it covers only the body's prompt-bearing fields (`PROMPT_FIELDS`, per front door),
+as canonical JSON. It is computed once, when the request is counted, from the body the client sent: nothing is
+translated for it, so the pass-through path pays one `json.dumps` and one SHA-256.
+
+Stored text is the text a human reads (message texts, tool-call arguments), not the JSON: images and other
+base64 data are left out. It is redacted before it is cut, so a secret that straddles the cut is never kept
+in part; the policy's provider keys (and anything shaped like a credential) are removed even when the
+built-in rules are off, because secrets never reach the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kaixu.redact import CREDENTIAL_SHAPES, Redactor
+
+if TYPE_CHECKING:
+    from kaixu.call import Call
+
+log = logging.getLogger("kaixu.content")
+
+REDACTED = "[REDACTED]"
+
+#: The body fields whose canonical JSON is hashed, per front door (those present and not null).
+PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
+    "openai": ("messages", "tools", "functions", "input"),
+    "anthropic": ("system", "messages", "tools"),
+    "gemini": ("systemInstruction", "system_instruction", "contents", "tools", "content", "requests"),
+    "kaixu_gate": ("input", "messages", "contents", "systemInstruction", "tools"),
+    "gateway13": ("messages",),
+    "pulse": ("prompt", "input", "messages"),
+}
+_NOT_TEXT = frozenset({"tools", "functions"})
+"""Prompt fields that are hashed but not stored as text (tool schemas: the conversation is the text)."""
+_SYSTEM_FIELDS = frozenset({"system", "systemInstruction", "system_instruction"})
+#: Keys whose string values are text a human reads; every other string (ids, roles, base64 data, URLs) is not.
+_TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "system", "arguments", "refusal", "thinking"})
+#: Where the answer is in a provider's JSON body, per wire format.
+_ANSWER_FIELDS = {"openai": "choices", "anthropic": "content", "gemini": "candidates"}
+_MAX_DEPTH = 64
+_MARGIN = 4096
+"""Characters kept past `max_chars` before redacting: a match that starts before the cut is still whole."""
+
+# Built-in content rules (`ledger.content.builtin_redactions`). Each match starts at the start of its run of
+# characters (the lookbehinds), so a long run is scanned once, not once per position.
+_EMAIL = r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}"
+_CARD = r"(?<!\d)\d(?:[ \-]?\d){12,18}(?!\d)"
+"""13 to 19 digits, single spaces or hyphens between them; only those passing the Luhn check are replaced."""
+_BUILTIN = re.compile("|".join([f"(?P<card>{_CARD})", _EMAIL, *CREDENTIAL_SHAPES]))
+
+
+def luhn(digits: str) -> bool:
+    """The card-number checksum (ISO/IEC 7812): true for every real card number, for 1 in 10 random ones."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _builtin_replacement(match: re.Match[str]) -> str:
+    card = match.group("card")
+    if card is not None and not luhn(card.replace(" ", "").replace("-", "")):
+        return card
+    return REDACTED
+
+
+class ContentRedactor:
+    """The `ledger.content` rules of one policy load, compiled once (`build_policy`): built-in rules, the
+    policy's own regexes, then the secrets redactor (provider keys, credential shapes), then the cut."""
+
+    def __init__(self, secrets: Redactor, *, builtin: bool, patterns: Iterable[str], max_chars: int) -> None:
+        self.secrets = secrets
+        self.builtin = builtin
+        self.patterns = tuple(re.compile(p) for p in patterns)
+        self.max_chars = max_chars
+
+    def clean(self, text: str, extra: str | None = None) -> str:
+        """`text` redacted, then cut to `max_chars`; `extra` is one more secret (a caller's own key)."""
+        text = text[: self.max_chars + _MARGIN]
+        if self.builtin:
+            text = _BUILTIN.sub(_builtin_replacement, text)
+        for pattern in self.patterns:
+            text = pattern.sub(REDACTED, text)
+        return self.secrets.text(text, extra)[: self.max_chars]
+
+
+# --- the prompt ------------------------------------------------------------------------------------------
+
+
+def prompt_fields(front: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The prompt-bearing fields of a request body (None: the request has none, e.g. it had no body)."""
+    if not isinstance(body, dict):
+        return None
+    fields = {name: body[name] for name in PROMPT_FIELDS.get(front, ()) if body.get(name) is not None}
+    return fields or None
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes that are hashed: keys sorted, no whitespace, non-ASCII as `\\uXXXX` escapes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def prompt_sha256(front: str, body: dict[str, Any] | None) -> str | None:
+    """SHA-256 (hex) of the canonical JSON of the prompt-bearing fields; None when there are none."""
+    fields = prompt_fields(front, body)
+    return None if fields is None else hashlib.sha256(canonical_json(fields)).hexdigest()
+
+
+def prompt_text(front: str, body: dict[str, Any] | None) -> str | None:
+    """The prompt as text: `role: text` per message, the system prompt as `system: ...`, one per line."""
+    fields = prompt_fields(front, body)
+    if fields is None:
+        return None
+    out: list[str] = []
+    for name, value in fields.items():
+        if name in _NOT_TEXT:
+            continue
+        if name in _SYSTEM_FIELDS:
+            system: list[str] = []
+            _texts(value, "text", system, roles=False, depth=0)
+            if system:
+                out.append("system: " + "\n".join(system))
+        else:
+            _texts(value, name, out, roles=True, depth=0)
+    return "\n".join(out)
+
+
+# --- the answer ------------------------------------------------------------------------------------------
+
+
+def collect_answer(call: Call, payload: dict[str, Any]) -> None:
+    """Keep the text of a buffered chat answer (the provider's JSON body) when the policy stores content:
+    appended to `call.bill.streamed_text`, where a stream's text is collected too."""
+    collected = call.bill.streamed_text
+    if collected is None or call.upstream_format is None:
+        return
+    field = _ANSWER_FIELDS.get(call.upstream_format)
+    if field is not None and field in payload:
+        texts: list[str] = []
+        _texts(payload[field], "content" if field == "content" else field, texts, roles=False, depth=0)
+        collected.append("\n".join(texts))
+
+
+def _texts(value: Any, key: str, out: list[str], *, roles: bool, depth: int) -> None:
+    """Append the human-readable strings of a JSON value (see `_TEXT_KEYS`); a tool call as `name(args)`."""
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(value, str):
+        if key in _TEXT_KEYS and value:
+            out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _texts(item, key, out, roles=roles, depth=depth + 1)
+    elif isinstance(value, dict):
+        role = value.get("role") if roles else None
+        target: list[str] = [] if isinstance(role, str) else out
+        name = value.get("name")
+        for k, v in value.items():
+            if (
+                isinstance(name, str)
+                and k in ("arguments", "args", "input")
+                and v is not None
+                and not (k == "input" and isinstance(v, str))
+            ):
+                arguments = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                target.append(f"{name}({arguments})")
+            else:
+                _texts(v, k, target, roles=roles, depth=depth + 1)
+        if isinstance(role, str) and target:
+            out.append(f"{role}: " + "\n".join(target))
+
+
+# --- the ledger's fields ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    prompt_sha256: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
+
+
+def start(call: Call) -> None:
+    """Called once the body is read: a chat request under a policy that stores content collects its answer."""
+    if call.operation == "chat" and call.policy.ledger.content.redactor is not None:
+        call.bill.streamed_text = []
+
+
+def recorded(call: Call) -> Recorded:
+    """The ledger's `prompt_sha256`, `prompt` and `answer` of a call. Never raises: a request is counted
+    whatever its body holds (a failure is logged and the text columns stay NULL)."""
+    try:
+        digest = prompt_sha256(call.front, call.body)
+    except Exception:  # a body json.loads made is always serialisable; this is a guard, not a path
+        log.exception("request %s: could not hash the prompt", call.request_id)
+        return Recorded()
+    redactor = call.policy.ledger.content.redactor
+    if redactor is None:
+        return Recorded(digest)
+    try:
+        text = prompt_text(call.front, call.body)
+        prompt = None if text is None else redactor.clean(text, call.client_key)
+        streamed = call.bill.streamed_text
+        answer = redactor.clean("".join(streamed), call.client_key) if streamed else None
+    except Exception:
+        log.exception("request %s: could not record the prompt and answer text", call.request_id)
+        return Recorded(digest)
+    return Recorded(digest, prompt, answer)
