@@ -172,7 +172,7 @@ def strict(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iter
     ("path", "body", "code_of"),
     [
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, lambda b: b["error"]["code"]),
-        ("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, lambda b: b["error"]["type"]),
+        ("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, None),
         ("/.netlify/functions/gateway-chat", {"messages": [{"role": "user", "content": "x"}]}, lambda b: b["code"]),
     ],
     ids=["openai", "anthropic", "gateway13"],
