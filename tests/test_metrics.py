@@ -460,3 +460,10 @@ def test_prometheus_evaluates_every_panel_with_data(gw: Kaixu, prometheus_binary
 def has_data(result: list[dict[str, Any]]) -> bool:
     """At least one series with a real number (a histogram_quantile over no traffic is NaN)."""
     return any(math.isfinite(float(series["value"][1])) for series in result)
+
+
+def test_every_metric_is_documented() -> None:
+    text = (ROOT / "docs" / "observability.md").read_text()
+    exported = {f"{m.name}_total" if m.type == "counter" else m.name for m in metrics.REGISTRY.collect()}
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:counter|gauge|histogram) \|", text, re.MULTILINE))
+    assert exported == documented
