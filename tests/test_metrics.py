@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def ledger_rows(gateway: Kaixu) -> list[dict[str, Any]]:
     path = gateway.workdir / "ledger.db"
     if not path.exists():
         return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
         try:
             return [dict(row) for row in db.execute("SELECT * FROM requests")]
