@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kaixu import __version__
+from kaixu import __version__, metrics
 from kaixu.config import Policy
 from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
@@ -41,12 +41,14 @@ class PoolCounters:
     def started(self, call: Call) -> None:
         call.forwarded = True
         self.active += 1
+        metrics.request_started()
 
     def finished(self, call: Call, status: int, error: str | None) -> None:
         if not call.forwarded:
             return
         call.forwarded = False
         self.active -= 1
+        metrics.request_finished()
         self.processed += 1
         if status >= 500 or (error is not None and status < 400):
             self.failed += 1

@@ -1,38 +1,106 @@
 """The one place that counts: Prometheus metrics for every request kaixu answers or forwards.
 
-Labels are names from the policy (front door, provider, model, status class), never keys or ids.
+Names follow the OpenTelemetry GenAI semantic conventions where they have one, in the form OpenTelemetry's
+Prometheus exporter gives them (dots become underscores, the unit becomes a suffix): `gen_ai_client_token_usage`,
+`gen_ai_server_request_duration_seconds`, `gen_ai_server_time_to_first_token_seconds`, with the conventions'
+attributes as labels (`gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model`, `gen_ai_token_type`,
+`error_type` for `error.type`). What the conventions do not name (requests, cost, in-flight, the ledger) is `kaixu_*`.
+docs/observability.md lists every metric.
+
+Cardinality is bounded by the policy: front doors, operations and statuses are kaixu's own finite sets; providers,
+routes (a glob route is its glob, never the name a client sent), teams and key names are names in the policy file.
+The one value a client controls is its customer, a label only when `metrics.labels.customer` opts in: then it is
+escaped, cut and limited to `MAX_CUSTOMERS` distinct values. No key, request id or client string is ever a label.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from kaixu.log import safe
+
+if TYPE_CHECKING:
+    from kaixu.call import Call
+
+# The `_created` series (one per counter and histogram child) double what Prometheus stores; nothing reads them.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+NONE = "-"
+"""The label value for "there is none" (no provider yet, no team): visible in a legend, unlike an empty value."""
+MAX_CUSTOMERS = 1000
+"""Distinct customers kept as label values per process (`metrics.labels.customer`); later ones are `_other`."""
+MAX_LABEL_CHARS = 64
+
+# OpenTelemetry's advisory bucket boundaries (gen_ai.client.token.usage, gen_ai.server.request.duration,
+# gen_ai.server.time_to_first_token); the duration buckets go on past 81.92 s for long reasoning answers.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(16))  # 0.01, 0.02, 0.04 ... 81.92, 163.84, 327.68
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+# gen_ai.provider.name's well-known values, by provider kind; `provider` keeps the policy's own name.
+OTEL_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "mock": "kaixu.mock"}
+# gen_ai.operation.name: kaixu's operations are the conventions' names, but for Gemini's batch embeddings.
+OTEL_OPERATION = {"batch_embeddings": "embeddings"}
+
+_GEN_AI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "provider"]
+
 REQUESTS = Counter(
     "kaixu_requests",
-    "Requests answered, by front door, operation, provider, model and HTTP status.",
-    ["front", "operation", "provider", "model", "status"],
+    "Requests answered, by front door, operation, provider, route, HTTP status and the key's team "
+    "(key and customer: opt-in labels, empty unless the policy turns them on).",
+    ["front", "operation", "provider", "model", "status", "status_class", "team", "key", "customer"],
     registry=REGISTRY,
 )
-LATENCY = Histogram(
-    "kaixu_request_duration_seconds",
-    "Time from the request reaching kaixu to the end of the response.",
-    ["front", "provider"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+COST = Counter(
+    "kaixu_cost_usd_micros",
+    "What requests cost, in integer micro-dollars (divide by 1e6 for USD), by provider, route and the key's team.",
+    ["provider", "model", "team", "key", "customer"],
     registry=REGISTRY,
 )
-TOKENS = Counter(
-    "kaixu_tokens",
-    "Tokens reported by providers, by direction (input/output).",
-    ["provider", "model", "direction"],
+UNPRICED = Counter(
+    "kaixu_unpriced_requests",
+    "Requests that used tokens on a model without a price: their cost is unknown, and not in kaixu_cost_usd_micros.",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "kaixu_requests_in_flight",
+    "Requests forwarded to a provider and not settled yet.",
+    registry=REGISTRY,
+)
+TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens per request as the provider reported them (or as estimated), by type: input (cache reads and writes "
+    "included), output (reasoning included), cache_read, cache_write, reasoning. OTel gen_ai.client.token.usage.",
+    [*_GEN_AI, "gen_ai_token_type"],
+    buckets=TOKEN_BUCKETS,
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "gen_ai_server_request_duration_seconds",
+    "Time from the request reaching kaixu to the end of its answer, streams included. "
+    "OTel gen_ai.server.request.duration.",
+    [*_GEN_AI, "front", "error_type"],
+    buckets=DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "Streams: time from the request reaching kaixu to the first byte of the answer. "
+    "OTel gen_ai.server.time_to_first_token.",
+    [*_GEN_AI, "front"],
+    buckets=TTFT_BUCKETS,
     registry=REGISTRY,
 )
 UPSTREAM_ERRORS = Counter(
     "kaixu_upstream_errors",
-    "Upstream failures kaixu turned into JSON errors (connect, timeout, protocol).",
+    "Upstream failures: answered with a JSON 502/504 (connect, protocol, timeout), or a stream the provider broke "
+    "after the answer had started (interrupted).",
     ["provider", "kind"],
     registry=REGISTRY,
 )
@@ -44,26 +112,6 @@ POLICY_GENERATION = Gauge(
 POLICY_RELOAD_FAILURES = Counter(
     "kaixu_policy_reload_failures", "Policy edits rejected by validation.", registry=REGISTRY
 )
-
-
-if TYPE_CHECKING:
-    from kaixu.call import Call
-
-
-def count_request(call: Call, provider: str, model: str, status: int, elapsed: float) -> None:
-    """Everything one settled request adds to the metrics; `provider` and `model` are policy names ("-": none)."""
-    REQUESTS.labels(call.front, call.operation or "-", provider, model, str(status)).inc()
-    LATENCY.labels(call.front, provider).observe(elapsed)
-    usage = call.bill.usage
-    if usage is not None and call.provider is not None:
-        TOKENS.labels(provider, model, "input").inc(usage.input_tokens)
-        TOKENS.labels(provider, model, "output").inc(usage.output_tokens)
-
-
-def exposition() -> bytes:
-    return generate_latest(REGISTRY)
-
-
 LEDGER_QUEUE_DEPTH = Gauge(
     "kaixu_ledger_queue_depth",
     "Ledger records waiting to be written to the store (grows while the store is unavailable).",
@@ -84,3 +132,87 @@ LEDGER_ESCAPED_RECORDS = Counter(
     "Ledger records stored with text fields escaped because the store could not encode them as sent.",
     registry=REGISTRY,
 )
+
+# Children by label values, looked up once: `labels()` converts, validates and locks on every call (about 2 µs
+# each, a dozen per request); these caches are as bounded as the label values themselves.
+_requests = functools.cache(REQUESTS.labels)
+_cost = functools.cache(COST.labels)
+_duration = functools.cache(REQUEST_DURATION.labels)
+_ttft = functools.cache(TIME_TO_FIRST_TOKEN.labels)
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+@functools.cache
+def _tokens(*gen_ai: str) -> tuple[Histogram, ...]:
+    """The five token-type children of one operation, provider and route, in `TOKEN_TYPES` order."""
+    return tuple(TOKEN_USAGE.labels(*gen_ai, token_type) for token_type in TOKEN_TYPES)
+
+
+_customers: set[str] = set()
+
+
+def _customer_label(customer: str | None) -> str:
+    """A client's customer as a label value: one printable line, cut, and one of at most `MAX_CUSTOMERS` values
+    (a client inventing a new customer per request cannot grow the series without end)."""
+    if not customer:
+        return NONE
+    value = safe(customer, MAX_LABEL_CHARS)
+    if value not in _customers:
+        if len(_customers) >= MAX_CUSTOMERS:
+            return "_other"
+        _customers.add(value)
+    return value
+
+
+def count_request(
+    call: Call, provider: str, model: str, status: int, elapsed: float, error: str | None, customer: str | None
+) -> None:
+    """Everything one settled request adds to the metrics. `provider` and `model` are policy names (`-`: none);
+    `customer` is the one the request is attributed to, a label only when the policy opts in. The team label is
+    the key's team from the policy, never a team the client names."""
+    metrics = call.policy.metrics
+    team = (call.key.team if call.key else None) or NONE
+    key = (call.key.name if call.key else NONE) if metrics.label_key else ""
+    who = _customer_label(customer) if metrics.label_customer else ""
+    operation = call.operation or NONE
+    _requests(call.front, operation, provider, model, str(status), f"{status // 100}xx", team, key, who).inc()
+    interrupted = bool(error) and status < 400  # the answer had started: the provider broke the stream
+    if interrupted and call.provider is not None:
+        UPSTREAM_ERRORS.labels(provider, "interrupted").inc()
+    vendor = OTEL_PROVIDER.get(call.provider.kind, call.provider.kind) if call.provider is not None else NONE
+    gen_ai = (OTEL_OPERATION.get(operation, operation), vendor, model, provider)
+    error_type = str(status) if status >= 400 else "interrupted" if interrupted else ""
+    _duration(*gen_ai, call.front, error_type).observe(elapsed)
+    bill = call.bill
+    if bill.first_token_at is not None:
+        _ttft(*gen_ai, call.front).observe(bill.first_token_at - call.started)
+    usage = bill.usage
+    if usage is None or call.provider is None:
+        return
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_creation_input_tokens,
+        usage.reasoning_tokens,
+    )
+    for histogram, tokens in zip(_tokens(*gen_ai), counts, strict=True):
+        histogram.observe(tokens)
+    if bill.cost_micros is not None:
+        _cost(provider, model, team, key, who).inc(bill.cost_micros)
+    elif bill.unpriced:
+        UNPRICED.labels(provider, model).inc()
+
+
+def request_started() -> None:
+    """A request was forwarded to a provider (`Gateway.pool`)."""
+    IN_FLIGHT.inc()
+
+
+def request_finished() -> None:
+    """A forwarded request settled, whichever hook ended it (`Gateway.pool`)."""
+    IN_FLIGHT.dec()
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import TEST_KEY, Kaixu
+from tests.scrape import tokens_metered
 
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Hello there my friend"}]}]}
 # model in the test policy -> the upstream path kaixu must call for it
@@ -20,14 +21,6 @@ UPSTREAMS = {
     "gemini-test": "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",  # pass-through, re-framed
     "gpt-4o-mini": "/v1/chat/completions",  # translated
 }
-
-
-def tokens_metered(kaixu: Kaixu, provider: str, model: str) -> float:
-    line = f'kaixu_tokens_total{{direction="output",model="{model}",provider="{provider}"}} '
-    for row in httpx.get(kaixu.url + "/metrics").text.splitlines():
-        if row.startswith(line):
-            return float(row[len(line) :])
-    return 0.0
 
 
 def stream_array(kaixu: Kaixu, model: str, path_suffix: str = "") -> tuple[httpx.Response, list[tuple[float, bytes]]]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS, Kaixu
+from tests.scrape import tokens_metered
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 
@@ -53,21 +54,13 @@ def test_stream_is_passed_through_event_by_event(kaixu: Kaixu, fake: FakeProvide
     assert arrivals[-1] - arrivals[0] >= 0.150 * (len(arrivals) - 2)
 
 
-def tokens_metered(kaixu: Kaixu, provider: str = "oai", model: str = "gpt-4o-mini") -> float:
-    line = f'kaixu_tokens_total{{direction="output",model="{model}",provider="{provider}"}} '
-    for row in httpx.get(kaixu.url + "/metrics").text.splitlines():
-        if row.startswith(line):
-            return float(row[len(line) :])
-    return 0.0
-
-
 def test_stream_without_include_usage_is_metered_but_unchanged_for_the_client(kaixu: Kaixu, fake: FakeProvider) -> None:
-    before = tokens_metered(kaixu)
+    before = tokens_metered(kaixu, "oai", "gpt-4o-mini")
     chunks = list(client(kaixu).chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
     assert fake.requests[-1].json["stream_options"] == {"include_usage": True}
     assert all(chunk.choices for chunk in chunks), "the usage-only chunk the client did not ask for was forwarded"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: Hello there"
-    assert tokens_metered(kaixu) > before
+    assert tokens_metered(kaixu, "oai", "gpt-4o-mini") > before
 
 
 def test_async_stream_with_usage(kaixu: Kaixu) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import LIMITED_KEY, ROOT, TEST_KEY, Kaixu, policy_for, wait_for
+from tests.scrape import samples, total
 
 BEARER = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -237,8 +238,8 @@ def test_gateway13_provider_error_before_the_first_byte_is_an_error_event(kaixu:
     events = gw13_stream(kaixu, "gpt-4o-mini")
     assert [name for name, _ in events] == ["meta", "error"]
     assert json.loads(events[1][1])["error"]
-    metrics = httpx.get(kaixu.url + "/metrics").text
-    assert 'front="gateway13",model="gpt-4o-mini",operation="chat",provider="oai",status="429"' in metrics
+    labels = {"front": "gateway13", "model": "gpt-4o-mini", "operation": "chat", "provider": "oai", "status": "429"}
+    assert total(samples(kaixu), "kaixu_requests_total", **labels) >= 1
 
 
 def test_gateway13_dead_or_silent_provider_is_an_error_event(kaixu: Kaixu, fake: FakeProvider) -> None:

@@ -166,7 +166,7 @@ class Settle:
         provider = call.provider.name if call.provider else "-"
         model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started
-        count_request(call, provider, model, status, elapsed)
+        count_request(call, provider, model, status, elapsed, error, attribution(call).customer)
         usage = call.bill.usage
         if access.isEnabledFor(logging.INFO):
             access.info(
