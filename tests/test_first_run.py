@@ -42,7 +42,7 @@ def replay_curl(line: str) -> httpx.Response:
             headers[name.strip()] = value.strip()
         elif word == "-d":
             data = next(words)
-        else:
+        elif not word.startswith("-"):  # -s, -i, -N only change what curl prints
             url = word
     return httpx.post(url, headers=headers, content=data, timeout=10)
 
@@ -155,8 +155,11 @@ def test_readme_curl_commands_answer_as_described(workdir: Path) -> None:
             response = replay_curl(command.replace(" -N ", " ").replace(README_URL, gateway.url))
             assert response.headers["x-request-id"], command
             statuses.append(response.status_code)
-        # two completions (JSON, then a stream), a bad key, a truncated body, the provider that is down
-        assert statuses == [200, 200, 401, 400, 502]
+            if "-si" in command:  # the one that shows the cost headers
+                assert response.headers["x-kaixu-cost-usd"] == response.headers["x-cost-usd"]
+                assert float(response.headers["x-cost-usd"]) > 0
+        # two completions (JSON, then a stream), one showing its cost, a bad key, a truncated body, a provider down
+        assert statuses == [200, 200, 200, 401, 400, 502]
     finally:
         gateway.stop()
 
