@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
 
+from kaixu.formats.canonical import Usage
 from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
     from kaixu.addons.dialect import Door
     from kaixu.config import Policy, ProviderConfig, VirtualKey
-    from kaixu.formats.canonical import ChatRequest, Usage
+    from kaixu.formats.canonical import ChatRequest
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
     from kaixu.pricing import Price
@@ -42,6 +43,10 @@ class Bill:
     usage: Usage | None = None
     """Token counts as the provider reported them (or as estimated, see `usage_source`); None: none known."""
     usage_source: UsageSource | None = None
+    usage_final: bool = False
+    """The provider's own final count arrived (a stream's end with its usage). Until then `usage` is a running
+    count (Anthropic's `message_start` says 1 output token) or None, and a stream that ends anyway is estimated
+    (`estimate`)."""
     cost_micros: int | None = None
     """What the call cost, integer micro-dollars; None when unknown (no usage, or no price)."""
     first_token_at: float | None = None
@@ -57,6 +62,24 @@ class Bill:
     def unpriced(self) -> bool:
         """Tokens were used but no price is known: the cost is unknown, never 0."""
         return self.usage is not None and self.cost_micros is None
+
+    def estimate(self, prompt_tokens: int, output_chars: int) -> None:
+        """Bill what was produced when the provider's final count never came (a stream cut by the provider or
+        left by its client, an answer without usage): ``prompt_tokens`` estimated from the request, output as
+        ``output_chars`` / 4 of the text, thinking and tool calls the client was sent. What the provider did
+        report is kept where it is final (input and cache counts: Anthropic's `message_start`, every Gemini
+        chunk); output takes the larger of its running count and the estimate, so it is never billed below
+        what was produced. Idempotent (the stream's end and the settle step may both call it)."""
+        reported = self.usage or Usage()
+        output = max(reported.output_tokens, (output_chars + 3) // 4)
+        self.usage = Usage(
+            input_tokens=reported.input_tokens or prompt_tokens,
+            output_tokens=output,
+            cached_input_tokens=reported.cached_input_tokens,
+            cache_creation_input_tokens=reported.cache_creation_input_tokens,
+            reasoning_tokens=min(reported.reasoning_tokens, output),
+        )
+        self.usage_source = "estimated"
 
     def settle(self) -> None:
         """Price the usage known now (`kaixu.pricing.cost_micros`, the one pricing function). Idempotent: the

@@ -27,6 +27,7 @@ from google import genai
 from google.genai import types
 
 from tests.fakes.provider import FakeProvider, Fault
+from tests.harness import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -731,6 +732,90 @@ def test_fault_disconnect_via_header_and_sdk(fake: FakeProvider, claude: anthrop
         ) as stream,
     ):
         stream.get_final_message()
+
+
+def _stream_events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", url, json=body) as resp:
+        events, error = _read_events(resp, "\r\n\r\n" if "streamGenerateContent" in url else "\n\n")
+    assert error is None
+    payloads = [e.split("data: ", 1)[1] for e in events if "data: " in e]
+    return [json.loads(p) for p in payloads if p != "[DONE]"]
+
+
+def test_fault_usage_replaces_the_reported_usage_in_each_format(fake: FakeProvider) -> None:
+    openai_usage = {"prompt_tokens": 9, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 4}}
+    fake.add_fault(Fault(usage=openai_usage))
+    assert httpx.post(fake.base_url + "/v1/chat/completions", json=chat_body()).json()["usage"] == openai_usage
+    fake.add_fault(Fault(usage=openai_usage))
+    chunks = _stream_events(
+        fake.base_url + "/v1/chat/completions", chat_body(stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[-1]["usage"] == openai_usage
+    # Anthropic: input and cache counts in message_start (with 1 output token), output in message_delta
+    anthropic_usage = {"input_tokens": 3, "cache_read_input_tokens": 50, "output_tokens": 7}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    fake.add_fault(Fault(usage=anthropic_usage))
+    assert httpx.post(fake.base_url + "/v1/messages", json=body).json()["usage"] == anthropic_usage
+    fake.add_fault(Fault(usage=anthropic_usage))
+    events = _stream_events(fake.base_url + "/v1/messages", {**body, "stream": True})
+    assert events[0]["message"]["usage"] == {**anthropic_usage, "output_tokens": 1}
+    assert [e["usage"] for e in events if e["type"] == "message_delta"] == [{"output_tokens": 7}]
+    # Gemini: the prompt's counts in every chunk, the whole object in the last
+    gemini_usage = {"promptTokenCount": 5, "cachedContentTokenCount": 2, "candidatesTokenCount": 3}
+    url = fake.base_url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    fake.add_fault(Fault(usage=gemini_usage))
+    chunks = _stream_events(url, {"contents": [{"parts": [{"text": "one two three four five"}]}]})
+    assert [c["usageMetadata"] for c in chunks[:-1]] == [{"promptTokenCount": 5, "cachedContentTokenCount": 2}] * (
+        len(chunks) - 1
+    )
+    assert chunks[-1]["usageMetadata"] == gemini_usage
+
+
+def test_fault_omit_usage(fake: FakeProvider) -> None:
+    fake.add_fault(Fault(omit_usage=True))
+    assert "usage" not in httpx.post(fake.base_url + "/v1/chat/completions", json=chat_body()).json()
+    fake.add_fault(Fault(omit_usage=True))
+    chunks = _stream_events(
+        fake.base_url + "/v1/chat/completions", chat_body(stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks and all(c["choices"] for c in chunks)  # no usage chunk although one was asked for
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+    fake.add_fault(Fault(omit_usage=True))
+    assert not any(
+        "usage" in e or "usage" in e.get("message", {}) for e in _stream_events(fake.base_url + "/v1/messages", body)
+    )
+    fake.add_fault(Fault(omit_usage=True))
+    url = fake.base_url + "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert "usageMetadata" not in httpx.post(url, json={"contents": [{"parts": [{"text": "hi"}]}]}).json()
+
+
+def test_fault_cut_body_after_bytes(fake: FakeProvider) -> None:
+    fake.add_fault(Fault(cut_body_after_bytes=10))
+    with pytest.raises(httpx.RemoteProtocolError, match="received 10 bytes"):
+        httpx.post(fake.base_url + "/v1/chat/completions", json=chat_body())
+    assert httpx.post(fake.base_url + "/v1/chat/completions", json=chat_body()).status_code == 200
+
+
+def test_streams_are_recorded_with_how_they_ended(fake: FakeProvider) -> None:
+    url = fake.base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=chat_body(stream=True)) as resp:
+        resp.read()
+    fake.add_fault(Fault(disconnect_after_events=2))
+    with httpx.stream("POST", url, json=chat_body(stream=True)) as resp:
+        _read_events(resp)
+    fake.add_fault(Fault(event_delay_ms=100))
+    with httpx.stream("POST", url, json=chat_body(stream=True)) as resp:  # the client leaves after one event
+        next(resp.iter_raw())
+    wait_for(lambda: fake.streams[-1].outcome != "streaming", 10, "the fake to notice its client left")
+    complete, cut, left = fake.streams
+    assert (complete.outcome, complete.events_sent) == ("complete", complete.events_total)
+    assert (cut.outcome, cut.events_sent) == ("cut", 2)
+    assert left.outcome == "peer_closed" and left.events_sent < left.events_total  # it stopped generating
 
 
 def test_fault_close_without_response(fake: FakeProvider) -> None:

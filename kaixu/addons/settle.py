@@ -16,7 +16,8 @@ from mitmproxy import http
 from kaixu import content, mitm
 from kaixu.addons.respond import error_json
 from kaixu.call import Call, get_call
-from kaixu.formats import embeddings, fronts, get_codec
+from kaixu.formats import embeddings, estimate_tokens, fronts, get_codec
+from kaixu.formats.canonical import ChatRequest, ChatResponse, TextPart, ThinkingPart
 from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
@@ -63,6 +64,61 @@ def attribution(call: Call) -> Attribution:
     )
 
 
+BILLED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings"})
+
+
+def estimate_usage(call: Call, output_chars: int | None = None) -> None:
+    """The provider's answer began but its final usage never came (a stream cut or left midway, an answer
+    without usage): bill what was produced (`Bill.estimate`), from the prompt and ``output_chars`` (by
+    default the characters the stream sent the client, `Bill.streamed_chars`)."""
+    if call.operation not in BILLED_OPERATIONS:
+        return
+    produced = call.bill.streamed_chars if output_chars is None else output_chars
+    call.bill.estimate(prompt_tokens(call), produced)
+
+
+def prompt_tokens(call: Call) -> int:
+    """The prompt's size by `kaixu.formats.estimate_tokens`. A pass-through call has no canonical request:
+    its body is decoded only now, on this rare path; characters / 4 of the body if even that fails."""
+    body = call.body or {}
+    try:
+        if call.operation in ("embeddings", "batch_embeddings"):
+            request = call.embedding_request or embeddings.decode_request(
+                call.front, body, model=call.upstream_model or "", single=call.operation == "embeddings"
+            )
+            return sum((len(text) + 3) // 4 for text in request.inputs)
+        chat: ChatRequest = call.canonical or fronts.decode_request(
+            call.front, body, model=call.model, stream=call.stream
+        )
+        return estimate_tokens(chat)
+    except Exception:  # whatever the client sent was forwarded as is: size it by its bytes
+        return (len(json.dumps(body, separators=(",", ":"), default=str)) + 3) // 4
+
+
+def answer_chars(answer: ChatResponse) -> int:
+    """The characters of text, thinking and tool calls in a whole answer (what a stream counts as it goes)."""
+    message = answer.message
+    chars = sum(len(p.text) for p in message.parts if isinstance(p, TextPart | ThinkingPart))
+    return chars + sum(len(c.name) + len(c.arguments) for c in message.tool_calls)
+
+
+def _passed_through_chars(call: Call, payload: dict[str, object], response: http.Response) -> int:
+    """`answer_chars` of an answer kaixu forwarded without reading it. What a codec cannot decode was still
+    sent to the client: it is sized by its bytes, an upper bound (never less than what was produced)."""
+    if call.operation != "chat":
+        return 0
+    try:
+        return answer_chars(get_codec(call.front).decode_response(payload))
+    except Exception:
+        return len(response.content or b"")
+
+
+def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
+    """The provider accepted the request and started answering: from then on it bills, so kaixu does."""
+    response = flow.response
+    return response is not None and response.status_code < 400 and call.relay_status is None
+
+
 def _path(request: http.Request) -> str:
     """The path for the access log: without the query string (`?key=` may carry a credential), one line."""
     return safe(request.path.partition("?")[0], 120)
@@ -96,14 +152,18 @@ class Settle:
         if call is None or flow.error is None:
             return
         fault = mitm.client_fault_status(flow)
+        if call.provider is not None and not call.bill.usage_final and _answer_began(flow, call):
+            estimate_usage(call)  # cut by the provider or left by the client midway: bill what was produced
         if fault is not None:
             # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
             call.client_disconnected = fault == mitm.CLIENT_CLOSED
             self._count(flow.request, call, fault, flow.error.msg)
         elif flow.response is None:
             self._count(flow.request, call, 504 if call.timed_out else 502, flow.error.msg)
-        else:  # the answer had started: a stream cut by the provider
+        elif flow.response.stream:  # a stream cut by the provider: the client had its 200 and part of the answer
             self._count(flow.request, call, flow.response.status_code, flow.error.msg)
+        else:  # a buffered answer cut mid-body: the client got kaixu's 502 instead (errors.render_error)
+            self._count(flow.request, call, 502, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
         assert call.upstream_format is not None
@@ -140,15 +200,21 @@ class Settle:
         if embedding_request is not None:
             vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
             bill.usage = vectors.usage
+            if bill.usage is None:  # Gemini never counts embedding tokens
+                estimate_usage(call, 0)
             bill.settle()
             replace_body(response, embeddings.encode_response(call.front, vectors, embedding_request))
             return
+        # A missing usage is unknown, not zero tokens: estimated, from the answer as decoded only then.
+        bill.usage = upstream.usage_from_response(payload)
         if call.canonical is None:
-            bill.usage = upstream.usage_from_response(payload)
+            if bill.usage is None:
+                estimate_usage(call, _passed_through_chars(call, payload, response))
             bill.settle()
             return
         answer = upstream.decode_response(payload)
-        bill.usage = answer.usage
+        if bill.usage is None:
+            estimate_usage(call, answer_chars(answer))
         bill.settle()
         context = call.seed_context
         if context is not None and bill.cost_micros is not None:  # the seeds' own cost fields

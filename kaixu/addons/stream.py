@@ -4,6 +4,11 @@ Same format: bytes pass through untouched while a decoder meters usage. Differen
 chunk is decoded into canonical events and re-encoded for the client, event by event. The callable is
 sync (mitmproxy calls it inside its protocol state machine), must never raise (an exception silently
 drops that chunk) and must never return b"" mid-stream (that would end the client's response).
+
+Every callable also counts what the client is sent (`tally`): a stream that ends without the provider's
+final usage is billed from it (docs/pricing.md, "What is billed"). mitmproxy calls the callable with b""
+only when the provider's body ends cleanly; a stream cut by the provider or left by its client ends in the
+error hook instead, where the settle step estimates from the same counts.
 """
 
 from __future__ import annotations
@@ -15,9 +20,18 @@ from collections.abc import Callable, Iterable
 
 from mitmproxy import http
 
+from kaixu.addons.settle import estimate_usage
 from kaixu.call import Call, get_call
 from kaixu.formats import StreamDecoder, StreamEncoder, fronts, gemini, get_codec
-from kaixu.formats.canonical import StreamError
+from kaixu.formats.canonical import (
+    MessageEnd,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+)
 from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
 
 log = logging.getLogger("kaixu.stream")
@@ -29,13 +43,48 @@ def is_event_stream(response: http.Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
+Tally = Callable[[Iterable[StreamEvent]], None]
+
+
+def tally(call: Call) -> Tally:
+    """Counts the events of one stream into its bill: the characters of text, thinking and tool calls
+    (`Bill.streamed_chars`, what an estimate bills when the provider's count never comes), the answer's text
+    when the policy stores content (`Bill.streamed_text`, at most `ledger.content.max_chars`), and whether the
+    provider ended the stream with its usage (`Bill.usage_final`)."""
+    bill = call.bill
+    kept = bill.streamed_text
+    room = call.policy.ledger.content.max_chars if kept is not None else 0
+
+    def count(events: Iterable[StreamEvent]) -> None:
+        nonlocal room
+        for event in events:
+            if type(event) is TextDelta:
+                text = event.text
+                if room > 0 and kept is not None and text:
+                    kept.append(text[:room])
+                    room -= len(kept[-1])
+            elif type(event) is ThinkingDelta:
+                text = event.text
+            elif type(event) is ToolCallDelta:
+                text = event.arguments
+            elif type(event) is ToolCallStart:
+                text = event.name
+            elif type(event) is MessageEnd:
+                bill.usage_final = event.usage is not None
+                continue
+            else:
+                continue
+            bill.streamed_chars += len(text)
+
+    return count
+
+
 def meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
+    count = tally(call)
+
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
         try:
-            if data:
-                decoder.feed(data)
-            else:
-                decoder.close()
+            count(decoder.feed(data) if data else decoder.close())
             call.bill.usage = decoder.usage or call.bill.usage
         except Exception:
             log.exception("usage meter failed on request %s (the stream itself is unaffected)", call.request_id)
@@ -82,16 +131,21 @@ def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
 
 
 def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> StreamCallable:
+    count = tally(call)
+
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        events: list[StreamEvent] = []
         try:
-            if data:
-                out = b"".join(encoder.encode(event) for event in decoder.feed(data))
-            else:
-                out = b"".join(encoder.encode(event) for event in decoder.close()) + encoder.close()
-            call.bill.usage = decoder.usage or call.bill.usage
+            events = decoder.feed(data) if data else decoder.close()
+            out = b"".join(encoder.encode(event) for event in events)
+            if not data:
+                out += encoder.close()
         except Exception:
             log.exception("stream translation failed on request %s", call.request_id)
             return []
+        finally:  # what was decoded is billed even when encoding it failed
+            call.bill.usage = decoder.usage or call.bill.usage
+            count(events)
         return out if out else []
 
     return on_chunk
@@ -101,10 +155,13 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
     """Pass-through of a Gemini SSE stream to a client that asked for Gemini's JSON array framing: every
     provider event is forwarded as an array element as soon as it is complete, and metered."""
 
+    count = tally(call)
+
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
         try:
-            out = reframer.reframe(data)
+            out, events = reframer.reframe_events(data)
             call.bill.usage = reframer.usage or call.bill.usage
+            count(events)
         except Exception:
             log.exception("stream re-framing failed on request %s", call.request_id)
             return []
@@ -157,8 +214,9 @@ def takes_comments(call: Call) -> bool:
 
 def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     """The outermost callable of every stream: notes the first byte the provider sent (time to first token)
-    and, when the stream ends, prices its usage and appends the cost as an SSE comment (`Bill.sse_comment`)
-    where the client's parser skips comments (`takes_comments`)."""
+    and, when the stream ends, prices its usage (estimated when the provider's final count never came:
+    `estimate_usage`) and appends the cost as an SSE comment (`Bill.sse_comment`) where the client's parser
+    skips comments (`takes_comments`)."""
     bill = call.bill
     sse = takes_comments(call)
 
@@ -169,6 +227,8 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
         if data:
             return out
         try:
+            if not bill.usage_final and call.relay_status is None:  # relay_status: no answer ever began
+                estimate_usage(call)
             bill.settle()
             if not sse:
                 return out

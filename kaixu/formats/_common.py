@@ -234,6 +234,12 @@ GOOGLE_STATUS_TYPES = {
 }
 
 
+def reports_usage(raw: Any, counters: tuple[str, ...]) -> bool:
+    """Whether a usage object reports anything: it is an object holding at least one of the format's token
+    counts. An answer without one has *unknown* usage, which is estimated, never taken as zero tokens."""
+    return isinstance(raw, dict) and any(isinstance(raw.get(name), int) for name in counters)
+
+
 def status_type(status: int) -> str:
     return STATUS_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 

@@ -63,6 +63,7 @@ from ._common import (
     opt_str,
     parse_arguments,
     raw_part,
+    reports_usage,
     req_str,
     str_list,
 )
@@ -183,6 +184,10 @@ def usage_from_anthropic(raw: Any) -> Usage:
         cache_creation_input_tokens=cache_write,
         reasoning_tokens=_int(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
     )
+
+
+#: The counts without which a usage object reports nothing.
+_COUNTERS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def usage_to_anthropic(usage: Usage) -> JSON:
@@ -1020,8 +1025,9 @@ class AnthropicCodec:
     def stream_encoder(self, req: ChatRequest) -> AnthropicStreamEncoder:
         return AnthropicStreamEncoder(req)
 
-    def usage_from_response(self, body: JSON) -> Usage:
-        return usage_from_anthropic(body.get("usage") if isinstance(body, dict) else None)
+    def usage_from_response(self, body: JSON) -> Usage | None:
+        raw = body.get("usage") if isinstance(body, dict) else None
+        return usage_from_anthropic(raw) if reports_usage(raw, _COUNTERS) else None
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
         return {"type": "error", "error": {"type": type, "message": message}}

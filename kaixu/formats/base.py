@@ -64,8 +64,9 @@ class Codec(Protocol):
 
     def stream_encoder(self, req: ChatRequest) -> StreamEncoder: ...
 
-    def usage_from_response(self, body: dict[str, Any]) -> Usage:
-        """Usage of a non-streamed response without decoding the rest (pass-through metering)."""
+    def usage_from_response(self, body: dict[str, Any]) -> Usage | None:
+        """Usage of a non-streamed response without decoding the rest (pass-through metering). None when the
+        answer reports no usage at all: a missing count is not a count of zero (the settle step estimates)."""
         ...
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> dict[str, Any]:

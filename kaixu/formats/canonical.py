@@ -14,6 +14,10 @@ Token accounting convention (the providers disagree, so we pick one and convert)
 * ``Usage.output_tokens`` counts all generated tokens including reasoning/thinking
   (OpenAI ``completion_tokens``, Anthropic ``output_tokens``, Gemini
   ``candidatesTokenCount + thoughtsTokenCount``); ``reasoning_tokens`` is a subset.
+* In a stream, each ``UsageUpdate`` (and a decoder's ``usage``) is the whole count so
+  far, never an increment: the latest one wins, and an explicit 0 in it stays 0. The
+  Anthropic decoder merges its pieces field by field (input and cache counts from
+  ``message_start``, the cumulative output count from the last ``message_delta``).
 
 Stream events: a stream decoder turns provider SSE into a sequence of
 ``MessageStart``, ``UsageUpdate``, ``ThinkingDelta``, ``TextDelta``,
@@ -261,20 +265,6 @@ class Usage:
             self.cached_input_tokens + other.cached_input_tokens,
             self.cache_creation_input_tokens + other.cache_creation_input_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
-        )
-
-    def merged(self, newer: Usage) -> Usage:
-        """Overlay a later *cumulative* report: its non-zero counters win, zeros keep ours.
-
-        Streams report usage in pieces (Anthropic: input at ``message_start``,
-        output at ``message_delta``); merging keeps the best-known totals.
-        """
-        return Usage(
-            newer.input_tokens or self.input_tokens,
-            newer.output_tokens or self.output_tokens,
-            newer.cached_input_tokens or self.cached_input_tokens,
-            newer.cache_creation_input_tokens or self.cache_creation_input_tokens,
-            newer.reasoning_tokens or self.reasoning_tokens,
         )
 
 

@@ -33,7 +33,8 @@ class EmbeddingRequest:
 class EmbeddingResponse:
     model: str
     vectors: list[list[float]] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage | None = None
+    """None: the provider reported no token count (Gemini never does); the settle step estimates it."""
 
 
 # --- requests -----------------------------------------------------------------------
@@ -109,10 +110,12 @@ def _gemini_text(request: JSON, prefix: str) -> str:
 def decode_response(wire: str, body: JSON, model: str) -> EmbeddingResponse:
     if wire == "openai":
         data = sorted(expect_list(body.get("data"), "data"), key=lambda d: d.get("index", 0))
-        usage = body.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens") or 0)
+        usage = body.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         return EmbeddingResponse(
-            str(body.get("model") or model), [_floats(d.get("embedding")) for d in data], Usage(input_tokens=tokens)
+            str(body.get("model") or model),
+            [_floats(d.get("embedding")) for d in data],
+            Usage(input_tokens=tokens) if isinstance(tokens, int) else None,
         )
     if "embeddings" in body:
         vectors = [list(e.get("values") or []) for e in expect_list(body["embeddings"], "embeddings")]
@@ -127,7 +130,7 @@ def encode_response(wire: str, resp: EmbeddingResponse, req: EmbeddingRequest) -
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding)}
             for i, v in enumerate(resp.vectors)
         ]
-        tokens = resp.usage.input_tokens
+        tokens = resp.usage.input_tokens if resp.usage is not None else 0  # the field is required
         return {
             "object": "list",
             "data": data,

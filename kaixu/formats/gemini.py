@@ -74,6 +74,7 @@ from ._common import (
     opt_num,
     parse_arguments,
     raw_part,
+    reports_usage,
     safe_id,
     str_list,
 )
@@ -213,6 +214,11 @@ def usage_from_gemini(raw: Any) -> Usage:
         cached_input_tokens=_int(_g(raw, "cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
+
+
+#: The counts without which ``usageMetadata`` reports nothing. Google omits zero counts (proto3 JSON: an
+#: empty answer has no ``candidatesTokenCount``), so within a reported object a missing count *is* 0.
+_COUNTERS = ("promptTokenCount", "candidatesTokenCount", "totalTokenCount")
 
 
 def usage_to_gemini(usage: Usage) -> JSON:
@@ -888,14 +894,18 @@ class GeminiArrayReframer(GeminiStreamDecoder):
 
     def reframe(self, chunk: bytes) -> bytes:
         """Provider bytes in, client bytes out (``b""`` until an event completes); ``b""`` in = end of body."""
+        return self.reframe_events(chunk)[0]
+
+    def reframe_events(self, chunk: bytes) -> tuple[bytes, list[StreamEvent]]:
+        """``reframe``, with the canonical events the chunk decoded to (what the stream step bills)."""
         if chunk:
-            self.feed(chunk)
+            events = self.feed(chunk)
         else:
-            self.close()
+            events = self.close()
             self._ready.append(self._framing.close())
         out = b"".join(self._ready)
         self._ready.clear()
-        return out
+        return out, events
 
     def _response(self, obj: JSON, data: str, out: list[StreamEvent]) -> None:
         self._ready.append(self._framing.value(obj))
@@ -1024,8 +1034,9 @@ class GeminiCodec:
     def stream_encoder(self, req: ChatRequest, framing: Framing = "sse") -> GeminiStreamEncoder:
         return GeminiStreamEncoder(req, framing)
 
-    def usage_from_response(self, body: JSON) -> Usage:
-        return usage_from_gemini(body.get("usageMetadata") if isinstance(body, dict) else None)
+    def usage_from_response(self, body: JSON) -> Usage | None:
+        raw = body.get("usageMetadata") if isinstance(body, dict) else None
+        return usage_from_gemini(raw) if reports_usage(raw, _COUNTERS) else None
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
         google_status = _HTTP_STATUS.get(status) or ("INTERNAL" if status >= 500 else "INVALID_ARGUMENT")

@@ -52,6 +52,7 @@ from ._common import (
     opt_str,
     parse_data_url,
     raw_part,
+    reports_usage,
     req_str,
     str_list,
 )
@@ -147,6 +148,10 @@ def usage_from_openai(raw: Any) -> Usage:
         cache_creation_input_tokens=_int(prompt.get("cache_write_tokens")),
         reasoning_tokens=_int(completion.get("reasoning_tokens")),
     )
+
+
+#: The counts without which a usage object reports nothing.
+_COUNTERS = ("prompt_tokens", "completion_tokens")
 
 
 def usage_to_openai(usage: Usage) -> JSON:
@@ -771,8 +776,9 @@ class OpenAICodec:
     def stream_encoder(self, req: ChatRequest) -> OpenAIStreamEncoder:
         return OpenAIStreamEncoder(req)
 
-    def usage_from_response(self, body: JSON) -> Usage:
-        return usage_from_openai(body.get("usage") if isinstance(body, dict) else None)
+    def usage_from_response(self, body: JSON) -> Usage | None:
+        raw = body.get("usage") if isinstance(body, dict) else None
+        return usage_from_openai(raw) if reports_usage(raw, _COUNTERS) else None
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
         return {"error": {"message": message, "type": type, "param": None, "code": code}}

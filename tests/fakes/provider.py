@@ -17,10 +17,13 @@ Design choices, and why:
 * Streams are built completely up front and written one HTTP chunk per SSE event, flushed per event,
   which is what lets fault injection stop after exactly N events or pace them in time.
 * Faults (status codes, Retry-After, latency, pacing, mid-stream disconnects, dropped connections,
-  error bodies that quote the request's headers) can be injected from Python, from another process
-  over ``/_fake/*``, or per request with ``x-fake-*`` headers, because the gateway's retry and
-  failover policies (and its secret scrubbing) are only testable against an upstream that misbehaves
-  on demand.
+  JSON bodies cut midway, error bodies that quote the request's headers, a usage object of the test's
+  choosing or none at all) can be injected from Python, from another process over ``/_fake/*``, or
+  per request with ``x-fake-*`` headers, because the gateway's retry and failover policies, its
+  secret scrubbing and its billing are only testable against an upstream that misbehaves on demand.
+* Every streamed answer is recorded (``FakeProvider.streams``: events sent, and whether it completed,
+  was cut by a fault, or stopped because its client closed the connection): a gateway whose client
+  went away must cancel the upstream request, and only the upstream can tell.
 
 Token formula (shared by all three formats, so a conversation costs the same whichever way it is
 spelled): prompt tokens = for every message (and the system prompt, if any)
@@ -77,7 +80,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qs
 
-__all__ = ["FakeProvider", "Fault", "RecordedRequest", "main"]
+__all__ = ["FakeProvider", "Fault", "RecordedRequest", "StreamRecord", "main"]
 
 Provider = Literal["openai", "anthropic", "gemini"]
 
@@ -107,6 +110,16 @@ class Fault:
     """With ``status``: the error message quotes every request header, the credential included, as some
     real providers quote (part of) the key they refused. Lets tests prove the gateway's key never reaches
     its client, log or ledger, whatever the provider says."""
+    usage: dict[str, Any] | None = None
+    """Report this usage object instead of the formula's, in the provider's own spelling (OpenAI ``usage``,
+    Anthropic ``usage``, Gemini ``usageMetadata``): how tests give an answer cached, cache-written or
+    reasoning tokens with known counts. Streams: see ``_stream_usage``."""
+    omit_usage: bool = False
+    """Report no usage at all (no ``usage`` object, no usage chunk, no ``usageMetadata``), as some
+    OpenAI-compatible servers do."""
+    cut_body_after_bytes: int | None = None
+    """JSON answers: send the head (with the full Content-Length) and only this many body bytes, then hang
+    up: a provider that drops the connection mid-body."""
     times: int = 1
     path_contains: str | None = None
 
@@ -137,6 +150,19 @@ class RecordedRequest:
             "body": self.body.decode("utf-8", "replace"),
             "json": self.json,
         }
+
+
+@dataclass
+class StreamRecord:
+    """How one streamed answer went, from the fake's side of the wire: lets a test prove that a gateway
+    whose client went away stopped the generation (``outcome == "peer_closed"``, fewer events sent)."""
+
+    path: str
+    events_total: int
+    events_sent: int = 0
+    outcome: Literal["streaming", "complete", "cut", "peer_closed"] = "streaming"
+    """``cut``: a ``disconnect_after_events`` fault hung up; ``peer_closed``: the client closed the
+    connection (or it broke) before the last event."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,6 +398,11 @@ def _sse_named(name: str, payload: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _dumps(payload) + b"\n\n"
 
 
+def _present(key: str, value: Any) -> dict[str, Any]:
+    """``{key: value}``, or nothing when ``value`` is None: a field the answer leaves out."""
+    return {} if value is None else {key: value}
+
+
 def _gemini_sse(payload: Any) -> bytes:
     # Google terminates each event with CRLF CRLF (a known trap for LF-only SSE parsers), so do we.
     return b"data: " + _dumps(payload) + b"\r\n\r\n"
@@ -548,7 +579,7 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
                 "created": created,
                 "model": plan.model,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": _openai_usage(plan, reply),
+                **_present("usage", ctx.usage(_openai_usage(plan, reply))),
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
             },
@@ -593,8 +624,9 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
             events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
         events.extend(chunk({"content": piece}) for piece in _split(reply.text, ctx.stream_events))
     events.append(chunk({}, finish))
-    if include_usage:
-        events.append(_sse({**base, "choices": [], "usage": _openai_usage(plan, reply)}))
+    usage = ctx.usage(_openai_usage(plan, reply))
+    if include_usage and usage is not None:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
     return _Stream(events)
 
@@ -860,10 +892,16 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
                 "content": content,
                 "stop_reason": stop_reason,
                 "stop_sequence": reply.stop_sequence,
-                "usage": _anthropic_usage(plan.prompt_tokens, output_tokens),
+                **_present("usage", ctx.usage(_anthropic_usage(plan.prompt_tokens, output_tokens))),
             },
         )
 
+    usage = ctx.usage(_anthropic_usage(plan.prompt_tokens, output_tokens))
+    # As the API does: input (and cache) counts in message_start with a token or so of output, the cumulative
+    # output count in the last message_delta.
+    start_usage = None if usage is None else {**usage, "output_tokens": 1}
+    start_usage = start_usage and {k: v for k, v in start_usage.items() if k != "output_tokens_details"}
+    delta_usage = None if usage is None else {k: v for k, v in usage.items() if k.startswith("output_tokens")}
     events = [
         _sse_named(
             "message_start",
@@ -877,7 +915,7 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": _anthropic_usage(plan.prompt_tokens, 1),
+                    **_present("usage", start_usage),
                 },
             },
         )
@@ -915,7 +953,7 @@ def _anthropic_messages(ctx: _Ctx) -> _Json | _Stream:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": reply.stop_sequence},
-                "usage": {"output_tokens": output_tokens},
+                **_present("usage", delta_usage),
             },
         )
     )
@@ -1131,7 +1169,16 @@ def _gemini_generate(ctx: _Ctx, model: str, *, stream: bool) -> _Json | _Stream:
         if completion is not None and reply.reasoning_tokens:
             usage["thoughtsTokenCount"] = reply.reasoning_tokens
             usage["totalTokenCount"] += reply.reasoning_tokens
-        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+        reported = ctx.usage(usage)
+        if reported is not None and ctx.usage_override is not None and completion is None:
+            # a chunk before the last: the prompt's counts only, as Google sends them
+            reported = {k: v for k, v in reported.items() if k in ("promptTokenCount", "cachedContentTokenCount")}
+        return {
+            "candidates": [candidate],
+            **_present("usageMetadata", reported),
+            "modelVersion": model,
+            "responseId": response_id,
+        }
 
     def signed(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Google's rule: the signature rides on the first function call, else on the last part."""
@@ -1235,7 +1282,15 @@ class _Ctx:
     headers: dict[str, str]
     json: Any
     stream_events: int
+    usage_override: dict[str, Any] | None = None
+    omit_usage: bool = False
     _params: dict[str, list[str]] | None = field(default=None)
+
+    def usage(self, formula: dict[str, Any]) -> dict[str, Any] | None:
+        """The usage object to report: none (``Fault.omit_usage``), a fault's ``usage``, or the formula's."""
+        if self.omit_usage:
+            return None
+        return dict(self.usage_override) if self.usage_override is not None else formula
 
     def query_param(self, name: str) -> str | None:
         if not self.query:
@@ -1444,6 +1499,8 @@ class FakeProvider:
         self.stream_events = stream_events
         self.require_key = require_key
         self.requests: list[RecordedRequest] = []
+        self.streams: list[StreamRecord] = []
+        """Every streamed answer, in order (kept when ``record`` is on)."""
         self.default_fault: Fault | None = None
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -1530,9 +1587,10 @@ class FakeProvider:
     # -- recording and faults ----------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Forget recorded requests (the list object stays the same)."""
+        """Forget recorded requests and streams (the list objects stay the same)."""
         with self._lock:
             self.requests.clear()
+            self.streams.clear()
 
     def add_fault(self, fault: Fault) -> None:
         """Queue a fault (a copy: the caller's object is not consumed)."""
@@ -1621,7 +1679,7 @@ class FakeProvider:
             writer.write(self._control(method, path, body, keep_alive))
             await writer.drain()
             return keep_alive
-        return await self._serve_provider(method, target, path, query, headers, body, writer, keep_alive)
+        return await self._serve_provider(method, target, path, query, headers, body, reader, writer, keep_alive)
 
     async def _serve_provider(
         self,
@@ -1631,6 +1689,7 @@ class FakeProvider:
         query: str,
         headers: dict[str, str],
         body: bytes,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         keep_alive: bool,
     ) -> bool:
@@ -1675,6 +1734,8 @@ class FakeProvider:
                 )
 
         ctx = _Ctx(method, path, query, headers, parsed, stream_events)
+        if fault is not None:
+            ctx.usage_override, ctx.omit_usage = fault.usage, fault.omit_usage
         if handler is None:
             message = f"Unknown request URL: {method} {path}."
             return await self._send(writer, 404, _error_payload(provider, 404, message), (), keep_alive)
@@ -1688,8 +1749,18 @@ class FakeProvider:
         except _BadRequest as exc:
             return await self._send(writer, 400, _error_payload(provider, 400, exc.message, exc.param), (), keep_alive)
         if isinstance(response, _Json):
+            if fault is not None and fault.cut_body_after_bytes is not None:
+                whole = _json_response(response.status, response.payload, response.headers, keep_alive)
+                head, _, body = whole.partition(b"\r\n\r\n")
+                writer.write(head + b"\r\n\r\n" + body[: fault.cut_body_after_bytes])
+                await writer.drain()
+                return False  # hang up mid-body
             return await self._send(writer, response.status, response.payload, response.headers, keep_alive)
-        return await self._send_stream(writer, response, fault, keep_alive)
+        record = StreamRecord(path, len(response.events))
+        if self.record:
+            with self._lock:
+                self.streams.append(record)
+        return await self._send_stream(reader, writer, response, fault, keep_alive, record)
 
     @staticmethod
     def _header_fault(headers: dict[str, str]) -> tuple[Fault, int | None]:
@@ -1732,9 +1803,15 @@ class FakeProvider:
 
     @staticmethod
     async def _send_stream(
-        writer: asyncio.StreamWriter, stream: _Stream, fault: Fault | None, keep_alive: bool
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream: _Stream,
+        fault: Fault | None,
+        keep_alive: bool,
+        record: StreamRecord,
     ) -> bool:
-        """Write one HTTP chunk per event, flushing each, honouring pacing and disconnect faults."""
+        """Write one HTTP chunk per event, flushing each, honouring pacing and disconnect faults; stop
+        generating as soon as the client has closed the connection, as a provider does (``record``)."""
         headers = [
             ("Content-Type", stream.content_type),
             ("Cache-Control", "no-cache"),
@@ -1752,15 +1829,25 @@ class FakeProvider:
                 break
             if index and event_delay > 0:
                 await asyncio.sleep(event_delay / 1000)
-            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-            await writer.drain()
+            if reader.at_eof() or writer.is_closing():  # the client hung up: generate nothing more
+                record.outcome = "peer_closed"
+                return False
+            try:
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+            except ConnectionError:
+                record.outcome = "peer_closed"
+                raise
+            record.events_sent += 1
         if disconnect is not None:
             # Hang up with a FIN but no terminating chunk: the client must see a truncated body.
             # (Not an RST: that could make the kernel discard events the client has not read yet.)
             await writer.drain()
+            record.outcome = "cut"
             return False
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        record.outcome = "complete"
         return keep_alive
 
     # -- control endpoints -------------------------------------------------------------------------

@@ -18,7 +18,6 @@ def test_usage_arithmetic() -> None:
     a, b = Usage(10, 5, 4, 1, 2), Usage(1, 2, 0, 0, 1)
     assert a.total_tokens == 15
     assert a + b == Usage(11, 7, 4, 1, 3)
-    assert a.merged(Usage(0, 9)) == Usage(10, 9, 4, 1, 2)  # later cumulative report wins where it speaks
 
 
 def test_estimate_tokens_counts_everything_the_prompt_carries() -> None:

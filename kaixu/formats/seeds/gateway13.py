@@ -129,8 +129,8 @@ class Gateway13StreamEncoder:
     """Canonical events -> ``meta`` / ``delta`` / ``done`` | ``error`` events.
 
     ``meta`` goes out with the first event of any kind, so a client always learns
-    the caps before the answer (or the error). Usage is the latest cumulative
-    report, merged with the one on ``MessageEnd``.
+    the caps before the answer (or the error). Usage is the latest report (decoders
+    report cumulative counts, so the latest is the whole: an explicit 0 in it stays 0).
     """
 
     __slots__ = ("_ctx", "_finished", "_model", "_started", "_usage")
@@ -148,7 +148,7 @@ class Gateway13StreamEncoder:
         if type(event) is TextDelta:
             return self._meta() + _delta(event.text) if event.text else self._meta()
         if type(event) is UsageUpdate:
-            self._usage = self._usage.merged(event.usage)
+            self._usage = event.usage
         elif type(event) is MessageEnd:
             return self._meta() + self._done(event)
         elif type(event) is StreamError:
@@ -178,7 +178,7 @@ class Gateway13StreamEncoder:
 
     def _done(self, event: MessageEnd) -> bytes:
         self._finished = True
-        usage = self._usage.merged(event.usage) if event.usage is not None else self._usage
+        usage = event.usage if event.usage is not None else self._usage
         cost = self._ctx.call_cost_cents(usage)
         done = {"usage": _usage(usage, cost), "month": self._ctx.month.plus(cost).to_json()}
         return encode_sse(dumps(done), "done")
