@@ -237,3 +237,17 @@ def test_disabled_content_compiles_nothing() -> None:
     policy = parse_policy(json.dumps({"providers": {"m": {"kind": "mock"}}, "ledger": {"retention_days": 7}}))
     assert policy.ledger.content.redactor is None and not policy.ledger.content.enabled
     assert prompt_sha256("openai", {"model": "m"}) is None  # no prompt field: no hash
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-test", "gemini-test"])
+def test_streamed_answers_are_stored_redacted(logged: Kaixu, model: str) -> None:
+    """The stream step collects the answer's text as it streams (pass-through and translated alike)."""
+    stream = openai_client(logged).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": TEXT}], stream=True
+    )
+    request_id = stream.headers["x-request-id"]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream.parse() if chunk.choices)
+    assert EMAIL in text  # the client's stream is untouched
+    row = ledger_row(logged, request_id)
+    assert_redacted(row)
+    assert row["answer"].startswith("echo: mail [REDACTED]")
