@@ -1,4 +1,4 @@
-"""The `kaixu` command: run the gateway, check a policy, manage keys."""
+"""The `kaixu` command: run the gateway, check a policy, manage keys and prices, read the ledger."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ import secrets
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from kaixu import __version__
 from kaixu.config import Policy, PolicyError, load_policy
+
+if TYPE_CHECKING:
+    from kaixu.store.queries import Filters
 
 DEFAULT_POLICY = "proxy.yaml"
 
@@ -230,6 +234,229 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the ledger: kaixu costs, kaixu logs, kaixu ledger export (docs/admin-api.md) -----------------------
+
+
+def _ledger_path(args: argparse.Namespace) -> str | None:
+    """The ledger file: `--db`, else the policy's `store.sqlite` (None after printing why there is none)."""
+    if args.db:
+        return str(args.db)
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        print("kaixu: cannot find the ledger without a valid policy (or name the file with --db FILE)",
+              file=sys.stderr)  # fmt: skip
+        return None
+    path = str(policy.store.get("sqlite", ":memory:"))
+    if path == ":memory:":
+        print(f"kaixu: {args.policy} keeps no ledger (store.sqlite is :memory:)", file=sys.stderr)
+        return None
+    return path
+
+
+def _filters(args: argparse.Namespace, *, dimensions: bool = True) -> Filters | None:
+    """The --from/--to range and the dimension filters; None after printing what is wrong."""
+    from kaixu.store.queries import Filters, parse_time
+
+    bounds: dict[str, float | None] = {"from": None, "to": None}
+    for name, text in (("from", args.since), ("to", args.until)):
+        if text is not None:
+            try:
+                bounds[name] = parse_time(text, end=name == "to")
+            except ValueError as exc:
+                print(f"kaixu: --{name}: {exc}", file=sys.stderr)
+                return None
+    since, until = bounds["from"], bounds["to"]
+    if since is not None and until is not None and since >= until:
+        print("kaixu: --to must be later than --from", file=sys.stderr)
+        return None
+    equals = tuple((d, getattr(args, d)) for d in _FILTER_DIMENSIONS if dimensions and getattr(args, d, None))
+    return Filters(since, until, equals)
+
+
+_FILTER_DIMENSIONS = ("key", "team", "user", "project", "app", "client", "model", "provider")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """Columns padded to their widest cell; the columns in `right` (numbers) right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _n(value: object) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _name(value: object) -> str:
+    from kaixu.log import safe
+
+    return "(none)" if value is None else safe(value, 60)
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from kaixu.pricing import usd
+    from kaixu.store.queries import LedgerUnavailable, SqliteLedgerQueries, costs_json, iso
+
+    path = _ledger_path(args)
+    filters = _filters(args)
+    if path is None or filters is None:
+        return 1
+    try:
+        costs = asyncio.run(SqliteLedgerQueries(path).costs(args.by, filters, limit=args.limit))
+    except LedgerUnavailable as exc:
+        print(f"kaixu: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(costs_json(args.by, filters, costs), indent=2))
+        return 0
+    headers = [args.by.upper(), "REQUESTS", "INPUT", "OUTPUT", "CACHED", "CACHE WRITE", "REASONING", "COST USD",
+               "UNPRICED"]  # fmt: skip
+    rows = []
+    for row in [*costs.groups, costs.total]:
+        cost = "-" if row.cost_micros is None else usd(row.cost_micros)
+        rows.append([_name(row.group) if row is not costs.total else "total", _n(row.requests), _n(row.input_tokens),
+                     _n(row.output_tokens), _n(row.cached_input_tokens), _n(row.cache_write_tokens),
+                     _n(row.reasoning_tokens), cost, _n(row.unpriced_requests)])  # fmt: skip
+    scope = f"from {iso(filters.since) or 'the start'} to {iso(filters.until) or 'now'}"
+    shown = f"{len(costs.groups)} of {costs.group_count}" if len(costs.groups) < costs.group_count else "all"
+    print(f"costs by {args.by}, {scope} ({shown} groups; ledger {path})")
+    print(_table(headers, rows, set(range(1, len(headers)))))
+    if costs.total.unpriced_requests:
+        print(f"{costs.total.unpriced_requests:,} requests used a model without a price: their cost is unknown, "
+              "not in COST USD (`kaixu prices show MODEL`)")  # fmt: skip
+    return 0
+
+
+_LOG_HEADERS = ("TIME", "REQUEST ID", "KEY", "MODEL", "PROVIDER", "STATUS", "IN", "OUT", "COST USD", "MS")
+
+
+def _log_row(record: dict[str, Any]) -> list[str]:
+    from kaixu.pricing import usd
+    from kaixu.store.queries import iso
+
+    when = (iso(record.get("ts")) or "-").replace("T", " ")
+    cost = record.get("cost_micros")
+    latency = record.get("latency_ms")
+    return [when, _name(record.get("request_id")), _name(record.get("key_name")), _name(record.get("model")),
+            _name(record.get("provider")), _n(record.get("status")), _n(record.get("input_tokens")),
+            _n(record.get("output_tokens")), usd(cost) if isinstance(cost, int) else "-",
+            f"{latency:,.0f}" if isinstance(latency, (int, float)) else "-"]  # fmt: skip
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from kaixu.store.queries import Filters, LedgerUnavailable, SqliteLedgerQueries, record_json
+
+    path = _ledger_path(args)
+    if path is None:
+        return 1
+    queries = SqliteLedgerQueries(path)
+    right = {5, 6, 7, 8, 9}
+
+    def show(records: list[dict[str, Any]], header: bool) -> None:
+        if args.json:
+            for record in records:
+                print(json.dumps(record_json(record)))
+        elif records or header:
+            table = _table(_LOG_HEADERS, [_log_row(r) for r in records], right).splitlines()
+            print("\n".join(table if header else table[1:]))
+        sys.stdout.flush()
+
+    async def run() -> None:
+        page = await queries.requests(Filters(), limit=args.n)
+        records, cursors = page.records[::-1], page.cursors[::-1]
+        show(records, header=True)
+        cursor = cursors[-1] if cursors else None
+        while args.follow:
+            await asyncio.sleep(args.interval)
+            newer = await queries.requests(Filters(), limit=MAX_FOLLOW_BATCH, cursor=cursor, order="asc")
+            show(newer.records, header=False)
+            if newer.cursors:
+                cursor = newer.cursors[-1]
+
+    try:
+        asyncio.run(run())
+    except LedgerUnavailable as exc:
+        print(f"kaixu: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+MAX_FOLLOW_BATCH = 1000
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    import csv
+    import itertools
+
+    from kaixu.store.queries import COLUMNS, LedgerUnavailable, SqliteLedgerQueries
+
+    path = _ledger_path(args)
+    filters = _filters(args, dimensions=False)
+    if path is None or filters is None:
+        return 1
+    records = SqliteLedgerQueries(path).iter_records(filters)
+    try:
+        first = list(itertools.islice(records, 1))  # an unreadable ledger is reported before any output
+    except LedgerUnavailable as exc:
+        print(f"kaixu: {exc}", file=sys.stderr)
+        return 1
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        writer = csv.writer(out) if args.format == "csv" else None
+        if writer is not None:
+            writer.writerow(COLUMNS)
+        for record in itertools.chain(first, records):
+            if writer is not None:
+                writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
+            else:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    except LedgerUnavailable as exc:
+        print(f"kaixu: the export stopped after {count:,} records: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output:
+        print(f"{args.output}: {count:,} records", file=sys.stderr)
+    return 0
+
+
+def _bounded(low: float, high: float, kind: type = int) -> Any:
+    """An argparse type: a number of `kind` from `low` to `high`."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _ledger_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="policy file whose store.sqlite is read "
+                        "(default: proxy.yaml)")  # fmt: skip
+    parser.add_argument("--db", metavar="FILE", help="read this ledger file instead of the policy's")
+
+
+def _time_range(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="since", metavar="TIME",
+                        help="from this time on: unix seconds or ISO 8601 (2026-01-01, 2026-01-01T09:30Z; UTC "
+                        "when no offset is given)")  # fmt: skip
+    parser.add_argument("--to", dest="until", metavar="TIME", help="before this time (a date: to the end of that day)")
+
+
 def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueListener:
     """Log records are queued by the event loop and written to stderr by a thread: a slow terminal or
     pipe never stalls the proxy."""
@@ -302,6 +529,37 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     imp.add_argument("--as-of", metavar="DATE", help="the as_of date to record (default: today)")
     imp.set_defaults(func=cmd_prices_import)
+
+    costs = sub.add_parser("costs", help="what requests cost, grouped by key, team, user, project, app, client, "
+                           "model or provider")  # fmt: skip
+    _ledger_source(costs)
+    costs.add_argument("--by", default="key", choices=_FILTER_DIMENSIONS, help="group by (default: key)")
+    _time_range(costs)
+    for dimension in _FILTER_DIMENSIONS:
+        costs.add_argument(f"--{dimension}", metavar="NAME", help=f"only the requests of this {dimension}")
+    costs.add_argument(
+        "--limit", type=_bounded(1, 1000), default=1000, help="at most this many groups, most expensive first"
+    )
+    costs.add_argument("--json", action="store_true", help="print the JSON of GET /api/costs")
+    costs.set_defaults(func=cmd_costs)
+
+    logs = sub.add_parser("logs", help="the newest ledger records; --follow prints new ones as they arrive")
+    _ledger_source(logs)
+    logs.add_argument("-n", type=_bounded(1, 1000), default=20, help="how many records, 1-1000 (default: 20)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C stops)")
+    logs.add_argument(
+        "--interval", type=_bounded(0.05, 3600, float), default=1.0, help="seconds between polls with --follow"
+    )
+    logs.add_argument("--json", action="store_true", help="one JSON record per line (as GET /api/requests)")
+    logs.set_defaults(func=cmd_logs)
+
+    ledger = sub.add_parser("ledger", help="the request ledger").add_subparsers(dest="ledger_command", required=True)
+    export = ledger.add_parser("export", help="every ledger record (oldest first) as CSV or JSON lines")
+    _ledger_source(export)
+    export.add_argument("--format", required=True, choices=["csv", "jsonl"])
+    _time_range(export)
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(func=cmd_ledger_export)
     return parser
 
 

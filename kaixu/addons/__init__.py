@@ -4,6 +4,7 @@ mitmproxy sees one of them, the `Chain`, which runs the others in this order and
 
 from __future__ import annotations
 
+from kaixu.addons.admin import Admin
 from kaixu.addons.auth import Auth
 from kaixu.addons.body import Body
 from kaixu.addons.chain import Chain
@@ -28,6 +29,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         LedgerWriter(gateway),
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
+        Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
         Dialect(),  # 2 which front door (request head)
         Auth(),  # 3 who is calling (request head)
         Body(),  # 3b only now: decompress (bounded), parse, request facts

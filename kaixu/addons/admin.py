@@ -1,0 +1,264 @@
+"""The admin API: the ledger read back (`/api/costs`, `/api/costs/{key_name}`, `/api/prompt-log`,
+`/api/requests`), for admin keys only (`admin_keys:` in the policy). docs/admin-api.md describes every
+endpoint.
+
+It runs on the request head, right after ingress: an admin request is answered before client auth and
+before any body is read or parsed, and is marked `local` (no ledger record, no access log line, and the
+auth step never takes an admin key for a client key). Only these paths are claimed: Pulse's `/api/ai/request`
+and any other path go on down the chain. The queries run in worker threads (kaixu/store/queries.py): the
+hook is a coroutine only for the requests it answers: any other request costs one prefix check here.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mitmproxy import http
+
+from kaixu.addons.auth import admin_name, presented_key
+from kaixu.addons.respond import error_json, error_response, json_response
+from kaixu.call import Call, get_call
+from kaixu.gateway import Gateway
+from kaixu.log import safe
+from kaixu.store.queries import (
+    DIMENSIONS,
+    MAX_LIMIT,
+    BadCursor,
+    Filters,
+    LedgerQueries,
+    LedgerUnavailable,
+    SqliteLedgerQueries,
+    costs_json,
+    parse_time,
+    prompt_entry_json,
+    record_json,
+    scope_json,
+)
+
+log = logging.getLogger("kaixu.admin")
+
+PREFIX = "/api/"
+COSTS = "/api/costs"
+DEFAULT_LIMIT = 100
+MAX_OFFSET = 1_000_000
+_MAX_KEY_NAME = 200
+
+#: Filter parameters -> dimensions: the dimension's own name, Pulse's ids, and `key_name` for the key
+#: (a bare `key=` is the credential parameter Gemini clients use: see `auth.presented_key`).
+FILTER_PARAMS: dict[str, str] = {
+    **{name: name for name in DIMENSIONS if name != "key"},
+    "key_name": "key",
+    "teamId": "team",
+    "projectId": "project",
+    "userId": "user",
+    "appId": "app",
+    "clientId": "client",
+}
+_TIME_PARAMS = ("from", "to")
+_CREDENTIAL_PARAM = "key"
+
+
+class BadParameter(ValueError):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+
+
+class Params:
+    """A query string read strictly: every parameter at most once, none the endpoint does not take."""
+
+    def __init__(self, request: http.Request, allowed: set[str]) -> None:
+        self.values: dict[str, str] = {}
+        for name, value in request.query.items(multi=True):
+            if name == _CREDENTIAL_PARAM:
+                continue
+            if name not in allowed:
+                accepted = ", ".join(sorted(allowed)) or "none"
+                raise BadParameter(safe(name, 60), f"unknown parameter (this endpoint takes: {accepted})")
+            if name in self.values:
+                raise BadParameter(name, "given more than once")
+            self.values[name] = value
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        text = self.values.get(name)
+        if text is None:
+            return default
+        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+            raise BadParameter(name, f"expected an integer from {low} to {high}")
+        return int(text)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.values.get(name, default)
+        if value not in choices:
+            raise BadParameter(name, f"expected one of {', '.join(choices)}")
+        return value
+
+    def filters(self, *, status: bool = False) -> Filters:
+        bounds: dict[str, float] = {}
+        for name in _TIME_PARAMS:
+            text = self.values.get(name)
+            if text is not None:
+                try:
+                    bounds[name] = parse_time(text, end=name == "to")
+                except ValueError as exc:
+                    raise BadParameter(name, str(exc)) from None
+        if "from" in bounds and "to" in bounds and bounds["from"] >= bounds["to"]:
+            raise BadParameter("to", "must be later than from")
+        equals: dict[str, str] = {}
+        for name, dimension in FILTER_PARAMS.items():
+            value = self.values.get(name)
+            if value is None:
+                continue
+            if dimension in equals and equals[dimension] != value:
+                raise BadParameter(name, f"conflicts with another {dimension} filter")
+            equals[dimension] = value
+        code = self.integer("status", 0, 100, 599) if status and "status" in self.values else None
+        return Filters(bounds.get("from"), bounds.get("to"), tuple(equals.items()), code)
+
+
+_FILTERS = {*FILTER_PARAMS, *_TIME_PARAMS}
+_ALLOWED = {
+    "costs": {*_FILTERS, "group_by", "limit"},
+    "key_cost": set(_FILTERS),
+    "prompt_log": {"limit"},
+    "requests": {*_FILTERS, "status", "limit", "cursor", "offset", "order"},
+}
+
+
+class Admin:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._readers: dict[str, LedgerQueries] = {}
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        path = flow.request.path.partition("?")[0]
+        if not path.startswith(PREFIX) or flow.response is not None:
+            return None
+        endpoint = self._endpoint(path)
+        call = get_call(flow)
+        if endpoint is None or call is None:
+            return None
+        call.operation = "local"
+        if flow.request.method != "GET":
+            flow.response = error_response(call, 405, f"method {safe(flow.request.method, 20)} is not allowed on "
+                                           f"{safe(path)}; use GET", "invalid_request_error", "method_not_allowed",
+                                           {"allow": "GET"})  # fmt: skip
+            return None
+        refusal = self._refusal(call, flow.request)
+        if refusal is not None:
+            flow.response = refusal
+            return None
+        return self._answer(flow, call, *endpoint)
+
+    def _endpoint(self, path: str) -> tuple[str, Callable[..., Awaitable[Any]], str | None] | None:
+        if path in (COSTS, COSTS + "/"):
+            return ("costs", self.costs, None)
+        if path.startswith(COSTS + "/"):
+            return ("key_cost", self.key_cost, path[len(COSTS) + 1 :])
+        if path == "/api/prompt-log":
+            return ("prompt_log", self.prompt_log, None)
+        if path == "/api/requests":
+            return ("requests", self.requests, None)
+        return None
+
+    def _refusal(self, call: Call, request: http.Request) -> http.Response | None:
+        """401 without a key, 403 with a key that is not an admin key (a client key included)."""
+        if presented_key(request) is None:
+            return error_response(call, 401, "missing admin key: send one as 'Authorization: Bearer <key>'",
+                                  "authentication_error", "missing_api_key")  # fmt: skip
+        if admin_name(call.policy, request) is None:
+            reason = "" if call.policy.admin_keys else " (the policy has no admin_keys: the admin API is off)"
+            return error_response(call, 403, f"this key is not an admin key{reason}", "permission_error",
+                                  "not_an_admin_key")  # fmt: skip
+        return None
+
+    async def _answer(
+        self, flow: http.HTTPFlow, call: Call, name: str, handler: Callable[..., Awaitable[Any]], rest: str | None
+    ) -> None:
+        try:
+            params = Params(flow.request, _ALLOWED[name])
+            reader = self._reader(call)
+            body = await (handler(call, reader, params) if rest is None else handler(call, reader, params, rest))
+        except BadParameter as exc:
+            error = error_json(call.front, call.request_id, 400, str(exc), "invalid_request_error", "invalid_parameter")
+            error["error"]["param"] = exc.name
+            flow.response = json_response(call, 400, error)
+            return
+        except LedgerUnavailable as exc:
+            log.warning("request %s: admin API: %s", call.request_id, exc)
+            flow.response = error_response(call, 503, str(exc), "api_error", "ledger_unavailable")
+            return
+        except _NotFound as exc:
+            flow.response = error_response(call, 404, str(exc), "not_found_error", "unknown_key")
+            return
+        flow.response = json_response(call, 200, body, {"cache-control": "no-store"})
+
+    def _reader(self, call: Call) -> LedgerQueries:
+        """The reader of the policy's `store.sqlite`, the file the ledger writer opened."""
+        path = str(call.policy.store.get("sqlite", ":memory:"))
+        reader = self._readers.get(path)
+        if reader is None:
+            reader = self._readers.setdefault(path, SqliteLedgerQueries(path))
+        return reader
+
+    # -- endpoints ---------------------------------------------------------------------------------------
+
+    async def costs(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        group_by = params.choice("group_by", "key", tuple(DIMENSIONS))
+        limit = params.integer("limit", MAX_LIMIT, 1, MAX_LIMIT)
+        filters = params.filters()
+        return costs_json(group_by, filters, await reader.costs(group_by, filters, limit=limit))
+
+    async def key_cost(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
+        try:
+            name = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+        except UnicodeDecodeError:
+            raise BadParameter("key_name", "the key name in the path is not UTF-8") from None
+        if not name or len(name) > _MAX_KEY_NAME or not name.isprintable():
+            raise BadParameter("key_name", f"a key name of 1 to {_MAX_KEY_NAME} printable characters")
+        if "key_name" in params.values and params.values["key_name"] != name:
+            raise BadParameter("key_name", "conflicts with the key name in the path")
+        filters = params.filters()
+        row = await reader.key_cost(name, filters)
+        known = name in {key.name for key in call.policy.keys.values()}
+        if row.requests == 0 and not known:
+            raise _NotFound(f"no key named {safe(name, 80)!r} in the policy or the ledger")
+        return {"object": "key_cost", "key_name": name, **scope_json(filters), "currency": "USD", **row.to_json()}
+
+    async def prompt_log(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        entries = await reader.prompt_log(limit)
+        return {"object": "prompt_log", "limit": limit, "entries": [prompt_entry_json(e) for e in entries]}
+
+    async def requests(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = params.integer("offset", 0, 0, MAX_OFFSET)
+        order = params.choice("order", "desc", ("desc", "asc"))
+        cursor = params.get("cursor")
+        if cursor is not None and "offset" in params.values:
+            raise BadParameter("offset", "use cursor or offset, not both")
+        filters = params.filters(status=True)
+        try:
+            page = await reader.requests(filters, limit=limit, cursor=cursor, offset=offset,
+                                         order="asc" if order == "asc" else "desc")  # fmt: skip
+        except BadCursor as exc:
+            raise BadParameter("cursor", str(exc)) from None
+        return {
+            "object": "requests",
+            "order": order,
+            "limit": limit,
+            **({"offset": offset} if cursor is None else {}),
+            **scope_json(filters),
+            "records": [record_json(r) for r in page.records],
+            "next_cursor": page.next_cursor,
+        }
+
+
+class _NotFound(Exception):
+    pass
