@@ -167,7 +167,7 @@ def ok(traffic: Traffic, path: str, **params: Any) -> dict[str, Any]:
 def test_only_an_admin_key_may_read(traffic: Traffic, path: str) -> None:
     missing = api(traffic, path, headers={})
     assert missing.status_code == 401, missing.text
-    assert missing.json()["error"]["code"] == "missing_api_key"
+    assert missing.json()["error"]["code"] == "missing_admin_key"
     assert missing.headers["x-request-id"] == missing.json()["request_id"]
     for key in (TEST_KEY, GROWTH_KEY, "sk-unknown", UPSTREAM_KEYS["openai"]):
         refused = api(traffic, path, headers={"authorization": f"Bearer {key}"})

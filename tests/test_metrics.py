@@ -297,7 +297,7 @@ def test_metrics_auth_admin_needs_an_admin_key(gw: Kaixu) -> None:
     assert anonymous.status_code == 401 and anonymous.headers["content-type"] == "application/json"
     assert anonymous.json()["error"]["code"] == "missing_admin_key" and anonymous.json()["request_id"]
     client_key = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {TEST_KEY}"})
-    assert client_key.status_code == 403 and client_key.json()["error"]["code"] == "not_admin"
+    assert client_key.status_code == 403 and client_key.json()["error"]["code"] == "not_an_admin_key"
     wrong = httpx.get(gw.url + "/metrics", headers={"x-api-key": "sk-admin-guess"})
     assert wrong.status_code == 403
     assert "kaixu_requests_total" not in anonymous.text + client_key.text + wrong.text

@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.auth import admin_name, presented_key
+from kaixu.addons.auth import admin_refusal
 from kaixu.addons.respond import error_json, error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
@@ -167,16 +167,9 @@ class Admin:
             return ("requests", self.requests, None)
         return None
 
-    def _refusal(self, call: Call, request: http.Request) -> http.Response | None:
-        """401 without a key, 403 with a key that is not an admin key (a client key included)."""
-        if presented_key(request) is None:
-            return error_response(call, 401, "missing admin key: send one as 'Authorization: Bearer <key>'",
-                                  "authentication_error", "missing_api_key")  # fmt: skip
-        if admin_name(call.policy, request) is None:
-            reason = "" if call.policy.admin_keys else " (the policy has no admin_keys: the admin API is off)"
-            return error_response(call, 403, f"this key is not an admin key{reason}", "permission_error",
-                                  "not_an_admin_key")  # fmt: skip
-        return None
+    @staticmethod
+    def _refusal(call: Call, request: http.Request) -> http.Response | None:
+        return admin_refusal(call, request, "the admin API")
 
     async def _answer(
         self, flow: http.HTTPFlow, call: Call, name: str, handler: Callable[..., Awaitable[Any]], rest: str | None

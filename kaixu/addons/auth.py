@@ -8,7 +8,7 @@ import hashlib
 from mitmproxy import http
 
 from kaixu.addons.respond import error_response
-from kaixu.call import get_call
+from kaixu.call import Call, get_call
 from kaixu.config import Policy
 
 # Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
@@ -44,6 +44,20 @@ def admin_name(policy: Policy, request: http.Request) -> str | None:
     and a client key is never an admin key."""
     key = presented_key(request)
     return None if key is None else policy.admin_keys.get(key_hash(key))
+
+
+def admin_refusal(call: Call, request: http.Request, what: str) -> http.Response | None:
+    """The one answer to a request for an admin-only endpoint (`what` names it) without an admin key: 401
+    `missing_admin_key` without a key, 403 `not_an_admin_key` with any other key (a client key included).
+    None when the request carries an admin key."""
+    if admin_name(call.policy, request) is not None:
+        return None
+    if presented_key(request) is None:
+        message = f"{what} needs an admin key: send it as 'Authorization: Bearer <key>'"
+        return error_response(call, 401, message, "authentication_error", "missing_admin_key")
+    reason = "admin_keys lists the keys that may" if call.policy.admin_keys else "the policy has no admin_keys"
+    message = f"this key is not an admin key ({reason}); {what} is for admin keys only"
+    return error_response(call, 403, message, "permission_error", "not_an_admin_key")
 
 
 class Auth:

@@ -7,9 +7,9 @@ import uuid
 
 from mitmproxy import http
 
-from kaixu.addons.auth import admin_name, presented_key
+from kaixu.addons.auth import admin_refusal
 from kaixu.addons.dialect import front_for_path
-from kaixu.addons.respond import error_response, json_response
+from kaixu.addons.respond import json_response
 from kaixu.call import Call, attach, get_call
 from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
@@ -106,12 +106,10 @@ class Ingress:
     def metrics(call: Call, request: http.Request) -> http.Response:
         """`GET /metrics`: open to whoever reaches the port, or only to an admin key (`metrics.auth: admin`):
         401 without a key, 403 with a key that is not an admin key (a client key included)."""
-        if call.policy.metrics.auth == "admin" and admin_name(call.policy, request) is None:
-            if presented_key(request) is None:
-                message = "metrics need an admin key: send it as 'Authorization: Bearer <key>' (metrics.auth: admin)"
-                return error_response(call, 401, message, "authentication_error", "missing_admin_key")
-            message = "this key is not an admin key (admin_keys); metrics.auth: admin allows only those"
-            return error_response(call, 403, message, "permission_error", "not_admin")
+        if call.policy.metrics.auth == "admin":
+            refusal = admin_refusal(call, request, "/metrics (metrics.auth: admin)")
+            if refusal is not None:
+                return refusal
         return http.Response.make(200, exposition(), {"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
     def about(self) -> dict[str, object]:
