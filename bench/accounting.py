@@ -57,7 +57,7 @@ OFF_PATCHES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "kaixu/addons/settle.py",
-        "response.headers.update(call.bill.answer_headers())",
+        "add_headers(response, call.bill.answer_headers())",
         "pass  # bench: no cost headers",
     ),
     (

@@ -15,10 +15,14 @@ escaped, cut and limited to `MAX_CUSTOMERS` distinct values. No key, request id 
 
 from __future__ import annotations
 
-import functools
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from kaixu.log import safe
 
@@ -36,6 +40,77 @@ MAX_CUSTOMERS = 1000
 """Distinct customers kept as label values per process (`metrics.labels.customer`); later ones are `_other`."""
 MAX_LABEL_CHARS = 64
 
+
+class LoopCounter(Collector):
+    """A counter that only the event loop updates: one dict addition per `inc`. prometheus_client's own children
+    take a lock and go through two method calls per update, which made the per-request metrics cost about as
+    much as the rest of the accounting (docs/performance.md); the exposition is the same."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry):
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value)
+        yield family
+
+
+class LoopGauge(Collector):
+    """A gauge without labels that only the event loop moves (see `LoopCounter`)."""
+
+    def __init__(self, name: str, documentation: str, *, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.value = name, documentation, 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
+
+
+class LoopHistogram(Collector):
+    """A histogram that only the event loop updates (see `LoopCounter`): per label set, the sum and one count per
+    bucket (not cumulative: `observe` adds to one slot); exposed with prometheus_client's cumulative buckets."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.values: dict[tuple[str, ...], list[float]] = {}
+        """labels -> [sum, count in bucket 0, ..., count above the last bound]"""
+        registry.register(self)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        state = self.values.get(labels)
+        if state is None:
+            state = self.values[labels] = [0.0] * (len(self.bounds) + 2)
+        state[0] += value
+        state[bisect_left(self.bounds, value) + 1] += 1  # the first bucket whose bound is >= value (`le`)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, state in self.values.items():
+            cumulative, buckets = 0.0, []
+            for le, count in zip(self._le, state[1:], strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(labels, buckets, sum_value=state[0])
+        yield family
+
+
 # OpenTelemetry's advisory bucket boundaries (gen_ai.client.token.usage, gen_ai.server.request.duration,
 # gen_ai.server.time_to_first_token); the duration buckets go on past 81.92 s for long reasoning answers.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
@@ -49,14 +124,14 @@ OTEL_OPERATION = {"batch_embeddings": "embeddings"}
 
 _GEN_AI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "provider"]
 
-REQUESTS = Counter(
+REQUESTS = LoopCounter(
     "kaixu_requests",
     "Requests answered, by front door, operation, provider, route, HTTP status and the key's team "
     "(key and customer: opt-in labels, empty unless the policy turns them on).",
     ["front", "operation", "provider", "model", "status", "status_class", "team", "key", "customer"],
     registry=REGISTRY,
 )
-COST = Counter(
+COST = LoopCounter(
     "kaixu_cost_usd_micros",
     "What requests cost, in integer micro-dollars (divide by 1e6 for USD), by provider, route and the key's team.",
     ["provider", "model", "team", "key", "customer"],
@@ -68,12 +143,10 @@ UNPRICED = Counter(
     ["provider", "model"],
     registry=REGISTRY,
 )
-IN_FLIGHT = Gauge(
-    "kaixu_requests_in_flight",
-    "Requests forwarded to a provider and not settled yet.",
-    registry=REGISTRY,
+IN_FLIGHT = LoopGauge(
+    "kaixu_requests_in_flight", "Requests forwarded to a provider and not settled yet.", registry=REGISTRY
 )
-TOKEN_USAGE = Histogram(
+TOKEN_USAGE = LoopHistogram(
     "gen_ai_client_token_usage",
     "Tokens per request as the provider reported them (or as estimated), by type: input (cache reads and writes "
     "included), output (reasoning included), cache_read, cache_write, reasoning. OTel gen_ai.client.token.usage.",
@@ -81,7 +154,7 @@ TOKEN_USAGE = Histogram(
     buckets=TOKEN_BUCKETS,
     registry=REGISTRY,
 )
-REQUEST_DURATION = Histogram(
+REQUEST_DURATION = LoopHistogram(
     "gen_ai_server_request_duration_seconds",
     "Time from the request reaching kaixu to the end of its answer, streams included. "
     "OTel gen_ai.server.request.duration.",
@@ -89,7 +162,7 @@ REQUEST_DURATION = Histogram(
     buckets=DURATION_BUCKETS,
     registry=REGISTRY,
 )
-TIME_TO_FIRST_TOKEN = Histogram(
+TIME_TO_FIRST_TOKEN = LoopHistogram(
     "gen_ai_server_time_to_first_token_seconds",
     "Streams: time from the request reaching kaixu to the first byte of the answer. "
     "OTel gen_ai.server.time_to_first_token.",
@@ -133,20 +206,9 @@ LEDGER_ESCAPED_RECORDS = Counter(
     registry=REGISTRY,
 )
 
-# Children by label values, looked up once: `labels()` converts, validates and locks on every call (about 2 µs
-# each, a dozen per request); these caches are as bounded as the label values themselves.
-_requests = functools.cache(REQUESTS.labels)
-_cost = functools.cache(COST.labels)
-_duration = functools.cache(REQUEST_DURATION.labels)
-_ttft = functools.cache(TIME_TO_FIRST_TOKEN.labels)
+
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
-
-
-@functools.cache
-def _tokens(*gen_ai: str) -> tuple[Histogram, ...]:
-    """The five token-type children of one operation, provider and route, in `TOKEN_TYPES` order."""
-    return tuple(TOKEN_USAGE.labels(*gen_ai, token_type) for token_type in TOKEN_TYPES)
-
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
 _customers: set[str] = set()
 
@@ -175,17 +237,29 @@ def count_request(
     key = (call.key.name if call.key else NONE) if metrics.label_key else ""
     who = _customer_label(customer) if metrics.label_customer else ""
     operation = call.operation or NONE
-    _requests(call.front, operation, provider, model, str(status), f"{status // 100}xx", team, key, who).inc()
+    REQUESTS.inc(
+        (
+            call.front,
+            operation,
+            provider,
+            model,
+            str(status),
+            _STATUS_CLASS.get(status // 100) or f"{status // 100}xx",
+            team,
+            key,
+            who,
+        )
+    )
     interrupted = bool(error) and status < 400  # the answer had started: the provider broke the stream
     if interrupted and call.provider is not None:
         UPSTREAM_ERRORS.labels(provider, "interrupted").inc()
     vendor = OTEL_PROVIDER.get(call.provider.kind, call.provider.kind) if call.provider is not None else NONE
     gen_ai = (OTEL_OPERATION.get(operation, operation), vendor, model, provider)
     error_type = str(status) if status >= 400 else "interrupted" if interrupted else ""
-    _duration(*gen_ai, call.front, error_type).observe(elapsed)
+    REQUEST_DURATION.observe((*gen_ai, call.front, error_type), elapsed)
     bill = call.bill
     if bill.first_token_at is not None:
-        _ttft(*gen_ai, call.front).observe(bill.first_token_at - call.started)
+        TIME_TO_FIRST_TOKEN.observe((*gen_ai, call.front), bill.first_token_at - call.started)
     usage = bill.usage
     if usage is None or call.provider is None:
         return
@@ -196,22 +270,22 @@ def count_request(
         usage.cache_creation_input_tokens,
         usage.reasoning_tokens,
     )
-    for histogram, tokens in zip(_tokens(*gen_ai), counts, strict=True):
-        histogram.observe(tokens)
+    for token_type, tokens in zip(TOKEN_TYPES, counts, strict=True):
+        TOKEN_USAGE.observe((*gen_ai, token_type), tokens)
     if bill.cost_micros is not None:
-        _cost(provider, model, team, key, who).inc(bill.cost_micros)
+        COST.inc((provider, model, team, key, who), bill.cost_micros)
     elif bill.unpriced:
         UNPRICED.labels(provider, model).inc()
 
 
 def request_started() -> None:
     """A request was forwarded to a provider (`Gateway.pool`)."""
-    IN_FLIGHT.inc()
+    IN_FLIGHT.value += 1
 
 
 def request_finished() -> None:
     """A forwarded request settled, whichever hook ended it (`Gateway.pool`)."""
-    IN_FLIGHT.dec()
+    IN_FLIGHT.value -= 1
 
 
 def exposition() -> bytes:

