@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
@@ -84,17 +84,8 @@ class SqliteLedgerStore:
             if self._identity() != self._file:
                 # Deleted or replaced under us: rows would go to an unlinked file. Reopening recreates it.
                 raise StoreUnavailable(f"{self.path} was removed or replaced")
-            try:
-                if db.in_transaction:  # never carry a transaction over from a failed call
-                    db.execute("ROLLBACK")
-                db.execute("BEGIN")
+            with _transaction(db, "BEGIN"):
                 db.executemany(_INSERT, [_row(r) for r in records])
-                db.execute("COMMIT")
-            except BaseException as exc:
-                _rollback(db, exc)
-                if _database_failed(exc):
-                    raise StoreUnavailable(describe(exc)) from exc
-                raise
 
     def prune(self, before_ts: float) -> int:
         """Deletes the rows with `ts < before_ts`, `prune_batch` at a time, each batch its own transaction:
@@ -106,17 +97,8 @@ class SqliteLedgerStore:
                 db = self._db
                 if db is None:
                     raise StoreUnavailable("the store is not open")
-                try:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    db.execute("BEGIN IMMEDIATE")
+                with _transaction(db, "BEGIN IMMEDIATE"):
                     count = db.execute(_PRUNE, (before_ts, self.prune_batch)).rowcount
-                    db.execute("COMMIT")
-                except BaseException as exc:
-                    _rollback(db, exc)
-                    if _database_failed(exc):
-                        raise StoreUnavailable(describe(exc)) from exc
-                    raise
             deleted += count
             if count < self.prune_batch:
                 return deleted
@@ -147,6 +129,23 @@ class SqliteLedgerStore:
         except OSError:
             return None
         return (st.st_dev, st.st_ino)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """One transaction, committed, or rolled back when the body fails; a failure of the database is
+    `StoreUnavailable`, a failure of the rows is raised as it is (the `LedgerStore` contract)."""
+    try:
+        if db.in_transaction:  # never carry a transaction over from a failed call
+            db.execute("ROLLBACK")
+        db.execute(begin)
+        yield
+        db.execute("COMMIT")
+    except BaseException as exc:
+        _rollback(db, exc)
+        if _database_failed(exc):
+            raise StoreUnavailable(describe(exc)) from exc
+        raise
 
 
 def _rollback(db: sqlite3.Connection, cause: BaseException) -> None:
