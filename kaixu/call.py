@@ -121,7 +121,47 @@ class Bill:
 
 
 @dataclass(slots=True, eq=False)
+class Route:
+    """Where the call goes, decided by the router: the provider, the model and wire format it is asked in."""
+
+    provider: ProviderConfig | None = None
+    model: str | None = None
+    """The provider's name for the model (the client's, unless the route renames it)."""
+    format: str | None = None
+    """The provider's wire format (the client's front door format for the mock)."""
+    operation: str | None = None
+    """The provider-side operation when it differs from the client's (Gemini batch embeddings)."""
+    name: str | None = None
+    """The policy's name for the route that served the model (a glob route's glob): the only model name
+    that becomes a metric label."""
+    routed: bool = False
+    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
+    relayed: bool = False
+    """The stream goes through the loopback relay (providers/relay.py)."""
+    relay_error: str | None = None
+    relay_status: int | None = None
+    """What the provider answered when the relay had already told the client 200."""
+
+
+@dataclass(slots=True, eq=False)
+class Caller:
+    """Who is calling, decided by the auth step and what the client says about itself: what governance
+    (keys, teams, budgets, limits) and the ledger's attribution read."""
+
+    key: VirtualKey | None = None
+    client_key: str | None = None
+    """The credential the client sent, kept only on bring-your-own-key routes (it is forwarded)."""
+    byok: bool = False
+    attributes: dict[str, str] = field(default_factory=dict)
+    """What the client says about itself (app, build, install id, customer, user, team and project ids), for
+    the ledger; never for access decisions."""
+
+
+@dataclass(slots=True, eq=False)
 class Call:
+    """One request's decisions, in three typed sub-records (`route`, `caller`, `bill`) plus the request facts
+    the dialect and body steps read."""
+
     request_id: str
     policy: Policy
     started: float = field(default_factory=time.monotonic)
@@ -134,12 +174,6 @@ class Call:
     body: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
-    client_key: str | None = None
-    key: VirtualKey | None = None
-    byok: bool = False
-    provider: ProviderConfig | None = None
-    upstream_model: str | None = None
-    upstream_format: str | None = None
     canonical: ChatRequest | None = None
     """Set only when the request is translated between wire formats."""
     dropped: list[str] = field(default_factory=list)
@@ -147,26 +181,19 @@ class Call:
     `messages[3].content[0].cache_control`, `headers.anthropic-beta`); answered as `x-kaixu-dropped`."""
     seed_context: SeedContext | None = None
     """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
+    route: Route = field(default_factory=Route)
+    caller: Caller = field(default_factory=Caller)
     bill: Bill = field(default_factory=Bill)
     """Usage and cost (kaixu/pricing)."""
     timed_out: bool = False
-    attributes: dict[str, str] = field(default_factory=dict)
-    """What the client says about itself (app, build, install id, team and project ids), for the ledger."""
     backend: str | None = None
     """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""
     provider_hint: str | None = None
     """Kaixu Gateway 13's `provider` field: narrows the route to that provider kind."""
-    upstream_operation: str | None = None
-    """The provider-side operation when it differs from the client's (Gemini batch embeddings)."""
     embedding_request: EmbeddingRequest | None = None
     """Set only when embeddings are translated between wire formats."""
     strip_usage_chunk: bool = False
     """kaixu asked an OpenAI provider for the usage chunk the client did not ask for."""
-    relayed: bool = False
-    """The stream goes through the loopback relay (providers/relay.py)."""
-    relay_error: str | None = None
-    relay_status: int | None = None
-    """What the provider answered when the relay had already told the client 200."""
     json_array_stream: bool = False
     """Gemini `:streamGenerateContent` without `alt=sse`: the client reads one JSON array, not SSE."""
     forwarded: bool = False
@@ -174,11 +201,6 @@ class Call:
 
     cors_origin: str | None = None
     """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""
-    route_name: str | None = None
-    """The policy's name for the route that served the model (a glob route's glob): the only model name
-    that becomes a metric label."""
-    routed: bool = False
-    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
     failed: bool = False
     """A kaixu step raised: the caller got a JSON 500 (addons/chain.py)."""
     client_disconnected: bool = False

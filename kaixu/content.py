@@ -145,9 +145,9 @@ def collect_answer(call: Call, payload: dict[str, Any]) -> None:
     """Keep the text of a buffered chat answer (the provider's JSON body) when the policy stores content:
     appended to `call.bill.streamed_text`, where a stream's text is collected too."""
     collected = call.bill.streamed_text
-    if collected is None or call.upstream_format is None:
+    if collected is None or call.route.format is None:
         return
-    field = _ANSWER_FIELDS.get(call.upstream_format)
+    field = _ANSWER_FIELDS.get(call.route.format)
     if field is not None and field in payload:
         texts: list[str] = []
         _texts(payload[field], "content" if field == "content" else field, texts, roles=False, depth=0)
@@ -212,9 +212,9 @@ def recorded(call: Call) -> Recorded:
         return Recorded(digest)
     try:
         text = prompt_text(call.front, call.body)
-        prompt = None if text is None else redactor.clean(text, call.client_key)
+        prompt = None if text is None else redactor.clean(text, call.caller.client_key)
         streamed = call.bill.streamed_text
-        answer = redactor.clean("".join(streamed), call.client_key) if streamed else None
+        answer = redactor.clean("".join(streamed), call.caller.client_key) if streamed else None
     except Exception:
         log.exception("request %s: could not record the prompt and answer text", call.request_id)
         return Recorded(digest)

@@ -233,8 +233,8 @@ def count_request(
     `customer` is the one the request is attributed to, a label only when the policy opts in. The team label is
     the key's team from the policy, never a team the client names."""
     metrics = call.policy.metrics
-    team = (call.key.team if call.key else None) or NONE
-    key = (call.key.name if call.key else NONE) if metrics.label_key else ""
+    team = (call.caller.key.team if call.caller.key else None) or NONE
+    key = (call.caller.key.name if call.caller.key else NONE) if metrics.label_key else ""
     who = _customer_label(customer) if metrics.label_customer else ""
     operation = call.operation or NONE
     REQUESTS.inc(
@@ -251,9 +251,13 @@ def count_request(
         )
     )
     interrupted = bool(error) and status < 400  # the answer had started: the provider broke the stream
-    if interrupted and call.provider is not None:
+    if interrupted and call.route.provider is not None:
         UPSTREAM_ERRORS.labels(provider, "interrupted").inc()
-    vendor = OTEL_PROVIDER.get(call.provider.kind, call.provider.kind) if call.provider is not None else NONE
+    vendor = (
+        OTEL_PROVIDER.get(call.route.provider.kind, call.route.provider.kind)
+        if call.route.provider is not None
+        else NONE
+    )
     gen_ai = (OTEL_OPERATION.get(operation, operation), vendor, model, provider)
     error_type = str(status) if status >= 400 else "interrupted" if interrupted else ""
     REQUEST_DURATION.observe((*gen_ai, call.front, error_type), elapsed)
@@ -261,7 +265,7 @@ def count_request(
     if bill.first_token_at is not None:
         TIME_TO_FIRST_TOKEN.observe((*gen_ai, call.front), bill.first_token_at - call.started)
     usage = bill.usage
-    if usage is None or call.provider is None:
+    if usage is None or call.route.provider is None:
         return
     counts = (
         usage.input_tokens,

@@ -50,7 +50,7 @@ class Route:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is not None and flow.response is None:
-            call.routed = True
+            call.route.routed = True
 
 
 class Seen:
@@ -85,7 +85,7 @@ def test_a_failing_step_answers_a_json_500_in_the_callers_shape_and_the_flow_goe
     assert body["type"] == "error" and body["error"]["type"] == "api_error"  # Anthropic's shape
     assert flow.response.headers["x-request-id"] == "rid-1"
     call = get_call(flow)
-    assert call is not None and call.failed and not call.routed
+    assert call is not None and call.failed and not call.route.routed
     assert seen.events == ["requestheaders", "request-after-failure"]
 
 

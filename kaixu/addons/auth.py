@@ -73,7 +73,7 @@ class Auth:
             # Refused on its head already (unknown endpoint, method, model name): the access log and the
             # ledger still name a caller whose key is valid. Nothing else changes for the refused request.
             if key is not None and call.operation != "local":
-                call.key = policy.keys.get(key_hash(key))
+                call.caller.key = policy.keys.get(key_hash(key))
             return
         if key is None:
             if policy.anonymous:
@@ -88,11 +88,11 @@ class Auth:
             return
         virtual = policy.keys.get(key_hash(key))
         if virtual is not None:
-            call.key = virtual
+            call.caller.key = virtual
             return
         if policy.byok:
-            call.client_key = key
-            call.byok = True
+            call.caller.client_key = key
+            call.caller.byok = True
             return
         flow.response = error_response(
             call,

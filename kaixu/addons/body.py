@@ -144,10 +144,10 @@ class Body:
                 return "backend: not a valid backend name"
             call.backend = call.backend or backend
         user = _end_user(body)
-        if user is not None and "user" not in call.attributes:
-            call.attributes["user"] = user
+        if user is not None and "user" not in call.caller.attributes:
+            call.caller.attributes["user"] = user
         if call.front == pulse.NAME:
-            call.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
+            call.caller.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
         if call.front == gateway13.NAME:
             try:
                 call.provider_hint = gateway13.provider_hint(body)

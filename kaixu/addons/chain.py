@@ -172,7 +172,7 @@ class Chain:
     def _refuse_unrouted(self, flow: http.HTTPFlow) -> None:
         """Last line of defence: a kaixu flow leaves for a provider only when the router sent it there."""
         call = get_call(flow)
-        if flow.response is not None or call is None or call.routed:
+        if flow.response is not None or call is None or call.route.routed:
             return
         log.error("request %s was not routed by any step; refused (%s %s)", call.request_id,
                   safe(flow.request.method, 20), safe(flow.request.path))  # fmt: skip

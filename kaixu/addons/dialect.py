@@ -183,4 +183,4 @@ class Dialect:
         headers = request.headers
         for header, name in _ATTRIBUTE_HEADERS:
             if header in headers:
-                call.attributes[name] = headers[header][:200]
+                call.caller.attributes[name] = headers[header][:200]

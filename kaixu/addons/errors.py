@@ -43,7 +43,7 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
 
 
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
-    provider = call.provider.name if call.provider else "upstream"
+    provider = call.route.provider.name if call.route.provider else "upstream"
     if call.timed_out:
         UPSTREAM_ERRORS.labels(provider, "timeout").inc()
         seconds = call.policy.upstream_timeout_s
@@ -78,7 +78,7 @@ class Errors:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or call.provider is None:
+        if call is None or flow.response is not None or call.route.provider is None:
             return
         loop = asyncio.get_running_loop()
         self._timers[flow.id] = loop.call_later(call.policy.upstream_timeout_s, self._expire, flow, call)
@@ -94,7 +94,7 @@ class Errors:
         if call is None or flow.error is None:
             return
         fault = mitm.client_fault_status(flow)  # the one classification of client faults (settle uses it too)
-        provider = call.provider.name if call.provider else "-"
+        provider = call.route.provider.name if call.route.provider else "-"
         if fault == mitm.CLIENT_CLOSED:
             return
         if fault == 413:

@@ -30,7 +30,7 @@ class Local:
             flow.response = json_response(call, 200, body)
 
     def models(self, call: Call) -> http.Response:
-        names = [m for m in call.policy.listed_models() if call.key is None or call.key.may_use(m)]
+        names = [m for m in call.policy.listed_models() if call.caller.key is None or call.caller.key.may_use(m)]
         entries = [self._entry(call, m) for m in names]
         if call.front == "gemini":
             return json_response(call, 200, {"models": entries})
@@ -44,7 +44,7 @@ class Local:
     def model(self, call: Call) -> http.Response:
         """One model, in the same shape as an entry of the list; 404 for one the caller may not use."""
         name = call.model or ""
-        if name not in call.policy.models or (call.key is not None and not call.key.may_use(name)):
+        if name not in call.policy.models or (call.caller.key is not None and not call.caller.key.may_use(name)):
             return error_response(call, 404, f"model {name!r} is not served by this gateway", "not_found_error",
                                   "model_not_found")  # fmt: skip
         return json_response(call, 200, self._entry(call, name))

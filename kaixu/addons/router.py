@@ -116,12 +116,12 @@ def resolve_route(call: Call) -> ModelRoute:
         raise RouteRefused(
             404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
         )
-    if call.key is not None and not call.key.may_use(call.model):
+    if call.caller.key is not None and not call.caller.key.may_use(call.model):
         raise RouteRefused(
-            403, f"model {call.model!r} is not allowed for key {call.key.name!r}", "permission_error",
+            403, f"model {call.model!r} is not allowed for key {call.caller.key.name!r}", "permission_error",
             "model_not_allowed",
         )  # fmt: skip
-    call.route_name = route.name
+    call.route.name = route.name
     return route
 
 
@@ -139,10 +139,10 @@ class Router:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         provider = call.policy.providers[target.provider]
-        call.provider = provider
-        call.upstream_model = upstream_model = target.model or call.model or ""
-        call.upstream_format = provider.wire_format or fronts.native_format(call.front)
-        key = call.client_key if call.byok else provider.api_key
+        call.route.provider = provider
+        call.route.model = upstream_model = target.model or call.model or ""
+        call.route.format = provider.wire_format or fronts.native_format(call.front)
+        key = call.caller.client_key if call.caller.byok else provider.api_key
         if provider.kind != "mock" and not key:
             flow.response = error_response(
                 call, 500, f"provider {provider.name!r} has no API key configured", "server_error",
@@ -163,9 +163,9 @@ class Router:
             if body is None:  # answered locally (token estimate)
                 flow.response = self._count_tokens_locally(call)
                 return
-            operation = call.upstream_operation or call.operation
+            operation = call.route.operation or call.operation
             url = endpoint_url(
-                provider, call.upstream_format, operation, upstream_model, call.stream, self.gateway.mock_url
+                provider, call.route.format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
             self._account_losses(flow, call)
         except FormatError as exc:
@@ -176,7 +176,7 @@ class Router:
             flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
             return
         self._rewrite(flow, call, url, body, key)
-        call.routed = True
+        call.route.routed = True
         self.gateway.pool.started(call)
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)
@@ -185,15 +185,15 @@ class Router:
         """The upstream body: the client's bytes when nothing changes, else a dict to serialise.
 
         None means the operation is answered locally (token counting for a provider without it)."""
-        assert call.body is not None and call.upstream_model is not None and call.upstream_format is not None
-        if call.upstream_format == call.front:
-            rewrite_model = call.front != "gemini" and call.body.get("model") != call.upstream_model
+        assert call.body is not None and call.route.model is not None and call.route.format is not None
+        if call.route.format == call.front:
+            rewrite_model = call.front != "gemini" and call.body.get("model") != call.route.model
             ask_usage = call.front == "openai" and call.stream and not _asks_for_usage(call.body)
             if not rewrite_model and not ask_usage and not any(field in call.body for field in GATEWAY_FIELDS):
                 return b""  # keep the original bytes
             body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
             if call.front != "gemini":
-                body["model"] = call.upstream_model
+                body["model"] = call.route.model
             if ask_usage:
                 # Without it OpenAI streams carry no token counts; the stream step drops the extra chunk.
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -203,19 +203,19 @@ class Router:
             return None
         if call.operation in ("embeddings", "batch_embeddings"):
             request = embeddings.decode_request(
-                call.front, call.body, model=call.upstream_model, single=call.operation == "embeddings"
+                call.front, call.body, model=call.route.model, single=call.operation == "embeddings"
             )
             call.embedding_request = request
-            call.upstream_operation = "batch_embeddings" if call.upstream_format == "gemini" else "embeddings"
-            return embeddings.encode_request(call.upstream_format, request)
+            call.route.operation = "batch_embeddings" if call.route.format == "gemini" else "embeddings"
+            return embeddings.encode_request(call.route.format, request)
         if call.operation != "chat":
             raise UnsupportedOperation(
-                f"{call.operation} requests cannot be translated from {call.front} to {call.upstream_format}"
+                f"{call.operation} requests cannot be translated from {call.front} to {call.route.format}"
             )
         canonical = self._decode(call)
-        canonical.model = call.upstream_model
+        canonical.model = call.route.model
         call.canonical = canonical
-        codec = get_codec(call.upstream_format)
+        codec = get_codec(call.route.format)
         call.dropped = codec.dropped_fields(canonical)
         return codec.encode_request(canonical)
 
@@ -227,10 +227,10 @@ class Router:
         call.dropped += [
             f"headers.{name}"
             for name in _REPORTED_HEADERS
-            if name in headers and VENDOR_HEADERS[name.encode()] != call.upstream_format
+            if name in headers and VENDOR_HEADERS[name.encode()] != call.route.format
         ]
         if call.dropped and call.policy.translation.unsupported == "reject":
-            raise droppable.refusal(call.dropped, call.upstream_format or "")
+            raise droppable.refusal(call.dropped, call.route.format or "")
 
     def _decode(self, call: Call) -> Any:
         assert call.body is not None
@@ -268,11 +268,11 @@ class Router:
         request = flow.request
         request.scheme, request.host, request.port, request.path = split_url(url)
         request.authority = ""  # origin-form upstream, whatever form the client's request line had
-        assert call.provider is not None and call.upstream_format is not None
+        assert call.route.provider is not None and call.route.format is not None
         headers = request.headers
         # Only what a provider needs leaves kaixu: never cookies, proxy credentials, the client's own keys
         # (api-key, authorization, ...), forwarding headers or anything else a client happened to send.
-        fmt = call.upstream_format
+        fmt = call.route.format
         forwarded = [
             (k, v)
             for k, v in headers.fields
@@ -282,11 +282,11 @@ class Router:
         headers["host"] = request.host if request.port in (80, 443) else f"{request.host}:{request.port}"
         headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes
         headers["x-request-id"] = call.request_id  # the provider's logs line up with kaixu's; the mock quotes it
-        headers.update(auth_headers(call.upstream_format, key))
-        if call.upstream_format == "anthropic" and "anthropic-version" not in headers:
+        headers.update(auth_headers(call.route.format, key))
+        if call.route.format == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = ANTHROPIC_VERSION
-        if call.provider.headers:
-            headers.update(call.provider.headers)
+        if call.route.provider.headers:
+            headers.update(call.route.provider.headers)
         if isinstance(body, dict):
             request.content = json.dumps(body, separators=(",", ":")).encode()
             headers["content-type"] = "application/json"
@@ -311,7 +311,7 @@ class Router:
             )
         )
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
-        call.relayed = True
+        call.route.relayed = True
 
     def _count_tokens_locally(self, call: Call) -> http.Response:
         tokens = estimate_tokens(self._decode(call))

@@ -53,9 +53,9 @@ class Attribution:
 def attribution(call: Call) -> Attribution:
     """The key's team wins over the team a client names; the rest is what the client says about itself
     (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/`clientId`/`userId`)."""
-    said = call.attributes.get
+    said = call.caller.attributes.get
     return Attribution(
-        team=(call.key.team if call.key else None) or said("teamId") or said("team"),
+        team=(call.caller.key.team if call.caller.key else None) or said("teamId") or said("team"),
         customer=said("customer"),
         user=said("userId") or said("user"),
         app=said("appId") or said("app"),
@@ -84,7 +84,7 @@ def prompt_tokens(call: Call) -> int:
     try:
         if call.operation in ("embeddings", "batch_embeddings"):
             request = call.embedding_request or embeddings.decode_request(
-                call.front, body, model=call.upstream_model or "", single=call.operation == "embeddings"
+                call.front, body, model=call.route.model or "", single=call.operation == "embeddings"
             )
             return sum((len(text) + 3) // 4 for text in request.inputs)
         chat: ChatRequest = call.canonical or fronts.decode_request(
@@ -116,7 +116,7 @@ def _passed_through_chars(call: Call, payload: dict[str, object], response: http
 def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
     """The provider accepted the request and started answering: from then on it bills, so kaixu does."""
     response = flow.response
-    return response is not None and response.status_code < 400 and call.relay_status is None
+    return response is not None and response.status_code < 400 and call.route.relay_status is None
 
 
 def add_headers(response: http.Response, headers: dict[str, str]) -> None:
@@ -143,7 +143,7 @@ class Settle:
         response = flow.response
         if call is None or response is None:
             return
-        if call.routed and response.stream is False:  # not a refusal kaixu made itself, after routing
+        if call.route.routed and response.stream is False:  # not a refusal kaixu made itself, after routing
             try:
                 self._settle_buffered(call, response)
             except Exception:
@@ -155,14 +155,14 @@ class Settle:
                 if call.bill.usage is not None and response.status_code < 400:
                     add_headers(response, call.bill.answer_headers())
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
-        self._count(flow.request, call, call.relay_status or response.status_code, call.relay_error)
+        self._count(flow.request, call, call.route.relay_status or response.status_code, call.route.relay_error)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.error is None:
             return
         fault = mitm.client_fault_status(flow)
-        if call.provider is not None and not call.bill.usage_final and _answer_began(flow, call):
+        if call.route.provider is not None and not call.bill.usage_final and _answer_began(flow, call):
             estimate_usage(call)  # cut by the provider or left by the client midway: bill what was produced
         if fault is not None:
             # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
@@ -176,17 +176,17 @@ class Settle:
             self._count(flow.request, call, 502, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
-        assert call.upstream_format is not None
-        upstream = get_codec(call.upstream_format)
-        same_format = call.upstream_format == call.front
-        if call.provider is not None and hides_provider_answer(response.status_code, call.byok):
-            log.warning("request %s: %s", call.request_id, credentials_rejected(call.provider.name))
-            message = credentials_rejected(call.provider.name)
+        assert call.route.format is not None
+        upstream = get_codec(call.route.format)
+        same_format = call.route.format == call.front
+        if call.route.provider is not None and hides_provider_answer(response.status_code, call.caller.byok):
+            log.warning("request %s: %s", call.request_id, credentials_rejected(call.route.provider.name))
+            message = credentials_rejected(call.route.provider.name)
             body = error_json(call.front, call.request_id, 502, message, "api_error", "provider_auth_failed")
             replace_body(response, body, status=502)
             return
         if response.status_code >= 400:
-            redactor, own_key = call.policy.redactor, call.client_key
+            redactor, own_key = call.policy.redactor, call.caller.client_key
             if not same_format:
                 message, type = upstream.decode_error(response.status_code, response.content or b"")
                 message = redactor.text(message, own_key)
@@ -208,7 +208,7 @@ class Settle:
         bill = call.bill
         embedding_request = call.embedding_request
         if embedding_request is not None:
-            vectors = embeddings.decode_response(call.upstream_format, payload, embedding_request.model)
+            vectors = embeddings.decode_response(call.route.format, payload, embedding_request.model)
             bill.usage = vectors.usage
             if bill.usage is None:  # Gemini never counts embedding tokens
                 estimate_usage(call, 0)
@@ -236,11 +236,11 @@ class Settle:
         if call.operation == "local":
             return
         if error:
-            error = call.policy.redactor.text(error, call.client_key)
+            error = call.policy.redactor.text(error, call.caller.client_key)
         self.gateway.pool.finished(call, status, error)
         call.bill.settle()
-        provider = call.provider.name if call.provider else "-"
-        model = (call.route_name or "-") if call.provider else "-"  # a policy name, never the client's string
+        provider = call.route.provider.name if call.route.provider else "-"
+        model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started
         who = attribution(call)
         count_request(call, provider, model, status, elapsed, error, who.customer)
@@ -250,8 +250,8 @@ class Settle:
                 "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
                 call.request_id, safe(request.method, 20), _path(request), call.front, call.operation or "-", status,
                 elapsed * 1000, safe(call.model) if call.model else "-", provider,
-                call.upstream_model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
-                call.key.name if call.key else "-", f" error={safe(error)!r}" if error else "",
+                call.route.model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
+                call.caller.key.name if call.caller.key else "-", f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
             bill = call.bill
@@ -262,11 +262,11 @@ class Settle:
                     ts=time.time(),
                     front=call.front,
                     operation=call.operation,
-                    key_name=call.key.name if call.key else None,
+                    key_name=call.caller.key.name if call.caller.key else None,
                     team=who.team,
                     model=call.model,
-                    provider=call.provider.name if call.provider else None,
-                    upstream_model=call.upstream_model,
+                    provider=call.route.provider.name if call.route.provider else None,
+                    upstream_model=call.route.model,
                     status=status,
                     stream=int(call.stream),
                     input_tokens=usage.input_tokens if usage else None,
@@ -274,7 +274,9 @@ class Settle:
                     cached_input_tokens=usage.cached_input_tokens if usage else None,
                     latency_ms=round(elapsed * 1000, 3),
                     error=error,
-                    attributes=json.dumps(call.attributes, separators=(",", ":")) if call.attributes else None,
+                    attributes=json.dumps(call.caller.attributes, separators=(",", ":"))
+                    if call.caller.attributes
+                    else None,
                     client_disconnected=int(call.client_disconnected),
                     dropped=summary(call.dropped) if call.dropped else None,
                     customer=who.customer,

@@ -221,13 +221,13 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     sse = takes_comments(call)
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
-        if data and bill.first_token_at is None and not call.relayed:  # relayed: set by `relayed`
+        if data and bill.first_token_at is None and not call.route.relayed:  # relayed: set by `relayed`
             bill.first_token_at = time.monotonic()
         out = inner(data)
         if data:
             return out
         try:
-            if not bill.usage_final and call.relay_status is None:  # relay_status: no answer ever began
+            if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
             bill.settle()
             if not sse:
@@ -258,13 +258,13 @@ class Stream:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         response = flow.response
-        if call is None or response is None or call.provider is None or not call.stream:
+        if call is None or response is None or call.route.provider is None or not call.stream:
             return
         # Errors stay buffered so `settle` can put them in the client's shape (and retry, later).
         if response.status_code >= 400 or not is_event_stream(response):
             return
-        assert call.upstream_format is not None
-        upstream = get_codec(call.upstream_format)
+        assert call.route.format is not None
+        upstream = get_codec(call.route.format)
         if call.canonical is None and not call.json_array_stream:
             make = usage_stripping_meter if call.strip_usage_chunk else meter
             response.stream = billed(call, make(call, upstream.stream_decoder()))
@@ -282,5 +282,5 @@ class Stream:
             call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
         )
         translate = translator(call, upstream.stream_decoder(), encoder)
-        stream = relayed(call, translate, encoder) if call.relayed else translate
+        stream = relayed(call, translate, encoder) if call.route.relayed else translate
         response.stream = billed(call, stream)

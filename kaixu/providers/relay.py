@@ -112,7 +112,7 @@ class RelayHandler(tornado.web.RequestHandler):
         client = self.relay.client(call.policy.ca_file)
         request = client.build_request(plan.method, plan.url, headers=plan.headers, content=plan.body)
         timeout = call.policy.upstream_timeout_s
-        provider = call.provider.name if call.provider else "upstream"
+        provider = call.route.provider.name if call.route.provider else "upstream"
         sending = asyncio.ensure_future(client.send(request, stream=True))
         try:
             response = await self._with_pings(sending, plan.ping_s, timeout)
@@ -123,12 +123,12 @@ class RelayHandler(tornado.web.RequestHandler):
             await self._fail(call, _describe(exc, provider, timeout), 504 if isinstance(exc, TimeoutError) else 502)
             return
         try:
-            if hides_provider_answer(response.status_code, call.byok):
+            if hides_provider_answer(response.status_code, call.caller.byok):
                 await self._fail(call, credentials_rejected(provider), 502)
                 return
             if response.status_code >= 400:
                 body = await response.aread()
-                message, _ = get_codec(call.upstream_format or "openai").decode_error(response.status_code, body)
+                message, _ = get_codec(call.route.format or "openai").decode_error(response.status_code, body)
                 await self._fail(call, message, response.status_code)
                 return
             chunks = response.aiter_raw()
@@ -140,7 +140,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 chunk = await anext(chunks, b"")
         except (TimeoutError, httpx.HTTPError) as exc:
             reason = f"no data within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
-            call.relay_error = f"stream from provider {provider!r} broke: {reason}"
+            call.route.relay_error = f"stream from provider {provider!r} broke: {reason}"
         finally:
             await response.aclose()
 
@@ -161,8 +161,8 @@ class RelayHandler(tornado.web.RequestHandler):
                 await self.flush()
 
     async def _fail(self, call: Call, message: str, status: int) -> None:
-        message = call.policy.redactor.text(message, call.client_key)  # provider text may quote kaixu's key
-        call.relay_error = message
-        call.relay_status = status  # what the client would have got without the relay
+        message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
+        call.route.relay_error = message
+        call.route.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))
         await self.flush()
