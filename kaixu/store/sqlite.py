@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import os
 import sqlite3
@@ -37,7 +38,18 @@ CREATE INDEX IF NOT EXISTS requests_costs
 CREATE INDEX IF NOT EXISTS requests_key ON requests (key_name, ts, {_SUMS});
 CREATE INDEX IF NOT EXISTS requests_team ON requests (team, ts, {_SUMS});
 """
-_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES "
+_ROW_PLACEHOLDERS = f"({', '.join('?' for _ in _COLUMNS)})"
+MAX_ROWS_PER_STATEMENT = 256
+"""Rows one INSERT carries (fewer when the SQLite build allows fewer bound variables): one statement per batch
+instead of one per row (`executemany`) took a 130-row batch from 7.2 to 6.0 µs of CPU per row here."""
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    return _INSERT + ", ".join([_ROW_PLACEHOLDERS] * rows)
+
+
 _PRUNE = "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE ts < ? LIMIT ?)"
 PRUNE_BATCH = 2000
 """Rows deleted per retention transaction: about 3 ms of write lock each on this machine (docs/ledger.md)."""
@@ -59,6 +71,7 @@ class SqliteLedgerStore:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None
+        self._rows_per_statement = MAX_ROWS_PER_STATEMENT
 
     def open(self) -> None:
         with self._lock:
@@ -74,6 +87,8 @@ class SqliteLedgerStore:
                 db.close()
                 raise
             self._db = db
+            limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._rows_per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, limit // len(_COLUMNS)))
             self._file = self._identity()
 
     def write(self, records: Sequence[LedgerRecord]) -> None:
@@ -85,7 +100,10 @@ class SqliteLedgerStore:
                 # Deleted or replaced under us: rows would go to an unlinked file. Reopening recreates it.
                 raise StoreUnavailable(f"{self.path} was removed or replaced")
             with _transaction(db, "BEGIN"):
-                db.executemany(_INSERT, [_row(r) for r in records])
+                step = self._rows_per_statement
+                for start in range(0, len(records), step):
+                    chunk = records[start : start + step]
+                    db.execute(_insert(len(chunk)), [value for record in chunk for value in _row(record)])
 
     def prune(self, before_ts: float) -> int:
         """Deletes the rows with `ts < before_ts`, `prune_batch` at a time, each batch its own transaction:
