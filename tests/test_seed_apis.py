@@ -340,6 +340,23 @@ def test_backend_in_the_path_picks_the_provider(kaixu: Kaixu, fake: FakeProvider
     assert fake.requests[-1].path == "/v1/messages"
 
 
+def test_a_model_restricted_key_cannot_leave_the_models_route_by_backend(kaixu: Kaixu, fake: FakeProvider) -> None:
+    """A key limited to some models is limited to where the policy routes them: naming another provider (path or
+    body `backend`) is refused before anything is forwarded; a backend the route has is fine."""
+    limited = {"authorization": f"Bearer {LIMITED_KEY}"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+    fake.clear()
+    for response in (
+        httpx.post(kaixu.url + "/v1/ant/chat/completions", json=body, headers=limited),
+        httpx.post(kaixu.url + "/v1/chat/completions", json={**body, "backend": "gem"}, headers=limited),
+    ):
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "provider_not_allowed"
+    assert fake.requests == []
+    inside = httpx.post(kaixu.url + "/v1/oai/chat/completions", json=body, headers=limited)
+    assert inside.status_code == 200, inside.text
+
+
 def test_backend_in_the_body_is_stripped_before_forwarding(kaixu: Kaixu, fake: FakeProvider) -> None:
     response = httpx.post(
         kaixu.url + "/v1/chat/completions",

@@ -86,6 +86,12 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
         if targets:
             return targets
         if backend in policy.providers:  # a provider outside the route: the model goes there as named
+            key = call.caller.key
+            if key is not None and key.models:  # a key limited to some models is limited to their routes too
+                raise RouteRefused(
+                    403, f"backend {backend!r} does not serve model {call.model!r} for key {key.name!r}",
+                    "permission_error", "provider_not_allowed",
+                )  # fmt: skip
             return (RouteTarget(backend, None),)
         raise RouteRefused(404, f"unknown backend {backend!r}", "invalid_request_error", "backend_not_found")
     hint = call.provider_hint
