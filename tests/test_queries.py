@@ -60,7 +60,7 @@ def test_the_writer_makes_the_read_indexes(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(tmp_path / "l.db") as db:
         names = {r[1] for r in db.execute("PRAGMA index_list(requests)")}
-    assert names == {"requests_ts", "requests_costs", "requests_key", "requests_team"}
+    assert names == {"requests_ts", "requests_costs"}
 
 
 @pytest.mark.parametrize(
