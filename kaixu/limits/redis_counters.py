@@ -1,0 +1,285 @@
+"""Counters in Redis, shared by every replica: each operation is one Lua script, so one round trip, and atomic
+(Redis runs a script to its end before any other command). Time comes from the Redis server (`TIME`), so
+replicas with drifting clocks still agree on expiry and windows.
+
+Versioning: `LAYOUT` is part of every key name and of every script's text (so of its SHA). A change of a
+script that keeps the data layout gets a new SHA and runs beside the old one on the same keys, each atomic;
+a change of the layout bumps `LAYOUT`, so an old replica and a new one never read each other's data with the
+wrong script (during such an upgrade the two generations count apart: docs/limits.md).
+
+Key layout (`P` is the prefix, default `kaixu:c1:`), one Redis instance (not Cluster: a reservation's keys
+span scopes, which Cluster would put on different slots):
+  P spend:SCOPE          integer, settled micro-dollars (no expiry: the scope names its own period)
+  P held:SCOPE           integer, micro-dollars held by the live reservations in P res:SCOPE
+  P res:SCOPE            sorted set, member "AMOUNT:ID", score = expiry (ms): reaped by every script that reads it
+  P done:ID              a settled reservation, remembered a day so a second settle counts nothing
+  P win:WINDOW_S:SCOPE   hash {start, count}, the current fixed window, expiring after two windows
+  P slot:SCOPE           sorted set, member slot id, score = expiry (ms)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from kaixu.limits import (
+    CountersUnavailable,
+    Refusal,
+    Reservation,
+    Slot,
+    WindowHit,
+    check_reservation,
+    check_window,
+)
+
+LAYOUT = 1
+"""The key layout's version, in key names and script text: bump it when the data a script reads changes."""
+SETTLED_MEMORY_MS = 86_400_000
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    OSError,
+)
+
+_PRELUDE = f"""-- kaixu counters, layout v{LAYOUT}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function int(n) return string.format('%d', n) end
+local function reap(held, res, now)
+  local gone = redis.call('ZRANGEBYSCORE', res, '-inf', now)
+  if #gone > 0 then
+    local total = 0
+    for _, m in ipairs(gone) do total = total + tonumber(string.match(m, '^(%d+):')) end
+    redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
+    redis.call('DECRBY', held, int(total))
+  end
+end
+"""
+
+# KEYS: spend_i, held_i, res_i for each scope i. ARGV: amount, ttl_ms, id, cap_1..cap_n.
+_RESERVE = (
+    _PRELUDE
+    + """
+local n = #KEYS / 3
+local amount = tonumber(ARGV[1])
+local now = now_ms()
+for i = 1, n do
+  local held, res = KEYS[3 * i - 1], KEYS[3 * i]
+  reap(held, res, now)
+  local spent = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '0')
+  local reserved = tonumber(redis.call('GET', held) or '0')
+  if spent + reserved + amount > tonumber(ARGV[3 + i]) then return {0, i, spent, reserved} end
+end
+local expires = now + tonumber(ARGV[2])
+local member = ARGV[1] .. ':' .. ARGV[3]
+for i = 1, n do
+  redis.call('INCRBY', KEYS[3 * i - 1], ARGV[1])
+  redis.call('ZADD', KEYS[3 * i], int(expires), member)
+end
+return {1, expires}
+"""
+)
+
+# KEYS: spend_i, held_i, res_i for each scope i, then done. ARGV: amount, id, actual, memory_ms.
+_SETTLE = (
+    _PRELUDE
+    + """
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[4]) then return 0 end
+local n = (#KEYS - 1) / 3
+local member = ARGV[1] .. ':' .. ARGV[2]
+local now = now_ms()
+for i = 1, n do
+  local held, res = KEYS[3 * i - 1], KEYS[3 * i]
+  reap(held, res, now)
+  if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, ARGV[1]) end
+  redis.call('INCRBY', KEYS[3 * i - 2], ARGV[3])
+end
+return 1
+"""
+)
+
+# KEYS: held_i, res_i for each scope i. ARGV: amount, id.
+_RELEASE = (
+    _PRELUDE
+    + """
+local member = ARGV[1] .. ':' .. ARGV[2]
+for i = 1, #KEYS / 2 do
+  if redis.call('ZREM', KEYS[2 * i], member) == 1 then redis.call('DECRBY', KEYS[2 * i - 1], ARGV[1]) end
+end
+return 1
+"""
+)
+
+# KEYS: held, res.
+_RESERVED = (
+    _PRELUDE
+    + """
+reap(KEYS[1], KEYS[2], now_ms())
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+)
+
+# KEYS: window hash. ARGV: window_s, limit, amount, force (0|1).
+_HIT = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local window = tonumber(ARGV[1]) * 1000
+local limit, amount, force = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local start = math.floor(now / window)
+local current = redis.call('HMGET', KEYS[1], 'start', 'count')
+local count = 0
+if tonumber(current[1]) == start then count = tonumber(current[2]) end
+local allowed
+if amount == 0 then allowed = count < limit else allowed = count + amount <= limit end
+if (allowed or force) and amount > 0 then
+  count = count + amount
+  redis.call('HSET', KEYS[1], 'start', int(start), 'count', int(count))
+  redis.call('PEXPIRE', KEYS[1], int(2 * window))
+end
+local remaining = limit - count
+if remaining < 0 then remaining = 0 end
+return {allowed and 1 or 0, remaining, window - now % window}
+"""
+)
+
+# KEYS: slot set. ARGV: limit, ttl_ms, id.
+_ACQUIRE = (
+    _PRELUDE
+    + """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {0} end
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], int(now + ttl), ARGV[3])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], int(ttl)) end
+return {1, now + ttl}
+"""
+)
+
+# KEYS: slot set.
+_HELD = (
+    _PRELUDE
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+
+class RedisCounters:
+    """`kaixu.limits.Counters` on one Redis server. Timeouts are short and there are no retries: an
+    unreachable Redis is `CountersUnavailable` within `timeout_s`, and the policy decides (fail closed or
+    open) instead of a request hanging on reconnects."""
+
+    def __init__(self, url: str, *, prefix: str = "kaixu:", timeout_s: float = 0.5, connections: int = 32) -> None:
+        self.prefix = f"{prefix}c{LAYOUT}:"
+        # A blocking pool: a burst of requests waits (up to `timeout_s`) for one of `connections` connections
+        # instead of opening one each (redis-py's default pool refuses past its maximum).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._reserved = self._redis.register_script(_RESERVED)
+        self._hit = self._redis.register_script(_HIT)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._held = self._redis.register_script(_HELD)
+
+    async def open(self) -> RedisCounters:
+        """Checks the server answers, so a wrong URL is found at start rather than on the first request."""
+        await self._call(self._redis.ping)
+        return self
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await function(*args, **kwargs)
+        except _UNAVAILABLE as e:
+            raise CountersUnavailable(f"redis: {type(e).__name__}: {e}") from e
+
+    def _budget_keys(self, scope: str) -> list[str]:
+        return [f"{self.prefix}spend:{scope}", f"{self.prefix}held:{scope}", f"{self.prefix}res:{scope}"]
+
+    # Budgets
+
+    async def reserve(
+        self, scopes: Sequence[str], amount_micros: int, caps: Sequence[int], ttl_s: float
+    ) -> Reservation | Refusal:
+        check_reservation(scopes, amount_micros, caps, ttl_s)
+        scopes = tuple(scopes)
+        reservation_id = _new_id()
+        keys = [key for scope in scopes for key in self._budget_keys(scope)]
+        args = [amount_micros, max(1, round(ttl_s * 1000)), reservation_id, *caps]
+        answer = await self._call(self._reserve, keys=keys, args=args)
+        if answer[0] == 1:
+            return Reservation(reservation_id, scopes, amount_micros, answer[1] / 1000)
+        index = answer[1] - 1
+        return Refusal(scopes[index], caps[index], answer[2], answer[3], amount_micros)
+
+    async def settle(self, reservation: Reservation, actual_micros: int) -> bool:
+        if actual_micros < 0:
+            raise ValueError("a cost is not negative")
+        keys = [key for scope in reservation.scopes for key in self._budget_keys(scope)]
+        keys.append(f"{self.prefix}done:{reservation.id}")
+        args = [reservation.amount_micros, reservation.id, actual_micros, SETTLED_MEMORY_MS]
+        return bool(await self._call(self._settle, keys=keys, args=args))
+
+    async def release(self, reservation: Reservation) -> None:
+        keys = [key for scope in reservation.scopes for key in self._budget_keys(scope)[1:]]
+        await self._call(self._release, keys=keys, args=[reservation.amount_micros, reservation.id])
+
+    async def spent(self, scope: str) -> int:
+        return int(await self._call(self._redis.get, f"{self.prefix}spend:{scope}") or 0)
+
+    async def reserved(self, scope: str) -> int:
+        return int(await self._call(self._reserved, keys=self._budget_keys(scope)[1:]))
+
+    # Windows
+
+    async def hit(self, scope: str, window_s: int, limit: int, amount: int = 1, *, force: bool = False) -> WindowHit:
+        check_window(window_s, limit, amount)
+        key = f"{self.prefix}win:{window_s}:{scope}"
+        allowed, remaining, reset_ms = await self._call(
+            self._hit, keys=[key], args=[window_s, limit, amount, int(force)]
+        )
+        return WindowHit(allowed == 1, limit, remaining, reset_ms)
+
+    # Slots
+
+    async def acquire_slot(self, scope: str, limit: int, ttl_s: float) -> Slot | None:
+        if ttl_s <= 0 or limit < 0:
+            raise ValueError("a slot needs a positive ttl and a limit that is not negative")
+        slot_id = _new_id()
+        key = f"{self.prefix}slot:{scope}"
+        answer = await self._call(self._acquire, keys=[key], args=[limit, max(1, round(ttl_s * 1000)), slot_id])
+        return Slot(slot_id, scope, answer[1] / 1000) if answer[0] == 1 else None
+
+    async def release_slot(self, slot: Slot) -> None:
+        await self._call(self._redis.zrem, f"{self.prefix}slot:{slot.scope}", slot.id)
+
+    async def held_slots(self, scope: str) -> int:
+        return int(await self._call(self._held, keys=[f"{self.prefix}slot:{scope}"]))
+
+
+def _new_id() -> str:
+    return secrets.token_hex(12)

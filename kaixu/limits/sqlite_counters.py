@@ -1,0 +1,251 @@
+"""Counters in one SQLite file, which the kaixu processes of one machine can share.
+
+Every operation is one `BEGIN IMMEDIATE` transaction: it takes the file's write lock before it reads, so two
+processes (or two threads) can never both read the same `spent + reserved` and both admit. sqlite3 blocks, so
+every call runs in a worker thread (`asyncio.to_thread`), never on the event loop; a lock serialises this
+object's calls on its one connection. WAL with `synchronous=NORMAL`: a committed transaction survives a
+`kill -9` of the process (it is in the WAL file); only a power cut can lose the last ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from kaixu.limits import (
+    CountersUnavailable,
+    Refusal,
+    Reservation,
+    Slot,
+    WindowHit,
+    check_reservation,
+    check_window,
+    window_answer,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counter_spend (scope TEXT PRIMARY KEY, spent INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter_reservation (
+    scope TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (scope, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter_settled (id TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter_window (
+    scope TEXT NOT NULL, window_s INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (scope, window_s, start)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter_slot (
+    scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID;
+"""
+SETTLED_MEMORY_S = 86400.0
+"""How long a settled reservation's id is remembered, so that a repeated settle does not count twice."""
+
+T = TypeVar("T")
+
+
+class SqliteCounters:
+    """`kaixu.limits.Counters` on a SQLite file. `clock` (Unix seconds) is injectable for tests; processes
+    sharing a file share the machine's clock."""
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        """How long an operation waits for another process's write lock before `CountersUnavailable`."""
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> SqliteCounters:
+        await asyncio.to_thread(self._open)
+        return self
+
+    def _open(self) -> None:
+        with self._lock:
+            deadline = time.monotonic() + self.busy_timeout_s
+            while True:
+                db = None
+                try:
+                    db = sqlite3.connect(
+                        self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None
+                    )
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    with _transaction(db):
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                    break
+                except sqlite3.Error as e:
+                    if db is not None:
+                        db.close()
+                    # Two processes opening a new file at once: the switch to WAL does not wait for the other's
+                    # lock (SQLite's busy handler is not called for it), so the loser tries again.
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise CountersUnavailable(f"counters {self.path}: {e}") from e
+                    time.sleep(0.005)
+            self._db = db
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+
+    async def _run(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
+        return await asyncio.to_thread(self._locked, operation)
+
+    def _locked(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
+        with self._lock:
+            if self._db is None:
+                raise CountersUnavailable("counters are not open")
+            try:
+                with _transaction(self._db):
+                    return operation(self._db, self.clock())
+            except sqlite3.Error as e:  # locked past the busy timeout, file gone, disk full
+                raise CountersUnavailable(f"counters {self.path}: {e}") from e
+
+    # Budgets
+
+    async def reserve(
+        self, scopes: Sequence[str], amount_micros: int, caps: Sequence[int], ttl_s: float
+    ) -> Reservation | Refusal:
+        check_reservation(scopes, amount_micros, caps, ttl_s)
+        scopes = tuple(scopes)
+        reservation_id = secrets.token_hex(12)
+
+        def reserve(db: sqlite3.Connection, now: float) -> Reservation | Refusal:
+            for scope, cap in zip(scopes, caps, strict=True):
+                spent, reserved = _spent(db, scope), _reserved(db, scope, now)
+                if spent + reserved + amount_micros > cap:
+                    return Refusal(scope, cap, spent, reserved, amount_micros)
+            expires = now + ttl_s
+            db.executemany(
+                "INSERT INTO counter_reservation (scope, id, amount, expires) VALUES (?, ?, ?, ?)",
+                [(scope, reservation_id, amount_micros, expires) for scope in scopes],
+            )
+            return Reservation(reservation_id, scopes, amount_micros, expires)
+
+        return await self._run(reserve)
+
+    async def settle(self, reservation: Reservation, actual_micros: int) -> bool:
+        if actual_micros < 0:
+            raise ValueError("a cost is not negative")
+
+        def settle(db: sqlite3.Connection, now: float) -> bool:
+            db.execute("DELETE FROM counter_settled WHERE until <= ?", (now,))
+            if db.execute("SELECT 1 FROM counter_settled WHERE id = ?", (reservation.id,)).fetchone():
+                return False
+            db.execute(
+                "INSERT INTO counter_settled (id, until) VALUES (?, ?)", (reservation.id, now + SETTLED_MEMORY_S)
+            )
+            for scope in reservation.scopes:
+                db.execute("DELETE FROM counter_reservation WHERE scope = ? AND id = ?", (scope, reservation.id))
+                db.execute(
+                    "INSERT INTO counter_spend (scope, spent) VALUES (?, ?) "
+                    "ON CONFLICT (scope) DO UPDATE SET spent = spent + excluded.spent",
+                    (scope, actual_micros),
+                )
+            return True
+
+        return await self._run(settle)
+
+    async def release(self, reservation: Reservation) -> None:
+        def release(db: sqlite3.Connection, now: float) -> None:
+            db.executemany(
+                "DELETE FROM counter_reservation WHERE scope = ? AND id = ?",
+                [(scope, reservation.id) for scope in reservation.scopes],
+            )
+
+        await self._run(release)
+
+    async def spent(self, scope: str) -> int:
+        return await self._run(lambda db, now: _spent(db, scope))
+
+    async def reserved(self, scope: str) -> int:
+        return await self._run(lambda db, now: _reserved(db, scope, now))
+
+    # Windows
+
+    async def hit(self, scope: str, window_s: int, limit: int, amount: int = 1, *, force: bool = False) -> WindowHit:
+        check_window(window_s, limit, amount)
+
+        def hit(db: sqlite3.Connection, now: float) -> WindowHit:
+            now_ms = int(now * 1000)
+            start = now_ms // (window_s * 1000)
+            key = (scope, window_s, start)
+            db.execute("DELETE FROM counter_window WHERE scope = ? AND window_s = ? AND start < ?", key)
+            row = db.execute(
+                "SELECT count FROM counter_window WHERE scope = ? AND window_s = ? AND start = ?", key
+            ).fetchone()
+            answer = window_answer(row[0] if row else 0, limit, amount, force, now_ms, window_s)
+            if (answer.allowed or force) and amount:
+                db.execute(
+                    "INSERT INTO counter_window (scope, window_s, start, count) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (scope, window_s, start) DO UPDATE SET count = count + excluded.count",
+                    (*key, amount),
+                )
+            return answer
+
+        return await self._run(hit)
+
+    # Slots
+
+    async def acquire_slot(self, scope: str, limit: int, ttl_s: float) -> Slot | None:
+        if ttl_s <= 0 or limit < 0:
+            raise ValueError("a slot needs a positive ttl and a limit that is not negative")
+        slot_id = secrets.token_hex(12)
+
+        def acquire(db: sqlite3.Connection, now: float) -> Slot | None:
+            if _held(db, scope, now) >= limit:
+                return None
+            db.execute("INSERT INTO counter_slot (scope, id, expires) VALUES (?, ?, ?)", (scope, slot_id, now + ttl_s))
+            return Slot(slot_id, scope, now + ttl_s)
+
+        return await self._run(acquire)
+
+    async def release_slot(self, slot: Slot) -> None:
+        await self._run(
+            lambda db, now: db.execute("DELETE FROM counter_slot WHERE scope = ? AND id = ?", (slot.scope, slot.id))
+        )
+
+    async def held_slots(self, scope: str) -> int:
+        return await self._run(lambda db, now: _held(db, scope, now))
+
+
+def _spent(db: sqlite3.Connection, scope: str) -> int:
+    row = db.execute("SELECT spent FROM counter_spend WHERE scope = ?", (scope,)).fetchone()
+    return row[0] if row else 0
+
+
+def _reserved(db: sqlite3.Connection, scope: str, now: float) -> int:
+    """Expired reservations are deleted on the way: the table holds what is in flight, not history."""
+    db.execute("DELETE FROM counter_reservation WHERE scope = ? AND expires <= ?", (scope, now))
+    return db.execute("SELECT COALESCE(SUM(amount), 0) FROM counter_reservation WHERE scope = ?", (scope,)).fetchone()[
+        0
+    ]
+
+
+def _held(db: sqlite3.Connection, scope: str, now: float) -> int:
+    db.execute("DELETE FROM counter_slot WHERE scope = ? AND expires <= ?", (scope, now))
+    return db.execute("SELECT COUNT(*) FROM counter_slot WHERE scope = ?", (scope,)).fetchone()[0]
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE`: the write lock before the first read, so a check and its write are one step."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -1,0 +1,419 @@
+"""The counter interface (kaixu/limits): one suite, run over both backends, against a real SQLite file and a
+real Redis server (127.0.0.1:6379, or KAIXU_TEST_REDIS; under CI=true a missing Redis fails, elsewhere it
+skips with the reason). Each Redis test uses its own key prefix and deletes its keys afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Slot
+from kaixu.limits import redis_counters as redis_backend
+from kaixu.limits.redis_counters import RedisCounters
+from kaixu.limits.sqlite_counters import SqliteCounters
+from tests.harness import ROOT
+from tests.prometheus import free_port
+
+REDIS_URL = os.environ.get("KAIXU_TEST_REDIS", "redis://127.0.0.1:6379/0")
+HOUR = 3600
+
+
+def need_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.exceptions.RedisError as e:
+        message = f"no Redis at {REDIS_URL}: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+async def delete_prefix(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def counters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Counters]:
+    if request.param == "sqlite":
+        sqlite = await SqliteCounters(str(tmp_path / "counters.db")).open()
+        yield sqlite
+        await sqlite.close()
+        return
+    need_redis()
+    prefix = f"kaixu-test:{uuid.uuid4().hex}:"
+    backend = await RedisCounters(REDIS_URL, prefix=prefix).open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await delete_prefix(prefix)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Polls `condition` until it holds: waiting for an expiry without sleeping a guessed time."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_both_backends_are_counters(tmp_path: Path) -> None:
+    assert isinstance(SqliteCounters(str(tmp_path / "c.db")), Counters)
+    assert isinstance(RedisCounters(REDIS_URL), Counters)
+
+
+# Budgets
+
+
+async def test_reserve_up_to_the_cap_then_refuse(counters: Counters) -> None:
+    first = await counters.reserve(["key:a:month:2026-12"], 600, [1000], 60)
+    assert isinstance(first, Reservation) and first.amount_micros == 600
+    assert first.expires_at > time.time() + 50
+    assert await counters.reserved("key:a:month:2026-12") == 600
+    exact = await counters.reserve(["key:a:month:2026-12"], 400, [1000], 60)
+    assert isinstance(exact, Reservation), "spent + reserved + amount == cap is admitted"
+    refused = await counters.reserve(["key:a:month:2026-12"], 1, [1000], 60)
+    assert refused == Refusal("key:a:month:2026-12", 1000, 0, 1000, 1)
+    assert await counters.spent("key:a:month:2026-12") == 0
+
+
+async def test_all_scopes_or_none(counters: Counters) -> None:
+    scopes = ["org:acme:month:2026-12", "team:growth:month:2026-12", "key:web:month:2026-12"]
+    held = await counters.reserve(scopes, 300, [10_000, 10_000, 500], 60)
+    assert isinstance(held, Reservation) and held.scopes == tuple(scopes)
+    refused = await counters.reserve(scopes, 300, [10_000, 10_000, 500], 60)
+    assert isinstance(refused, Refusal)
+    assert (refused.scope, refused.cap_micros, refused.reserved_micros) == ("key:web:month:2026-12", 500, 300)
+    for scope in scopes:
+        assert await counters.reserved(scope) == 300, "a refused reservation holds nothing on any scope"
+    assert isinstance(await counters.reserve(scopes[:2], 300, [10_000, 10_000], 60), Reservation)
+    assert await counters.reserved(scopes[0]) == 600
+
+
+async def test_settle_counts_the_real_cost_once(counters: Counters) -> None:
+    scopes = ["team:t:day:2026-12-01", "key:k:day:2026-12-01"]
+    held = await counters.reserve(scopes, 5000, [10_000, 10_000], 60)
+    assert isinstance(held, Reservation)
+    assert await counters.settle(held, 1234) is True
+    assert await counters.settle(held, 1234) is False, "a second settle is a no-op"
+    for scope in scopes:
+        assert await counters.spent(scope) == 1234
+        assert await counters.reserved(scope) == 0
+    await counters.release(held)  # after a settle: nothing to give back
+    assert await counters.spent(scopes[0]) == 1234
+    refused = await counters.reserve(scopes, 8767, [10_000, 10_000], 60)
+    assert isinstance(refused, Refusal) and refused.spent_micros == 1234
+
+
+async def test_release_gives_the_budget_back(counters: Counters) -> None:
+    held = await counters.reserve(["key:r:total"], 900, [1000], 60)
+    assert isinstance(held, Reservation)
+    assert isinstance(await counters.reserve(["key:r:total"], 900, [1000], 60), Refusal)
+    await counters.release(held)
+    await counters.release(held)
+    assert await counters.reserved("key:r:total") == 0 and await counters.spent("key:r:total") == 0
+    assert isinstance(await counters.reserve(["key:r:total"], 900, [1000], 60), Reservation)
+
+
+async def test_a_cost_above_its_reservation_overspends_by_the_difference_only(counters: Counters) -> None:
+    held = await counters.reserve(["key:o:total"], 900, [1000], 60)
+    assert isinstance(held, Reservation)
+    await counters.settle(held, 1300)
+    assert await counters.spent("key:o:total") == 1300
+    assert isinstance(await counters.reserve(["key:o:total"], 0, [1000], 60), Refusal)
+
+
+async def test_200_concurrent_reservations_never_pass_the_cap(counters: Counters) -> None:
+    scopes, caps, amount = ["team:c:month:2026-12", "key:c:month:2026-12"], [10**9, 20_500], 1000
+    answers = await asyncio.gather(*(counters.reserve(scopes, amount, caps, 60) for _ in range(200)))
+    held = [answer for answer in answers if isinstance(answer, Reservation)]
+    assert len(held) == 20
+    assert await counters.reserved("key:c:month:2026-12") == 20_000
+    assert await counters.reserved("team:c:month:2026-12") == 20_000
+
+    async def spend(reservation: Reservation) -> None:
+        await counters.settle(reservation, 700)
+
+    await asyncio.gather(*(spend(reservation) for reservation in held))
+    assert await counters.spent("key:c:month:2026-12") == 14_000
+    assert await counters.reserved("key:c:month:2026-12") == 0
+
+
+async def test_200_concurrent_requests_reserving_and_settling_stay_under_the_cap(counters: Counters) -> None:
+    cap, amount, peak = 20_500, 1000, 0
+
+    async def request(i: int) -> bool:
+        nonlocal peak
+        answer = await counters.reserve(["key:s:month:2026-12"], amount, [cap], 60)
+        if isinstance(answer, Refusal):
+            assert answer.spent_micros + answer.reserved_micros + amount > cap
+            return False
+        held = await counters.spent("key:s:month:2026-12") + await counters.reserved("key:s:month:2026-12")
+        peak = max(peak, held)
+        await counters.settle(answer, amount - i % 3)  # the real cost is at most the reservation
+        return True
+
+    admitted = sum(await asyncio.gather(*(request(i) for i in range(200))))
+    spent = await counters.spent("key:s:month:2026-12")
+    assert admitted >= 20 and spent <= cap and peak <= cap, (admitted, spent, peak)
+
+
+async def test_an_expired_reservation_stops_holding_budget_but_still_settles(counters: Counters) -> None:
+    lapsed = await counters.reserve(["key:e:total"], 1000, [1000], 0.05)
+    assert isinstance(lapsed, Reservation)
+
+    async def admitted() -> bool:
+        answer = await counters.reserve(["key:e:total"], 1000, [1000], 60)
+        if isinstance(answer, Reservation):
+            await counters.release(answer)
+            return True
+        return False
+
+    await eventually(admitted, 5, "the lapsed reservation frees its budget")
+    assert await counters.reserved("key:e:total") == 0
+    assert await counters.settle(lapsed, 400) is True, "the money was spent: it is counted"
+    assert await counters.spent("key:e:total") == 400
+    assert await counters.reserved("key:e:total") == 0
+
+
+async def test_bad_arguments_are_errors_not_refusals(counters: Counters) -> None:
+    with pytest.raises(ValueError):
+        await counters.reserve(["a", "b"], 1, [10], 60)
+    with pytest.raises(ValueError):
+        await counters.reserve(["a", "a"], 1, [10, 10], 60)
+    with pytest.raises(ValueError):
+        await counters.reserve([], 1, [], 60)
+    with pytest.raises(ValueError):
+        await counters.reserve(["a"], -1, [10], 60)
+
+
+# Windows
+
+
+async def test_window_counts_requests_exactly(counters: Counters) -> None:
+    answers = [await counters.hit("key:w:rpm", HOUR, 5) for _ in range(7)]
+    assert [a.allowed for a in answers] == [True] * 5 + [False] * 2
+    assert [a.remaining for a in answers] == [4, 3, 2, 1, 0, 0, 0]
+    assert all(0 < a.reset_ms <= HOUR * 1000 and a.limit == 5 for a in answers)
+    assert (await counters.hit("key:w:rpm", 60, 5)).remaining == 4, "another window length counts apart"
+    assert (await counters.hit("key:other:rpm", HOUR, 5)).remaining == 4
+
+
+async def test_concurrent_hits_admit_exactly_the_limit(counters: Counters) -> None:
+    answers = await asyncio.gather(*(counters.hit("key:cw:rpm", HOUR, 60) for _ in range(150)))
+    assert sum(a.allowed for a in answers) == 60
+    assert (await counters.hit("key:cw:rpm", HOUR, 60, 0)).allowed is False
+
+
+async def test_window_counts_tokens(counters: Counters) -> None:
+    first = await counters.hit("key:t:tpm", HOUR, 100, 60)
+    assert (first.allowed, first.remaining) == (True, 40)
+    too_many = await counters.hit("key:t:tpm", HOUR, 100, 50)
+    assert (too_many.allowed, too_many.remaining) == (False, 40), "a refused hit is not counted"
+    peek = await counters.hit("key:t:tpm", HOUR, 100, 0)
+    assert (peek.allowed, peek.remaining) == (True, 40), "amount 0 counts nothing"
+    spent_upstream = await counters.hit("key:t:tpm", HOUR, 100, 70, force=True)
+    assert (spent_upstream.allowed, spent_upstream.remaining) == (False, 0)
+    assert (await counters.hit("key:t:tpm", HOUR, 100, 0)).allowed is False
+
+
+async def test_a_window_starts_again_after_its_reset(counters: Counters) -> None:
+    assert (await counters.hit("key:reset:rps", 1, 1)).allowed
+    refused = await counters.hit("key:reset:rps", 1, 1)
+    if refused.allowed:  # the first hit was the last of its window
+        refused = await counters.hit("key:reset:rps", 1, 1)
+    assert not refused.allowed and 0 < refused.reset_ms <= 1000
+
+    async def allowed() -> bool:
+        return (await counters.hit("key:reset:rps", 1, 1)).allowed
+
+    await eventually(allowed, 3, "a new window")
+
+
+# Slots
+
+
+async def test_slots_are_held_and_released(counters: Counters) -> None:
+    first = await counters.acquire_slot("key:p:parallel", 2, 60)
+    second = await counters.acquire_slot("key:p:parallel", 2, 60)
+    assert isinstance(first, Slot) and isinstance(second, Slot) and first.id != second.id
+    assert await counters.acquire_slot("key:p:parallel", 2, 60) is None
+    assert await counters.held_slots("key:p:parallel") == 2
+    await counters.release_slot(first)
+    await counters.release_slot(first)
+    assert await counters.held_slots("key:p:parallel") == 1
+    assert isinstance(await counters.acquire_slot("key:p:parallel", 2, 60), Slot)
+
+
+async def test_concurrent_slots_hold_the_cap(counters: Counters) -> None:
+    slots = await asyncio.gather(*(counters.acquire_slot("key:cp:parallel", 8, 60) for _ in range(50)))
+    assert sum(slot is not None for slot in slots) == 8
+    assert await counters.held_slots("key:cp:parallel") == 8
+
+
+async def test_an_expired_slot_is_freed(counters: Counters) -> None:
+    assert isinstance(await counters.acquire_slot("key:x:parallel", 1, 0.05), Slot)
+
+    async def free() -> bool:
+        return await counters.held_slots("key:x:parallel") == 0
+
+    await eventually(free, 5, "the lapsed slot is freed")
+    assert isinstance(await counters.acquire_slot("key:x:parallel", 1, 60), Slot)
+
+
+# SQLite: a restart, and processes sharing one file
+
+
+async def test_sqlite_keeps_settled_spend_across_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "counters.db")
+    counters = await SqliteCounters(path).open()
+    held = await counters.reserve(["key:p:total"], 500, [1000], 60)
+    assert isinstance(held, Reservation)
+    await counters.settle(held, 321)
+    await counters.hit("key:p:rpm", HOUR, 10)
+    await counters.close()
+    again = await SqliteCounters(path).open()
+    assert await again.spent("key:p:total") == 321
+    assert await again.settle(held, 321) is False, "a restart does not forget a settle"
+    assert (await again.hit("key:p:rpm", HOUR, 10)).remaining == 8
+    await again.close()
+
+
+def test_sqlite_kill_9_loses_no_settled_spend(tmp_path: Path) -> None:
+    path = tmp_path / "counters.db"
+    script = (
+        "import asyncio, sys\n"
+        "from kaixu.limits.sqlite_counters import SqliteCounters\n"
+        "async def main():\n"
+        f"    c = await SqliteCounters({str(path)!r}).open()\n"
+        "    for _ in range(50):\n"
+        "        r = await c.reserve(['key:k9:total'], 10, [10**6], 600)\n"
+        "        await c.settle(r, 7)\n"
+        "    await c.reserve(['key:k9:total'], 10, [10**6], 600)\n"
+        "    print('done', flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "done"
+    finally:
+        process.kill()  # SIGKILL: no close, no checkpoint
+        process.wait(10)
+
+    async def check() -> None:
+        counters = await SqliteCounters(str(path)).open()
+        assert await counters.spent("key:k9:total") == 350
+        assert await counters.reserved("key:k9:total") == 10, "the open reservation holds until it expires"
+        await counters.close()
+
+    asyncio.run(check())
+
+
+def test_two_processes_on_one_sqlite_file_cannot_overspend(tmp_path: Path) -> None:
+    path, cap, amount = str(tmp_path / "counters.db"), 20_500, 1000
+    command = [sys.executable, "-m", "tests.counters_race", path, str(cap), str(amount), "200"]
+    racers = [
+        subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None and racer.stdout.readline().strip() == "ready"
+        for racer in racers:  # both bursts start together
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        admitted = []
+        for racer in racers:
+            assert racer.stdout is not None
+            word, count = racer.stdout.readline().split()
+            assert word == "admitted"
+            admitted.append(int(count))
+        assert sum(admitted) == 20, f"reservations held at once across both processes: {admitted}"
+        for racer in racers:
+            assert racer.stdin is not None and racer.stdout is not None
+            racer.stdin.write("settle\n")
+            racer.stdin.flush()
+            assert racer.stdout.readline().strip() == "settled"
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait(10)
+
+    async def check() -> None:
+        counters = await SqliteCounters(path).open()
+        assert await counters.spent("key:race:total") == 20 * amount <= cap
+        await counters.close()
+
+    asyncio.run(check())
+
+
+# Redis: scripts versioned, and an unavailable server is a typed error, fast
+
+
+def test_every_script_and_key_carries_the_layout_version() -> None:
+    scripts = [value for name, value in vars(redis_backend).items() if name.isupper() and name.startswith("_")]
+    scripts = [script for script in scripts if isinstance(script, str) and "redis.call" in script]
+    assert len(scripts) >= 7
+    assert all(f"layout v{redis_backend.LAYOUT}" in script for script in scripts)
+    assert RedisCounters(REDIS_URL, prefix="p:").prefix == f"p:c{redis_backend.LAYOUT}:"
+
+
+async def test_redis_unavailable_is_counters_unavailable_quickly(tmp_path: Path) -> None:
+    server_binary = shutil.which("redis-server")
+    if server_binary is None:
+        message = "no redis-server binary"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    server = subprocess.Popen(
+        [server_binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                counters = await RedisCounters(url).open()
+                break
+            except CountersUnavailable:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                await asyncio.sleep(0.02)
+        assert isinstance(await counters.reserve(["key:u:total"], 1, [10], 60), Reservation)
+    finally:
+        server.kill()
+        server.wait(10)
+    for operation in (
+        lambda: counters.reserve(["key:u:total"], 1, [10], 60),
+        lambda: counters.hit("key:u:rpm", 60, 10),
+        lambda: counters.acquire_slot("key:u:parallel", 1, 60),
+        lambda: counters.spent("key:u:total"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(CountersUnavailable):
+            await operation()
+        assert time.monotonic() - started < 2
+    await counters.close()
+    started = time.monotonic()
+    with pytest.raises(CountersUnavailable):
+        await RedisCounters(url).open()
+    assert time.monotonic() - started < 2
