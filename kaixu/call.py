@@ -154,7 +154,10 @@ class Caller:
     byok: bool = False
     attributes: dict[str, str] = field(default_factory=dict)
     """What the client says about itself (app, build, install id, customer, user, team and project ids), for
-    the ledger; never for access decisions."""
+    the ledger; never for access decisions but `policies[].match.app/project`, which are tags the client chooses.
+    The policy step adds `policy_shadow` (the names in `shadow_refusals`) so the ledger shows them."""
+    shadow_refusals: list[str] = field(default_factory=list)
+    """Policies in shadow mode (`enforce: false`) that would have refused or clamped this request."""
 
 
 @dataclass(slots=True, eq=False)

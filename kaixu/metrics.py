@@ -137,6 +137,13 @@ COST = LoopCounter(
     ["provider", "model", "team", "key", "customer"],
     registry=REGISTRY,
 )
+POLICY_SHADOW_REFUSALS = LoopCounter(
+    "kaixu_policy_shadow_refusals",
+    "Requests a policy in shadow mode (enforce: false) would have refused or clamped, by policy name "
+    "(from the policy file: a bounded label).",
+    ["policy"],
+    registry=REGISTRY,
+)
 UNPRICED = Counter(
     "kaixu_unpriced_requests",
     "Requests that used tokens on a model without a price: their cost is unknown, and not in kaixu_cost_usd_micros.",

@@ -16,6 +16,7 @@ from kaixu.addons.ingress import Ingress
 from kaixu.addons.ledger import LedgerWriter
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
+from kaixu.addons.policy import Policies
 from kaixu.addons.router import Router
 from kaixu.addons.settle import Settle
 from kaixu.addons.stream import Stream
@@ -34,7 +35,8 @@ def build_steps(gateway: Gateway) -> list[object]:
         Auth(),  # 3 who is calling (request head)
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
-        Router(gateway),  # 6 where it goes (policy and limits, steps 4-5, arrive with their issues)
+        Policies(),  # 4 per-caller rules (`policies:`): models, tokens per request, shadow mode
+        Router(gateway),  # 6 where it goes (limits, step 5, arrive with their issue)
         Errors(),  # 9 upstream timeout + JSON error pages
         Stream(),  # 7 SSE pass-through meter or translator
         Settle(gateway),  # 8 usage, translation of buffered answers, metrics, ledger

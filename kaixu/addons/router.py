@@ -17,7 +17,7 @@ from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec
-from kaixu.formats.canonical import Usage
+from kaixu.formats.canonical import ChatRequest, Usage
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.pricing import cost_micros
@@ -131,6 +131,21 @@ def resolve_route(call: Call) -> ModelRoute:
     return route
 
 
+def decode_chat(call: Call) -> ChatRequest:
+    """The client's chat request, canonical (raises FormatError): what translation encodes, and what the policy
+    step estimates a request's size from."""
+    assert call.body is not None
+    body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+    return fronts.decode_request(
+        call.front,
+        body,
+        model=call.model,
+        stream=call.stream,
+        default_model=call.policy.default_model,
+        global_system=call.policy.front_settings(call.front).get("system"),
+    )
+
+
 class Router:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -239,16 +254,7 @@ class Router:
             raise droppable.refusal(call.dropped, call.route.format or "")
 
     def _decode(self, call: Call) -> Any:
-        assert call.body is not None
-        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
-        return fronts.decode_request(
-            call.front,
-            body,
-            model=call.model,
-            stream=call.stream,
-            default_model=call.policy.default_model,
-            global_system=call.policy.front_settings(call.front).get("system"),
-        )
+        return decode_chat(call)
 
     @staticmethod
     def _seed_context(flow: http.HTTPFlow, call: Call, provider: ProviderConfig) -> SeedContext:

@@ -133,6 +133,69 @@ class LedgerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelGlobs:
+    """A `policies[]` model list, compiled once per load into one regular expression (fnmatch's syntax,
+    case-sensitive, like `keys[].models`): a request pays one `match`, whatever the list's length."""
+
+    globs: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def compile(cls, globs: list[str] | tuple[str, ...]) -> ModelGlobs:
+        return cls(tuple(globs), re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs) or r"(?!)"))
+
+    def matches(self, model: str) -> bool:
+        return self.pattern.match(model) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPolicy:
+    """One `policies[]` rule (step 4, kaixu/addons/policy.py), with its strategies chosen at load."""
+
+    name: str
+    team: str | None = None
+    """The caller's key's team (`keys[].team`); None: any caller."""
+    key: str | None = None
+    """A key's name (`keys[].name`)."""
+    app: str | None = None
+    """The app the client says it is (`x-kaixu-app`, Pulse's `appId`)."""
+    project: str | None = None
+    """The project the client names (`x-kaixu-project`, Pulse's `projectId`)."""
+    allow_models: ModelGlobs | None = None
+    deny_models: ModelGlobs | None = None
+    max_tokens_per_request: int | None = None
+    on_max_tokens: Literal["reject", "clamp"] = "reject"
+    enforce: bool = True
+    """False: shadow mode, what the rule would refuse or clamp is logged, counted and marked, not done."""
+
+    def applies(self, team: str | None, key: str | None, app: str | None, project: str | None) -> bool:
+        """Every match field given must equal the caller's; a rule without a match applies to everyone."""
+        return (
+            (self.team is None or self.team == team)
+            and (self.key is None or self.key == key)
+            and (self.app is None or self.app == app)
+            and (self.project is None or self.project == project)
+        )
+
+
+def _caller_policy(spec: dict[str, Any]) -> CallerPolicy:
+    match = spec.get("match") or {}
+    allow, deny = spec.get("allow_models"), spec.get("deny_models")
+    return CallerPolicy(
+        name=spec["name"],
+        team=match.get("team"),
+        key=match.get("key"),
+        app=match.get("app"),
+        project=match.get("project"),
+        allow_models=None if allow is None else ModelGlobs.compile(allow),
+        deny_models=ModelGlobs.compile(deny) if deny else None,
+        max_tokens_per_request=spec.get("max_tokens_per_request"),
+        on_max_tokens=spec.get("on_max_tokens", "reject"),
+        enforce=bool(spec.get("enforce", True)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     digest: str
     raw: dict[str, Any]
@@ -160,6 +223,8 @@ class Policy:
     """Admin key names by the SHA-256 (hex) of the key: who may read `/api/*` (and `/metrics` when guarded)."""
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
+    policies: tuple[CallerPolicy, ...] = ()
+    """`policies[]`, in file order (kaixu/addons/policy.py)."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
@@ -295,7 +360,11 @@ def unenforced_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]
     for name, spec in (data.get("models") or {}).items():
         if "fallbacks" in spec:
             found.append(("models", name, "fallbacks"))
-    found.extend((section,) for section in ("retries", "policies") if section in data)
+    if "retries" in data:
+        found.append(("retries",))
+    for index, spec in enumerate(data.get("policies") or ()):
+        if "max_cost_per_day" in spec:  # needs the budget counters
+            found.append(("policies", index, "max_cost_per_day"))
     return [(path, NOT_ENFORCED) for path in found]
 
 
@@ -398,6 +467,7 @@ def build_policy(
             eur_per_usd=Fraction(str(prices.get("eur_per_usd", "0.92"))),
         ),
         admin_keys=admin_keys,
+        policies=tuple(_caller_policy(spec) for spec in data.get("policies") or ()),
         metrics=MetricsPolicy(
             auth=metrics.get("auth", "off"),
             label_key=bool(labels.get("key", False)),

@@ -1,0 +1,167 @@
+"""Step 4: the per-caller rules of `policies:` (Pulse's policies): allowed and denied models, a cap on a request's
+tokens (refuse, or lower the requested output to fit), and shadow mode.
+
+Why here, after the body and before the router: a rule reads the requested model and the body's size, and a
+clamp must change the body in the client's own format before the router encodes it (or forwards its bytes).
+Nothing a rule refuses leaves kaixu. The rules were compiled when the policy loaded (`CallerPolicy`); a request
+walks them in file order and the first enforcing refusal answers it (403, in the caller's shape).
+
+`max_cost_per_day` waits for the budget counters: accepted, warned about, not enforced here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mitmproxy import http
+
+from kaixu.addons.respond import error_response
+from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
+from kaixu.call import Call, get_call
+from kaixu.config.policy import CallerPolicy
+from kaixu.formats import FormatError, estimate_tokens
+from kaixu.formats.seeds import pulse
+from kaixu.log import safe
+from kaixu.metrics import POLICY_SHADOW_REFUSALS
+
+log = logging.getLogger("kaixu.policy")
+
+#: Where each front door's body asks for a maximum of output tokens, in the order a clamp prefers them.
+OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("max_completion_tokens",), ("max_tokens",)),
+    "anthropic": (("max_tokens",),),
+    "gemini": (("generationConfig", "maxOutputTokens"),),
+    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gateway13": (("max_tokens",),),
+    "pulse": (("maxTokens",),),
+}
+
+
+class Size:
+    """A request's size in tokens, estimated once however many rules ask: the input (the canonical request's
+    `estimate_tokens`, or bytes / 4 when it cannot be decoded) and the output the client asked for."""
+
+    def __init__(self, call: Call, raw: bytes) -> None:
+        assert call.body is not None
+        try:
+            request = decode_chat(call)
+        except FormatError:  # the router refuses it with the reason; the size is only an upper bound here
+            self.input, self.output = (len(raw) + 3) // 4, _requested(call.front, call.body)
+        else:
+            self.input, self.output = estimate_tokens(request), request.max_tokens
+            if self.output is None:
+                self.output = _requested(call.front, call.body)
+
+    @property
+    def total(self) -> int:
+        return self.input + (self.output or 0)
+
+
+def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = body
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def _requested(front: str, body: dict[str, Any]) -> int | None:
+    for path in OUTPUT_FIELDS.get(front, ()):
+        value = _field(body, path)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
+    """Lower every output-token field the body sets above `limit` to `limit`; a body that sets none gets the
+    door's own field (under a parent object it already has, so no other setting moves)."""
+    paths = OUTPUT_FIELDS.get(front, ())
+    present = [path for path in paths if _field(body, path) is not None]
+    if not present:
+        chosen = next((p for p in paths if len(p) == 1 or isinstance(body.get(p[0]), dict)), paths[0])
+        present = [chosen]
+    for path in present:
+        parent = body
+        for name in path[:-1]:
+            if not isinstance(parent.get(name), dict):
+                parent[name] = {}
+            parent = parent[name]
+        value = parent.get(path[-1])
+        if not isinstance(value, int) or isinstance(value, bool) or value > limit:
+            parent[path[-1]] = limit
+
+
+def model_refusal(rule: CallerPolicy, model: str) -> str | None:
+    if rule.deny_models is not None and rule.deny_models.matches(model):
+        return pulse.policy_error(model, rule.name)
+    if rule.allow_models is not None and not rule.allow_models.matches(model):
+        return f'Model {model} is not allowed by policy "{rule.name}"'
+    return None
+
+
+def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
+    asked = "no maximum" if size.output is None else f"up to {size.output}"
+    return (
+        f"Request of about {size.total} tokens (about {size.input} of input, {asked} of output) exceeds the "
+        f'limit of {rule.max_tokens_per_request} tokens per request set by policy "{rule.name}"'
+    )
+
+
+class Policies:
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is not None or not call.policy.policies:
+            return
+        if call.operation not in ROUTED_OPERATIONS or call.model is None:
+            return
+        caller = call.caller
+        key = caller.key
+        said = caller.attributes.get
+        who = (
+            key.team if key else None,
+            key.name if key else None,
+            said("app") or said("appId"),
+            said("project") or said("projectId"),
+        )
+        size: Size | None = None
+        clamped = False
+        for rule in call.policy.policies:
+            if not rule.applies(*who):
+                continue
+            refusal = model_refusal(rule, call.model)
+            clamp_to: int | None = None
+            cap = rule.max_tokens_per_request
+            if refusal is None and cap is not None and call.operation == "chat" and call.body is not None:
+                size = size or Size(call, flow.request.raw_content or b"")
+                clamping = rule.on_max_tokens == "clamp"
+                # no maximum asked: `reject` counts the input alone; `clamp` sets one, so the cap holds anyway
+                if size.total > cap or (clamping and size.output is None):
+                    if clamping and size.input < cap:
+                        clamp_to = cap - size.input
+                    else:
+                        refusal = tokens_refusal(rule, size)
+            if refusal is None and clamp_to is None:
+                continue
+            if not rule.enforce:
+                self._shadow(call, rule, refusal or f"would lower the requested output to {clamp_to} tokens")
+                continue
+            if refusal is not None:
+                flow.response = error_response(call, 403, refusal, "permission_error", "policy_violation")
+                return
+            assert call.body is not None and size is not None and clamp_to is not None
+            clamp_output(call.front, call.body, clamp_to)
+            size.output, clamped = clamp_to, True
+        if clamped:
+            # the router forwards these bytes when nothing else changes, and re-reads `call.body` when it translates
+            flow.request.content = json.dumps(call.body, separators=(",", ":")).encode()
+
+    @staticmethod
+    def _shadow(call: Call, rule: CallerPolicy, what: str) -> None:
+        """Shadow mode (`enforce: false`): the request goes on; a log line, the counter, the ledger's mark."""
+        log.warning("request %s: policy %s (shadow mode, not enforced): %s", call.request_id, safe(rule.name),
+                    safe(what))  # fmt: skip
+        POLICY_SHADOW_REFUSALS.inc((rule.name,))
+        call.caller.shadow_refusals.append(rule.name)
+        call.caller.attributes["policy_shadow"] = ",".join(call.caller.shadow_refusals)[:200]
