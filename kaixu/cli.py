@@ -167,6 +167,145 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- store keys: kaixu keys create / list / show / revoke (docs/keys.md) ---------------------------------
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _expires(text: str, now: float) -> float:
+    """`30d`, `12h`, `90m`, `45s` from now, or a date (valid through that day, UTC) or date-time."""
+    from kaixu.store.queries import parse_time
+
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        return now + int(match[1]) * _UNIT_S[match[2]]
+    try:
+        return parse_time(text, end=True)
+    except ValueError:
+        raise ValueError("expected a duration (30d, 12h, 90m, 45s) or a date (2027-06-30) or date-time") from None
+
+
+def _key_store(args: argparse.Namespace) -> Any:
+    from kaixu.store.keys import SqliteKeyStore
+
+    path = _ledger_path(args)
+    return None if path is None else SqliteKeyStore(path)
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    from kaixu.store.queries import iso
+
+    shown = key.public()
+    for field in ("created", "expires", "revoked"):
+        shown[field] = iso(shown[field])
+    return shown
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    import time
+
+    from kaixu.store.keys import KeyExists, PepperMissing, StoredKey, digest, pepper
+
+    if not _KEY_NAME.fullmatch(args.name):
+        print("kaixu: --name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
+        return 1
+    try:
+        secret = pepper()
+    except PepperMissing as exc:
+        print(f"kaixu: not creating a store key: {exc}. Store keys are kept as HMAC-SHA256 with this pepper; "
+              "set it (at least 16 characters, e.g. `export KAIXU_KEY_PEPPER=$(openssl rand -hex 32)`) to the "
+              "same value here and in the environment of `kaixu run`", file=sys.stderr)  # fmt: skip
+        return 1
+    now = time.time()
+    expires = None
+    if args.expires:
+        try:
+            expires = _expires(args.expires, now)
+        except ValueError as exc:
+            print(f"kaixu: --expires: {exc}", file=sys.stderr)
+            return 1
+        if expires <= now:
+            print("kaixu: --expires: that is in the past", file=sys.stderr)
+            return 1
+    store = _key_store(args)
+    if store is None:
+        return 1
+    key = "sk-kaixu-" + secrets.token_urlsafe(24)
+    stored = StoredKey(args.name, digest(secret, key), args.team, args.customer, tuple(args.models or ()), now,
+                       expires, None)  # fmt: skip
+    try:
+        store.create(stored)
+    except KeyExists as exc:
+        print(f"kaixu: {exc} (revoked keys keep their name)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r} created in {store.path}; shown once, store it now:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    if store is None:
+        return 1
+    try:
+        keys = store.all()
+    except FileNotFoundError:
+        keys = []
+    except Exception as exc:
+        print(f"kaixu: cannot read {store.path}: {exc}", file=sys.stderr)
+        return 1
+    shown = [_key_json(k) for k in keys]
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    headers = ["NAME", "TEAM", "CUSTOMER", "MODELS", "CREATED", "EXPIRES", "STATE"]
+    rows = [[_name(k["name"]), _name(k["team"]), _name(k["customer"]), _name(",".join(k["models"]) or "*"),
+             k["created"] or "-", k["expires"] or "never", k["state"]] for k in shown]  # fmt: skip
+    print(_table(headers, rows, set()))
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    if store is None:
+        return 1
+    try:
+        key = store.get(args.name)
+    except FileNotFoundError:
+        key = None
+    except Exception as exc:
+        print(f"kaixu: cannot read {store.path}: {exc}", file=sys.stderr)
+        return 1
+    if key is None:
+        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
+        return 1
+    print(json.dumps(_key_json(key), indent=2))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    store = _key_store(args)
+    if store is None:
+        return 1
+    try:
+        found = store.revoke(args.name, time.time())
+    except Exception as exc:
+        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
+        return 1
+    if not found:
+        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r} revoked: a running kaixu refuses it within 2 seconds")
+    return 0
+
+
 def _load_overrides(path: str | None) -> dict[str, object]:
     """A file holding the shape of a policy's future ``pricing:`` section: ``{models: {"kind/model": {...}}}``."""
     if not path:
@@ -517,6 +656,27 @@ def build_parser() -> argparse.ArgumentParser:
     key_new.add_argument("--name", required=True)
     key_new.add_argument("--team")
     key_new.set_defaults(func=cmd_keys_new)
+    create = keys.add_parser("create", help="make a key kept in the policy's store (needs KAIXU_KEY_PEPPER); "
+                             "prints it once")  # fmt: skip
+    create.add_argument("--name", required=True)
+    create.add_argument("--team")
+    create.add_argument("--customer", help="the end customer the key's requests are counted against")
+    create.add_argument("--models", nargs="+", metavar="GLOB", help="the models it may call (default: all)")
+    create.add_argument("--expires", metavar="30d|DATE", help="a duration (30d, 12h, 90m, 45s) or a date")
+    _ledger_source(create)
+    create.set_defaults(func=cmd_keys_create)
+    key_list = keys.add_parser("list", help="the store's keys: names, team, dates, state (never secrets)")
+    _ledger_source(key_list)
+    key_list.add_argument("--json", action="store_true")
+    key_list.set_defaults(func=cmd_keys_list)
+    for name, func, what in (
+        ("show", cmd_keys_show, "print one store key (never its secret)"),
+        ("revoke", cmd_keys_revoke, "revoke a store key (a running kaixu refuses it within 2 s)"),
+    ):
+        command = keys.add_parser(name, help=what)
+        command.add_argument("name")
+        _ledger_source(command)
+        command.set_defaults(func=func)
 
     prices = sub.add_parser("prices", help="model prices").add_subparsers(dest="prices_command", required=True)
     show = prices.add_parser("show", help="print the price that applies to a model, and where it came from")

@@ -16,6 +16,7 @@ from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
 
 if TYPE_CHECKING:
+    from kaixu.addons.keys import KeySnapshot
     from kaixu.call import Call
 
 POOL_MAX_CONCURRENT = 10
@@ -73,6 +74,8 @@ class Gateway:
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     ledger: Ledger | None = None
+    key_snapshot: KeySnapshot | None = None
+    """The store's keys as last read (kaixu/addons/keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
 
     def install(self, policy: Policy) -> None:

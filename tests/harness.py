@@ -77,9 +77,17 @@ class Kaixu:
     """A `kaixu run` subprocess."""
 
     def __init__(
-        self, workdir: Path, policy: dict[str, Any] | str, *, plugin: bool = False, args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        policy: dict[str, Any] | str,
+        *,
+        plugin: bool = False,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.args = args
+        self.env = env
+        """Variables set for the kaixu process, over the test's own environment (None: the test's as it is)."""
         self.workdir = workdir
         self.policy_path = workdir / "proxy.yaml"
         self.port_file = workdir / "ports.json"
@@ -113,7 +121,8 @@ class Kaixu:
 
     def start(self, timeout: float = 30) -> Kaixu:
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
         proc = self.proc
 
         def ready() -> bool:

@@ -13,6 +13,7 @@ from kaixu.addons.connections import Connections
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
+from kaixu.addons.keys import StoreKeys
 from kaixu.addons.ledger import LedgerWriter
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
@@ -28,11 +29,12 @@ def build_steps(gateway: Gateway) -> list[object]:
         PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),
+        StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
         Dialect(),  # 2 which front door (request head)
-        Auth(),  # 3 who is calling (request head)
+        Auth(gateway),  # 3 who is calling (request head)
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Policies(),  # 4 per-caller rules (`policies:`): models, tokens per request, shadow mode

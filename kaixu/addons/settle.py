@@ -51,12 +51,13 @@ class Attribution:
 
 
 def attribution(call: Call) -> Attribution:
-    """The key's team wins over the team a client names; the rest is what the client says about itself
-    (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/`clientId`/`userId`)."""
+    """The key's team (and a store key's customer) wins over the one a client names; the rest is what the
+    client says about itself (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/
+    `clientId`/`userId`)."""
     said = call.caller.attributes.get
     return Attribution(
         team=(call.caller.key.team if call.caller.key else None) or said("teamId") or said("team"),
-        customer=said("customer"),
+        customer=(call.caller.key.customer if call.caller.key else None) or said("customer"),
         user=said("userId") or said("user"),
         app=said("appId") or said("app"),
         project=said("projectId") or said("project"),

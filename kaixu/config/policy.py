@@ -59,12 +59,15 @@ class ModelRoute:
 
 @dataclass(frozen=True, slots=True)
 class VirtualKey:
-    """A client credential issued by the gateway. Only its SHA-256 is ever stored."""
+    """A client credential issued by the gateway. Only its SHA-256 (policy keys) or its peppered HMAC (store
+    keys, kaixu/store/keys.py: `sha256` then holds `hmac:<digest>`) is ever stored."""
 
     name: str
     sha256: str
     team: str | None = None
     models: tuple[str, ...] = ()
+    customer: str | None = None
+    """The end customer a store key is issued for (`kaixu keys create --customer`): the ledger's customer."""
 
     def may_use(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)

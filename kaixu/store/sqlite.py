@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 
+from kaixu.store.keys import SCHEMA as KEYS_SCHEMA
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
 
 _COLUMNS = [f.name for f in fields(LedgerRecord)]
@@ -79,6 +80,7 @@ class SqliteLedgerStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                db.executescript(KEYS_SCHEMA)  # the store keys (kaixu keys create), read by kaixu/addons/keys.py
                 _add_missing_columns(db)
                 db.executescript(_INDEXES)
             except BaseException:
