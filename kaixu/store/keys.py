@@ -163,9 +163,16 @@ class SqliteKeyStore:
     def revoke(self, name: str, now: float) -> bool:
         """Marks the key revoked (kept, so a caller still presenting it is told it was revoked). False when
         there is no such key; a key revoked already keeps its first revocation time."""
-        with self._db(create=True) as db:
-            cursor = db.execute("UPDATE keys SET revoked = COALESCE(revoked, ?) WHERE name = ?", (now, name))
-            return cursor.rowcount > 0
+        try:
+            with self._db(create=False) as db:
+                cursor = db.execute("UPDATE keys SET revoked = COALESCE(revoked, ?) WHERE name = ?", (now, name))
+                return cursor.rowcount > 0
+        except FileNotFoundError:
+            return False
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False
+            raise
 
     def snapshot(self) -> dict[str, StoredKey]:
         """What the proxy looks keys up in, by digest."""
