@@ -306,7 +306,8 @@ def test_access_log_has_one_line_per_request_without_secrets(fake: FakeProvider,
     lines = [line for line in gateway.log().splitlines() if "kaixu.access" in line]
     assert len(lines) == 2
     assert response.headers["x-request-id"] in lines[0] and " 200 " in lines[0] and "key=test" in lines[0]
-    assert " 401 " in lines[1]
+    assert f" cost={response.headers['x-kaixu-cost-usd']} " in lines[0]  # the cost the client was told
+    assert " 401 " in lines[1] and " cost=- " in lines[1]
     assert "sk-wrong-key" not in gateway.log() and TEST_KEY not in gateway.log()
 
 

@@ -248,11 +248,12 @@ class Settle:
         usage = call.bill.usage
         if access.isEnabledFor(logging.INFO):
             access.info(
-                "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s key=%s%s",
+                "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s cost=%s key=%s%s",
                 call.request_id, safe(request.method, 20), _path(request), call.front, call.operation or "-", status,
                 elapsed * 1000, safe(call.model) if call.model else "-", provider,
                 call.route.model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
-                call.caller.key.name if call.caller.key else "-", f" error={safe(error)!r}" if error else "",
+                call.bill.cost_usd() if usage else "-", call.caller.key.name if call.caller.key else "-",
+                f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
             bill = call.bill
