@@ -18,13 +18,14 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kaixu.config.policy import Policy, build_policy, reference_problems
+from kaixu.config.policy import Policy, build_policy, reference_problems, renamed_fields
 from kaixu.formats import json_type
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SCHEMA: dict[str, Any] | None = None
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _STR_TAG = "tag:yaml.org,2002:str"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,12 @@ def parse_policy(
         problems.append(Problem("", 1, "the policy must be a mapping (key: value pairs) at the top level"))
         raise PolicyError(source, problems)
 
+    # A field of an older version gets one message naming its new spelling, instead of "unknown field" plus
+    # "'usd' is required" for the fields that replace it.
+    renamed = dict(renamed_fields(data))
+    renamed_parents = {path[:-1] for path in renamed}
+    for where, message in renamed.items():
+        problems.append(Problem(_dotted(where), _line_of(where, lines), message))
     validator = jsonschema.Draft202012Validator(schema())
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         where = tuple(error.absolute_path)
@@ -104,7 +111,10 @@ def parse_policy(
             known = set(error.schema.get("properties", {}))
             for unknown in sorted(set(error.instance) - known, key=str):
                 at = (*where, unknown)
-                problems.append(Problem(_dotted(at), _line_of(at, lines), "unknown field"))
+                if at not in renamed:
+                    problems.append(Problem(_dotted(at), _line_of(at, lines), "unknown field"))
+            continue
+        if error.validator == "required" and where in renamed_parents:
             continue
         problems.append(Problem(_dotted(where), _line_of(where, lines), _describe(error)))
     # Cross-references are checked even when the schema failed: the operator gets the whole list in one go.
@@ -133,9 +143,11 @@ def _index_lines(
 
     `on:`, `off:`, `yes:`, `no:`, `true:`, `false:` as keys become True/False, not the words: a field or a
     model named `on` would silently be another one. Such a key is a problem; it is kept as its text so the
-    rest of the checks still see it under the name the file gives it.
+    rest of the checks still see it under the name the file gives it. A date (`2027-06-30`) stays its text.
     """
     lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TIMESTAMP_TAG:
+        node.tag = _STR_TAG  # `expires: 2027-06-30` is the text the schema checks, not a Python date
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value

@@ -6,8 +6,10 @@ started with, so a reload never changes the rules half-way through a request.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -57,6 +59,81 @@ class ModelRoute:
     fallbacks: tuple[str, ...] = ()
 
 
+Period = Literal["day", "week", "month", "total"]
+MICROS_PER_USD = 1_000_000
+
+
+def usd_micros(value: int | float) -> int:
+    """A policy's USD amount as integer micro-dollars, exactly: the YAML number's decimal text, not the float
+    (0.1 is 100000, never 99999). ValueError for a fraction of a micro-dollar, which no counter can hold."""
+    micros = Fraction(str(value)) * MICROS_PER_USD
+    if micros.denominator != 1:
+        raise ValueError(f"{value} USD is not a whole number of micro-dollars (at most 6 decimals)")
+    return int(micros)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A spend cap (`budget: {usd, period, timezone}`) over a window: day, week and month start at midnight in
+    `timezone` (weeks start on Monday); `total` never resets."""
+
+    usd_micros: int
+    period: Period
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """`limits: {rpm, tpm, max_parallel}`; None: that limit is not set at this level."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+
+
+def _budget(spec: dict[str, Any] | None) -> Budget | None:
+    if spec is None:
+        return None
+    return Budget(usd_micros(spec["usd"]), spec["period"], spec.get("timezone", "UTC"))
+
+
+def _rate_limits(spec: dict[str, Any] | None) -> RateLimits | None:
+    if spec is None:
+        return None
+    return RateLimits(spec.get("rpm"), spec.get("tpm"), spec.get("max_parallel"))
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    """`orgs.NAME`: the top of the hierarchy org -> team -> key."""
+
+    name: str
+    budget: Budget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    """`teams.NAME`: what a team's keys share."""
+
+    name: str
+    org: str | None = None
+    budget: Budget | None = None
+    limits: RateLimits | None = None
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """`customers.NAME` (or `default`: every end customer not named)."""
+
+    name: str
+    budget: Budget | None = None
+    limits: RateLimits | None = None
+
+
+DEFAULT_CUSTOMER = "default"
+
+
 @dataclass(frozen=True, slots=True)
 class VirtualKey:
     """A client credential issued by the gateway. Only its SHA-256 (policy keys) or its peppered HMAC (store
@@ -67,7 +144,14 @@ class VirtualKey:
     team: str | None = None
     models: tuple[str, ...] = ()
     customer: str | None = None
-    """The end customer a store key is issued for (`kaixu keys create --customer`): the ledger's customer."""
+    """The end customer the key is issued for (`keys[].customer`, `kaixu keys create --customer`): the ledger's
+    customer."""
+    budget: Budget | None = None
+    limits: RateLimits | None = None
+    seats: int | None = None
+    """Installs (`x-kaixu-install-id`) the key may be used from."""
+    expires: datetime.date | None = None
+    """The last day a policy key is valid (a store key's expiry is its row's, `StoredKey.state`)."""
 
     def may_use(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -228,6 +312,12 @@ class Policy:
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
     policies: tuple[CallerPolicy, ...] = ()
     """`policies[]`, in file order (kaixu/addons/policy.py)."""
+    teams: dict[str, Team] = field(default_factory=dict)
+    orgs: dict[str, Org] = field(default_factory=dict)
+    customers: dict[str, Customer] = field(default_factory=dict)
+    """By name; `default` (DEFAULT_CUSTOMER) applies to every customer not named."""
+    clients: RateLimits | None = None
+    """`clients.limits`: per client IP, for requests without a key."""
     warnings: tuple[str, ...] = ()
     """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
@@ -270,6 +360,45 @@ def _ca_path(value: str, base_dir: Path) -> str:
     return str((base_dir / value).resolve())
 
 
+def _budgets(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[Any, Any]]]:
+    """Every `budget:` mapping of the file with its path, read defensively (wrong types are skipped)."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    for index, spec in enumerate(_sequence(data.get("keys"))):
+        found.append((("keys", index, "budget"), _mapping(spec).get("budget")))
+    for section in ("teams", "orgs", "customers"):
+        for name, spec in _mapping(data.get(section)).items():
+            found.append(((section, name, "budget"), _mapping(spec).get("budget")))
+    return [(path, spec) for path, spec in found if isinstance(spec, dict)]
+
+
+def _limits(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[Any, Any]]]:
+    """Every rate `limits:` mapping (not the top-level connection `limits:`) with its path."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    for index, spec in enumerate(_sequence(data.get("keys"))):
+        found.append((("keys", index, "limits"), _mapping(spec).get("limits")))
+    for section in ("teams", "customers"):
+        for name, spec in _mapping(data.get(section)).items():
+            found.append(((section, name, "limits"), _mapping(spec).get("limits")))
+    found.append((("clients", "limits"), _mapping(data.get("clients")).get("limits")))
+    return [(path, spec) for path, spec in found if isinstance(spec, dict)]
+
+
+def renamed_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Fields an earlier version accepted under another spelling, each with the spelling to write instead.
+
+    They are problems, not aliases: nothing ever enforced them, so a file is better fixed than silently read.
+    """
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for path, spec in _budgets(data):
+        if "monthly_usd" in spec:
+            usd = spec["monthly_usd"]
+            found.append(((*path, "monthly_usd"), f"renamed: write budget: {{usd: {usd}, period: month}}"))
+    for path, spec in _limits(data):
+        if "concurrency" in spec:
+            found.append(((*path, "concurrency"), f"renamed: write max_parallel: {spec['concurrency']}"))
+    return found
+
+
 def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """What a schema cannot see: names that must exist elsewhere in the file, a key listed twice, a missing file,
     a store this version does not have.
@@ -300,6 +429,16 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
         team = spec.get("team")
         if isinstance(team, str) and team not in teams:
             problems.append((("keys", index, "team"), f"unknown team {team!r}"))
+        if spec.get("customer") == DEFAULT_CUSTOMER:
+            problems.append(
+                (("keys", index, "customer"), f"{DEFAULT_CUSTOMER!r} means every customer not named: name one")
+            )
+        expires = spec.get("expires")
+        if isinstance(expires, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", expires):
+            try:
+                datetime.date.fromisoformat(expires)
+            except ValueError:
+                problems.append((("keys", index, "expires"), f"{expires!r} is not a date"))
         digest = spec.get("hash")
         if isinstance(digest, str):
             digest = digest.removeprefix("sha256:").lower()
@@ -307,6 +446,25 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
                 problems.append((("keys", index, "hash"), f"the same key is also listed as {names[digest]!r}"))
             else:
                 names[digest] = str(spec.get("name"))
+
+    orgs = _mapping(data.get("orgs"))
+    for name, spec in teams.items():
+        org = _mapping(spec).get("org")
+        if isinstance(org, str) and org not in orgs:
+            problems.append((("teams", name, "org"), f"unknown org {org!r}"))
+    for path, spec in _budgets(data):
+        usd = spec.get("usd")
+        if isinstance(usd, int | float) and not isinstance(usd, bool) and usd >= 0:
+            try:
+                usd_micros(usd)
+            except ValueError as exc:
+                problems.append(((*path, "usd"), str(exc)))
+        zone = spec.get("timezone")
+        if isinstance(zone, str) and zone:
+            try:
+                zoneinfo.ZoneInfo(zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                problems.append(((*path, "timezone"), f"unknown time zone {zone!r} (an IANA name: Europe/Paris)"))
 
     for index, spec in enumerate(_sequence(data.get("admin_keys"))):
         digest = _mapping(spec).get("hash")
@@ -355,11 +513,15 @@ def unenforced_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]
     An operator who sets a budget must not believe it holds: each one is a warning naming its line.
     """
     found: list[tuple[Any, ...]] = []
-    for index, spec in enumerate(data.get("keys") or ()):
-        if "limits" in spec:
-            found.append(("keys", index, "limits"))
+    for index, spec in enumerate(data.get("keys") or ()):  # customer is read: the ledger's customer
+        found.extend(("keys", index, field) for field in ("budget", "limits", "seats", "expires") if field in spec)
     for name, spec in (data.get("teams") or {}).items():
-        found.extend(("teams", name, field) for field in ("budget", "limits", "models") if field in spec)
+        found.extend(("teams", name, field) for field in ("org", "budget", "limits", "models") if field in spec)
+    for section in ("orgs", "customers"):
+        for name, spec in (data.get(section) or {}).items():
+            found.extend((section, name, field) for field in ("budget", "limits") if field in spec)
+    if "limits" in (data.get("clients") or {}):
+        found.append(("clients", "limits"))
     for name, spec in (data.get("models") or {}).items():
         if "fallbacks" in spec:
             found.append(("models", name, "fallbacks"))
@@ -406,7 +568,33 @@ def build_policy(
     keys: dict[str, VirtualKey] = {}
     for spec in data.get("keys") or ():
         digest_hex = spec["hash"].removeprefix("sha256:").lower()
-        keys[digest_hex] = VirtualKey(spec["name"], digest_hex, spec.get("team"), tuple(spec.get("models") or ()))
+        expires = spec.get("expires")
+        keys[digest_hex] = VirtualKey(
+            spec["name"],
+            digest_hex,
+            spec.get("team"),
+            tuple(spec.get("models") or ()),
+            customer=spec.get("customer"),
+            budget=_budget(spec.get("budget")),
+            limits=_rate_limits(spec.get("limits")),
+            seats=spec.get("seats"),
+            expires=None if expires is None else datetime.date.fromisoformat(expires),
+        )
+    teams = {
+        name: Team(
+            name,
+            org=spec.get("org"),
+            budget=_budget(spec.get("budget")),
+            limits=_rate_limits(spec.get("limits")),
+            models=tuple(spec.get("models") or ()),
+        )
+        for name, spec in (data.get("teams") or {}).items()
+    }
+    orgs = {name: Org(name, _budget(spec.get("budget"))) for name, spec in (data.get("orgs") or {}).items()}
+    customers = {
+        name: Customer(name, _budget(spec.get("budget")), _rate_limits(spec.get("limits")))
+        for name, spec in (data.get("customers") or {}).items()
+    }
 
     admin_keys = {spec["hash"].removeprefix("sha256:").lower(): spec["name"] for spec in data.get("admin_keys") or ()}
     prices = data.get("pricing") or {}
@@ -471,6 +659,10 @@ def build_policy(
         ),
         admin_keys=admin_keys,
         policies=tuple(_caller_policy(spec) for spec in data.get("policies") or ()),
+        teams=teams,
+        orgs=orgs,
+        customers=customers,
+        clients=_rate_limits((data.get("clients") or {}).get("limits")),
         metrics=MetricsPolicy(
             auth=metrics.get("auth", "off"),
             label_key=bool(labels.get("key", False)),
