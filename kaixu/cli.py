@@ -167,24 +167,7 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- store keys: kaixu keys create / list / show / revoke (docs/keys.md) ---------------------------------
-
-_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-def _expires(text: str, now: float) -> float:
-    """`30d`, `12h`, `90m`, `45s` from now, or a date (valid through that day, UTC) or date-time."""
-    from kaixu.store.queries import parse_time
-
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return now + int(match[1]) * _UNIT_S[match[2]]
-    try:
-        return parse_time(text, end=True)
-    except ValueError:
-        raise ValueError("expected a duration (30d, 12h, 90m, 45s) or a date (2027-06-30) or date-time") from None
+# -- store keys: kaixu keys create / list / show / revoke / rotate (docs/keys.md) ---------------------------------
 
 
 def _key_store(args: argparse.Namespace) -> Any:
@@ -195,34 +178,37 @@ def _key_store(args: argparse.Namespace) -> Any:
 
 
 def _key_json(key: Any) -> dict[str, Any]:
-    from kaixu.store.queries import iso
+    return dict(key.public_json())
 
-    shown = key.public()
-    for field in ("created", "expires", "revoked"):
-        shown[field] = iso(shown[field])
-    return shown
+
+def _pepper_or_report(doing: str) -> bytes | None:
+    from kaixu.store.keys import PepperMissing, pepper
+
+    try:
+        return pepper()
+    except PepperMissing as exc:
+        print(f"kaixu: not {doing} a store key: {exc}. Store keys are kept as HMAC-SHA256 with this pepper; "
+              "set it (at least 16 characters, e.g. `export KAIXU_KEY_PEPPER=$(openssl rand -hex 32)`) to the "
+              "same value here and in the environment of `kaixu run`", file=sys.stderr)  # fmt: skip
+        return None
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     import time
 
-    from kaixu.store.keys import KeyExists, PepperMissing, StoredKey, digest, pepper
+    from kaixu.store.keys import KEY_NAME, KEY_NAME_RULE, KeyExists, StoredKey, digest, expires_at, new_secret
 
-    if not _KEY_NAME.fullmatch(args.name):
-        print("kaixu: --name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
+    if not KEY_NAME.fullmatch(args.name):
+        print(f"kaixu: --name: {KEY_NAME_RULE}", file=sys.stderr)
         return 1
-    try:
-        secret = pepper()
-    except PepperMissing as exc:
-        print(f"kaixu: not creating a store key: {exc}. Store keys are kept as HMAC-SHA256 with this pepper; "
-              "set it (at least 16 characters, e.g. `export KAIXU_KEY_PEPPER=$(openssl rand -hex 32)`) to the "
-              "same value here and in the environment of `kaixu run`", file=sys.stderr)  # fmt: skip
+    secret = _pepper_or_report("creating")
+    if secret is None:
         return 1
     now = time.time()
     expires = None
     if args.expires:
         try:
-            expires = _expires(args.expires, now)
+            expires = expires_at(args.expires, now)
         except ValueError as exc:
             print(f"kaixu: --expires: {exc}", file=sys.stderr)
             return 1
@@ -232,7 +218,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     store = _key_store(args)
     if store is None:
         return 1
-    key = "sk-kaixu-" + secrets.token_urlsafe(24)
+    key = new_secret()
     stored = StoredKey(args.name, digest(secret, key), args.team, args.customer, tuple(args.models or ()), now,
                        expires, None)  # fmt: skip
     try:
@@ -303,6 +289,39 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
         return 1
     print(f"key {args.name!r} revoked: a running kaixu refuses it within 2 seconds")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from kaixu.store.keys import KeyRevoked, digest, duration_s, new_secret
+
+    grace = duration_s(args.grace)
+    if grace is None:
+        print("kaixu: --grace: expected a duration (0s, 45s, 90m, 1h, 7d)", file=sys.stderr)
+        return 1
+    secret = _pepper_or_report("rotating")
+    if secret is None:
+        return 1
+    store = _key_store(args)
+    if store is None:
+        return 1
+    key = new_secret()
+    try:
+        found = store.rotate(args.name, digest(secret, key), time.time(), grace)
+    except KeyRevoked as exc:
+        print(f"kaixu: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
+        return 1
+    if not found:
+        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r} rotated in {store.path}: the previous secret works for {args.grace} more; "
+          "the new one, shown once, store it now:", file=sys.stderr)  # fmt: skip
+    print(key)
     return 0
 
 
@@ -677,6 +696,13 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("name")
         _ledger_source(command)
         command.set_defaults(func=func)
+    rotate = keys.add_parser("rotate", help="give a store key a new secret (printed once); the old one works "
+                             "for a grace period")  # fmt: skip
+    rotate.add_argument("name")
+    rotate.add_argument("--grace", default="1h", metavar="1h", help="how long the old secret keeps working "
+                        "(0s, 45s, 90m, 1h, 7d; default 1h)")  # fmt: skip
+    _ledger_source(rotate)
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     prices = sub.add_parser("prices", help="model prices").add_subparsers(dest="prices_command", required=True)
     show = prices.add_parser("show", help="print the price that applies to a model, and where it came from")

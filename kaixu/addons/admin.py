@@ -1,17 +1,24 @@
 """The admin API: the ledger read back (`/api/costs`, `/api/costs/{key_name}`, `/api/prompt-log`,
-`/api/requests`), for admin keys only (`admin_keys:` in the policy). docs/admin-api.md describes every
-endpoint.
+`/api/requests`) and the store keys managed (`/api/keys`: list, create, revoke), for admin keys only
+(`admin_keys:` in the policy). docs/admin-api.md describes every endpoint.
 
 It runs on the request head, right after ingress: an admin request is answered before client auth and
 before any body is read or parsed, and is marked `local` (no ledger record, no access log line, and the
 auth step never takes an admin key for a client key). Only these paths are claimed: Pulse's `/api/ai/request`
 and any other path go on down the chain. The queries run in worker threads (kaixu/store/queries.py): the
 hook is a coroutine only for the requests it answers: any other request costs one prefix check here.
+
+`POST /api/keys` needs its body: it is checked (method, admin key) on the head like the rest, marked `local`
+(so the front door and client auth steps leave it alone), and answered in the `request` hook, once mitmproxy
+read the body (bounded by `limits.max_body_bytes`, decompressed within the same bound by body.py's helpers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,10 +26,25 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu.addons.auth import admin_refusal
+from kaixu.addons.body import BodyRefused, decompress, parse_json_object
 from kaixu.addons.respond import error_json, error_response, json_response
 from kaixu.call import Call, get_call
+from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.store.keys import (
+    KEY_NAME,
+    KEY_NAME_RULE,
+    KeyExists,
+    PepperMissing,
+    SqliteKeyStore,
+    StoredKey,
+    digest,
+    expires_at,
+    new_secret,
+    pepper,
+)
+from kaixu.store.ledger import describe
 from kaixu.store.queries import (
     DIMENSIONS,
     MAX_LIMIT,
@@ -42,6 +64,7 @@ log = logging.getLogger("kaixu.admin")
 
 PREFIX = "/api/"
 COSTS = "/api/costs"
+KEYS = "/api/keys"
 DEFAULT_LIMIT = 100
 MAX_OFFSET = 1_000_000
 _MAX_KEY_NAME = 200
@@ -128,7 +151,13 @@ _ALLOWED = {
     "key_cost": set(_FILTERS),
     "prompt_log": {"limit"},
     "requests": {*_FILTERS, "status", "limit", "cursor", "offset", "order"},
+    "keys": set(),
+    "key": set(),
 }
+_METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
+_KEY_FIELDS = ("name", "team", "customer", "models", "expires")
+_MAX_LABEL = 200
+_MAX_MODELS = 100
 
 
 class Admin:
@@ -145,16 +174,29 @@ class Admin:
         if endpoint is None or call is None:
             return None
         call.operation = "local"
-        if flow.request.method != "GET":
+        methods = _METHODS.get(endpoint[0], ("GET",))
+        if flow.request.method not in methods:
+            allow = ", ".join(methods)
             flow.response = error_response(call, 405, f"method {safe(flow.request.method, 20)} is not allowed on "
-                                           f"{safe(path)}; use GET", "invalid_request_error", "method_not_allowed",
-                                           {"allow": "GET"})  # fmt: skip
+                                           f"{safe(path)}; use {' or '.join(methods)}", "invalid_request_error",
+                                           "method_not_allowed", {"allow": allow})  # fmt: skip
             return None
         refusal = self._refusal(call, flow.request)
         if refusal is not None:
             flow.response = refusal
             return None
+        if flow.request.method == "POST":
+            return None  # answered in `request`, once the body is read
         return self._answer(flow, call, *endpoint)
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """`POST /api/keys`, checked on its head already (see requestheaders), now that its body is here."""
+        call = get_call(flow)
+        if call is None or flow.response is not None or call.operation != "local" or flow.request.method != "POST":
+            return None
+        if flow.request.path.partition("?")[0] not in (KEYS, KEYS + "/"):
+            return None
+        return self._answer(flow, call, "keys", self.key_create, None, status=201)
 
     def _endpoint(self, path: str) -> tuple[str, Callable[..., Awaitable[Any]], str | None] | None:
         if path in (COSTS, COSTS + "/"):
@@ -165,6 +207,10 @@ class Admin:
             return ("prompt_log", self.prompt_log, None)
         if path == "/api/requests":
             return ("requests", self.requests, None)
+        if path in (KEYS, KEYS + "/"):
+            return ("keys", self.keys_list, None)
+        if path.startswith(KEYS + "/"):
+            return ("key", self.key_revoke, path[len(KEYS) + 1 :])
         return None
 
     @staticmethod
@@ -172,12 +218,28 @@ class Admin:
         return admin_refusal(call, request, "the admin API")
 
     async def _answer(
-        self, flow: http.HTTPFlow, call: Call, name: str, handler: Callable[..., Awaitable[Any]], rest: str | None
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        name: str,
+        handler: Callable[..., Awaitable[Any]],
+        rest: str | None,
+        *,
+        status: int = 200,
     ) -> None:
         try:
             params = Params(flow.request, _ALLOWED[name])
             reader = self._reader(call)
-            body = await (handler(call, reader, params) if rest is None else handler(call, reader, params, rest))
+            if handler == self.key_create:
+                body = await self.key_create(call, flow.request)
+            else:
+                body = await (handler(call, reader, params) if rest is None else handler(call, reader, params, rest))
+        except BodyRefused as refused:
+            flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)
+            return
+        except _Refused as refused:
+            flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
+            return
         except BadParameter as exc:
             error = error_json(call.front, call.request_id, 400, str(exc), "invalid_request_error", "invalid_parameter")
             error["error"]["param"] = exc.name
@@ -190,7 +252,7 @@ class Admin:
         except _NotFound as exc:
             flow.response = error_response(call, 404, str(exc), "not_found_error", "unknown_key")
             return
-        flow.response = json_response(call, 200, body, {"cache-control": "no-store"})
+        flow.response = json_response(call, status, body, {"cache-control": "no-store"})
 
     def _reader(self, call: Call) -> LedgerQueries:
         """The reader of the policy's `store.sqlite`, the file the ledger writer opened."""
@@ -209,12 +271,7 @@ class Admin:
         return costs_json(group_by, filters, await reader.costs(group_by, filters, limit=limit))
 
     async def key_cost(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
-        try:
-            name = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
-        except UnicodeDecodeError:
-            raise BadParameter("key_name", "the key name in the path is not UTF-8") from None
-        if not name or len(name) > _MAX_KEY_NAME or not name.isprintable():
-            raise BadParameter("key_name", f"a key name of 1 to {_MAX_KEY_NAME} printable characters")
+        name = _path_name(raw)
         if "key_name" in params.values and params.values["key_name"] != name:
             raise BadParameter("key_name", "conflicts with the key name in the path")
         filters = params.filters()
@@ -252,6 +309,121 @@ class Admin:
             "next_cursor": page.next_cursor,
         }
 
+    # -- store keys (docs/keys.md): the store is sqlite, so every call runs in a worker thread ---------------
+
+    @staticmethod
+    def _key_store(call: Call) -> SqliteKeyStore:
+        path = str(call.policy.store.get("sqlite", ":memory:"))
+        if path == ":memory:" or path.startswith("file:"):
+            raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one", "api_error",
+                           "key_store_unavailable")  # fmt: skip
+        return SqliteKeyStore(path)
+
+    @staticmethod
+    async def _in_thread(call: Call, function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args)
+        except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            log.warning("request %s: admin API: cannot use the key store: %s", call.request_id, describe(exc))
+            raise _Refused(503, "kaixu cannot use its key store right now; retry shortly", "api_error",
+                           "key_store_unavailable") from None  # fmt: skip
+
+    async def keys_list(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        store = self._key_store(call)
+        try:
+            keys: list[StoredKey] = await self._in_thread(call, store.all)
+        except FileNotFoundError:
+            keys = []
+        return {"object": "keys", "keys": [key.public_json() for key in keys]}
+
+    async def key_revoke(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
+        name = _path_name(raw)
+        store = self._key_store(call)
+        found = await self._in_thread(call, store.revoke, name, time.time())
+        key = await self._in_thread(call, store.get, name) if found else None
+        if key is None:
+            raise _NotFound(f"no store key named {safe(name, 80)!r}")
+        return {"object": "key", **key.public_json()}
+
+    async def key_create(self, call: Call, request: http.Request) -> dict[str, Any]:
+        raw = request.raw_content or b""
+        encoding = request.headers.get("content-encoding", "")
+        fields = parse_json_object(decompress(raw, encoding, call.policy.max_body_bytes) if encoding else raw)
+        try:
+            secret = pepper()
+        except PepperMissing as exc:
+            raise _Refused(503, f"{exc} in kaixu's environment: store keys cannot be made (docs/keys.md)",
+                           "api_error", "key_pepper_missing") from None  # fmt: skip
+        now = time.time()
+        name, team, customer, models, expires = _key_fields(fields, now)
+        store = self._key_store(call)
+        key = new_secret()
+        stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None)
+        try:
+            await self._in_thread(call, store.create, stored)
+        except KeyExists:
+            raise _Refused(409, f"a store key named {name!r} exists already (revoked keys keep their name)",
+                           "invalid_request_error", "key_exists") from None  # fmt: skip
+        log.info("request %s: admin API: store key %r created", call.request_id, name)
+        return {"object": "key", **stored.public_json(), "key": key}
+
+
+def _path_name(raw: str) -> str:
+    """The key name in an admin path (`/api/costs/{key_name}`, `/api/keys/{name}`), percent-decoded."""
+    try:
+        name = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError:
+        raise BadParameter("key_name", "the key name in the path is not UTF-8") from None
+    if not name or len(name) > _MAX_KEY_NAME or not name.isprintable():
+        raise BadParameter("key_name", f"a key name of 1 to {_MAX_KEY_NAME} printable characters")
+    return name
+
+
+def _key_fields(body: dict[str, Any], now: float) -> tuple[str, str | None, str | None, tuple[str, ...], float | None]:
+    """`POST /api/keys`'s body read strictly (the fields of `kaixu keys create`); BadParameter names a field."""
+    for field in body:
+        if field not in _KEY_FIELDS:
+            raise BadParameter(safe(field, 60), f"unknown field (a key takes: {', '.join(_KEY_FIELDS)})")
+    name = body.get("name")
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
+        raise BadParameter("name", f"required: {KEY_NAME_RULE}")
+    labels: list[str | None] = []
+    for field in ("team", "customer"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= _MAX_LABEL
+                                  or not value.isprintable()):  # fmt: skip
+            raise BadParameter(field, f"a string of 1 to {_MAX_LABEL} printable characters, or null")
+        labels.append(value)
+    models = body.get("models")
+    if models is None:
+        models = []
+    if (
+        not isinstance(models, list)
+        or len(models) > _MAX_MODELS
+        or not all(isinstance(m, str) and 0 < len(m) <= _MAX_LABEL and m.isprintable() for m in models)
+    ):
+        raise BadParameter("models", f"a list of up to {_MAX_MODELS} model names or globs, got {json_type(models)}")
+    text = body.get("expires")
+    expires = None
+    if text is not None:
+        if not isinstance(text, str):
+            raise BadParameter("expires", f"a duration (30d, 12h) or a date, got {json_type(text)}")
+        try:
+            expires = expires_at(text, now)
+        except ValueError as exc:
+            raise BadParameter("expires", str(exc)) from None
+        if expires <= now:
+            raise BadParameter("expires", "that is in the past")
+    return name, labels[0], labels[1], tuple(models), expires
+
 
 class _NotFound(Exception):
     pass
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, type: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code

@@ -88,18 +88,21 @@ class Auth:
             return error_response(call, 401, "this API key was revoked", "authentication_error", "revoked_api_key")
         if state == "expired":
             return error_response(call, 401, "this API key has expired", "authentication_error", "expired_api_key")
+        if state == "rotated":
+            message = "this API key was rotated: its grace period is over; use the key's new secret"
+            return error_response(call, 401, message, "authentication_error", "rotated_api_key")
         return stored.virtual()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None:
-            return
+        if call is None or call.operation == "local":
+            return  # kaixu's own endpoints (admin ones check the admin key themselves: admin_refusal)
         key = presented_key(flow.request)
         policy = call.policy
         if flow.response is not None:
             # Refused on its head already (unknown endpoint, method, model name): the access log and the
             # ledger still name a caller whose key is valid. Nothing else changes for the refused request.
-            if key is not None and call.operation != "local":
+            if key is not None:
                 call.caller.key = policy.keys.get(key_hash(key))
                 if call.caller.key is None:
                     found = self.store_key(call, key)

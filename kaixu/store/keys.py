@@ -13,10 +13,12 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kaixu.config.policy import VirtualKey
 
@@ -33,10 +35,53 @@ CREATE TABLE IF NOT EXISTS keys (
     models TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL,
     expires REAL,
-    revoked REAL
+    revoked REAL,
+    previous_hmac TEXT,
+    previous_until REAL
 );
 """
 """Created by the ledger's store on open (kaixu/store/sqlite.py) and by the CLI before its first key."""
+
+_ADDED_COLUMNS = {"previous_hmac": "TEXT", "previous_until": "REAL"}
+"""Columns added since the table first shipped (`kaixu keys rotate`): nullable, added to an older table."""
+
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEY_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """A `keys` table made by an older kaixu gains the columns added since (no table: nothing to do)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(keys)")}
+    if present:
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    db.execute(f"ALTER TABLE keys ADD COLUMN {name} {kind}")
+
+
+def duration_s(text: str) -> int | None:
+    """`30d`, `12h`, `90m`, `45s` in seconds; None when `text` is not a duration."""
+    match = _DURATION.fullmatch(text.strip())
+    return int(match[1]) * _UNIT_S[match[2]] if match else None
+
+
+def expires_at(text: str, now: float) -> float:
+    """`30d`, `12h`, `90m`, `45s` from now, or a date (valid through that day, UTC) or date-time."""
+    from kaixu.store.queries import parse_time
+
+    seconds = duration_s(text)
+    if seconds is not None:
+        return now + seconds
+    try:
+        return parse_time(text, end=True)
+    except ValueError:
+        raise ValueError("expected a duration (30d, 12h, 90m, 45s) or a date (2027-06-30) or date-time") from None
+
+
+def new_secret() -> str:
+    return "sk-kaixu-" + secrets.token_urlsafe(24)
 
 
 class PepperMissing(Exception):
@@ -68,6 +113,11 @@ class StoredKey:
     created: float
     expires: float | None
     revoked: float | None
+    previous_hmac: str | None = None
+    """The digest of the secret `kaixu keys rotate` replaced: it keeps working until `previous_until`."""
+    previous_until: float | None = None
+    superseded: bool = False
+    """True on the snapshot's entry for `previous_hmac` (kaixu/addons/keys.py), never on a stored row."""
 
     def virtual(self) -> VirtualKey:
         """The record the policy's keys use too, so the ledger, metrics and model checks treat both alike.
@@ -79,6 +129,8 @@ class StoredKey:
             return "revoked"
         if self.expires is not None and self.expires <= now:
             return "expired"
+        if self.superseded and (self.previous_until is None or self.previous_until <= now):
+            return "rotated"
         return "active"
 
     def public(self) -> dict[str, object]:
@@ -86,18 +138,29 @@ class StoredKey:
         return {
             "name": self.name, "team": self.team, "customer": self.customer, "models": list(self.models),
             "created": self.created, "expires": self.expires, "revoked": self.revoked,
-            "state": self.state(time.time()),
+            "previous_secret_until": self.previous_until, "state": self.state(time.time()),
         }  # fmt: skip
 
+    def public_json(self) -> dict[str, object]:
+        """`public()` with ISO 8601 times, as the CLI and the admin API (`/api/keys`) show it."""
+        from kaixu.store.queries import iso
 
-_SELECT = "SELECT name, hmac, team, customer, models, created, expires, revoked FROM keys"
+        shown = self.public()
+        for field in ("created", "expires", "revoked", "previous_secret_until"):
+            shown[field] = iso(shown[field])  # type: ignore[arg-type]
+        return shown
+
+
+_SELECT = (
+    "SELECT name, hmac, team, customer, models, created, expires, revoked, previous_hmac, previous_until FROM keys"
+)
 
 
 def _row(row: tuple[object, ...]) -> StoredKey:
-    name, digest_hex, team, customer, models, created, expires, revoked = row
+    name, digest_hex, team, customer, models, created, expires, revoked, previous, until = row
     return StoredKey(
         str(name), str(digest_hex), _text(team), _text(customer), tuple(json.loads(str(models or "[]"))),
-        float(created), _float(expires), _float(revoked),  # type: ignore[arg-type]
+        float(created), _float(expires), _float(revoked), _text(previous), _float(until),  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -111,6 +174,10 @@ def _float(value: object) -> float | None:
 
 class KeyExists(Exception):
     pass
+
+
+class KeyRevoked(Exception):
+    """A revoked key cannot be rotated: make a new one."""
 
 
 class SqliteKeyStore:
@@ -130,6 +197,7 @@ class SqliteKeyStore:
             if create:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
+            add_missing_columns(db)
             yield db
         finally:
             db.close()
@@ -174,6 +242,34 @@ class SqliteKeyStore:
                 return False
             raise
 
+    def rotate(self, name: str, new_hmac: str, now: float, grace_s: float) -> bool:
+        """Gives the key a new secret (its digest `new_hmac`); the old one keeps working `grace_s` seconds
+        more. A secret replaced earlier stops at once: a key has at most two working secrets. False when there
+        is no such key; KeyRevoked when it was revoked."""
+        try:
+            with self._db(create=False) as db:
+                cursor = db.execute(
+                    "UPDATE keys SET previous_hmac = hmac, previous_until = ?, hmac = ? "
+                    "WHERE name = ? AND revoked IS NULL", (now + grace_s, new_hmac, name),
+                )  # fmt: skip
+                if cursor.rowcount > 0:
+                    return True
+                if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone() is not None:
+                    raise KeyRevoked(f"the key {name!r} was revoked; make a new one with `kaixu keys create`")
+                return False
+        except FileNotFoundError:
+            return False
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False
+            raise
+
     def snapshot(self) -> dict[str, StoredKey]:
-        """What the proxy looks keys up in, by digest."""
-        return {key.hmac: key for key in self.all()}
+        """What the proxy looks keys up in, by digest: a rotated key under both its digests, the previous one
+        marked `superseded` (it answers 'rotated' once its grace period is over)."""
+        found: dict[str, StoredKey] = {}
+        for key in self.all():
+            found[key.hmac] = key
+            if key.previous_hmac is not None:
+                found[key.previous_hmac] = replace(key, superseded=True)
+        return found

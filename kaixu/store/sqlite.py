@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import fields
 
 from kaixu.store.keys import SCHEMA as KEYS_SCHEMA
+from kaixu.store.keys import add_missing_columns as add_missing_key_columns
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
 
 _COLUMNS = [f.name for f in fields(LedgerRecord)]
@@ -82,6 +83,7 @@ class SqliteLedgerStore:
                 db.executescript(_SCHEMA)
                 db.executescript(KEYS_SCHEMA)  # the store keys (kaixu keys create), read by kaixu/addons/keys.py
                 _add_missing_columns(db)
+                add_missing_key_columns(db)
                 db.executescript(_INDEXES)
             except BaseException:
                 db.close()
