@@ -205,3 +205,9 @@ def test_a_keys_table_from_before_rotation_gains_its_columns(tmp_path: Path) -> 
     snapshot = store.snapshot()
     assert snapshot["bb"].state(time.time()) == "active" and snapshot["aa"].superseded
     assert snapshot["aa"].state(time.time()) == "active" and snapshot["aa"].state(time.time() + 61) == "rotated"
+
+
+def test_a_body_over_the_limit_is_413(gateway: Kaixu) -> None:
+    big = b'{"name": "big", "team": "' + b"x" * 5_242_880 + b'"}'  # over the default limits.max_body_bytes
+    answer = httpx.post(gateway.url + "/api/keys", content=big, headers={**ADMIN, "content-type": "application/json"})
+    assert answer.status_code == 413 and code(answer) == "request_too_large", answer.text[:300]
