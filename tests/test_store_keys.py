@@ -167,3 +167,26 @@ def test_without_a_pepper_no_key_is_created_and_store_keys_are_refused(
         assert kaixu.log().count("KAIXU_KEY_PEPPER") == 1 and key not in kaixu.log()
     finally:
         kaixu.stop()
+
+
+def test_every_change_to_the_keys_moves_the_version_the_proxy_polls(tmp_path: Path) -> None:
+    """The proxy reads the whole `keys` table only when `keys_version` moved (kaixu/addons/keys.py): every kind
+    of change must move it, including an edit made with another tool."""
+    from kaixu.store.keys import SqliteKeyStore, StoredKey
+
+    store = SqliteKeyStore(str(tmp_path / "k.db"))
+    with store._db(create=True):
+        pass
+    seen = [store.version()]
+    store.create(StoredKey("a", "h1", None, None, (), time.time(), None, None))
+    seen.append(store.version())
+    store.rotate("a", "h2", time.time(), 60)
+    seen.append(store.version())
+    store.revoke("a", time.time())
+    seen.append(store.version())
+    db = sqlite3.connect(tmp_path / "k.db")  # an operator's own edit
+    with db:
+        db.execute("DELETE FROM keys")
+    db.close()
+    seen.append(store.version())
+    assert seen == [0, 1, 2, 3, 4]

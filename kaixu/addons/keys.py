@@ -68,6 +68,8 @@ class StoreKeys:
                             "set it to the pepper `kaixu keys create` used", exc, count, path)  # fmt: skip
             return
         failing = False
+        version: int | None = None
+        seen_path: str | None = None
         if self._path() is not None:  # until the first read, store keys get a 503, not a misleading 401
             self.gateway.key_snapshot = KeySnapshot(secret, {}, float("-inf"))
         while True:
@@ -76,9 +78,11 @@ class StoreKeys:
                 self.gateway.key_snapshot = None
             else:
                 try:
-                    keys = await asyncio.to_thread(SqliteKeyStore(path).snapshot)
+                    seen = version if path == seen_path else None  # another file (a reload): read it whole
+                    keys, version = await asyncio.to_thread(self._read, path, seen)
+                    seen_path = path
                 except FileNotFoundError:
-                    keys = {}  # no store file yet: no store keys
+                    keys, version = {}, None  # no store file yet: no store keys
                 except Exception as exc:
                     if not failing:
                         log.warning("cannot read the store keys from %s: %s", path, describe(exc))
@@ -91,6 +95,16 @@ class StoreKeys:
                     failing = False
                     self.gateway.key_snapshot = KeySnapshot(secret, keys, time.monotonic())
             await asyncio.sleep(self.refresh_s)
+
+    def _read(self, path: str, seen: int | None) -> tuple[dict[str, StoredKey], int | None]:
+        """Worker thread: the keys, read again only when `keys_version` moved since `seen` (one row a second
+        instead of the whole table). The version is read first: a change made in between is read next time."""
+        store = SqliteKeyStore(path)
+        version = store.version()
+        current = self.gateway.key_snapshot
+        if version is not None and version == seen and current is not None and current.loaded_at > float("-inf"):
+            return current.keys, version
+        return store.snapshot(), version
 
     async def done(self) -> None:
         if self._task is not None:

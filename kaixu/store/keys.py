@@ -39,8 +39,22 @@ CREATE TABLE IF NOT EXISTS keys (
     previous_hmac TEXT,
     previous_until REAL
 );
+CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO keys_version (id, version) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS keys_inserted AFTER INSERT ON keys BEGIN
+    UPDATE keys_version SET version = version + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS keys_updated AFTER UPDATE ON keys BEGIN
+    UPDATE keys_version SET version = version + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS keys_deleted AFTER DELETE ON keys BEGIN
+    UPDATE keys_version SET version = version + 1;
+END;
 """
-"""Created by the ledger's store on open (kaixu/store/sqlite.py) and by the CLI before its first key."""
+"""`keys_version` counts every change to `keys` (triggers, so an edit by any process or tool counts): the proxy
+reads that one row every second and reads the whole table only when it moved.
+
+Created by the ledger's store on open (kaixu/store/sqlite.py) and by the CLI before its first key."""
 
 _ADDED_COLUMNS = {"previous_hmac": "TEXT", "previous_until": "REAL"}
 """Columns added since the table first shipped (`kaixu keys rotate`): nullable, added to an older table."""
@@ -263,6 +277,17 @@ class SqliteKeyStore:
             if "no such table" in str(exc):
                 return False
             raise
+
+    def version(self) -> int | None:
+        """The `keys_version` counter; None when the file has no such table (made before it existed)."""
+        try:
+            with self._db(create=False) as db:
+                row = db.execute("SELECT version FROM keys_version WHERE id = 1").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return None if row is None else int(row[0])
 
     def snapshot(self) -> dict[str, StoredKey]:
         """What the proxy looks keys up in, by digest: a rotated key under both its digests, the previous one
