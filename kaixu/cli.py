@@ -34,6 +34,12 @@ def _print_problems(error: PolicyError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+def _fail(message: str) -> int:
+    """Say what went wrong on stderr; the exit status of a command that failed."""
+    print(message, file=sys.stderr)
+    return 1
+
+
 def _load_or_report(path: str) -> Policy | None:
     try:
         return load_policy(path)
@@ -66,15 +72,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     policy = _load_or_report(args.policy)
     if policy is None:
-        print("kaixu: not starting until the policy is fixed", file=sys.stderr)
-        return 1
+        return _fail("kaixu: not starting until the policy is fixed")
     from kaixu import mitm
 
     try:
         mitm.self_test()
     except mitm.IncompatibleMitmproxy as exc:
-        print(f"kaixu: not starting: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: not starting: {exc}")
     listener = _configure_logging(args.log_level, args.access_log)
     try:
         return asyncio.run(_run(args, policy))
@@ -199,8 +203,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from kaixu.store.keys import KEY_NAME, KEY_NAME_RULE, KeyExists, StoredKey, digest, expires_at, new_secret
 
     if not KEY_NAME.fullmatch(args.name):
-        print(f"kaixu: --name: {KEY_NAME_RULE}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: --name: {KEY_NAME_RULE}")
     secret = _pepper_or_report("creating")
     if secret is None:
         return 1
@@ -210,11 +213,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         try:
             expires = expires_at(args.expires, now)
         except ValueError as exc:
-            print(f"kaixu: --expires: {exc}", file=sys.stderr)
-            return 1
+            return _fail(f"kaixu: --expires: {exc}")
         if expires <= now:
-            print("kaixu: --expires: that is in the past", file=sys.stderr)
-            return 1
+            return _fail("kaixu: --expires: that is in the past")
     store = _key_store(args)
     if store is None:
         return 1
@@ -224,11 +225,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     try:
         store.create(stored)
     except KeyExists as exc:
-        print(f"kaixu: {exc} (revoked keys keep their name)", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc} (revoked keys keep their name)")
     except Exception as exc:
-        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot write {store.path}: {exc}")
     print(f"key {args.name!r} created in {store.path}; shown once, store it now:", file=sys.stderr)
     print(key)
     return 0
@@ -243,8 +242,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         keys = []
     except Exception as exc:
-        print(f"kaixu: cannot read {store.path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot read {store.path}: {exc}")
     shown = [_key_json(k) for k in keys]
     if args.json:
         print(json.dumps(shown, indent=2))
@@ -265,11 +263,9 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         key = None
     except Exception as exc:
-        print(f"kaixu: cannot read {store.path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot read {store.path}: {exc}")
     if key is None:
-        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: no store key named {_name(args.name)!r} in {store.path}")
     print(json.dumps(_key_json(key), indent=2))
     return 0
 
@@ -283,11 +279,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     try:
         found = store.revoke(args.name, time.time())
     except Exception as exc:
-        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot write {store.path}: {exc}")
     if not found:
-        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: no store key named {_name(args.name)!r} in {store.path}")
     print(f"key {args.name!r} revoked: a running kaixu refuses it within 2 seconds")
     return 0
 
@@ -299,8 +293,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     grace = duration_s(args.grace)
     if grace is None:
-        print("kaixu: --grace: expected a duration (0s, 45s, 90m, 1h, 7d)", file=sys.stderr)
-        return 1
+        return _fail("kaixu: --grace: expected a duration (0s, 45s, 90m, 1h, 7d)")
     secret = _pepper_or_report("rotating")
     if secret is None:
         return 1
@@ -311,14 +304,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     try:
         found = store.rotate(args.name, digest(secret, key), time.time(), grace)
     except KeyRevoked as exc:
-        print(f"kaixu: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc}")
     except Exception as exc:
-        print(f"kaixu: cannot write {store.path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot write {store.path}: {exc}")
     if not found:
-        print(f"kaixu: no store key named {_name(args.name)!r} in {store.path}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: no store key named {_name(args.name)!r} in {store.path}")
     print(f"key {args.name!r} rotated in {store.path}: the previous secret works for {args.grace} more; "
           "the new one, shown once, store it now:", file=sys.stderr)  # fmt: skip
     print(key)
@@ -326,7 +316,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _load_overrides(path: str | None) -> dict[str, object]:
-    """A file holding the shape of a policy's future ``pricing:`` section: ``{models: {"kind/model": {...}}}``."""
+    """A file holding the shape of a policy's ``pricing:`` section: ``{models: {"kind/model": {...}}}``."""
     if not path:
         return {}
     import yaml
@@ -342,8 +332,7 @@ def cmd_prices_show(args: argparse.Namespace) -> int:
     try:
         prices = pricing.table(_load_overrides(args.overrides))
     except (OSError, pricing.PricingError) as exc:
-        print(f"kaixu: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc}")
     if args.provider:
         price = prices.lookup(args.provider, args.model)
         found = [(args.provider, price)] if price is not None else []
@@ -351,8 +340,7 @@ def cmd_prices_show(args: argparse.Namespace) -> int:
         found = prices.find(args.model)
     if not found:
         where = f" for provider kind {args.provider}" if args.provider else ""
-        print(f"kaixu: no price for {args.model}{where} (its cost is unknown, not 0)", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: no price for {args.model}{where} (its cost is unknown, not 0)")
     for kind, price in found:
         origin = price.source if price.source == pricing.POLICY_OVERRIDE else f"{price.source} (as of {price.as_of})"
         print(f"{kind}/{args.model}: {price.key}, USD per 1M tokens; from {origin}")
@@ -376,11 +364,9 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
         with open(args.file, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as exc:
-        print(f"kaixu: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: cannot read {args.file}: {exc}")
     if not isinstance(data, dict):
-        print(f"kaixu: {args.file}: expected a JSON object of models", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {args.file}: expected a JSON object of models")
     converted = litellm.convert(data, args.as_of or datetime.date.today().isoformat())
     text = json.dumps(converted, indent=2) + "\n"
     if args.out:
@@ -466,8 +452,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
     try:
         costs = asyncio.run(SqliteLedgerQueries(path).costs(args.by, filters, limit=args.limit))
     except LedgerUnavailable as exc:
-        print(f"kaixu: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc}")
     if args.json:
         print(json.dumps(costs_json(args.by, filters, costs), indent=2))
         return 0
@@ -538,8 +523,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except LedgerUnavailable as exc:
-        print(f"kaixu: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc}")
     except KeyboardInterrupt:
         return 0
     return 0
@@ -562,8 +546,7 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     try:
         first = list(itertools.islice(records, 1))  # an unreadable ledger is reported before any output
     except LedgerUnavailable as exc:
-        print(f"kaixu: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: {exc}")
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
     count = 0
     try:
@@ -577,8 +560,7 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     except LedgerUnavailable as exc:
-        print(f"kaixu: the export stopped after {count:,} records: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"kaixu: the export stopped after {count:,} records: {exc}")
     finally:
         if out is not sys.stdout:
             out.close()
