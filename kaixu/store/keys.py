@@ -17,7 +17,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from kaixu.config.policy import VirtualKey
@@ -245,32 +245,37 @@ class SqliteKeyStore:
     def revoke(self, name: str, now: float) -> bool:
         """Marks the key revoked (kept, so a caller still presenting it is told it was revoked). False when
         there is no such key; a key revoked already keeps its first revocation time."""
-        try:
-            with self._db(create=False) as db:
-                cursor = db.execute("UPDATE keys SET revoked = COALESCE(revoked, ?) WHERE name = ?", (now, name))
-                return cursor.rowcount > 0
-        except FileNotFoundError:
-            return False
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return False
-            raise
+
+        def revoke(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("UPDATE keys SET revoked = COALESCE(revoked, ?) WHERE name = ?", (now, name))
+            return cursor.rowcount > 0
+
+        return self._change(revoke)
 
     def rotate(self, name: str, new_hmac: str, now: float, grace_s: float) -> bool:
         """Gives the key a new secret (its digest `new_hmac`); the old one keeps working `grace_s` seconds
         more. A secret replaced earlier stops at once: a key has at most two working secrets. False when there
         is no such key; KeyRevoked when it was revoked."""
+
+        def rotate(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE keys SET previous_hmac = hmac, previous_until = ?, hmac = ? "
+                "WHERE name = ? AND revoked IS NULL", (now + grace_s, new_hmac, name),
+            )  # fmt: skip
+            if cursor.rowcount > 0:
+                return True
+            if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone() is not None:
+                raise KeyRevoked(f"the key {name!r} was revoked; make a new one with `kaixu keys create`")
+            return False
+
+        return self._change(rotate)
+
+    def _change(self, change: Callable[[sqlite3.Connection], bool]) -> bool:
+        """Runs `change` on the store's file: False, changing nothing, when there is no file or no keys table
+        (there is no such key then)."""
         try:
             with self._db(create=False) as db:
-                cursor = db.execute(
-                    "UPDATE keys SET previous_hmac = hmac, previous_until = ?, hmac = ? "
-                    "WHERE name = ? AND revoked IS NULL", (now + grace_s, new_hmac, name),
-                )  # fmt: skip
-                if cursor.rowcount > 0:
-                    return True
-                if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone() is not None:
-                    raise KeyRevoked(f"the key {name!r} was revoked; make a new one with `kaixu keys create`")
-                return False
+                return change(db)
         except FileNotFoundError:
             return False
         except sqlite3.OperationalError as exc:
