@@ -15,9 +15,10 @@ from mitmproxy import http
 
 from kaixu import content, mitm
 from kaixu.addons.respond import error_json
+from kaixu.addons.router import decode_chat
 from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, estimate_tokens, fronts, get_codec
-from kaixu.formats.canonical import ChatRequest, ChatResponse, TextPart, ThinkingPart
+from kaixu.formats.canonical import ChatResponse, TextPart, ThinkingPart
 from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
@@ -80,7 +81,8 @@ def estimate_usage(call: Call, output_chars: int | None = None) -> None:
 
 def prompt_tokens(call: Call) -> int:
     """The prompt's size by `kaixu.formats.estimate_tokens`. A pass-through call has no canonical request:
-    its body is decoded only now, on this rare path; characters / 4 of the body if even that fails."""
+    its body is decoded only now, on this rare path, as the router would have (`decode_chat`); characters / 4
+    of the body if even that fails."""
     body = call.body or {}
     try:
         if call.operation in ("embeddings", "batch_embeddings"):
@@ -88,10 +90,7 @@ def prompt_tokens(call: Call) -> int:
                 call.front, body, model=call.route.model or "", single=call.operation == "embeddings"
             )
             return sum((len(text) + 3) // 4 for text in request.inputs)
-        chat: ChatRequest = call.canonical or fronts.decode_request(
-            call.front, body, model=call.model, stream=call.stream
-        )
-        return estimate_tokens(chat)
+        return estimate_tokens(call.canonical or decode_chat(call))
     except Exception:  # whatever the client sent was forwarded as is: size it by its bytes
         return (len(json.dumps(body, separators=(",", ":"), default=str)) + 3) // 4
 
