@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,14 @@ UPSTREAM_KEYS = {"openai": "sk-up-openai", "anthropic": "sk-up-anthropic", "gemi
 
 def key_hash(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def unavailable(message: str) -> NoReturn:
+    """A server or program a test needs is not here: under CI (`CI=true`) that fails the test, elsewhere it
+    skips it with the reason, so a missing service never passes silently in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

@@ -22,7 +22,7 @@ from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Sl
 from kaixu.limits import redis_counters as redis_backend
 from kaixu.limits.redis_counters import RedisCounters
 from kaixu.limits.sqlite_counters import SqliteCounters
-from tests.harness import ROOT
+from tests.harness import ROOT, unavailable
 from tests.prometheus import free_port
 
 REDIS_URL = os.environ.get("KAIXU_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -33,10 +33,7 @@ def need_redis() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.exceptions.RedisError as e:
-        message = f"no Redis at {REDIS_URL}: {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no Redis at {REDIS_URL}: {e}")
 
 
 async def delete_prefix(prefix: str) -> None:
@@ -379,10 +376,7 @@ def test_every_script_and_key_carries_the_layout_version() -> None:
 async def test_redis_unavailable_is_counters_unavailable_quickly(tmp_path: Path) -> None:
     server_binary = shutil.which("redis-server")
     if server_binary is None:
-        message = "no redis-server binary"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("no redis-server binary")
     port = free_port()
     server = subprocess.Popen(
         [server_binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],

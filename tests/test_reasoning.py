@@ -30,6 +30,20 @@ def anthropic_client(kaixu: Kaixu) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=kaixu.url, api_key=TEST_KEY, max_retries=0)
 
 
+def thinking_message(client: anthropic.Anthropic, model: str, stream: bool) -> Any:
+    """The final message of an Anthropic request with thinking on, streamed or not."""
+    args: Any = {
+        "model": model,
+        "max_tokens": 4096,
+        "thinking": ENABLED,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if stream:
+        with client.messages.stream(**args) as events:
+            return events.get_final_message()
+    return client.messages.create(**args)
+
+
 def gemini_client(kaixu: Kaixu) -> genai.Client:
     return genai.Client(api_key=TEST_KEY, http_options=types.HttpOptions(base_url=kaixu.url))
 
@@ -60,13 +74,7 @@ def test_anthropic_thinking_to_an_openai_provider(kaixu: Kaixu, fake: FakeProvid
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_thinking_to_a_gemini_provider(kaixu: Kaixu, fake: FakeProvider, stream: bool) -> None:
     client = anthropic_client(kaixu)
-    args: Any = {"model": "gemini-test", "max_tokens": 4096, "thinking": ENABLED}
-    args["messages"] = [{"role": "user", "content": PROMPT}]
-    if stream:
-        with client.messages.stream(**args) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**args)
+    message = thinking_message(client, "gemini-test", stream)
     config = upstream(fake)["generationConfig"]
     assert config["thinkingConfig"] == {"thinkingBudget": 2048, "includeThoughts": True}
     thinking, text = message.content
@@ -233,13 +241,7 @@ def reasoner(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.mark.parametrize("stream", [False, True])
 def test_reasoning_content_reaches_anthropic_and_gemini_clients(reasoner: Kaixu, stream: bool) -> None:
     client = anthropic_client(reasoner)
-    args: Any = {"model": "reasoner-test", "max_tokens": 4096, "thinking": ENABLED}
-    args["messages"] = [{"role": "user", "content": PROMPT}]
-    if stream:
-        with client.messages.stream(**args) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**args)
+    message = thinking_message(client, "reasoner-test", stream)
     assert [(b.type, getattr(b, "thinking", None)) for b in message.content] == [("thinking", THOUGHT), ("text", None)]
 
     gemini = gemini_client(reasoner)
