@@ -498,9 +498,8 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
     if isinstance(default_model, str) and default_model not in concrete:
         problems.append((("default_model",), f"unknown model {default_model!r}"))
     store = _mapping(data.get("store"))
-    for shared in ("postgres", "redis"):
-        if shared in store:
-            problems.append((("store", shared), f"{shared} is not supported by this version yet; use sqlite"))
+    if "redis" in store and "counters" in store:
+        problems.append((("store", "counters"), "with redis the counters are Redis's: leave counters out"))
     ca_file = _mapping(data.get("tls")).get("ca_file")
     if isinstance(ca_file, str) and not Path(_ca_path(ca_file, base_dir)).is_file():
         problems.append((("tls", "ca_file"), f"no such file: {_ca_path(ca_file, base_dir)}"))
@@ -608,6 +607,7 @@ def build_policy(
     listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
     store = dict(data.get("store") or {"sqlite": "kaixu.db"})
     store.setdefault("sqlite", "kaixu.db")
+    store.setdefault("counters", "memory")
     if store["sqlite"] != ":memory:":
         store["sqlite"] = str((base_dir / store["sqlite"]).resolve())
     ca_file = (data.get("tls") or {}).get("ca_file")
@@ -631,6 +631,10 @@ def build_policy(
     used = {t.provider for route in [*models.values(), *patterns] for t in route.targets}
     for name in providers.keys() - used:
         warnings.append((("providers", name), "no model routes to this provider"))
+    if "postgres" in store and "redis" not in store:
+        warnings.append(
+            (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")
+        )
     warnings.extend(unenforced_fields(data))
 
     policy = Policy(
