@@ -129,6 +129,8 @@ class Customer:
     name: str
     budget: Budget | None = None
     limits: RateLimits | None = None
+    seats: int | None = None
+    """Installs (`x-kaixu-install-id`) each such customer may call from."""
 
 
 DEFAULT_CUSTOMER = "default"
@@ -591,7 +593,7 @@ def build_policy(
     }
     orgs = {name: Org(name, _budget(spec.get("budget"))) for name, spec in (data.get("orgs") or {}).items()}
     customers = {
-        name: Customer(name, _budget(spec.get("budget")), _rate_limits(spec.get("limits")))
+        name: Customer(name, _budget(spec.get("budget")), _rate_limits(spec.get("limits")), spec.get("seats"))
         for name, spec in (data.get("customers") or {}).items()
     }
 
