@@ -404,7 +404,7 @@ KEY = "keys:\n  - {name: k, hash: " + HASH + ", "
         ),
         ("orgs: {acme: {limits: {rpm: 5}}}\n", "line 6: orgs.acme.limits: unknown field"),
         ("orgs: {acme: {budget: 5}}\n", "line 6: orgs.acme.budget: must be an object, got number"),
-        ("customers: {default: {seats: 2}}\n", "line 6: customers.default.seats: unknown field"),
+        ("customers: {default: {seats: 0}}\n", "line 6: customers.default.seats: 0 is less than the minimum of 1"),
         ("customers: {'': {budget: {usd: 1, period: day}}}\n", "line 6: customers: '' should be non-empty"),
         ("clients: {budget: {usd: 1, period: day}}\n", "line 6: clients.budget: unknown field"),
         ("clients: {limits: {rpm: -5}}\n", "line 6: clients.limits.rpm: -5 is less than the minimum of 1"),
