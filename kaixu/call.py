@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mitmproxy import http
 
 from kaixu.formats.canonical import Usage
+from kaixu.limits.governor import Governance
 from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ class Call:
     caller: Caller = field(default_factory=Caller)
     bill: Bill = field(default_factory=Bill)
     """Usage and cost (kaixu/pricing)."""
+    governance: Governance = field(default_factory=Governance)
+    """Holds on the budget and rate-limit counters, and what the rate-limit headers show (kaixu/limits)."""
     timed_out: bool = False
     backend: str | None = None
     """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""

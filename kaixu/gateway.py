@@ -16,8 +16,11 @@ from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
 
 if TYPE_CHECKING:
+    import asyncio
+
     from kaixu.addons.keys import KeySnapshot
     from kaixu.call import Call
+    from kaixu.limits.governor import Governor
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
@@ -77,6 +80,9 @@ class Gateway:
     key_snapshot: KeySnapshot | None = None
     """The store's keys as last read (kaixu/addons/keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
+    governor: Governor | None = None
+    """The counters of budgets and rate limits, once open (kaixu/addons/counters.py)."""
+    governor_opening: asyncio.Task[Governor | None] | None = None
 
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""

@@ -144,6 +144,19 @@ POLICY_SHADOW_REFUSALS = LoopCounter(
     ["policy"],
     registry=REGISTRY,
 )
+GOVERNANCE_REFUSALS = LoopCounter(
+    "kaixu_governance_refusals",
+    "Requests refused by budgets and rate limits, by reason: budget, rpm, tpm, parallel, unpriced_in_flight, "
+    "counters_unavailable.",
+    ["reason"],
+    registry=REGISTRY,
+)
+GOVERNANCE_FAIL_OPEN = LoopCounter(
+    "kaixu_governance_fail_open",
+    "Requests let through uncounted because the counters could not answer and store.redis.fail is open.",
+    [],
+    registry=REGISTRY,
+)
 UNPRICED = Counter(
     "kaixu_unpriced_requests",
     "Requests that used tokens on a model without a price: their cost is unknown, and not in kaixu_cost_usd_micros.",

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Slot
 from kaixu.limits import redis_counters as redis_backend
+from kaixu.limits.memory_counters import MemoryCounters
 from kaixu.limits.redis_counters import RedisCounters
 from kaixu.limits.sqlite_counters import SqliteCounters
 from tests.harness import ROOT, unavailable
@@ -46,8 +47,13 @@ async def delete_prefix(prefix: str) -> None:
         await client.aclose()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def counters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Counters]:
+    if request.param == "memory":
+        memory = await MemoryCounters(str(tmp_path / "counters.db")).open()
+        yield memory
+        await memory.close()
+        return
     if request.param == "sqlite":
         sqlite = await SqliteCounters(str(tmp_path / "counters.db")).open()
         yield sqlite
@@ -71,7 +77,8 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, w
         await asyncio.sleep(0.01)
 
 
-def test_both_backends_are_counters(tmp_path: Path) -> None:
+def test_every_backend_is_counters(tmp_path: Path) -> None:
+    assert isinstance(MemoryCounters(str(tmp_path / "c.db")), Counters)
     assert isinstance(SqliteCounters(str(tmp_path / "c.db")), Counters)
     assert isinstance(RedisCounters(REDIS_URL), Counters)
 
@@ -291,6 +298,54 @@ async def test_sqlite_keeps_settled_spend_across_a_restart(tmp_path: Path) -> No
     assert await again.settle(held, 321) is False, "a restart does not forget a settle"
     assert (await again.hit("key:p:rpm", HOUR, 10)).remaining == 8
     await again.close()
+
+
+async def test_memory_keeps_settled_spend_across_a_restart_and_shares_the_file_with_sqlite(tmp_path: Path) -> None:
+    path = str(tmp_path / "counters.db")
+    counters = await MemoryCounters(path).open()
+    held = await counters.reserve(["key:p:total"], 500, [1000], 60)
+    assert isinstance(held, Reservation)
+    await counters.settle(held, 321)
+    await counters.close()  # flushes
+    again = await MemoryCounters(path).open()
+    assert await again.spent("key:p:total") == 321
+    await again.close()
+    shared = await SqliteCounters(path).open()  # `store.counters: shared` reads the same spend
+    assert await shared.spent("key:p:total") == 321
+    await shared.close()
+
+
+def test_memory_kill_9_loses_at_most_the_spend_settled_since_the_last_flush(tmp_path: Path) -> None:
+    path = tmp_path / "counters.db"
+    script = (
+        "import asyncio\n"
+        "from kaixu.limits.memory_counters import MemoryCounters\n"
+        "async def main():\n"
+        f"    c = await MemoryCounters({str(path)!r}, flush_s=3600).open()\n"
+        "    for _ in range(50):\n"
+        "        r = await c.reserve(['key:k9:total'], 10, [10**6], 600)\n"
+        "        await c.settle(r, 7)\n"
+        "    await c.flush()\n"
+        "    for _ in range(5):\n"
+        "        r = await c.reserve(['key:k9:total'], 10, [10**6], 600)\n"
+        "        await c.settle(r, 7)\n"
+        "    print('done', flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "done"
+    finally:
+        process.kill()
+        process.wait(10)
+
+    async def check() -> None:
+        counters = await MemoryCounters(str(path)).open()
+        assert await counters.spent("key:k9:total") == 350, "flushed spend survives; the 5 settles after it do not"
+        await counters.close()
+
+    asyncio.run(check())
 
 
 def test_sqlite_kill_9_loses_no_settled_spend(tmp_path: Path) -> None:

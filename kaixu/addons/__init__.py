@@ -7,14 +7,18 @@ from __future__ import annotations
 from kaixu.addons.admin import Admin
 from kaixu.addons.auth import Auth
 from kaixu.addons.body import Body
+from kaixu.addons.budgets import Budgets
 from kaixu.addons.chain import Chain
 from kaixu.addons.config import PolicyFile
 from kaixu.addons.connections import Connections
+from kaixu.addons.counters import CounterBackend
 from kaixu.addons.dialect import Dialect
+from kaixu.addons.dispatch import Dispatch
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
 from kaixu.addons.keys import StoreKeys
 from kaixu.addons.ledger import LedgerWriter
+from kaixu.addons.limits import RateLimits
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
 from kaixu.addons.policy import Policies
@@ -25,11 +29,13 @@ from kaixu.gateway import Gateway
 
 
 def build_steps(gateway: Gateway) -> list[object]:
+    router = Router(gateway)
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
+        CounterBackend(gateway),  # the counters of budgets and rate limits (`store:`)
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
@@ -38,10 +44,13 @@ def build_steps(gateway: Gateway) -> list[object]:
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Policies(),  # 4 per-caller rules (`policies:`): models, tokens per request, shadow mode
-        Router(gateway),  # 6 where it goes (limits, step 5, arrive with their issue)
-        Errors(),  # 9 upstream timeout + JSON error pages
-        Stream(),  # 7 SSE pass-through meter or translator
-        Settle(gateway),  # 8 usage, translation of buffered answers, metrics, ledger
+        RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
+        router,  # 6 where it goes
+        Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402
+        Dispatch(router),  # the request leaves
+        Errors(),  # 10 upstream timeout + JSON error pages
+        Stream(),  # 8 SSE pass-through meter or translator
+        Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger
     ]
 
 

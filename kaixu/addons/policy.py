@@ -6,7 +6,7 @@ clamp must change the body in the client's own format before the router encodes 
 Nothing a rule refuses leaves kaixu. The rules were compiled when the policy loaded (`CallerPolicy`); a request
 walks them in file order and the first enforcing refusal answers it (403, in the caller's shape).
 
-`max_cost_per_day` waits for the budget counters: accepted, warned about, not enforced here.
+`max_cost_per_day` is a day budget, held by the budget step (kaixu/addons/budgets.py).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ class Size:
         try:
             request = decode_chat(call)
         except FormatError:  # the router refuses it with the reason; the size is only an upper bound here
-            self.input, self.output = (len(raw) + 3) // 4, _requested(call.front, call.body)
+            self.input, self.output = (len(raw) + 3) // 4, requested_output(call.front, call.body)
         else:
             self.input, self.output = estimate_tokens(request), request.max_tokens
             if self.output is None:
-                self.output = _requested(call.front, call.body)
+                self.output = requested_output(call.front, call.body)
 
     @property
     def total(self) -> int:
@@ -66,7 +66,7 @@ def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _requested(front: str, body: dict[str, Any]) -> int | None:
+def requested_output(front: str, body: dict[str, Any]) -> int | None:
     for path in OUTPUT_FIELDS.get(front, ()):
         value = _field(body, path)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -109,6 +109,14 @@ def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     )
 
 
+def match_facts(call: Call) -> tuple[str | None, str | None, str | None, str | None]:
+    """What `policies[].match` compares: the key's team and name, the app and project the client names."""
+    key = call.caller.key
+    said = call.caller.attributes.get
+    return (key.team if key else None, key.name if key else None, said("app") or said("appId"),
+            said("project") or said("projectId"))  # fmt: skip
+
+
 class Policies:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -116,15 +124,7 @@ class Policies:
             return
         if call.operation not in ROUTED_OPERATIONS or call.model is None:
             return
-        caller = call.caller
-        key = caller.key
-        said = caller.attributes.get
-        who = (
-            key.team if key else None,
-            key.name if key else None,
-            said("app") or said("appId"),
-            said("project") or said("projectId"),
-        )
+        who = match_facts(call)
         size: Size | None = None
         clamped = False
         for rule in call.policy.policies:

@@ -7,6 +7,7 @@ gateway-only field) the body's model change.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import random
 from typing import Any
@@ -122,11 +123,16 @@ def resolve_route(call: Call) -> ModelRoute:
         raise RouteRefused(
             404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
         )
-    if call.caller.key is not None and not call.caller.key.may_use(call.model):
+    key = call.caller.key
+    if key is not None and not key.may_use(call.model):
         raise RouteRefused(
-            403, f"model {call.model!r} is not allowed for key {call.caller.key.name!r}", "permission_error",
-            "model_not_allowed",
-        )  # fmt: skip
+            403, f"model {call.model!r} is not allowed for key {key.name!r}", "permission_error", "model_not_allowed"
+        )
+    team = policy.teams.get(key.team) if key is not None and key.team else None
+    if team is not None and team.models and not any(fnmatch.fnmatchcase(call.model, g) for g in team.models):
+        raise RouteRefused(
+            403, f"model {call.model!r} is not allowed for team {team.name!r}", "permission_error", "model_not_allowed"
+        )
     call.route.name = route.name
     return route
 
@@ -198,6 +204,10 @@ class Router:
             return
         self._rewrite(flow, call, url, body, key)
         call.route.routed = True
+
+    def dispatch(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The request leaves (the dispatch step, after the budget): counted in the pool, and a Gateway 13
+        stream diverted through the relay."""
         self.gateway.pool.started(call)
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)

@@ -1,7 +1,8 @@
 """Step 8: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
 and count it.
 
-Pricing, budget settlement, retries and the ledger join here as their issues land.
+The one place a request ends, whichever hook ends it (`_count`): the pool, the price, the budget's settlement
+and the rate limits' token count (`Governor.finish`), metrics, the access log and the ledger.
 """
 
 from __future__ import annotations
@@ -239,6 +240,12 @@ class Settle:
             error = call.policy.redactor.text(error, call.caller.client_key)
         self.gateway.pool.finished(call, status, error)
         call.bill.settle()
+        governor = self.gateway.governor
+        if governor is not None and call.governance.holds:
+            used = call.bill.usage
+            governor.finish(
+                call.governance, call.bill.cost_micros, used.input_tokens + used.output_tokens if used else None
+            )
         provider = call.route.provider.name if call.route.provider else "-"
         model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started

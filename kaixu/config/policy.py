@@ -256,6 +256,9 @@ class CallerPolicy:
     on_max_tokens: Literal["reject", "clamp"] = "reject"
     enforce: bool = True
     """False: shadow mode, what the rule would refuse or clamp is logged, counted and marked, not done."""
+    max_cost_per_day: Budget | None = None
+    """`max_cost_per_day` as a day budget in USD (EUR converted at `pricing.eur_per_usd` when the policy
+    loads), shared by every request the rule matches (kaixu/limits/levels.py)."""
 
     def applies(self, team: str | None, key: str | None, app: str | None, project: str | None) -> bool:
         """Every match field given must equal the caller's; a rule without a match applies to everyone."""
@@ -267,8 +270,14 @@ class CallerPolicy:
         )
 
 
-def _caller_policy(spec: dict[str, Any]) -> CallerPolicy:
+def _caller_policy(spec: dict[str, Any], eur_per_usd: Fraction) -> CallerPolicy:
     match = spec.get("match") or {}
+    cost = spec.get("max_cost_per_day") or {}
+    day: Budget | None = None
+    if "usd" in cost:
+        day = Budget(usd_micros(cost["usd"]), "day")
+    elif "eur" in cost:
+        day = Budget(int(Fraction(str(cost["eur"])) * MICROS_PER_USD / eur_per_usd), "day")
     allow, deny = spec.get("allow_models"), spec.get("deny_models")
     return CallerPolicy(
         name=spec["name"],
@@ -281,6 +290,7 @@ def _caller_policy(spec: dict[str, Any]) -> CallerPolicy:
         max_tokens_per_request=spec.get("max_tokens_per_request"),
         on_max_tokens=spec.get("on_max_tokens", "reject"),
         enforce=bool(spec.get("enforce", True)),
+        max_cost_per_day=day,
     )
 
 
@@ -514,23 +524,11 @@ def unenforced_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]
     An operator who sets a budget must not believe it holds: each one is a warning naming its line.
     """
     found: list[tuple[Any, ...]] = []
-    for index, spec in enumerate(data.get("keys") or ()):  # customer is read: the ledger's customer
-        found.extend(("keys", index, field) for field in ("budget", "limits", "seats", "expires") if field in spec)
-    for name, spec in (data.get("teams") or {}).items():
-        found.extend(("teams", name, field) for field in ("org", "budget", "limits", "models") if field in spec)
-    for section in ("orgs", "customers"):
-        for name, spec in (data.get(section) or {}).items():
-            found.extend((section, name, field) for field in ("budget", "limits") if field in spec)
-    if "limits" in (data.get("clients") or {}):
-        found.append(("clients", "limits"))
     for name, spec in (data.get("models") or {}).items():
         if "fallbacks" in spec:
             found.append(("models", name, "fallbacks"))
     if "retries" in data:
         found.append(("retries",))
-    for index, spec in enumerate(data.get("policies") or ()):
-        if "max_cost_per_day" in spec:  # needs the budget counters
-            found.append(("policies", index, "max_cost_per_day"))
     return [(path, NOT_ENFORCED) for path in found]
 
 
@@ -615,6 +613,7 @@ def build_policy(
     ca_file = (data.get("tls") or {}).get("ca_file")
 
     byok = bool(auth.get("byok", False))
+    eur_per_usd = Fraction(str(prices.get("eur_per_usd", "0.92")))
     secrets = Redactor(p.api_key for p in providers.values())
     max_chars = int(content.get("max_chars", 4000))
     builtin_redactions = bool(content.get("builtin_redactions", True))
@@ -661,10 +660,10 @@ def build_policy(
         pricing=PricingPolicy(
             table=pricing.table(prices),
             require=bool(prices.get("require", False)),
-            eur_per_usd=Fraction(str(prices.get("eur_per_usd", "0.92"))),
+            eur_per_usd=eur_per_usd,
         ),
         admin_keys=admin_keys,
-        policies=tuple(_caller_policy(spec) for spec in data.get("policies") or ()),
+        policies=tuple(_caller_policy(spec, eur_per_usd) for spec in data.get("policies") or ()),
         teams=teams,
         orgs=orgs,
         customers=customers,

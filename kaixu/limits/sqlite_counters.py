@@ -29,7 +29,7 @@ from kaixu.limits import (
     window_answer,
 )
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS counter_spend (scope TEXT PRIMARY KEY, spent INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counter_reservation (
     scope TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL, expires REAL NOT NULL,
@@ -75,7 +75,7 @@ class SqliteCounters:
                     db.execute("PRAGMA journal_mode=WAL")
                     db.execute("PRAGMA synchronous=NORMAL")
                     with _transaction(db):
-                        for statement in _SCHEMA.split(";"):
+                        for statement in SCHEMA.split(";"):
                             if statement.strip():
                                 db.execute(statement)
                     break

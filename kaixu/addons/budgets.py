@@ -1,0 +1,229 @@
+"""Step 7: budgets. Before a request leaves, an upper bound of its cost is reserved on every budget it counts
+against (key, end customer, team, org, the day caps of matching policies: `kaixu/limits/levels.py`), all or
+none, in one atomic operation; after the answer the reservation is settled to the real cost, or released when
+nothing was spent (`Governor.finish`). So however many requests and replicas race, a budget is overspent by at
+most one request's cost above its reservation, and that only when the bound below was wrong.
+
+The bound: input tokens (the canonical request's estimate when kaixu translated it, else the body's bytes / 4,
+which is never below the text's characters / 4) plus the output the client asked for (or `DEFAULT_MAX_OUTPUT`
+when it set none), output priced at the higher of the output and reasoning rates, input at the higher of the
+input and cache-write rates. A model without a price cannot be bounded: it is admitted only one request at a
+time per budget (a slot), and reserves nothing (the router already refused it under `pricing.require`).
+
+Over budget -> 402 with the level, the cap, what is spent and when the period resets, in the caller's shape
+(Kaixu Gateway 13's own `{error, scope, month}` body at its door). Policies in shadow mode (`enforce: false`)
+hold their own reservation, which never refuses: what it would have refused is logged and counted.
+
+Why after the router: the bound needs the price of what is served (`call.bill.price`), which the router looks
+up; the request leaves in the dispatch step after this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from mitmproxy import http
+
+from kaixu.addons.limits import governor_for, unavailable
+from kaixu.addons.policy import match_facts, requested_output
+from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.settle import attribution
+from kaixu.call import Call, get_call
+from kaixu.formats import estimate_tokens
+from kaixu.formats.canonical import Usage
+from kaixu.formats.seeds import MonthRollup, gateway13
+from kaixu.gateway import Gateway
+from kaixu.limits import CountersUnavailable, Refusal, Reservation, Slot
+from kaixu.limits.governor import TTL_MARGIN_S, Governor
+from kaixu.limits.levels import BudgetLevel, budget_levels
+from kaixu.log import safe
+from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
+from kaixu.pricing import Price, cost_micros, usd
+
+log = logging.getLogger("kaixu.budgets")
+
+DEFAULT_MAX_OUTPUT = 32_768
+"""Output tokens reserved for a request that sets no maximum: above what most models answer by default."""
+
+
+def upper_bound(call: Call, price: Price, raw_size: int) -> int:
+    """The most this request can cost, in micro-dollars (see the module docstring)."""
+    if call.canonical is not None:
+        input_tokens, output = estimate_tokens(call.canonical), call.canonical.max_tokens
+    else:
+        input_tokens, output = (raw_size + 3) // 4, requested_output(call.front, call.body or {})
+    if call.operation != "chat":
+        output = 0
+    elif output is None:
+        output = DEFAULT_MAX_OUTPUT
+    rates = price.rates_for(input_tokens)
+    reasoning = (
+        output if rates.reasoning is not None and rates.output is not None and rates.reasoning > rates.output else 0
+    )
+    written = input_tokens if rates.cache_write_5m is not None and rates.cache_write_5m > rates.input else 0
+    usage = Usage(input_tokens=input_tokens, output_tokens=output, cache_creation_input_tokens=written,
+                  reasoning_tokens=reasoning)  # fmt: skip
+    bound = cost_micros(price, usage)
+    return 0 if bound is None else bound
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class Budgets:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def request(self, flow: http.HTTPFlow) -> object:
+        call = get_call(flow)
+        if call is None or flow.response is not None or not call.route.routed or call.operation == "count_tokens":
+            return None
+        policy = call.policy
+        key = call.caller.key
+        day_caps = [
+            (rule.name, rule.max_cost_per_day, rule.enforce)
+            for rule in policy.policies
+            if rule.max_cost_per_day is not None and rule.applies(*match_facts(call))
+        ]
+        if not day_caps and (key is None or (key.budget is None and not key.team)) and not policy.customers:
+            return None  # the cheap exit: nothing this request could count against
+        levels = budget_levels(policy, key, attribution(call).customer, day_caps, time.time())
+        if not levels:
+            return None
+        return self._reserve(flow, call, levels)
+
+    async def _reserve(self, flow: http.HTTPFlow, call: Call, levels: list[BudgetLevel]) -> None:
+        governor = await governor_for(self.gateway)
+        if governor is None:
+            unavailable(flow, call, None, None)
+            return
+        price = call.bill.price
+        amount = 0 if price is None else upper_bound(call, price, len(flow.request.raw_content or b""))
+        ttl = call.policy.upstream_timeout_s + TTL_MARGIN_S
+        enforced = [level for level in levels if level.enforce]
+        shadow = [level for level in levels if not level.enforce]
+        governance = call.governance
+        try:
+            if price is None and not await self._one_at_a_time(call, governor, levels, ttl):
+                self._refuse_unpriced(flow, call)
+                return
+            if enforced:
+                held = await governor.counters.reserve(
+                    [lv.scope for lv in enforced], amount, [lv.budget.usd_micros for lv in enforced], ttl
+                )
+                if isinstance(held, Refusal):
+                    await self._give_back(governor, call)
+                    self._refuse(flow, call, next(lv for lv in enforced if lv.scope == held.scope), held)
+                    return
+                governance.reservation = held
+            if shadow:
+                await self._shadow(call, governor, shadow, amount, ttl)
+            if call.seed_context is not None and call.front == gateway13.NAME:
+                await self._month(call, governor, levels)
+        except CountersUnavailable as e:
+            if unavailable(flow, call, governor, e):
+                await self._give_back(governor, call)
+
+    async def _one_at_a_time(self, call: Call, governor: Governor, levels: list[BudgetLevel], ttl: float) -> bool:
+        """An unpriced model: one request in flight per budget (`unpriced:` slots, freed at its end)."""
+        for level in levels:
+            if not level.enforce:
+                continue
+            slot = await governor.counters.acquire_slot(f"unpriced:{level.scope}", 1, ttl)
+            if slot is None:
+                return False
+            call.governance.slots.append(slot)
+        return True
+
+    @staticmethod
+    async def _give_back(governor: Governor, call: Call) -> None:
+        governance = call.governance
+        held: list[Slot] = [s for s in governance.slots if s.scope.startswith("unpriced:")]
+        governance.slots = [s for s in governance.slots if not s.scope.startswith("unpriced:")]
+        try:
+            for slot in held:
+                await governor.counters.release_slot(slot)
+            if governance.reservation is not None:
+                await governor.counters.release(governance.reservation)
+                governance.reservation = None
+        except CountersUnavailable:
+            pass  # they lapse at their ttl
+
+    async def _shadow(self, call: Call, governor: Governor, levels: list[BudgetLevel], amount: int, ttl: float) -> None:
+        """Each policy in shadow mode reserves alone, so its verdict is its own and never refuses."""
+        for level in levels:
+            held = await governor.counters.reserve([level.scope], amount, [level.budget.usd_micros], ttl)
+            if isinstance(held, Reservation):
+                call.governance.shadow_reservations.append(held)
+                continue
+            log.warning("request %s: policy %s (shadow mode, not enforced): its day cap of %s USD is spent",
+                        call.request_id, safe(level.name), usd(level.budget.usd_micros))  # fmt: skip
+            POLICY_SHADOW_REFUSALS.inc((level.name,))
+            call.caller.shadow_refusals.append(level.name)
+            call.caller.attributes["policy_shadow"] = ",".join(call.caller.shadow_refusals)[:200]
+
+    async def _month(self, call: Call, governor: Governor, levels: list[BudgetLevel]) -> None:
+        """Kaixu Gateway 13's `month` object, from the key's and the customer's monthly budgets."""
+        assert call.seed_context is not None
+        cents: dict[str, tuple[float, float]] = {}
+        for level in levels:
+            if level.level in ("key", "customer") and level.budget.period == "month":
+                spent = await governor.counters.spent(level.scope)
+                cents[level.level] = (level.budget.usd_micros / 10_000, spent / 10_000)
+        key_cap, key_spent = cents.get("key", (0, 0))
+        customer_cap, customer_spent = cents.get("customer", (key_cap, key_spent))
+        month = MonthRollup(customer_cap_cents=customer_cap, customer_spent_cents=customer_spent,
+                            key_cap_cents=key_cap, key_spent_cents=key_spent)  # fmt: skip
+        call.seed_context = replace(call.seed_context, month=month)
+
+    @staticmethod
+    def _refuse_unpriced(flow: http.HTTPFlow, call: Call) -> None:
+        GOVERNANCE_REFUSALS.inc(("unpriced_in_flight",))
+        message = (
+            f"model {call.route.model!r} has no price, so its cost cannot be bounded: a budget admits one such "
+            "request at a time, and one is in flight; retry when it ends"
+        )
+        body = error_json(call.front, call.request_id, 429, message, "rate_limit_error", "unpriced_in_flight")
+        flow.response = json_response(call, 429, body, {"retry-after": "1"})
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, call: Call, level: BudgetLevel, refusal: Refusal) -> None:
+        GOVERNANCE_REFUSALS.inc(("budget",))
+        spent, cap = refusal.spent_micros + refusal.reserved_micros, refusal.cap_micros
+        period = "in total" if level.budget.period == "total" else f"this {level.budget.period}"
+        message = (
+            f"budget exhausted: {level.level} {level.name!r} has spent {usd(refusal.spent_micros)} of "
+            f"{usd(cap)} USD {period}"
+            + (f" ({usd(refusal.reserved_micros)} held by requests in flight)" if refusal.reserved_micros else "")
+            + (f"; it resets at {_iso(level.resets_at)}" if level.resets_at is not None else "")
+        )
+        detail: dict[str, Any] = {
+            "level": level.level,
+            "name": level.name,
+            "period": level.budget.period,
+            "cap_usd": usd(cap),
+            "spent_usd": usd(refusal.spent_micros),
+            "reserved_usd": usd(refusal.reserved_micros),
+            "request_reserve_usd": usd(refusal.amount_micros),
+            "resets_at": _iso(level.resets_at),
+        }
+        if call.front == gateway13.NAME:
+            context = call.seed_context
+            month = context.month if context is not None else MonthRollup()
+            scope = "customer" if level.level == "customer" else "key"
+            if scope == "customer":
+                month = replace(month, customer_cap_cents=cap / 10_000, customer_spent_cents=spent / 10_000)
+            else:
+                month = replace(month, key_cap_cents=cap / 10_000, key_spent_cents=spent / 10_000)
+            body: dict[str, Any] = gateway13.cap_reached_body(scope, month)
+            body["budget"] = detail
+            body["request_id"] = call.request_id
+        else:
+            kind = "billing_error" if call.front == "anthropic" else "insufficient_quota"  # each vendor's 402 type
+            body = error_json(call.front, call.request_id, 402, message, kind, "budget_exceeded")
+            body["budget"] = detail
+        flow.response = json_response(call, 402, body)

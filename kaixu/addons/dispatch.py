@@ -1,0 +1,22 @@
+"""The request leaves kaixu: the last request step, once every check (rate limits, route, budget) has passed.
+
+Kept apart from the router so that nothing is counted as sent, and no relay stream is set up, for a request
+a later check refuses."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from kaixu.addons.router import Router
+from kaixu.call import get_call
+
+
+class Dispatch:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is not None or not call.route.routed:
+            return
+        self.router.dispatch(flow, call)

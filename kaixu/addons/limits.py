@@ -1,0 +1,165 @@
+"""Step 5: rate limits. Requests and tokens per minute and requests in flight, per key, team, end customer, or
+client IP for a request without a key (`kaixu/limits/levels.py`); over a limit -> 429 with `Retry-After`.
+
+Why before the router: these limits need no price or route, and a refused request should cost kaixu as
+little as possible (no translation, no body encoding). The budget, which needs the route's price, is the
+step after the router (`kaixu/addons/budgets.py`).
+
+How each limit counts (kaixu/limits, one atomic operation each, shared by every replica on Redis):
+- rpm: the request is counted in the current minute's window, and refused without being counted when full;
+- tpm: the request is admitted while the minute's window has tokens left; its real tokens are counted when
+  its usage is known (`Governor.finish`), so the window can pass its limit by the last request's tokens;
+- max_parallel: a slot is held until the answer ends (or lapses after the upstream timeout, if a process dies).
+A request refused by one level may already be counted in a narrower one's window (levels are counted key
+first, then team, customer): a refusal is never cheaper than an admission.
+
+Every answer to a caller with a limit carries the node gateway's `X-RateLimit-*` and OpenAI's `x-ratelimit-*`
+headers for the tightest window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+from mitmproxy import http
+
+from kaixu.addons.respond import error_response
+from kaixu.addons.router import ROUTED_OPERATIONS
+from kaixu.addons.settle import add_headers, attribution
+from kaixu.call import Call, get_call
+from kaixu.gateway import Gateway
+from kaixu.limits import CountersUnavailable, Slot
+from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, tighter
+from kaixu.limits.levels import RateLevel, rate_levels
+from kaixu.log import safe
+from kaixu.metrics import GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
+
+log = logging.getLogger("kaixu.limits")
+
+
+async def governor_for(gateway: Gateway) -> Governor | None:
+    """The counters, waiting for them to open when the proxy has just started."""
+    if gateway.governor is None and gateway.governor_opening is not None:
+        await gateway.governor_opening
+    return gateway.governor
+
+
+def unavailable(flow: http.HTTPFlow, call: Call, governor: Governor | None, error: Exception | None) -> bool:
+    """The counters cannot answer: True when the request is refused (fail closed: 503 with `Retry-After`),
+    False when `store.redis.fail: open` lets it through uncounted (logged and counted)."""
+    if governor is not None and governor.fail_open:
+        if not call.governance.uncounted:
+            log.warning("request %s: counters unavailable, let through uncounted (fail: open): %s",
+                        call.request_id, safe(str(error)))  # fmt: skip
+            GOVERNANCE_FAIL_OPEN.inc(())
+        call.governance.uncounted = True
+        return False
+    log.error("request %s: counters unavailable, refused (fail closed): %s", call.request_id, safe(str(error)))
+    GOVERNANCE_REFUSALS.inc(("counters_unavailable",))
+    message = "kaixu cannot check this request's budget and rate limits right now; retry shortly"
+    flow.response = error_response(call, 503, message, "api_error", "counters_unavailable", {"retry-after": "1"})
+    return True
+
+
+def _who(level: RateLevel) -> str:
+    return "this client address" if level.level == "client" else f"{level.level} {level.name!r}"
+
+
+class RateLimits:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def request(self, flow: http.HTTPFlow) -> object:
+        call = get_call(flow)
+        if call is None or flow.response is not None or call.operation not in ROUTED_OPERATIONS:
+            return None
+        key = call.caller.key
+        policy = call.policy
+        if key is None and policy.clients is None and not policy.customers:
+            return None  # nothing to count (the cheap exit of a policy without limits)
+        if key is not None and key.limits is None and not policy.customers:
+            team = policy.teams.get(key.team) if key.team else None
+            if team is None or team.limits is None:
+                return None
+        peer = flow.client_conn.peername
+        levels = rate_levels(policy, key, attribution(call).customer, peer[0] if peer else None)
+        if not levels:
+            return None
+        return self._admit(flow, call, levels)
+
+    async def _admit(self, flow: http.HTTPFlow, call: Call, levels: list[RateLevel]) -> None:
+        governor = await governor_for(self.gateway)
+        if governor is None:
+            unavailable(flow, call, None, None)
+            return
+        governance = call.governance
+        counters = governor.counters
+        ttl = call.policy.upstream_timeout_s + TTL_MARGIN_S
+        try:
+            for level in levels:
+                limits = level.limits
+                if limits.rpm is not None:
+                    hit = await counters.hit(f"{level.scope}:rpm", MINUTE_S, limits.rpm)
+                    governance.requests = tighter(governance.requests, hit)
+                    if not hit.allowed:
+                        self._refuse(flow, call, f"{limits.rpm} requests per minute", level, hit.reset_ms, "rpm")
+                        break
+                if limits.tpm is not None:
+                    hit = await counters.hit(f"{level.scope}:tpm", MINUTE_S, limits.tpm, 0)
+                    governance.tokens = tighter(governance.tokens, hit)
+                    if not hit.allowed:
+                        self._refuse(flow, call, f"{limits.tpm} tokens per minute", level, hit.reset_ms, "tpm")
+                        break
+                    governance.token_scopes.append((f"{level.scope}:tpm", limits.tpm))
+                if limits.max_parallel is not None:
+                    slot = await counters.acquire_slot(f"{level.scope}:parallel", limits.max_parallel, ttl)
+                    if slot is None:
+                        what = f"{limits.max_parallel} requests in flight at once"
+                        self._refuse(flow, call, what, level, 1000, "parallel")
+                        break
+                    governance.slots.append(slot)
+        except CountersUnavailable as e:
+            if unavailable(flow, call, governor, e):
+                await self._give_back(governor, governance.slots)
+                governance.slots = []
+            return
+        if flow.response is not None:  # refused: what this request holds goes back now, not after an answer
+            await self._give_back(governor, governance.slots)
+            governance.slots, governance.token_scopes = [], []
+
+    @staticmethod
+    async def _give_back(governor: Governor, slots: list[Slot]) -> None:
+        for slot in slots:
+            with contextlib.suppress(CountersUnavailable):  # else it lapses at its ttl
+                await governor.counters.release_slot(slot)
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, call: Call, what: str, level: RateLevel, reset_ms: int, reason: str) -> None:
+        retry = max(1, math.ceil(reset_ms / 1000))
+        GOVERNANCE_REFUSALS.inc((reason,))
+        message = f"rate limit reached: {what} for {_who(level)}; retry in {retry} s"
+        headers = {"retry-after": str(retry), **call.governance.rate_headers()}
+        call.governance.headers_sent = True
+        flow.response = error_response(call, 429, message, "rate_limit_error", "rate_limit_exceeded", headers)
+
+    # The headers, on every answer to a caller with a limit: the provider's (in responseheaders, before a stream
+    # starts) or kaixu's own (a refusal of a later step, in response).
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._headers(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._headers(flow)
+
+    @staticmethod
+    def _headers(flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is None:
+            return
+        governance = call.governance
+        if governance.headers_sent or (governance.requests is None and governance.tokens is None):
+            return
+        governance.headers_sent = True
+        add_headers(flow.response, governance.rate_headers())

@@ -1,0 +1,147 @@
+"""The counters a running kaixu uses, chosen once from `store:`, and the end of every request's governance.
+
+Chosen when the proxy starts (`kaixu/addons/counters.py`), as mitmproxy's `proxyauth` picks its validator in
+`configure()`: a request never asks which backend it has. `store.redis` -> `RedisCounters` (every replica
+shares them); else `store.counters: shared` -> `SqliteCounters` on the policy's SQLite file (the processes of
+one machine share them); else `MemoryCounters` (one process, settled spend persisted to that file).
+
+The end of a request (`finish`) settles its reservation to the real cost, frees its parallel-request slots
+and counts its tokens in the tpm windows. It runs as a task after the answer, so the client never waits for
+it; the reservation keeps holding the budget until the settle replaces it, so nothing can be overspent
+meanwhile. A shutdown waits for these tasks (`close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, WindowHit
+
+log = logging.getLogger("kaixu.limits")
+
+MINUTE_S = 60
+TTL_MARGIN_S = 60.0
+"""Reservations and slots outlive the upstream timeout by this much: a live request never loses its hold,
+a crashed process's holds lapse soon after its requests would have timed out."""
+
+
+@dataclass(slots=True, eq=False)
+class Governance:
+    """A request's holds on shared counters (the `Call`'s governance record), and what its headers show."""
+
+    reservation: Reservation | None = None
+    shadow_reservations: list[Reservation] = field(default_factory=list)
+    """The holds of policies in shadow mode, one each so none refuses (settled like the other)."""
+    slots: list[Slot] = field(default_factory=list)
+    token_scopes: list[tuple[str, int]] = field(default_factory=list)
+    """(scope, tpm): the windows this request's tokens are counted into when its usage is known."""
+    requests: WindowHit | None = None
+    """The tightest requests-per-minute window (fewest remaining): the `X-RateLimit-*` headers."""
+    tokens: WindowHit | None = None
+    uncounted: bool = False
+    """The counters could not answer and `store.redis.fail: open` let the request through uncounted."""
+    headers_sent: bool = False
+
+    @property
+    def holds(self) -> bool:
+        return bool(self.reservation or self.shadow_reservations or self.slots or self.token_scopes)
+
+    def rate_headers(self) -> dict[str, str]:
+        """The node gateway's `X-RateLimit-*` and OpenAI's `x-ratelimit-*` for the tightest windows."""
+        headers: dict[str, str] = {}
+        requests, tokens = self.requests, self.tokens
+        if requests is not None:
+            headers["X-RateLimit-Limit"] = str(requests.limit)
+            headers["X-RateLimit-Remaining"] = str(requests.remaining)
+            headers["X-RateLimit-Reset-Ms"] = str(requests.reset_ms)
+            headers["x-ratelimit-limit-requests"] = str(requests.limit)
+            headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
+            headers["x-ratelimit-reset-requests"] = openai_duration(requests.reset_ms)
+        if tokens is not None:
+            headers["x-ratelimit-limit-tokens"] = str(tokens.limit)
+            headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
+            headers["x-ratelimit-reset-tokens"] = openai_duration(tokens.reset_ms)
+        return headers
+
+
+def openai_duration(ms: int) -> str:
+    """OpenAI's spelling of a reset time: `120ms`, `1.5s`, `6m0s`, `1h2m3s`."""
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+def tighter(current: WindowHit | None, hit: WindowHit) -> WindowHit:
+    return hit if current is None or hit.remaining < current.remaining else current
+
+
+class Governor:
+    """The counters of this process and the policy's answer to their failure."""
+
+    def __init__(self, counters: Counters, *, kind: str, fail_open: bool = False) -> None:
+        self.counters = counters
+        self.kind = kind
+        """memory | sqlite | redis: what /health shows."""
+        self.fail_open = fail_open
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def finish(self, governance: Governance, cost_micros: int | None, tokens: int | None) -> None:
+        """The request is over: settle, free and count in the background (see the module docstring)."""
+        if not governance.holds:
+            return
+        task = asyncio.get_running_loop().create_task(self._finish(governance, cost_micros, tokens))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, governance: Governance, cost_micros: int | None, tokens: int | None) -> None:
+        counters = self.counters
+        try:
+            held = [governance.reservation] if governance.reservation else []
+            for reservation in [*held, *governance.shadow_reservations]:
+                if cost_micros:
+                    await counters.settle(reservation, cost_micros)
+                else:  # nothing was spent (refused upstream, failed before any token) or the cost is unknown
+                    await counters.release(reservation)
+            for slot in governance.slots:
+                await counters.release_slot(slot)
+            if tokens:
+                for scope, tpm in governance.token_scopes:
+                    await counters.hit(scope, MINUTE_S, tpm, tokens, force=True)
+        except CountersUnavailable as e:  # the holds lapse at their ttl; the spend of this request is lost
+            log.error("could not settle a request's budget and limits (its holds lapse at their ttl): %s", e)
+        except Exception:
+            log.exception("settling a request's budget and limits failed")
+
+    async def close(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.counters.close()
+
+
+async def open_governor(store: dict[str, Any], *, check: bool = True) -> Governor:
+    """The backend `store:` names, opened (raises `CountersUnavailable` when it cannot be). `check=False`:
+    Redis is not asked whether it answers (it is down at start: each call fails until it is back)."""
+    redis = store.get("redis")
+    if redis is not None:
+        from kaixu.limits.redis_counters import RedisCounters
+
+        backend = RedisCounters(redis["url"], prefix=redis.get("prefix", "kaixu:"))
+        counters: Counters = await backend.open() if check else backend
+        return Governor(counters, kind="redis", fail_open=redis.get("fail", "closed") == "open")
+    path = str(store.get("sqlite", ":memory:"))
+    if store.get("counters") == "shared" and path != ":memory:":
+        from kaixu.limits.sqlite_counters import SqliteCounters
+
+        return Governor(await SqliteCounters(path).open(), kind="sqlite")
+    from kaixu.limits.memory_counters import MemoryCounters
+
+    return Governor(await MemoryCounters(path).open(), kind="memory")
