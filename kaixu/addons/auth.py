@@ -6,6 +6,7 @@ Store keys are looked up in the snapshot kaixu/addons/keys.py keeps fresh, never
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import time
 
@@ -121,6 +122,12 @@ class Auth:
             return
         virtual = policy.keys.get(key_hash(key))
         if virtual is not None:
+            if virtual.expires is not None and virtual.expires < datetime.datetime.now(datetime.UTC).date():
+                # valid through its `expires` day (UTC), as a store key's date
+                flow.response = error_response(
+                    call, 401, "this API key has expired", "authentication_error", "expired_api_key"
+                )
+                return
             call.caller.key = virtual
             return
         found = self.store_key(call, key)

@@ -30,7 +30,7 @@ from mitmproxy import http
 from kaixu.addons.limits import governor_for, unavailable
 from kaixu.addons.policy import match_facts, requested_output
 from kaixu.addons.respond import error_json, json_response
-from kaixu.addons.settle import attribution
+from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens
 from kaixu.formats.canonical import Usage
@@ -91,12 +91,17 @@ class Budgets:
         ]
         if not day_caps and (key is None or (key.budget is None and not key.team)) and not policy.customers:
             return None  # the cheap exit: nothing this request could count against
-        levels = budget_levels(policy, key, attribution(call).customer, day_caps, time.time())
+        levels = budget_levels(policy, key, end_customer(call), day_caps, time.time())
         if not levels:
             return None
         return self._reserve(flow, call, levels)
 
     async def _reserve(self, flow: http.HTTPFlow, call: Call, levels: list[BudgetLevel]) -> None:
+        await self._hold(flow, call, levels)
+        if flow.response is not None:
+            call.route.routed = False  # refused here: nothing left kaixu, the answer is kaixu's own (not settled)
+
+    async def _hold(self, flow: http.HTTPFlow, call: Call, levels: list[BudgetLevel]) -> None:
         governor = await governor_for(self.gateway)
         if governor is None:
             unavailable(flow, call, None, None)

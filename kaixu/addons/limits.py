@@ -27,7 +27,7 @@ from mitmproxy import http
 
 from kaixu.addons.respond import error_response
 from kaixu.addons.router import ROUTED_OPERATIONS
-from kaixu.addons.settle import add_headers, attribution
+from kaixu.addons.settle import add_headers, end_customer
 from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Slot
@@ -84,7 +84,7 @@ class RateLimits:
             if team is None or team.limits is None:
                 return None
         peer = flow.client_conn.peername
-        levels = rate_levels(policy, key, attribution(call).customer, peer[0] if peer else None)
+        levels = rate_levels(policy, key, end_customer(call), peer[0] if peer else None)
         if not levels:
             return None
         return self._admit(flow, call, levels)

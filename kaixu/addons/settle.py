@@ -67,6 +67,13 @@ def attribution(call: Call) -> Attribution:
     )
 
 
+def end_customer(call: Call) -> str | None:
+    """The end customer budgets, limits and seats count: the key's (or `x-kaixu-customer`), else the user the
+    client names (OpenAI's `user` field, Pulse's `userId`)."""
+    who = attribution(call)
+    return who.customer or who.user
+
+
 BILLED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings"})
 
 
