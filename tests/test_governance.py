@@ -19,7 +19,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tests.fakes.provider import Fault, FakeProvider
+from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import Kaixu, key_hash, ledger_row, policy_for, wait_for
 
 BUDGETED, LIMITED, PARALLEL, TOKENS, TEAMED, PLAIN, EXPIRED = (
@@ -238,7 +238,7 @@ def test_tpm_counts_the_real_tokens_of_each_answer(gateway: Kaixu) -> None:
         spent += usage["prompt_tokens"] + usage["completion_tokens"]
     assert response.status_code == 429 and "tokens per minute" in response.json()["error"]["message"]
     assert response.headers["x-ratelimit-remaining-tokens"] == "0"
-    assert remaining[0] == TPM and remaining[1] == TPM - (spent // len(remaining)) * 1 or remaining[1] < TPM
+    assert (remaining[0] == TPM and remaining[1] == TPM - (spent // len(remaining)) * 1) or remaining[1] < TPM
     assert spent >= TPM, "admitted while the window had tokens left"
     assert spent - TPM < spent // len(remaining) + 1, "refused once the real tokens passed the limit"
 
