@@ -1,0 +1,167 @@
+"""Budgets and rate limits shared by two kaixu processes through Redis (`store.redis`), and what happens when
+Redis dies (`fail: closed | open`). Real Redis (127.0.0.1:6379, or KAIXU_TEST_REDIS; a missing one fails under
+CI=true), each test under its own key prefix; the dying Redis is a `redis-server` the test starts itself."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests import scrape
+from tests.fakes.provider import FakeProvider
+from tests.harness import Kaixu, key_hash, policy_for, unavailable, wait_for
+from tests.prometheus import free_port
+from tests.test_counters import REDIS_URL, need_redis
+from tests.test_governance import HI, clear_of_a_minute_boundary
+
+BODY = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 3}
+
+
+def replicas(tmp_path: Path, policy: dict[str, Any], count: int = 2) -> list[Kaixu]:
+    """`count` kaixu processes on one policy, each with its own work directory (and SQLite ledger)."""
+    started = []
+    for index in range(count):
+        work = tmp_path / f"replica{index}"
+        work.mkdir()
+        started.append(Kaixu(work, {**policy, "store": {**policy["store"], "sqlite": str(work / "ledger.db")}}).start())
+    return started
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    need_redis()
+    name = f"kaixu-test:{uuid.uuid4().hex[:12]}:"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+async def burst(urls: list[str], key: str, count: int) -> list[httpx.Response]:
+    """`count` requests at once, spread over the replicas in turn."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=count), timeout=30) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        return await asyncio.gather(
+            *(
+                client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY, headers=headers)
+                for i in range(count)
+            )
+        )
+
+
+def test_two_replicas_on_redis_never_overspend_a_budget_by_more_than_one_reservation(
+    tmp_path: Path, fake: FakeProvider, prefix: str
+) -> None:
+    policy = policy_for(fake.base_url, store={"sqlite": "x", "redis": {"url": REDIS_URL, "prefix": prefix}})
+    gateways = replicas(tmp_path, policy)
+    try:
+        calibrate = httpx.post(gateways[0].url + "/v1/chat/completions", json=BODY,
+                               headers={"authorization": "Bearer sk-test"})  # fmt: skip
+        cost = Decimal(calibrate.headers["x-kaixu-cost-usd"])
+        cap = cost * 20
+        policy["keys"].append(
+            {"name": "racer", "hash": key_hash("sk-racer"), "budget": {"usd": float(cap), "period": "total"}}
+        )
+        for gateway in gateways:
+            generation = gateway.health()["policy"]["generation"]
+            gateway.write_policy({**policy, "store": {**policy["store"], "sqlite": str(gateway.workdir / "ledger.db")}})
+            wait_for(lambda g=gateway, n=generation: g.health()["policy"]["generation"] > n, 10, "the budget to load")
+
+        answers = asyncio.run(burst([g.url for g in gateways], "sk-racer", 200))
+        assert sorted({a.status_code for a in answers}) == [200, 402]
+        admitted = [a for a in answers if a.status_code == 200]
+        spent = sum(Decimal(a.headers["x-kaixu-cost-usd"]) for a in admitted)
+        reservation = max(Decimal(a.json()["budget"]["request_reserve_usd"]) for a in answers if a.status_code == 402)
+        assert spent <= cap + reservation, f"spent {spent} of {cap} (one reservation: {reservation})"
+        assert len(admitted) >= 2
+        by_replica = {a.url.port for a in admitted}
+        assert len(by_replica) == 2, "both replicas admitted requests against the one budget"
+        client = redis.Redis.from_url(REDIS_URL)
+        scope = f"{prefix}c1:spend:budget:key:racer:total:total"
+        wait_for(lambda: int(client.get(scope) or 0) == int(spent * 1_000_000), 10, "every settle to reach Redis")
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake: FakeProvider, prefix: str) -> None:
+    policy = policy_for(fake.base_url, store={"sqlite": "x", "redis": {"url": REDIS_URL, "prefix": prefix}})
+    policy["keys"].append({"name": "rpm", "hash": key_hash("sk-rpm"), "limits": {"rpm": 20, "max_parallel": 50}})
+    gateways = replicas(tmp_path, policy)
+    try:
+        clear_of_a_minute_boundary()
+        answers = asyncio.run(burst([g.url for g in gateways], "sk-rpm", 60))
+        admitted = [a for a in answers if a.status_code == 200]
+        assert len(admitted) == 20, sorted(a.status_code for a in answers)
+        assert {a.status_code for a in answers} == {200, 429}
+        assert {a.url.port for a in admitted} == {g.port for g in gateways}
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+class OwnRedis:
+    """A redis-server this test starts and kills."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("no redis-server binary")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping())
+            except redis.exceptions.RedisError:
+                return False
+
+        wait_for(answers, 10, "redis-server to start")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.mark.parametrize("fail", ["closed", "open"])
+def test_when_redis_dies_the_policy_decides(tmp_path: Path, fake: FakeProvider, fail: str) -> None:
+    own = OwnRedis(tmp_path)
+    policy = policy_for(
+        fake.base_url, store={"sqlite": str(tmp_path / "ledger.db"), "redis": {"url": own.url, "fail": fail}}
+    )
+    policy["keys"].append({"name": "limited", "hash": key_hash("sk-lim"), "limits": {"rpm": 1000}})
+    gateway = Kaixu(tmp_path, policy).start()
+    try:
+        limited = {"authorization": "Bearer sk-lim"}
+        assert httpx.post(gateway.url + "/v1/chat/completions", json=BODY, headers=limited).status_code == 200
+        own.kill()
+        started = time.monotonic()
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=BODY, headers=limited, timeout=10)
+        assert time.monotonic() - started < 3, "an unreachable Redis is found out fast"
+        if fail == "closed":
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+            assert answer.json()["error"]["code"] == "counters_unavailable"
+        else:
+            assert answer.status_code == 200
+            assert scrape.total(scrape.samples(gateway), "kaixu_governance_fail_open_total") >= 1
+        plain = httpx.post(gateway.url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer sk-test"})
+        assert plain.status_code == 200, "a request with no budget or limit needs no counters"
+    finally:
+        gateway.stop()
+        own.kill()
