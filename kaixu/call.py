@@ -163,8 +163,8 @@ class Caller:
 
 @dataclass(slots=True, eq=False)
 class Call:
-    """One request's decisions, in three typed sub-records (`route`, `caller`, `bill`) plus the request facts
-    the dialect and body steps read."""
+    """One request's decisions, in four typed sub-records (`route`, `caller`, `bill`, `governance`) plus the
+    request facts the dialect and body steps read."""
 
     request_id: str
     policy: Policy
