@@ -151,6 +151,12 @@ GOVERNANCE_REFUSALS = LoopCounter(
     ["reason"],
     registry=REGISTRY,
 )
+BUDGET_ALERTS = LoopCounter(
+    "kaixu_budget_alerts",
+    "Soft budget alerts (alerts.budget_percent passed), by budget level: key, customer, team, org, policy.",
+    ["level"],
+    registry=REGISTRY,
+)
 GOVERNANCE_FAIL_OPEN = LoopCounter(
     "kaixu_governance_fail_open",
     "Requests let through uncounted because the counters could not answer and store.redis.fail is open.",

@@ -314,3 +314,40 @@ def test_gateway13_shows_the_keys_real_monthly_cap_and_spend(gateway: Kaixu) -> 
     assert first["month"]["key_cap_cents"] == 1000 and first["usage"]["cost_cents"] > 0
     second = httpx.post(gateway.url + "/.netlify/functions/gateway-chat", json=body, headers=headers).json()
     assert second["month"]["key_spent_cents"] >= first["month"]["key_spent_cents"] + first["usage"]["cost_cents"]
+
+
+def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fake: FakeProvider) -> None:
+    import http.server
+    import json
+    import threading
+
+    posted: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")},
+                        alerts={"budget_percent": 5, "webhook": f"http://127.0.0.1:{server.server_port}/hook"})  # fmt: skip
+    policy["keys"].append(
+        {"name": "watched", "hash": key_hash("sk-watched"), "budget": {"usd": 0.0001, "period": "day"}}
+    )
+    kaixu = Kaixu(tmp_path, policy).start()
+    try:
+        for _ in range(6):
+            assert chat(kaixu, "sk-watched").status_code == 200
+        wait_for(lambda: len(posted) >= 1, 10, "the webhook")
+        assert posted[0]["level"] == "key" and posted[0]["name"] == "watched" and posted[0]["cap_usd"] == "0.000100"
+        assert posted[0]["percent"] >= 5
+        assert len(posted) == 1, "once per budget and period"
+        assert "budget alert: key watched" in kaixu.log()
+    finally:
+        kaixu.stop()
+        server.shutdown()

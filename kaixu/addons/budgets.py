@@ -125,6 +125,10 @@ class Budgets:
                     self._refuse(flow, call, next(lv for lv in enforced if lv.scope == held.scope), held)
                     return
                 governance.reservation = held
+                if call.policy.alerts.budget_percent is not None:
+                    governance.watched = [
+                        (lv.scope, lv.budget.usd_micros, lv.level, lv.name, lv.budget.period) for lv in enforced
+                    ]
             if shadow:
                 await self._shadow(call, governor, shadow, amount, ttl)
             if call.seed_context is not None and call.front == gateway13.NAME:

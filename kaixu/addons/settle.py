@@ -250,9 +250,8 @@ class Settle:
         governor = self.gateway.governor
         if governor is not None and call.governance.holds:
             used = call.bill.usage
-            governor.finish(
-                call.governance, call.bill.cost_micros, used.input_tokens + used.output_tokens if used else None
-            )
+            tokens = used.input_tokens + used.output_tokens if used else None
+            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts)
         provider = call.route.provider.name if call.route.provider else "-"
         model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
         elapsed = time.monotonic() - call.started

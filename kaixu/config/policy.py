@@ -193,6 +193,14 @@ class PricingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsPolicy:
+    """`alerts:`: soft budget alerts (kaixu/limits/governor.py)."""
+
+    budget_percent: Fraction | None = None
+    webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsPolicy:
     """`metrics:`: who may scrape `/metrics` and which opt-in labels of high cardinality are on."""
 
@@ -321,6 +329,7 @@ class Policy:
     admin_keys: dict[str, str] = field(default_factory=dict)
     """Admin key names by the SHA-256 (hex) of the key: who may read `/api/*` (and `/metrics` when guarded)."""
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
+    alerts: AlertsPolicy = field(default_factory=AlertsPolicy)
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
     policies: tuple[CallerPolicy, ...] = ()
     """`policies[]`, in file order (kaixu/addons/policy.py)."""
@@ -598,6 +607,7 @@ def build_policy(
     admin_keys = {spec["hash"].removeprefix("sha256:").lower(): spec["name"] for spec in data.get("admin_keys") or ()}
     prices = data.get("pricing") or {}
     metrics = data.get("metrics") or {}
+    alerts = data.get("alerts") or {}
     labels = metrics.get("labels") or {}
     ledger = data.get("ledger") or {}
     content = ledger.get("content") or {}
@@ -668,6 +678,10 @@ def build_policy(
         orgs=orgs,
         customers=customers,
         clients=_rate_limits((data.get("clients") or {}).get("limits")),
+        alerts=AlertsPolicy(
+            budget_percent=None if alerts.get("budget_percent") is None else Fraction(str(alerts["budget_percent"])),
+            webhook=alerts.get("webhook"),
+        ),
         metrics=MetricsPolicy(
             auth=metrics.get("auth", "off"),
             label_key=bool(labels.get("key", False)),

@@ -16,9 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
+from kaixu.config.policy import AlertsPolicy
 from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, WindowHit
+from kaixu.log import safe
+from kaixu.metrics import BUDGET_ALERTS
+from kaixu.pricing import usd
 
 log = logging.getLogger("kaixu.limits")
 
@@ -41,6 +46,8 @@ class Governance:
     requests: WindowHit | None = None
     """The tightest requests-per-minute window (fewest remaining): the `X-RateLimit-*` headers."""
     tokens: WindowHit | None = None
+    watched: list[tuple[str, int, str, str, str]] = field(default_factory=list)
+    """(scope, cap, level, name, period) of the enforced budgets, when the policy asks for soft alerts."""
     uncounted: bool = False
     """The counters could not answer and `store.redis.fail: open` let the request through uncounted."""
     headers_sent: bool = False
@@ -93,16 +100,21 @@ class Governor:
         """memory | sqlite | redis: what /health shows."""
         self.fail_open = fail_open
         self._tasks: set[asyncio.Task[None]] = set()
+        self._alerted: set[str] = set()
 
-    def finish(self, governance: Governance, cost_micros: int | None, tokens: int | None) -> None:
+    def finish(
+        self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None = None
+    ) -> None:
         """The request is over: settle, free and count in the background (see the module docstring)."""
         if not governance.holds:
             return
-        task = asyncio.get_running_loop().create_task(self._finish(governance, cost_micros, tokens))
+        task = asyncio.get_running_loop().create_task(self._finish(governance, cost_micros, tokens, alerts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, governance: Governance, cost_micros: int | None, tokens: int | None) -> None:
+    async def _finish(
+        self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None
+    ) -> None:
         counters = self.counters
         try:
             held = [governance.reservation] if governance.reservation else []
@@ -116,10 +128,43 @@ class Governor:
             if tokens:
                 for scope, tpm in governance.token_scopes:
                     await counters.hit(scope, MINUTE_S, tpm, tokens, force=True)
+            if cost_micros and alerts is not None and alerts.budget_percent is not None:
+                await self._alert(governance, alerts, alerts.budget_percent)
         except CountersUnavailable as e:  # the holds lapse at their ttl; the spend of this request is lost
             log.error("could not settle a request's budget and limits (its holds lapse at their ttl): %s", e)
         except Exception:
             log.exception("settling a request's budget and limits failed")
+
+    async def _alert(self, governance: Governance, alerts: AlertsPolicy, percent: Fraction) -> None:
+        """A soft alert, once per budget and period in this process, when spend passes `percent` of the cap."""
+        for scope, cap, level, name, period in governance.watched:
+            if scope in self._alerted:
+                continue
+            spent = await self.counters.spent(scope)
+            if spent * 100 < cap * percent:
+                continue
+            self._alerted.add(scope)
+            shown = float(Fraction(spent * 100, cap)) if cap else 100.0
+            event = {"event": "budget_threshold", "level": level, "name": name, "period": period,
+                     "cap_usd": usd(cap), "spent_usd": usd(spent), "percent": round(shown, 2),
+                     "threshold_percent": float(percent)}  # fmt: skip
+            log.warning("budget alert: %s %s has spent %s of %s USD this %s (%.1f%%)", level, safe(name),
+                        usd(spent), usd(cap), period, shown)  # fmt: skip
+            BUDGET_ALERTS.inc((level,))
+            if alerts.webhook:
+                await self._post(alerts.webhook, event)
+
+    @staticmethod
+    async def _post(url: str, event: dict[str, Any]) -> None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.post(url, json=event)
+            if response.status_code >= 300:
+                log.warning("budget alert webhook answered %d", response.status_code)
+        except httpx.HTTPError as e:
+            log.warning("budget alert webhook failed: %s", type(e).__name__)
 
     async def close(self) -> None:
         while self._tasks:
