@@ -119,6 +119,7 @@ class Seats:
         self._claims: dict[tuple[Pair, int], asyncio.Future[Claim]] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._warned_no_store = False
 
     # -- which store -----------------------------------------------------------------------------------------
 
@@ -160,6 +161,10 @@ class Seats:
             return None
         cache = self.cache(call.policy)
         if cache is None:
+            if not self._warned_no_store:
+                log.warning("seats need a durable store: store.sqlite is :memory: (or store.postgres has no pool); "
+                            "requests bound to seats get a 503")  # fmt: skip
+                self._warned_no_store = True
             flow.response = self._unavailable(call)
             return None
         unknown: list[Binding] = []
