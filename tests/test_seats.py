@@ -174,3 +174,45 @@ def test_an_unreadable_store_fails_closed(fake: FakeProvider, tmp_path: Path) ->
     finally:
         kaixu.stop()
     assert "cannot read the seat store" in kaixu.log() or "cannot claim a seat" in kaixu.log()
+
+
+async def test_two_replicas_on_one_store_share_the_seats_and_the_revocations(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    import asyncio
+
+    policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "store.sqlite")})
+    policy["keys"].append({"name": "seated", "hash": key_hash(SEATED), "seats": 3})
+    replicas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        replicas.append(Kaixu(tmp_path / name, policy).start())
+    try:
+        async with httpx.AsyncClient(headers={"authorization": f"Bearer {SEATED}"}) as client:
+
+            async def call(n: int) -> int:
+                response = await client.post(
+                    replicas[n % 2].url + "/v1/chat/completions",
+                    json={"model": "gpt-4o-mini", "messages": HI},
+                    headers={"x-kaixu-install-id": f"device-{n}"},
+                )
+                return response.status_code
+
+            statuses = await asyncio.gather(*(call(n) for n in range(12)))
+            assert sorted(statuses) == [200] * 3 + [403] * 9
+            admitted = [n for n, status in enumerate(statuses) if status == 200]
+            # each admitted install works on the other replica too, and is the one revoked there
+            for n in admitted:
+                other = replicas[(n + 1) % 2]
+                response = await client.post(other.url + "/v1/chat/completions",
+                                             json={"model": "gpt-4o-mini", "messages": HI},
+                                             headers={"x-kaixu-install-id": f"device-{n}"})  # fmt: skip
+                assert response.status_code == 200
+        revoked = seats_cli(replicas[0], "revoke", "--key", "seated", f"device-{admitted[0]}")
+        assert revoked.returncode == 0, revoked.stderr
+        device = f"device-{admitted[0]}"
+        wait_for(lambda: all(chat(r, SEATED, device).status_code == 403 for r in replicas), 2,
+                 "the revocation on every replica")  # fmt: skip
+    finally:
+        for replica in replicas:
+            replica.stop()
