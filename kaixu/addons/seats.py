@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mitmproxy import http
 
@@ -49,11 +49,12 @@ log = logging.getLogger("kaixu.seats")
 HEADER = "x-kaixu-install-id"
 REFRESH_S = 1.0
 STALE_AFTER_S = 5.0
+MAX_REFUSED_CACHED = 10_000
+"""Installs refused for want of a seat, kept so that a retrying install costs no store query; bounded."""
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One seat limit that applies to a request: the key's or the end customer's."""
+class Binding(NamedTuple):
+    """One seat limit that applies to a request: the key's or the end customer's (a tuple: made per request)."""
 
     scope: str
     limit: int
@@ -204,6 +205,8 @@ class Seats:
                 flow.response = self._revoked(call, binding)
                 return
             if result == "full":
+                if len(cache.full) >= MAX_REFUSED_CACHED:  # many made-up installs: forget, do not grow
+                    cache.full.clear()
                 cache.full[pair] = (binding.limit, generation)
                 log.info("%s: no seat left for a new install (seats: %d)", safe(binding.scope), binding.limit)
                 flow.response = self._full(call, binding)
