@@ -136,3 +136,34 @@ def test_keys_and_customers_without_seats_are_not_bound() -> None:
     call.caller.attributes["user"] = "anyone"
     attach(flow, call)
     assert step.request(flow) is None and flow.response is None
+
+
+async def test_the_cli_lists_and_revokes_on_postgres_when_the_policy_has_store_postgres(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    schema = PostgresSchema()
+    await schema.create()
+    try:
+        store = PostgresSeatStore(await schema.pool(2))
+        await store.claim("key:seated", "phone-1", 2, 1.0)
+        dsn = f"{POSTGRES_DSN}?search_path={schema.name}"  # asyncpg passes it on as a server setting
+        path = tmp_path / "proxy.yaml"
+        path.write_text(f"store: {{postgres: {{dsn: '{dsn}'}}}}\nproviders: {{m: {{kind: mock}}}}\n"
+                        "models: {x: {route: [{provider: m}]}}\n")  # fmt: skip
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "kaixu", "seats", *args, str(path)]
+            return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+        revoked = await asyncio.to_thread(cli, "revoke", "--key", "seated", "phone-1")
+        assert revoked.returncode == 0, revoked.stderr
+        assert "PostgreSQL" in revoked.stdout
+        assert await store.revoked() == {("key:seated", "phone-1")}
+        listed = await asyncio.to_thread(cli, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [(s["install_id"], s["state"]) for s in json.loads(listed.stdout)] == [("phone-1", "revoked")]
+        bad = await asyncio.to_thread(cli, "revoke", "--customer", "acme", "not ok")
+        assert bad.returncode == 1 and "INSTALL_ID" in bad.stderr
+    finally:
+        await schema.drop()
