@@ -620,6 +620,108 @@ def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueLi
     return listener
 
 
+# -- seats: kaixu seats list / revoke (docs/keys.md#seats) ----------------------------------------------------
+
+
+async def _with_seat_store(args: argparse.Namespace, work: Any) -> Any:
+    """Runs `work(store)` on the policy's seat store: PostgreSQL when the policy has `store.postgres` (a
+    one-connection pool for this command), else its SQLite file (or `--db FILE`). None after printing why there
+    is no store."""
+    from kaixu.store.seats import PostgresSeatStore, SqliteSeatStore
+
+    if not args.db:
+        policy = _load_or_report(args.policy)
+        if policy is None:
+            return None
+        postgres = policy.store.get("postgres")
+        if postgres is not None:
+            import asyncpg
+
+            pool = await asyncpg.create_pool(str(postgres["dsn"]), min_size=1, max_size=1)
+            try:
+                return await work(PostgresSeatStore(pool), "PostgreSQL (store.postgres)")
+            finally:
+                await pool.close()
+    path = _ledger_path(args)
+    return None if path is None else await work(SqliteSeatStore(path), path)
+
+
+def _seats_scope(args: argparse.Namespace) -> str | None:
+    from kaixu.store.seats import customer_scope, key_scope
+
+    if args.key is not None:
+        return key_scope(args.key)
+    return None if args.customer is None else customer_scope(args.customer)
+
+
+def cmd_seats_list(args: argparse.Namespace) -> int:
+    from kaixu.store.queries import iso
+
+    async def read(store: Any, where: str) -> list[Any]:
+        return list(await store.seats(_seats_scope(args)))
+
+    try:
+        seats = asyncio.run(_with_seat_store(args, read))
+    except Exception as exc:
+        return _fail(f"kaixu: cannot read the seats: {exc}")
+    if seats is None:
+        return 1
+    shown = [{"scope": s.scope, "install_id": s.install_id, "first_seen": iso(s.first_seen),
+              "last_seen": iso(s.last_seen), "revoked": iso(s.revoked), "state": s.state} for s in seats]  # fmt: skip
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    rows = [[_name(s["scope"]), _name(s["install_id"]), s["first_seen"] or "-", s["last_seen"] or "-", s["state"]]
+            for s in shown]  # fmt: skip
+    print(_table(["SCOPE", "INSTALL_ID", "FIRST_SEEN", "LAST_SEEN", "STATE"], rows, set()))
+    return 0
+
+
+def cmd_seats_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    from kaixu.store.seats import INSTALL_ID, INSTALL_ID_RULE
+
+    if not INSTALL_ID.fullmatch(args.install_id):
+        return _fail(f"kaixu: INSTALL_ID: {INSTALL_ID_RULE}")
+    scope = _seats_scope(args)
+    assert scope is not None  # argparse: --key or --customer is required
+
+    async def revoke(store: Any, where: str) -> tuple[bool, str]:
+        return bool(await store.revoke(scope, args.install_id, time.time())), where
+
+    try:
+        done = asyncio.run(_with_seat_store(args, revoke))
+    except Exception as exc:
+        return _fail(f"kaixu: cannot revoke the seat: {exc}")
+    if done is None:
+        return 1
+    seen, where = done
+    note = "" if seen else " (never seen before: it is refused from its first request)"
+    print(f"install {args.install_id} revoked for {_name(scope)} in {where}{note}: a running kaixu refuses it "
+          "within 2 seconds, and its seat is free")  # fmt: skip
+    return 0
+
+
+def _seats_parser(sub: Any) -> None:
+    seats = sub.add_parser("seats", help="installs (x-kaixu-install-id) of keys and customers with seats: N")
+    commands = seats.add_subparsers(dest="seats_command", required=True)
+    seat_list = commands.add_parser("list", help="installs with a seat: first and last seen, state")
+    who = seat_list.add_mutually_exclusive_group()
+    who.add_argument("--key", metavar="NAME", help="only this key's installs")
+    who.add_argument("--customer", metavar="NAME", help="only this end customer's installs")
+    seat_list.add_argument("--json", action="store_true")
+    _ledger_source(seat_list)
+    seat_list.set_defaults(func=cmd_seats_list)
+    revoke = commands.add_parser("revoke", help="revoke an install (frees its seat; refused within 2 s)")
+    who = revoke.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", metavar="NAME")
+    who.add_argument("--customer", metavar="NAME")
+    revoke.add_argument("install_id", metavar="INSTALL_ID")
+    _ledger_source(revoke)
+    revoke.set_defaults(func=cmd_seats_revoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaixu", description="An AI gateway built from mitmproxy addons.")
     parser.add_argument("--version", action="version", version=f"kaixu {__version__}")
@@ -728,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     _time_range(export)
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.set_defaults(func=cmd_ledger_export)
+    _seats_parser(sub)
     return parser
 
 
