@@ -15,7 +15,6 @@ read the body (bounded by `limits.max_body_bytes`, decompressed within the same 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -23,6 +22,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from mitmproxy import http
 
 from kaixu.addons.auth import admin_refusal
@@ -35,12 +35,13 @@ from kaixu.log import safe
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
+    AsyncKeyStore,
     KeyExists,
     PepperMissing,
-    SqliteKeyStore,
     StoredKey,
     digest,
     expires_at,
+    key_store,
     new_secret,
     pepper,
 )
@@ -155,6 +156,8 @@ _ALLOWED = {
     "key": set(),
 }
 _METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
+_LEDGER_READS = ("costs", "key_cost", "prompt_log", "requests")
+"""The endpoints that read the ledger (kaixu/store/queries.py: SQLite only for now)."""
 _KEY_FIELDS = ("name", "team", "customer", "models", "expires")
 _MAX_LABEL = 200
 _MAX_MODELS = 100
@@ -164,6 +167,7 @@ class Admin:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._readers: dict[str, LedgerQueries] = {}
+        self._key_stores: dict[object, AsyncKeyStore] = {}
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         path = flow.request.path.partition("?")[0]
@@ -229,6 +233,9 @@ class Admin:
     ) -> None:
         try:
             params = Params(flow.request, _ALLOWED[name])
+            if name in _LEDGER_READS and call.policy.store.get("postgres"):
+                raise _Refused(501, "the admin ledger queries read SQLite only; this gateway's ledger is in "
+                               "PostgreSQL", "api_error", "not_implemented")  # fmt: skip
             reader = self._reader(call)
             if handler == self.key_create:
                 body = await self.key_create(call, flow.request)
@@ -309,31 +316,41 @@ class Admin:
             "next_cursor": page.next_cursor,
         }
 
-    # -- store keys (docs/keys.md): the store is sqlite, so every call runs in a worker thread ---------------
+    # -- store keys (docs/keys.md): SQLite in worker threads, PostgreSQL awaited (kaixu/store/keys.py) --------
+
+    def _key_store(self, call: Call) -> AsyncKeyStore:
+        """The policy's key store, kept while the policy names the same one (a PostgreSQL store holds its pool)."""
+        store = call.policy.store
+        identity = (repr(store.get("postgres")), store.get("sqlite"))
+        cached = self._key_stores.get(identity)
+        if cached is None:
+            cached = key_store(store)
+            if cached is None:
+                raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one",
+                               "api_error", "key_store_unavailable")  # fmt: skip
+            self._key_stores[identity] = cached
+        return cached
 
     @staticmethod
-    def _key_store(call: Call) -> SqliteKeyStore:
-        path = str(call.policy.store.get("sqlite", ":memory:"))
-        if path == ":memory:" or path.startswith("file:"):
-            raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one", "api_error",
-                           "key_store_unavailable")  # fmt: skip
-        return SqliteKeyStore(path)
-
-    @staticmethod
-    async def _in_thread(call: Call, function: Callable[..., Any], *args: Any) -> Any:
+    async def _in_store(call: Call, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args)
-        except (sqlite3.Error, OSError) as exc:
+            return await function(*args)
+        except (sqlite3.Error, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             log.warning("request %s: admin API: cannot use the key store: %s", call.request_id, describe(exc))
             raise _Refused(503, "kaixu cannot use its key store right now; retry shortly", "api_error",
                            "key_store_unavailable") from None  # fmt: skip
 
+    async def done(self) -> None:
+        for store in self._key_stores.values():
+            await store.close()
+        self._key_stores.clear()
+
     async def keys_list(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
         store = self._key_store(call)
         try:
-            keys: list[StoredKey] = await self._in_thread(call, store.all)
+            keys: list[StoredKey] = await self._in_store(call, store.all)
         except FileNotFoundError:
             keys = []
         return {"object": "keys", "keys": [key.public_json() for key in keys]}
@@ -341,8 +358,8 @@ class Admin:
     async def key_revoke(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
         name = _path_name(raw)
         store = self._key_store(call)
-        found = await self._in_thread(call, store.revoke, name, time.time())
-        key = await self._in_thread(call, store.get, name) if found else None
+        found = await self._in_store(call, store.revoke, name, time.time())
+        key = await self._in_store(call, store.get, name) if found else None
         if key is None:
             raise _NotFound(f"no store key named {safe(name, 80)!r}")
         return {"object": "key", **key.public_json()}
@@ -362,7 +379,7 @@ class Admin:
         key = new_secret()
         stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None)
         try:
-            await self._in_thread(call, store.create, stored)
+            await self._in_store(call, store.create, stored)
         except KeyExists:
             raise _Refused(409, f"a store key named {name!r} exists already (revoked keys keep their name)",
                            "invalid_request_error", "key_exists") from None  # fmt: skip
