@@ -6,13 +6,13 @@ database test); when it is not there, `unavailable()` fails the test under CI an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-import pytest
 
 from tests.harness import unavailable
 
@@ -36,14 +36,23 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         await connection.close()
 
 
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
+@contextlib.contextmanager
+def own_schema() -> Iterator[str]:
+    """A dsn whose `search_path` is a schema made for the caller, dropped (with its rows) on exit."""
     schema = "t_" + secrets.token_hex(6)
     try:
         asyncio.run(execute(SERVER, f"CREATE SCHEMA {schema}"))
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         unavailable(f"PostgreSQL is not reachable at {SERVER}: {exc}")
     try:
-        yield f"{SERVER}?search_path={schema}"
+        yield f"{SERVER}?search_path={schema}&application_name={schema}"  # the name: to find its connections
     finally:
         asyncio.run(execute(SERVER, f"DROP SCHEMA {schema} CASCADE"))
+
+
+async def terminate_connections(dsn: str) -> int:
+    """Kills the server side of every connection made with `dsn` (a failover or restart as clients see it)."""
+    schema = dsn.rpartition("application_name=")[2]
+    rows = await fetch(SERVER, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                       schema)  # fmt: skip
+    return len(rows)
