@@ -10,6 +10,7 @@ state here (install seats): a replica holds at most `pool_size` connections what
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.parse
 import weakref
 from collections.abc import Sequence
@@ -97,13 +98,14 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 """The SQLite ledger's table, with BIGINT for INTEGER and DOUBLE PRECISION for REAL; a table made by an older
 kaixu gains the columns added since (`ADD COLUMN IF NOT EXISTS`)."""
-MAX_ROWS_PER_STATEMENT = 1000
-"""Rows one INSERT carries (33 columns: 33,000 parameters, under PostgreSQL's 65,535)."""
+MAX_ROWS_PER_STATEMENT = min(500, 32_767 // len(_COLUMNS))
+"""Rows one INSERT carries: asyncpg binds at most 32,767 parameters a statement (33 columns: 500 rows)."""
 _PRUNE = "DELETE FROM requests WHERE ctid = ANY(ARRAY(SELECT ctid FROM requests WHERE ts < $1 LIMIT $2))"
 PRUNE_BATCH = 2000
 PRUNE_PAUSE_S = 0.005
 
 
+@functools.cache
 def _insert(rows: int) -> str:
     width = len(_COLUMNS)
     values = ", ".join(
