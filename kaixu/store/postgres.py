@@ -10,7 +10,7 @@ state here (install seats): a replica holds at most `pool_size` connections what
 from __future__ import annotations
 
 import asyncio
-import functools
+import operator
 import urllib.parse
 import weakref
 from collections.abc import Sequence
@@ -98,20 +98,12 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 """The SQLite ledger's table, with BIGINT for INTEGER and DOUBLE PRECISION for REAL; a table made by an older
 kaixu gains the columns added since (`ADD COLUMN IF NOT EXISTS`)."""
-MAX_ROWS_PER_STATEMENT = min(500, 32_767 // len(_COLUMNS))
-"""Rows one INSERT carries: asyncpg binds at most 32,767 parameters a statement (33 columns: 500 rows)."""
+_row = operator.attrgetter(*_COLUMNS)
+"""A record as the tuple COPY sends. COPY (binary) over multi-row INSERTs: 61,000 against 9,300 records/s
+written here (batches of 1,000); asyncpg binds at most 32,767 parameters a statement anyway."""
 _PRUNE = "DELETE FROM requests WHERE ctid = ANY(ARRAY(SELECT ctid FROM requests WHERE ts < $1 LIMIT $2))"
 PRUNE_BATCH = 2000
 PRUNE_PAUSE_S = 0.005
-
-
-@functools.cache
-def _insert(rows: int) -> str:
-    width = len(_COLUMNS)
-    values = ", ".join(
-        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")" for row in range(rows)
-    )
-    return f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES {values}"
 
 
 class PostgresLedgerStore:
@@ -147,10 +139,7 @@ class PostgresLedgerStore:
         pool = self._live_pool()
         try:
             async with pool.acquire() as connection, connection.transaction():
-                for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
-                    chunk = records[start : start + MAX_ROWS_PER_STATEMENT]
-                    args = [getattr(record, name) for record in chunk for name in _COLUMNS]
-                    await connection.execute(_insert(len(chunk)), *args)
+                await connection.copy_records_to_table("requests", records=map(_row, records), columns=_COLUMNS)
         except Exception as exc:
             raise _classified(exc) from exc
 
