@@ -15,7 +15,7 @@ import re
 import secrets
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
 from kaixu import __version__
@@ -426,25 +426,36 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
 # -- the ledger: kaixu costs, kaixu logs, kaixu ledger export (docs/admin-api.md) -----------------------
 
 
-def _ledger_path(args: argparse.Namespace) -> str | None:
-    """The ledger file: `--db`, else the policy's `store.sqlite` (None after printing why there is none)."""
+def _ledger_reader(args: argparse.Namespace) -> Any:
+    """The ledger's reader (`LedgerQueries`): `--db FILE`, else the policy's store (PostgreSQL when
+    `store.postgres` is set, else `store.sqlite`); None after printing why there is none. Its `path` names the
+    ledger in messages (never a dsn's password)."""
+    from kaixu.store import postgres
+    from kaixu.store.queries import SqliteLedgerQueries
+
     if args.db:
-        return str(args.db)
+        return SqliteLedgerQueries(str(args.db))
     policy = _load_or_report(args.policy)
     if policy is None:
         print("kaixu: cannot find the ledger without a valid policy (or name the file with --db FILE)",
               file=sys.stderr)  # fmt: skip
         return None
-    if policy.store.get("postgres"):
-        print(f"kaixu: the ledger of {args.policy} is in PostgreSQL (store.postgres): kaixu costs, logs and ledger "
-              "export read SQLite only for now; query the requests table with psql, or name a SQLite ledger file "
-              "with --db FILE", file=sys.stderr)  # fmt: skip
-        return None
+    pg = postgres.settings(policy.store)
+    if pg is not None:
+        return postgres.PostgresLedgerQueries(*pg)
     path = str(policy.store.get("sqlite", ":memory:"))
     if path == ":memory:":
         print(f"kaixu: {args.policy} keeps no ledger (store.sqlite is :memory:)", file=sys.stderr)
         return None
-    return path
+    return SqliteLedgerQueries(path)
+
+
+async def _closing(queries: Any, work: Any) -> Any:
+    """Awaits `work`, then lets the reader's connections go (a PostgreSQL pool)."""
+    try:
+        return await work
+    finally:
+        await queries.close()
 
 
 def _filters(args: argparse.Namespace, *, dimensions: bool = True) -> Filters | None:
@@ -493,14 +504,14 @@ def _name(value: object) -> str:
 
 def cmd_costs(args: argparse.Namespace) -> int:
     from kaixu.pricing import usd
-    from kaixu.store.queries import LedgerUnavailable, SqliteLedgerQueries, costs_json, iso
+    from kaixu.store.queries import LedgerUnavailable, costs_json, iso
 
-    path = _ledger_path(args)
+    queries = _ledger_reader(args)
     filters = _filters(args)
-    if path is None or filters is None:
+    if queries is None or filters is None:
         return 1
     try:
-        costs = asyncio.run(SqliteLedgerQueries(path).costs(args.by, filters, limit=args.limit))
+        costs = asyncio.run(_closing(queries, queries.costs(args.by, filters, limit=args.limit)))
     except LedgerUnavailable as exc:
         return _fail(f"kaixu: {exc}")
     if args.json:
@@ -516,7 +527,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
                      _n(row.reasoning_tokens), cost, _n(row.unpriced_requests)])  # fmt: skip
     scope = f"from {iso(filters.since) or 'the start'} to {iso(filters.until) or 'now'}"
     shown = f"{len(costs.groups)} of {costs.group_count}" if len(costs.groups) < costs.group_count else "all"
-    print(f"costs by {args.by}, {scope} ({shown} groups; ledger {path})")
+    print(f"costs by {args.by}, {scope} ({shown} groups; ledger {queries.path})")
     print(_table(headers, rows, set(range(1, len(headers)))))
     if costs.total.unpriced_requests:
         print(f"{costs.total.unpriced_requests:,} requests used a model without a price: their cost is unknown, "
@@ -541,12 +552,11 @@ def _log_row(record: dict[str, Any]) -> list[str]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from kaixu.store.queries import Filters, LedgerUnavailable, SqliteLedgerQueries, record_json
+    from kaixu.store.queries import Filters, LedgerUnavailable, record_json
 
-    path = _ledger_path(args)
-    if path is None:
+    queries = _ledger_reader(args)
+    if queries is None:
         return 1
-    queries = SqliteLedgerQueries(path)
     right = {5, 6, 7, 8, 9}
 
     def show(records: list[dict[str, Any]], header: bool) -> None:
@@ -571,7 +581,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 cursor = newer.cursors[-1]
 
     try:
-        asyncio.run(run())
+        asyncio.run(_closing(queries, run()))
     except LedgerUnavailable as exc:
         return _fail(f"kaixu: {exc}")
     except KeyboardInterrupt:
@@ -586,13 +596,13 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     import csv
     import itertools
 
-    from kaixu.store.queries import COLUMNS, LedgerUnavailable, SqliteLedgerQueries
+    from kaixu.store.queries import COLUMNS, LedgerUnavailable
 
-    path = _ledger_path(args)
+    queries = _ledger_reader(args)
     filters = _filters(args, dimensions=False)
-    if path is None or filters is None:
+    if queries is None or filters is None:
         return 1
-    records = SqliteLedgerQueries(path).iter_records(filters)
+    records = queries.iter_records(filters) if hasattr(queries, "iter_records") else _each(queries, filters)
     try:
         first = list(itertools.islice(records, 1))  # an unreadable ledger is reported before any output
     except LedgerUnavailable as exc:
@@ -617,6 +627,23 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     if args.output:
         print(f"{args.output}: {count:,} records", file=sys.stderr)
     return 0
+
+
+def _each(queries: Any, filters: Any) -> Iterator[dict[str, Any]]:
+    """A PostgreSQL ledger's records, oldest first, as the blocking iterator the export writes from: each page
+    read on an event loop of the export's own (bounded memory, as with SQLite)."""
+    loop = asyncio.new_event_loop()
+    records = queries.records(filters)
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(records.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(records.aclose())
+        loop.run_until_complete(queries.close())
+        loop.close()
 
 
 def _bounded(low: float, high: float, kind: type = int) -> Any:

@@ -32,6 +32,7 @@ from kaixu.call import Call, get_call
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.store import postgres
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
@@ -156,8 +157,6 @@ _ALLOWED = {
     "key": set(),
 }
 _METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
-_LEDGER_READS = ("costs", "key_cost", "prompt_log", "requests")
-"""The endpoints that read the ledger (kaixu/store/queries.py: SQLite only for now)."""
 _KEY_FIELDS = ("name", "team", "customer", "models", "expires")
 _MAX_LABEL = 200
 _MAX_MODELS = 100
@@ -233,9 +232,6 @@ class Admin:
     ) -> None:
         try:
             params = Params(flow.request, _ALLOWED[name])
-            if name in _LEDGER_READS and call.policy.store.get("postgres"):
-                raise _Refused(501, "the admin ledger queries read SQLite only; this gateway's ledger is in "
-                               "PostgreSQL", "api_error", "not_implemented")  # fmt: skip
             reader = self._reader(call)
             if handler == self.key_create:
                 body = await self.key_create(call, flow.request)
@@ -262,11 +258,13 @@ class Admin:
         flow.response = json_response(call, status, body, {"cache-control": "no-store"})
 
     def _reader(self, call: Call) -> LedgerQueries:
-        """The reader of the policy's `store.sqlite`, the file the ledger writer opened."""
-        path = str(call.policy.store.get("sqlite", ":memory:"))
-        reader = self._readers.get(path)
+        """The reader of the ledger the writer opened: `store.postgres` when set, else `store.sqlite`."""
+        pg = postgres.settings(call.policy.store)
+        where = pg[0] if pg is not None else str(call.policy.store.get("sqlite", ":memory:"))
+        reader = self._readers.get(where)
         if reader is None:
-            reader = self._readers.setdefault(path, SqliteLedgerQueries(path))
+            made = postgres.PostgresLedgerQueries(*pg) if pg is not None else SqliteLedgerQueries(where)
+            reader = self._readers.setdefault(where, made)
         return reader
 
     # -- endpoints ---------------------------------------------------------------------------------------
@@ -346,6 +344,10 @@ class Admin:
         for store in self._key_stores.values():
             await store.close()
         self._key_stores.clear()
+        for reader in self._readers.values():
+            if isinstance(reader, postgres.PostgresLedgerQueries):
+                await reader.close()
+        self._readers.clear()
 
     async def keys_list(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
         store = self._key_store(call)
