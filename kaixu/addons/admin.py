@@ -29,6 +29,7 @@ from kaixu.addons.auth import admin_refusal
 from kaixu.addons.body import BodyRefused, decompress, parse_json_object
 from kaixu.addons.respond import error_json, error_response, json_response
 from kaixu.call import Call, get_call
+from kaixu.config.policy import usd_micros
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
@@ -157,7 +158,10 @@ _ALLOWED = {
     "key": set(),
 }
 _METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
-_KEY_FIELDS = ("name", "team", "customer", "models", "expires")
+_KEY_FIELDS = ("name", "team", "customer", "models", "expires", "budget", "limits", "seats")
+_PERIODS = ("day", "week", "month", "total")
+_LIMIT_FIELDS = ("rpm", "tpm", "max_parallel")
+_MAX_COUNT = 2**62
 _MAX_LABEL = 200
 _MAX_MODELS = 100
 
@@ -377,9 +381,10 @@ class Admin:
                            "api_error", "key_pepper_missing") from None  # fmt: skip
         now = time.time()
         name, team, customer, models, expires = _key_fields(fields, now)
+        governance = _governance_fields(fields)
         store = self._key_store(call)
         key = new_secret()
-        stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None)
+        stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None, **governance)
         try:
             await self._in_store(call, store.create, stored)
         except KeyExists:
@@ -436,6 +441,40 @@ def _key_fields(body: dict[str, Any], now: float) -> tuple[str, str | None, str 
         if expires <= now:
             raise BadParameter("expires", "that is in the past")
     return name, labels[0], labels[1], tuple(models), expires
+
+
+def _count(body: dict[str, Any], field: str, shown: str) -> int | None:
+    value = body.get(field)
+    if value is not None and (type(value) is not int or not 1 <= value <= _MAX_COUNT):
+        raise BadParameter(shown, f"a whole number from 1, or null, got {json_type(value)}")
+    return value
+
+
+def _governance_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """`budget: {usd, period}`, `limits: {rpm, tpm, max_parallel}` and `seats` of `POST /api/keys` (the
+    `--budget-usd --period --rpm --tpm --max-parallel --seats` of `kaixu keys create`), as `StoredKey` fields."""
+    found: dict[str, Any] = {"seats": _count(body, "seats", "seats")}
+    budget = body.get("budget")
+    if budget is not None:
+        if not isinstance(budget, dict) or set(budget) - {"usd", "period"}:
+            raise BadParameter("budget", "an object {usd, period}, or null")
+        usd = budget.get("usd")
+        if not isinstance(usd, (int, float)) or isinstance(usd, bool) or not 0 < usd < 1e12:
+            raise BadParameter("budget.usd", f"a positive number of USD, got {json_type(usd)}")
+        period = budget.get("period", "month")
+        if period not in _PERIODS:
+            raise BadParameter("budget.period", f"one of {', '.join(_PERIODS)}")
+        try:
+            found["budget_usd_micros"] = usd_micros(usd)
+        except ValueError as exc:
+            raise BadParameter("budget.usd", str(exc)) from None
+        found["budget_period"] = period
+    limits = body.get("limits")
+    if limits is not None:
+        if not isinstance(limits, dict) or set(limits) - set(_LIMIT_FIELDS):
+            raise BadParameter("limits", f"an object with {', '.join(_LIMIT_FIELDS)}, or null")
+        found.update({name: _count(limits, name, f"limits.{name}") for name in _LIMIT_FIELDS})
+    return found
 
 
 class _NotFound(Exception):
