@@ -205,6 +205,12 @@ def test_a_keys_table_from_before_rotation_gains_its_columns(tmp_path: Path) -> 
     snapshot = store.snapshot()
     assert snapshot["bb"].state(time.time()) == "active" and snapshot["aa"].superseded
     assert snapshot["aa"].state(time.time()) == "active" and snapshot["aa"].state(time.time() + 61) == "rotated"
+    # ... and the governance columns: NULL for the old key (no budget, limits or seats)
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(keys)")}
+    assert {"budget_usd_micros", "budget_period", "rpm", "tpm", "max_parallel", "seats"} <= columns
+    old = store.get("old")
+    assert old is not None and (old.virtual().budget, old.virtual().limits, old.virtual().seats) == (None, None, None)
 
 
 def test_a_body_over_the_limit_is_413(gateway: Kaixu) -> None:

@@ -223,3 +223,14 @@ def test_every_change_to_the_keys_moves_the_version_the_proxy_polls(tmp_path: Pa
     db.close()
     seen.append(store.version())
     assert seen == [0, 1, 2, 3, 4]
+
+
+def test_a_store_keys_governance_fields_reach_its_virtual_key() -> None:
+    from kaixu.config.policy import Budget, RateLimits
+    from kaixu.store.keys import StoredKey
+
+    key = StoredKey("g", "h", None, None, (), 1.0, None, None, budget_usd_micros=12_500_000, rpm=60, seats=3)
+    virtual = key.virtual()
+    assert (virtual.budget, virtual.limits, virtual.seats) == (Budget(12_500_000, "month"), RateLimits(60), 3)
+    weekly = StoredKey("w", "h", None, None, (), 1.0, None, None, budget_usd_micros=1, budget_period="week")
+    assert weekly.virtual().budget == Budget(1, "week") and weekly.virtual().limits is None
