@@ -15,11 +15,12 @@ import re
 import secrets
 import shlex
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, get_args
 
 from kaixu import __version__
 from kaixu.config import Policy, PolicyError, load_policy
+from kaixu.config.policy import Period
 
 if TYPE_CHECKING:
     from kaixu.store.queries import Filters
@@ -175,10 +176,33 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace) -> Any:
-    from kaixu.store.keys import SqliteKeyStore
+    """The policy's key store (PostgreSQL when `store.postgres` is set, else its SQLite file; `--db FILE`
+    names a file instead) as an `AsyncKeyStore`; None after printing why there is none."""
+    from kaixu.store.keys import key_store
 
-    path = _ledger_path(args)
-    return None if path is None else SqliteKeyStore(path)
+    if args.db:
+        return key_store({}, sqlite_path=str(args.db))
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        print("kaixu: cannot find the key store without a valid policy (or name the file with --db FILE)",
+              file=sys.stderr)  # fmt: skip
+        return None
+    store = key_store(policy.store)
+    if store is None:
+        print(f"kaixu: {args.policy} keeps no store keys (store.sqlite is :memory:)", file=sys.stderr)
+    return store
+
+
+def _keys_do(store: Any, method: str, *args: Any) -> Any:
+    """One call of the async key store, on an event loop of its own, its connections closed after."""
+
+    async def call() -> Any:
+        try:
+            return await getattr(store, method)(*args)
+        finally:
+            await store.close()
+
+    return asyncio.run(call())
 
 
 def _key_json(key: Any) -> dict[str, Any]:
@@ -200,6 +224,7 @@ def _pepper_or_report(doing: str) -> bytes | None:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     import time
 
+    from kaixu.config.policy import usd_micros
     from kaixu.store.keys import KEY_NAME, KEY_NAME_RULE, KeyExists, StoredKey, digest, expires_at, new_secret
 
     if not KEY_NAME.fullmatch(args.name):
@@ -216,14 +241,24 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             return _fail(f"kaixu: --expires: {exc}")
         if expires <= now:
             return _fail("kaixu: --expires: that is in the past")
+    budget = None
+    if args.budget_usd is not None:
+        try:
+            budget = usd_micros(args.budget_usd)
+        except ValueError as exc:
+            return _fail(f"kaixu: --budget-usd: {exc}")
+    elif args.period is not None:
+        return _fail("kaixu: --period needs --budget-usd")
     store = _key_store(args)
     if store is None:
         return 1
     key = new_secret()
     stored = StoredKey(args.name, digest(secret, key), args.team, args.customer, tuple(args.models or ()), now,
-                       expires, None)  # fmt: skip
+                       expires, None, budget_usd_micros=budget,
+                       budget_period=None if budget is None else args.period or "month", rpm=args.rpm, tpm=args.tpm,
+                       max_parallel=args.max_parallel, seats=args.seats)  # fmt: skip
     try:
-        store.create(stored)
+        _keys_do(store, "create", stored)
     except KeyExists as exc:
         return _fail(f"kaixu: {exc} (revoked keys keep their name)")
     except Exception as exc:
@@ -238,7 +273,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        keys = store.all()
+        keys = _keys_do(store, "all")
     except FileNotFoundError:
         keys = []
     except Exception as exc:
@@ -247,11 +282,21 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(shown, indent=2))
         return 0
-    headers = ["NAME", "TEAM", "CUSTOMER", "MODELS", "CREATED", "EXPIRES", "STATE"]
+    headers = ["NAME", "TEAM", "CUSTOMER", "MODELS", "BUDGET", "LIMITS", "SEATS", "CREATED", "EXPIRES", "STATE"]
     rows = [[_name(k["name"]), _name(k["team"]), _name(k["customer"]), _name(",".join(k["models"]) or "*"),
-             k["created"] or "-", k["expires"] or "never", k["state"]] for k in shown]  # fmt: skip
+             _budget_cell(k["budget"]), _limits_cell(k["limits"]), _n(k["seats"]), k["created"] or "-",
+             k["expires"] or "never", k["state"]] for k in shown]  # fmt: skip
     print(_table(headers, rows, set()))
     return 0
+
+
+def _budget_cell(budget: dict[str, Any] | None) -> str:
+    return "-" if budget is None else f"${budget['usd']}/{budget['period']}"
+
+
+def _limits_cell(limits: dict[str, Any]) -> str:
+    shown = [f"{name}={value}" for name, value in limits.items() if value is not None]
+    return ",".join(shown) or "-"
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
@@ -259,7 +304,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        key = store.get(args.name)
+        key = _keys_do(store, "get", args.name)
     except FileNotFoundError:
         key = None
     except Exception as exc:
@@ -277,7 +322,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        found = store.revoke(args.name, time.time())
+        found = _keys_do(store, "revoke", args.name, time.time())
     except Exception as exc:
         return _fail(f"kaixu: cannot write {store.path}: {exc}")
     if not found:
@@ -302,7 +347,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         return 1
     key = new_secret()
     try:
-        found = store.rotate(args.name, digest(secret, key), time.time(), grace)
+        found = _keys_do(store, "rotate", args.name, digest(secret, key), time.time(), grace)
     except KeyRevoked as exc:
         return _fail(f"kaixu: {exc}")
     except Exception as exc:
@@ -381,20 +426,36 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
 # -- the ledger: kaixu costs, kaixu logs, kaixu ledger export (docs/admin-api.md) -----------------------
 
 
-def _ledger_path(args: argparse.Namespace) -> str | None:
-    """The ledger file: `--db`, else the policy's `store.sqlite` (None after printing why there is none)."""
+def _ledger_reader(args: argparse.Namespace) -> Any:
+    """The ledger's reader (`LedgerQueries`): `--db FILE`, else the policy's store (PostgreSQL when
+    `store.postgres` is set, else `store.sqlite`); None after printing why there is none. Its `path` names the
+    ledger in messages (never a dsn's password)."""
+    from kaixu.store import postgres
+    from kaixu.store.queries import SqliteLedgerQueries
+
     if args.db:
-        return str(args.db)
+        return SqliteLedgerQueries(str(args.db))
     policy = _load_or_report(args.policy)
     if policy is None:
         print("kaixu: cannot find the ledger without a valid policy (or name the file with --db FILE)",
               file=sys.stderr)  # fmt: skip
         return None
+    pg = postgres.settings(policy.store)
+    if pg is not None:
+        return postgres.PostgresLedgerQueries(*pg)
     path = str(policy.store.get("sqlite", ":memory:"))
     if path == ":memory:":
         print(f"kaixu: {args.policy} keeps no ledger (store.sqlite is :memory:)", file=sys.stderr)
         return None
-    return path
+    return SqliteLedgerQueries(path)
+
+
+async def _closing(queries: Any, work: Any) -> Any:
+    """Awaits `work`, then lets the reader's connections go (a PostgreSQL pool)."""
+    try:
+        return await work
+    finally:
+        await queries.close()
 
 
 def _filters(args: argparse.Namespace, *, dimensions: bool = True) -> Filters | None:
@@ -443,14 +504,14 @@ def _name(value: object) -> str:
 
 def cmd_costs(args: argparse.Namespace) -> int:
     from kaixu.pricing import usd
-    from kaixu.store.queries import LedgerUnavailable, SqliteLedgerQueries, costs_json, iso
+    from kaixu.store.queries import LedgerUnavailable, costs_json, iso
 
-    path = _ledger_path(args)
+    queries = _ledger_reader(args)
     filters = _filters(args)
-    if path is None or filters is None:
+    if queries is None or filters is None:
         return 1
     try:
-        costs = asyncio.run(SqliteLedgerQueries(path).costs(args.by, filters, limit=args.limit))
+        costs = asyncio.run(_closing(queries, queries.costs(args.by, filters, limit=args.limit)))
     except LedgerUnavailable as exc:
         return _fail(f"kaixu: {exc}")
     if args.json:
@@ -466,7 +527,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
                      _n(row.reasoning_tokens), cost, _n(row.unpriced_requests)])  # fmt: skip
     scope = f"from {iso(filters.since) or 'the start'} to {iso(filters.until) or 'now'}"
     shown = f"{len(costs.groups)} of {costs.group_count}" if len(costs.groups) < costs.group_count else "all"
-    print(f"costs by {args.by}, {scope} ({shown} groups; ledger {path})")
+    print(f"costs by {args.by}, {scope} ({shown} groups; ledger {queries.path})")
     print(_table(headers, rows, set(range(1, len(headers)))))
     if costs.total.unpriced_requests:
         print(f"{costs.total.unpriced_requests:,} requests used a model without a price: their cost is unknown, "
@@ -491,12 +552,11 @@ def _log_row(record: dict[str, Any]) -> list[str]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from kaixu.store.queries import Filters, LedgerUnavailable, SqliteLedgerQueries, record_json
+    from kaixu.store.queries import Filters, LedgerUnavailable, record_json
 
-    path = _ledger_path(args)
-    if path is None:
+    queries = _ledger_reader(args)
+    if queries is None:
         return 1
-    queries = SqliteLedgerQueries(path)
     right = {5, 6, 7, 8, 9}
 
     def show(records: list[dict[str, Any]], header: bool) -> None:
@@ -521,7 +581,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 cursor = newer.cursors[-1]
 
     try:
-        asyncio.run(run())
+        asyncio.run(_closing(queries, run()))
     except LedgerUnavailable as exc:
         return _fail(f"kaixu: {exc}")
     except KeyboardInterrupt:
@@ -536,13 +596,13 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     import csv
     import itertools
 
-    from kaixu.store.queries import COLUMNS, LedgerUnavailable, SqliteLedgerQueries
+    from kaixu.store.queries import COLUMNS, LedgerUnavailable
 
-    path = _ledger_path(args)
+    queries = _ledger_reader(args)
     filters = _filters(args, dimensions=False)
-    if path is None or filters is None:
+    if queries is None or filters is None:
         return 1
-    records = SqliteLedgerQueries(path).iter_records(filters)
+    records = queries.iter_records(filters) if hasattr(queries, "iter_records") else _each(queries, filters)
     try:
         first = list(itertools.islice(records, 1))  # an unreadable ledger is reported before any output
     except LedgerUnavailable as exc:
@@ -569,6 +629,23 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _each(queries: Any, filters: Any) -> Iterator[dict[str, Any]]:
+    """A PostgreSQL ledger's records, oldest first, as the blocking iterator the export writes from: each page
+    read on an event loop of the export's own (bounded memory, as with SQLite)."""
+    loop = asyncio.new_event_loop()
+    records = queries.records(filters)
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(records.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(records.aclose())
+        loop.run_until_complete(queries.close())
+        loop.close()
+
+
 def _bounded(low: float, high: float, kind: type = int) -> Any:
     """An argparse type: a number of `kind` from `low` to `high`."""
 
@@ -582,6 +659,17 @@ def _bounded(low: float, high: float, kind: type = int) -> Any:
         return value
 
     return parse
+
+
+def _usd_amount(text: str) -> float:
+    """An argparse type: a positive USD amount (made exact micro-dollars by `usd_micros` when used)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e12:
+        raise argparse.ArgumentTypeError(f"expected a positive amount of USD, got {text!r}")
+    return value
 
 
 def _ledger_source(parser: argparse.ArgumentParser) -> None:
@@ -766,6 +854,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--customer", help="the end customer the key's requests are counted against")
     create.add_argument("--models", nargs="+", metavar="GLOB", help="the models it may call (default: all)")
     create.add_argument("--expires", metavar="30d|DATE", help="a duration (30d, 12h, 90m, 45s) or a date")
+    create.add_argument("--budget-usd", metavar="USD", type=_usd_amount, help="the key's spend cap in USD "
+                        "(at most 6 decimals) per --period")  # fmt: skip
+    create.add_argument("--period", choices=get_args(Period), help="the budget's window (default: month)")
+    for limit, what in (
+        ("rpm", "requests per minute"),
+        ("tpm", "tokens per minute"),
+        ("max-parallel", "requests in flight at once"),
+        ("seats", "installs it may be used from"),
+    ):
+        create.add_argument(f"--{limit}", metavar="N", type=_bounded(1, 2**62), help=what)  # fmt: skip
     _ledger_source(create)
     create.set_defaults(func=cmd_keys_create)
     key_list = keys.add_parser("list", help="the store's keys: names, team, dates, state (never secrets)")

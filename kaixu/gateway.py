@@ -96,13 +96,19 @@ class Gateway:
         return self.policy
 
     def store_status(self) -> dict[str, object]:
+        """/health's `store`: where keys and the ledger are (a PostgreSQL host and database, never the dsn's
+        user or password; or the SQLite file) and how the ledger's writes go."""
         policy = self.require_policy()
-        kind = next(iter(policy.store), "sqlite")
-        status: dict[str, object] = {"kind": kind}
+        postgres = policy.store.get("postgres")
+        status: dict[str, object] = {"kind": "postgres" if postgres else "sqlite"}
         if self.ledger is not None:
             status.update(self.ledger.status())
         else:
             status.update(ok=None, degraded=False)  # the store is opened as the proxy starts
-        if kind == "sqlite":
-            status["path"] = policy.store["sqlite"]
+        if postgres:
+            from kaixu.store.postgres import dsn_shown
+
+            status["location"] = dsn_shown(str(postgres["dsn"]))
+        else:
+            status["path"] = policy.store.get("sqlite", ":memory:")
         return status

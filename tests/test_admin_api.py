@@ -4,6 +4,8 @@ who may call it, and that its numbers are the ledger's, written by real requests
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import sqlite3
 import time
@@ -12,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from kaixu.pricing import usd
 from kaixu.store import LedgerRecord, SqliteLedgerStore
+from kaixu.store.postgres import PostgresLedgerStore
+from tests import pg
 from tests.fakes.provider import FakeProvider
-from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, key_hash, ledger_row, policy_for
+from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, key_hash, ledger_row, policy_for, wait_for
 
 ADMIN_KEY = "sk-admin-test"
 GROWTH_KEY = "sk-growth"
@@ -53,6 +58,8 @@ def old_record(request_id: str, ts: float, **fields: Any) -> LedgerRecord:
 @dataclass
 class Traffic:
     gateway: Kaixu
+    dsn: str | None
+    """The PostgreSQL ledger's dsn; None: the ledger is the gateway's SQLite file (ledger.db)."""
     started: float
     ids: list[str]
     header_costs: dict[str, int]
@@ -65,17 +72,30 @@ def micros(text: str) -> int:
     return int(whole) * 1_000_000 + int(frac.ljust(6, "0"))
 
 
-@pytest.fixture(scope="module")
-def traffic(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def traffic(
+    request: pytest.FixtureRequest, fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Traffic]:
+    """The same traffic, and so the same answers, with the ledger in SQLite and in PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        dsn = stack.enter_context(pg.own_schema()) if request.param == "postgres" else None
+        yield from _traffic(fake, tmp_path_factory, dsn)
+
+
+def _traffic(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory, dsn: str | None) -> Iterator[Traffic]:
     workdir = tmp_path_factory.mktemp("admin")
-    store = SqliteLedgerStore(str(workdir / "ledger.db"))
-    store.open()  # two records from before: content stored (previews), and long ago (time filters)
-    store.write([
+    before = [  # two records from before: content stored (previews), and long ago (time filters)
         old_record("old-1", OLD_TS, prompt=LONG_PROMPT, answer="short answer", prompt_sha256="ab" * 32),
         old_record("old-2", OLD_TS + 60, key_name="growth", team="growth", cost_micros=None, unpriced=1),
-    ])  # fmt: skip
-    store.close()
-    policy = policy_for(fake.base_url, store={"sqlite": "ledger.db"})
+    ]
+    if dsn is None:
+        store = SqliteLedgerStore(str(workdir / "ledger.db"))
+        store.open()
+        store.write(before)
+        store.close()
+    else:
+        asyncio.run(_seed_postgres(dsn, before))
+    policy = policy_for(fake.base_url, store={"sqlite": "ledger.db"} if dsn is None else {"postgres": {"dsn": dsn}})
     policy["models"].update({
         "mini": {"route": [{"provider": "mock", "model": "gpt-4o-mini"}]},
         "haiku": {"route": [{"provider": "mock", "model": "claude-3-5-haiku-latest"}]},
@@ -119,18 +139,45 @@ def traffic(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Ite
                          json={"model": "mini", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert refused.status_code == 401
     ids.append(refused.headers["x-request-id"])
+    traffic = Traffic(gateway, dsn, started, ids, costs, ids[-1])
     for request_id in ids:
-        ledger_row(gateway, request_id)
-    yield Traffic(gateway, started, ids, costs, ids[-1])
+        written(traffic, request_id)
+    yield traffic
     gateway.stop()
 
 
+async def _seed_postgres(dsn: str, records: list[LedgerRecord]) -> None:
+    store = PostgresLedgerStore(dsn, 1)
+    await store.open()
+    await store.write(records)
+    await store.close()
+
+
 def rows(traffic: Traffic, since: float | None = None) -> list[dict[str, Any]]:
-    path = traffic.gateway.workdir / "ledger.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        db.row_factory = sqlite3.Row
-        found = [dict(r) for r in db.execute("SELECT rowid, * FROM requests ORDER BY ts DESC, rowid DESC")]
+    if traffic.dsn is None:
+        path = traffic.gateway.workdir / "ledger.db"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            found = [dict(r) for r in db.execute("SELECT rowid, * FROM requests ORDER BY ts DESC, rowid DESC")]
+    else:
+        found = asyncio.run(_pg_rows(traffic.dsn))
     return [r for r in found if since is None or r["ts"] >= since]
+
+
+async def _pg_rows(dsn: str) -> list[dict[str, Any]]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await connection.fetch("SELECT * FROM requests ORDER BY ts DESC, id DESC")]
+    finally:
+        await connection.close()
+
+
+def written(traffic: Traffic, request_id: str) -> None:
+    """Waits for the batched writer to have stored the request's record, in whichever ledger."""
+    if traffic.dsn is None:
+        ledger_row(traffic.gateway, request_id)
+        return
+    wait_for(lambda: any(r["request_id"] == request_id for r in rows(traffic)), 10, f"ledger record {request_id}")
 
 
 def expected_groups(records: list[dict[str, Any]], column: str) -> dict[str | None, dict[str, Any]]:
@@ -182,7 +229,7 @@ def test_an_admin_key_is_not_a_client_key_and_admin_reads_are_not_in_the_ledger(
                       json={"model": "mini", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert chat.status_code == 401
     admin_read = api(traffic, "/api/costs")
-    ledger_row(traffic.gateway, chat.headers["x-request-id"])  # written after the admin read was answered
+    written(traffic, chat.headers["x-request-id"])  # written after the admin read was answered
     ids = {r["request_id"] for r in rows(traffic)}
     assert admin_read.headers["x-request-id"] not in ids
     traffic.ids.append(chat.headers["x-request-id"])

@@ -96,7 +96,7 @@ def test_create_refusals_name_the_field(gateway: Kaixu) -> None:
         ({"name": "ok", "team": 7}, "team"),
         ({"name": "ok", "expires": "2001-01-01"}, "expires"),
         ({"name": "ok", "expires": "soon"}, "expires"),
-        ({"name": "ok", "seats": 3}, "seats"),
+        ({"name": "ok", "seats": 0}, "seats"),  # a field since the governance fields: at least 1
     ):
         answer = post(gateway, body)
         assert answer.status_code == 400, (body, answer.text)
@@ -205,9 +205,36 @@ def test_a_keys_table_from_before_rotation_gains_its_columns(tmp_path: Path) -> 
     snapshot = store.snapshot()
     assert snapshot["bb"].state(time.time()) == "active" and snapshot["aa"].superseded
     assert snapshot["aa"].state(time.time()) == "active" and snapshot["aa"].state(time.time() + 61) == "rotated"
+    # ... and the governance columns: NULL for the old key (no budget, limits or seats)
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(keys)")}
+    assert {"budget_usd_micros", "budget_period", "rpm", "tpm", "max_parallel", "seats"} <= columns
+    old = store.get("old")
+    assert old is not None and (old.virtual().budget, old.virtual().limits, old.virtual().seats) == (None, None, None)
 
 
 def test_a_body_over_the_limit_is_413(gateway: Kaixu) -> None:
     big = b'{"name": "big", "team": "' + b"x" * 5_242_880 + b'"}'  # over the default limits.max_body_bytes
     answer = httpx.post(gateway.url + "/api/keys", content=big, headers={**ADMIN, "content-type": "application/json"})
     assert answer.status_code == 413 and code(answer) == "request_too_large", answer.text[:300]
+
+
+def test_governance_fields_over_the_api(gateway: Kaixu) -> None:
+    body = {"name": "api-capped", "budget": {"usd": 0.1, "period": "week"}, "limits": {"rpm": 60, "tpm": 1000},
+            "seats": 2}  # fmt: skip
+    answer = post(gateway, body)
+    assert answer.status_code == 201, answer.text
+    shown = answer.json()
+    assert shown["budget"] == {"usd": "0.100000", "usd_micros": 100_000, "period": "week"}
+    assert shown["limits"] == {"rpm": 60, "tpm": 1000, "max_parallel": None} and shown["seats"] == 2
+    listed = {k["name"]: k for k in httpx.get(gateway.url + "/api/keys", headers=ADMIN).json()["keys"]}
+    assert listed["api-capped"]["budget"]["usd_micros"] == 100_000
+    for bad, param in (
+        ({"budget": {"usd": 0.0000001}}, "budget.usd"),
+        ({"budget": {"usd": 5, "period": "year"}}, "budget.period"),
+        ({"limits": {"rpm": 0}}, "limits.rpm"),
+        ({"limits": {"burst": 1}}, "limits"),
+        ({"seats": True}, "seats"),
+    ):
+        refused = post(gateway, {"name": "api-bad", **bad})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text

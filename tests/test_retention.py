@@ -161,3 +161,53 @@ def test_no_retention_keeps_everything(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) is None
     assert ids(path) == {"ancient"}
+
+
+def test_postgres_prune_deletes_only_older_records_in_batches() -> None:
+    """The same rounds on PostgreSQL (kaixu/store/postgres.py): batches of `prune_batch`, awaited, no thread."""
+    from kaixu.store.postgres import PostgresLedgerStore
+    from tests import pg
+
+    async def scenario(dsn: str) -> tuple[int, int, set[str]]:
+        store = PostgresLedgerStore(dsn, 2, prune_batch=100)
+        await store.open()
+        now = time.time()
+        await store.write([record(f"old-{i}", now - 40 * DAY - i) for i in range(1050)])
+        await store.write([record("edge", now - 30 * DAY + 60), record("new", now)])
+        first, second = await store.prune(now - 30 * DAY), await store.prune(now - 30 * DAY)
+        left = {row[0] for row in await pg.fetch(dsn, "SELECT request_id FROM requests")}
+        await store.close()
+        return first, second, left
+
+    with pg.own_schema() as dsn:
+        assert asyncio.run(scenario(dsn)) == (1050, 0, {"edge", "new"})
+
+
+def test_the_writer_prunes_a_postgres_ledger_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    from kaixu.store.postgres import PostgresLedgerStore
+    from tests import pg
+
+    async def seed(dsn: str) -> None:
+        store = PostgresLedgerStore(dsn, 2)
+        await store.open()
+        await store.write([record("before-start", time.time() - 10 * DAY), record("recent", time.time() - DAY)])
+        await store.close()
+
+    async def scenario(dsn: str, gateway: Gateway) -> set[str]:
+        writer = LedgerWriter(gateway, prune_interval_s=3600)
+        writer.running()
+        await asyncio.wait_for(writer._start, 10)
+        deadline = time.monotonic() + 10
+        while "ledger retention: deleted 1 records older than 7 days" not in caplog.text:
+            assert time.monotonic() < deadline, "the prune at start"
+            await asyncio.sleep(0.02)
+        await writer.done()
+        return {row[0] for row in await pg.fetch(dsn, "SELECT request_id FROM requests")}
+
+    with pg.own_schema() as dsn, caplog.at_level(logging.INFO, logger="kaixu.ledger"):
+        asyncio.run(seed(dsn))
+        gateway = Gateway()
+        gateway.install(
+            parse_policy(json.dumps({"store": {"postgres": {"dsn": dsn}}, "ledger": {"retention_days": 7}}))
+        )
+        assert asyncio.run(scenario(dsn, gateway)) == {"recent"}

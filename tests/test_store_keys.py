@@ -1,5 +1,6 @@
 """Store keys (docs/keys.md): made with `kaixu keys create` (a subprocess, as an operator runs it) against the
-policy's store file while kaixu runs, used with the official openai SDK and httpx, revoked and expired.
+policy's store while kaixu runs, used with the official openai SDK and httpx, revoked and expired. The store is
+the SQLite file or PostgreSQL (a schema of its own, tests/pg.py): the `gateway` fixture runs on both.
 
 The keys are created after kaixu started: kaixu picks them up from its once-a-second snapshot, so each test
 polls (with a deadline) for the first answer that is not the 401 of an unknown key.
@@ -7,6 +8,8 @@ polls (with a deadline) for the first answer that is not the 401 of an unknown k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -15,11 +18,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from tests import pg
 from tests.fakes.provider import FakeProvider
 from tests.harness import TEST_KEY, Kaixu, ledger_row, policy_for, wait_for
 
@@ -65,13 +70,42 @@ def until(kaixu: Kaixu, key: str, predicate: object, what: str, timeout: float =
     return seen[-1]
 
 
-@pytest.fixture(scope="module")
-def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
+DSN: dict[Path, str] = {}
+"""A gateway's PostgreSQL dsn, by its workdir (absent: its store is ledger.db)."""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def gateway(
+    request: pytest.FixtureRequest, fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kaixu]:
     work = tmp_path_factory.mktemp("store-keys")
-    policy = policy_for(fake.base_url, store={"sqlite": "ledger.db"})
-    kaixu = Kaixu(work, policy, env={"KAIXU_KEY_PEPPER": PEPPER}).start()
-    yield kaixu
-    kaixu.stop()
+    with contextlib.ExitStack() as stack:
+        store: dict[str, Any] = {"sqlite": "ledger.db"}
+        if request.param == "postgres":
+            DSN[work] = stack.enter_context(pg.own_schema())
+            store = {"postgres": {"dsn": DSN[work]}}
+        kaixu = Kaixu(work, policy_for(fake.base_url, store=store), env={"KAIXU_KEY_PEPPER": PEPPER}).start()
+        yield kaixu
+        kaixu.stop()
+
+
+def stored(gateway: Kaixu, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the gateway's store, read as another process would."""
+    dsn = DSN.get(gateway.workdir)
+    if dsn is not None:
+        return asyncio.run(pg.fetch(dsn, sql))
+    with sqlite3.connect(gateway.workdir / "ledger.db") as db:
+        return db.execute(sql).fetchall()
+
+
+def ledgered(gateway: Kaixu, request_id: str) -> dict[str, Any]:
+    """The request's ledger row once written, from whichever store."""
+    dsn = DSN.get(gateway.workdir)
+    if dsn is None:
+        return ledger_row(gateway, request_id)
+    sql = f"SELECT key_name, team, customer FROM requests WHERE request_id = '{request_id}'"
+    wait_for(lambda: stored(gateway, sql), 10, f"ledger record {request_id}")
+    return dict(zip(("key_name", "team", "customer"), stored(gateway, sql)[0], strict=True))
 
 
 def test_a_created_key_works_with_the_sdk_and_is_ledgered_by_name(gateway: Kaixu) -> None:
@@ -82,7 +116,7 @@ def test_a_created_key_works_with_the_sdk_and_is_ledgered_by_name(gateway: Kaixu
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
     )
     assert raw.parse().choices[0].message.content
-    row = ledger_row(gateway, raw.headers["x-request-id"])
+    row = ledgered(gateway, raw.headers["x-request-id"])
     assert (row["key_name"], row["team"], row["customer"]) == ("web-app", "growth", "acme")
     assert key not in gateway.log()
 
@@ -131,10 +165,9 @@ def test_an_expired_key_is_refused_as_expired(gateway: Kaixu) -> None:
 
 def test_list_and_show_never_print_secrets_or_hashes(gateway: Kaixu) -> None:
     key = create(gateway.workdir, "listed", "--team", "t1", "--expires", "2099-01-01")
-    with sqlite3.connect(gateway.workdir / "ledger.db") as db:
-        (digest,) = db.execute("SELECT hmac FROM keys WHERE name = 'listed'").fetchone()
-        stored = " ".join(str(v) for row in db.execute("SELECT * FROM keys") for v in row)
-    assert key not in stored  # only the HMAC is stored
+    ((digest,),) = stored(gateway, "SELECT hmac FROM keys WHERE name = 'listed'")
+    everything = " ".join(str(v) for row in stored(gateway, "SELECT * FROM keys") for v in row)
+    assert key not in everything  # only the HMAC is stored
     listed = cli(gateway.workdir, "list")
     as_json = cli(gateway.workdir, "list", "--json")
     shown = cli(gateway.workdir, "show", "listed")
@@ -190,3 +223,14 @@ def test_every_change_to_the_keys_moves_the_version_the_proxy_polls(tmp_path: Pa
     db.close()
     seen.append(store.version())
     assert seen == [0, 1, 2, 3, 4]
+
+
+def test_a_store_keys_governance_fields_reach_its_virtual_key() -> None:
+    from kaixu.config.policy import Budget, RateLimits
+    from kaixu.store.keys import StoredKey
+
+    key = StoredKey("g", "h", None, None, (), 1.0, None, None, budget_usd_micros=12_500_000, rpm=60, seats=3)
+    virtual = key.virtual()
+    assert (virtual.budget, virtual.limits, virtual.seats) == (Budget(12_500_000, "month"), RateLimits(60), 3)
+    weekly = StoredKey("w", "h", None, None, (), 1.0, None, None, budget_usd_micros=1, budget_period="week")
+    assert weekly.virtual().budget == Budget(1, "week") and weekly.virtual().limits is None

@@ -15,7 +15,6 @@ read the body (bounded by `limits.max_body_bytes`, decompressed within the same 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -23,24 +22,28 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from mitmproxy import http
 
 from kaixu.addons.auth import admin_refusal
 from kaixu.addons.body import BodyRefused, decompress, parse_json_object
 from kaixu.addons.respond import error_json, error_response, json_response
 from kaixu.call import Call, get_call
+from kaixu.config.policy import usd_micros
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.store import postgres
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
+    AsyncKeyStore,
     KeyExists,
     PepperMissing,
-    SqliteKeyStore,
     StoredKey,
     digest,
     expires_at,
+    key_store,
     new_secret,
     pepper,
 )
@@ -155,7 +158,10 @@ _ALLOWED = {
     "key": set(),
 }
 _METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
-_KEY_FIELDS = ("name", "team", "customer", "models", "expires")
+_KEY_FIELDS = ("name", "team", "customer", "models", "expires", "budget", "limits", "seats")
+_PERIODS = ("day", "week", "month", "total")
+_LIMIT_FIELDS = ("rpm", "tpm", "max_parallel")
+_MAX_COUNT = 2**62
 _MAX_LABEL = 200
 _MAX_MODELS = 100
 
@@ -164,6 +170,7 @@ class Admin:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._readers: dict[str, LedgerQueries] = {}
+        self._key_stores: dict[object, AsyncKeyStore] = {}
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         path = flow.request.path.partition("?")[0]
@@ -255,11 +262,13 @@ class Admin:
         flow.response = json_response(call, status, body, {"cache-control": "no-store"})
 
     def _reader(self, call: Call) -> LedgerQueries:
-        """The reader of the policy's `store.sqlite`, the file the ledger writer opened."""
-        path = str(call.policy.store.get("sqlite", ":memory:"))
-        reader = self._readers.get(path)
+        """The reader of the ledger the writer opened: `store.postgres` when set, else `store.sqlite`."""
+        pg = postgres.settings(call.policy.store)
+        where = pg[0] if pg is not None else str(call.policy.store.get("sqlite", ":memory:"))
+        reader = self._readers.get(where)
         if reader is None:
-            reader = self._readers.setdefault(path, SqliteLedgerQueries(path))
+            made = postgres.PostgresLedgerQueries(*pg) if pg is not None else SqliteLedgerQueries(where)
+            reader = self._readers.setdefault(where, made)
         return reader
 
     # -- endpoints ---------------------------------------------------------------------------------------
@@ -309,31 +318,45 @@ class Admin:
             "next_cursor": page.next_cursor,
         }
 
-    # -- store keys (docs/keys.md): the store is sqlite, so every call runs in a worker thread ---------------
+    # -- store keys (docs/keys.md): SQLite in worker threads, PostgreSQL awaited (kaixu/store/keys.py) --------
+
+    def _key_store(self, call: Call) -> AsyncKeyStore:
+        """The policy's key store, kept while the policy names the same one (a PostgreSQL store holds its pool)."""
+        store = call.policy.store
+        identity = (repr(store.get("postgres")), store.get("sqlite"))
+        cached = self._key_stores.get(identity)
+        if cached is None:
+            cached = key_store(store)
+            if cached is None:
+                raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one",
+                               "api_error", "key_store_unavailable")  # fmt: skip
+            self._key_stores[identity] = cached
+        return cached
 
     @staticmethod
-    def _key_store(call: Call) -> SqliteKeyStore:
-        path = str(call.policy.store.get("sqlite", ":memory:"))
-        if path == ":memory:" or path.startswith("file:"):
-            raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one", "api_error",
-                           "key_store_unavailable")  # fmt: skip
-        return SqliteKeyStore(path)
-
-    @staticmethod
-    async def _in_thread(call: Call, function: Callable[..., Any], *args: Any) -> Any:
+    async def _in_store(call: Call, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args)
-        except (sqlite3.Error, OSError) as exc:
+            return await function(*args)
+        except (sqlite3.Error, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             log.warning("request %s: admin API: cannot use the key store: %s", call.request_id, describe(exc))
             raise _Refused(503, "kaixu cannot use its key store right now; retry shortly", "api_error",
                            "key_store_unavailable") from None  # fmt: skip
 
+    async def done(self) -> None:
+        for store in self._key_stores.values():
+            await store.close()
+        self._key_stores.clear()
+        for reader in self._readers.values():
+            if isinstance(reader, postgres.PostgresLedgerQueries):
+                await reader.close()
+        self._readers.clear()
+
     async def keys_list(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
         store = self._key_store(call)
         try:
-            keys: list[StoredKey] = await self._in_thread(call, store.all)
+            keys: list[StoredKey] = await self._in_store(call, store.all)
         except FileNotFoundError:
             keys = []
         return {"object": "keys", "keys": [key.public_json() for key in keys]}
@@ -341,8 +364,8 @@ class Admin:
     async def key_revoke(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
         name = _path_name(raw)
         store = self._key_store(call)
-        found = await self._in_thread(call, store.revoke, name, time.time())
-        key = await self._in_thread(call, store.get, name) if found else None
+        found = await self._in_store(call, store.revoke, name, time.time())
+        key = await self._in_store(call, store.get, name) if found else None
         if key is None:
             raise _NotFound(f"no store key named {safe(name, 80)!r}")
         return {"object": "key", **key.public_json()}
@@ -358,11 +381,12 @@ class Admin:
                            "api_error", "key_pepper_missing") from None  # fmt: skip
         now = time.time()
         name, team, customer, models, expires = _key_fields(fields, now)
+        governance = _governance_fields(fields)
         store = self._key_store(call)
         key = new_secret()
-        stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None)
+        stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None, **governance)
         try:
-            await self._in_thread(call, store.create, stored)
+            await self._in_store(call, store.create, stored)
         except KeyExists:
             raise _Refused(409, f"a store key named {name!r} exists already (revoked keys keep their name)",
                            "invalid_request_error", "key_exists") from None  # fmt: skip
@@ -417,6 +441,40 @@ def _key_fields(body: dict[str, Any], now: float) -> tuple[str, str | None, str 
         if expires <= now:
             raise BadParameter("expires", "that is in the past")
     return name, labels[0], labels[1], tuple(models), expires
+
+
+def _count(body: dict[str, Any], field: str, shown: str) -> int | None:
+    value = body.get(field)
+    if value is not None and (type(value) is not int or not 1 <= value <= _MAX_COUNT):
+        raise BadParameter(shown, f"a whole number from 1, or null, got {json_type(value)}")
+    return value
+
+
+def _governance_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """`budget: {usd, period}`, `limits: {rpm, tpm, max_parallel}` and `seats` of `POST /api/keys` (the
+    `--budget-usd --period --rpm --tpm --max-parallel --seats` of `kaixu keys create`), as `StoredKey` fields."""
+    found: dict[str, Any] = {"seats": _count(body, "seats", "seats")}
+    budget = body.get("budget")
+    if budget is not None:
+        if not isinstance(budget, dict) or set(budget) - {"usd", "period"}:
+            raise BadParameter("budget", "an object {usd, period}, or null")
+        usd = budget.get("usd")
+        if not isinstance(usd, (int, float)) or isinstance(usd, bool) or not 0 < usd < 1e12:
+            raise BadParameter("budget.usd", f"a positive number of USD, got {json_type(usd)}")
+        period = budget.get("period", "month")
+        if period not in _PERIODS:
+            raise BadParameter("budget.period", f"one of {', '.join(_PERIODS)}")
+        try:
+            found["budget_usd_micros"] = usd_micros(usd)
+        except ValueError as exc:
+            raise BadParameter("budget.usd", str(exc)) from None
+        found["budget_period"] = period
+    limits = body.get("limits")
+    if limits is not None:
+        if not isinstance(limits, dict) or set(limits) - set(_LIMIT_FIELDS):
+            raise BadParameter("limits", f"an object with {', '.join(_LIMIT_FIELDS)}, or null")
+        found.update({name: _count(limits, name, f"limits.{name}") for name in _LIMIT_FIELDS})
+    return found
 
 
 class _NotFound(Exception):

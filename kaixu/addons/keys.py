@@ -1,6 +1,7 @@
 """Keeps a snapshot of the store's keys (`kaixu keys create`, kaixu/store/keys.py) for the auth step, so a
-request never queries the store: loaded in a worker thread when the proxy starts, then reloaded every
-`refresh_s` (a second) by a background task, so a key revoked with the CLI stops working within two seconds.
+request never queries the store: loaded when the proxy starts (SQLite in a worker thread, PostgreSQL on the
+loop through asyncpg), then reloaded every `refresh_s` (a second) by a background task, so a key revoked with
+the CLI, on any replica's store, stops working within two seconds.
 
 Fails closed (docs/keys.md): without a pepper (`KAIXU_KEY_PEPPER`) no store key is looked up, so none is
 accepted (one warning at start when the store holds keys); when the store cannot be read, the last snapshot
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from kaixu.gateway import Gateway
-from kaixu.store.keys import PepperMissing, SqliteKeyStore, StoredKey, digest, pepper
+from kaixu.store.keys import AsyncKeyStore, PepperMissing, StoredKey, digest, key_store, pepper
 from kaixu.store.ledger import describe
 
 log = logging.getLogger("kaixu.keys")
@@ -48,63 +49,79 @@ class StoreKeys:
         self.gateway = gateway
         self.refresh_s = refresh_s
         self._task: asyncio.Task[None] | None = None
+        self._store: AsyncKeyStore | None = None
+        self._store_for: object = None
 
     def running(self) -> None:
         # Sync on purpose (like LedgerWriter.running): the work runs as a task.
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kaixu-store-keys")
 
-    def _path(self) -> str | None:
-        path = str(self.gateway.require_policy().store.get("sqlite", ":memory:"))
-        return None if path == ":memory:" or path.startswith("file:") else path
+    async def _current(self) -> AsyncKeyStore | None:
+        """The key store the policy in force names (PostgreSQL, or the SQLite file), made again when a reload
+        names another one; None when the policy keeps no keys (`store.sqlite: :memory:`)."""
+        store = self.gateway.require_policy().store
+        identity = (repr(store.get("postgres")), store.get("sqlite"))
+        if identity != self._store_for:
+            if self._store is not None:
+                await self._store.close()
+            self._store, self._store_for = key_store(store), identity
+        return self._store
 
     async def _run(self) -> None:
         try:
+            await self._poll()
+        finally:
+            if self._store is not None:
+                await self._store.close()
+                self._store, self._store_for = None, None
+
+    async def _poll(self) -> None:
+        try:
             secret = pepper()
         except PepperMissing as exc:
-            path = self._path()
-            count = 0 if path is None else await asyncio.to_thread(_count, path)
-            if count:
+            store = await self._current()
+            count = 0 if store is None else await _count(store)
+            if count and store is not None:
                 log.warning("%s: the %d keys in the store %s are not accepted (only the policy's keys: are); "
-                            "set it to the pepper `kaixu keys create` used", exc, count, path)  # fmt: skip
+                            "set it to the pepper `kaixu keys create` used", exc, count, store.path)  # fmt: skip
             return
         failing = False
         version: int | None = None
-        seen_path: str | None = None
-        if self._path() is not None:  # until the first read, store keys get a 503, not a misleading 401
+        seen: AsyncKeyStore | None = None
+        if await self._current() is not None:  # until the first read, store keys get a 503, not a misleading 401
             self.gateway.key_snapshot = KeySnapshot(secret, {}, float("-inf"))
         while True:
-            path = self._path()
-            if path is None:
+            store = await self._current()
+            if store is None:
                 self.gateway.key_snapshot = None
             else:
                 try:
-                    seen = version if path == seen_path else None  # another file (a reload): read it whole
-                    keys, version = await asyncio.to_thread(self._read, path, seen)
-                    seen_path = path
+                    known = version if store is seen else None  # another store (a reload): read it whole
+                    keys, version = await self._read(store, known)
+                    seen = store
                 except FileNotFoundError:
                     keys, version = {}, None  # no store file yet: no store keys
                 except Exception as exc:
                     if not failing:
-                        log.warning("cannot read the store keys from %s: %s", path, describe(exc))
+                        log.warning("cannot read the store keys from %s: %s", store.path, describe(exc))
                     failing = True
                     if self.gateway.key_snapshot is None:
                         self.gateway.key_snapshot = KeySnapshot(secret, {}, float("-inf"))
                 else:
                     if failing:
-                        log.info("store keys readable again from %s", path)
+                        log.info("store keys readable again from %s", store.path)
                     failing = False
                     self.gateway.key_snapshot = KeySnapshot(secret, keys, time.monotonic())
             await asyncio.sleep(self.refresh_s)
 
-    def _read(self, path: str, seen: int | None) -> tuple[dict[str, StoredKey], int | None]:
-        """Worker thread: the keys, read again only when `keys_version` moved since `seen` (one row a second
-        instead of the whole table). The version is read first: a change made in between is read next time."""
-        store = SqliteKeyStore(path)
-        version = store.version()
+    async def _read(self, store: AsyncKeyStore, seen: int | None) -> tuple[dict[str, StoredKey], int | None]:
+        """The keys, read again only when `keys_version` moved since `seen` (one row a second instead of the
+        whole table). The version is read first: a change made in between is read next time."""
+        version = await store.version()
         current = self.gateway.key_snapshot
         if version is not None and version == seen and current is not None and current.loaded_at > float("-inf"):
             return current.keys, version
-        return store.snapshot(), version
+        return await store.snapshot(), version
 
     async def done(self) -> None:
         if self._task is not None:
@@ -113,8 +130,8 @@ class StoreKeys:
                 await self._task
 
 
-def _count(path: str) -> int:
+async def _count(store: AsyncKeyStore) -> int:
     try:
-        return len(SqliteKeyStore(path).all())
+        return len(await store.all())
     except Exception:
         return 0

@@ -4,7 +4,9 @@ A store that cannot be opened does not stop the proxy: the ledger queues records
 
 Retention (`ledger.retention_days`) is enforced here too: records older than that are deleted once the store
 is open and then every hour, under the policy in force at that moment (a reload that sets or changes it
-applies from the next round). The deletes run in the store's worker thread, in short batches.
+applies from the next round). The deletes run in short batches (in the store's worker thread for SQLite).
+
+The store is the policy's `store.postgres` when set (every replica writes one ledger), else `store.sqlite`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import logging
 import time
 
 from kaixu.gateway import Gateway
-from kaixu.store import Ledger, SqliteLedgerStore
-from kaixu.store.ledger import describe
+from kaixu.store import Ledger, SqliteLedgerStore, postgres
+from kaixu.store.ledger import AsyncLedgerStore, LedgerStore, describe
 
 log = logging.getLogger("kaixu.ledger")
 
@@ -37,13 +39,20 @@ class LedgerWriter:
 
     async def _open(self) -> None:
         store = self.gateway.require_policy().store
-        ledger = Ledger(SqliteLedgerStore(store.get("sqlite", ":memory:")))
+        pg = postgres.settings(store)
+        backend: LedgerStore | AsyncLedgerStore
+        if pg is not None:
+            backend, where = postgres.PostgresLedgerStore(*pg), postgres.dsn_shown(pg[0])
+        else:
+            backend = SqliteLedgerStore(store.get("sqlite", ":memory:"))
+            where = str(store.get("sqlite", ":memory:"))
+        ledger = Ledger(backend)
         self.gateway.ledger = ledger
         await ledger.start()
         if not ledger.ok:
             log.error(
                 "cannot open the store %s: %s; requests are served, their records kept in memory until it opens",
-                store, ledger.last_error,
+                where, ledger.last_error,
             )  # fmt: skip
         self._retention = asyncio.get_running_loop().create_task(self._retain(ledger), name="kaixu-ledger-retention")
 

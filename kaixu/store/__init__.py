@@ -1,5 +1,5 @@
-"""State that outlives a request: the request ledger (SQLite by default; PostgreSQL and Redis for several
-replicas arrive with the shared-state issue)."""
+"""State that outlives a request: the request ledger and the store keys, in SQLite (one machine) or
+PostgreSQL (`store.postgres`, several replicas: kaixu/store/postgres.py)."""
 
 from kaixu.store.ledger import Ledger, LedgerRecord, LedgerStore, StoreUnavailable, escape_text, escaped
 from kaixu.store.sqlite import SqliteLedgerStore

@@ -2,12 +2,14 @@
 
 A store key is kept as HMAC-SHA256(pepper, key): the pepper comes from the environment
 (`KAIXU_KEY_PEPPER`), never from the database, so a copy of the database alone cannot be used to test guesses
-against the digests. The key itself is never stored or logged. sqlite3 is blocking: the proxy calls this module
-from a worker thread only (`asyncio.to_thread`, kaixu/addons/keys.py); the CLI calls it directly.
+against the digests. The key itself is never stored or logged. sqlite3 is blocking: everything that is not
+the CLI reaches `SqliteKeyStore` through `InThread` (worker threads), and PostgreSQL's store
+(kaixu/store/postgres.py) has the same methods as coroutines: `key_store()` returns either as an `AsyncKeyStore`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -19,8 +21,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any, Protocol, cast
 
-from kaixu.config.policy import VirtualKey
+from kaixu.config.policy import Budget, Period, RateLimits, VirtualKey
 
 PEPPER_ENV = "KAIXU_KEY_PEPPER"
 MIN_PEPPER_CHARS = 16
@@ -37,7 +40,13 @@ CREATE TABLE IF NOT EXISTS keys (
     expires REAL,
     revoked REAL,
     previous_hmac TEXT,
-    previous_until REAL
+    previous_until REAL,
+    budget_usd_micros INTEGER,
+    budget_period TEXT,
+    rpm INTEGER,
+    tpm INTEGER,
+    max_parallel INTEGER,
+    seats INTEGER
 );
 CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
 INSERT OR IGNORE INTO keys_version (id, version) VALUES (1, 0);
@@ -56,8 +65,12 @@ reads that one row every second and reads the whole table only when it moved.
 
 Created by the ledger's store on open (kaixu/store/sqlite.py) and by the CLI before its first key."""
 
-_ADDED_COLUMNS = {"previous_hmac": "TEXT", "previous_until": "REAL"}
-"""Columns added since the table first shipped (`kaixu keys rotate`): nullable, added to an older table."""
+_ADDED_COLUMNS = {
+    "previous_hmac": "TEXT", "previous_until": "REAL",  # kaixu keys rotate
+    "budget_usd_micros": "INTEGER", "budget_period": "TEXT", "rpm": "INTEGER", "tpm": "INTEGER",
+    "max_parallel": "INTEGER", "seats": "INTEGER",  # governance: kaixu keys create --budget-usd --rpm ... --seats
+}  # fmt: skip
+"""Columns added since the table first shipped: nullable, added to an older table."""
 
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEY_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -130,13 +143,29 @@ class StoredKey:
     previous_hmac: str | None = None
     """The digest of the secret `kaixu keys rotate` replaced: it keeps working until `previous_until`."""
     previous_until: float | None = None
+    budget_usd_micros: int | None = None
+    """The key's spend cap in integer micro-dollars over `budget_period` (`--budget-usd`); None: no cap."""
+    budget_period: Period | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    seats: int | None = None
+    """Installs (`x-kaixu-install-id`) the key may be used from; None: any number."""
     superseded: bool = False
     """True on the snapshot's entry for `previous_hmac` (kaixu/addons/keys.py), never on a stored row."""
 
     def virtual(self) -> VirtualKey:
-        """The record the policy's keys use too, so the ledger, metrics and model checks treat both alike.
-        `sha256` carries the HMAC digest (prefixed `hmac:`): it is what identifies the key, never the key."""
-        return VirtualKey(self.name, "hmac:" + self.hmac, self.team, self.models, self.customer)
+        """The record the policy's keys use too, so the ledger, metrics, model checks and the governance
+        counters treat both alike. `sha256` carries the HMAC digest (prefixed `hmac:`): it is what identifies
+        the key, never the key."""
+        budget = None
+        if self.budget_usd_micros is not None:
+            budget = Budget(self.budget_usd_micros, self.budget_period or "month")
+        limits = None
+        if (self.rpm, self.tpm, self.max_parallel) != (None, None, None):
+            limits = RateLimits(self.rpm, self.tpm, self.max_parallel)
+        return VirtualKey(self.name, "hmac:" + self.hmac, self.team, self.models, self.customer, budget, limits,
+                          self.seats)  # fmt: skip
 
     def state(self, now: float) -> str:
         if self.revoked is not None:
@@ -149,10 +178,18 @@ class StoredKey:
 
     def public(self) -> dict[str, object]:
         """What `kaixu keys list/show` print: never the digest."""
+        from kaixu.pricing import usd
+
         return {
             "name": self.name, "team": self.team, "customer": self.customer, "models": list(self.models),
             "created": self.created, "expires": self.expires, "revoked": self.revoked,
             "previous_secret_until": self.previous_until, "state": self.state(time.time()),
+            "budget": None if self.budget_usd_micros is None else {
+                "usd": usd(self.budget_usd_micros), "usd_micros": self.budget_usd_micros,
+                "period": self.budget_period or "month",
+            },
+            "limits": {"rpm": self.rpm, "tpm": self.tpm, "max_parallel": self.max_parallel},
+            "seats": self.seats,
         }  # fmt: skip
 
     def public_json(self) -> dict[str, object]:
@@ -165,17 +202,43 @@ class StoredKey:
         return shown
 
 
-_SELECT = (
-    "SELECT name, hmac, team, customer, models, created, expires, revoked, previous_hmac, previous_until FROM keys"
+COLUMNS = (
+    "name, hmac, team, customer, models, created, expires, revoked, previous_hmac, previous_until, "
+    "budget_usd_micros, budget_period, rpm, tpm, max_parallel, seats"
 )
+"""The `keys` table's columns in `StoredKey`'s order, in both stores (SQLite and kaixu/store/postgres.py)."""
+_SELECT = f"SELECT {COLUMNS} FROM keys"
 
 
-def _row(row: tuple[object, ...]) -> StoredKey:
-    name, digest_hex, team, customer, models, created, expires, revoked, previous, until = row
+def key_row(row: tuple[object, ...]) -> StoredKey:
+    """A `keys` row (the `COLUMNS`, from either store) as a `StoredKey`."""
+    name, digest_hex, team, customer, models, created, expires, revoked, previous, until, *governance = row
+    budget, period, rpm, tpm, parallel, seats = governance
     return StoredKey(
         str(name), str(digest_hex), _text(team), _text(customer), tuple(json.loads(str(models or "[]"))),
         float(created), _float(expires), _float(revoked), _text(previous), _float(until),  # type: ignore[arg-type]
+        _int(budget), cast(Period | None, _text(period)), _int(rpm), _int(tpm), _int(parallel), _int(seats),
     )  # fmt: skip
+
+
+def key_values(key: StoredKey) -> tuple[object, ...]:
+    """What an INSERT of `COLUMNS` binds for `key`."""
+    return (
+        key.name, key.hmac, key.team, key.customer, json.dumps(list(key.models)), key.created, key.expires,
+        key.revoked, key.previous_hmac, key.previous_until, key.budget_usd_micros, key.budget_period, key.rpm,
+        key.tpm, key.max_parallel, key.seats,
+    )  # fmt: skip
+
+
+def snapshot_of(keys: list[StoredKey]) -> dict[str, StoredKey]:
+    """What the proxy looks keys up in, by digest: a rotated key under both its digests, the previous one
+    marked `superseded` (it answers 'rotated' once its grace period is over)."""
+    found: dict[str, StoredKey] = {}
+    for key in keys:
+        found[key.hmac] = key
+        if key.previous_hmac is not None:
+            found[key.previous_hmac] = replace(key, superseded=True)
+    return found
 
 
 def _text(value: object) -> str | None:
@@ -184,6 +247,10 @@ def _text(value: object) -> str | None:
 
 def _float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 class KeyExists(Exception):
@@ -219,12 +286,8 @@ class SqliteKeyStore:
     def create(self, key: StoredKey) -> None:
         with self._db(create=True) as db:
             try:
-                db.execute(
-                    "INSERT INTO keys (name, hmac, team, customer, models, created, expires, revoked) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key.name, key.hmac, key.team, key.customer, json.dumps(list(key.models)), key.created,
-                     key.expires, key.revoked),
-                )  # fmt: skip
+                db.execute(f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join('?' * len(key_values(key)))})",
+                           key_values(key))  # fmt: skip
             except sqlite3.IntegrityError:
                 raise KeyExists(f"a key named {key.name!r} exists already") from None
 
@@ -233,7 +296,7 @@ class SqliteKeyStore:
         A file without the table has no keys."""
         with self._db(create=False) as db:
             try:
-                return [_row(r) for r in db.execute(_SELECT + " ORDER BY created, name")]
+                return [key_row(r) for r in db.execute(_SELECT + " ORDER BY created, name")]
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):
                     return []
@@ -295,11 +358,66 @@ class SqliteKeyStore:
         return None if row is None else int(row[0])
 
     def snapshot(self) -> dict[str, StoredKey]:
-        """What the proxy looks keys up in, by digest: a rotated key under both its digests, the previous one
-        marked `superseded` (it answers 'rotated' once its grace period is over)."""
-        found: dict[str, StoredKey] = {}
-        for key in self.all():
-            found[key.hmac] = key
-            if key.previous_hmac is not None:
-                found[key.previous_hmac] = replace(key, superseded=True)
-        return found
+        return snapshot_of(self.all())
+
+
+class AsyncKeyStore(Protocol):
+    """A key store seen from the event loop: `SqliteKeyStore`'s methods as coroutines. `path` names where the
+    keys are in messages (a file, or a PostgreSQL host and database: never a password)."""
+
+    path: str
+
+    async def create(self, key: StoredKey) -> None: ...
+    async def all(self) -> list[StoredKey]: ...
+    async def get(self, name: str) -> StoredKey | None: ...
+    async def revoke(self, name: str, now: float) -> bool: ...
+    async def rotate(self, name: str, new_hmac: str, now: float, grace_s: float) -> bool: ...
+    async def version(self) -> int | None: ...
+    async def snapshot(self) -> dict[str, StoredKey]: ...
+    async def close(self) -> None: ...
+
+
+class InThread:
+    """`SqliteKeyStore` as an `AsyncKeyStore`: every call in a worker thread, never on the event loop."""
+
+    def __init__(self, store: SqliteKeyStore) -> None:
+        self.store = store
+        self.path = store.path
+
+    async def create(self, key: StoredKey) -> None:
+        await asyncio.to_thread(self.store.create, key)
+
+    async def all(self) -> list[StoredKey]:
+        return await asyncio.to_thread(self.store.all)
+
+    async def get(self, name: str) -> StoredKey | None:
+        return await asyncio.to_thread(self.store.get, name)
+
+    async def revoke(self, name: str, now: float) -> bool:
+        return await asyncio.to_thread(self.store.revoke, name, now)
+
+    async def rotate(self, name: str, new_hmac: str, now: float, grace_s: float) -> bool:
+        return await asyncio.to_thread(self.store.rotate, name, new_hmac, now, grace_s)
+
+    async def version(self) -> int | None:
+        return await asyncio.to_thread(self.store.version)
+
+    async def snapshot(self) -> dict[str, StoredKey]:
+        return await asyncio.to_thread(self.store.snapshot)
+
+    async def close(self) -> None:
+        return None
+
+
+def key_store(store: dict[str, Any], *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
+    """The key store a policy's `store:` names: PostgreSQL when `postgres` is set, else its SQLite file
+    (`sqlite_path` overrides it: the CLI's --db). None when there is no place to keep keys (`:memory:`)."""
+    from kaixu.store import postgres
+
+    pg = postgres.settings(store)
+    if pg is not None and sqlite_path is None:
+        return postgres.PostgresKeyStore(*pg)
+    path = sqlite_path or str(store.get("sqlite", ":memory:"))
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    return InThread(SqliteKeyStore(path))

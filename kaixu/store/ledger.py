@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 from collections import deque
@@ -97,6 +98,47 @@ class LedgerStore(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncLedgerStore(Protocol):
+    """The `LedgerStore` contract for a backend with an async driver (kaixu/store/postgres.py): the same
+    methods as coroutines, awaited on the event loop directly (no worker thread)."""
+
+    async def open(self) -> None: ...
+    async def write(self, records: list[LedgerRecord]) -> None: ...
+    async def prune(self, before_ts: float) -> int: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class _InThread:
+    """A blocking `LedgerStore` seen as an `AsyncLedgerStore`: each call runs in a worker thread, so the
+    ledger has one code path for both kinds of backend."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.store.open)
+
+    async def write(self, records: list[LedgerRecord]) -> None:
+        await asyncio.to_thread(self.store.write, records)
+
+    async def prune(self, before_ts: float) -> int:
+        return await asyncio.to_thread(self.store.prune, before_ts)
+
+    async def ping(self) -> bool:
+        return await asyncio.to_thread(self.store.ping)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+
+def as_async(store: LedgerStore | AsyncLedgerStore) -> AsyncLedgerStore:
+    """The store itself when its methods are coroutines, else the store run in worker threads."""
+    if inspect.iscoroutinefunction(store.write):
+        return store  # type: ignore[return-value]
+    return _InThread(store)  # type: ignore[arg-type]
+
+
 def escape_text(text: str) -> str:
     """Text every store can hold: lone surrogates (a JSON `\\ud800` escape decodes to one, and so does a
     header byte that is not UTF-8) become `\\udXXX`, NUL (PostgreSQL refuses it) becomes `\\x00`.
@@ -166,7 +208,7 @@ def _storable(value: object, kind: type) -> object:
 
 @dataclass(slots=True)
 class _Outcome:
-    """What one flush step did, computed in the worker thread and applied on the event loop."""
+    """What one flush step did, collected while the batch is written and applied once it is settled."""
 
     settled: int = 0
     """Records of the batch that are done with: stored, or refused for good. The rest stay queued."""
@@ -183,8 +225,9 @@ class _Outcome:
 
 
 class Ledger:
-    def __init__(self, store: LedgerStore, *, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(self, store: LedgerStore | AsyncLedgerStore, *, max_queue: int = MAX_QUEUE) -> None:
         self.store = store
+        self._store = as_async(store)
         self.max_queue = max_queue
         self.ok: bool | None = None
         """Whether the last write (or open) succeeded; None before the store was opened."""
@@ -204,7 +247,7 @@ class Ledger:
         tries to open it again (`ok` and `last_error` say why it is down)."""
         LEDGER_QUEUE_DEPTH.set_function(lambda: self.queued)
         try:
-            await asyncio.to_thread(self.store.open)
+            await self._store.open()
             self.ok = True
         except Exception as exc:  # the caller logs it, naming the store
             self.ok, self.last_error, self._reopen = False, describe(exc), True
@@ -247,7 +290,7 @@ class Ledger:
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
                 self._writing = len(batch)
                 try:
-                    outcome = await asyncio.to_thread(self._write, batch)
+                    outcome = await self._write(batch)
                 except BaseException:
                     self._requeue(batch)
                     raise
@@ -260,8 +303,8 @@ class Ledger:
 
     async def prune(self, before_ts: float) -> int:
         """Deletes the records older than `before_ts` (retention, scheduled by addons/ledger.py), in a worker
-        thread. Raises what the store raised; a later call tries again."""
-        return await asyncio.to_thread(self.store.prune, before_ts)
+        thread for a blocking store. Raises what the store raised; a later call tries again."""
+        return await self._store.prune(before_ts)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -275,7 +318,7 @@ class Ledger:
         if self.dropped:
             log.warning("ledger dropped %d records since start", self.dropped)
         try:
-            await asyncio.to_thread(self.store.close)
+            await self._store.close()
         except Exception as exc:
             log.warning("ledger store did not close cleanly: %s", describe(exc))
 
@@ -291,12 +334,9 @@ class Ledger:
                 log.exception("ledger flush failed; retrying on the next tick")
 
     async def _reopen_store(self) -> bool:
-        def reopen() -> None:
-            self.store.close()
-            self.store.open()
-
         try:
-            await asyncio.to_thread(reopen)
+            await self._store.close()
+            await self._store.open()
         except Exception as exc:
             self.write_failures += 1
             LEDGER_WRITE_FAILURES.inc()
@@ -307,11 +347,11 @@ class Ledger:
             self._available()
         return True
 
-    def _write(self, batch: list[LedgerRecord]) -> _Outcome:
-        """Worker thread: write the batch in one go or, when the store refuses it, record by record."""
+    async def _write(self, batch: list[LedgerRecord]) -> _Outcome:
+        """Writes the batch in one go or, when the store refuses it, record by record."""
         outcome = _Outcome()
         try:
-            self.store.write(batch)
+            await self._store.write(batch)
         except Exception as exc:
             outcome.failed(exc)
             if outcome.unavailable:
@@ -320,12 +360,12 @@ class Ledger:
             outcome.settled = len(batch)
             return outcome
         for record in batch:
-            if not self._write_alone(record, outcome):
+            if not await self._write_alone(record, outcome):
                 return outcome
             outcome.settled += 1
         return outcome
 
-    def _write_alone(self, record: LedgerRecord, outcome: _Outcome) -> bool:
+    async def _write_alone(self, record: LedgerRecord, outcome: _Outcome) -> bool:
         """Stores one record, escaped if it must be, or gives up on it. False: the store became unavailable."""
         attempts = [record]
         fixed = escaped(record)
@@ -333,7 +373,7 @@ class Ledger:
             attempts.append(fixed)
         for attempt in attempts:
             try:
-                self.store.write([attempt])
+                await self._store.write([attempt])
             except Exception as exc:
                 outcome.failed(exc)
                 if outcome.unavailable:

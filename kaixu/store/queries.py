@@ -2,10 +2,12 @@
 and the export. The admin API (`kaixu/addons/admin.py`) and the CLI (`kaixu costs`, `kaixu logs`,
 `kaixu ledger export`) both read through here, so they always show the same numbers.
 
-`LedgerQueries` is the interface a backend keeps; `SqliteLedgerQueries` is the SQLite one. The SQL is plain
-enough for PostgreSQL too (row values, `substr`, `SUM`, `COALESCE`; only `?` placeholders and `rowid`, the
-row's position, are SQLite's): every value a caller gives is a bound parameter, and the only names that
-enter SQL text come from fixed tables here (`DIMENSIONS`, the ledger's own columns).
+`LedgerQueries` is the interface a backend keeps; `SqliteLedgerQueries` is the SQLite one,
+`PostgresLedgerQueries` (kaixu/store/postgres.py) the PostgreSQL one. The SQL (`*_sql` builders, their rows
+shaped by the `*_of` functions) is the same for both (row values, `substr`, `SUM`, `COALESCE`; `?` placeholders
+are numbered for PostgreSQL, and the row's position is SQLite's `rowid` or PostgreSQL's `id`): every value a
+caller gives is a bound parameter, and the only names that enter SQL text come from fixed tables here
+(`DIMENSIONS`, the ledger's own columns).
 
 sqlite3 blocks, so every SQLite query runs in a worker thread (`asyncio.to_thread`) on a read-only connection
 of its own (`mode=ro`: a reader can never write, and WAL lets it read while the ledger writes). At most
@@ -150,6 +152,7 @@ class LedgerQueries(Protocol):
         order: Order = "desc",
         content: bool = False,
     ) -> Page: ...
+    async def close(self) -> None: ...
 
 
 # -- parameters shared by the API and the CLI ------------------------------------------------------------
@@ -305,6 +308,90 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     return ts, position
 
 
+Statement = tuple[str, list[Any]]
+"""SQL with `?` placeholders, and its parameters."""
+
+
+def costs_sql(column: str, filters: Filters, present: set[str]) -> Statement:
+    clause, params = where(filters, present)
+    group = _col(column, present)
+    return f"SELECT {group}, {sums_sql(present)} FROM requests{clause} GROUP BY {group}", params
+
+
+def costs_of(rows: Sequence[Sequence[Any]], limit: int) -> Costs:
+    """The rows of `costs_sql` as `Costs`: ranked, cut to `limit`, with the total over every group."""
+    groups = [_cost_row(None if r[0] is None else str(r[0]), r[1:]) for r in rows]
+    total = CostRow(None)
+    for row in groups:
+        total.add(row)
+    groups.sort(key=_ranked)
+    return Costs(groups[:limit], total, len(groups))
+
+
+def total_sql(filters: Filters, present: set[str]) -> Statement:
+    clause, params = where(filters, present)
+    return f"SELECT {sums_sql(present)} FROM requests{clause}", params
+
+
+def total_of(group: str | None, row: Sequence[Any]) -> CostRow:
+    return _cost_row(group, row)
+
+
+def prompt_log_sql(present: set[str], limit: int, position: str) -> Statement:
+    columns = [c for c in COLUMNS if c not in CONTENT_COLUMNS]
+    texts = [f"substr({_col(c, present)}, 1, {PREVIEW_CHARS + 1})" for c in CONTENT_COLUMNS]
+    select = ", ".join([*(_col(c, present) for c in columns), *texts])
+    return f"SELECT {select} FROM requests ORDER BY ts DESC, {position} DESC LIMIT ?", [limit]
+
+
+def prompt_log_of(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    columns = [c for c in COLUMNS if c not in CONTENT_COLUMNS]
+    entries = []
+    for row in rows:
+        entry = dict(zip(columns, row, strict=False))
+        entry["prompt_preview"], entry["answer_preview"] = preview(row[-2]), preview(row[-1])
+        entries.append(entry)
+    return entries
+
+
+def requests_sql(
+    filters: Filters,
+    present: set[str],
+    limit: int,
+    after: tuple[float, int] | None,
+    offset: int,
+    order: Order,
+    content: bool,
+    *,
+    position: str,
+    hint: str = "",
+) -> tuple[str, list[Any], list[str]]:
+    """A page of the listing: SQL, parameters, and the ledger columns it selects (then the position)."""
+    clause, params = where(filters, present)
+    if after is not None:
+        relation = "<" if order == "desc" else ">"
+        clause += (" AND " if clause else " WHERE ") + f"(ts, {position}) {relation} (?, ?)"
+        params += list(after)
+    columns = [c for c in COLUMNS if content or c not in CONTENT_COLUMNS]
+    direction = "DESC" if order == "desc" else "ASC"
+    select = ", ".join([*(_col(c, present) for c in columns), position])
+    sql = (
+        f"SELECT {select} FROM requests{hint}{clause} ORDER BY ts {direction}, {position} {direction} LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, limit + 1, offset], columns
+
+
+def page_of(rows: Sequence[Sequence[Any]], columns: list[str], limit: int) -> Page:
+    """The rows of `requests_sql` (one more than `limit` asked, to know whether there is more) as a `Page`."""
+    at = columns.index("ts")
+    shown = rows[:limit]
+    return Page(
+        [dict(zip(columns, row, strict=False)) for row in shown],
+        [encode_cursor(row[at], row[-1]) for row in shown],
+        more=len(rows) > limit,
+    )
+
+
 def preview(text: str | None) -> str | None:
     """The first `PREVIEW_CHARS` characters of a stored prompt or answer (`…` when there is more)."""
     if text is None or len(text) <= PREVIEW_CHARS:
@@ -356,6 +443,9 @@ class SqliteLedgerQueries:
         after = decode_cursor(cursor) if cursor is not None else None
         return await self._run(self._requests, filters, limit, after, offset, order, content)
 
+    async def close(self) -> None:
+        """Nothing to let go: each query opens and closes its own connection."""
+
     # -- blocking helpers (worker thread; also what the CLI's export iterates) ------------------------
 
     def iter_records(
@@ -371,32 +461,13 @@ class SqliteLedgerQueries:
             after = decode_cursor(page.cursors[-1])
 
     def _costs(self, db: sqlite3.Connection, present: set[str], column: str, filters: Filters, limit: int) -> Costs:
-        clause, params = where(filters, present)
-        group = _col(column, present)
-        sql = f"SELECT {group}, {sums_sql(present)} FROM requests{clause} GROUP BY {group}"
-        rows = [_cost_row(None if r[0] is None else str(r[0]), r[1:]) for r in db.execute(sql, params)]
-        total = CostRow(None)
-        for row in rows:
-            total.add(row)
-        rows.sort(key=_ranked)
-        return Costs(rows[:limit], total, len(rows))
+        return costs_of(db.execute(*costs_sql(column, filters, present)).fetchall(), limit)
 
     def _total(self, db: sqlite3.Connection, present: set[str], filters: Filters, group: str | None) -> CostRow:
-        clause, params = where(filters, present)
-        values = db.execute(f"SELECT {sums_sql(present)} FROM requests{clause}", params).fetchone()
-        return _cost_row(group, values)
+        return total_of(group, db.execute(*total_sql(filters, present)).fetchone())
 
     def _prompt_log(self, db: sqlite3.Connection, present: set[str], limit: int) -> list[dict[str, Any]]:
-        columns = [c for c in COLUMNS if c not in CONTENT_COLUMNS]
-        texts = [f"substr({_col(c, present)}, 1, {PREVIEW_CHARS + 1})" for c in CONTENT_COLUMNS]
-        select = ", ".join([*(_col(c, present) for c in columns), *texts])
-        sql = f"SELECT {select} FROM requests ORDER BY ts DESC, {self.POSITION} DESC LIMIT ?"
-        entries = []
-        for row in db.execute(sql, (limit,)):
-            entry = dict(zip(columns, row, strict=False))
-            entry["prompt_preview"], entry["answer_preview"] = preview(row[-2]), preview(row[-1])
-            entries.append(entry)
-        return entries
+        return prompt_log_of(db.execute(*prompt_log_sql(present, limit, self.POSITION)).fetchall())
 
     def _requests(
         self,
@@ -409,32 +480,16 @@ class SqliteLedgerQueries:
         order: Order,
         content: bool,
     ) -> Page:
-        clause, params = where(filters, present)
-        if after is not None:
-            relation = "<" if order == "desc" else ">"
-            clause += (" AND " if clause else " WHERE ") + f"(ts, {self.POSITION}) {relation} (?, ?)"
-            params += list(after)
-        columns = [c for c in COLUMNS if content or c not in CONTENT_COLUMNS]
-        direction = "DESC" if order == "desc" else "ASC"
-        select = ", ".join([*(_col(c, present) for c in columns), self.POSITION])
         # SQLite's planner walks requests_ts and reads every record to test a filter; requests_costs holds the
         # filtered columns too, in the same time order, so a record is read only when it matches (a value
         # that matches nothing: 0.1 s instead of 0.5 s over 1M records, more with stored text).
         hint = (
             " INDEXED BY requests_costs" if self._FILTER_INDEX in present and (filters.equals or filters.status) else ""
         )
-        sql = (
-            f"SELECT {select} FROM requests{hint}{clause} ORDER BY ts {direction}, {self.POSITION} {direction} "
-            "LIMIT ? OFFSET ?"
+        sql, params, columns = requests_sql(
+            filters, present, limit, after, offset, order, content, position=self.POSITION, hint=hint
         )
-        rows = db.execute(sql, [*params, limit + 1, offset]).fetchall()
-        at = columns.index("ts")
-        shown = rows[:limit]
-        return Page(
-            [dict(zip(columns, row, strict=False)) for row in shown],
-            [encode_cursor(row[at], row[-1]) for row in shown],
-            more=len(rows) > limit,
-        )
+        return page_of(db.execute(sql, params).fetchall(), columns, limit)
 
     # -- connections ---------------------------------------------------------------------------------------
 
