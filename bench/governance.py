@@ -68,14 +68,24 @@ def policy_text(fake_port: int, work: Path, store: dict[str, Any]) -> str:
             "orgs": {"acme": {"budget": {"usd": BIG, "period": "month"}}},
             "teams": {"growth": {"org": "acme", "budget": {"usd": BIG, "period": "month"}, "limits": limits}},
             "keys": [
-                {"name": "governed", "hash": digest(ON_KEY), "team": "growth",
-                 "budget": {"usd": BIG, "period": "month"}, "limits": limits},
+                {
+                    "name": "governed",
+                    "hash": digest(ON_KEY),
+                    "team": "growth",
+                    "budget": {"usd": BIG, "period": "month"},
+                    "limits": limits,
+                },
                 {"name": "plain", "hash": digest(OFF_KEY)},
-            ],  # fmt: skip
+            ],
             "policies": [
-                {"name": "bench", "match": {"team": "growth"}, "allow_models": ["gpt-4o*"],
-                 "max_tokens_per_request": 100_000, "max_cost_per_day": {"usd": BIG}},
-            ],  # fmt: skip
+                {
+                    "name": "bench",
+                    "match": {"team": "growth"},
+                    "allow_models": ["gpt-4o*"],
+                    "max_tokens_per_request": 100_000,
+                    "max_cost_per_day": {"usd": BIG},
+                },
+            ],
         }
     )
 

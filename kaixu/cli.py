@@ -734,6 +734,20 @@ async def _with_seat_store(args: argparse.Namespace, work: Any) -> Any:
     return None if path is None else await work(SqliteSeatStore(path), path)
 
 
+def _ledger_path(args: argparse.Namespace) -> str | None:
+    """The store file: `--db`, else the policy's `store.sqlite` (None after printing why there is none)."""
+    if args.db:
+        return str(args.db)
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return None
+    path = str(policy.store.get("sqlite", ":memory:"))
+    if path == ":memory:":
+        print(f"kaixu: {args.policy} keeps no store (store.sqlite is :memory:)", file=sys.stderr)
+        return None
+    return path
+
+
 def _seats_scope(args: argparse.Namespace) -> str | None:
     from kaixu.store.seats import customer_scope, key_scope
 

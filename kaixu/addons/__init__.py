@@ -27,6 +27,7 @@ from kaixu.addons.seats import Seats
 from kaixu.addons.settle import Settle
 from kaixu.addons.stream import Stream
 from kaixu.gateway import Gateway
+from kaixu.store import postgres
 
 
 def build_steps(gateway: Gateway) -> list[object]:
@@ -44,7 +45,9 @@ def build_steps(gateway: Gateway) -> list[object]:
         Auth(gateway),  # 3 who is calling (request head)
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
-        Seats(gateway),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
+        Seats(
+            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store)
+        ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         Policies(),  # 4 per-caller rules (`policies:`): models, tokens per request, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
         router,  # 6 where it goes

@@ -70,6 +70,14 @@ async def open_pool(dsn: str, size: int = DEFAULT_POOL_SIZE) -> asyncpg.Pool:
         return pool
 
 
+def pool_for(policy_store: dict[str, Any]) -> asyncpg.Pool | None:
+    """The pool already open for the policy's `store.postgres` (the ledger opens it as the proxy starts), for
+    steps that need it synchronously (the seats step); None before it is open or without `store.postgres`."""
+    spec = settings(policy_store)
+    held = None if spec is None else _pools.get(spec)
+    return None if held is None else held[0]
+
+
 async def close_pool(pool: asyncpg.Pool) -> None:
     """Gives back a pool `open_pool` returned; the last user closes it."""
     for name, (held, loop, users) in list(_pools.items()):
