@@ -334,8 +334,9 @@ def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fak
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_port}/hook"
     policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")},
-                        alerts={"budget_percent": 5, "webhook": f"http://127.0.0.1:{server.server_port}/hook"})  # fmt: skip
+                        alerts={"budget_percent": 5, "webhook": hook})  # fmt: skip
     policy["keys"].append(
         {"name": "watched", "hash": key_hash("sk-watched"), "budget": {"usd": 0.0001, "period": "day"}}
     )
