@@ -18,12 +18,13 @@ import httpx
 import pytest
 import redis
 
-from tests import scrape
+from tests import pg, scrape
 from tests.fakes.provider import FakeProvider
 from tests.harness import Kaixu, key_hash, policy_for, unavailable, wait_for
 from tests.prometheus import free_port
 from tests.test_counters import REDIS_URL, need_redis
 from tests.test_governance import HI, clear_of_a_minute_boundary
+from tests.test_postgres import PEPPER, cli
 
 BODY = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 3}
 
@@ -165,3 +166,59 @@ def test_when_redis_dies_the_policy_decides(tmp_path: Path, fake: FakeProvider, 
     finally:
         gateway.stop()
         own.kill()
+
+
+def test_two_replicas_on_redis_and_postgres_hold_a_cli_keys_budget(
+    tmp_path: Path, fake: FakeProvider, prefix: str
+) -> None:
+    """The issue's proof with the whole shared store: the key is made by `kaixu keys create` in PostgreSQL, both
+    replicas read it from there, count on Redis and write their ledger rows to PostgreSQL."""
+    with pg.own_schema() as dsn:
+        store = {"postgres": {"dsn": dsn, "pool_size": 4}, "redis": {"url": REDIS_URL, "prefix": prefix}}
+        policy = policy_for(fake.base_url, store=store)
+        env = {"KAIXU_KEY_PEPPER": PEPPER}
+        gateways = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            gateways.append(Kaixu(tmp_path / name, policy, env=env).start())
+        try:
+            calibrate = httpx.post(gateways[0].url + "/v1/chat/completions", json=BODY,
+                                   headers={"authorization": "Bearer sk-test"})  # fmt: skip
+            cap = Decimal(calibrate.headers["x-kaixu-cost-usd"]) * 20
+            made = cli(gateways[0].workdir, "keys", "create", "--name", "racer", "--budget-usd", str(cap),
+                       "--period", "total")  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            key = made.stdout.strip()
+
+            def known(gateway: Kaixu) -> bool:
+                answer = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+                return answer.status_code == 200
+
+            for gateway in gateways:
+                wait_for(lambda g=gateway: known(g), 10, "the key on each replica")
+
+            answers = asyncio.run(burst([g.url for g in gateways], key, 200))
+            assert sorted({a.status_code for a in answers}) == [200, 402]
+            admitted = [a for a in answers if a.status_code == 200]
+            spent = sum(Decimal(a.headers["x-kaixu-cost-usd"]) for a in admitted)
+            reservation = max(
+                Decimal(a.json()["budget"]["request_reserve_usd"]) for a in answers if a.status_code == 402
+            )
+            assert spent <= cap + reservation, f"spent {spent} of {cap} (one reservation: {reservation})"
+            assert {a.url.port for a in admitted} == {g.port for g in gateways}, "both replicas served the key"
+            query = (
+                "SELECT count(*), coalesce(sum(cost_micros), 0) FROM requests"
+                " WHERE key_name = 'racer' AND status = 200 AND operation = 'chat'"
+            )
+
+            def rows() -> Any:
+                return asyncio.run(pg.fetch(dsn, "SELECT key_name, status, count(*) FROM requests GROUP BY 1, 2"))
+
+            try:
+                wait_for(lambda: asyncio.run(pg.fetch(dsn, query))[0][0] == len(admitted), 10, "the ledger rows")
+            except TimeoutError:
+                raise AssertionError(f"{len(admitted)} admitted; {rows()}") from None
+            assert Decimal(asyncio.run(pg.fetch(dsn, query))[0][1]) / 1_000_000 == spent
+        finally:
+            for gateway in gateways:
+                gateway.stop()
