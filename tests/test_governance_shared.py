@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tests import pg, scrape
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import Kaixu, key_hash, policy_for, unavailable, wait_for
 from tests.prometheus import free_port
 from tests.test_counters import REDIS_URL, need_redis
@@ -222,3 +222,19 @@ def test_two_replicas_on_redis_and_postgres_hold_a_cli_keys_budget(
         finally:
             for gateway in gateways:
                 gateway.stop()
+
+
+def test_the_parallel_request_cap_holds_across_two_replicas(tmp_path: Path, fake: FakeProvider, prefix: str) -> None:
+    policy = policy_for(fake.base_url, store={"sqlite": "x", "redis": {"url": REDIS_URL, "prefix": prefix}})
+    policy["keys"].append({"name": "par", "hash": key_hash("sk-par"), "limits": {"max_parallel": 3}})
+    gateways = replicas(tmp_path, policy)
+    try:
+        fake.clear()
+        fake.add_fault(Fault(latency_ms=1000, times=10, path_contains="/chat/completions"))
+        answers = asyncio.run(burst([g.url for g in gateways], "sk-par", 10))
+        assert sorted(a.status_code for a in answers) == [200] * 3 + [429] * 7, answers[0].text
+        assert len(fake.requests) == 3, "the refused ones never reached the provider"
+    finally:
+        fake.clear_faults()
+        for gateway in gateways:
+            gateway.stop()
