@@ -37,11 +37,25 @@ def _zone(name: str) -> datetime.tzinfo:
     return datetime.UTC if name == "UTC" else zoneinfo.ZoneInfo(name)
 
 
+_periods: dict[tuple[str, str], tuple[float, str, float]] = {}
+"""(period, time zone) -> (start, key, end) of the period last computed: a request computes a calendar only
+when a period has turned (the event loop is one thread: no lock needed)."""
+
+
 def period(budget: Budget, now: float) -> tuple[str, float | None]:
     """The current period's key and when it ends (Unix seconds; None for `total`), in the budget's time zone:
     days start at midnight, weeks on Monday, months on the 1st."""
     if budget.period == "total":
         return "total", None
+    known = _periods.get((budget.period, budget.timezone))
+    if known is not None and known[0] <= now < known[2]:
+        return known[1], known[2]
+    key, start, end = _calendar(budget, now)
+    _periods[(budget.period, budget.timezone)] = (start, key, end)
+    return key, end
+
+
+def _calendar(budget: Budget, now: float) -> tuple[str, float, float]:
     zone = _zone(budget.timezone)
     local = datetime.datetime.fromtimestamp(now, zone)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -52,10 +66,10 @@ def period(budget: Budget, now: float) -> tuple[str, float | None]:
         start = midnight - datetime.timedelta(days=local.weekday())
         key, end = f"{year}-W{week:02d}", start.date() + datetime.timedelta(days=7)
     else:
-        first = midnight.replace(day=1)
-        key, end = local.strftime("%Y-%m"), (first.date() + datetime.timedelta(days=32)).replace(day=1)
+        start = midnight.replace(day=1)
+        key, end = local.strftime("%Y-%m"), (start.date() + datetime.timedelta(days=32)).replace(day=1)
     ends = datetime.datetime(end.year, end.month, end.day, tzinfo=zone)  # a DST change is the zone's business
-    return key, ends.timestamp()
+    return key, start.timestamp(), ends.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
