@@ -52,9 +52,14 @@ def cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
+INSTALL = {"x-kaixu-install-id": "install-1"}
+"""The install a seat-bound key's requests name (the CLI key below has `--seats 3`)."""
+
+
 def chat(gateway: Kaixu, key: str) -> httpx.Response:
     body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
-    return httpx.post(gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+    headers = {"authorization": f"Bearer {key}", **INSTALL}
+    return httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers)
 
 
 def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -82,7 +87,10 @@ def test_a_cli_key_on_postgres_is_served_ledgered_in_postgres_and_revoked_within
     assert stored[0][:6] == ("web", "growth", 12_500_000, "month", 60, 3) and key not in repr(stored)
 
     wait_for(lambda: chat(gateway, key).status_code == 200, 10, "the new key to be accepted")
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    bare = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "mock-model", "messages": []},
+                      headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    assert bare.json()["error"]["code"] == "install_id_required", "its seats hold on PostgreSQL too"
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, default_headers=INSTALL)
     raw = client.chat.completions.with_raw_response.create(
         model="mock-model", messages=[{"role": "user", "content": "hello"}]
     )
@@ -96,7 +104,7 @@ def test_a_cli_key_on_postgres_is_served_ledgered_in_postgres_and_revoked_within
 
     costs = cli(gateway.workdir, "costs", "--json", "--key", "web")  # the polls before it loaded were 401s
     assert costs.returncode == 0, costs.stderr
-    assert [(g["group"], g["requests"]) for g in json.loads(costs.stdout)["groups"]] == [("web", 2)]
+    assert [(g["group"], g["requests"]) for g in json.loads(costs.stdout)["groups"]] == [("web", 3)]  # and the 400
     logs = cli(gateway.workdir, "logs", "--json", "-n", "1")
     assert logs.returncode == 0, logs.stderr
     assert json.loads(logs.stdout)["request_id"] == request_id
