@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Slot
+from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Slot, Window
 from kaixu.limits import redis_counters as redis_backend
 from kaixu.limits.memory_counters import MemoryCounters
 from kaixu.limits.redis_counters import RedisCounters
@@ -280,6 +280,56 @@ async def test_an_expired_slot_is_freed(counters: Counters) -> None:
 
     await eventually(free, 5, "the lapsed slot is freed")
     assert isinstance(await counters.acquire_slot("key:x:parallel", 1, 60), Slot)
+
+
+# One operation per request each way: admit and end
+
+
+async def test_admit_counts_every_window_and_takes_every_slot_or_nothing(counters: Counters) -> None:
+    windows = [Window("key:a:rpm", HOUR, 3), Window("team:t:rpm", HOUR, 2), Window("key:a:tpm", HOUR, 100, 0)]
+    first = await counters.admit(windows, [("key:a:parallel", 5)], 60)
+    assert first.refused is None and len(first.slots) == 1
+    assert [h.remaining for h in first.hits] == [2, 1, 100]
+    second = await counters.admit(windows, [("key:a:parallel", 5)], 60)
+    assert second.refused is None and [h.remaining for h in second.hits] == [1, 0, 100]
+    third = await counters.admit(windows, [("key:a:parallel", 5)], 60)
+    assert third.refused == 1 and third.slots == (), "the team's window is full"
+    assert not third.hits[1].allowed and third.hits[1].remaining == 0
+    assert third.hits[0].remaining == 1, "nothing was counted in the key's window"
+    assert await counters.held_slots("key:a:parallel") == 2
+    assert (await counters.hit("key:a:rpm", HOUR, 3, 0)).remaining == 1
+
+
+async def test_admit_refuses_on_a_full_slot_with_its_index(counters: Counters) -> None:
+    windows = [Window("key:s:rpm", HOUR, 10)]
+    assert (await counters.admit(windows, [("key:s:parallel", 1)], 60)).refused is None
+    refused = await counters.admit(windows, [("team:s:parallel", 3), ("key:s:parallel", 1)], 60)
+    assert refused.refused == 2 and refused.slots == ()
+    assert refused.hits[0].remaining == 9, "not counted"
+    assert await counters.held_slots("team:s:parallel") == 0
+
+
+async def test_concurrent_admits_hold_the_limit_exactly(counters: Counters) -> None:
+    answers = await asyncio.gather(
+        *(counters.admit([Window("key:c:rpm", HOUR, 20)], [("key:c:parallel", 1000)], 60) for _ in range(60))
+    )
+    assert sum(a.refused is None for a in answers) == 20
+    assert await counters.held_slots("key:c:parallel") == 20
+
+
+async def test_end_settles_releases_frees_and_counts_tokens_in_one_operation(counters: Counters) -> None:
+    kept = await counters.reserve(["key:e:total", "team:e:total"], 500, [10_000, 10_000], 60)
+    dropped = await counters.reserve(["key:e:total"], 300, [10_000], 60)
+    assert isinstance(kept, Reservation) and isinstance(dropped, Reservation)
+    admitted = await counters.admit([Window("key:e:tpm", HOUR, 50, 0)], [("key:e:parallel", 2)], 60)
+    await counters.end([(kept, 120)], [dropped], admitted.slots, [Window("key:e:tpm", HOUR, 50, 70)])
+    assert await counters.spent("key:e:total") == 120 and await counters.spent("team:e:total") == 120
+    assert await counters.reserved("key:e:total") == 0 and await counters.reserved("team:e:total") == 0
+    assert await counters.held_slots("key:e:parallel") == 0
+    tokens = await counters.hit("key:e:tpm", HOUR, 50, 0)
+    assert not tokens.allowed and tokens.remaining == 0, "tokens spent are counted past the limit"
+    await counters.end([(kept, 120)], [], [], [])
+    assert await counters.spent("key:e:total") == 120, "a second settle counts nothing"
 
 
 # SQLite: a restart, and processes sharing one file

@@ -37,7 +37,7 @@ from kaixu.formats.canonical import Usage
 from kaixu.formats.seeds import MonthRollup, gateway13
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Refusal, Reservation, Slot
-from kaixu.limits.governor import TTL_MARGIN_S, Governor
+from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly
 from kaixu.limits.levels import BudgetLevel, budget_levels
 from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
@@ -94,7 +94,7 @@ class Budgets:
         levels = budget_levels(policy, key, end_customer(call), day_caps, time.time())
         if not levels:
             return None
-        return self._reserve(flow, call, levels)
+        return eagerly(self.gateway.governor, self._reserve(flow, call, levels))
 
     async def _reserve(self, flow: http.HTTPFlow, call: Call, levels: list[BudgetLevel]) -> None:
         await self._hold(flow, call, levels)

@@ -19,7 +19,6 @@ headers for the tightest window.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 
@@ -30,8 +29,8 @@ from kaixu.addons.router import ROUTED_OPERATIONS
 from kaixu.addons.settle import add_headers, end_customer
 from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
-from kaixu.limits import CountersUnavailable, Slot
-from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, tighter
+from kaixu.limits import CountersUnavailable, Window
+from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, eagerly, tighter
 from kaixu.limits.levels import RateLevel, rate_levels
 from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
@@ -87,53 +86,53 @@ class RateLimits:
         levels = rate_levels(policy, key, end_customer(call), peer[0] if peer else None)
         if not levels:
             return None
-        return self._admit(flow, call, levels)
+        return eagerly(self.gateway.governor, self._admit(flow, call, levels))
 
     async def _admit(self, flow: http.HTTPFlow, call: Call, levels: list[RateLevel]) -> None:
         governor = await governor_for(self.gateway)
         if governor is None:
             unavailable(flow, call, None, None)
             return
-        governance = call.governance
-        counters = governor.counters
+        windows: list[Window] = []
+        counted: list[tuple[RateLevel, str]] = []
+        slots: list[tuple[str, int]] = []
+        capped: list[RateLevel] = []
+        for level in levels:
+            limits = level.limits
+            if limits.rpm is not None:
+                windows.append(Window(f"{level.scope}:rpm", MINUTE_S, limits.rpm))
+                counted.append((level, "rpm"))
+            if limits.tpm is not None:  # asks only whether tokens are left: the answer's tokens count at its end
+                windows.append(Window(f"{level.scope}:tpm", MINUTE_S, limits.tpm, 0))
+                counted.append((level, "tpm"))
+            if limits.max_parallel is not None:
+                slots.append((f"{level.scope}:parallel", limits.max_parallel))
+                capped.append(level)
         ttl = call.policy.upstream_timeout_s + TTL_MARGIN_S
         try:
-            for level in levels:
-                limits = level.limits
-                if limits.rpm is not None:
-                    hit = await counters.hit(f"{level.scope}:rpm", MINUTE_S, limits.rpm)
-                    governance.requests = tighter(governance.requests, hit)
-                    if not hit.allowed:
-                        self._refuse(flow, call, f"{limits.rpm} requests per minute", level, hit.reset_ms, "rpm")
-                        break
-                if limits.tpm is not None:
-                    hit = await counters.hit(f"{level.scope}:tpm", MINUTE_S, limits.tpm, 0)
-                    governance.tokens = tighter(governance.tokens, hit)
-                    if not hit.allowed:
-                        self._refuse(flow, call, f"{limits.tpm} tokens per minute", level, hit.reset_ms, "tpm")
-                        break
-                    governance.token_scopes.append((f"{level.scope}:tpm", limits.tpm))
-                if limits.max_parallel is not None:
-                    slot = await counters.acquire_slot(f"{level.scope}:parallel", limits.max_parallel, ttl)
-                    if slot is None:
-                        what = f"{limits.max_parallel} requests in flight at once"
-                        self._refuse(flow, call, what, level, 1000, "parallel")
-                        break
-                    governance.slots.append(slot)
+            answer = await governor.counters.admit(windows, slots, ttl)
         except CountersUnavailable as e:
-            if unavailable(flow, call, governor, e):
-                await self._give_back(governor, governance.slots)
-                governance.slots = []
+            unavailable(flow, call, governor, e)
             return
-        if flow.response is not None:  # refused: what this request holds goes back now, not after an answer
-            await self._give_back(governor, governance.slots)
-            governance.slots, governance.token_scopes = [], []
-
-    @staticmethod
-    async def _give_back(governor: Governor, slots: list[Slot]) -> None:
-        for slot in slots:
-            with contextlib.suppress(CountersUnavailable):  # else it lapses at its ttl
-                await governor.counters.release_slot(slot)
+        governance = call.governance
+        for hit, (_, kind) in zip(answer.hits, counted, strict=True):
+            if kind == "rpm":
+                governance.requests = tighter(governance.requests, hit)
+            else:
+                governance.tokens = tighter(governance.tokens, hit)
+        refused = answer.refused
+        if refused is None:
+            governance.slots = list(answer.slots)
+            tpm = [w for w, (_, kind) in zip(windows, counted, strict=True) if kind == "tpm"]
+            governance.token_scopes = [(w.scope, w.limit) for w in tpm]
+        elif refused < len(windows):
+            level, kind = counted[refused]
+            limit = level.limits.rpm if kind == "rpm" else level.limits.tpm
+            what = f"{limit} requests per minute" if kind == "rpm" else f"{limit} tokens per minute"
+            self._refuse(flow, call, what, level, answer.hits[refused].reset_ms, kind)
+        else:
+            level = capped[refused - len(windows)]
+            self._refuse(flow, call, f"{level.limits.max_parallel} requests in flight at once", level, 1000, "parallel")
 
     @staticmethod
     def _refuse(flow: http.HTTPFlow, call: Call, what: str, level: RateLevel, reset_ms: int, reason: str) -> None:

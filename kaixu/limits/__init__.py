@@ -73,6 +73,30 @@ class Slot:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window a request is counted in: `amount` 1 for a request, a request's tokens after its answer, or 0
+    to ask only whether anything is left (tpm before the answer)."""
+
+    scope: str
+    window_s: int
+    limit: int
+    amount: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of `admit`: every window's state and the slots taken, or what refused (nothing is counted
+    and no slot is taken then)."""
+
+    hits: tuple[WindowHit, ...]
+    """One per window asked, in order: after counting when admitted, as it stands when refused."""
+    slots: tuple[Slot, ...]
+    refused: int | None = None
+    """None: admitted. Else the index of the first refusal: a window (0..len(windows)-1) or a slot
+    (len(windows) + its index)."""
+
+
 @runtime_checkable
 class Counters(Protocol):
     """What limits and budgets need from shared state. Every method is one atomic operation on the backend
@@ -127,6 +151,23 @@ class Counters(Protocol):
         """Slots held now (unexpired) on the scope."""
         ...
 
+    async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
+        """A request's rate limits in one atomic operation (one round trip on Redis): admitted only if every
+        window allows it (`hit`'s rule) and every `(scope, limit)` has a free slot; then every window is counted
+        and a slot of each is taken, else nothing is."""
+        ...
+
+    async def end(
+        self,
+        settle: Sequence[tuple[Reservation, int]],
+        release: Sequence[Reservation],
+        slots: Sequence[Slot],
+        windows: Sequence[Window],
+    ) -> None:
+        """A request's end in one operation: `settle` each reservation to its cost (as `settle`), `release`
+        others, free `slots`, and count `windows` even past their limit (tokens spent: `hit(force=True)`)."""
+        ...
+
     async def close(self) -> None:
         """Lets the connection go; the state stays in the backend."""
         ...
@@ -160,4 +201,4 @@ def window_answer(count_before: int, limit: int, amount: int, force: bool, now_m
     return WindowHit(allowed, limit, max(0, limit - count), reset_ms)
 
 
-__all__ = ["Counters", "CountersUnavailable", "Refusal", "Reservation", "Slot", "WindowHit"]
+__all__ = ["Admission", "Counters", "CountersUnavailable", "Refusal", "Reservation", "Slot", "Window", "WindowHit"]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from kaixu.config.policy import AlertsPolicy
-from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, WindowHit
+from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, Window, WindowHit
 from kaixu.log import safe
 from kaixu.metrics import BUDGET_ALERTS
 from kaixu.pricing import usd
@@ -91,6 +92,45 @@ def tighter(current: WindowHit | None, hit: WindowHit) -> WindowHit:
     return hit if current is None or hit.remaining < current.remaining else current
 
 
+def eagerly(governor: Governor | None, step: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+    """Runs a step's coroutine at once when the counters live in this process: it then finishes without ever
+    suspending (None: nothing to await, no task for mitmproxy to schedule); else it is handed on as it is.
+
+    Only for the in-process backend: a coroutine that suspends here resumes in the task mitmproxy makes for the
+    hook, so anything it entered before suspending (a Redis client's `asyncio.timeout`) would belong to the
+    wrong task. The in-process counters never suspend, and a step reaches them without waiting once the
+    counters are open (before that, `governor` is None and the step goes its usual way). Nor for steps that
+    may await a future another eager step awaits: asyncio lets only one await a pending future outside a task."""
+    if governor is None or governor.kind != "memory":
+        return step
+    try:
+        waiting = step.send(None)
+    except StopIteration:
+        return None
+    return _rest(step, waiting)
+
+
+async def _rest(step: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drives on a coroutine `eagerly` started and that suspended on `waiting` (a future, or None for a bare
+    yield): waits for it as a task would, then resumes the step; a cancellation is thrown into the step."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+        except BaseException as exc:
+            try:
+                waiting = step.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return
+
+
 class Governor:
     """The counters of this process and the policy's answer to their failure."""
 
@@ -115,19 +155,13 @@ class Governor:
     async def _finish(
         self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None
     ) -> None:
-        counters = self.counters
+        held = [governance.reservation] if governance.reservation else []
+        held += governance.shadow_reservations
+        # nothing spent (refused upstream, failed before any token) or a cost unknown: the hold is given back
+        settle = [(reservation, cost_micros) for reservation in held] if cost_micros else []
+        windows = [Window(scope, MINUTE_S, tpm, tokens) for scope, tpm in governance.token_scopes] if tokens else []
         try:
-            held = [governance.reservation] if governance.reservation else []
-            for reservation in [*held, *governance.shadow_reservations]:
-                if cost_micros:
-                    await counters.settle(reservation, cost_micros)
-                else:  # nothing was spent (refused upstream, failed before any token) or the cost is unknown
-                    await counters.release(reservation)
-            for slot in governance.slots:
-                await counters.release_slot(slot)
-            if tokens:
-                for scope, tpm in governance.token_scopes:
-                    await counters.hit(scope, MINUTE_S, tpm, tokens, force=True)
+            await self.counters.end(settle, [] if cost_micros else held, governance.slots, windows)
             if cost_micros and alerts is not None and alerts.budget_percent is not None:
                 await self._alert(governance, alerts, alerts.budget_percent)
         except CountersUnavailable as e:  # the holds lapse at their ttl; the spend of this request is lost

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from kaixu.limits import (
+    Admission,
     CountersUnavailable,
     Refusal,
     Reservation,
     Slot,
+    Window,
     WindowHit,
     check_reservation,
     check_window,
@@ -138,7 +140,9 @@ class MemoryCounters:
     async def settle(self, reservation: Reservation, actual_micros: int) -> bool:
         if actual_micros < 0:
             raise ValueError("a cost is not negative")
-        now = self.clock()
+        return self._settle(reservation, actual_micros, self.clock())
+
+    def _settle(self, reservation: Reservation, actual_micros: int, now: float) -> bool:
         self._reap(now)
         if reservation.id in self._settled:
             return False
@@ -184,15 +188,64 @@ class MemoryCounters:
         check_window(window_s, limit, amount)
         now = self.clock()
         self._reap(now)
-        now_ms = int(now * 1000)
-        start = now_ms // (window_s * 1000)
-        window = self._windows.get((scope, window_s))
-        if window is None or window[0] != start:
-            window = self._windows[(scope, window_s)] = [start, 0]
-        answer = window_answer(window[1], limit, amount, force, now_ms, window_s)
+        window, answer = self._look(Window(scope, window_s, limit, amount), int(now * 1000), force)
         if answer.allowed or force:
             window[1] += amount
         return answer
+
+    def _look(self, asked: Window, now_ms: int, force: bool = False) -> tuple[list[int], WindowHit]:
+        """The window's counter (current window) and what counting `asked.amount` in it would answer."""
+        start = now_ms // (asked.window_s * 1000)
+        window = self._windows.get((asked.scope, asked.window_s))
+        if window is None or window[0] != start:
+            window = self._windows[(asked.scope, asked.window_s)] = [start, 0]
+        return window, window_answer(window[1], asked.limit, asked.amount, force, now_ms, asked.window_s)
+
+    async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
+        for asked in windows:
+            check_window(asked.window_s, asked.limit, asked.amount)
+        now = self.clock()
+        self._reap(now)
+        now_ms = int(now * 1000)
+        looks = [self._look(asked, now_ms) for asked in windows]
+        refused = next((i for i, (_, hit) in enumerate(looks) if not hit.allowed), None)
+        held = [self._held_slots(scope, now) for scope, _ in slots]
+        if refused is None:
+            full = next((i for i, (h, (_, cap)) in enumerate(zip(held, slots, strict=True)) if len(h) >= cap), None)
+            refused = None if full is None else len(windows) + full
+        if refused is not None:  # nothing counted: each window as it stands
+            hits = tuple(
+                hit if i == refused else window_answer(window[1], asked.limit, 0, False, now_ms, asked.window_s)
+                for i, ((window, hit), asked) in enumerate(zip(looks, windows, strict=True))
+            )
+            return Admission(hits, (), refused)
+        for (window, _), asked in zip(looks, windows, strict=True):
+            window[1] += asked.amount
+        taken = []
+        for (scope, _), entries in zip(slots, held, strict=True):
+            slot = Slot(secrets.token_hex(12), scope, now + ttl_s)
+            entries[slot.id] = slot.expires_at
+            taken.append(slot)
+        return Admission(tuple(hit for _, hit in looks), tuple(taken))
+
+    async def end(
+        self,
+        settle: Sequence[tuple[Reservation, int]],
+        release: Sequence[Reservation],
+        slots: Sequence[Slot],
+        windows: Sequence[Window],
+    ) -> None:
+        now = self.clock()
+        for reservation, actual in settle:
+            self._settle(reservation, max(0, actual), now)
+        for reservation in release:
+            await self.release(reservation)
+        for slot in slots:
+            await self.release_slot(slot)
+        now_ms = int(now * 1000)
+        for asked in windows:
+            window, _ = self._look(asked, now_ms, force=True)
+            window[1] += asked.amount
 
     # Slots
 

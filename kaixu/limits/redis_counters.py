@@ -29,10 +29,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kaixu.limits import (
+    Admission,
     CountersUnavailable,
     Refusal,
     Reservation,
     Slot,
+    Window,
     WindowHit,
     check_reservation,
     check_window,
@@ -177,6 +179,117 @@ return redis.call('ZCARD', KEYS[1])
 )
 
 
+# KEYS: the windows' hashes, then the slots' sets. ARGV: n_windows, (window_s, limit, amount) per window, ttl_ms,
+# each slot's limit, each slot's id. All or nothing: nothing is counted and no slot taken unless all admit.
+_ADMIT = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local nw = tonumber(ARGV[1])
+local ns = #KEYS - nw
+local base = 3 * nw + 2
+local ttl = tonumber(ARGV[base])
+local counts, starts, allowed = {}, {}, {}
+local refused = 0
+for i = 1, nw do
+  local window = tonumber(ARGV[3 * i - 1]) * 1000
+  local limit, amount = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local start = math.floor(now / window)
+  local current = redis.call('HMGET', KEYS[i], 'start', 'count')
+  local count = 0
+  if tonumber(current[1]) == start then count = tonumber(current[2]) end
+  if amount == 0 then allowed[i] = count < limit else allowed[i] = count + amount <= limit end
+  if not allowed[i] and refused == 0 then refused = i end
+  counts[i], starts[i] = count, start
+end
+if refused == 0 then
+  for j = 1, ns do
+    local key = KEYS[nw + j]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= tonumber(ARGV[base + j]) then refused = nw + j break end
+  end
+end
+if refused == 0 then
+  for i = 1, nw do
+    local window, amount = tonumber(ARGV[3 * i - 1]) * 1000, tonumber(ARGV[3 * i + 1])
+    if amount > 0 then
+      counts[i] = counts[i] + amount
+      redis.call('HSET', KEYS[i], 'start', int(starts[i]), 'count', int(counts[i]))
+      redis.call('PEXPIRE', KEYS[i], int(2 * window))
+    end
+  end
+  for j = 1, ns do
+    local key = KEYS[nw + j]
+    redis.call('ZADD', key, int(now + ttl), ARGV[base + ns + j])
+    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, int(ttl)) end
+  end
+end
+local out = {refused, now + ttl}
+for i = 1, nw do
+  local window, limit = tonumber(ARGV[3 * i - 1]) * 1000, tonumber(ARGV[3 * i])
+  local ok = allowed[i]
+  if refused ~= 0 and refused ~= i then ok = counts[i] < limit end
+  local remaining = limit - counts[i]
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = ok and 1 or 0
+  out[#out + 1] = remaining
+  out[#out + 1] = window - now % window
+end
+return out
+"""
+)
+
+# One request's end. KEYS, in order: per settled reservation its done key then spend, held, res per scope; per
+# released reservation held, res per scope; the slots' sets; the windows' hashes. ARGV, in the same order:
+# n_settle, (n_scopes, amount, id, actual) each; n_release, (n_scopes, amount, id) each; n_slots, slot ids;
+# n_windows, (window_s, amount) each; memory_ms.
+_END = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local k, a = 1, 1
+local function arg() local v = ARGV[a]; a = a + 1; return v end
+local function key() local v = KEYS[k]; k = k + 1; return v end
+local memory = ARGV[#ARGV]
+for _ = 1, tonumber(arg()) do
+  local n, amount, id, actual = tonumber(arg()), arg(), arg(), arg()
+  local fresh = redis.call('SET', key(), '1', 'NX', 'PX', memory)
+  local member = amount .. ':' .. id
+  for _ = 1, n do
+    local spend, held, res = key(), key(), key()
+    if fresh then
+      reap(held, res, now)
+      if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, amount) end
+      redis.call('INCRBY', spend, actual)
+    end
+  end
+end
+for _ = 1, tonumber(arg()) do
+  local n, amount, id = tonumber(arg()), arg(), arg()
+  local member = amount .. ':' .. id
+  for _ = 1, n do
+    local held, res = key(), key()
+    if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, amount) end
+  end
+end
+for _ = 1, tonumber(arg()) do redis.call('ZREM', key(), arg()) end
+for _ = 1, tonumber(arg()) do
+  local window, amount = tonumber(arg()) * 1000, tonumber(arg())
+  local hash = key()
+  local start = math.floor(now / window)
+  local current = redis.call('HMGET', hash, 'start', 'count')
+  local count = 0
+  if tonumber(current[1]) == start then count = tonumber(current[2]) end
+  if amount > 0 then
+    redis.call('HSET', hash, 'start', int(start), 'count', int(count + amount))
+    redis.call('PEXPIRE', hash, int(2 * window))
+  end
+end
+return 1
+"""
+)
+
+
 class RedisCounters:
     """`kaixu.limits.Counters` on one Redis server. Timeouts are short and there are no retries: an
     unreachable Redis is `CountersUnavailable` within `timeout_s`, and the policy decides (fail closed or
@@ -202,6 +315,8 @@ class RedisCounters:
         self._hit = self._redis.register_script(_HIT)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._held = self._redis.register_script(_HELD)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._end = self._redis.register_script(_END)
 
     async def open(self) -> RedisCounters:
         """Checks the server answers, so a wrong URL is found at start rather than on the first request."""
@@ -279,6 +394,55 @@ class RedisCounters:
 
     async def held_slots(self, scope: str) -> int:
         return int(await self._call(self._held, keys=[f"{self.prefix}slot:{scope}"]))
+
+    # One round trip per request each way
+
+    async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
+        for asked in windows:
+            check_window(asked.window_s, asked.limit, asked.amount)
+        ids = [_new_id() for _ in slots]
+        keys = [f"{self.prefix}win:{w.window_s}:{w.scope}" for w in windows]
+        keys += [f"{self.prefix}slot:{scope}" for scope, _ in slots]
+        args: list[Any] = [len(windows)]
+        for w in windows:
+            args += [w.window_s, w.limit, w.amount]
+        args += [max(1, round(ttl_s * 1000)), *(limit for _, limit in slots), *ids]
+        answer = await self._call(self._admit, keys=keys, args=args)
+        refused, expires = int(answer[0]), answer[1] / 1000
+        hits = tuple(
+            WindowHit(answer[2 + 3 * i] == 1, w.limit, int(answer[3 + 3 * i]), int(answer[4 + 3 * i]))
+            for i, w in enumerate(windows)
+        )
+        if refused:
+            return Admission(hits, (), refused - 1)
+        return Admission(hits, tuple(Slot(sid, scope, expires) for sid, (scope, _) in zip(ids, slots, strict=True)))
+
+    async def end(
+        self,
+        settle: Sequence[tuple[Reservation, int]],
+        release: Sequence[Reservation],
+        slots: Sequence[Slot],
+        windows: Sequence[Window],
+    ) -> None:
+        keys: list[str] = []
+        args: list[Any] = [len(settle)]
+        for reservation, actual in settle:
+            keys.append(f"{self.prefix}done:{reservation.id}")
+            keys += [key for scope in reservation.scopes for key in self._budget_keys(scope)]
+            args += [len(reservation.scopes), reservation.amount_micros, reservation.id, max(0, actual)]
+        args.append(len(release))
+        for reservation in release:
+            keys += [key for scope in reservation.scopes for key in self._budget_keys(scope)[1:]]
+            args += [len(reservation.scopes), reservation.amount_micros, reservation.id]
+        args.append(len(slots))
+        keys += [f"{self.prefix}slot:{slot.scope}" for slot in slots]
+        args += [slot.id for slot in slots]
+        args.append(len(windows))
+        for w in windows:
+            keys.append(f"{self.prefix}win:{w.window_s}:{w.scope}")
+            args += [w.window_s, w.amount]
+        args.append(SETTLED_MEMORY_MS)
+        await self._call(self._end, keys=keys, args=args)
 
 
 def _new_id() -> str:

@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from kaixu.limits import (
+    Admission,
     CountersUnavailable,
     Refusal,
     Reservation,
     Slot,
+    Window,
     WindowHit,
     check_reservation,
     check_window,
@@ -140,20 +142,7 @@ class SqliteCounters:
             raise ValueError("a cost is not negative")
 
         def settle(db: sqlite3.Connection, now: float) -> bool:
-            db.execute("DELETE FROM counter_settled WHERE until <= ?", (now,))
-            if db.execute("SELECT 1 FROM counter_settled WHERE id = ?", (reservation.id,)).fetchone():
-                return False
-            db.execute(
-                "INSERT INTO counter_settled (id, until) VALUES (?, ?)", (reservation.id, now + SETTLED_MEMORY_S)
-            )
-            for scope in reservation.scopes:
-                db.execute("DELETE FROM counter_reservation WHERE scope = ? AND id = ?", (scope, reservation.id))
-                db.execute(
-                    "INSERT INTO counter_spend (scope, spent) VALUES (?, ?) "
-                    "ON CONFLICT (scope) DO UPDATE SET spent = spent + excluded.spent",
-                    (scope, actual_micros),
-                )
-            return True
+            return _settle(db, reservation, actual_micros, now)
 
         return await self._run(settle)
 
@@ -178,23 +167,60 @@ class SqliteCounters:
         check_window(window_s, limit, amount)
 
         def hit(db: sqlite3.Connection, now: float) -> WindowHit:
-            now_ms = int(now * 1000)
-            start = now_ms // (window_s * 1000)
-            key = (scope, window_s, start)
-            db.execute("DELETE FROM counter_window WHERE scope = ? AND window_s = ? AND start < ?", key)
-            row = db.execute(
-                "SELECT count FROM counter_window WHERE scope = ? AND window_s = ? AND start = ?", key
-            ).fetchone()
-            answer = window_answer(row[0] if row else 0, limit, amount, force, now_ms, window_s)
-            if (answer.allowed or force) and amount:
-                db.execute(
-                    "INSERT INTO counter_window (scope, window_s, start, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (scope, window_s, start) DO UPDATE SET count = count + excluded.count",
-                    (*key, amount),
-                )
+            asked, now_ms = Window(scope, window_s, limit, amount), int(now * 1000)
+            answer = _look(db, asked, now_ms, force)
+            if answer.allowed or force:
+                _count(db, asked, now_ms)
             return answer
 
         return await self._run(hit)
+
+    async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
+        for asked in windows:
+            check_window(asked.window_s, asked.limit, asked.amount)
+        ids = [secrets.token_hex(12) for _ in slots]
+
+        def admit(db: sqlite3.Connection, now: float) -> Admission:
+            now_ms = int(now * 1000)
+            hits = [_look(db, asked, now_ms) for asked in windows]
+            refused = next((i for i, hit in enumerate(hits) if not hit.allowed), None)
+            if refused is None:
+                full = next((i for i, (scope, cap) in enumerate(slots) if _held(db, scope, now) >= cap), None)
+                refused = None if full is None else len(windows) + full
+            if refused is not None:
+                shown = tuple(
+                    hit if i == refused else _look(db, Window(a.scope, a.window_s, a.limit, 0), now_ms)
+                    for i, (hit, a) in enumerate(zip(hits, windows, strict=True))
+                )
+                return Admission(shown, (), refused)
+            for asked in windows:
+                _count(db, asked, now_ms)
+            taken = tuple(Slot(sid, scope, now + ttl_s) for sid, (scope, _) in zip(ids, slots, strict=True))
+            db.executemany("INSERT INTO counter_slot (scope, id, expires) VALUES (?, ?, ?)",
+                           [(slot.scope, slot.id, slot.expires_at) for slot in taken])  # fmt: skip
+            return Admission(tuple(hits), taken)
+
+        return await self._run(admit)
+
+    async def end(
+        self,
+        settle: Sequence[tuple[Reservation, int]],
+        release: Sequence[Reservation],
+        slots: Sequence[Slot],
+        windows: Sequence[Window],
+    ) -> None:
+        def end(db: sqlite3.Connection, now: float) -> None:
+            for reservation, actual in settle:
+                _settle(db, reservation, max(0, actual), now)
+            db.executemany(
+                "DELETE FROM counter_reservation WHERE scope = ? AND id = ?",
+                [(scope, r.id) for r in release for scope in r.scopes],
+            )
+            db.executemany("DELETE FROM counter_slot WHERE scope = ? AND id = ?", [(s.scope, s.id) for s in slots])
+            for asked in windows:
+                _count(db, asked, int(now * 1000))
+
+        await self._run(end)
 
     # Slots
 
@@ -218,6 +244,39 @@ class SqliteCounters:
 
     async def held_slots(self, scope: str) -> int:
         return await self._run(lambda db, now: _held(db, scope, now))
+
+
+def _settle(db: sqlite3.Connection, reservation: Reservation, actual_micros: int, now: float) -> bool:
+    db.execute("DELETE FROM counter_settled WHERE until <= ?", (now,))
+    if db.execute("SELECT 1 FROM counter_settled WHERE id = ?", (reservation.id,)).fetchone():
+        return False
+    db.execute("INSERT INTO counter_settled (id, until) VALUES (?, ?)", (reservation.id, now + SETTLED_MEMORY_S))
+    for scope in reservation.scopes:
+        db.execute("DELETE FROM counter_reservation WHERE scope = ? AND id = ?", (scope, reservation.id))
+        db.execute(
+            "INSERT INTO counter_spend (scope, spent) VALUES (?, ?) "
+            "ON CONFLICT (scope) DO UPDATE SET spent = spent + excluded.spent",
+            (scope, actual_micros),
+        )
+    return True
+
+
+def _look(db: sqlite3.Connection, asked: Window, now_ms: int, force: bool = False) -> WindowHit:
+    """What counting `asked.amount` in the current window would answer (older windows are deleted here)."""
+    start = now_ms // (asked.window_s * 1000)
+    key = (asked.scope, asked.window_s, start)
+    db.execute("DELETE FROM counter_window WHERE scope = ? AND window_s = ? AND start < ?", key)
+    row = db.execute("SELECT count FROM counter_window WHERE scope = ? AND window_s = ? AND start = ?", key).fetchone()
+    return window_answer(row[0] if row else 0, asked.limit, asked.amount, force, now_ms, asked.window_s)
+
+
+def _count(db: sqlite3.Connection, asked: Window, now_ms: int) -> None:
+    if asked.amount:
+        db.execute(
+            "INSERT INTO counter_window (scope, window_s, start, count) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope, window_s, start) DO UPDATE SET count = count + excluded.count",
+            (asked.scope, asked.window_s, now_ms // (asked.window_s * 1000), asked.amount),
+        )
 
 
 def _spent(db: sqlite3.Connection, scope: str) -> int:
