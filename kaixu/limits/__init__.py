@@ -18,6 +18,8 @@ Not wired into the request path yet: the step that uses it arrives with issue 11
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -171,6 +173,16 @@ class Counters(Protocol):
     async def close(self) -> None:
         """Lets the connection go; the state stays in the backend."""
         ...
+
+
+_PROCESS = secrets.token_hex(8)
+_SERIAL = itertools.count()
+
+
+def new_id() -> str:
+    """An id for a reservation or a slot, unique across processes and replicas: a random prefix drawn once per
+    process and a counter (a random id each time costs a system call, about 15 µs on a loaded machine)."""
+    return f"{_PROCESS}{next(_SERIAL):x}"
 
 
 def check_reservation(scopes: Sequence[str], amount_micros: int, caps: Sequence[int], ttl_s: float) -> None:

@@ -107,6 +107,12 @@ def customer_of(policy: Policy, customer: str | None) -> tuple[str, Customer] | 
     return None if entry is None else (customer, entry)
 
 
+CACHE_ENTRIES = 4096
+_chains: dict[tuple[object, ...], list[tuple[str, str, Budget, bool, str]]] = {}
+"""Who counts against what, by (policy digest, key, customer, matching day caps): the hierarchy walked once per
+caller and policy, not per request. Emptied when full (callers past 4,096 at once are just walked again)."""
+
+
 def budget_levels(
     policy: Policy,
     key: VirtualKey | None,
@@ -116,6 +122,22 @@ def budget_levels(
 ) -> list[BudgetLevel]:
     """Every budget the request counts against, narrowest first (the order a 402 names the first one full).
     `policies`: the (name, day budget, enforce) of the matching `policies[]` with `max_cost_per_day`."""
+    cache_key = (policy.digest, key, customer, tuple(policies))
+    chain = _chains.get(cache_key)
+    if chain is None:
+        if len(_chains) >= CACHE_ENTRIES:
+            _chains.clear()
+        chain = _chains[cache_key] = _budget_chain(policy, key, customer, policies)
+    levels = []
+    for level, name, budget, enforce, prefix in chain:
+        period_key, resets_at = period(budget, now)
+        levels.append(BudgetLevel(level, name, budget, prefix + period_key, resets_at, enforce))
+    return levels
+
+
+def _budget_chain(
+    policy: Policy, key: VirtualKey | None, customer: str | None, policies: list[tuple[str, Budget, bool]]
+) -> list[tuple[str, str, Budget, bool, str]]:
     found: list[tuple[str, str, Budget, bool]] = []
     team = policy.teams.get(key.team) if key is not None and key.team else None
     if key is not None and key.budget is not None:
@@ -130,12 +152,9 @@ def budget_levels(
         found.append(("org", org.name, org.budget, True))
     for name, budget, enforce in policies:
         found.append(("policy", name, budget, enforce))
-    levels = []
-    for level, name, budget, enforce in found:
-        key_, resets_at = period(budget, now)
-        scope = f"budget:{level}:{scope_name(name)}:{budget.period}:{key_}"
-        levels.append(BudgetLevel(level, name, budget, scope, resets_at, enforce))
-    return levels
+    return [
+        (lv, name, budget, on, f"budget:{lv}:{scope_name(name)}:{budget.period}:") for lv, name, budget, on in found
+    ]
 
 
 def rate_levels(policy: Policy, key: VirtualKey | None, customer: str | None, client_ip: str | None) -> list[RateLevel]:

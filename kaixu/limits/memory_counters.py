@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +36,7 @@ from kaixu.limits import (
     WindowHit,
     check_reservation,
     check_window,
+    new_id,
     window_answer,
 )
 from kaixu.limits.sqlite_counters import SCHEMA, SETTLED_MEMORY_S
@@ -53,8 +54,7 @@ class MemoryCounters:
         self.flush_s = flush_s
         self.clock = clock
         self._spent: dict[str, int] = {}
-        self._held: dict[str, dict[str, tuple[int, float]]] = {}
-        """scope -> reservation id -> (amount, expires)."""
+        self._held: dict[str, _Holds] = {}
         self._settled: dict[str, float] = {}
         """Settled reservation ids -> until when they are remembered (a repeated settle counts nothing)."""
         self._windows: dict[tuple[str, int], list[int]] = {}
@@ -111,14 +111,12 @@ class MemoryCounters:
 
     # Budgets
 
-    def _live(self, scope: str, now: float) -> dict[str, tuple[int, float]]:
+    def _live(self, scope: str, now: float) -> _Holds:
         held = self._held.get(scope)
         if held is None:
-            held = self._held[scope] = {}
-        else:
-            expired = [rid for rid, (_, expires) in held.items() if expires <= now]
-            for rid in expired:
-                del held[rid]
+            held = self._held[scope] = _Holds()
+        elif held.earliest <= now:
+            held.reap(now)
         return held
 
     async def reserve(
@@ -129,12 +127,11 @@ class MemoryCounters:
         helds = [self._live(scope, now) for scope in scopes]
         for scope, cap, held in zip(scopes, caps, helds, strict=True):
             spent = self._spent.get(scope, 0)
-            reserved = sum(amount for amount, _ in held.values())
-            if spent + reserved + amount_micros > cap:
-                return Refusal(scope, cap, spent, reserved, amount_micros)
-        reservation = Reservation(secrets.token_hex(12), tuple(scopes), amount_micros, now + ttl_s)
+            if spent + held.total + amount_micros > cap:
+                return Refusal(scope, cap, spent, held.total, amount_micros)
+        reservation = Reservation(new_id(), tuple(scopes), amount_micros, now + ttl_s)
         for held in helds:
-            held[reservation.id] = (amount_micros, reservation.expires_at)
+            held.add(reservation.id, amount_micros, reservation.expires_at)
         return reservation
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> bool:
@@ -150,7 +147,7 @@ class MemoryCounters:
         for scope in reservation.scopes:
             held = self._held.get(scope)
             if held is not None:
-                held.pop(reservation.id, None)
+                held.remove(reservation.id)
             self._spent[scope] = self._spent.get(scope, 0) + actual_micros
             self._pending[scope] = self._pending.get(scope, 0) + actual_micros
         return True
@@ -159,13 +156,13 @@ class MemoryCounters:
         for scope in reservation.scopes:
             held = self._held.get(scope)
             if held is not None:
-                held.pop(reservation.id, None)
+                held.remove(reservation.id)
 
     async def spent(self, scope: str) -> int:
         return self._spent.get(scope, 0)
 
     async def reserved(self, scope: str) -> int:
-        return sum(amount for amount, _ in self._live(scope, self.clock()).values())
+        return self._live(scope, self.clock()).total
 
     def _reap(self, now: float) -> None:
         """At most once a minute: forget settled ids past their memory, and windows and empty scopes no
@@ -178,9 +175,10 @@ class MemoryCounters:
         now_ms = int(now * 1000)
         for key in [k for k, (start, _) in self._windows.items() if start < now_ms // (k[1] * 1000)]:
             del self._windows[key]
-        for table in (self._held, self._slots):
-            for scope in [scope for scope, entries in table.items() if not entries]:
-                del table[scope]
+        for scope in [scope for scope, held in self._held.items() if not held.entries]:
+            del self._held[scope]
+        for scope in [scope for scope, slots in self._slots.items() if not slots]:
+            del self._slots[scope]
 
     # Windows
 
@@ -223,7 +221,7 @@ class MemoryCounters:
             window[1] += asked.amount
         taken = []
         for (scope, _), entries in zip(slots, held, strict=True):
-            slot = Slot(secrets.token_hex(12), scope, now + ttl_s)
+            slot = Slot(new_id(), scope, now + ttl_s)
             entries[slot.id] = slot.expires_at
             taken.append(slot)
         return Admission(tuple(hit for _, hit in looks), tuple(taken))
@@ -256,7 +254,7 @@ class MemoryCounters:
         slots = self._held_slots(scope, now)
         if len(slots) >= limit:
             return None
-        slot = Slot(secrets.token_hex(12), scope, now + ttl_s)
+        slot = Slot(new_id(), scope, now + ttl_s)
         slots[slot.id] = slot.expires_at
         return slot
 
@@ -276,6 +274,33 @@ class MemoryCounters:
             for sid in [sid for sid, expires in slots.items() if expires <= now]:
                 del slots[sid]
         return slots
+
+
+class _Holds:
+    """A scope's live reservations, with their total kept as they come and go (a reservation reads it on every
+    scope), and the earliest expiry, so that expired ones are looked for only when one can have expired."""
+
+    __slots__ = ("earliest", "entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, float]] = {}
+        self.total = 0
+        self.earliest = math.inf
+
+    def add(self, rid: str, amount: int, expires: float) -> None:
+        self.entries[rid] = (amount, expires)
+        self.total += amount
+        self.earliest = min(self.earliest, expires)
+
+    def remove(self, rid: str) -> None:
+        held = self.entries.pop(rid, None)
+        if held is not None:
+            self.total -= held[0]
+
+    def reap(self, now: float) -> None:
+        for rid in [rid for rid, (_, expires) in self.entries.items() if expires <= now]:
+            self.remove(rid)
+        self.earliest = min((expires for _, expires in self.entries.values()), default=math.inf)
 
 
 def _connect(path: str) -> sqlite3.Connection:

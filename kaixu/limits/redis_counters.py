@@ -19,7 +19,6 @@ span scopes, which Cluster would put on different slots):
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from kaixu.limits import (
     WindowHit,
     check_reservation,
     check_window,
+    new_id,
 )
 
 LAYOUT = 1
@@ -342,7 +342,7 @@ class RedisCounters:
     ) -> Reservation | Refusal:
         check_reservation(scopes, amount_micros, caps, ttl_s)
         scopes = tuple(scopes)
-        reservation_id = _new_id()
+        reservation_id = new_id()
         keys = [key for scope in scopes for key in self._budget_keys(scope)]
         args = [amount_micros, max(1, round(ttl_s * 1000)), reservation_id, *caps]
         answer = await self._call(self._reserve, keys=keys, args=args)
@@ -384,7 +384,7 @@ class RedisCounters:
     async def acquire_slot(self, scope: str, limit: int, ttl_s: float) -> Slot | None:
         if ttl_s <= 0 or limit < 0:
             raise ValueError("a slot needs a positive ttl and a limit that is not negative")
-        slot_id = _new_id()
+        slot_id = new_id()
         key = f"{self.prefix}slot:{scope}"
         answer = await self._call(self._acquire, keys=[key], args=[limit, max(1, round(ttl_s * 1000)), slot_id])
         return Slot(slot_id, scope, answer[1] / 1000) if answer[0] == 1 else None
@@ -400,7 +400,7 @@ class RedisCounters:
     async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
         for asked in windows:
             check_window(asked.window_s, asked.limit, asked.amount)
-        ids = [_new_id() for _ in slots]
+        ids = [new_id() for _ in slots]
         keys = [f"{self.prefix}win:{w.window_s}:{w.scope}" for w in windows]
         keys += [f"{self.prefix}slot:{scope}" for scope, _ in slots]
         args: list[Any] = [len(windows)]
@@ -443,7 +443,3 @@ class RedisCounters:
             args += [w.window_s, w.amount]
         args.append(SETTLED_MEMORY_MS)
         await self._call(self._end, keys=keys, args=args)
-
-
-def _new_id() -> str:
-    return secrets.token_hex(12)

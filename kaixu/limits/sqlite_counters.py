@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import sqlite3
 import threading
 import time
@@ -28,6 +27,7 @@ from kaixu.limits import (
     WindowHit,
     check_reservation,
     check_window,
+    new_id,
     window_answer,
 )
 
@@ -121,7 +121,7 @@ class SqliteCounters:
     ) -> Reservation | Refusal:
         check_reservation(scopes, amount_micros, caps, ttl_s)
         scopes = tuple(scopes)
-        reservation_id = secrets.token_hex(12)
+        reservation_id = new_id()
 
         def reserve(db: sqlite3.Connection, now: float) -> Reservation | Refusal:
             for scope, cap in zip(scopes, caps, strict=True):
@@ -178,7 +178,7 @@ class SqliteCounters:
     async def admit(self, windows: Sequence[Window], slots: Sequence[tuple[str, int]], ttl_s: float) -> Admission:
         for asked in windows:
             check_window(asked.window_s, asked.limit, asked.amount)
-        ids = [secrets.token_hex(12) for _ in slots]
+        ids = [new_id() for _ in slots]
 
         def admit(db: sqlite3.Connection, now: float) -> Admission:
             now_ms = int(now * 1000)
@@ -227,7 +227,7 @@ class SqliteCounters:
     async def acquire_slot(self, scope: str, limit: int, ttl_s: float) -> Slot | None:
         if ttl_s <= 0 or limit < 0:
             raise ValueError("a slot needs a positive ttl and a limit that is not negative")
-        slot_id = secrets.token_hex(12)
+        slot_id = new_id()
 
         def acquire(db: sqlite3.Connection, now: float) -> Slot | None:
             if _held(db, scope, now) >= limit:

@@ -1,0 +1,100 @@
+"""What governance costs kaixu's own steps, without the network: the whole chain (request head to the ledger
+record) run in-process over mitmproxy test flows, for a key with budgets, limits and a policy ("on") and a key
+with none ("off"), on the in-process counters. Prints microseconds per request (median of rounds) and the
+difference; the end-to-end numbers are bench/governance.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kaixu.addons import build_steps  # noqa: E402
+from kaixu.addons.chain import Chain  # noqa: E402
+from kaixu.config import parse_policy  # noqa: E402
+from kaixu.gateway import Gateway  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from governance import OFF_KEY, ON_KEY, policy_text  # noqa: E402
+
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16})
+
+
+async def one(chain: Chain, key: str) -> int:
+    flow = tflow.tflow()
+    flow.client_conn.proxy_mode = flow.client_conn.proxy_mode  # a reverse-mode client: see kaixu/mitm.py
+    flow.request = http.Request.make(
+        "POST", "http://127.0.0.1:4000/v1/chat/completions", BODY,
+        {"content-type": "application/json", "authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    for hook in (chain.requestheaders, chain.request):
+        pending = hook(flow)
+        if pending is not None:
+            await pending
+    status = flow.response.status_code if flow.response is not None else 0
+    if flow.response is None:
+        flow.response = http.Response.make(200, json.dumps(ANSWER), {"content-type": "application/json"})
+        for hook in (chain.responseheaders, chain.response):
+            pending = hook(flow)
+            if pending is not None:
+                await pending
+        status = flow.response.status_code
+    await asyncio.sleep(0)  # the loop turns, as between a proxy's requests: the answer's settle task runs
+    return status
+
+
+async def main(rounds: int, requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        text = policy_text(1, work, {})
+        gateway = Gateway(policy=parse_policy(text))
+        chain = Chain(build_steps(gateway))
+        for step in chain.steps:  # what runs without mitmproxy's options: the counters and the ledger
+            if type(step).__name__ in ("CounterBackend", "LedgerWriter"):
+                step.running()  # type: ignore[attr-defined]
+        import kaixu.mitm as mitm
+
+        mitm.is_kaixu_client = lambda client: True  # type: ignore[assignment]  # the test flows are kaixu's
+        assert await one(chain, ON_KEY) == 200 and await one(chain, OFF_KEY) == 200
+        timings: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(rounds):
+            for name, key in (("off", OFF_KEY), ("on", ON_KEY)):
+                started = time.perf_counter()
+                for _ in range(requests):
+                    await one(chain, key)
+                timings[name].append((time.perf_counter() - started) / requests * 1e6)
+        off, on = statistics.median(timings["off"]), statistics.median(timings["on"])
+        print(f"chain, µs per request (median of {rounds} rounds of {requests}): off {off:.1f}, on {on:.1f}, "
+              f"governance {on - off:+.1f}")  # fmt: skip
+        for step in chain.steps:
+            if type(step).__name__ in ("CounterBackend", "LedgerWriter"):
+                await step.done()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.requests))
