@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from mitmproxy import http
 from mitmproxy.test import tflow
