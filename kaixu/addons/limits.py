@@ -10,8 +10,8 @@ How each limit counts (kaixu/limits, one atomic operation each, shared by every 
 - tpm: the request is admitted while the minute's window has tokens left; its real tokens are counted when
   its usage is known (`Governor.finish`), so the window can pass its limit by the last request's tokens;
 - max_parallel: a slot is held until the answer ends (or lapses after the upstream timeout, if a process dies).
-A request refused by one level may already be counted in a narrower one's window (levels are counted key
-first, then team, customer): a refusal is never cheaper than an admission.
+Every window and slot of every level is one `admit`, all or nothing: a request refused by one level is
+counted in none.
 
 Every answer to a caller with a limit carries the node gateway's `X-RateLimit-*` and OpenAI's `x-ratelimit-*`
 headers for the tightest window.
