@@ -18,7 +18,7 @@ from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
     from kaixu.addons.dialect import Door
-    from kaixu.config import Policy, ProviderConfig, VirtualKey
+    from kaixu.config import Policy, ProviderConfig, RouteTarget, VirtualKey
     from kaixu.formats.canonical import ChatRequest
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
@@ -126,6 +126,8 @@ class Route:
     """Where the call goes, decided by the router: the provider, the model and wire format it is asked in."""
 
     provider: ProviderConfig | None = None
+    target: RouteTarget | None = None
+    """The deployment chosen (kaixu/providers/health.py counts its outcome)."""
     model: str | None = None
     """The provider's name for the model (the client's, unless the route renames it)."""
     format: str | None = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kaixu import __version__, metrics
 from kaixu.config import Policy
+from kaixu.providers.health import Deployments
 from kaixu.providers.relay import Relay
 from kaixu.store import Ledger
 
@@ -80,9 +81,14 @@ class Gateway:
     key_snapshot: KeySnapshot | None = None
     """The store's keys as last read (kaixu/addons/keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
+    deployments: Deployments = field(default_factory=Deployments)
+    """Each deployment's in-flight count, latency and circuit breaker (kaixu/providers/health.py)."""
     governor: Governor | None = None
     """The counters of budgets and rate limits, once open (kaixu/addons/counters.py)."""
     governor_opening: asyncio.Task[Governor | None] | None = None
+
+    def __post_init__(self) -> None:
+        metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped
 
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""

@@ -16,8 +16,8 @@ escaped, cut and limited to `MAX_CUSTOMERS` distinct values. No key, request id 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -169,6 +169,33 @@ UNPRICED = Counter(
     ["provider", "model"],
     registry=REGISTRY,
 )
+
+
+class DeploymentStates(Collector):
+    """`kaixu_deployment_state{provider, model}` (0 closed, 1 half-open, 2 open) and the deployments' requests in
+    flight, read when scraped from the gateway's deployments (kaixu/providers/health.py). Labels are the
+    policy's provider names and route model names: bounded by the policy file."""
+
+    STATES: ClassVar[dict[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.source: Callable[[], list[dict[str, object]]] | None = None
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        about = "Circuit breaker of each deployment: 0 closed, 1 half-open (one probe), 2 open (left out)."
+        state = GaugeMetricFamily("kaixu_deployment_state", about, labels=["provider", "model"])
+        busy = GaugeMetricFamily("kaixu_deployment_in_flight", "Requests in flight per deployment.",
+                                 labels=["provider", "model"])  # fmt: skip
+        for deployment in self.source() if self.source is not None else []:
+            labels = [str(deployment["provider"]), str(deployment["model"] or NONE)]
+            state.add_metric(labels, self.STATES[str(deployment["state"])])
+            busy.add_metric(labels, float(deployment["in_flight"]))  # type: ignore[arg-type]
+        yield state
+        yield busy
+
+
+DEPLOYMENTS = DeploymentStates(REGISTRY)
 IN_FLIGHT = LoopGauge(
     "kaixu_requests_in_flight", "Requests forwarded to a provider and not settled yet.", registry=REGISTRY
 )

@@ -140,6 +140,7 @@ class Ingress:
             },
             "store": self.gateway.store_status(),
             "routing": self.queue_status(),
+            "deployments": self.gateway.deployments.public(),
         }
 
     def queue_status(self) -> dict[str, object]:

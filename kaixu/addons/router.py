@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import random
 from typing import Any
 
 from mitmproxy import http
@@ -64,12 +63,6 @@ class RouteRefused(Exception):
 def _asks_for_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def pick_target(targets: tuple[RouteTarget, ...]) -> RouteTarget:
-    if len(targets) == 1:
-        return targets[0]
-    return random.choices(targets, weights=[t.weight for t in targets])[0]
 
 
 def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
@@ -161,11 +154,12 @@ class Router:
         if call is None or flow.response is not None or call.operation not in ROUTED_OPERATIONS:
             return
         try:
-            target = pick_target(candidate_targets(call, resolve_route(call)))
+            target = self.gateway.deployments.pick(candidate_targets(call, resolve_route(call)), call.policy.routing)
         except RouteRefused as refused:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         provider = call.policy.providers[target.provider]
+        call.route.target = target
         call.route.provider = provider
         call.route.model = upstream_model = target.model or call.model or ""
         call.route.format = provider.wire_format or fronts.native_format(call.front)
@@ -209,6 +203,8 @@ class Router:
         """The request leaves (the dispatch step, after the budget): counted in the pool, and a Gateway 13
         stream diverted through the relay."""
         self.gateway.pool.started(call)
+        if call.route.target is not None:
+            self.gateway.deployments.started(call.route.target)
         if call.front == gateway13.NAME and call.stream:
             self._divert_to_relay(flow, call)
 

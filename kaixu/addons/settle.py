@@ -245,6 +245,12 @@ class Settle:
             return
         if error:
             error = call.policy.redactor.text(error, call.caller.client_key)
+        target = call.route.target
+        if call.forwarded and target is not None:
+            # the deployment's fault: it throttled, failed or did not answer; not a client's 4xx or hang-up
+            failed = (status == 429 or status >= 500) and not call.client_disconnected and not call.failed
+            elapsed_s = time.monotonic() - call.started
+            self.gateway.deployments.finished(target, failed, elapsed_s, call.policy.routing)
         self.gateway.pool.finished(call, status, error)
         call.bill.settle()
         governor = self.gateway.governor

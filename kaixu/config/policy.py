@@ -10,7 +10,7 @@ import datetime
 import fnmatch
 import re
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +48,22 @@ class RouteTarget:
     provider: str
     model: str | None
     weight: int = 1
+    cost_rank: Fraction = Fraction(0)
+    """Input + output USD per 1M tokens of what it serves (no price: infinitely dear), for `routing.strategy:
+    cheapest`; set when the policy loads."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    """`routing:`: the choice among a model's deployments and the circuit breaker (kaixu/providers/health.py)."""
+
+    strategy: Literal["weighted", "least_busy", "lowest_latency", "cheapest"] = "weighted"
+    breaker_failures: int | None = 5
+    window_s: float = 30.0
+    cooldown_s: float = 30.0
+
+
+UNPRICED_RANK = Fraction(10**12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +342,7 @@ class Policy:
     redactor: Redactor = field(default_factory=Redactor)
     """Scrubs every configured provider key (and credential-shaped text) from what kaixu passes on."""
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
     admin_keys: dict[str, str] = field(default_factory=dict)
     """Admin key names by the SHA-256 (hex) of the key: who may read `/api/*` (and `/metrics` when guarded)."""
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
@@ -648,6 +665,23 @@ def build_policy(
         )
     warnings.extend(unenforced_fields(data))
 
+    price_table = pricing.table(prices)
+
+    def ranked(route: ModelRoute) -> ModelRoute:
+        def rank(target: RouteTarget) -> Fraction:
+            provider = providers[target.provider]
+            price = price_table.lookup(provider.kind, target.model or route.name)
+            if price is None or price.rates.output is None:
+                return UNPRICED_RANK
+            return price.rates.input + price.rates.output
+
+        return replace(route, targets=tuple(replace(t, cost_rank=rank(t)) for t in route.targets))
+
+    models = {name: ranked(route) for name, route in models.items()}
+    patterns = [ranked(route) for route in patterns]
+    routing = data.get("routing") or {}
+    breaker = routing.get("breaker") or {}
+
     policy = Policy(
         digest=digest,
         raw=data,
@@ -668,11 +702,17 @@ def build_policy(
         redactor=secrets,
         translation=TranslationPolicy(unsupported=(data.get("translation") or {}).get("unsupported", "drop")),
         pricing=PricingPolicy(
-            table=pricing.table(prices),
+            table=price_table,
             require=bool(prices.get("require", False)),
             eur_per_usd=eur_per_usd,
         ),
         admin_keys=admin_keys,
+        routing=RoutingPolicy(
+            strategy=routing.get("strategy", "weighted"),
+            breaker_failures=int(breaker.get("failures", 5)),
+            window_s=float(breaker.get("window_s", 30)),
+            cooldown_s=float(breaker.get("cooldown_s", 30)),
+        ),
         policies=tuple(_caller_policy(spec, eur_per_usd) for spec in data.get("policies") or ()),
         teams=teams,
         orgs=orgs,
