@@ -5,6 +5,7 @@ google-genai SDKs, and the seed APIs. Refusals are never forwarded: the fake pro
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -428,3 +429,47 @@ def test_a_kill_9_keeps_the_spend_already_flushed(tmp_path: Path, fake: FakeProv
         assert refused.status_code == 402 and Decimal(refused.json()["budget"]["spent_usd"]) == sum(costs)
     finally:
         kaixu.stop()
+
+
+def test_streams_settle_their_budget_and_a_client_that_leaves_frees_its_slot(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")})
+    policy["keys"].append({"name": "streamer", "hash": key_hash("sk-stream"), "limits": {"max_parallel": 1},
+                           "budget": {"usd": 0.00004, "period": "total"}})  # fmt: skip
+    kaixu = Kaixu(tmp_path, policy).start()
+    try:
+        client = openai.OpenAI(base_url=kaixu.url + "/v1", api_key="sk-stream", max_retries=0)
+        fake.add_fault(Fault(event_delay_ms=300))
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=HI,
+            max_tokens=5,
+            stream=True,  # type: ignore[arg-type]
+        ) as response:
+            next(response.iter_lines())  # the stream has begun: then the client goes away
+        wait_for(lambda: chat(kaixu, "sk-stream", max_tokens=5).status_code != 429, 10, "the slot to come back")
+        fake.clear_faults()
+        statuses = []
+        for _ in range(20):
+            try:
+                stream = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5, stream=True)  # type: ignore[arg-type]
+                statuses.append(200 if "".join(c.choices[0].delta.content or "" for c in stream if c.choices) else 0)
+            except openai.APIStatusError as refused:
+                statuses.append(refused.status_code)
+                break
+        assert statuses[0] == 200 and statuses[-1] == 402, "streams spend the budget they settle"
+    finally:
+        kaixu.stop()
+
+
+def test_gateway13_streams_carry_the_real_cap_in_meta_and_done(gateway: Kaixu) -> None:
+    from tests.test_seed_apis import sse_events
+
+    body = {"provider": "openai", "model": "gpt-4o-mini", "messages": HI, "max_tokens": 5}
+    headers = {"authorization": "Bearer sk-team", "x-kaixu-app": "t"}
+    stream = httpx.post(gateway.url + "/.netlify/functions/gateway-stream", json=body, headers=headers, timeout=10)
+    events = {name: json.loads(data) for name, data in sse_events(stream.text) if name in ("meta", "done")}
+    assert events["meta"]["month"]["key_cap_cents"] == 1000
+    assert events["done"]["month"]["key_cap_cents"] == 1000
+    assert events["done"]["month"]["key_spent_cents"] >= events["meta"]["month"]["key_spent_cents"]
