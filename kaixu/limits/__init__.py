@@ -1,9 +1,10 @@
 """The counter interface of step 5 (limits and budgets): what every backend keeps, and what it promises.
 
 Budgets are reserved before a request is forwarded and settled to the real cost after the answer; rate limits
-count requests and tokens in windows; concurrency limits hold slots. Two backends keep the same contract and
-pass the same test suite (`tests/test_counters.py`): `kaixu.limits.sqlite_counters.SqliteCounters` (one file, shared
-by the kaixu processes of one machine) and `kaixu.limits.redis_counters.RedisCounters` (shared by replicas).
+count requests and tokens in windows; concurrency limits hold slots. Three backends keep the same contract and
+pass the same test suite (`tests/test_counters.py`): `kaixu.limits.memory_counters.MemoryCounters` (one process,
+settled spend persisted to SQLite), `kaixu.limits.sqlite_counters.SqliteCounters` (one file, shared by the kaixu
+processes of one machine) and `kaixu.limits.redis_counters.RedisCounters` (shared by replicas).
 
 Scopes are opaque strings the caller builds, one per budget or limit and period, e.g.
 `key:web-app:month:2026-12`: a counter never parses them, so a new period starts with a new scope and the
@@ -13,7 +14,8 @@ The guarantee: a reservation is admitted only when, on every scope it names, `sp
 cap`, checked and recorded in one atomic step, all scopes or none. So however many requests and processes
 race, a cap is never overspent except by a settled cost larger than its reservation.
 
-Not wired into the request path yet: the step that uses it arrives with issue 11 (docs/limits.md).
+Used by the rate-limit and budget steps (kaixu/addons/limits.py, kaixu/addons/budgets.py) through the process's
+`Governor` (kaixu/limits/governor.py); docs/limits.md.
 """
 
 from __future__ import annotations
