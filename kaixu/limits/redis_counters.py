@@ -66,6 +66,19 @@ local function reap(held, res, now)
     redis.call('DECRBY', held, int(total))
   end
 end
+local function unhold(held, res, member, amount)
+  if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, amount) end
+end
+local function window_count(key, window, now)
+  local start = math.floor(now / window)
+  local current = redis.call('HMGET', key, 'start', 'count')
+  if tonumber(current[1]) == start then return tonumber(current[2]), start end
+  return 0, start
+end
+local function window_set(key, window, start, count)
+  redis.call('HSET', key, 'start', int(start), 'count', int(count))
+  redis.call('PEXPIRE', key, int(2 * window))
+end
 """
 
 # KEYS: spend_i, held_i, res_i for each scope i. ARGV: amount, ttl_ms, id, cap_1..cap_n.
@@ -103,7 +116,7 @@ local now = now_ms()
 for i = 1, n do
   local held, res = KEYS[3 * i - 1], KEYS[3 * i]
   reap(held, res, now)
-  if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, ARGV[1]) end
+  unhold(held, res, member, ARGV[1])
   redis.call('INCRBY', KEYS[3 * i - 2], ARGV[3])
 end
 return 1
@@ -115,9 +128,7 @@ _RELEASE = (
     _PRELUDE
     + """
 local member = ARGV[1] .. ':' .. ARGV[2]
-for i = 1, #KEYS / 2 do
-  if redis.call('ZREM', KEYS[2 * i], member) == 1 then redis.call('DECRBY', KEYS[2 * i - 1], ARGV[1]) end
-end
+for i = 1, #KEYS / 2 do unhold(KEYS[2 * i - 1], KEYS[2 * i], member, ARGV[1]) end
 return 1
 """
 )
@@ -138,16 +149,12 @@ _HIT = (
 local now = now_ms()
 local window = tonumber(ARGV[1]) * 1000
 local limit, amount, force = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
-local start = math.floor(now / window)
-local current = redis.call('HMGET', KEYS[1], 'start', 'count')
-local count = 0
-if tonumber(current[1]) == start then count = tonumber(current[2]) end
+local count, start = window_count(KEYS[1], window, now)
 local allowed
 if amount == 0 then allowed = count < limit else allowed = count + amount <= limit end
 if (allowed or force) and amount > 0 then
   count = count + amount
-  redis.call('HSET', KEYS[1], 'start', int(start), 'count', int(count))
-  redis.call('PEXPIRE', KEYS[1], int(2 * window))
+  window_set(KEYS[1], window, start, count)
 end
 local remaining = limit - count
 if remaining < 0 then remaining = 0 end
@@ -194,10 +201,7 @@ local refused = 0
 for i = 1, nw do
   local window = tonumber(ARGV[3 * i - 1]) * 1000
   local limit, amount = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-  local start = math.floor(now / window)
-  local current = redis.call('HMGET', KEYS[i], 'start', 'count')
-  local count = 0
-  if tonumber(current[1]) == start then count = tonumber(current[2]) end
+  local count, start = window_count(KEYS[i], window, now)
   if amount == 0 then allowed[i] = count < limit else allowed[i] = count + amount <= limit end
   if not allowed[i] and refused == 0 then refused = i end
   counts[i], starts[i] = count, start
@@ -214,8 +218,7 @@ if refused == 0 then
     local window, amount = tonumber(ARGV[3 * i - 1]) * 1000, tonumber(ARGV[3 * i + 1])
     if amount > 0 then
       counts[i] = counts[i] + amount
-      redis.call('HSET', KEYS[i], 'start', int(starts[i]), 'count', int(counts[i]))
-      redis.call('PEXPIRE', KEYS[i], int(2 * window))
+      window_set(KEYS[i], window, starts[i], counts[i])
     end
   end
   for j = 1, ns do
@@ -259,7 +262,7 @@ for _ = 1, tonumber(arg()) do
     local spend, held, res = key(), key(), key()
     if fresh then
       reap(held, res, now)
-      if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, amount) end
+      unhold(held, res, member, amount)
       redis.call('INCRBY', spend, actual)
     end
   end
@@ -267,23 +270,14 @@ end
 for _ = 1, tonumber(arg()) do
   local n, amount, id = tonumber(arg()), arg(), arg()
   local member = amount .. ':' .. id
-  for _ = 1, n do
-    local held, res = key(), key()
-    if redis.call('ZREM', res, member) == 1 then redis.call('DECRBY', held, amount) end
-  end
+  for _ = 1, n do unhold(key(), key(), member, amount) end
 end
 for _ = 1, tonumber(arg()) do redis.call('ZREM', key(), arg()) end
 for _ = 1, tonumber(arg()) do
   local window, amount = tonumber(arg()) * 1000, tonumber(arg())
   local hash = key()
-  local start = math.floor(now / window)
-  local current = redis.call('HMGET', hash, 'start', 'count')
-  local count = 0
-  if tonumber(current[1]) == start then count = tonumber(current[2]) end
-  if amount > 0 then
-    redis.call('HSET', hash, 'start', int(start), 'count', int(count + amount))
-    redis.call('PEXPIRE', hash, int(2 * window))
-  end
+  local count, start = window_count(hash, window, now)
+  if amount > 0 then window_set(hash, window, start, count + amount) end
 end
 return 1
 """
