@@ -712,40 +712,29 @@ def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueLi
 
 
 async def _with_seat_store(args: argparse.Namespace, work: Any) -> Any:
-    """Runs `work(store)` on the policy's seat store: PostgreSQL when the policy has `store.postgres` (a
-    one-connection pool for this command), else its SQLite file (or `--db FILE`). None after printing why there
-    is no store."""
+    """Runs `work(store, where)` on the policy's seat store: PostgreSQL when the policy has `store.postgres`
+    (through the pool of `kaixu/store/postgres.py`, sized for one command), else its SQLite file (or
+    `--db FILE`). None after printing why there is no store."""
+    from kaixu.store import postgres
     from kaixu.store.seats import PostgresSeatStore, SqliteSeatStore
 
-    if not args.db:
-        policy = _load_or_report(args.policy)
-        if policy is None:
-            return None
-        postgres = policy.store.get("postgres")
-        if postgres is not None:
-            import asyncpg
-
-            pool = await asyncpg.create_pool(str(postgres["dsn"]), min_size=1, max_size=1)
-            try:
-                return await work(PostgresSeatStore(pool), "PostgreSQL (store.postgres)")
-            finally:
-                await pool.close()
-    path = _ledger_path(args)
-    return None if path is None else await work(SqliteSeatStore(path), path)
-
-
-def _ledger_path(args: argparse.Namespace) -> str | None:
-    """The store file: `--db`, else the policy's `store.sqlite` (None after printing why there is none)."""
     if args.db:
-        return str(args.db)
+        return await work(SqliteSeatStore(str(args.db)), str(args.db))
     policy = _load_or_report(args.policy)
     if policy is None:
         return None
+    pg = postgres.settings(policy.store)
+    if pg is not None:
+        pool = await postgres.open_pool(pg[0], 1)
+        try:
+            return await work(PostgresSeatStore(pool), "PostgreSQL (store.postgres)")
+        finally:
+            await postgres.close_pool(pool)
     path = str(policy.store.get("sqlite", ":memory:"))
     if path == ":memory:":
-        print(f"kaixu: {args.policy} keeps no store (store.sqlite is :memory:)", file=sys.stderr)
+        print(f"kaixu: {args.policy} keeps no seats (store.sqlite is :memory:)", file=sys.stderr)
         return None
-    return path
+    return await work(SqliteSeatStore(path), path)
 
 
 def _seats_scope(args: argparse.Namespace) -> str | None:

@@ -36,7 +36,7 @@ from kaixu.formats import estimate_tokens
 from kaixu.formats.canonical import Usage
 from kaixu.formats.seeds import MonthRollup, gateway13
 from kaixu.gateway import Gateway
-from kaixu.limits import CountersUnavailable, Refusal, Reservation, Slot
+from kaixu.limits import CountersUnavailable, Refusal, Reservation
 from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly
 from kaixu.limits.levels import BudgetLevel, budget_levels
 from kaixu.log import safe
@@ -120,8 +120,7 @@ class Budgets:
                 held = await governor.counters.reserve(
                     [lv.scope for lv in enforced], amount, [lv.budget.usd_micros for lv in enforced], ttl
                 )
-                if isinstance(held, Refusal):
-                    await self._give_back(governor, call)
+                if isinstance(held, Refusal):  # what it holds (unpriced slots) goes back at its end, as always
                     self._refuse(flow, call, next(lv for lv in enforced if lv.scope == held.scope), held)
                     return
                 governance.reservation = held
@@ -134,8 +133,7 @@ class Budgets:
             if call.seed_context is not None and call.front == gateway13.NAME:
                 await self._month(call, governor, levels)
         except CountersUnavailable as e:
-            if unavailable(flow, call, governor, e):
-                await self._give_back(governor, call)
+            unavailable(flow, call, governor, e)
 
     async def _one_at_a_time(self, call: Call, governor: Governor, levels: list[BudgetLevel], ttl: float) -> bool:
         """An unpriced model: one request in flight per budget (`unpriced:` slots, freed at its end)."""
@@ -147,20 +145,6 @@ class Budgets:
                 return False
             call.governance.slots.append(slot)
         return True
-
-    @staticmethod
-    async def _give_back(governor: Governor, call: Call) -> None:
-        governance = call.governance
-        held: list[Slot] = [s for s in governance.slots if s.scope.startswith("unpriced:")]
-        governance.slots = [s for s in governance.slots if not s.scope.startswith("unpriced:")]
-        try:
-            for slot in held:
-                await governor.counters.release_slot(slot)
-            if governance.reservation is not None:
-                await governor.counters.release(governance.reservation)
-                governance.reservation = None
-        except CountersUnavailable:
-            pass  # they lapse at their ttl
 
     async def _shadow(self, call: Call, governor: Governor, levels: list[BudgetLevel], amount: int, ttl: float) -> None:
         """Each policy in shadow mode reserves alone, so its verdict is its own and never refuses."""

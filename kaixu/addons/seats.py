@@ -2,7 +2,7 @@
 from at most N installs, each naming itself with `x-kaixu-install-id`.
 
 Why here: after the body step, so the end customer a client names (the body's `user`, `x-kaixu-customer`, Pulse's
-`userId`: `attribution()`) is known, and before the policy and router steps, so a refused request costs nothing.
+`userId`: `end_customer()`) is known, and before the policy and router steps, so a refused request costs nothing.
 
 The hot path never queries the store for a known install: admitted (scope, install) pairs are kept in the process,
 and a background task polls `seats_version` every second, rereading the revoked installs only when it moved, so
@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 from mitmproxy import http
 
 from kaixu.addons.respond import error_response
-from kaixu.addons.settle import attribution
+from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.config import Policy
-from kaixu.config.policy import DEFAULT_CUSTOMER
 from kaixu.gateway import Gateway
+from kaixu.limits.levels import customer_of
 from kaixu.log import safe
 from kaixu.store.ledger import describe
 from kaixu.store.seats import (
@@ -65,19 +65,15 @@ class Binding(NamedTuple):
 def bindings(call: Call) -> list[Binding]:
     """The seat limits of a request: `keys[].seats` (whatever the key's origin) and the end customer's
     (`customers.NAME.seats`, else `customers.default.seats` for a customer not named). The end customer is the
-    key's, else the one the client names, else its end user (`attribution()`, the ledger's attribution)."""
+    key's, else the one the client names, else its end user (`end_customer`, as budgets and limits count it)."""
     found: list[Binding] = []
     key = call.caller.key
     if key is not None and key.seats is not None:
         found.append(Binding(key_scope(key.name), key.seats, "this key"))
-    customers = call.policy.customers
-    if customers:
-        said = attribution(call)
-        name = said.customer or said.user
-        if name:
-            customer = customers.get(name) or customers.get(DEFAULT_CUSTOMER)
-            if customer is not None and customer.seats is not None:
-                found.append(Binding(customer_scope(name), customer.seats, "this customer"))
+    if call.policy.customers:
+        entry = customer_of(call.policy, end_customer(call))
+        if entry is not None and entry[1].seats is not None:
+            found.append(Binding(customer_scope(entry[0]), entry[1].seats, "this customer"))
     return found
 
 

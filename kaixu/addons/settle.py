@@ -245,12 +245,12 @@ class Settle:
             return
         if error:
             error = call.policy.redactor.text(error, call.caller.client_key)
+        elapsed = time.monotonic() - call.started
         target = call.route.target
         if call.forwarded and target is not None:
             # the deployment's fault: it throttled, failed or did not answer; not a client's 4xx or hang-up
             failed = (status == 429 or status >= 500) and not call.client_disconnected and not call.failed
-            elapsed_s = time.monotonic() - call.started
-            self.gateway.deployments.finished(target, failed, elapsed_s, call.policy.routing)
+            self.gateway.deployments.finished(target, failed, elapsed, call.policy.routing)
         self.gateway.pool.finished(call, status, error)
         call.bill.settle()
         governor = self.gateway.governor
@@ -260,7 +260,6 @@ class Settle:
             governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts)
         provider = call.route.provider.name if call.route.provider else "-"
         model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
-        elapsed = time.monotonic() - call.started
         who = attribution(call)
         count_request(call, provider, model, status, elapsed, error, who.customer)
         usage = call.bill.usage
