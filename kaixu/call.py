@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
     from kaixu.pricing import Price
+    from kaixu.reliability.plan import Attempts, Plan
 
 METADATA_KEY = "kaixu"
 
@@ -144,6 +145,12 @@ class Route:
     relay_error: str | None = None
     relay_status: int | None = None
     """What the provider answered when the relay had already told the client 200."""
+    stream_broken: bool = False
+    """The provider failed after the client's stream had begun: it ends with a terminal error event."""
+    plan: Plan | None = None
+    """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
+    attempts: Attempts | None = None
+    """What each attempt did, once the executor has run one."""
 
 
 @dataclass(slots=True, eq=False)

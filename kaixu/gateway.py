@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from kaixu.addons.keys import KeySnapshot
     from kaixu.call import Call
     from kaixu.limits.governor import Governor
+    from kaixu.reliability.executor import Executor
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
@@ -86,6 +87,8 @@ class Gateway:
     governor: Governor | None = None
     """The counters of budgets and rate limits, once open (kaixu/addons/counters.py)."""
     governor_opening: asyncio.Task[Governor | None] | None = None
+    executor: Executor | None = None
+    """Runs the attempts of requests with retries, fallbacks, timeouts or a queue (kaixu/reliability/)."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped
@@ -93,6 +96,8 @@ class Gateway:
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""
         self.policy = policy
+        if self.executor is not None:
+            self.executor.pools.configure(policy)
         self.generation += 1
         self.last_reload_error = None
 

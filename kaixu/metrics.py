@@ -163,6 +163,19 @@ GOVERNANCE_FAIL_OPEN = LoopCounter(
     [],
     registry=REGISTRY,
 )
+ATTEMPTS = LoopCounter(
+    "kaixu_upstream_attempts",
+    "Attempts sent to providers by the attempt executor (retries and fallbacks included), by provider and outcome: "
+    "ok, retried, fallback, final (the failure the client got).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+FALLBACKS = LoopCounter(
+    "kaixu_fallbacks",
+    "Requests served by a fallback model (degraded), by the policy's name of the model asked for.",
+    ["model"],
+    registry=REGISTRY,
+)
 UNPRICED = Counter(
     "kaixu_unpriced_requests",
     "Requests that used tokens on a model without a price: their cost is unknown, and not in kaixu_cost_usd_micros.",

@@ -27,11 +27,13 @@ from kaixu.addons.seats import Seats
 from kaixu.addons.settle import Settle
 from kaixu.addons.stream import Stream
 from kaixu.gateway import Gateway
+from kaixu.reliability.executor import Executor
 from kaixu.store import postgres
 
 
 def build_steps(gateway: Gateway) -> list[object]:
     router = Router(gateway)
+    gateway.executor = Executor(gateway, router)  # retries, fallbacks, timeouts, queues: kaixu/reliability/
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay

@@ -5,6 +5,8 @@ a later check refuses."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from mitmproxy import http
 
 from kaixu.addons.router import Router
@@ -15,8 +17,10 @@ class Dispatch:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A request with an attempt plan and a buffered answer is awaited here (kaixu/reliability/executor.py):
+        the only async case; every other request costs no coroutine."""
         call = get_call(flow)
         if call is None or flow.response is not None or not call.route.routed:
-            return
-        self.router.dispatch(flow, call)
+            return None
+        return self.router.dispatch(flow, call)

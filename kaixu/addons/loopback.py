@@ -19,7 +19,9 @@ class Loopback:
         self.gateway.mock_url = url
         self.gateway.loopback_url = url
         self.gateway.relay = self.relay
+        self.relay.executor = self.gateway.executor
 
     async def done(self) -> None:
         await self.server.stop()
-        await self.relay.close()
+        if self.gateway.executor is not None:
+            await self.gateway.executor.close()

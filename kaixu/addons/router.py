@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
@@ -21,8 +23,16 @@ from kaixu.formats.canonical import ChatRequest, Usage
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
 from kaixu.pricing import cost_micros
-from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
+from kaixu.providers import (
+    ANTHROPIC_VERSION,
+    REQUEST_DROP,
+    UnsupportedOperation,
+    auth_headers,
+    endpoint_url,
+    split_url,
+)
 from kaixu.providers.relay import RelayPlan
+from kaixu.reliability.plan import Plan, Upstream
 
 #: The client headers a provider gets (lower-case). Everything else is dropped: credentials (kaixu sends the
 #: provider's own), cookies, proxy credentials, forwarding and client-IP headers. docs/compatibility.md lists it.
@@ -48,8 +58,8 @@ VENDOR_HEADERS = {b"anthropic-version": "anthropic", b"anthropic-beta": "anthrop
 _REPORTED_HEADERS = ("anthropic-beta", "openai-beta")
 # Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
-# Headers httpx sets itself when the relay makes the upstream request.
-_RELAY_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# The client's body headers, replaced when kaixu re-encodes the body (its length is set anew).
+_BODY_HEADERS = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"content-encoding"})
 DEFAULT_PING_S = 10.0
 ROUTED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings", "count_tokens"})
 
@@ -145,6 +155,87 @@ def decode_chat(call: Call) -> ChatRequest:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One attempt's request: the endpoint, the body (b"": the client's bytes unchanged) and the credential."""
+
+    url: str
+    body: bytes | dict[str, Any]
+    key: str | None
+
+    def content(self, original: bytes) -> bytes:
+        body = self.body
+        return json.dumps(body, separators=(",", ":")).encode() if isinstance(body, dict) else (body or original)
+
+
+def wants_tools(call: Call) -> bool:
+    """The request offers tools (OpenAI and Anthropic `tools`, Gemini `tools`/`functionDeclarations`)."""
+    body = call.body or {}
+    return bool(body.get("tools") or body.get("functions"))
+
+
+def usable_targets(call: Call, targets: tuple[RouteTarget, ...]) -> tuple[RouteTarget, ...]:
+    """The deployments that can take this request: a request with tools never goes to a provider that says
+    `supports_tools: false`."""
+    if not wants_tools(call):
+        return targets
+    providers = call.policy.providers
+    return tuple(t for t in targets if providers[t.provider].supports_tools)
+
+
+def fallback_routes(call: Call, route: ModelRoute) -> tuple[ModelRoute, ...]:
+    """The model asked for, then its fallbacks (`models.X.fallbacks`), each once, in order; an explicit backend
+    or provider hint pins the request, so it has none."""
+    if call.backend is not None or call.provider_hint is not None or not route.fallbacks:
+        return (route,)
+    chain = [route]
+    for name in route.fallbacks:
+        fallback = call.policy.resolve_model(name)
+        if fallback is not None and all(fallback.name != r.name for r in chain):
+            chain.append(fallback)
+    return tuple(chain)
+
+
+def guarded(policy: Policy, chain: tuple[ModelRoute, ...]) -> bool:
+    """Whether the request needs the attempt executor: more than one try, timeouts of its own, or a provider
+    with a concurrency cap. Otherwise mitmproxy forwards it itself, as fast as ever."""
+    if len(chain) > 1 or chain[0].guarded:
+        return True
+    providers = policy.providers
+    return any(providers[t.provider].max_concurrent is not None for t in chain[0].targets)
+
+
+def upstream_headers(
+    call: Call, client_fields: tuple[tuple[bytes, bytes], ...], host: str, port: int, prepared: Prepared
+) -> tuple[tuple[bytes, bytes], ...]:
+    """What a provider gets: the client's headers on the allowlist (`FORWARDED_HEADERS`, and the vendor ones
+    only for their own vendor), the provider's host and credential, kaixu's request id."""
+    assert call.route.provider is not None and call.route.format is not None
+    fmt = call.route.format
+    as_json = isinstance(prepared.body, dict)
+    fields = [
+        (k, v)
+        for k, v in client_fields
+        if k.lower() in FORWARDED_HEADERS
+        and VENDOR_HEADERS.get(k.lower(), fmt) == fmt
+        and not (as_json and k.lower() in _BODY_HEADERS)
+    ]
+    extra: dict[str, str] = {
+        "host": host if port in (80, 443) else f"{host}:{port}",
+        "accept-encoding": "identity",  # we read usage from bodies; stream callables see raw bytes
+        "x-request-id": call.request_id,  # the provider's logs line up with kaixu's; the mock quotes it
+    }
+    if as_json:
+        extra["content-type"] = "application/json"
+    extra.update(auth_headers(fmt, prepared.key))
+    if fmt == "anthropic" and not any(k.lower() == b"anthropic-version" for k, _ in fields):
+        extra["anthropic-version"] = ANTHROPIC_VERSION
+    extra.update(call.route.provider.headers)
+    names = {name.lower().encode() for name in extra}
+    kept = [(k, v) for k, v in fields if k.lower() not in names]
+    return (*kept, *((k.encode(), v.encode()) for k, v in extra.items()))
+
+
 class Router:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -154,59 +245,91 @@ class Router:
         if call is None or flow.response is not None or call.operation not in ROUTED_OPERATIONS:
             return
         try:
-            target = self.gateway.deployments.pick(candidate_targets(call, resolve_route(call)), call.policy.routing)
+            route = resolve_route(call)
+            targets = usable_targets(call, candidate_targets(call, route))
+            chain = fallback_routes(call, route)
+            if not targets and len(chain) == 1:
+                raise RouteRefused(
+                    400, f"no deployment of model {call.model!r} supports tools", "invalid_request_error",
+                    "tools_not_supported",
+                )  # fmt: skip
+            if targets:
+                target = self.gateway.deployments.pick(targets, call.policy.routing)
+            else:  # only the fallbacks can take it
+                route = chain[1]
+                target = self.gateway.deployments.pick(usable_targets(call, route.targets), call.policy.routing)
+            prepared = self.aim(call, route, target, flow.request.headers.get("x-kaixu-install-id"))
         except RouteRefused as refused:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
+        if prepared is None:  # answered locally (token estimate)
+            flow.response = self._count_tokens_locally(call)
+            return
+        self._account_losses(flow, call)
+        if guarded(call.policy, chain) or (call.stream and call.front == gateway13.NAME):
+            request = flow.request
+            client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
+            install_id = request.headers.get("x-kaixu-install-id")
+            call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id)
+        self._rewrite(flow, call, prepared)
+        call.route.routed = True
+
+    def aim(
+        self, call: Call, route: ModelRoute, target: RouteTarget, install_id: str | None, *, fallback: bool = False
+    ) -> Prepared | None:
+        """Point the call at one deployment: its provider, model, wire format and price on `call.route` and
+        `call.bill`, and the request it is sent (the client's bytes when nothing changes). The router does this
+        for the first attempt, the attempt executor (kaixu/reliability/) for each next one. None: answered
+        locally (token counting); RouteRefused: this deployment cannot take the request."""
         provider = call.policy.providers[target.provider]
+        call.route.name = route.name
         call.route.target = target
         call.route.provider = provider
-        call.route.model = upstream_model = target.model or call.model or ""
+        call.route.model = upstream_model = target.model or (route.name if fallback else call.model) or ""
         call.route.format = provider.wire_format or fronts.native_format(call.front)
+        call.route.operation = None
+        call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request = None, [], False, None
         key = call.caller.client_key if call.caller.byok else provider.api_key
         if provider.kind != "mock" and not key:
-            flow.response = error_response(
-                call, 500, f"provider {provider.name!r} has no API key configured", "server_error",
-                "provider_key_missing",
-            )  # fmt: skip
-            return
+            raise RouteRefused(
+                500, f"provider {provider.name!r} has no API key configured", "server_error", "provider_key_missing"
+            )
         call.bill.price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
         if call.bill.price is None and call.policy.pricing.require and call.operation != "count_tokens":
-            flow.response = error_response(
-                call, 409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
+            raise RouteRefused(
+                409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
                 "requires one (pricing.require)", "invalid_request_error", "UNPRICED_MODEL",
             )  # fmt: skip
-            return
         if fronts.is_seed(call.front):
-            call.seed_context = self._seed_context(flow, call, provider)
+            call.seed_context = self._seed_context(call, provider, install_id)
         try:
             body = self._upstream_body(call)
-            if body is None:  # answered locally (token estimate)
-                flow.response = self._count_tokens_locally(call)
-                return
+            if body is None:
+                return None
             operation = call.route.operation or call.operation
             url = endpoint_url(
                 provider, call.route.format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
-            self._account_losses(flow, call)
         except FormatError as exc:
             call.dropped = []  # nothing was sent, so nothing was dropped
-            flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
-            return
+            raise RouteRefused(400, str(exc), "invalid_request_error", "invalid_field") from exc
         except UnsupportedOperation as exc:
-            flow.response = error_response(call, 400, str(exc), "invalid_request_error", "unsupported_operation")
-            return
-        self._rewrite(flow, call, url, body, key)
-        call.route.routed = True
+            raise RouteRefused(400, str(exc), "invalid_request_error", "unsupported_operation") from exc
+        return Prepared(url, body, key)
 
-    def dispatch(self, flow: http.HTTPFlow, call: Call) -> None:
-        """The request leaves (the dispatch step, after the budget): counted in the pool, and a Gateway 13
-        stream diverted through the relay."""
+    def dispatch(self, flow: http.HTTPFlow, call: Call) -> Awaitable[None] | None:
+        """The request leaves (the dispatch step, after the budget): counted in the pool and against its
+        deployment; a request with a plan goes to the attempt executor (a stream through the relay)."""
         self.gateway.pool.started(call)
         if call.route.target is not None:
             self.gateway.deployments.started(call.route.target)
-        if call.front == gateway13.NAME and call.stream:
+        if call.route.plan is None:
+            return None
+        if call.stream:
             self._divert_to_relay(flow, call)
+            return None
+        executor = self.gateway.executor
+        return None if executor is None else executor.answer(flow, call)
 
     def _upstream_body(self, call: Call) -> bytes | dict[str, Any] | None:
         """The upstream body: the client's bytes when nothing changes, else a dict to serialise.
@@ -263,71 +386,44 @@ class Router:
         return decode_chat(call)
 
     @staticmethod
-    def _seed_context(flow: http.HTTPFlow, call: Call, provider: ProviderConfig) -> SeedContext:
+    def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None) -> SeedContext:
         assert call.body is not None
-        price = call.bill.price
+        bill = call.bill
 
         def price_cents(usage: Usage) -> float:  # Gateway 13's `done` event, priced when the stream ends
-            micros = cost_micros(price, usage)
+            micros = cost_micros(bill.price, usage)  # the price of the attempt that served it
             return 0 if micros is None else micros / 10_000
 
         return SeedContext(
             price_cents=price_cents,
             model=call.model,
             provider=call.provider_hint or provider.kind,
-            install_id=flow.request.headers.get("x-kaixu-install-id"),
+            install_id=install_id,
             request_id=call.request_id,
             include_raw=call.front == kaixu_gate.NAME and kaixu_gate.include_raw(call.body),
         )
 
-    def _rewrite(
-        self, flow: http.HTTPFlow, call: Call, url: str, body: bytes | dict[str, Any], key: str | None
-    ) -> None:
+    def _rewrite(self, flow: http.HTTPFlow, call: Call, prepared: Prepared) -> None:
         request = flow.request
-        request.scheme, request.host, request.port, request.path = split_url(url)
+        request.scheme, request.host, request.port, request.path = split_url(prepared.url)
         request.authority = ""  # origin-form upstream, whatever form the client's request line had
-        assert call.route.provider is not None and call.route.format is not None
-        headers = request.headers
-        # Only what a provider needs leaves kaixu: never cookies, proxy credentials, the client's own keys
-        # (api-key, authorization, ...), forwarding headers or anything else a client happened to send.
-        fmt = call.route.format
-        forwarded = [
-            (k, v)
-            for k, v in headers.fields
-            if k.lower() in FORWARDED_HEADERS and VENDOR_HEADERS.get(k.lower(), fmt) == fmt
-        ]
-        headers.fields = tuple(forwarded)
-        headers["host"] = request.host if request.port in (80, 443) else f"{request.host}:{request.port}"
-        headers["accept-encoding"] = "identity"  # we read usage from bodies; stream callables see raw bytes
-        headers["x-request-id"] = call.request_id  # the provider's logs line up with kaixu's; the mock quotes it
-        headers.update(auth_headers(call.route.format, key))
-        if call.route.format == "anthropic" and "anthropic-version" not in headers:
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-        if call.route.provider.headers:
-            headers.update(call.route.provider.headers)
-        if isinstance(body, dict):
-            request.content = json.dumps(body, separators=(",", ":")).encode()
-            headers["content-type"] = "application/json"
-            headers.pop("content-encoding", None)
+        request.headers.fields = upstream_headers(call, request.headers.fields, request.host, request.port, prepared)
+        if isinstance(prepared.body, dict):
+            request.content = prepared.content(b"")  # sets content-length
 
     def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> None:
-        """Send the flow, as it would go to the provider, through the relay, which keeps the client's stream
-        alive (Gateway 13 `ping` events) until the provider's first byte."""
+        """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps a
+        Gateway 13 client's stream alive (`ping` events) until the provider's first byte."""
         relay, loopback = self.gateway.relay, self.gateway.loopback_url
         if relay is None or loopback is None:
-            return  # not running yet: the stream still works, without keep-alives
+            return  # not running yet: the stream goes straight to the provider, one attempt
         request = flow.request
-        ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
-        path = relay.register(
-            RelayPlan(
-                call=call,
-                method=request.method,
-                url=request.url,
-                headers=[(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _RELAY_DROP],
-                body=request.raw_content or b"",
-                ping_s=ping_s,
-            )
-        )
+        ping_s = None
+        if call.front == gateway13.NAME:
+            ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
+        headers = [(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in REQUEST_DROP]
+        upstream = Upstream(request.method, request.url, headers, request.raw_content or b"")
+        path = relay.register(RelayPlan(call=call, upstream=upstream, ping_s=ping_s))
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
         call.route.relayed = True
 

@@ -26,6 +26,7 @@ from kaixu.log import safe
 from kaixu.metrics import count_request
 from kaixu.pricing import convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
+from kaixu.reliability.plan import answer_headers
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
@@ -127,6 +128,17 @@ def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
     return response is not None and response.status_code < 400 and call.route.relay_status is None
 
 
+def mark_degraded(call: Call, response: http.Response) -> None:
+    """The Intelligent AI Gateway's `degraded: true` in the body of an OpenAI chat answer a fallback served (its
+    routes are OpenAI's chat routes); every front door has the `x-kaixu-degraded` header."""
+    if call.front != "openai" or call.operation != "chat":
+        return
+    payload = json.loads(response.content or b"null")
+    if isinstance(payload, dict):
+        payload["degraded"] = True
+        replace_body(response, payload)
+
+
 def add_headers(response: http.Response, headers: dict[str, str]) -> None:
     """Set headers in one assignment (mitmproxy rebuilds its field tuple on every `headers[name] = ...`, a few
     µs each): a provider's own header of the same name is replaced, not repeated."""
@@ -160,8 +172,12 @@ class Settle:
                 body = error_json(call.front, call.request_id, 502, message, "api_error", "bad_upstream_response")
                 replace_body(response, body, status=502)
             else:
+                headers = answer_headers(call, response.status_code)
                 if call.bill.usage is not None and response.status_code < 400:
-                    add_headers(response, call.bill.answer_headers())
+                    headers.update(call.bill.answer_headers())
+                    if call.route.attempts is not None and call.route.attempts.degraded:
+                        mark_degraded(call, response)
+                add_headers(response, headers)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
         self._count(flow.request, call, call.route.relay_status or response.status_code, call.route.relay_error)
 
@@ -314,5 +330,7 @@ class Settle:
                     prompt_sha256=text.prompt_sha256,
                     prompt=text.prompt,
                     answer=text.answer,
+                    attempts=call.route.attempts.ledger() if call.route.attempts is not None else None,
+                    degraded=int(call.route.attempts is not None and call.route.attempts.degraded),
                 )
             )

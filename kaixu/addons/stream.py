@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 
 from mitmproxy import http
 
-from kaixu.addons.settle import estimate_usage
+from kaixu.addons.router import decode_chat
+from kaixu.addons.settle import add_headers, estimate_usage
 from kaixu.call import Call, get_call
 from kaixu.formats import StreamDecoder, StreamEncoder, fronts, gemini, get_codec
 from kaixu.formats.canonical import (
@@ -32,7 +33,9 @@ from kaixu.formats.canonical import (
     ToolCallDelta,
     ToolCallStart,
 )
+from kaixu.formats.seeds import gateway13
 from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
+from kaixu.reliability.plan import answer_headers
 
 log = logging.getLogger("kaixu.stream")
 
@@ -212,7 +215,7 @@ def takes_comments(call: Call) -> bool:
     return call.front != "gemini" and not call.json_array_stream
 
 
-def billed(call: Call, inner: StreamCallable) -> StreamCallable:
+def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = None) -> StreamCallable:
     """The outermost callable of every stream: notes the first byte the provider sent (time to first token)
     and, when the stream ends, prices its usage (estimated when the provider's final count never came:
     `estimate_usage`) and appends the cost as an SSE comment (`Bill.sse_comment`) where the client's parser
@@ -221,11 +224,14 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     sse = takes_comments(call)
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
-        if data and bill.first_token_at is None and not call.route.relayed:  # relayed: set by `relayed`
+        if data and bill.first_token_at is None and not (call.route.relayed and call.canonical is not None):
+            # a translated relayed stream's first byte may be a marker: `relayed` notes the provider's own
             bill.first_token_at = time.monotonic()
         out = inner(data)
         if data:
             return out
+        if call.route.stream_broken:  # the provider failed mid-answer: what would close the stream cleanly goes
+            out = terminal_error(call, encoder)
         try:
             if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
@@ -239,6 +245,23 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
         return (out if isinstance(out, bytes) else b"".join(out)) + comment
 
     return on_chunk
+
+
+def terminal_error(call: Call, encoder: StreamEncoder | None = None) -> bytes:
+    """The event that ends a stream the provider broke after it had begun (the relay says so:
+    `Route.stream_broken`), in the client's own format: an OpenAI error chunk, an Anthropic `error` event, a
+    Gemini error, Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
+    would see a clean end of a truncated answer. ``encoder``: the translating stream's own (a pass-through stream
+    gets a fresh one for its format)."""
+    message = call.route.relay_error or "the provider's stream broke"
+    try:
+        if encoder is None:
+            request = call.canonical or decode_chat(call)
+            encoder = fronts.stream_encoder(call.front, request, call.seed_context, json_array=call.json_array_stream)
+        return encoder.encode(StreamError(message=message, type="api_error"))
+    except Exception:
+        log.exception("the terminal error event of request %s could not be encoded", call.request_id)
+        return b""
 
 
 def _render_marker(call: Call, marker: bytes, encoder: StreamEncoder) -> bytes:
@@ -264,6 +287,8 @@ class Stream:
         if response.status_code >= 400 or not is_event_stream(response):
             return
         assert call.route.format is not None
+        if not call.route.relayed or call.route.plan is None or call.front != gateway13.NAME:
+            add_headers(response, answer_headers(call, response.status_code))  # Gateway 13's were sent long ago
         upstream = get_codec(call.route.format)
         if call.canonical is None and not call.json_array_stream:
             make = usage_stripping_meter if call.strip_usage_chunk else meter
@@ -283,4 +308,4 @@ class Stream:
         )
         translate = translator(call, upstream.stream_decoder(), encoder)
         stream = relayed(call, translate, encoder) if call.route.relayed else translate
-        response.stream = billed(call, stream)
+        response.stream = billed(call, stream, encoder)

@@ -39,6 +39,11 @@ class ProviderConfig:
     api_key: str | None
     headers: dict[str, str]
     wire_format: WireFormat | None
+    max_concurrent: int | None = None
+    """Requests in flight to it at once (None: no cap); more wait in a queue of `queue_size`."""
+    queue_size: int = 50
+    supports_tools: bool = True
+    """False: a request with tools never goes here (the Intelligent AI Gateway's `supportsTools`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,32 @@ class RoutingPolicy:
 
 
 UNPRICED_RANK = Fraction(10**12)
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """`retries:` (global, or a model's own): how often one model is tried and how long kaixu waits between
+    tries (kaixu/reliability/plan.py). Without a `retries:` section a model is tried once."""
+
+    attempts: int = 1
+    base_ms: int = 1000
+    max_ms: int = 30_000
+    jitter: bool = True
+    on_status: frozenset[int] = RETRIED_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """`models.X.timeouts`, per attempt, in seconds (None: not bounded apart from `total_s`)."""
+
+    connect_s: float | None = None
+    ttfb_s: float | None = None
+    idle_s: float | None = None
+    total_s: float | None = None
+
+
+FallbackReason = Literal["context_window", "content_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +104,16 @@ class ModelRoute:
     name: str
     targets: tuple[RouteTarget, ...]
     fallbacks: tuple[str, ...] = ()
+    retries: RetryPolicy = RetryPolicy()
+    fallback_on: frozenset[FallbackReason] = frozenset()
+    timeouts: Timeouts | None = None
+    """None: the model has no timeouts of its own (`limits.upstream_timeout_s` bounds its attempts)."""
+
+    @property
+    def guarded(self) -> bool:
+        """Whether a request for it needs the attempt executor (kaixu/reliability/): more than one try, or a
+        bound the plain forwarding path cannot keep."""
+        return self.retries.attempts > 1 or bool(self.fallbacks) or self.timeouts is not None
 
 
 Period = Literal["day", "week", "month", "total"]
@@ -547,15 +588,35 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
 def unenforced_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     """Fields the schema accepts (so files written for the next version load) that no code reads yet.
 
-    An operator who sets a budget must not believe it holds: each one is a warning naming its line.
+    An operator who sets a budget must not believe it holds: each one is a warning naming its line. Every
+    field of this version is enforced; the hook stays for the next one.
     """
-    found: list[tuple[Any, ...]] = []
-    for name, spec in (data.get("models") or {}).items():
-        if "fallbacks" in spec:
-            found.append(("models", name, "fallbacks"))
-    if "retries" in data:
-        found.append(("retries",))
-    return [(path, NOT_ENFORCED) for path in found]
+    return []
+
+
+def _retry_policy(spec: dict[str, Any] | None, base: RetryPolicy | None) -> RetryPolicy:
+    """A `retries:` mapping over `base` (a model's over the global one), field by field; a section that is
+    present means the node gateway's default of 3 attempts."""
+    if spec is None:
+        return base or RetryPolicy()
+    start = base if base is not None and base.attempts > 1 else RetryPolicy(attempts=3)
+    backoff = spec.get("backoff") or {}
+    statuses = spec.get("on_status")
+    return RetryPolicy(
+        attempts=int(spec.get("attempts", start.attempts)),
+        base_ms=int(backoff.get("base_ms", start.base_ms)),
+        max_ms=int(backoff.get("max_ms", start.max_ms)),
+        jitter=bool(backoff.get("jitter", start.jitter)),
+        on_status=start.on_status if statuses is None else frozenset(int(s) for s in statuses),
+    )
+
+
+def _timeouts(spec: dict[str, Any] | None) -> Timeouts | None:
+    if not spec:
+        return None
+    return Timeouts(
+        *(None if spec.get(k) is None else float(spec[k]) for k in ("connect_s", "ttfb_s", "idle_s", "total_s"))
+    )
 
 
 def build_policy(
@@ -575,16 +636,27 @@ def build_policy(
             api_key=spec.get("api_key") or None,
             headers=dict(spec.get("headers") or {}),
             wire_format=wire,
+            max_concurrent=spec.get("max_concurrent"),
+            queue_size=int(spec.get("queue_size", 50)),
+            supports_tools=bool(spec.get("supports_tools", True)),
         )
 
     models: dict[str, ModelRoute] = {}
     patterns: list[ModelRoute] = []
+    global_retries = _retry_policy(data.get("retries"), None)
     for name, spec in (data.get("models") or {}).items():
         targets = tuple(
             RouteTarget(target["provider"], target.get("model"), int(target.get("weight", 1)))
             for target in spec["route"]
         )
-        route = ModelRoute(name, targets, tuple(spec.get("fallbacks") or ()))
+        route = ModelRoute(
+            name,
+            targets,
+            tuple(spec.get("fallbacks") or ()),
+            retries=_retry_policy(spec.get("retries"), global_retries),
+            fallback_on=frozenset(spec.get("fallback_on") or ()),
+            timeouts=_timeouts(spec.get("timeouts")),
+        )
         if is_glob(name):
             patterns.append(route)
         else:

@@ -26,6 +26,10 @@ _GEMINI_ACTIONS = {
 }
 
 
+#: Request headers an HTTP client sets itself when kaixu makes an upstream request on its own (the executor).
+REQUEST_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
 class UnsupportedOperation(Exception):
     """This provider kind has no endpoint for the operation."""
 

@@ -1,22 +1,26 @@
-"""The stream relay: for front doors whose streams must speak before the provider does (Kaixu Gateway 13
-sends `ping` keep-alives while the model thinks), the flow is pointed at kaixu's loopback server, which
-answers with stream headers at once and calls the provider itself (httpx, streaming).
+"""The stream relay: a stream that needs more than mitmproxy's forwarding (retries and fallbacks before the
+first byte, timeouts between events, a terminal error event, Kaixu Gateway 13's `ping` keep-alives while the
+model thinks) is pointed at kaixu's loopback server, which runs the request's attempts itself
+(kaixu/reliability/executor.py) and streams the winner back to mitmproxy.
 
-mitmproxy cannot emit bytes for a flow on its own (docs/architecture.md): this is the
-workaround measured for mitmproxy 12.2.3. Before the provider's first byte the relay writes SSE comment markers
-(never mixed into the provider's events, which it forwards untouched); the stream step turns them into
-the front door's keep-alive and error events. A provider that fails before its first byte becomes an
-error marker: the client has already been told 200, as the seed's own gateway does.
+mitmproxy cannot emit bytes for a flow on its own (docs/architecture.md): this is the workaround measured for
+mitmproxy 12.2.3. The client's answer starts only when an attempt has answered with its first chunk, so a
+retry is never spliced into an answer already begun; until then a failed plan is answered as any provider
+error (the settle step puts it in the client's shape). Gateway 13 is told 200 at once (its pings need it):
+before the provider's first byte the relay writes SSE comment markers the stream step turns into `ping` and
+`error` events, never mixed into the provider's bytes. After the first byte, a provider that fails ends the
+client's stream with a terminal error event in its own format (the stream step, from `Route.stream_broken`),
+never a silently truncated 200. Provider bytes are forwarded whole events at a time, so that event is never
+glued to half of another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import tornado.iostream
@@ -24,60 +28,53 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import credentials_rejected, hides_provider_answer
+from kaixu.providers import credentials_rejected
+
+if TYPE_CHECKING:
+    from kaixu.reliability.executor import Executor, Outcome
+    from kaixu.reliability.plan import Upstream
 
 PING_MARKER = b": kaixu-ping"
 ERROR_MARKER = b": kaixu-error "
 MARKER_PREFIX = b": kaixu-"
 ROUTE_PREFIX = "/_kaixu/relay/"
+#: Provider headers the relay passes on to mitmproxy with a stream (the rest describe the provider's connection).
+_PASSED_HEADERS = frozenset(
+    {"content-type", "retry-after", "x-request-id", "request-id", "anthropic-ratelimit-requests-remaining"}
+)
 
 
 @dataclass(slots=True)
 class RelayPlan:
     call: Call
-    method: str
-    url: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    ping_s: float
+    upstream: Upstream
+    ping_s: float | None
+    """Gateway 13: seconds between keep-alives, the client's 200 sent at once; None: the answer starts with
+    the winning attempt's own status."""
 
 
 class Relay:
     def __init__(self) -> None:
         self.plans: dict[str, RelayPlan] = {}
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self.executor: Executor | None = None
 
     def register(self, plan: RelayPlan) -> str:
         token = uuid.uuid4().hex
         self.plans[token] = plan
         return ROUTE_PREFIX + token
 
-    def client(self, ca_file: str | None) -> httpx.AsyncClient:
-        """One pooled client per trust store (the policy's `tls.ca_file`, or certifi's roots)."""
-        client = self._clients.get(ca_file)
-        if client is None:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-            client = httpx.AsyncClient(timeout=None, trust_env=False, verify=verify)
-            self._clients[ca_file] = client
-        return client
-
-    async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
-
     def route(self) -> tuple[str, type[RelayHandler], dict[str, Any]]:
         return (ROUTE_PREFIX + r"([0-9a-f]+)", RelayHandler, {"relay": self})
 
 
-def _describe(exc: BaseException, provider: str, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"provider {provider!r} did not answer within {timeout:g} s"
-    return f"provider {provider!r} is unreachable ({exc})"
-
-
 def error_marker(message: str, status: int) -> bytes:
     return ERROR_MARKER + json.dumps({"status": status, "message": message}).encode() + b"\n\n"
+
+
+def _event_end(buffer: bytes) -> int:
+    """Where the last complete SSE event of ``buffer`` ends (0: none yet)."""
+    lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
 class RelayHandler(tornado.web.RequestHandler):
@@ -87,82 +84,112 @@ class RelayHandler(tornado.web.RequestHandler):
 
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
+        self._task: asyncio.Task[Any] | None = None
 
     def check_xsrf_cookie(self) -> None:
         return None
 
+    def on_connection_close(self) -> None:
+        """mitmproxy hung up (its client left): the provider's request is cancelled, its queue slot freed."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def post(self, token: str) -> None:
         plan = self.relay.plans.pop(token, None)
-        if plan is None:
+        executor = self.relay.executor
+        if plan is None or executor is None:
             self.set_status(404)
             self.finish()
             return
-        self.set_status(200)
-        self.set_header("content-type", "text/event-stream")
-        self.set_header("cache-control", "no-cache")
+        self._task = asyncio.current_task()
+        outcome: Outcome | None = None
         try:
-            await self.flush()  # the client gets its stream headers now, whatever the provider does
-            await self._relay(plan)
-        except tornado.iostream.StreamClosedError:
+            if plan.ping_s is not None:
+                self._stream_headers()
+                await self.flush()  # the client gets its stream headers now, whatever the provider does
+                opening = asyncio.ensure_future(executor.run(plan.call, plan.upstream, stream=True))
+                try:
+                    outcome = await self._with_pings(opening, plan.ping_s)
+                finally:
+                    if not opening.done():
+                        opening.cancel()
+                if not outcome.ok:
+                    await self._fail(plan.call, outcome)
+                    self.finish()
+                    return
+            else:
+                outcome = await executor.run(plan.call, plan.upstream, stream=True)
+                if not outcome.ok:  # the plan is spent: its last failure, as any provider's error answer
+                    self.set_status(outcome.status)
+                    for name, value in outcome.headers:
+                        if name.lower() in _PASSED_HEADERS:
+                            self.set_header(name, value)
+                    self.write(outcome.body)
+                    self.finish()
+                    return
+                self.set_status(outcome.status)
+                self._stream_headers(outcome.headers)
+            await self._pump(plan.call, outcome)
+            self.finish()
+        except (tornado.iostream.StreamClosedError, asyncio.CancelledError):
             return  # the client went away
-        self.finish()
-
-    async def _relay(self, plan: RelayPlan) -> None:
-        call = plan.call
-        client = self.relay.client(call.policy.ca_file)
-        request = client.build_request(plan.method, plan.url, headers=plan.headers, content=plan.body)
-        timeout = call.policy.upstream_timeout_s
-        provider = call.route.provider.name if call.route.provider else "upstream"
-        sending = asyncio.ensure_future(client.send(request, stream=True))
-        try:
-            response = await self._with_pings(sending, plan.ping_s, timeout)
-        except BaseException as exc:
-            sending.cancel()
-            if not isinstance(exc, TimeoutError | httpx.HTTPError):
-                raise
-            await self._fail(call, _describe(exc, provider, timeout), 504 if isinstance(exc, TimeoutError) else 502)
-            return
-        try:
-            if hides_provider_answer(response.status_code, call.caller.byok):
-                await self._fail(call, credentials_rejected(provider), 502)
-                return
-            if response.status_code >= 400:
-                body = await response.aread()
-                message, _ = get_codec(call.route.format or "openai").decode_error(response.status_code, body)
-                await self._fail(call, message, response.status_code)
-                return
-            chunks = response.aiter_raw()
-            first = asyncio.ensure_future(anext(chunks, b""))
-            chunk = await self._with_pings(first, plan.ping_s, timeout)
-            while chunk:
-                self.write(chunk)
-                await self.flush()
-                chunk = await anext(chunks, b"")
-        except (TimeoutError, httpx.HTTPError) as exc:
-            reason = f"no data within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
-            call.route.relay_error = f"stream from provider {provider!r} broke: {reason}"
         finally:
-            await response.aclose()
+            if outcome is not None:
+                await outcome.close()
 
-    async def _with_pings(self, pending: asyncio.Future[Any], ping_s: float, timeout: float) -> Any:
-        """Await the provider, writing a keep-alive marker every `ping_s` seconds meanwhile."""
+    def _stream_headers(self, provider: list[tuple[str, str]] | None = None) -> None:
+        self.set_header("content-type", "text/event-stream")
+        for name, value in provider or ():
+            if name.lower() in _PASSED_HEADERS:
+                self.set_header(name, value)
+        self.set_header("cache-control", "no-cache")
+
+    async def _pump(self, call: Call, outcome: Outcome) -> None:
+        """Forward the provider's stream, whole events at a time, until it ends, breaks or goes quiet."""
+        assert outcome.chunks is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        idle = outcome.idle_s or call.policy.upstream_timeout_s
+        provider = call.route.provider.name if call.route.provider else "upstream"
+        held = b""
+        chunk = outcome.first
+        try:
+            while chunk:
+                held += chunk
+                cut = _event_end(held)
+                if cut:
+                    self.write(held[:cut])
+                    held = held[cut:]
+                    await self.flush()
+                wait = idle if outcome.deadline == 0 else min(idle, outcome.deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(anext(outcome.chunks, b""), wait)
+            if held:
+                self.write(held)
+        except (TimeoutError, OSError, httpx.HTTPError) as exc:
+            reason = f"no data within {idle:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
+            call.route.relay_error = f"stream from provider {provider!r} broke: {reason}"
+            call.route.stream_broken = True
+
+    async def _with_pings(self, pending: asyncio.Future[Outcome], ping_s: float) -> Outcome:
+        """Await the attempts, writing a keep-alive marker every `ping_s` seconds meanwhile."""
         while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                pending.cancel()
-                raise TimeoutError
-            done, _ = await asyncio.wait({pending}, timeout=min(ping_s, left))
+            done, _ = await asyncio.wait({pending}, timeout=ping_s)
             if done:
                 return pending.result()
-            if loop.time() < deadline:
-                self.write(PING_MARKER + b"\n\n")
-                await self.flush()
+            self.write(PING_MARKER + b"\n\n")
+            await self.flush()
 
-    async def _fail(self, call: Call, message: str, status: int) -> None:
+    async def _fail(self, call: Call, outcome: Outcome) -> None:
+        """Gateway 13 was told 200 already: the plan's last failure becomes an error marker."""
+        message = outcome.transport_error
+        if message is None:
+            message, _ = get_codec(call.route.format or "openai").decode_error(outcome.status, outcome.body)
+        if outcome.status == 401 and not call.caller.byok and call.route.provider is not None:
+            message = credentials_rejected(call.route.provider.name)
         message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
         call.route.relay_error = message
+        status = 502 if outcome.status == 401 and not call.caller.byok else outcome.status
         call.route.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))
         await self.flush()

@@ -76,6 +76,11 @@ class LedgerRecord:
     """Prompt text, redacted, only when `ledger.content.enabled`."""
     answer: str | None = None
     """Answer text, redacted, only when `ledger.content.enabled`."""
+    attempts: str | None = None
+    """JSON list of the attempts the executor made (provider, model, status, ms, error), retries and fallbacks
+    included; NULL for a request forwarded once without one (kaixu/reliability)."""
+    degraded: int = 0
+    """1 when a fallback model served the request (the Intelligent AI Gateway's `degraded`)."""
 
 
 class StoreUnavailable(Exception):

@@ -1,0 +1,12 @@
+"""Reliability (issue 12): what happens when a provider fails.
+
+- `plan.py`: the attempt plan of a request (the model asked for, then its fallbacks), the record of each
+  attempt, how long to wait before the next (exponential backoff, full jitter, `Retry-After`), and which
+  failures are retried, which move to a fallback and which are the client's.
+- `pools.py`: per-provider concurrency caps with a bounded queue (the Intelligent AI Gateway's process pool).
+- `executor.py`: runs a plan with httpx, for buffered answers (in the dispatch hook) and for streams (through
+  the loopback relay, kaixu/providers/relay.py), up to the first byte the client is sent.
+
+A request whose model has none of this (one attempt, no timeouts, no cap) never meets it: mitmproxy
+forwards it as before. Deployment health (the circuit breakers) is kaixu/providers/health.py.
+"""

@@ -1,0 +1,331 @@
+"""The attempt executor: runs a request's plan (kaixu/reliability/plan.py) until one attempt is answered.
+
+One component for both kinds of answer:
+- a buffered (JSON) answer is fetched here from the dispatch step's hook and set as the flow's response, so
+  mitmproxy never connects upstream itself; the response steps then translate, price and record it as usual;
+- a stream is fetched from the loopback relay (kaixu/providers/relay.py), which asks `run(stream=True)` for the
+  winning attempt with its first chunk, and only then starts the client's answer.
+
+Either way nothing reaches the client before an attempt has won, so a retry or a fallback is never spliced
+into an answer already begun. Each attempt re-aims the call (`Router.aim`: provider, model, wire format,
+price) so the steps after it translate and price what actually served the request, and each is counted
+against its deployment's circuit breaker (kaixu/providers/health.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from mitmproxy import http
+
+from kaixu import metrics
+from kaixu.addons.respond import error_json
+from kaixu.addons.router import RouteRefused, candidate_targets, upstream_headers, usable_targets
+from kaixu.call import Call
+from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
+from kaixu.providers import REQUEST_DROP, split_url
+from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, verdict
+from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
+
+if TYPE_CHECKING:
+    from kaixu.addons.router import Router
+    from kaixu.gateway import Gateway
+
+log = logging.getLogger("kaixu.reliability")
+
+#: Provider headers that describe the provider's connection, not the answer: never copied onto the client's.
+HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+                         "proxy-connection", "upgrade", "te", "trailer"})  # fmt: skip
+NO_TIMEOUTS = Timeouts()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended: an answer (buffered in `body`, or a stream's `first` chunk with the rest still to
+    read from `chunks`), a provider error, or kaixu's own 502/503/504 for one that could not be reached."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    first: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
+    response: httpx.Response | None = None
+    release: Callable[[], None] | None = None
+    transport_error: str | None = None
+    deadline: float = 0.0
+    idle_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    async def close(self) -> None:
+        """Give the connection and the provider's queue slot back (idempotent)."""
+        response, self.response = self.response, None
+        release, self.release = self.release, None
+        try:
+            if response is not None:
+                await response.aclose()
+        finally:
+            if release is not None:
+                release()
+
+
+def describe(exc: BaseException, provider: str, seconds: float, what: str) -> tuple[int, str, str]:
+    """(status, message, code) of an attempt that got no answer: kaixu's 504 or 502, worded as `errors.py`."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return 504, f"provider {provider!r} did not answer within {seconds:g} s ({what})", "upstream_timeout"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return 502, f"provider {provider!r} is unreachable ({exc or type(exc).__name__})", "upstream_connect_error"
+    reason = str(exc) or type(exc).__name__
+    return (
+        502,
+        f"provider {provider!r} closed the connection without a complete response ({reason})",
+        "upstream_protocol_error",
+    )
+
+
+class Executor:
+    def __init__(self, gateway: Gateway, router: Router) -> None:
+        self.gateway = gateway
+        self.router = router
+        self.pools = Pools()
+        self._clients: dict[str | None, httpx.AsyncClient] = {}
+
+    # -- httpx clients -------------------------------------------------------------------------------------
+
+    def client(self, ca_file: str | None) -> httpx.AsyncClient:
+        """One pooled client per trust store (the policy's `tls.ca_file`, or certifi's roots)."""
+        client = self._clients.get(ca_file)
+        if client is None:
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+            client = httpx.AsyncClient(timeout=None, trust_env=False, verify=verify, limits=limits)
+            self._clients[ca_file] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    # -- buffered answers ------------------------------------------------------------------------------------
+
+    async def answer(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The dispatch step's hook for a guarded buffered request: the winning attempt (or the last failure)
+        becomes the flow's response."""
+        request = flow.request
+        first = Upstream(request.method, request.url, _str_headers(request.headers.fields), request.raw_content or b"")
+        outcome = await self.run(call, first, stream=False)
+        await outcome.close()
+        headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in HOP_HEADERS]
+        flow.response = http.Response.make(outcome.status, outcome.body, headers)
+
+    # -- the plan ----------------------------------------------------------------------------------------------
+
+    async def run(self, call: Call, first: Upstream, *, stream: bool) -> Outcome:
+        """Try the plan's attempts in order until one answers (returned open: for a stream, with its first
+        chunk read) or the plan is spent (the last failure). The call is left aimed at the attempt returned."""
+        plan = call.route.plan
+        assert plan is not None
+        deployments = self.gateway.deployments
+        routing = call.policy.routing
+        attempts = call.route.attempts = call.route.attempts or Attempts()
+        upstream: Upstream | None = first
+        last: Outcome | None = None
+        for index, route in enumerate(plan.routes):
+            tried: set[RouteTarget] = set()
+            for number in range(1, route.retries.attempts + 1):
+                if upstream is None:
+                    upstream = self._aim(call, route, tried, fallback=index > 0)
+                    if upstream is None:
+                        break  # no deployment of this model can take it: the next model
+                target = call.route.target
+                assert target is not None and call.route.provider is not None
+                tried.add(target)
+                since = time.monotonic()
+                outcome = await self._attempt(call, route, upstream, stream)
+                upstream = None
+                provider = call.route.provider.name
+                if outcome.ok:
+                    attempts.add(provider, call.route.model or "-", outcome.status, since)
+                    attempts.degraded = index > 0
+                    metrics.ATTEMPTS.inc((provider, "ok"))
+                    if attempts.degraded:
+                        metrics.FALLBACKS.inc((plan.routes[0].name,))
+                    return outcome
+                answer = verdict(outcome.status, outcome.body, route.retries, route.fallback_on,
+                                 transport=outcome.transport_error is not None)  # fmt: skip
+                if answer == "retry" and outcome.status == 401 and not call.caller.byok:
+                    answer = "fallback"
+                attempts.add(provider, call.route.model or "-", outcome.status, since, outcome.transport_error)
+                more = self._more(plan.routes, index, number, answer)
+                if answer == "final" or not more:
+                    metrics.ATTEMPTS.inc((provider, "final"))
+                    return outcome  # counted against its deployment by the settle step, as any answer
+                metrics.ATTEMPTS.inc((provider, "retried" if answer == "retry" and more == "retry" else "fallback"))
+                await outcome.close()
+                failed = outcome.status == 429 or outcome.status >= 500
+                deployments.finished(target, failed, time.monotonic() - since, routing)
+                last = outcome
+                if answer != "retry" or more != "retry":
+                    break
+                header = next((v for k, v in outcome.headers if k.lower() == "retry-after"), None)
+                await asyncio.sleep(backoff_s(route.retries, number, retry_after_s(header)))
+        # every model's attempts were refused before any was sent (no deployment could take it)
+        assert last is not None or call.route.target is not None
+        return last or self._refused(call, 503, "no deployment can serve this request now", "no_deployment")
+
+    @staticmethod
+    def _more(routes: tuple[ModelRoute, ...], index: int, number: int, answer: Verdict) -> Verdict | None:
+        """What comes after a failed attempt: another try of this model, the next model, or nothing."""
+        if answer == "retry" and number < routes[index].retries.attempts:
+            return "retry"
+        if answer in ("retry", "fallback") and index + 1 < len(routes):
+            return "fallback"
+        return None
+
+    def _aim(self, call: Call, route: ModelRoute, tried: set[RouteTarget], *, fallback: bool) -> Upstream | None:
+        """Point the call at the next deployment of ``route`` (one not tried yet, when there is one)."""
+        plan = call.route.plan
+        assert plan is not None
+        targets = usable_targets(call, route.targets if fallback else candidate_targets(call, route))
+        if not targets:
+            return None
+        fresh = tuple(t for t in targets if t not in tried) or targets
+        target = self.gateway.deployments.pick(fresh, call.policy.routing)
+        saved = _Aimed.of(call)
+        try:
+            prepared = self.router.aim(call, route, target, plan.install_id, fallback=fallback)
+        except RouteRefused as refused:
+            self.gateway.deployments.get(target).probing = False
+            log.warning("request %s: %s/%s skipped: %s", call.request_id, target.provider, target.model or route.name,
+                        refused.message)  # fmt: skip
+            saved.restore(call)
+            return None
+        if prepared is None:  # a local answer (token counting) is never a fallback's business
+            saved.restore(call)
+            return None
+        self.gateway.deployments.started(target)
+        _, host, port, _ = split_url(prepared.url)
+        headers = upstream_headers(call, plan.client_fields, host, port, prepared)
+        return Upstream("POST", prepared.url, _str_headers(headers), prepared.content(plan.client_body))
+
+    # -- one attempt -----------------------------------------------------------------------------------------
+
+    async def _attempt(self, call: Call, route: ModelRoute, upstream: Upstream, stream: bool) -> Outcome:
+        provider = call.route.provider
+        assert provider is not None
+        timeouts = route.timeouts or NO_TIMEOUTS
+        total = timeouts.total_s or call.policy.upstream_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
+        pool = self.pools.get(provider)
+        release: Callable[[], None] | None = None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.acquire(), total)
+            except QueueFull:
+                return self._refused(call, 503, QUEUE_FULL, "queue_full", retry_after="1")
+            except TimeoutError:
+                return self._refused(call, 503, f"{QUEUE_FULL}: no slot within {total:g} s", "queue_full",
+                                     retry_after="1")  # fmt: skip
+            release = pool.release
+        client = self.client(call.policy.ca_file)
+        timeout = httpx.Timeout(connect=timeouts.connect_s or total, read=None, write=total, pool=total)
+        request = client.build_request(upstream.method, upstream.url, headers=upstream.headers,
+                                       content=upstream.body, timeout=timeout)  # fmt: skip
+        response: httpx.Response | None = None
+        what = "time to first byte"
+        try:
+            first_byte = min(timeouts.ttfb_s or total, total)
+            response = await asyncio.wait_for(client.send(request, stream=True), first_byte)
+            headers = list(response.headers.multi_items())
+            if response.status_code >= 400 or not stream:
+                what = "answer"
+                body = await asyncio.wait_for(response.aread(), max(0.0, deadline - loop.time()))
+                await response.aclose()
+                if release is not None:
+                    release()
+                return Outcome(response.status_code, headers, body=body)
+            chunks = response.aiter_raw()
+            left = max(0.0, min(first_byte, deadline - loop.time()))
+            first = await asyncio.wait_for(anext(chunks, b""), left)
+            if not first:
+                raise httpx.RemoteProtocolError("the stream ended before its first event")
+            return Outcome(response.status_code, headers, first=first, chunks=chunks, response=response,
+                           release=release, deadline=deadline if timeouts.total_s else 0.0,
+                           idle_s=timeouts.idle_s)  # fmt: skip
+        except (TimeoutError, httpx.HTTPError) as exc:
+            if response is not None:
+                await response.aclose()
+            if release is not None:
+                release()
+            seconds = (timeouts.ttfb_s or total) if what == "time to first byte" else total
+            if isinstance(exc, httpx.ConnectTimeout):
+                seconds = timeouts.connect_s or total
+            status, message, code = describe(exc, provider.name, seconds, what)
+            log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, message)
+            failure = self._refused(call, status, message, code)
+            failure.transport_error = message
+            return failure
+        except BaseException:
+            if response is not None:
+                await response.aclose()
+            if release is not None:
+                release()
+            raise
+
+    @staticmethod
+    def _refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
+        """kaixu's own error for an attempt, in the provider's wire format (the settle step puts it in the
+        client's, as it does a provider's error)."""
+        fmt = call.route.format or call.front
+        kind = "timeout_error" if status == 504 else "api_error"
+        body = json.dumps(error_json(fmt, call.request_id, status, message, kind, code)).encode()
+        headers = [("content-type", "application/json")]
+        if retry_after is not None:
+            headers.append(("retry-after", retry_after))
+        return Outcome(status, headers, body=body)
+
+
+def _str_headers(fields: Any) -> list[tuple[str, str]]:
+    out = []
+    for k, v in fields:
+        name = k.decode("latin-1") if isinstance(k, bytes) else k
+        if name.lower() in REQUEST_DROP:
+            continue
+        out.append((name, v.decode("latin-1") if isinstance(v, bytes) else v))
+    return out
+
+
+@dataclass(slots=True)
+class _Aimed:
+    """What `Router.aim` changes on a call, kept to put back when a later deployment refuses the request."""
+
+    route: tuple[Any, ...]
+    price: Any
+    request: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, call: Call) -> _Aimed:
+        r = call.route
+        return cls(
+            (r.name, r.target, r.provider, r.model, r.format, r.operation),
+            call.bill.price,
+            (call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request, call.seed_context),
+        )
+
+    def restore(self, call: Call) -> None:
+        r = call.route
+        r.name, r.target, r.provider, r.model, r.format, r.operation = self.route
+        call.bill.price = self.price
+        call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request, call.seed_context = self.request
