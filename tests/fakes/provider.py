@@ -69,6 +69,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import signal
 import ssl
@@ -120,6 +121,12 @@ class Fault:
     cut_body_after_bytes: int | None = None
     """JSON answers: send the head (with the full Content-Length) and only this many body bytes, then hang
     up: a provider that drops the connection mid-body."""
+    stall_after_events: int | None = None
+    """Streams: send this many events, then nothing more while the connection stays open (until the client
+    hangs up): a provider that stalls mid-stream."""
+    probability: float = 1.0
+    """The chance that a request this fault is taken for gets it (a queued fault's ``times`` counts only the
+    requests that got it): e.g. a ``default_fault`` with 0.2 fails one request in five, at random."""
     times: int = 1
     path_contains: str | None = None
 
@@ -1504,6 +1511,7 @@ class FakeProvider:
         self.default_fault: Fault | None = None
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._random = random.Random()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -1615,12 +1623,16 @@ class FakeProvider:
             with self._lock:
                 for index, fault in enumerate(self._faults):
                     if fault.applies_to(path):
+                        if fault.probability < 1 and self._random.random() >= fault.probability:
+                            return None
                         fault.times -= 1
                         if fault.times <= 0:
                             del self._faults[index]
                         return fault
         default = self.default_fault
         if default is not None and default.applies_to(path):
+            if default.probability < 1 and self._random.random() >= default.probability:
+                return None
             return default
         return None
 
@@ -1821,12 +1833,18 @@ class FakeProvider:
         first_delay = fault.first_byte_delay_ms if fault else 0
         event_delay = fault.event_delay_ms if fault else 0
         disconnect = fault.disconnect_after_events if fault else None
+        stall = fault.stall_after_events if fault else None
         if first_delay > 0:
             await writer.drain()
             await asyncio.sleep(first_delay / 1000)
         for index, event in enumerate(stream.events):
             if disconnect is not None and index >= disconnect:
                 break
+            if stall is not None and index >= stall:
+                await writer.drain()
+                await reader.read()  # silent until the client hangs up
+                record.outcome = "peer_closed"
+                return False
             if index and event_delay > 0:
                 await asyncio.sleep(event_delay / 1000)
             if reader.at_eof() or writer.is_closing():  # the client hung up: generate nothing more
