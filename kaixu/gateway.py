@@ -26,23 +26,21 @@ if TYPE_CHECKING:
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
-size): kaixu does not cap concurrent requests, so it is only the reference `utilization` is measured against."""
+size) when no provider has a cap (`providers.X.max_concurrent`): only the reference `utilization` is measured
+against."""
 
 
 @dataclass(slots=True)
 class PoolCounters:
     """The Intelligent AI Gateway's process-pool numbers (seed 002) for the requests kaixu forwards to a
-    provider: started by the router, finished by the settle step (once per request, whichever hook ends it).
-
-    kaixu has no queue: a forwarded request runs at once, so `queued` stays 0 until pools exist.
-    """
+    provider: started by the dispatch step, finished by the settle step (once per request, whichever hook ends
+    it). The provider queues (kaixu/reliability/pools.py) count what waits."""
 
     active: int = 0
     processed: int = 0
     failed: int = 0
     """Ended in a 5xx (the provider's, or kaixu's 502/504 for an unreachable or silent one), or cut after
     the answer had started; a provider's 4xx is processed, not failed."""
-    queued: int = 0
 
     def started(self, call: Call) -> None:
         call.forwarded = True
@@ -58,9 +56,6 @@ class PoolCounters:
         self.processed += 1
         if status >= 500 or (error is not None and status < 400):
             self.failed += 1
-
-    def utilization(self) -> float:
-        return round(self.active / POOL_MAX_CONCURRENT, 4)
 
 
 @dataclass(slots=True)

@@ -144,19 +144,26 @@ class Ingress:
         }
 
     def queue_status(self) -> dict[str, object]:
-        """The Intelligent AI Gateway's pool view (seed 002) of the requests forwarded to providers: kaixu has
-        no queue, every one of them is active at once (`kaixu.gateway.PoolCounters`)."""
+        """The Intelligent AI Gateway's pool view (seed 002) of the requests forwarded to providers, from real
+        counters: `queued` and `maxQueue` are the provider queues (`providers.X.max_concurrent`/`queue_size`,
+        kaixu/reliability/pools.py); `maxConcurrent` is the sum of the caps, or the seed's default of 10 as the
+        reference `utilization` is measured against when no provider has one."""
         policy = self.gateway.require_policy()
         counters = self.gateway.pool
+        executor = self.gateway.executor
+        queues = executor.pools.status() if executor is not None else {}
+        queued = queues.get("queued", 0)
+        capacity = queues.get("maxConcurrent") or POOL_MAX_CONCURRENT
+        active = max(0, counters.active - queued)  # a waiting request is forwarded, not yet running
         counts = {"total": len(policy.providers), "tool": 0, "api": len(policy.providers)}
         pool = {
-            "active": counters.active,
-            "queued": 0,
-            "maxConcurrent": POOL_MAX_CONCURRENT,
-            "maxQueue": 0,
-            "utilization": counters.utilization(),
+            "active": active,
+            "queued": queued,
+            "maxConcurrent": capacity,
+            "maxQueue": queues.get("maxQueue", 0),
+            "utilization": round(active / capacity, 4),
             "totalProcessed": counters.processed,
-            "totalQueued": counters.queued,
+            "totalQueued": queues.get("totalQueued", 0),
             "totalFailed": counters.failed,
         }
         return {"processPool": pool, "backends": counts}

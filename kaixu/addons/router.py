@@ -258,24 +258,30 @@ class Router:
             else:  # only the fallbacks can take it
                 route = chain[1]
                 target = self.gateway.deployments.pick(usable_targets(call, route.targets), call.policy.routing)
-            prepared = self.aim(call, route, target, flow.request.headers.get("x-kaixu-install-id"))
+            install_id = flow.request.headers.get("x-kaixu-install-id")
+            prepared = self.aim(call, route, target, flow.request.headers.fields, install_id)
         except RouteRefused as refused:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         if prepared is None:  # answered locally (token estimate)
             flow.response = self._count_tokens_locally(call)
             return
-        self._account_losses(flow, call)
         if guarded(call.policy, chain) or (call.stream and call.front == gateway13.NAME):
             request = flow.request
             client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
-            install_id = request.headers.get("x-kaixu-install-id")
             call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id)
         self._rewrite(flow, call, prepared)
         call.route.routed = True
 
     def aim(
-        self, call: Call, route: ModelRoute, target: RouteTarget, install_id: str | None, *, fallback: bool = False
+        self,
+        call: Call,
+        route: ModelRoute,
+        target: RouteTarget,
+        client_fields: tuple[tuple[bytes, bytes], ...],
+        install_id: str | None,
+        *,
+        fallback: bool = False,
     ) -> Prepared | None:
         """Point the call at one deployment: its provider, model, wire format and price on `call.route` and
         `call.bill`, and the request it is sent (the client's bytes when nothing changes). The router does this
@@ -310,6 +316,7 @@ class Router:
             url = endpoint_url(
                 provider, call.route.format, operation, upstream_model, call.stream, self.gateway.mock_url
             )
+            self._account_losses(call, client_fields)
         except FormatError as exc:
             call.dropped = []  # nothing was sent, so nothing was dropped
             raise RouteRefused(400, str(exc), "invalid_request_error", "invalid_field") from exc
@@ -370,14 +377,14 @@ class Router:
         return codec.encode_request(canonical)
 
     @staticmethod
-    def _account_losses(flow: http.HTTPFlow, call: Call) -> None:
+    def _account_losses(call: Call, client_fields: tuple[tuple[bytes, bytes], ...]) -> None:
         """Add the vendor headers the provider will not get to what is dropped; under
         `translation.unsupported: reject`, refuse the request instead of dropping anything."""
-        headers = flow.request.headers
+        sent = {k.lower() for k, _ in client_fields}
         call.dropped += [
             f"headers.{name}"
             for name in _REPORTED_HEADERS
-            if name in headers and VENDOR_HEADERS[name.encode()] != call.route.format
+            if name.encode() in sent and VENDOR_HEADERS[name.encode()] != call.route.format
         ]
         if call.dropped and call.policy.translation.unsupported == "reject":
             raise droppable.refusal(call.dropped, call.route.format or "")

@@ -180,9 +180,11 @@ class Executor:
                     break
                 header = next((v for k, v in outcome.headers if k.lower() == "retry-after"), None)
                 await asyncio.sleep(backoff_s(route.retries, number, retry_after_s(header)))
-        # every model's attempts were refused before any was sent (no deployment could take it)
-        assert last is not None or call.route.target is not None
-        return last or self._refused(call, 503, "no deployment can serve this request now", "no_deployment")
+        # the models left could not take it (no deployment, or each refused before anything was sent): the last
+        # failure stands; its deployment has been told already, so the settle step must not count it again
+        assert last is not None
+        call.route.target = None
+        return last
 
     @staticmethod
     def _more(routes: tuple[ModelRoute, ...], index: int, number: int, answer: Verdict) -> Verdict | None:
@@ -204,7 +206,7 @@ class Executor:
         target = self.gateway.deployments.pick(fresh, call.policy.routing)
         saved = _Aimed.of(call)
         try:
-            prepared = self.router.aim(call, route, target, plan.install_id, fallback=fallback)
+            prepared = self.router.aim(call, route, target, plan.client_fields, plan.install_id, fallback=fallback)
         except RouteRefused as refused:
             self.gateway.deployments.get(target).probing = False
             log.warning("request %s: %s/%s skipped: %s", call.request_id, target.provider, target.model or route.name,
@@ -274,6 +276,8 @@ class Executor:
                 seconds = timeouts.connect_s or total
             status, message, code = describe(exc, provider.name, seconds, what)
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, message)
+            kind = "timeout" if status == 504 else "connect" if code == "upstream_connect_error" else "protocol"
+            metrics.UPSTREAM_ERRORS.labels(provider.name, kind).inc()
             failure = self._refused(call, status, message, code)
             failure.transport_error = message
             return failure
