@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from kaixu.addons.router import Router
 from kaixu.call import get_call
@@ -24,3 +24,9 @@ class Dispatch:
         if call is None or flow.response is not None or not call.route.routed:
             return None
         return self.router.dispatch(flow, call)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """A client that hangs up while its buffered request is being fetched cancels the fetch."""
+        executor = self.router.gateway.executor
+        if executor is not None:
+            executor.client_gone(client.id)

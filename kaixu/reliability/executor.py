@@ -99,6 +99,14 @@ class Executor:
         self.router = router
         self.pools = Pools()
         self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._running: dict[str, dict[asyncio.Task[Any], Call]] = {}
+        """The buffered requests being fetched, by client connection id: what a hang-up cancels."""
+
+    def client_gone(self, client_id: str) -> None:
+        """A client connection closed (the `client_disconnected` hook): cancel the fetches it was waiting for."""
+        for task, call in self._running.pop(client_id, {}).items():
+            call.client_disconnected = True
+            task.cancel()
 
     # -- httpx clients -------------------------------------------------------------------------------------
 
@@ -121,10 +129,27 @@ class Executor:
 
     async def answer(self, flow: http.HTTPFlow, call: Call) -> None:
         """The dispatch step's hook for a guarded buffered request: the winning attempt (or the last failure)
-        becomes the flow's response."""
+        becomes the flow's response. A client that hangs up meanwhile cancels it (`client_gone`): the provider's
+        request is dropped and its queue slot freed, and the hook still ends normally, so mitmproxy goes on to
+        the error hook and the settle step records the 499."""
         request = flow.request
         first = Upstream(request.method, request.url, _str_headers(request.headers.fields), request.raw_content or b"")
-        outcome = await self.run(call, first, stream=False)
+        task = asyncio.current_task()
+        assert task is not None
+        running = self._running.setdefault(flow.client_conn.id, {})
+        running[task] = call
+        try:
+            outcome = await self.run(call, first, stream=False)
+        except asyncio.CancelledError:
+            if task.cancelling() == 0 or not call.client_disconnected:
+                raise  # not ours: kaixu is stopping
+            task.uncancel()
+            flow.response = http.Response.make(499, b"", {})
+            return
+        finally:
+            running.pop(task, None)
+            if not running:
+                self._running.pop(flow.client_conn.id, None)
         await outcome.close()
         headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in HOP_HEADERS]
         flow.response = http.Response.make(outcome.status, outcome.body, headers)
