@@ -15,6 +15,10 @@ reach):
   header size DoS" in its HTTP/1 server).
 * `body_size_limit` limits requests only: mitmproxy applies it to responses too, which would cut off large
   provider answers (embedding batches).
+* A terminal error event for a stream the provider breaks (HTTP/1): mitmproxy closes the client's connection
+  in the middle of the chunked body, which some clients read as a clean end of a truncated answer. kaixu
+  writes the event that ends the stream in the client's own format (an OpenAI error chunk, an Anthropic
+  `error` event...) and the body's last chunk, then closes (`TerminalEvent`, from addons/stream.py).
 * `CachedAddonManager` (used by `kaixu run` only): mitmproxy's AddonManager walks every addon, and fires an
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
@@ -58,11 +62,14 @@ CLIENT_CLOSED = 499
 """What kaixu records for a request whose client went away before its answer was complete (nginx's code)."""
 
 ErrorRenderer = Callable[[http.Request | None, int, str, ErrorCode, str], bytes]
+TerminalEvent = Callable[[http.Request | None, str], bytes | None]
+"""The event that ends a kaixu stream the provider broke after it began (None: none for this request)."""
 """Builds a complete HTTP/1 error response (status line, headers, JSON body) for a kaixu connection, from the
 request (None before its head was parsed), status, message, mitmproxy's error code and the request path (as
 far as it could be read: it picks the front door's error shape)."""
 
 _renderer: ErrorRenderer | None = None
+_terminal: TerminalEvent | None = None
 _installed = False
 _tested = False
 
@@ -195,10 +202,11 @@ def self_test() -> None:
     _tested = True
 
 
-def install(renderer: ErrorRenderer) -> None:
-    """Apply the patches (once per process); `renderer` makes kaixu's JSON error responses."""
-    global _renderer, _installed
-    _renderer = renderer
+def install(renderer: ErrorRenderer, terminal: TerminalEvent | None = None) -> None:
+    """Apply the patches (once per process); `renderer` makes kaixu's JSON error responses, `terminal` the
+    event that ends a broken stream."""
+    global _renderer, _terminal, _installed
+    _renderer, _terminal = renderer, terminal
     if _installed:
         return
     self_test()
@@ -235,8 +243,10 @@ def _patch_http1_send() -> None:
         # Called for every chunk of every answer: the common case hands back mitmproxy's own generator.
         # (a `100 Continue` sent before is not the answer: mitmproxy itself then sends no error at all)
         answered = self.response is not None and self.response.status_code >= 200
-        if type(event) is not ResponseProtocolError or answered or not _ours(self):
+        if type(event) is not ResponseProtocolError or not _ours(self):
             return original(self, event)
+        if answered:
+            return _end_stream(self, event) or original(self, event)
         if event.code.http_status_code() is None or not (self.conn.state & ConnectionState.CAN_WRITE):
             return original(self, event)
         return _send_error(self, event)
@@ -254,6 +264,27 @@ def _send_error(self: _http1.Http1Server, event: ResponseProtocolError) -> Gener
         yield commands.CloseTcpConnection(self.conn, half_close=True)
     else:
         yield commands.CloseConnection(self.conn)
+
+
+def _end_stream(self: _http1.Http1Server, event: ResponseProtocolError) -> Generator[commands.Command, Any] | None:
+    """A chunked stream the provider broke: its terminal event and the last chunk, then close; None when this
+    answer has no such event (not a stream, not chunked, nothing to say, the connection cannot be written)."""
+    response = self.response
+    if _terminal is None or response is None or response.stream is False:
+        return None
+    if response.headers.get("transfer-encoding", "").lower() != "chunked":
+        return None
+    if not (self.conn.state & ConnectionState.CAN_WRITE):
+        return None
+    tail = _terminal(self.request, event.message)
+    if not tail:
+        return None
+
+    def commands_() -> Generator[commands.Command, Any]:
+        yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+        yield commands.CloseConnection(self.conn)
+
+    return commands_()
 
 
 def _patch_http1_read_headers() -> None:

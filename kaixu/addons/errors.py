@@ -17,6 +17,7 @@ from mitmproxy import http
 from kaixu import mitm
 from kaixu.addons.dialect import front_for_path
 from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.stream import broken_stream_event
 from kaixu.call import Call, call_for_request, get_call
 from kaixu.log import safe
 from kaixu.metrics import UPSTREAM_ERRORS
@@ -73,7 +74,7 @@ class Errors:
     """Arms the upstream timeout for every forwarded request and logs upstream failures."""
 
     def __init__(self) -> None:
-        mitm.install(render_error)
+        mitm.install(render_error, broken_stream_event)
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def request(self, flow: http.HTTPFlow) -> None:

@@ -22,7 +22,7 @@ from mitmproxy import http
 
 from kaixu.addons.router import decode_chat
 from kaixu.addons.settle import add_headers, estimate_usage
-from kaixu.call import Call, get_call
+from kaixu.call import Call, call_for_request, get_call
 from kaixu.formats import StreamDecoder, StreamEncoder, fronts, gemini, get_codec
 from kaixu.formats.canonical import (
     MessageEnd,
@@ -247,13 +247,13 @@ def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = No
     return on_chunk
 
 
-def terminal_error(call: Call, encoder: StreamEncoder | None = None) -> bytes:
+def terminal_error(call: Call, encoder: StreamEncoder | None = None, message: str | None = None) -> bytes:
     """The event that ends a stream the provider broke after it had begun (the relay says so:
     `Route.stream_broken`), in the client's own format: an OpenAI error chunk, an Anthropic `error` event, a
     Gemini error, Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
     would see a clean end of a truncated answer. ``encoder``: the translating stream's own (a pass-through stream
     gets a fresh one for its format)."""
-    message = call.route.relay_error or "the provider's stream broke"
+    message = message or call.route.relay_error or "the provider's stream broke"
     try:
         if encoder is None:
             request = call.canonical or decode_chat(call)
@@ -262,6 +262,18 @@ def terminal_error(call: Call, encoder: StreamEncoder | None = None) -> bytes:
     except Exception:
         log.exception("the terminal error event of request %s could not be encoded", call.request_id)
         return b""
+
+
+def broken_stream_event(request: http.Request | None, reason: str) -> bytes | None:
+    """The terminal event for a stream mitmproxy forwarded itself that the provider broke after it began
+    (kaixu/mitm.py writes it before closing the client's connection). None for a request that is not a kaixu
+    stream, and for Gemini's JSON-array framing (an error element cannot close an array begun elsewhere)."""
+    call = call_for_request(request)
+    if call is None or not call.stream or call.json_array_stream or call.route.provider is None:
+        return None
+    if call.client_disconnected:
+        return None
+    return terminal_error(call, message=f"stream from provider {call.route.provider.name!r} broke: {reason}")
 
 
 def _render_marker(call: Call, marker: bytes, encoder: StreamEncoder) -> bytes:
