@@ -227,11 +227,11 @@ def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = No
         if data and bill.first_token_at is None and not (call.route.relayed and call.canonical is not None):
             # a translated relayed stream's first byte may be a marker: `relayed` notes the provider's own
             bill.first_token_at = time.monotonic()
-        out = inner(data)
         if data:
-            return out
-        if call.route.stream_broken:  # the provider failed mid-answer: what would close the stream cleanly goes
-            out = terminal_error(call, encoder)
+            return inner(data)
+        # The provider failed mid-answer (the relay says so): no clean close (no `[DONE]`, no `message_stop`, no
+        # "ended without an answer" from a decoder), the terminal error event instead.
+        out = terminal_error(call, encoder) if call.route.stream_broken else inner(data)
         try:
             if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
