@@ -240,8 +240,7 @@ def test_a_stream_the_provider_cuts_is_an_upstream_error(gw: Kaixu, fake: FakePr
     bearer = {"authorization": f"Bearer {TEST_KEY}"}
     with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=bearer, timeout=15) as response:
         assert response.status_code == 200  # the answer had started when the provider went away
-        with pytest.raises(httpx.RemoteProtocolError):
-            response.read()
+        assert b'data: {"error":' in response.read()  # it ends with the terminal error event (test_terminal_events)
     wait_for(lambda: interrupted() == (before[0] + 1, before[1] + 1), 10, "the cut stream to be counted")
 
 

@@ -49,6 +49,23 @@ DEFAULT_MAX_OUTPUT = 32_768
 """Output tokens reserved for a request that sets no maximum: above what most models answer by default."""
 
 
+def plan_prices(call: Call) -> list[Price]:
+    """The prices of every deployment the request's attempt plan may be served by (an unpriced one adds none:
+    its cost cannot be bounded)."""
+    plan = call.route.plan
+    if plan is None:
+        return []
+    policy = call.policy
+    prices = []
+    for index, route in enumerate(plan.routes):
+        for target in route.targets:
+            model = target.model or (route.name if index else call.model) or ""
+            found = policy.pricing.table.lookup(policy.providers[target.provider].kind, model)
+            if found is not None:
+                prices.append(found)
+    return prices
+
+
 def upper_bound(call: Call, price: Price, raw_size: int) -> int:
     """The most this request can cost, in micro-dollars (see the module docstring)."""
     if call.canonical is not None:
@@ -107,7 +124,10 @@ class Budgets:
             unavailable(flow, call, None, None)
             return
         price = call.bill.price
-        amount = 0 if price is None else upper_bound(call, price, len(flow.request.raw_content or b""))
+        size = len(flow.request.raw_content or b"")
+        amount = 0 if price is None else upper_bound(call, price, size)
+        if call.route.plan is not None:  # a retry or a fallback may be served by a dearer deployment
+            amount = max([amount, *(upper_bound(call, p, size) for p in plan_prices(call))])
         ttl = call.policy.upstream_timeout_s + TTL_MARGIN_S
         enforced = [level for level in levels if level.enforce]
         shadow = [level for level in levels if not level.enforce]

@@ -246,30 +246,32 @@ class Router:
             return
         try:
             route = resolve_route(call)
-            targets = usable_targets(call, candidate_targets(call, route))
             chain = fallback_routes(call, route)
-            if not targets and len(chain) == 1:
-                raise RouteRefused(
-                    400, f"no deployment of model {call.model!r} supports tools", "invalid_request_error",
-                    "tools_not_supported",
-                )  # fmt: skip
-            if targets:
-                target = self.gateway.deployments.pick(targets, call.policy.routing)
-            else:  # only the fallbacks can take it
-                route = chain[1]
-                target = self.gateway.deployments.pick(usable_targets(call, route.targets), call.policy.routing)
+            start, targets = 0, usable_targets(call, candidate_targets(call, route))
+            while not targets:  # none of its deployments takes tools: the first fallback that does
+                start += 1
+                if start == len(chain):
+                    raise RouteRefused(
+                        400, f"no deployment of model {call.model!r} (or of its fallbacks) supports tools",
+                        "invalid_request_error", "tools_not_supported",
+                    )  # fmt: skip
+                route, targets = chain[start], usable_targets(call, chain[start].targets)
+            target = self.gateway.deployments.pick(targets, call.policy.routing)
             install_id = flow.request.headers.get("x-kaixu-install-id")
-            prepared = self.aim(call, route, target, flow.request.headers.fields, install_id)
+            prepared = self.aim(call, route, target, flow.request.headers.fields, install_id, fallback=start > 0)
         except RouteRefused as refused:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         if prepared is None:  # answered locally (token estimate)
-            flow.response = self._count_tokens_locally(call)
+            try:
+                flow.response = self._count_tokens_locally(call)
+            except FormatError as exc:
+                flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
             return
-        if guarded(call.policy, chain) or (call.stream and call.front == gateway13.NAME):
+        if start or guarded(call.policy, chain) or (call.stream and call.front == gateway13.NAME):
             request = flow.request
             client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
-            call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id)
+            call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id, start)
         self._rewrite(flow, call, prepared)
         call.route.routed = True
 

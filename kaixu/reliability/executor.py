@@ -166,7 +166,8 @@ class Executor:
         attempts = call.route.attempts = call.route.attempts or Attempts()
         upstream: Upstream | None = first
         last: Outcome | None = None
-        for index, route in enumerate(plan.routes):
+        for index in range(plan.start, len(plan.routes)):
+            route = plan.routes[index]
             tried: set[RouteTarget] = set()
             for number in range(1, route.retries.attempts + 1):
                 if upstream is None:

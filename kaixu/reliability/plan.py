@@ -55,6 +55,9 @@ class Plan:
     client_body: bytes
     """The client's body as it came (what a same-format attempt sends when nothing in it changes)."""
     install_id: str | None = None
+    start: int = 0
+    """The route of the first attempt: 0, or a fallback's when no deployment of the model asked for can take
+    the request (tools)."""
 
 
 @dataclass(slots=True)
