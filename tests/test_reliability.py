@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -28,6 +29,7 @@ import pytest
 from google import genai
 from google.genai import types
 
+from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
 from tests.harness import TEST_KEY, Kaixu, ledger_row, policy_for, wait_for
@@ -138,6 +140,7 @@ def reliability_policy(fake_url: str, too_long_url: str) -> dict[str, Any]:
                 "timeouts": timeouts,
             },
             "r-stall": oai("gpt-r-stall", timeouts=timeouts),
+            "r-total": oai("gpt-r-total", timeouts={"total_s": 0.6}),
             "r-cut-openai": oai("gpt-r-cut"),
             "r-cut-anthropic": {"route": [{"provider": "ant", "model": "claude-r-cut"}]},
             "r-cut-gemini": {"route": [{"provider": "gem", "model": "gemini-r-cut"}]},
@@ -618,8 +621,9 @@ def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor) -
     """Start a request that holds its provider's only slot (the fake answers it after 800 ms), and wait until
     the fake has it."""
     fake.add_fault(Fault(latency_ms=800, path_contains=OPENAI_PATH))
+    sent = len(fake.requests)
     held = pool.submit(chat, gw, model)
-    wait_for(lambda: len(fake.requests) == 1, 5, "the first request to reach the provider")
+    wait_for(lambda: len(fake.requests) == sent + 1, 5, "the first request to reach the provider")
     return held
 
 
@@ -855,3 +859,136 @@ def test_a_client_that_leaves_the_queue_is_never_sent(gw: Kaixu, fake: FakeProvi
     row = only_record(gw, request_id)
     assert (row["status"], row["client_disconnected"]) == (499, 1), row
     assert len(fake.requests) == 1, [r.headers.get("x-request-id") for r in fake.requests]
+
+
+# --- the bookkeeping behind it ------------------------------------------------------------------------------
+
+
+def test_every_attempt_gives_its_deployment_back(gw: Kaixu, fake: FakeProvider) -> None:
+    """Retried, fallen back, refused by a queue, stalled, cut: once all are answered, no deployment counts a
+    request in flight (`/health`'s `in_flight`, what `least_busy` picks by)."""
+    fake.add_fault(Fault(status=503, times=3, path_contains=OPENAI_PATH))
+    assert chat(gw, "r-fallback").status_code == 200
+    fake.add_fault(Fault(stall_after_events=2, path_contains=OPENAI_PATH))
+    with pytest.raises(openai.APIError):
+        for _ in oai_client(gw).chat.completions.create(model="r-stall", messages=MESSAGES, stream=True):
+            pass
+    with ThreadPoolExecutor(2) as pool:
+        held = _hold(gw, fake, "r-queue-fb", pool)
+        assert chat(gw, "r-queue-fb").headers["x-kaixu-degraded"] == "true"
+        held.result()
+    gw13_stream(gw, "r-g13")
+
+    def busy() -> list[dict[str, Any]]:
+        return [d for d in gw.health()["deployments"] if d["in_flight"]]
+
+    wait_for(lambda: not busy(), 5, "every deployment to have no request in flight")
+
+
+def test_a_queue_refusal_is_not_a_provider_failure(fake: FakeProvider, too_long: str, tmp_path: Path) -> None:
+    """A request kaixu refused itself because the provider's queue was full never reached the provider: it
+    must not count towards that deployment's breaker (else a busy, healthy provider is taken out)."""
+    policy = reliability_policy(fake.base_url, too_long)
+    policy["routing"] = {"breaker": {"failures": 2, "window_s": 60, "cooldown_s": 600}}
+    gateway = Kaixu(tmp_path, policy).start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = _hold(gateway, fake, "r-queue-fb", pool)
+            for _ in range(3):
+                assert chat(gateway, "r-queue-fb").headers["x-kaixu-degraded"] == "true"
+            # while the first request still holds the slot (its success would close the breaker again)
+            (state,) = [d for d in gateway.health()["deployments"] if d["provider"] == "q0"]
+            found = scrape.total(scrape.samples(gateway), "kaixu_deployment_state", provider="q0")
+            assert not held.done(), "the provider answered too early for this test to see the breaker"
+            assert held.result().status_code == 200
+        assert (state["state"], state["recent_failures"]) == ("closed", 0), state
+        assert found == 0, "kaixu_deployment_state: 0 closed, 2 open"
+        raw = chat(gateway, "r-queue-fb")
+        assert raw.headers["x-kaixu-served-by"] == "q0/gpt-r-queue-fb", "the free provider is used again"
+    finally:
+        gateway.stop()
+
+
+# --- the policy's knobs, and a policy without them -----------------------------------------------------------
+
+
+def test_a_models_retries_replace_the_global_fields_one_by_one() -> None:
+    policy = parse_policy(
+        "providers: {mock: {kind: mock}}\n"
+        "retries: {attempts: 1, backoff: {base_ms: 7, max_ms: 70, jitter: false}, on_status: [500]}\n"
+        "models:\n"
+        "  own: {route: [{provider: mock}], retries: {attempts: 4}}\n"
+        "  plain: {route: [{provider: mock}]}\n"
+    )
+    plain, own = policy.resolve_model("plain"), policy.resolve_model("own")
+    assert plain is not None and own is not None
+    assert (plain.retries.attempts, plain.retries.base_ms, plain.retries.on_status) == (1, 7, frozenset({500}))
+    retries = own.retries
+    assert retries.attempts == 4
+    assert (retries.base_ms, retries.max_ms, retries.jitter, retries.on_status) == (7, 70, False, frozenset({500})), (
+        "only `attempts` is the model's own: the backoff and the statuses are the global ones"
+    )
+
+
+def test_without_a_retries_section_a_model_is_tried_once(kaixu: Kaixu, fake: FakeProvider) -> None:
+    """The session gateway's policy has no `retries:`: a 503 is the client's at once, from one request."""
+    fake.add_fault(Fault(status=503, path_contains=OPENAI_PATH))
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(kaixu, "gpt-4o-mini")
+    assert caught.value.status_code == 503 and len(fake.requests) == 1
+    assert attempts(caught.value.response.headers) == [("oai/gpt-4o-mini", 503)]
+    assert "x-kaixu-degraded" not in caught.value.response.headers
+    raw = chat(kaixu, "gpt-4o-mini")
+    assert attempts(raw.headers) == [("oai/gpt-4o-mini", 200)] and raw.headers["x-kaixu-served-by"] == "oai/gpt-4o-mini"
+
+
+@pytest.mark.parametrize(("model", "path"), [("r-cut-gemini", GEMINI_PATH), ("r-cut-openai", OPENAI_PATH)],
+                         ids=["gemini-deployment", "openai-deployment"])  # fmt: skip
+def test_a_gemini_json_array_stream_cut_midway_ends_with_an_error_element(
+    gw: Kaixu, fake: FakeProvider, model: str, path: str
+) -> None:
+    """Gemini without `alt=sse` reads one JSON array: a stream cut midway still ends as valid JSON, its last
+    element an error, never a silently short array."""
+    fake.add_fault(Fault(disconnect_after_events=2, path_contains=path))
+    response = httpx.post(
+        gw.url + f"/v1beta/models/{model}:streamGenerateContent",
+        json={"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]},
+        headers={"x-goog-api-key": TEST_KEY},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    elements = json.loads(response.text)
+    assert isinstance(elements, list) and elements, response.text
+    assert "error" in elements[-1] and "broke" in elements[-1]["error"]["message"], response.text
+    text = "".join(p.get("text", "") for e in elements[:-1] for c in e.get("candidates", []) for p in
+                   c["content"]["parts"])  # fmt: skip
+    assert text and ECHO.startswith(text) and text != ECHO
+
+
+def test_total_s_ends_a_stream_that_outlasts_it(gw: Kaixu, fake: FakeProvider) -> None:
+    """`timeouts.total_s` bounds a whole attempt, its stream included: a provider that keeps sending, slowly,
+    is cut at the total, with an error event."""
+    fake.add_fault(Fault(event_delay_ms=250, path_contains=OPENAI_PATH))  # 5 events: over a second in all
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as caught:
+        for _ in oai_client(gw).chat.completions.create(model="r-total", messages=MESSAGES, stream=True):
+            pass
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, elapsed
+    assert "0.6 s" in str(caught.value), f"the message should name the total that was exceeded: {caught.value}"
+
+
+def test_a_client_that_leaves_before_the_first_byte_cancels_the_attempt(gw: Kaixu, fake: FakeProvider) -> None:
+    """The relay holds the client's answer until an attempt's first event: a client that gives up meanwhile
+    cancels that attempt (the provider sees its connection closed, sends nothing)."""
+    fake.add_fault(Fault(first_byte_delay_ms=1000, path_contains=OPENAI_PATH))
+    request_id = "reliability-left-before-first-byte"
+    with pytest.raises(openai.APITimeoutError):
+        oai_client(gw, timeout=0.3).chat.completions.create(
+            model="r-leave", messages=MESSAGES, stream=True, extra_headers={"x-request-id": request_id}
+        )
+    record = finished_stream(fake)
+    assert (record.outcome, record.events_sent) == ("peer_closed", 0), record
+    row = only_record(gw, request_id)
+    assert (row["status"], row["client_disconnected"]) == (499, 1), row
+    assert len(fake.requests) == 1
