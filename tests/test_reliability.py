@@ -617,10 +617,10 @@ def test_a_client_that_leaves_a_relayed_stream_cancels_the_provider(gw: Kaixu, f
 # --- provider queues --------------------------------------------------------------------------------------
 
 
-def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor) -> Future[Any]:
-    """Start a request that holds its provider's only slot (the fake answers it after 800 ms), and wait until
+def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor, ms: int = 800) -> Future[Any]:
+    """Start a request that holds its provider's only slot (the fake answers it after ``ms``), and wait until
     the fake has it."""
-    fake.add_fault(Fault(latency_ms=800, path_contains=OPENAI_PATH))
+    fake.add_fault(Fault(latency_ms=ms, path_contains=OPENAI_PATH))
     sent = len(fake.requests)
     held = pool.submit(chat, gw, model)
     wait_for(lambda: len(fake.requests) == sent + 1, 5, "the first request to reach the provider")
@@ -893,7 +893,7 @@ def test_a_queue_refusal_is_not_a_provider_failure(fake: FakeProvider, too_long:
     gateway = Kaixu(tmp_path, policy).start()
     try:
         with ThreadPoolExecutor(2) as pool:
-            held = _hold(gateway, fake, "r-queue-fb", pool)
+            held = _hold(gateway, fake, "r-queue-fb", pool, ms=3000)
             for _ in range(3):
                 assert chat(gateway, "r-queue-fb").headers["x-kaixu-degraded"] == "true"
             # while the first request still holds the slot (its success would close the breaker again)
