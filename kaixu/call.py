@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -147,6 +148,9 @@ class Route:
     """What the provider answered when the relay had already told the client 200."""
     stream_broken: bool = False
     """The provider failed after the client's stream had begun: it ends with a terminal error event."""
+    ender: Callable[[str], bytes] | None = None
+    """How the client's stream ends with an error once begun: the stream step sets it for a translated or
+    re-framed stream, whose encoder knows what it has sent (kaixu/addons/stream.py: `terminal_error`)."""
     plan: Plan | None = None
     """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
     attempts: Attempts | None = None

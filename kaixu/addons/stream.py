@@ -173,11 +173,20 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
     return on_chunk
 
 
-def relayed(call: Call, translate: StreamCallable, encoder: StreamEncoder) -> StreamCallable:
+def relayed(call: Call, make_translate: Callable[[], StreamCallable], encoder: StreamEncoder) -> StreamCallable:
     """The relay's markers (providers/relay.py) arrive only before the provider's first byte: render them
-    as the front door's keep-alive / error events, then hand the provider's bytes to `translate`."""
+    as the front door's keep-alive / error events, then hand the provider's bytes to the translator, made at
+    the first of them: Gateway 13's stream begins before its attempts run, and the one that wins (a fallback
+    of another wire format, maybe) decides how its bytes are decoded."""
     held = b""
     started = False
+    made: StreamCallable | None = None
+
+    def translate(data: bytes) -> bytes | Iterable[bytes]:
+        nonlocal made
+        if made is None:
+            made = make_translate()
+        return made(data)
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
         nonlocal held, started
@@ -215,7 +224,7 @@ def takes_comments(call: Call) -> bool:
     return call.front != "gemini" and not call.json_array_stream
 
 
-def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = None) -> StreamCallable:
+def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     """The outermost callable of every stream: notes the first byte the provider sent (time to first token)
     and, when the stream ends, prices its usage (estimated when the provider's final count never came:
     `estimate_usage`) and appends the cost as an SSE comment (`Bill.sse_comment`) where the client's parser
@@ -231,7 +240,7 @@ def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = No
             return inner(data)
         # The provider failed mid-answer (the relay says so): no clean close (no `[DONE]`, no `message_stop`, no
         # "ended without an answer" from a decoder), the terminal error event instead.
-        out = terminal_error(call, encoder) if call.route.stream_broken else inner(data)
+        out = terminal_error(call) if call.route.stream_broken else inner(data)
         try:
             if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
@@ -247,29 +256,37 @@ def billed(call: Call, inner: StreamCallable, encoder: StreamEncoder | None = No
     return on_chunk
 
 
-def terminal_error(call: Call, encoder: StreamEncoder | None = None, message: str | None = None) -> bytes:
-    """The event that ends a stream the provider broke after it had begun (the relay says so:
-    `Route.stream_broken`), in the client's own format: an OpenAI error chunk, an Anthropic `error` event, a
-    Gemini error, Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
-    would see a clean end of a truncated answer. ``encoder``: the translating stream's own (a pass-through stream
-    gets a fresh one for its format)."""
+def terminal_error(call: Call, message: str | None = None) -> bytes:
+    """The event that ends a stream the provider broke after it had begun, in the client's own format: an
+    OpenAI error chunk, an Anthropic `error` event, a Gemini error (and, in Gemini's JSON-array framing, the
+    array's end), Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
+    would see a clean end of a truncated answer. A translated or re-framed stream ends through its own encoder
+    (`Route.ender`, which knows what it has sent); a pass-through one gets a fresh encoder of its format."""
     message = message or call.route.relay_error or "the provider's stream broke"
     try:
-        if encoder is None:
-            request = call.canonical or decode_chat(call)
-            encoder = fronts.stream_encoder(call.front, request, call.seed_context, json_array=call.json_array_stream)
-        return encoder.encode(StreamError(message=message, type="api_error"))
+        if call.route.ender is not None:
+            return call.route.ender(message)
+        request = call.canonical or decode_chat(call)
+        return _ender(fronts.stream_encoder(call.front, request, call.seed_context), False)(message)
     except Exception:
         log.exception("the terminal error event of request %s could not be encoded", call.request_id)
         return b""
 
 
+def _ender(encoder: StreamEncoder, json_array: bool) -> Callable[[str], bytes]:
+    def end(message: str) -> bytes:
+        out = encoder.encode(StreamError(message=message, type="api_error"))
+        return out + encoder.close() if json_array else out  # the array's `]`; never another format's close
+
+    return end
+
+
 def broken_stream_event(request: http.Request | None, reason: str) -> bytes | None:
     """The terminal event for a stream mitmproxy forwarded itself that the provider broke after it began
     (kaixu/mitm.py writes it before closing the client's connection). None for a request that is not a kaixu
-    stream, and for Gemini's JSON-array framing (an error element cannot close an array begun elsewhere)."""
+    stream."""
     call = call_for_request(request)
-    if call is None or not call.stream or call.json_array_stream or call.route.provider is None:
+    if call is None or not call.stream or call.route.provider is None:
         return None
     if call.client_disconnected:
         return None
@@ -313,11 +330,20 @@ class Stream:
             response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.headers["cache-control"] = "no-cache"
         if call.canonical is None:
-            response.stream = billed(call, reframed(call, gemini.GeminiArrayReframer()))
+            reframer = gemini.GeminiArrayReframer()
+            call.route.ender = reframer.fail
+            response.stream = billed(call, reframed(call, reframer))
             return
         encoder = fronts.stream_encoder(
             call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
         )
-        translate = translator(call, upstream.stream_decoder(), encoder)
-        stream = relayed(call, translate, encoder) if call.route.relayed else translate
-        response.stream = billed(call, stream, encoder)
+        call.route.ender = _ender(encoder, call.json_array_stream)
+        if call.route.relayed:
+
+            def winner() -> StreamCallable:  # the winning attempt's wire format, known at its first byte
+                return translator(call, get_codec(call.route.format or "openai").stream_decoder(), encoder)
+
+            stream = relayed(call, winner, encoder)
+        else:
+            stream = translator(call, upstream.stream_decoder(), encoder)
+        response.stream = billed(call, stream)

@@ -599,7 +599,7 @@ def _retry_policy(spec: dict[str, Any] | None, base: RetryPolicy | None) -> Retr
     present means the node gateway's default of 3 attempts."""
     if spec is None:
         return base or RetryPolicy()
-    start = base if base is not None and base.attempts > 1 else RetryPolicy(attempts=3)
+    start = base if base is not None else RetryPolicy(attempts=3)
     backoff = spec.get("backoff") or {}
     statuses = spec.get("on_status")
     return RetryPolicy(
@@ -643,7 +643,8 @@ def build_policy(
 
     models: dict[str, ModelRoute] = {}
     patterns: list[ModelRoute] = []
-    global_retries = _retry_policy(data.get("retries"), None)
+    global_spec = data.get("retries")
+    global_retries = None if global_spec is None else _retry_policy(global_spec, None)
     for name, spec in (data.get("models") or {}).items():
         targets = tuple(
             RouteTarget(target["provider"], target.get("model"), int(target.get("weight", 1)))

@@ -911,6 +911,12 @@ class GeminiArrayReframer(GeminiStreamDecoder):
         self._ready.append(self._framing.value(obj))
         super()._response(obj, data, out)
 
+    def fail(self, message: str) -> bytes:
+        """The provider broke the stream: an error element, then the array's end (what is pending is dropped)."""
+        self._ready.clear()
+        error = {"error": {"code": 500, "message": message, "status": "INTERNAL"}}
+        return self._framing.value(error) + self._framing.close()
+
 
 _TEXT_HEAD = '{"candidates":[{"content":{"parts":[{"text":'
 _TEXT_TAIL = '}],"role":"model"},"index":0}]'

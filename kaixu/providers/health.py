@@ -97,6 +97,13 @@ class Deployments:
     def started(self, target: RouteTarget) -> None:
         self.get(target).in_flight += 1
 
+    def released(self, target: RouteTarget) -> None:
+        """A request counted against the deployment that never reached it (kaixu's own queue refused it): out
+        of its in-flight count, no outcome (a half-open deployment may be probed by the next one)."""
+        deployment = self.get(target)
+        deployment.in_flight = max(0, deployment.in_flight - 1)
+        deployment.probing = False
+
     def finished(self, target: RouteTarget, failed: bool, latency_s: float, routing: RoutingPolicy) -> None:
         deployment = self.get(target)
         deployment.in_flight = max(0, deployment.in_flight - 1)

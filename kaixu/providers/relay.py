@@ -160,14 +160,19 @@ class RelayHandler(tornado.web.RequestHandler):
                     self.write(held[:cut])
                     held = held[cut:]
                     await self.flush()
-                wait = idle if outcome.deadline == 0 else min(idle, outcome.deadline - loop.time())
-                if wait <= 0:
+                left = idle if outcome.deadline == 0 else outcome.deadline - loop.time()
+                if left <= 0:
                     raise TimeoutError
-                chunk = await asyncio.wait_for(anext(outcome.chunks, b""), wait)
+                chunk = await asyncio.wait_for(anext(outcome.chunks, b""), min(idle, left))
             if held:
                 self.write(held)
         except (TimeoutError, OSError, httpx.HTTPError) as exc:
-            reason = f"no data within {idle:g} s" if isinstance(exc, TimeoutError) else str(exc) or "connection lost"
+            if not isinstance(exc, TimeoutError):
+                reason = str(exc) or "connection lost"
+            elif outcome.deadline and outcome.deadline - loop.time() <= 0.001:
+                reason = f"the answer took longer than its total of {outcome.total_s:g} s"
+            else:
+                reason = f"no data within {idle:g} s"
             call.route.relay_error = f"stream from provider {provider!r} broke: {reason}"
             call.route.stream_broken = True
 

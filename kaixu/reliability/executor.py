@@ -62,6 +62,9 @@ class Outcome:
     transport_error: str | None = None
     deadline: float = 0.0
     idle_s: float | None = None
+    total_s: float = 0.0
+    local: bool = False
+    """kaixu's own refusal before anything was sent (a full provider queue): no mark against the deployment."""
 
     @property
     def ok(self) -> bool:
@@ -188,24 +191,32 @@ class Executor:
                     if attempts.degraded:
                         metrics.FALLBACKS.inc((plan.routes[0].name,))
                     return outcome
-                answer = verdict(outcome.status, outcome.body, route.retries, route.fallback_on,
-                                 transport=outcome.transport_error is not None)  # fmt: skip
-                if answer == "retry" and outcome.status == 401 and not call.caller.byok:
-                    answer = "fallback"
+                answer: Verdict
+                if outcome.local or (outcome.status == 401 and not call.caller.byok):
+                    answer = "fallback"  # a full queue is not retried into itself; kaixu's own key was refused
+                else:
+                    answer = verdict(outcome.status, outcome.body, route.retries, route.fallback_on,
+                                     transport=outcome.transport_error is not None)  # fmt: skip
                 attempts.add(provider, call.route.model or "-", outcome.status, since, outcome.transport_error)
                 more = self._more(plan.routes, index, number, answer)
                 if answer == "final" or not more:
                     metrics.ATTEMPTS.inc((provider, "final"))
+                    if outcome.local:  # never reached the provider: not the deployment's failure
+                        deployments.released(target)
+                        call.route.target = None
                     return outcome  # counted against its deployment by the settle step, as any answer
                 metrics.ATTEMPTS.inc((provider, "retried" if answer == "retry" and more == "retry" else "fallback"))
                 await outcome.close()
-                failed = outcome.status == 429 or outcome.status >= 500
-                deployments.finished(target, failed, time.monotonic() - since, routing)
+                if outcome.local:
+                    deployments.released(target)
+                else:
+                    failed = outcome.status == 429 or outcome.status >= 500
+                    deployments.finished(target, failed, time.monotonic() - since, routing)
                 last = outcome
                 if answer != "retry" or more != "retry":
                     break
-                header = next((v for k, v in outcome.headers if k.lower() == "retry-after"), None)
-                await asyncio.sleep(backoff_s(route.retries, number, retry_after_s(header)))
+                wait = retry_after_s(_header(outcome, "retry-after"), _header(outcome, "retry-after-ms"))
+                await asyncio.sleep(backoff_s(route.retries, number, wait))
         # the models left could not take it (no deployment, or each refused before anything was sent): the last
         # failure stands; its deployment has been told already, so the settle step must not count it again
         assert last is not None
@@ -261,11 +272,11 @@ class Executor:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.acquire(), total)
-            except QueueFull:
-                return self._refused(call, 503, QUEUE_FULL, "queue_full", retry_after="1")
-            except TimeoutError:
-                return self._refused(call, 503, f"{QUEUE_FULL}: no slot within {total:g} s", "queue_full",
-                                     retry_after="1")  # fmt: skip
+            except (QueueFull, TimeoutError) as exc:
+                message = QUEUE_FULL if isinstance(exc, QueueFull) else f"{QUEUE_FULL}: no slot within {total:g} s"
+                refused = self._refused(call, 503, message, "queue_full", retry_after="1")
+                refused.local = True
+                return refused
             release = pool.release
         client = self.client(call.policy.ca_file)
         timeout = httpx.Timeout(connect=timeouts.connect_s or total, read=None, write=total, pool=total)
@@ -290,7 +301,7 @@ class Executor:
             if not first:
                 raise httpx.RemoteProtocolError("the stream ended before its first event")
             return Outcome(response.status_code, headers, first=first, chunks=chunks, response=response,
-                           release=release, deadline=deadline if timeouts.total_s else 0.0,
+                           release=release, deadline=deadline if timeouts.total_s else 0.0, total_s=total,
                            idle_s=timeouts.idle_s)  # fmt: skip
         except (TimeoutError, httpx.HTTPError) as exc:
             if response is not None:
@@ -325,6 +336,10 @@ class Executor:
         if retry_after is not None:
             headers.append(("retry-after", retry_after))
         return Outcome(status, headers, body=body)
+
+
+def _header(outcome: Outcome, name: str) -> str | None:
+    return next((v for k, v in outcome.headers if k.lower() == name), None)
 
 
 def _str_headers(fields: Any) -> list[tuple[str, str]]:

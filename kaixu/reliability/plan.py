@@ -149,8 +149,14 @@ def verdict(
     return "final"
 
 
-def retry_after_s(value: str | None) -> float | None:
-    """A `Retry-After` header (seconds, or an HTTP date), or `retry-after-ms`; None when absent or unreadable."""
+def retry_after_s(value: str | None, ms: str | None = None) -> float | None:
+    """How long the provider asks to wait: `retry-after-ms` (OpenAI's, milliseconds) when it is readable, else
+    `Retry-After` (seconds, or an HTTP date); None when absent or unreadable."""
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
     if not value:
         return None
     value = value.strip()
