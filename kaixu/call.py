@@ -155,6 +155,14 @@ class Route:
     """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
     attempts: Attempts | None = None
     """What each attempt did, once the executor has run one."""
+    native_first: bool = False
+    """A buffered request with a plan whose first attempt mitmproxy makes itself (no cost when it succeeds);
+    the retries step takes over when it fails (kaixu/addons/retries.py)."""
+    sent_at: float = 0.0
+    """`time.monotonic()` when that first attempt left."""
+    recovered: http.Response | None = None
+    """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
+    timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
 
 
 @dataclass(slots=True, eq=False)

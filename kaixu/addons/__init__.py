@@ -22,6 +22,7 @@ from kaixu.addons.limits import RateLimits
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
 from kaixu.addons.policy import Policies
+from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
 from kaixu.addons.seats import Seats
 from kaixu.addons.settle import Settle
@@ -41,6 +42,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
         CounterBackend(gateway),  # the counters of budgets and rate limits (`store:`)
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
+        Retries(gateway),  # 9a (its response hooks run first) a failed first attempt with a plan: the plan goes on
         Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
         Dialect(),  # 2 which front door (request head)

@@ -47,6 +47,14 @@ class Chain:
         self.steps = tuple(steps)
         self._flow = {name: _hooks(self.steps, name) for name in FLOW_HOOKS}
         self._other = {name: _hooks(self.steps, name) for name in (*LIFECYCLE_HOOKS, *CONNECTION_HOOKS)}
+        for step in self.steps:  # a step that must run the response steps itself (addons/retries.py)
+            attach = getattr(step, "attach_chain", None)
+            if callable(attach):
+                attach(self.respond)
+
+    def respond(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Run the response steps for a flow whose answer a step set after mitmproxy gave up on it."""
+        return self._run("response", flow)
 
     # -- lifecycle: mitmproxy's semantics (an OptionsError from configure propagates) ---------------------
 

@@ -22,6 +22,7 @@ from kaixu.call import Call, call_for_request, get_call
 from kaixu.log import safe
 from kaixu.metrics import UPSTREAM_ERRORS
 from kaixu.mitm import ErrorCode
+from kaixu.reliability.plan import first_attempt_timeout
 
 log = logging.getLogger("kaixu.errors")
 
@@ -30,6 +31,8 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
     """A complete HTTP/1 error response for mitmproxy to send on a kaixu connection, in the shape of the front
     door the path names, always with a request id (a fresh one for a request that never became a flow)."""
     call = call_for_request(request)
+    if call is not None and call.route.recovered is not None:  # a later attempt answered instead
+        return mitm.assemble_response(call.route.recovered)
     if call is not None:
         status, message, type, error_code = _describe(call, status, reason, code is ErrorCode.CONNECT_FAILED)
         body = error_json(call.front, call.request_id, status, message, type, error_code)
@@ -47,7 +50,7 @@ def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tup
     provider = call.route.provider.name if call.route.provider else "upstream"
     if call.timed_out:
         UPSTREAM_ERRORS.labels(provider, "timeout").inc()
-        seconds = call.policy.upstream_timeout_s
+        seconds = first_attempt_timeout(call)
         return (
             504,
             f"provider {provider!r} did not answer within {seconds:g} s",
@@ -81,8 +84,10 @@ class Errors:
         call = get_call(flow)
         if call is None or flow.response is not None or call.route.provider is None:
             return
+        if call.route.relayed:
+            return  # the relay bounds each of its attempts itself (kaixu/reliability/executor.py)
         loop = asyncio.get_running_loop()
-        self._timers[flow.id] = loop.call_later(call.policy.upstream_timeout_s, self._expire, flow, call)
+        self._timers[flow.id] = loop.call_later(first_attempt_timeout(call), self._expire, flow, call)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         timer = self._timers.pop(flow.id, None)
@@ -104,7 +109,7 @@ class Errors:
             log.info("request %s refused: %s", call.request_id, safe(flow.error.msg))
         elif call.timed_out:
             log.warning("request %s: provider %s did not answer within %g s", call.request_id, provider,
-                        call.policy.upstream_timeout_s)  # fmt: skip
+                        first_attempt_timeout(call))  # fmt: skip
         else:
             log.warning("request %s to provider %s failed: %s", call.request_id, provider, safe(flow.error.msg))
 

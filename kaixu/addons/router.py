@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -338,7 +339,12 @@ class Router:
             self._divert_to_relay(flow, call)
             return None
         executor = self.gateway.executor
-        return None if executor is None else executor.answer(flow, call)
+        if executor is None or call.route.provider is None or call.route.provider.max_concurrent is None:
+            # mitmproxy makes the first attempt, as for any request; the retries step takes over if it fails
+            call.route.native_first = True
+            call.route.sent_at = time.monotonic()
+            return None
+        return executor.answer(flow, call)  # the provider's queue is kaixu's: so is its HTTP client
 
     def _upstream_body(self, call: Call) -> bytes | dict[str, Any] | None:
         """The upstream body: the client's bytes when nothing changes, else a dict to serialise.

@@ -183,8 +183,8 @@ class Settle:
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.error is None:
-            return
+        if call is None or flow.error is None or call.route.recovered is not None:
+            return  # recovered: a later attempt answered, and was settled then (kaixu/addons/retries.py)
         fault = mitm.client_fault_status(flow)
         if call.route.provider is not None and not call.bill.usage_final and _answer_began(flow, call):
             estimate_usage(call)  # cut by the provider or left by the client midway: bill what was produced

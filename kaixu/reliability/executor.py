@@ -131,37 +131,47 @@ class Executor:
     # -- buffered answers ------------------------------------------------------------------------------------
 
     async def answer(self, flow: http.HTTPFlow, call: Call) -> None:
-        """The dispatch step's hook for a guarded buffered request: the winning attempt (or the last failure)
-        becomes the flow's response. A client that hangs up meanwhile cancels it (`client_gone`): the provider's
-        request is dropped and its queue slot freed, and the hook still ends normally, so mitmproxy goes on to
-        the error hook and the settle step records the 499."""
+        """The dispatch step's hook for a guarded buffered request kaixu fetches itself (its provider has a
+        queue): the winning attempt (or the last failure) becomes the flow's response."""
         request = flow.request
         first = Upstream(request.method, request.url, _str_headers(request.headers.fields), request.raw_content or b"")
+        outcome = await self.fetch(flow, call, first)
+        if outcome is not None:
+            flow.response = as_response(outcome)
+
+    async def fetch(
+        self, flow: http.HTTPFlow, call: Call, first: Upstream | None, done: Outcome | None = None
+    ) -> Outcome | None:
+        """`run` for a buffered answer, from a flow hook (closed when it returns). A client that hangs up
+        meanwhile cancels it (`client_gone`): the provider's request is dropped and its queue slot freed, the
+        flow gets an empty 499, and the hook still ends normally, so mitmproxy goes on to the error hook and the
+        settle step records the 499. None then."""
         task = asyncio.current_task()
         assert task is not None
         running = self._running.setdefault(flow.client_conn.id, {})
         running[task] = call
         try:
-            outcome = await self.run(call, first, stream=False)
+            outcome = await self.run(call, first, stream=False, done=done)
         except asyncio.CancelledError:
             if task.cancelling() == 0 or not call.client_disconnected:
                 raise  # not ours: kaixu is stopping
             task.uncancel()
             flow.response = http.Response.make(499, b"", {})
-            return
+            return None
         finally:
             running.pop(task, None)
             if not running:
                 self._running.pop(flow.client_conn.id, None)
         await outcome.close()
-        headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in HOP_HEADERS]
-        flow.response = http.Response.make(outcome.status, outcome.body, headers)
+        return outcome
 
     # -- the plan ----------------------------------------------------------------------------------------------
 
-    async def run(self, call: Call, first: Upstream, *, stream: bool) -> Outcome:
+    async def run(self, call: Call, first: Upstream | None, *, stream: bool, done: Outcome | None = None) -> Outcome:
         """Try the plan's attempts in order until one answers (returned open: for a stream, with its first
-        chunk read) or the plan is spent (the last failure). The call is left aimed at the attempt returned."""
+        chunk read) or the plan is spent (the last failure). The call is left aimed at the attempt returned.
+        ``done``: the first attempt's outcome when mitmproxy made it (then ``first`` is None); returned as it
+        is when nothing follows it (an answer, a final failure, a plan with no more attempts)."""
         plan = call.route.plan
         assert plan is not None
         deployments = self.gateway.deployments
@@ -173,15 +183,19 @@ class Executor:
             route = plan.routes[index]
             tried: set[RouteTarget] = set()
             for number in range(1, route.retries.attempts + 1):
-                if upstream is None:
+                if upstream is None and done is None:
                     upstream = self._aim(call, route, tried, fallback=index > 0)
                     if upstream is None:
                         break  # no deployment of this model can take it: the next model
                 target = call.route.target
                 assert target is not None and call.route.provider is not None
                 tried.add(target)
-                since = time.monotonic()
-                outcome = await self._attempt(call, route, upstream, stream)
+                if done is not None:  # mitmproxy's own first attempt
+                    since, outcome, done = call.route.sent_at, done, None
+                else:
+                    assert upstream is not None
+                    since = time.monotonic()
+                    outcome = await self._attempt(call, route, upstream, stream)
                 upstream = None
                 provider = call.route.provider.name
                 if outcome.ok:
@@ -274,7 +288,7 @@ class Executor:
                 await asyncio.wait_for(pool.acquire(), total)
             except (QueueFull, TimeoutError) as exc:
                 message = QUEUE_FULL if isinstance(exc, QueueFull) else f"{QUEUE_FULL}: no slot within {total:g} s"
-                refused = self._refused(call, 503, message, "queue_full", retry_after="1")
+                refused = self.refused(call, 503, message, "queue_full", retry_after="1")
                 refused.local = True
                 return refused
             release = pool.release
@@ -315,7 +329,7 @@ class Executor:
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, message)
             kind = "timeout" if status == 504 else "connect" if code == "upstream_connect_error" else "protocol"
             metrics.UPSTREAM_ERRORS.labels(provider.name, kind).inc()
-            failure = self._refused(call, status, message, code)
+            failure = self.refused(call, status, message, code)
             failure.transport_error = message
             return failure
         except BaseException:
@@ -326,7 +340,7 @@ class Executor:
             raise
 
     @staticmethod
-    def _refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
+    def refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
         """kaixu's own error for an attempt, in the provider's wire format (the settle step puts it in the
         client's, as it does a provider's error)."""
         fmt = call.route.format or call.front
@@ -336,6 +350,12 @@ class Executor:
         if retry_after is not None:
             headers.append(("retry-after", retry_after))
         return Outcome(status, headers, body=body)
+
+
+def as_response(outcome: Outcome) -> http.Response:
+    """An attempt's outcome as the flow's response, for the response steps to translate, price and record."""
+    headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in HOP_HEADERS]
+    return http.Response.make(outcome.status, outcome.body, headers)
 
 
 def _header(outcome: Outcome, name: str) -> str | None:

@@ -130,6 +130,20 @@ def _header_safe(name: str) -> str:
     )
 
 
+def first_attempt_timeout(call: Call) -> float:
+    """How long the first attempt of a request may wait for its answer's head when mitmproxy makes it itself:
+    its model's `ttfb_s` or `total_s` (the smaller), else `limits.upstream_timeout_s`."""
+    total = call.policy.upstream_timeout_s
+    plan = call.route.plan
+    if plan is None:
+        return total
+    timeouts = plan.routes[plan.start].timeouts
+    if timeouts is None:
+        return total
+    total = timeouts.total_s or total
+    return min(timeouts.ttfb_s or total, total)
+
+
 def verdict(
     status: int, body: bytes, retries: RetryPolicy, fallback_on: frozenset[FallbackReason], *, transport: bool = False
 ) -> Verdict:

@@ -1,0 +1,101 @@
+"""Step 9a: the first attempt of a buffered request with an attempt plan failed: the plan goes on.
+
+mitmproxy makes that first attempt itself, as for any request, so a plan costs nothing while providers answer
+(the dispatch step: `Route.native_first`). When the answer is a failure the plan retries or falls back on
+(a 429, a 5xx, a `fallback_on` error), the response hook hands it to the executor (kaixu/reliability/executor.py),
+which runs the next attempts and puts the winner (or the last failure) in its place before the settle step
+reads it. When the first attempt got no answer at all (a connection refused or dropped, a timeout), mitmproxy
+ends the flow in its error hook, where a response can no longer be set: the executor runs the next attempts
+there, the settle step is given the result at once, and kaixu/mitm.py sends it instead of the error page
+(`Route.recovered`; HTTP/1 clients: an HTTP/2 client gets the error).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+
+from mitmproxy import http
+
+from kaixu import mitm
+from kaixu.call import Call, get_call
+from kaixu.gateway import Gateway
+from kaixu.metrics import UPSTREAM_ERRORS
+from kaixu.reliability.executor import Outcome, as_response
+from kaixu.reliability.plan import first_attempt_timeout
+
+
+class Retries:
+    """Runs before the other response steps (first in the chain after the connection steps), so that what it
+    puts in place of a failed answer is what they decorate, translate, price and record."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.respond: Callable[[http.HTTPFlow], Awaitable[None] | None] | None = None
+        """The chain's response steps (`Chain.respond`), for an answer recovered in the error hook."""
+
+    def attach_chain(self, respond: Callable[[http.HTTPFlow], Awaitable[None] | None]) -> None:
+        self.respond = respond
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        call = get_call(flow)
+        response = flow.response
+        if call is None or response is None or not call.route.native_first or response.status_code < 400:
+            return None  # the common case: no coroutine
+        if response.stream is not False or call.route.attempts is not None:
+            return None
+        headers = [(k, v) for k, v in response.headers.items(multi=True)]
+        return self._go_on(flow, call, Outcome(response.status_code, headers, body=response.content or b""))
+
+    async def _go_on(self, flow: http.HTTPFlow, call: Call, failed: Outcome) -> None:
+        executor = self.gateway.executor
+        assert executor is not None
+        outcome = await executor.fetch(flow, call, None, failed)
+        if outcome is not None and outcome is not failed:
+            flow.response = as_response(outcome)
+            call.governance.headers_sent = False  # the new answer has none of kaixu's headers yet
+
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        call = get_call(flow)
+        if call is None or not call.route.native_first or flow.response is not None or flow.error is None:
+            return None
+        if mitm.client_fault_status(flow) is not None or call.route.attempts is not None:
+            return None  # the client's own doing (it left, its body was too large...): nothing to retry
+        return self._recover(flow, call)
+
+    async def _recover(self, flow: http.HTTPFlow, call: Call) -> None:
+        executor = self.gateway.executor
+        assert executor is not None and call.route.provider is not None and flow.error is not None
+        provider = call.route.provider.name
+        if call.timed_out:
+            seconds = first_attempt_timeout(call)
+            status, message, code = (
+                504,
+                f"provider {provider!r} did not answer within {seconds:g} s",
+                "upstream_timeout",
+            )
+            UPSTREAM_ERRORS.labels(provider, "timeout").inc()
+        elif flow.server_conn.timestamp_tcp_setup is None:  # never connected
+            status, message, code = (
+                502,
+                f"provider {provider!r} is unreachable ({flow.error.msg})",
+                "upstream_connect_error",
+            )
+            UPSTREAM_ERRORS.labels(provider, "connect").inc()
+        else:
+            what = "closed the connection without a complete response"
+            status, message, code = 502, f"provider {provider!r} {what} ({flow.error.msg})", "upstream_protocol_error"
+            UPSTREAM_ERRORS.labels(provider, "protocol").inc()
+        failed = executor.refused(call, status, message, code)
+        failed.transport_error = message
+        outcome = await executor.fetch(flow, call, None, failed)
+        if outcome is None or outcome is failed:
+            flow.response = None  # nothing followed it (or the client left): mitmproxy's error stands
+            return  # and the settle step records it
+        flow.response = as_response(outcome)
+        flow.response.headers["connection"] = "close"  # mitmproxy closes the connection after its error answer
+        call.route.recovered = flow.response
+        assert self.respond is not None
+        pending = self.respond(flow)  # decorated, translated, priced, recorded as any answer
+        if pending is not None and inspect.isawaitable(pending):
+            await pending
