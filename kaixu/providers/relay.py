@@ -22,7 +22,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import tornado.iostream
 import tornado.web
 
@@ -166,7 +165,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 chunk = await asyncio.wait_for(anext(outcome.chunks, b""), min(idle, left))
             if held:
                 self.write(held)
-        except (TimeoutError, OSError, httpx.HTTPError) as exc:
+        except (TimeoutError, OSError) as exc:
             if not isinstance(exc, TimeoutError):
                 reason = str(exc) or "connection lost"
             elif outcome.deadline and outcome.deadline - loop.time() <= 0.001:

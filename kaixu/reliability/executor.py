@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from mitmproxy import http
 
 from kaixu import metrics
@@ -34,6 +32,7 @@ from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
 from kaixu.providers import REQUEST_DROP, split_url
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
+from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
 
 if TYPE_CHECKING:
     from kaixu.addons.router import Router
@@ -57,7 +56,7 @@ class Outcome:
     body: bytes = b""
     first: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
-    response: httpx.Response | None = None
+    response: Response | None = None
     release: Callable[[], None] | None = None
     transport_error: str | None = None
     deadline: float = 0.0
@@ -84,16 +83,13 @@ class Outcome:
 
 def describe(exc: BaseException, provider: str, seconds: float, what: str) -> tuple[int, str, str]:
     """(status, message, code) of an attempt that got no answer: kaixu's 504 or 502, worded as `errors.py`."""
-    if isinstance(exc, TimeoutError | httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, TimeoutError):
         return 504, f"provider {provider!r} did not answer within {seconds:g} s ({what})", "upstream_timeout"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return 502, f"provider {provider!r} is unreachable ({exc or type(exc).__name__})", "upstream_connect_error"
     reason = str(exc) or type(exc).__name__
-    return (
-        502,
-        f"provider {provider!r} closed the connection without a complete response ({reason})",
-        "upstream_protocol_error",
-    )
+    if isinstance(exc, ConnectError):
+        return 502, f"provider {provider!r} is unreachable ({reason})", "upstream_connect_error"
+    what = "closed the connection without a complete response"
+    return 502, f"provider {provider!r} {what} ({reason})", "upstream_protocol_error"
 
 
 class Executor:
@@ -101,7 +97,7 @@ class Executor:
         self.gateway = gateway
         self.router = router
         self.pools = Pools()
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._clients: dict[str | None, UpstreamClient] = {}
         self._running: dict[str, dict[asyncio.Task[Any], Call]] = {}
         """The buffered requests being fetched, by client connection id: what a hang-up cancels."""
 
@@ -111,16 +107,13 @@ class Executor:
             call.client_disconnected = True
             task.cancel()
 
-    # -- httpx clients -------------------------------------------------------------------------------------
+    # -- HTTP clients ----------------------------------------------------------------------------------------
 
-    def client(self, ca_file: str | None) -> httpx.AsyncClient:
+    def client(self, ca_file: str | None) -> UpstreamClient:
         """One pooled client per trust store (the policy's `tls.ca_file`, or certifi's roots)."""
         client = self._clients.get(ca_file)
         if client is None:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-            client = httpx.AsyncClient(timeout=None, trust_env=False, verify=verify, limits=limits)
-            self._clients[ca_file] = client
+            client = self._clients[ca_file] = UpstreamClient(ca_file)
         return client
 
     async def close(self) -> None:
@@ -293,15 +286,14 @@ class Executor:
                 return refused
             release = pool.release
         client = self.client(call.policy.ca_file)
-        timeout = httpx.Timeout(connect=timeouts.connect_s or total, read=None, write=total, pool=total)
-        request = client.build_request(upstream.method, upstream.url, headers=upstream.headers,
-                                       content=upstream.body, timeout=timeout)  # fmt: skip
-        response: httpx.Response | None = None
+        response: Response | None = None
         what = "time to first byte"
+        first_byte = min(timeouts.ttfb_s or total, total)
         try:
-            first_byte = min(timeouts.ttfb_s or total, total)
-            response = await asyncio.wait_for(client.send(request, stream=True), first_byte)
-            headers = list(response.headers.multi_items())
+            sending = client.send(upstream.method, upstream.url, upstream.headers, upstream.body,
+                                  min(timeouts.connect_s or total, first_byte))  # fmt: skip
+            response = await asyncio.wait_for(sending, first_byte)
+            headers = response.headers
             if response.status_code >= 400 or not stream:
                 what = "answer"
                 body = await asyncio.wait_for(response.aread(), max(0.0, deadline - loop.time()))
@@ -313,18 +305,16 @@ class Executor:
             left = max(0.0, min(first_byte, deadline - loop.time()))
             first = await asyncio.wait_for(anext(chunks, b""), left)
             if not first:
-                raise httpx.RemoteProtocolError("the stream ended before its first event")
+                raise ProtocolError("the stream ended before its first event")
             return Outcome(response.status_code, headers, first=first, chunks=chunks, response=response,
                            release=release, deadline=deadline if timeouts.total_s else 0.0, total_s=total,
                            idle_s=timeouts.idle_s)  # fmt: skip
-        except (TimeoutError, httpx.HTTPError) as exc:
+        except (TimeoutError, OSError) as exc:
             if response is not None:
                 await response.aclose()
             if release is not None:
                 release()
-            seconds = (timeouts.ttfb_s or total) if what == "time to first byte" else total
-            if isinstance(exc, httpx.ConnectTimeout):
-                seconds = timeouts.connect_s or total
+            seconds = first_byte if what == "time to first byte" else total
             status, message, code = describe(exc, provider.name, seconds, what)
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, message)
             kind = "timeout" if status == 504 else "connect" if code == "upstream_connect_error" else "protocol"

@@ -36,7 +36,7 @@ _CONTENT_MARKERS = ("content_policy", "content_filter", "content management poli
 
 @dataclass(slots=True)
 class Upstream:
-    """One attempt's request, ready for httpx."""
+    """One attempt's request, ready for the executor's HTTP client."""
 
     method: str
     url: str
