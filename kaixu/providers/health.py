@@ -94,6 +94,10 @@ class Deployments:
             deployment.probing = True
         return chosen
 
+    def usable(self, target: RouteTarget, routing: RoutingPolicy) -> bool:
+        """Whether its breaker lets a request through now (closed, or half-open without a probe)."""
+        return self.get(target).available(self.clock(), routing.cooldown_s)
+
     def started(self, target: RouteTarget) -> None:
         self.get(target).in_flight += 1
 

@@ -9,5 +9,6 @@
   stream through the loopback relay (kaixu/providers/relay.py), up to the first byte the client is sent.
 
 A request whose model has none of this (one attempt, no timeouts, no cap) never meets it: mitmproxy
-forwards it as before, and a buffered one that has a plan meets it only when its first attempt fails. Deployment health (the circuit breakers) is kaixu/providers/health.py.
+forwards it as before, and a buffered one that has a plan meets it only when its first attempt fails.
+Deployment health (the circuit breakers) is kaixu/providers/health.py.
 """

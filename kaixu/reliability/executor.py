@@ -174,7 +174,7 @@ class Executor:
         last: Outcome | None = None
         for index in range(plan.start, len(plan.routes)):
             route = plan.routes[index]
-            tried: set[RouteTarget] = set()
+            tried: list[RouteTarget] = []  # in the order they were tried
             for number in range(1, route.retries.attempts + 1):
                 if upstream is None and done is None:
                     upstream = self._aim(call, route, tried, fallback=index > 0)
@@ -182,7 +182,9 @@ class Executor:
                         break  # no deployment of this model can take it: the next model
                 target = call.route.target
                 assert target is not None and call.route.provider is not None
-                tried.add(target)
+                if target in tried:
+                    tried.remove(target)
+                tried.append(target)
                 if done is not None:  # mitmproxy's own first attempt
                     since, outcome, done = call.route.sent_at, done, None
                 else:
@@ -239,15 +241,19 @@ class Executor:
             return "fallback"
         return None
 
-    def _aim(self, call: Call, route: ModelRoute, tried: set[RouteTarget], *, fallback: bool) -> Upstream | None:
-        """Point the call at the next deployment of ``route`` (one not tried yet, when there is one)."""
+    def _aim(self, call: Call, route: ModelRoute, tried: list[RouteTarget], *, fallback: bool) -> Upstream | None:
+        """Point the call at the next deployment of ``route``: one not tried yet, else the one tried longest
+        ago (two deployments and three attempts: a, b, a), among those its breaker lets through."""
         plan = call.route.plan
         assert plan is not None
         targets = usable_targets(call, route.targets if fallback else candidate_targets(call, route))
         if not targets:
             return None
-        fresh = tuple(t for t in targets if t not in tried) or targets
-        target = self.gateway.deployments.pick(fresh, call.policy.routing)
+        deployments, routing = self.gateway.deployments, call.policy.routing
+        fresh = tuple(t for t in targets if t not in tried)
+        if not fresh:
+            fresh = next(((t,) for t in tried if t in targets and deployments.usable(t, routing)), targets)
+        target = deployments.pick(fresh, routing)
         saved = _Aimed.of(call)
         try:
             prepared = self.router.aim(call, route, target, plan.client_fields, plan.install_id, fallback=fallback)
