@@ -20,8 +20,8 @@ from kaixu.addons.respond import error_json, json_response
 from kaixu.addons.stream import broken_stream_event
 from kaixu.call import Call, call_for_request, get_call
 from kaixu.log import safe
-from kaixu.metrics import UPSTREAM_ERRORS
 from kaixu.mitm import ErrorCode
+from kaixu.providers import upstream_failure
 from kaixu.reliability.plan import first_attempt_timeout
 
 log = logging.getLogger("kaixu.errors")
@@ -49,14 +49,8 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
     provider = call.route.provider.name if call.route.provider else "upstream"
     if call.timed_out:
-        UPSTREAM_ERRORS.labels(provider, "timeout").inc()
-        seconds = first_attempt_timeout(call)
-        return (
-            504,
-            f"provider {provider!r} did not answer within {seconds:g} s",
-            "timeout_error",
-            "upstream_timeout",
-        )
+        failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
+        return failure.status, failure.message, failure.type, failure.code
     if status == 413:
         limit = call.policy.max_body_bytes
         return (
@@ -66,10 +60,8 @@ def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tup
             ("request_too_large"),
         )
     if status == 502:
-        kind = "connect" if connect_failed else "protocol"
-        UPSTREAM_ERRORS.labels(provider, kind).inc()
-        what = "is unreachable" if kind == "connect" else "closed the connection without a complete response"
-        return 502, f"provider {provider!r} {what} ({reason})", "api_error", f"upstream_{kind}_error"
+        failure = upstream_failure("connect" if connect_failed else "protocol", provider, reason)
+        return failure.status, failure.message, failure.type, failure.code
     return status, reason, "api_error" if status >= 500 else "invalid_request_error", "gateway_error"
 
 

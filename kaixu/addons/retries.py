@@ -20,7 +20,7 @@ from mitmproxy import http
 from kaixu import mitm
 from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
-from kaixu.metrics import UPSTREAM_ERRORS
+from kaixu.providers import FailureKind, upstream_failure
 from kaixu.reliability.executor import Outcome, as_response
 from kaixu.reliability.plan import first_attempt_timeout
 
@@ -68,26 +68,11 @@ class Retries:
         assert executor is not None and call.route.provider is not None and flow.error is not None
         provider = call.route.provider.name
         if call.timed_out:
-            seconds = first_attempt_timeout(call)
-            status, message, code = (
-                504,
-                f"provider {provider!r} did not answer within {seconds:g} s",
-                "upstream_timeout",
-            )
-            UPSTREAM_ERRORS.labels(provider, "timeout").inc()
-        elif flow.server_conn.timestamp_tcp_setup is None:  # never connected
-            status, message, code = (
-                502,
-                f"provider {provider!r} is unreachable ({flow.error.msg})",
-                "upstream_connect_error",
-            )
-            UPSTREAM_ERRORS.labels(provider, "connect").inc()
-        else:
-            what = "closed the connection without a complete response"
-            status, message, code = 502, f"provider {provider!r} {what} ({flow.error.msg})", "upstream_protocol_error"
-            UPSTREAM_ERRORS.labels(provider, "protocol").inc()
-        failed = executor.refused(call, status, message, code)
-        failed.transport_error = message
+            failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
+        else:  # never connected, or the connection broke before a whole answer
+            kind: FailureKind = "connect" if flow.server_conn.timestamp_tcp_setup is None else "protocol"
+            failure = upstream_failure(kind, provider, flow.error.msg)
+        failed = executor.unanswered(call, failure)
         outcome = await executor.fetch(flow, call, None, failed)
         if outcome is None or outcome is failed:
             flow.response = None  # nothing followed it (or the client left): mitmproxy's error stands

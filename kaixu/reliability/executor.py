@@ -29,7 +29,7 @@ from kaixu.addons.respond import error_json
 from kaixu.addons.router import RouteRefused, candidate_targets, upstream_headers, usable_targets
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import REQUEST_DROP, split_url
+from kaixu.providers import REQUEST_DROP, UpstreamFailure, split_url, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
@@ -81,15 +81,12 @@ class Outcome:
                 release()
 
 
-def describe(exc: BaseException, provider: str, seconds: float, what: str) -> tuple[int, str, str]:
-    """(status, message, code) of an attempt that got no answer: kaixu's 504 or 502, worded as `errors.py`."""
+def describe(exc: BaseException, provider: str, seconds: float, what: str) -> UpstreamFailure:
+    """An attempt that got no answer, in the one wording of kaixu/providers (`upstream_failure`)."""
     if isinstance(exc, TimeoutError):
-        return 504, f"provider {provider!r} did not answer within {seconds:g} s ({what})", "upstream_timeout"
-    reason = str(exc) or type(exc).__name__
-    if isinstance(exc, ConnectError):
-        return 502, f"provider {provider!r} is unreachable ({reason})", "upstream_connect_error"
-    what = "closed the connection without a complete response"
-    return 502, f"provider {provider!r} {what} ({reason})", "upstream_protocol_error"
+        return upstream_failure("timeout", provider, f" ({what})", seconds)
+    return upstream_failure("connect" if isinstance(exc, ConnectError) else "protocol", provider,
+                            str(exc) or type(exc).__name__)  # fmt: skip
 
 
 class Executor:
@@ -321,19 +318,22 @@ class Executor:
             if release is not None:
                 release()
             seconds = first_byte if what == "time to first byte" else total
-            status, message, code = describe(exc, provider.name, seconds, what)
-            log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, message)
-            kind = "timeout" if status == 504 else "connect" if code == "upstream_connect_error" else "protocol"
-            metrics.UPSTREAM_ERRORS.labels(provider.name, kind).inc()
-            failure = self.refused(call, status, message, code)
-            failure.transport_error = message
-            return failure
+            failure = describe(exc, provider.name, seconds, what)
+            log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, failure.message)
+            return self.unanswered(call, failure)
         except BaseException:
             if response is not None:
                 await response.aclose()
             if release is not None:
                 release()
             raise
+
+    @classmethod
+    def unanswered(cls, call: Call, failure: UpstreamFailure) -> Outcome:
+        """The outcome of an attempt the provider gave no answer to: retried like a 5xx (`transport_error`)."""
+        outcome = cls.refused(call, failure.status, failure.message, failure.code)
+        outcome.transport_error = failure.message
+        return outcome
 
     @staticmethod
     def refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
