@@ -181,3 +181,23 @@ def ledger_row(gateway: Kaixu, request_id: str) -> dict[str, Any]:
     row = ledger(gateway, request_id)
     assert row is not None
     return row
+
+
+def ledger_rows_of(gateway: Kaixu, request_id: str, file: str = "ledger.db") -> int:
+    with sqlite3.connect(f"file:{gateway.workdir / file}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM requests WHERE request_id = ?", (request_id,)).fetchone()[0])
+
+
+def only_record(gateway: Kaixu, request_id: str) -> dict[str, Any]:
+    """The one ledger record of a client's request (the gateway's ledger file is `ledger.db`, the policy has
+    `mock-model`): records are written in order, so once a later request's record is stored, a second record
+    of this one would be too."""
+    row = ledger_row(gateway, request_id)
+    sentinel = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "mock-model", "messages": [{"role": "user", "content": "sentinel"}]},
+        headers={"authorization": f"Bearer {TEST_KEY}"},
+    )
+    ledger_row(gateway, sentinel.headers["x-request-id"])
+    assert ledger_rows_of(gateway, request_id) == 1
+    return row

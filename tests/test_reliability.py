@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from google.genai import types
 from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
-from tests.harness import TEST_KEY, Kaixu, ledger_row, policy_for, wait_for
+from tests.harness import TEST_KEY, Kaixu, only_record, policy_for, wait_for
 
 PROMPT = "Tell me about the lighthouse keeper"
 ECHO = "echo: " + PROMPT  # the fake's answer to PROMPT, in every wire format
@@ -189,25 +188,6 @@ def attempts(headers: Any) -> list[tuple[str, int]]:
     parsed = [ATTEMPT.fullmatch(item) for item in items]
     assert all(parsed), value
     return [(m["target"], int(m["status"])) for m in parsed if m is not None]
-
-
-def rows_of(gw: Kaixu, request_id: str) -> int:
-    with sqlite3.connect(f"file:{gw.workdir / 'ledger.db'}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT count(*) FROM requests WHERE request_id = ?", (request_id,)).fetchone()[0])
-
-
-def only_record(gw: Kaixu, request_id: str) -> dict[str, Any]:
-    """The one ledger record of a client's request: records are written in order, so once a later request's
-    record is stored a second one of this request would be too."""
-    row = ledger_row(gw, request_id)
-    sentinel = httpx.post(
-        gw.url + "/v1/chat/completions",
-        json={"model": "mock-model", "messages": [{"role": "user", "content": "sentinel"}]},
-        headers={"authorization": f"Bearer {TEST_KEY}"},
-    )
-    ledger_row(gw, sentinel.headers["x-request-id"])
-    assert rows_of(gw, request_id) == 1
-    return row
 
 
 def recorded_attempts(row: dict[str, Any]) -> list[tuple[str, str, int]]:

@@ -19,8 +19,7 @@ from google import genai
 from google.genai import types
 
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import TEST_KEY, Kaixu, ledger_row, policy_for
-from tests.test_usage_matrix import only_record
+from tests.harness import TEST_KEY, Kaixu, ledger_row, only_record, policy_for
 
 PROMPT = "tell me a long story about seven gulls and a lighthouse keeper"
 MODEL = {"openai": "gpt-4o-mini", "anthropic": "claude-test", "gemini": "gemini-test"}
@@ -80,7 +79,7 @@ def test_each_sdk_raises_on_the_terminal_event_of_a_broken_stream(
     assert "broke" in str(raised.value), raised.value
     provider_name = {"openai": "oai", "anthropic": "ant", "gemini": "gem"}[provider]
     assert f"provider {provider_name!r}" in str(raised.value)
-    row = only_record(gw, fake, fake.requests[-1].headers["x-request-id"])
+    row = only_record(gw, fake.requests[-1].headers["x-request-id"])
     assert row["status"] == 200 and row["error"] and row["usage_source"] == "estimated"
 
 

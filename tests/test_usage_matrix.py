@@ -11,7 +11,6 @@ billed"). Token numbers are the fake's (a fault's `usage` override) or hand-comp
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +28,7 @@ from kaixu.config import parse_policy
 from kaixu.formats import get_codec
 from kaixu.formats.canonical import Usage
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
-from tests.harness import TEST_KEY, Kaixu, ledger_row, policy_for, wait_for
+from tests.harness import TEST_KEY, Kaixu, only_record, policy_for, wait_for
 
 PROMPT = "Tell me the story of the lighthouse keeper and the seven gulls"
 #: kaixu's prompt estimate for one user message (`kaixu.formats.estimate_tokens`): 4 tokens of message
@@ -190,25 +189,6 @@ SDKS = {"openai": call_openai, "anthropic": call_anthropic, "gemini": call_gemin
 # --- the ledger ----------------------------------------------------------------------------------------
 
 
-def rows_of(gw: Kaixu, request_id: str) -> int:
-    with sqlite3.connect(f"file:{gw.workdir / 'ledger.db'}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT count(*) FROM requests WHERE request_id = ?", (request_id,)).fetchone()[0])
-
-
-def only_record(gw: Kaixu, fake: FakeProvider, request_id: str) -> dict[str, Any]:
-    """The one ledger record of a request. Records are written in order: once a later request's record is
-    stored, a second record of this one would be too."""
-    row = ledger_row(gw, request_id)
-    sentinel = httpx.post(
-        gw.url + "/v1/chat/completions",
-        json={"model": "mock-model", "messages": [{"role": "user", "content": "sentinel"}]},
-        headers={"authorization": f"Bearer {TEST_KEY}"},
-    )
-    ledger_row(gw, sentinel.headers["x-request-id"])
-    assert rows_of(gw, request_id) == 1
-    return row
-
-
 def tokens(row: dict[str, Any]) -> tuple[int | None, ...]:
     return tuple(row[c] for c in TOKEN_COLUMNS)
 
@@ -248,7 +228,7 @@ def test_one_record_with_the_status_seen_and_the_usage_reported(
     request_id = fake.requests[-1].headers["x-request-id"]
     if stream and outcome in ("success", "cut", "client_gone"):
         upstream = finished_stream(fake)
-    row = only_record(gw, fake, request_id)
+    row = only_record(gw, request_id)
 
     assert row["stream"] == int(stream)
     if outcome == "success":
@@ -312,7 +292,7 @@ def test_an_answer_without_usage_is_estimated_never_zero(
     fake.add_fault(Fault(omit_usage=True))
     seen = SDKS[provider](gw, MODEL[provider], mode == "stream", leave=False, timeout=10)
     assert seen.status == 200 and seen.error is None and seen.text, seen
-    row = only_record(gw, fake, fake.requests[-1].headers["x-request-id"])
+    row = only_record(gw, fake.requests[-1].headers["x-request-id"])
     assert (row["status"], row["usage_source"]) == (200, "estimated")
     assert tokens(row) == (PROMPT_ESTIMATE, (len(seen.text) + 3) // 4, 0, 0, 0)
     assert isinstance(row["cost_micros"], int) and row["cost_micros"] > 0
@@ -333,7 +313,7 @@ def test_an_explicit_zero_stays_zero(gw: Kaixu, fake: FakeProvider, provider: st
     fake.add_fault(Fault(usage=ZERO_OUTPUT[provider]))
     seen = SDKS[provider](gw, MODEL[provider], mode == "stream", leave=False, timeout=10)
     assert seen.status == 200 and seen.text  # text came, and the provider says it cost no output tokens
-    row = only_record(gw, fake, fake.requests[-1].headers["x-request-id"])
+    row = only_record(gw, fake.requests[-1].headers["x-request-id"])
     assert (row["usage_source"], tokens(row)) == ("provider", (20, 0, 0, 0, 0))
 
 
@@ -373,7 +353,7 @@ def test_a_stream_ends_with_its_cost_where_the_clients_parser_skips_comments(
     """The matrix's stream rows prove the SDKs still parse these streams; here is what they skipped."""
     fake.add_fault(Fault(usage=REPORTED[provider]))
     request_id, raw = raw_stream(gw, door, MODEL[provider])
-    row = only_record(gw, fake, request_id)
+    row = only_record(gw, request_id)
     comments = [line for line in raw.decode().splitlines() if line.startswith(":")]
     if door == "gemini":
         assert comments == []  # google-genai would fail on a non-`data:` line: the cost is in the ledger
@@ -407,7 +387,7 @@ def test_gateway13_done_event_carries_the_recorded_cost(gw: Kaixu, fake: FakePro
     assert response.status_code == 200
     name, data = sse_events(response.text)[-1]
     assert name == "done"
-    row = only_record(gw, fake, response.headers["x-request-id"])
+    row = only_record(gw, response.headers["x-request-id"])
     assert tokens(row) == RECORDED["anthropic"] and row["cost_micros"] > 0
     done = json.loads(data)
     assert done["usage"]["cost_cents"] == row["cost_micros"] / 10_000
@@ -429,7 +409,7 @@ def test_a_relayed_stream_left_by_its_client_cancels_the_provider_and_is_estimat
                 break
     upstream = finished_stream(fake)
     assert upstream.outcome == "peer_closed" and upstream.events_sent < upstream.events_total, upstream
-    row = only_record(gw, fake, fake.requests[-1].headers["x-request-id"])
+    row = only_record(gw, fake.requests[-1].headers["x-request-id"])
     assert (row["status"], row["client_disconnected"], row["usage_source"]) == (499, 1, "estimated")
     assert (row["input_tokens"], row["cached_input_tokens"], row["cache_write_tokens"]) == (1500, 1000, 200)
     assert row["output_tokens"] >= 1
@@ -442,7 +422,7 @@ def test_a_relayed_stream_cut_by_the_provider_is_estimated(gw: Kaixu, fake: Fake
         gw.url + "/.netlify/functions/gateway-stream", json=body, headers={"authorization": f"Bearer {TEST_KEY}"}
     )
     text = "".join(json.loads(d)["text"] for n, d in sse_events(response.text) if n == "delta")
-    row = only_record(gw, fake, response.headers["x-request-id"])
+    row = only_record(gw, response.headers["x-request-id"])
     assert (row["status"], row["usage_source"]) == (200, "estimated")  # the relay had said 200
     assert tokens(row) == (1500, max(1, (len(text) + 3) // 4), 1000, 200, 0)
 
