@@ -586,9 +586,9 @@ def breaker_stats(samples: list[Sample], killed: float) -> dict[str, Any]:
                 to_b.append((at - killed, status))
             at += ms / 1000
     to_b.sort()
-    burst = []
+    burst = []  # the attempts that still went to `b` right after the kill (from within its first second)
     for when, status in to_b:
-        if burst and when - burst[-1][0] > 1.0:
+        if (burst and when - burst[-1][0] > 1.0) or (not burst and when > 1.0):
             break
         burst.append((when, status))
     after = [s for s in samples if s.started >= killed]
@@ -794,9 +794,15 @@ def report(
         f"**Breaker**: a new gateway with `routing.breaker: {json.dumps(BREAKER)}` and the same retries and load; "
         f"fake `b` killed (SIGKILL) after {args.breaker_before_s:g} s, then {args.breaker_after_s:g} s more. Before "
         f"the kill `b` served {brk['served_by_b_before']:,} of {brk['requests_before']:,} requests. After it, "
-        f"{brk['attempts_to_b_after_kill']} attempts still went to `b`: {brk['burst']} in the first burst, the "
-        f"last of them **{brk['reaction_s'] * 1000:.0f} ms after the kill** (then the breaker was open), and "
-        f"{len(brk['probes'])} later (the half-open probes after each {BREAKER['cooldown_s']} s cooldown, at s "
+        f"{brk['attempts_to_b_after_kill']} attempts still went to `b`: "
+        + (
+            f"{brk['burst']} in the first burst, the last of them **{brk['reaction_s'] * 1000:.0f} ms after the "
+            "kill** (then the breaker was open), and "
+            if brk["burst"]
+            else "**none sent after the kill** (the requests in flight to it when it died opened its breaker at "
+            "once), but "
+        )
+        + f"{len(brk['probes'])} later (the half-open probes after each {BREAKER['cooldown_s']} s cooldown, at s "
         f"after the kill / status: {brk['probes'][:8]}). {brk['requests_after_kill']:,} requests after the kill, "
         f"{len(fa)} client-visible failures"
         + (
