@@ -972,3 +972,15 @@ def test_a_client_that_leaves_before_the_first_byte_cancels_the_attempt(gw: Kaix
     row = only_record(gw, request_id)
     assert (row["status"], row["client_disconnected"]) == (499, 1), row
     assert len(fake.requests) == 1
+
+
+def test_a_buffered_answer_cut_midway_is_retried_before_any_of_it_reaches_the_client(
+    gw: Kaixu, fake: FakeProvider
+) -> None:
+    fake.add_fault(Fault(cut_body_after_bytes=40, path_contains=OPENAI_PATH))
+    raw = chat(gw, "r-retry")
+    assert raw.status_code == 200 and raw.parse().choices[0].message.content == ECHO
+    assert [status for _, status in attempts(raw.headers)] == [502, 200]
+    row = only_record(gw, raw.headers["x-request-id"])
+    first = json.loads(row["attempts"])[0]
+    assert first["status"] == 502 and "closed the connection without a complete response" in first["error"]

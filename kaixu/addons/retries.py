@@ -57,8 +57,10 @@ class Retries:
 
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = get_call(flow)
-        if call is None or not call.route.native_first or flow.response is not None or flow.error is None:
+        if call is None or not call.route.native_first or flow.error is None:
             return None
+        if flow.response is not None and flow.response.stream is not False:
+            return None  # a stream: nothing here (a plan's streams go through the relay)
         if mitm.client_fault_status(flow) is not None or call.route.attempts is not None:
             return None  # the client's own doing (it left, its body was too large...): nothing to retry
         return self._recover(flow, call)
@@ -69,13 +71,14 @@ class Retries:
         provider = call.route.provider.name
         if call.timed_out:
             failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
-        else:  # never connected, or the connection broke before a whole answer
+        else:  # never connected, or the connection broke before a whole answer (none of it reached the client)
             kind: FailureKind = "connect" if flow.server_conn.timestamp_tcp_setup is None else "protocol"
             failure = upstream_failure(kind, provider, flow.error.msg)
         failed = executor.unanswered(call, failure)
+        cut = flow.response  # a buffered answer cut midway (none of it reached the client), or None
         outcome = await executor.fetch(flow, call, None, failed)
         if outcome is None or outcome is failed:
-            flow.response = None  # nothing followed it (or the client left): mitmproxy's error stands
+            flow.response = cut  # nothing followed it (or the client left): mitmproxy's error stands
             return  # and the settle step records it
         flow.response = as_response(outcome)
         flow.response.headers["connection"] = "close"  # mitmproxy closes the connection after its error answer
