@@ -27,7 +27,7 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import credentials_rejected
+from kaixu.providers import RESPONSE_HOP, credentials_rejected
 
 if TYPE_CHECKING:
     from kaixu.reliability.executor import Executor, Outcome
@@ -37,10 +37,6 @@ PING_MARKER = b": kaixu-ping"
 ERROR_MARKER = b": kaixu-error "
 MARKER_PREFIX = b": kaixu-"
 ROUTE_PREFIX = "/_kaixu/relay/"
-#: Provider headers the relay passes on to mitmproxy with a stream (the rest describe the provider's connection).
-_PASSED_HEADERS = frozenset(
-    {"content-type", "retry-after", "x-request-id", "request-id", "anthropic-ratelimit-requests-remaining"}
-)
 
 
 @dataclass(slots=True)
@@ -120,9 +116,7 @@ class RelayHandler(tornado.web.RequestHandler):
                 outcome = await executor.run(plan.call, plan.upstream, stream=True)
                 if not outcome.ok:  # the plan is spent: its last failure, as any provider's error answer
                     self.set_status(outcome.status)
-                    for name, value in outcome.headers:
-                        if name.lower() in _PASSED_HEADERS:
-                            self.set_header(name, value)
+                    self._provider_headers(outcome.headers)
                     self.write(outcome.body)
                     self.finish()
                     return
@@ -138,10 +132,15 @@ class RelayHandler(tornado.web.RequestHandler):
 
     def _stream_headers(self, provider: list[tuple[str, str]] | None = None) -> None:
         self.set_header("content-type", "text/event-stream")
-        for name, value in provider or ():
-            if name.lower() in _PASSED_HEADERS:
-                self.set_header(name, value)
+        self._provider_headers(provider or [])
         self.set_header("cache-control", "no-cache")
+
+    def _provider_headers(self, headers: list[tuple[str, str]]) -> None:
+        """The provider's headers, as mitmproxy would have passed them on (the settle and stream steps filter
+        them as for any answer); not those of its connection."""
+        for name, value in headers:
+            if name.lower() not in RESPONSE_HOP:
+                self.add_header(name, value)
 
     async def _pump(self, call: Call, outcome: Outcome) -> None:
         """Forward the provider's stream, whole events at a time, until it ends, breaks or goes quiet."""

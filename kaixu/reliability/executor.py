@@ -29,7 +29,7 @@ from kaixu.addons.respond import error_json
 from kaixu.addons.router import RouteRefused, candidate_targets, upstream_headers, usable_targets
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import REQUEST_DROP, UpstreamFailure, split_url, upstream_failure
+from kaixu.providers import REQUEST_DROP, RESPONSE_HOP, UpstreamFailure, split_url, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kaixu.reliability")
 
-#: Provider headers that describe the provider's connection, not the answer: never copied onto the client's.
-HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-                         "proxy-connection", "upgrade", "te", "trailer"})  # fmt: skip
 NO_TIMEOUTS = Timeouts()
 
 
@@ -350,7 +347,7 @@ class Executor:
 
 def as_response(outcome: Outcome) -> http.Response:
     """An attempt's outcome as the flow's response, for the response steps to translate, price and record."""
-    headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in HOP_HEADERS]
+    headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in RESPONSE_HOP]
     return http.Response.make(outcome.status, outcome.body, headers)
 
 
