@@ -68,8 +68,7 @@ class Gateway:
     version: str = __version__
     mock_url: str | None = None
     """Base URL of the in-process mock provider once it listens."""
-    relay_url: str | None = None
-    """Base URL of the stream relay's own server once it listens (kaixu/providers/relay.py)."""
+    loopback_url: str | None = None
     relay: Relay | None = None
     last_reload_error: str | None = None
     inflight: set[str] = field(default_factory=set)

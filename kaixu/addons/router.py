@@ -429,7 +429,7 @@ class Router:
     def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> None:
         """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps a
         Gateway 13 client's stream alive (`ping` events) until the provider's first byte."""
-        relay, loopback = self.gateway.relay, self.gateway.relay_url
+        relay, loopback = self.gateway.relay, self.gateway.loopback_url
         if relay is None or loopback is None:
             return  # not running yet: the stream goes straight to the provider, one attempt
         request = flow.request

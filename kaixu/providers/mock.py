@@ -206,8 +206,8 @@ MOCK_ROUTE = (r"(/.*)", _Handler)
 
 class LoopbackServer:
     """kaixu's own HTTP server on an ephemeral loopback port, on mitmproxy's event loop: it hosts the mock
-    provider (the stream relay has its own: providers/relay.py). Routes are matched in order; the mock's
-    catch-all comes last."""
+    provider and the stream relay (providers/relay.py). Routes are matched in order; the mock's catch-all
+    comes last."""
 
     def __init__(self, routes: list[Any]) -> None:
         self.routes = routes
