@@ -4,9 +4,10 @@ mitmproxy makes that first attempt itself, as for any request, so a plan costs n
 (the dispatch step: `Route.native_first`). When the answer is a failure the plan retries or falls back on
 (a 429, a 5xx, a `fallback_on` error), the response hook hands it to the executor (kaixu/reliability/executor.py),
 which runs the next attempts and puts the winner (or the last failure) in its place before the settle step
-reads it. When the first attempt got no answer at all (a connection refused or dropped, a timeout), mitmproxy
-ends the flow in its error hook, where a response can no longer be set: the executor runs the next attempts
-there, the settle step is given the result at once, and kaixu/mitm.py sends it instead of the error page
+reads it. When the first attempt got no whole answer (a connection refused or dropped, a timeout, a body cut
+midway: none of it reached the client), mitmproxy ends the flow in its error hook, where a response can no
+longer be set: the executor runs the next attempts there, the response steps are run on the result at once
+(`Chain.respond`), and kaixu/addons/errors.py hands it to kaixu/mitm.py in place of the error page
 (`Route.recovered`; HTTP/1 clients: an HTTP/2 client gets the error).
 """
 
