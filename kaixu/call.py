@@ -164,6 +164,11 @@ class Route:
     """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
     timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
 
+    @property
+    def degraded(self) -> bool:
+        """A fallback model served it (the Intelligent AI Gateway's `degraded`)."""
+        return self.attempts is not None and self.attempts.degraded
+
 
 @dataclass(slots=True, eq=False)
 class Caller:

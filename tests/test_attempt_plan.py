@@ -145,6 +145,9 @@ def test_a_models_retries_replace_the_global_ones_field_by_field() -> None:
 
 def test_without_a_retries_section_a_model_is_tried_once_and_with_one_three_times() -> None:
     assert parse_policy(BASE).models["plain"].retries.attempts == 1
-    assert not parse_policy(BASE).models["plain"].guarded
+    uncapped = BASE.replace("max_concurrent: 4, queue_size: 8, ", "")
+    assert not parse_policy(uncapped).models["plain"].guarded, "one try, no timeouts, no queue: mitmproxy's alone"
+    assert parse_policy(BASE).models["plain"].guarded, "its provider has a queue"
     assert parse_policy(BASE + "retries: {}\n").models["plain"].retries.attempts == 3
-    assert parse_policy(BASE).models["tuned"].guarded
+    assert parse_policy(uncapped + "retries: {}\n").models["plain"].guarded
+    assert parse_policy(uncapped).models["tuned"].guarded

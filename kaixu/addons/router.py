@@ -26,7 +26,6 @@ from kaixu.gateway import Gateway
 from kaixu.pricing import cost_micros
 from kaixu.providers import (
     ANTHROPIC_VERSION,
-    REQUEST_DROP,
     UnsupportedOperation,
     auth_headers,
     endpoint_url,
@@ -197,15 +196,6 @@ def fallback_routes(call: Call, route: ModelRoute) -> tuple[ModelRoute, ...]:
     return tuple(chain)
 
 
-def guarded(policy: Policy, chain: tuple[ModelRoute, ...]) -> bool:
-    """Whether the request needs the attempt executor: more than one try, timeouts of its own, or a provider
-    with a concurrency cap. Otherwise mitmproxy forwards it itself, as fast as ever."""
-    if len(chain) > 1 or chain[0].guarded:
-        return True
-    providers = policy.providers
-    return any(providers[t.provider].max_concurrent is not None for t in chain[0].targets)
-
-
 def upstream_headers(
     call: Call, client_fields: tuple[tuple[bytes, bytes], ...], host: str, port: int, prepared: Prepared
 ) -> tuple[tuple[bytes, bytes], ...]:
@@ -269,7 +259,7 @@ class Router:
             except FormatError as exc:
                 flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
             return
-        if start or guarded(call.policy, chain) or (call.stream and call.front == gateway13.NAME):
+        if start or chain[0].guarded or (call.stream and call.front == gateway13.NAME):
             request = flow.request
             client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
             call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id, start)
@@ -436,9 +426,7 @@ class Router:
         ping_s = None
         if call.front == gateway13.NAME:
             ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
-        headers = [(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in REQUEST_DROP]
-        upstream = Upstream(request.method, request.url, headers, request.raw_content or b"")
-        path = relay.register(RelayPlan(call=call, upstream=upstream, ping_s=ping_s))
+        path = relay.register(RelayPlan(call=call, upstream=Upstream.of(request), ping_s=ping_s))
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
         call.route.relayed = True
 

@@ -175,7 +175,7 @@ class Settle:
                 headers = answer_headers(call, response.status_code)
                 if call.bill.usage is not None and response.status_code < 400:
                     headers.update(call.bill.answer_headers())
-                    if call.route.attempts is not None and call.route.attempts.degraded:
+                    if call.route.degraded:
                         mark_degraded(call, response)
                 add_headers(response, headers)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
@@ -331,6 +331,6 @@ class Settle:
                     prompt=text.prompt,
                     answer=text.answer,
                     attempts=call.route.attempts.ledger() if call.route.attempts is not None else None,
-                    degraded=int(call.route.attempts is not None and call.route.attempts.degraded),
+                    degraded=int(call.route.degraded),
                 )
             )

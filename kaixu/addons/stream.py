@@ -316,8 +316,8 @@ class Stream:
         if response.status_code >= 400 or not is_event_stream(response):
             return
         assert call.route.format is not None
-        if not call.route.relayed or call.route.plan is None or call.front != gateway13.NAME:
-            add_headers(response, answer_headers(call, response.status_code))  # Gateway 13's were sent long ago
+        if not (call.route.relayed and call.front == gateway13.NAME):  # its answer begins before any attempt
+            add_headers(response, answer_headers(call, response.status_code))
         upstream = get_codec(call.route.format)
         if call.canonical is None and not call.json_array_stream:
             make = usage_stripping_meter if call.strip_usage_chunk else meter

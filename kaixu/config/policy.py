@@ -108,12 +108,9 @@ class ModelRoute:
     fallback_on: frozenset[FallbackReason] = frozenset()
     timeouts: Timeouts | None = None
     """None: the model has no timeouts of its own (`limits.upstream_timeout_s` bounds its attempts)."""
-
-    @property
-    def guarded(self) -> bool:
-        """Whether a request for it needs the attempt executor (kaixu/reliability/): more than one try, or a
-        bound the plain forwarding path cannot keep."""
-        return self.retries.attempts > 1 or bool(self.fallbacks) or self.timeouts is not None
+    guarded: bool = False
+    """A request for it needs the attempt executor (kaixu/reliability/): more than one try, a bound the plain
+    forwarding path cannot keep, or a deployment on a provider with a queue. Decided when the policy loads."""
 
 
 Period = Literal["day", "week", "month", "total"]
@@ -748,7 +745,10 @@ def build_policy(
                 return UNPRICED_RANK
             return price.rates.input + price.rates.output
 
-        return replace(route, targets=tuple(replace(t, cost_rank=rank(t)) for t in route.targets))
+        guarded = route.retries.attempts > 1 or bool(route.fallbacks) or route.timeouts is not None
+        guarded = guarded or any(providers[t.provider].max_concurrent is not None for t in route.targets)
+        targets = tuple(replace(t, cost_rank=rank(t)) for t in route.targets)
+        return replace(route, targets=targets, guarded=guarded)
 
     models = {name: ranked(route) for name, route in models.items()}
     patterns = [ranked(route) for route in patterns]

@@ -29,8 +29,8 @@ from kaixu.addons.respond import error_json
 from kaixu.addons.router import RouteRefused, candidate_targets, upstream_headers, usable_targets
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import REQUEST_DROP, RESPONSE_HOP, UpstreamFailure, split_url, upstream_failure
-from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, verdict
+from kaixu.providers import RESPONSE_HOP, UpstreamFailure, split_url, upstream_failure
+from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
 
@@ -120,9 +120,7 @@ class Executor:
     async def answer(self, flow: http.HTTPFlow, call: Call) -> None:
         """The dispatch step's hook for a guarded buffered request kaixu fetches itself (its provider has a
         queue): the winning attempt (or the last failure) becomes the flow's response."""
-        request = flow.request
-        first = Upstream(request.method, request.url, _str_headers(request.headers.fields), request.raw_content or b"")
-        outcome = await self.fetch(flow, call, first)
+        outcome = await self.fetch(flow, call, Upstream.of(flow.request))
         if outcome is not None:
             flow.response = as_response(outcome)
 
@@ -252,7 +250,7 @@ class Executor:
         try:
             prepared = self.router.aim(call, route, target, plan.client_fields, plan.install_id, fallback=fallback)
         except RouteRefused as refused:
-            self.gateway.deployments.get(target).probing = False
+            deployments.get(target).probing = False
             log.warning("request %s: %s/%s skipped: %s", call.request_id, target.provider, target.model or route.name,
                         refused.message)  # fmt: skip
             saved.restore(call)
@@ -260,10 +258,10 @@ class Executor:
         if prepared is None:  # a local answer (token counting) is never a fallback's business
             saved.restore(call)
             return None
-        self.gateway.deployments.started(target)
+        deployments.started(target)
         _, host, port, _ = split_url(prepared.url)
         headers = upstream_headers(call, plan.client_fields, host, port, prepared)
-        return Upstream("POST", prepared.url, _str_headers(headers), prepared.content(plan.client_body))
+        return Upstream("POST", prepared.url, str_headers(headers), prepared.content(plan.client_body))
 
     # -- one attempt -----------------------------------------------------------------------------------------
 
@@ -353,16 +351,6 @@ def as_response(outcome: Outcome) -> http.Response:
 
 def _header(outcome: Outcome, name: str) -> str | None:
     return next((v for k, v in outcome.headers if k.lower() == name), None)
-
-
-def _str_headers(fields: Any) -> list[tuple[str, str]]:
-    out = []
-    for k, v in fields:
-        name = k.decode("latin-1") if isinstance(k, bytes) else k
-        if name.lower() in REQUEST_DROP:
-            continue
-        out.append((name, v.decode("latin-1") if isinstance(v, bytes) else v))
-    return out
 
 
 @dataclass(slots=True)

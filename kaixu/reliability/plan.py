@@ -20,8 +20,13 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from kaixu.config.policy import FallbackReason, ModelRoute, RetryPolicy
+from kaixu.providers import REQUEST_DROP
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from mitmproxy import http
+
     from kaixu.call import Call
 
 Verdict = Literal["retry", "fallback", "final"]
@@ -42,6 +47,20 @@ class Upstream:
     url: str
     headers: list[tuple[str, str]]
     body: bytes
+
+    @classmethod
+    def of(cls, request: http.Request) -> Upstream:
+        """The request mitmproxy would send (the router has aimed it): the first attempt of a plan."""
+        return cls(request.method, request.url, str_headers(request.headers.fields), request.raw_content or b"")
+
+
+def str_headers(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Header fields as text, without those the HTTP client sets itself (`REQUEST_DROP`)."""
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in fields
+        if name.decode("latin-1").lower() not in REQUEST_DROP
+    ]
 
 
 @dataclass(frozen=True, slots=True)
