@@ -32,6 +32,7 @@ from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
 from tests.harness import TEST_KEY, Kaixu, only_record, policy_for, wait_for
+from tests.test_seed_apis import sse_events
 
 PROMPT = "Tell me about the lighthouse keeper"
 ECHO = "echo: " + PROMPT  # the fake's answer to PROMPT, in every wire format
@@ -736,17 +737,7 @@ def gw13_stream(gw: Kaixu, model: str) -> tuple[httpx.Headers, list[tuple[str | 
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
     response = httpx.post(gw.url + "/.netlify/functions/gateway-stream", json=body, headers=GW13_HEADERS, timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = []
-    for block in response.text.replace("\r\n", "\n").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((name, "\n".join(data)))
-    return response.headers, events
+    return response.headers, sse_events(response.text)
 
 
 def test_a_gateway13_stream_falls_back_before_its_first_byte(gw: Kaixu, fake: FakeProvider) -> None:
