@@ -76,21 +76,22 @@ class Outage:
             self._log.log(self._level, "%s unavailable: %s", self.name, self.error)
         elif now - self._told_at >= self._report_s:
             self._told_at = now
-            self._log.log(self._level, "%s still unavailable after %.0f s (%s): %s", self.name,
-                          now - self._went_at, self._meanwhile(), self.error)  # fmt: skip
+            self._log.log(self._level, "%s still unavailable after %.0f s%s: %s", self.name, now - self._went_at,
+                          self._meanwhile(), self.error)  # fmt: skip
 
     def recovered(self) -> None:
         """A call succeeded: the line that ends the outage, once."""
         if self._went_at is None:
             return
-        self._log.warning("%s available again after %.1f s (%s)", self.name, self._clock() - self._went_at,
+        self._log.warning("%s available again after %.1f s%s", self.name, self._clock() - self._went_at,
                           self._meanwhile())  # fmt: skip
         self._went_at, self.error, self.effects = None, None, {}
 
     def _meanwhile(self) -> str:
+        """` (meanwhile refused_requests=12, ...)`, or nothing when the owner counted nothing."""
         if not self.effects:
-            return "no request affected"
-        return "meanwhile " + ", ".join(f"{kind}={count}" for kind, count in self.effects.items())
+            return ""
+        return " (meanwhile " + ", ".join(f"{kind}={count}" for kind, count in self.effects.items()) + ")"
 
     def status(self) -> dict[str, object]:
         """What /health shows: whether it answers, for how long it has not, the last error, the outage's cost."""
