@@ -131,6 +131,9 @@ class Probe:
     """The client is at fault: the answer must be a 4xx, never a 5xx."""
     dead_upstream: bool = False
     """Routed to a provider kaixu cannot use: a well-formed request may get a 5xx."""
+    refused: bool = False
+    """kaixu itself must refuse it: a 4xx whatever else is wrong, and nothing of it reaches a provider (an output
+    limit that is not a positive number: docs/compatibility.md)."""
     raw: bytes | None = None
     """Sent verbatim instead of being assembled (a broken request line or header block)."""
 
@@ -239,6 +242,32 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+OUTPUT_LIMITS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("max_tokens",), ("max_completion_tokens",), ("n",)),
+    "anthropic": (("max_tokens",),),
+    "gemini": (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"),
+               ("generationConfig", "candidateCount")),
+    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gateway13": (("max_tokens",),),
+    "pulse": (("maxTokens",),),
+}  # fmt: skip
+"""Each chat door's fields that bound what a request produces (its output tokens, its number of answers), in
+the vendors' spellings: a value that is not a positive number must be refused, never forwarded (llama.cpp and
+Ollama read a max_tokens of -1 as no limit)."""
+BAD_LIMITS: tuple[Any, ...] = (0, -1, -100_000, "-1", 1.5, True, [16])
+
+
+def _with_bad_limit(chooser: Chooser, door: Door, body: dict[str, Any], probe: Probe) -> bytes:
+    path = chooser.pick(OUTPUT_LIMITS[door.front])
+    value = chooser.pick(BAD_LIMITS)
+    probe.labels.append(f"{'.'.join(path)}={json.dumps(value)}")
+    parent = body
+    for name in path[:-1]:
+        parent = parent.setdefault(name, {})
+    parent[path[-1]] = value
+    return _dumps(body)
+
+
 def _deep(depth: int, kind: str) -> bytes:
     if kind == "array":
         return b"[" * depth + b"]" * depth
@@ -259,13 +288,17 @@ def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> byte
         (
             "valid", "random-bytes", "truncated-json", "deep", "deep-field", "surrogate-escape",
             "surrogate-bytes", "huge-number", "wrong-type", "not-an-object", "empty", "duplicate-keys",
-            "bom", "utf16", "nan",
+            "bom", "utf16", "nan", "bad-output-limit",
         )
     )  # fmt: skip
+    if kind == "bad-output-limit" and door.operation != "chat":
+        kind = "valid"  # only a chat body has output limits
     probe.labels.append(f"body:{kind}")
     probe.malformed = probe.malformed or kind not in ("valid", "duplicate-keys", "bom", "utf16")
     if kind == "valid":
         return _dumps(body)
+    if kind == "bad-output-limit":
+        return _with_bad_limit(chooser, door, body, probe)
     if kind == "random-bytes":
         return chooser.blob(2048)
     if kind == "truncated-json":
@@ -562,6 +595,9 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.headers.append(("Connection", "close"))
     dead = model in DEAD_MODELS or any(result.target.startswith(f"/v1/{b}/") for b in ("dead", "nokey"))
     result.dead_upstream = authenticated and dead and routable
+    # the door's own request (not another method or path) with a bad output limit: whatever else, kaixu refuses it
+    result.refused = "body:bad-output-limit" in result.labels and result.method == door.method
+    result.refused = result.refused and "target:random" not in result.labels
     return result
 
 
@@ -850,6 +886,8 @@ def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
     # the provider (kaixu checks only what it reads: model, stream), and that provider could not be reached.
     if status >= 500 and not probe.dead_upstream:
         fail("5xx for a client fault" if probe.malformed else "5xx without a dead provider", _snippet(answer.body))
+    if probe.refused and status < 400:
+        fail("accepted a request kaixu must refuse", _snippet(answer.body))
     if answer.header("x-request-id") is None:
         fail("no x-request-id header", _snippet(answer.raw))
     if probe.method == "HEAD" or (status == 204 and probe.method == "OPTIONS"):

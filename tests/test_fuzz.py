@@ -49,6 +49,8 @@ class Gateway:
         found = hostile.judge(probe, self.send(probe))
         for forwarded in self.fake.requests[before:]:
             found += hostile.judge_forwarded(forwarded.path, forwarded.headers, probe.describe())
+            if probe.refused:
+                found.append(hostile.Finding("forwarded a request kaixu must refuse", forwarded.path, probe.describe()))
         return found
 
 
