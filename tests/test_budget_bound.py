@@ -299,5 +299,8 @@ def test_an_output_limit_that_is_not_positive_is_a_400_naming_the_field(
 def test_a_positive_output_limit_and_one_answer_still_pass(gw: Gateway, fake: FakeProvider) -> None:
     body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 1, "n": 1}
     assert post(gw, "/v1/chat/completions", body).status_code == 200
-    gemini = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 1, "candidateCount": 1}}
+    gemini = {
+        "contents": [{"parts": [{"text": "hi"}]}],
+        "generationConfig": {"maxOutputTokens": 1, "candidateCount": 1},
+    }
     assert post(gw, GEMINI_CHAT, gemini).status_code == 200

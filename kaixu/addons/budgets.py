@@ -5,13 +5,18 @@ nothing was spent (`Governor.finish`). So however many requests and replicas rac
 most one request's cost above its reservation, and that only when the bound below was wrong.
 
 The bound: input tokens (the canonical request's estimate when kaixu translated it, else the body's bytes / 4,
-which is never below the text's characters / 4) plus the output the client asked for (or `DEFAULT_MAX_OUTPUT`
-when it set none), output priced at the higher of the output and reasoning rates, input at the higher of the
-input and cache-write rates. A model without a price cannot be bounded: it is admitted only one request at a
-time per budget (a slot), and reserves nothing (the router already refused it under `pricing.require`).
+which is never below the text's characters / 4) plus the output the client asked for (at most the model's
+`max_output_tokens` when its price entry has one; that, or `DEFAULT_MAX_OUTPUT`, when it set none) times the
+answers it asks for (`n`, `candidateCount`: each is generated and billed), output priced at the higher of the
+output and reasoning rates, input at the higher of the input and cache-write rates. A model without a price
+cannot be bounded: it is admitted only one request at a time per budget (a slot), and reserves nothing (the
+router already refused it under `pricing.require`). The body step refused output limits the bound cannot
+read (`max_tokens: -1`...).
 
-Over budget -> 402 with the level, the cap, what is spent and when the period resets, in the caller's shape
-(Kaixu Gateway 13's own `{error, scope, month}` body at its door). Policies in shadow mode (`enforce: false`)
+Over budget: 402 when it is spent (settled spend plus this bound passes the cap), with the level, the cap, what
+is spent and when the period resets, in the caller's shape (Kaixu Gateway 13's own `{error, scope, month}` body
+at its door); 429 `budget_in_flight` with `Retry-After: 1` when it is only held by requests in flight, which
+settle in a moment (402 means spent: a client does not retry it). Policies in shadow mode (`enforce: false`)
 hold their own reservation, which never refuses: what it would have refused is logged and counted.
 
 Why after the router: the bound needs the price of what is served (`call.bill.price`), which the router looks

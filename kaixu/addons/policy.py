@@ -29,7 +29,6 @@ from kaixu.metrics import POLICY_SHADOW_REFUSALS
 log = logging.getLogger("kaixu.policy")
 
 
-
 def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
     """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
     return tuple((parent, name) for parent in parents for name in names)
@@ -106,7 +105,7 @@ def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
     for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
         value = _field(body, path)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            small = isinstance(value, int) and not isinstance(value, bool) and -(10**9) < value
+            small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
             shown = str(value) if small else json_type(value)
             return f"{'.'.join(path)}: must be a positive integer, got {shown}"
     return None
