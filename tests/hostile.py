@@ -187,6 +187,7 @@ def _doors() -> list[Door]:
 
 DOORS = _doors()
 BODY_DOORS = [d for d in DOORS if d.method == "POST"]
+CHAT_DOORS = [d for d in BODY_DOORS if d.operation == "chat"]
 BACKENDS = ("oai", "ant", "gem", "mock", "dead", "nokey", "gpt-4o-mini", "glob-x", "nope", "..", "a.b@c")
 
 HOSTILE_NAMES = (
@@ -281,18 +282,17 @@ def _with_field(body: dict[str, Any], key: str, raw: bytes) -> bytes:
     return b"{" + _dumps(key) + b":" + raw + (b"," + inner if inner else b"") + b"}"
 
 
-def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> bytes:
-    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is."""
+def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe, *, limits: bool = False) -> bytes:
+    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is.
+    ``limits``: a correct chat body but for one output limit that is not a positive number (``OUTPUT_LIMITS``)."""
     body = valid_body(door, model)
-    kind = chooser.pick(
+    kind = "bad-output-limit" if limits else chooser.pick(
         (
             "valid", "random-bytes", "truncated-json", "deep", "deep-field", "surrogate-escape",
             "surrogate-bytes", "huge-number", "wrong-type", "not-an-object", "empty", "duplicate-keys",
-            "bom", "utf16", "nan", "bad-output-limit",
+            "bom", "utf16", "nan",
         )
     )  # fmt: skip
-    if kind == "bad-output-limit" and door.operation != "chat":
-        kind = "valid"  # only a chat body has output limits
     probe.labels.append(f"body:{kind}")
     probe.malformed = probe.malformed or kind not in ("valid", "duplicate-keys", "bom", "utf16")
     if kind == "valid":
@@ -560,8 +560,9 @@ def fill_door(chooser: Chooser, door: Door, model: str) -> str:
 
 
 def probe(chooser: Chooser, focus: str = "any") -> Probe:
-    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target`` or ``any``."""
-    doors = BODY_DOORS if focus == "body" else DOORS
+    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target`` or ``any``; ``limits``
+    sends chat bodies whose one fault is an output limit kaixu must refuse (``OUTPUT_LIMITS``)."""
+    doors = BODY_DOORS if focus == "body" else CHAT_DOORS if focus == "limits" else DOORS
     door = chooser.pick(doors)
     hostile_name = chooser.chance(30 if focus == "target" else 15)
     model = hostile_model(chooser) if hostile_name else chooser.pick(LIVE_MODELS + DEAD_MODELS)
@@ -583,7 +584,11 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.malformed = result.malformed or result.method != door.method
     authenticated = add_auth(chooser, result)
     if door.method == "POST" or chooser.chance(20):
-        result.body = hostile_body(chooser, door, model, result) if focus != "headers" or chooser.chance(30) else b""
+        result.body = (
+            hostile_body(chooser, door, model, result, limits=focus == "limits")
+            if focus != "headers" or chooser.chance(30)
+            else b""
+        )
         if focus == "headers" and not result.body:
             result.body = _dumps(valid_body(door, model))
         result.headers.append(("Content-Type", "application/json"))

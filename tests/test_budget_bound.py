@@ -53,7 +53,7 @@ class Gateway:
 def gw(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     work = tmp_path_factory.mktemp("budget-bound")
     policy = policy_for(fake.base_url, store={"sqlite": str(work / "ledger.db")})
-    policy["limits"]["upstream_timeout_s"] = 10  # the request held in flight below waits 3 s at the provider
+    policy["limits"]["upstream_timeout_s"] = 10  # the request held in flight below waits 5 s at the provider
     kaixu = Kaixu(work, policy).start()
     yield Gateway(kaixu, copy.deepcopy(policy))
     kaixu.stop()
@@ -173,7 +173,7 @@ def test_a_budget_held_by_requests_in_flight_is_a_429_to_retry_in_each_doors_sha
     the same requests are served. (They were 402 "budget exhausted" with nothing spent.)"""
     key = gw.add_key("held", Decimal("0.001"))
     holder = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 1600}  # reserves about 0.00097 USD
-    fake.add_fault(Fault(latency_ms=3000, path_contains="/chat/completions"))
+    fake.add_fault(Fault(latency_ms=5000, path_contains="/chat/completions"))
 
     async def hold_then_probe() -> tuple[httpx.Response, list[httpx.Response]]:
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:

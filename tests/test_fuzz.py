@@ -115,6 +115,13 @@ def test_hostile_paths_and_methods(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "target", 400))
 
 
+def test_output_limits_that_are_not_positive_are_refused_at_every_chat_door(gateway: Gateway) -> None:
+    """`max_tokens: -1`, `n: 0`, `maxOutputTokens: "50"`... with whatever else the generator adds (keys, names,
+    headers): kaixu answers a 4xx itself and forwards nothing (issue 18: same-format requests went through, and
+    llama.cpp and Ollama read -1 as no limit)."""
+    assert_clean(gateway, run_probes(gateway, "limits", 150))
+
+
 def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
     """Request lines and header blocks no generator assembles, and a body that never arrives in full. A
     server may close on bytes that are not HTTP at all (TLS, HTTP/2 preface), but it must not hold any of
