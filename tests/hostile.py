@@ -625,18 +625,42 @@ class NoAnswer(Exception):
 
 def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout: float = ANSWER_TIMEOUT_S) -> Answer:
     """Send ``data`` on a new connection and read one complete response (interim 1xx answers skipped)."""
-    started = time.monotonic()
-    deadline = started + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with RawConnection(host, port, timeout) as conn:
+        conn.send(data)
+        return conn.answer(head_only)
+
+
+class RawConnection:
+    """One client connection, raw: bytes out, answers read one at a time, so a test can see what a kept-alive
+    connection carries after an answer (a HEAD's head and nothing more, the next answer, the server's close)."""
+
+    def __init__(self, host: str, port: int, timeout: float = ANSWER_TIMEOUT_S) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.reader = _Reader(self.sock, time.monotonic() + timeout, timeout)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
         # The server may answer (and close) before reading everything: then read what it said.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             try:
-                sock.sendall(data)
+                self.sock.sendall(data)
             except TimeoutError:
-                raise NoAnswer("hang", f"the request was not read within {timeout:g} s") from None
-        with_reads = _Reader(sock, deadline, timeout)
+                raise NoAnswer("hang", f"the request was not read within {self.timeout:g} s") from None
+
+    def answer(self, head_only: bool = False) -> Answer:
+        """The next complete response on the connection, within the timeout; ``head_only`` for an answer to
+        HEAD (its body, if the server wrongly sent one, stays unread: the next answer then starts with it)."""
+        started = time.monotonic()
+        reads = self.reader
+        reads.deadline = started + self.timeout
         while True:
-            head = with_reads.until(b"\r\n\r\n")
+            head = reads.until(b"\r\n\r\n")
             status, reason, headers = _parse_head(head)
             if 100 <= status < 200 and status != 101:
                 continue
@@ -646,12 +670,18 @@ def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout
         if head_only or status in (101, 204, 304):
             body = b""
         elif chunked:
-            body = with_reads.chunked()
+            body = reads.chunked()
         elif lengths:
-            body = with_reads.exactly(int(lengths[0]))
+            body = reads.exactly(int(lengths[0]))
         else:
-            body = with_reads.to_eof()
-    return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+            body = reads.to_eof()
+        return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+
+    def rest(self) -> bytes:
+        """Everything the server still sends until it closes the connection: NoAnswer("hang") if it has not
+        closed within the timeout."""
+        self.reader.deadline = time.monotonic() + self.timeout
+        return self.reader.to_eof()
 
 
 def send(host: str, port: int, probe: Probe) -> Answer | NoAnswer:
