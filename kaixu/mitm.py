@@ -376,8 +376,9 @@ def _patch_http1_read_headers() -> None:
             yield commands.CloseConnection(self.conn)
             self.state = self.done
             return
+        answered = False  # mitmproxy refused the head itself (it then still reports it, to record the flow)
         for command in original(self, event):
-            if type(command) is ReceiveHttp and type(command.event) is RequestHeaders:
+            if type(command) is ReceiveHttp and type(command.event) is RequestHeaders and not answered:
                 request = command.event.request  # a request head mitmproxy has parsed, before any addon sees it
                 problem = _head_problem(request)
                 if problem is not None:
@@ -401,6 +402,7 @@ def _patch_http1_read_headers() -> None:
                 head = bytes(self.buf)[:4096] if self.request is None else None
                 rendered = _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR, head)
                 command = commands.SendData(self.conn, rendered)
+            answered = answered or isinstance(command, commands.SendData)
             yield command
 
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]

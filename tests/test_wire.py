@@ -250,6 +250,7 @@ REFUSED_HEADS = [
     pytest.param(b"GET /health HTTP/0.9\r\nhost: x\r\n\r\n", id="HTTP/0.9"),
     pytest.param(b"GET /health HTTP/9.9\r\nhost: x\r\n\r\n", id="HTTP/9.9"),
     pytest.param(b"GET /health HTTP/2.0\r\nhost: x\r\n\r\n", id="HTTP/2.0-on-an-HTTP/1-line"),
+    pytest.param(b"POST /health HTTP/1.2\r\nhost: x\r\ncontent-length: abc\r\n\r\n", id="HTTP/1.2-and-a-bad-length"),
     pytest.param(b"GET /health HTTP/1.1\r\nhost: x\r\nx-a: a\rb\r\n\r\n", id="bare-CR-in-a-value"),
     pytest.param(b"GET /health HTTP/1.1\r\nhost: x\r\nx-a: a\rx-b: b\r\n\r\n", id="bare-CR-as-a-line-break"),
     pytest.param(b"GET /health HTTP/1.1\r\nhost: x\r\nx\ra: b\r\n\r\n", id="bare-CR-in-a-name"),
