@@ -317,8 +317,8 @@ def _say_close(request: http.Request | None, response: http.Response) -> None:
     """`connection: close` on an answer after which the client's connection closes: the client asked for it
     (noted as its head was read), or mitmproxy's own rule on the request as it stands closes it. Said in lower
     case, mitmproxy then closes after the answer, whatever the request says now."""
-    if request is None:
-        return
+    if request is None or response.status_code < 200:
+        return  # an interim answer (`100 Continue`, `101 Switching Protocols`) is not the one after which it closes
     if request in _closing or connection_close(request.http_version, request.headers):
         response.headers["connection"] = "close"
 

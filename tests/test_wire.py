@@ -292,3 +292,20 @@ def test_http_1_0_and_1_1_are_still_served(gw: Kaixu, request_bytes: bytes) -> N
         answer = conn.answer()
         assert answer.status == 200 and says_close(answer)
         assert conn.rest() == b""
+
+
+def test_an_interim_100_continue_does_not_say_close(gw: Kaixu) -> None:
+    """`connection: close` belongs on the final answer: on a `100 Continue` it tells the client the connection
+    ends before its body is even sent."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
+    with connect(gw) as conn:
+        conn.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n%scontent-type: application/json\r\n"
+            b"content-length: %d\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n" % (KEY, len(body))
+        )
+        interim = conn.reader.until(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 ") and b"connection" not in interim.lower(), interim
+        conn.send(body)
+        answer = conn.answer()
+        assert answer.status == 200 and says_close(answer)
+        assert conn.rest() == b""
