@@ -133,11 +133,24 @@ class Probe:
     """Routed to a provider kaixu cannot use: a well-formed request may get a 5xx."""
     raw: bytes | None = None
     """Sent verbatim instead of being assembled (a broken request line or header block)."""
+    version: str = "HTTP/1.1"
+    refused: bool = False
+    """HTTP a server must refuse whatever else the request says (an unknown version, a bare CR): a 4xx."""
+
+    @property
+    def is_head(self) -> bool:
+        return (self.raw or f"{self.method} ".encode()).startswith(b"HEAD ")
+
+    @property
+    def asks_close(self) -> bool:
+        """The request says `Connection: close`: its answer must say so too, and nothing may follow it."""
+        values = ",".join(v for k, v in self.headers if k.lower() == "connection")
+        return self.raw is None and "close" in {token.strip().lower() for token in values.split(",")}
 
     def encode(self) -> bytes:
         if self.raw is not None:
             return self.raw
-        lines = [f"{self.method} {self.target} HTTP/1.1".encode("utf-8", "surrogatepass")]
+        lines = [f"{self.method} {self.target} {self.version}".encode("utf-8", "surrogatepass")]
         lines += [f"{name}: {value}".encode("utf-8", "surrogatepass") for name, value in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
 
@@ -149,8 +162,9 @@ class Probe:
         if self.raw is not None:
             return f"[{', '.join(self.labels)}] raw {cut(self.raw)}"
         names = [name for name, _ in self.headers if name.lower() not in ("host", "connection")]
+        version = "" if self.version == "HTTP/1.1" else f" {self.version}"
         return (
-            f"[{', '.join(self.labels)}] {cut(self.method)} {cut(self.target)} headers={cut(names)} "
+            f"[{', '.join(self.labels)}] {cut(self.method)} {cut(self.target)}{version} headers={cut(names)} "
             f"body={cut(self.body)}"
         )
 
@@ -392,6 +406,16 @@ _HEADER_MUTATIONS = (
     "origin",
     "sdk-hints",
 )
+BARE_CR_HEADERS = (
+    ("X-Bare-Cr", "a\rb"),
+    ("X-Kaixu-User", "user\rX-Injected: 1"),
+    ("X-Bare\rCr", "v"),
+    ("User-Agent", "sdk/1.0\r\x00"),
+)
+"""Header fields with a CR not followed by LF, which another server may read as a line break (RFC 9112 2.2)."""
+HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/9.9")
+"""Request-line versions besides HTTP/1.1: HTTP/1.0 is served, every other one refused (HTTP/2 is served only
+as HTTP/2, from its connection preface)."""
 
 
 def mutate_headers(chooser: Chooser, probe: Probe) -> None:
@@ -467,6 +491,25 @@ def mutate_headers(chooser: Chooser, probe: Probe) -> None:
             h.append(chooser.pick((("anthropic-version", "2023-06-01"), ("x-goog-api-client", "genai-py/1"))))
 
 
+def mutate_wire(chooser: Chooser, probe: Probe, door: Door, often: bool) -> None:
+    """HTTP/1 framing: a request-line version (HTTP/1.0 is served, every other is refused), a bare CR in a
+    header field (refused), HEAD (its answer is a head only). Drawn only for the ``wire`` and ``any`` focuses,
+    so the other focuses keep the probes they always drew."""
+    if chooser.chance(50 if often else 10):
+        probe.version = chooser.pick(HTTP_VERSIONS)
+        probe.labels.append(f"version:{probe.version}")
+        if probe.version != "HTTP/1.0":
+            probe.malformed = probe.refused = True
+    if chooser.chance(30 if often else 5):
+        probe.headers.append(chooser.pick(BARE_CR_HEADERS))
+        probe.labels.append("header:bare-cr")
+        probe.malformed = probe.refused = True
+    if often and chooser.chance(40):
+        probe.method = "HEAD"
+        probe.labels.append("method:HEAD")
+        probe.malformed = probe.malformed or door.method != "HEAD"
+
+
 def _has(headers: list[tuple[str, str]], name: str) -> bool:
     return any(k.lower() == name.lower() for k, _ in headers)
 
@@ -527,7 +570,8 @@ def fill_door(chooser: Chooser, door: Door, model: str) -> str:
 
 
 def probe(chooser: Chooser, focus: str = "any") -> Probe:
-    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target`` or ``any``."""
+    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target``, ``wire`` (HTTP/1
+    framing: versions, bare CRs, HEAD) or ``any``."""
     doors = BODY_DOORS if focus == "body" else DOORS
     door = chooser.pick(doors)
     hostile_name = chooser.chance(30 if focus == "target" else 15)
@@ -548,6 +592,8 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.method = chooser.pick(METHODS)
         result.labels.append(f"method:{result.method}")
         result.malformed = result.malformed or result.method != door.method
+    if focus in ("wire", "any"):
+        mutate_wire(chooser, result, door, often=focus == "wire")
     authenticated = add_auth(chooser, result)
     if door.method == "POST" or chooser.chance(20):
         result.body = hostile_body(chooser, door, model, result) if focus != "headers" or chooser.chance(30) else b""
@@ -575,10 +621,18 @@ def _routable(body: bytes) -> bool:
 
 def raw_probes() -> list[Probe]:
     """Requests no generator assembles: broken request lines and header blocks, sent verbatim."""
+    refused = [  # served by mitmproxy as they came, before kaixu refused them
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.2\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/0.9\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\rX-Injected: 1\r\n\r\n",
+        b"HEAD /health HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    ]
     blobs = [
         b"\r\n\r\n",
         b"GET\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nno-colon-here\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n : empty-name\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  folded\r\n\r\n",
@@ -591,7 +645,10 @@ def raw_probes() -> list[Probe]:
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
         b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 1_000_000 + b"\r\n\r\n",
     ]
-    return [Probe("", "", [], b"", [f"raw:{i}"], malformed=True, raw=blob) for i, blob in enumerate(blobs)]
+    return [
+        Probe("", "", [], b"", [f"raw:{i}"], malformed=True, raw=blob, refused=blob in refused)
+        for i, blob in enumerate(refused + blobs)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -607,6 +664,9 @@ class Answer:
     body: bytes
     raw: bytes
     seconds: float
+    trailing: bytes | None = b""
+    """What the server sent after the answer until it closed (read when the request asked to close; None: it did
+    not close within the timeout)."""
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -625,18 +685,42 @@ class NoAnswer(Exception):
 
 def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout: float = ANSWER_TIMEOUT_S) -> Answer:
     """Send ``data`` on a new connection and read one complete response (interim 1xx answers skipped)."""
-    started = time.monotonic()
-    deadline = started + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with RawConnection(host, port, timeout) as conn:
+        conn.send(data)
+        return conn.answer(head_only)
+
+
+class RawConnection:
+    """One client connection, raw: bytes out, answers read one at a time, so a test can see what a kept-alive
+    connection carries after an answer (a HEAD's head and nothing more, the next answer, the server's close)."""
+
+    def __init__(self, host: str, port: int, timeout: float = ANSWER_TIMEOUT_S) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.reader = _Reader(self.sock, time.monotonic() + timeout, timeout)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
         # The server may answer (and close) before reading everything: then read what it said.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             try:
-                sock.sendall(data)
+                self.sock.sendall(data)
             except TimeoutError:
-                raise NoAnswer("hang", f"the request was not read within {timeout:g} s") from None
-        with_reads = _Reader(sock, deadline, timeout)
+                raise NoAnswer("hang", f"the request was not read within {self.timeout:g} s") from None
+
+    def answer(self, head_only: bool = False) -> Answer:
+        """The next complete response on the connection, within the timeout; ``head_only`` for an answer to
+        HEAD (its body, if the server wrongly sent one, stays unread: the next answer then starts with it)."""
+        started = time.monotonic()
+        reads = self.reader
+        reads.deadline = started + self.timeout
         while True:
-            head = with_reads.until(b"\r\n\r\n")
+            head = reads.until(b"\r\n\r\n")
             status, reason, headers = _parse_head(head)
             if 100 <= status < 200 and status != 101:
                 continue
@@ -646,18 +730,33 @@ def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout
         if head_only or status in (101, 204, 304):
             body = b""
         elif chunked:
-            body = with_reads.chunked()
+            body = reads.chunked()
         elif lengths:
-            body = with_reads.exactly(int(lengths[0]))
+            body = reads.exactly(int(lengths[0]))
         else:
-            body = with_reads.to_eof()
-    return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+            body = reads.to_eof()
+        return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+
+    def rest(self) -> bytes:
+        """Everything the server still sends until it closes the connection: NoAnswer("hang") if it has not
+        closed within the timeout."""
+        self.reader.deadline = time.monotonic() + self.timeout
+        return self.reader.to_eof()
 
 
 def send(host: str, port: int, probe: Probe) -> Answer | NoAnswer:
-    """One probe on a new connection: its answer, or why there was none."""
+    """One probe on a new connection: its answer, or why there was none; for a probe that asked to close, also
+    what came after the answer (nothing, and then the close, is right: an answer to HEAD is its head only)."""
     try:
-        return exchange(host, port, probe.encode(), head_only=probe.method == "HEAD")
+        with RawConnection(host, port) as conn:
+            conn.send(probe.encode())
+            answer = conn.answer(head_only=probe.is_head)
+            if probe.asks_close:
+                try:
+                    answer.trailing = conn.rest()
+                except NoAnswer:
+                    answer.trailing = None
+            return answer
     except NoAnswer as exc:
         return exc
     except OSError as exc:
@@ -852,7 +951,16 @@ def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
         fail("5xx for a client fault" if probe.malformed else "5xx without a dead provider", _snippet(answer.body))
     if answer.header("x-request-id") is None:
         fail("no x-request-id header", _snippet(answer.raw))
-    if probe.method == "HEAD" or (status == 204 and probe.method == "OPTIONS"):
+    if probe.refused and not 400 <= status < 500:
+        fail("broken HTTP (a version, a bare CR) accepted", _snippet(answer.raw))
+    if probe.asks_close and "close" not in (answer.header("connection") or "").lower():
+        fail("asked to close: the answer does not say connection: close", _snippet(answer.raw))
+    if answer.trailing is None:
+        fail("asked to close: the connection stayed open", _snippet(answer.raw))
+    elif answer.trailing:
+        rule = "an answer to HEAD carries a body" if probe.is_head else "bytes after a complete answer"
+        fail(rule, _snippet(answer.trailing))
+    if probe.is_head or (status == 204 and probe.method == "OPTIONS"):
         return found
     content_type = (answer.header("content-type") or "").lower()
     if status == 200 and content_type.startswith("text/event-stream"):

@@ -113,6 +113,13 @@ def test_hostile_paths_and_methods(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "target", 400))
 
 
+def test_broken_http_framing_at_every_door(gateway: Gateway) -> None:
+    """Request-line versions, bare CRs in header fields, HEAD: refused with a 400 where the HTTP is broken, and
+    whatever is answered says `connection: close` when asked, then closes with nothing after the answer (an
+    answer to HEAD is its head only)."""
+    assert_clean(gateway, run_probes(gateway, "wire", 300))
+
+
 def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
     """Request lines and header blocks no generator assembles, and a body that never arrives in full. A
     server may close on bytes that are not HTTP at all (TLS, HTTP/2 preface), but it must not hold any of
