@@ -175,6 +175,10 @@ class Team:
     limits: RateLimits | None = None
     models: tuple[str, ...] = ()
 
+    def may_use(self, model: str) -> bool:
+        """The team's keys may call `model` (an empty list: any model), as `VirtualKey.may_use`."""
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
