@@ -19,7 +19,7 @@ from kaixu.addons.dialect import Door, model_name_problem
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
-from kaixu.formats.seeds import gateway13, pulse
+from kaixu.formats.seeds import gateway13, kaixu_gate, pulse
 
 #: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
 MAX_JSON_DEPTH = 64
@@ -146,13 +146,15 @@ class Body:
         user = _end_user(body)
         if user is not None and "user" not in call.caller.attributes:
             call.caller.attributes["user"] = user
-        if call.front == pulse.NAME:
-            call.caller.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
-        if call.front == gateway13.NAME:
-            try:
+        try:  # the seeds' own fields a later step reads: a wrong type is the client's 400 here, not a 500 there
+            if call.front == pulse.NAME:
+                call.caller.attributes.update({k: v[:200] for k, v in pulse.attribution(body).items() if v})
+            elif call.front == gateway13.NAME:
                 call.provider_hint = gateway13.provider_hint(body)
-            except FormatError as exc:
-                return str(exc)
+            elif call.front == kaixu_gate.NAME:
+                kaixu_gate.include_raw(body)  # read again when the router aims the call (its SeedContext)
+        except FormatError as exc:
+            return str(exc)
         return None
 
 

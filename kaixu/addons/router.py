@@ -18,7 +18,7 @@ from mitmproxy import http
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
-from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec
+from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec, json_type
 from kaixu.formats.canonical import ChatRequest, Usage
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
@@ -71,7 +71,11 @@ class RouteRefused(Exception):
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:
+    """The OpenAI stream asks for its usage chunk already; raises FormatError for `stream_options` that are not
+    an object (kaixu would have to add `include_usage` to them)."""
     options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise FormatError("stream_options", f"must be an object, got {json_type(options)}")
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
