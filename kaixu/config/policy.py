@@ -419,6 +419,11 @@ class Policy:
         """Concrete model names to advertise (globs cannot be listed)."""
         return list(self.models)
 
+    def key_named(self, name: str) -> VirtualKey | None:
+        """The policy's key (`keys:`) of that name: the ledger and `/api/costs/NAME` know a key by its name, so
+        a store key may not take one (`POST /api/keys`, `kaixu keys create`: refused)."""
+        return next((key for key in self.keys.values() if key.name == name), None)
+
 
 NOT_ENFORCED = "accepted but not enforced yet by this version"
 
