@@ -258,8 +258,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         if policy is None:
             return _fail("kaixu: no key created: the policy must be valid to check the name against its keys")
         if policy.key_named(args.name) is not None:
-            return _fail(f"kaixu: the policy {args.policy} has a key named {args.name!r} (keys:): a store key may not "
-                         "take its name, or the ledger and /api/costs could not tell the two apart; pick another")  # fmt: skip
+            taken = f"kaixu: the policy {args.policy} has a key named {args.name!r} (keys:): a store key may not "
+            return _fail(taken + "take its name, or the ledger and /api/costs could not tell them apart; pick another")
     store = _key_store(args, policy)
     if store is None:
         return 1

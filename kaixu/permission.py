@@ -47,9 +47,7 @@ def rule_refusal(rule: CallerPolicy, model: str) -> str | None:
     return None
 
 
-def model_refusal(
-    call: Call, model: str, shadow: Callable[[CallerPolicy, str], None] | None = None
-) -> Denied | None:
+def model_refusal(call: Call, model: str, shadow: Callable[[CallerPolicy, str], None] | None = None) -> Denied | None:
     """Why the caller of ``call`` may not call ``model``, or None when it may (see the module docstring)."""
     policy = call.policy
     if policy.policies:

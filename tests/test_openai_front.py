@@ -277,7 +277,9 @@ def test_stream_options_that_are_not_an_object_are_a_400_naming_them(
     """kaixu adds `include_usage` to a stream's `stream_options` (to meter it): one of the wrong type is the
     client's 400, not an error of kaixu's."""
     body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True, "stream_options": options}
-    response = httpx.post(kaixu.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {TEST_KEY}"})
+    response = httpx.post(
+        kaixu.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {TEST_KEY}"}
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["message"].startswith("stream_options: ") and error["code"] == "invalid_field"

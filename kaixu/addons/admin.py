@@ -383,8 +383,8 @@ class Admin:
         name, team, customer, models, expires = _key_fields(fields, now)
         governance = _governance_fields(fields)
         if call.policy.key_named(name) is not None:
-            raise _Refused(409, f"the policy has a key named {name!r} (keys:): a store key may not take its name, "
-                           "or the ledger could not tell the two apart", "invalid_request_error", "key_exists")  # fmt: skip
+            message = f"the policy has a key named {name!r} (keys:): a store key may not take its name, or the ledger "
+            raise _Refused(409, message + "could not tell the two apart", "invalid_request_error", "key_exists")
         store = self._key_store(call)
         key = new_secret()
         stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None, **governance)

@@ -29,8 +29,8 @@ from mitmproxy import http
 
 from kaixu.addons.limits import governor_for, unavailable
 from kaixu.addons.policy import requested_output
-from kaixu.addons.router import reachable_targets
 from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.router import reachable_targets
 from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens

@@ -115,24 +115,26 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
 
 
 def resolve_route(call: Call) -> ModelRoute:
-    if call.model is None:
+    model = call.model
+    if model is None:
         raise RouteRefused(400, "model: a model name is required", "invalid_request_error", "invalid_model")
     policy: Policy = call.policy
     backend = call.backend
     renamed = backend is not None and backend not in policy.providers and backend in policy.models
-    if renamed:
-        call.model, call.backend = backend, None  # /v1/{backend}/chat/completions naming a model, not a provider
-    route = policy.resolve_model(call.model)
+    if renamed and backend is not None:
+        model = call.model = backend  # /v1/{backend}/chat/completions naming a model, not a provider
+        call.backend = None
+    route = policy.resolve_model(model)
     if route is None:
         if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
             raise RouteRefused(
-                403, f"model {call.model!r} is not served by this gateway", "permission_error", "model_not_allowed"
+                403, f"model {model!r} is not served by this gateway", "permission_error", "model_not_allowed"
             )
         raise RouteRefused(
-            404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
+            404, f"model {model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
         )
     # the policy step allowed the model the body names; one the path names instead must be allowed too
-    denied = model_refusal(call, call.model) if renamed else None
+    denied = model_refusal(call, model) if renamed else None
     if denied is not None:
         raise RouteRefused(403, denied.message, "permission_error", denied.code)
     call.route.name = route.name
