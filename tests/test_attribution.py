@@ -28,7 +28,7 @@ ATTRIBUTION_HEADERS = ("x-kaixu-app", "x-kaixu-build", "x-kaixu-install-id", "x-
 LEDGER_TEXT = ("key_name", "team", "customer", "user_id", "app", "project", "client", "model", "attributes")
 """The ledger's columns that hold what a client said (`attributes` as JSON, whose values are read too)."""
 
-# (path, body, where the error message is in the door's error shape)
+# a front door per error shape: its path and a correct body
 DOORS: dict[str, tuple[str, dict[str, Any]]] = {
     "openai": ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
     "anthropic": ("/v1/messages", {"model": "claude-test", "max_tokens": 16,
