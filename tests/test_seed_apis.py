@@ -361,6 +361,9 @@ def test_a_model_restricted_key_cannot_leave_the_models_route_by_backend(kaixu: 
     ):
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "provider_not_allowed"
+    # a path naming a model in place of the body's: that model must be one the key may call (kaixu/permission.py)
+    renamed = httpx.post(kaixu.url + "/v1/claude-test/chat/completions", json=body, headers=limited)
+    assert renamed.status_code == 403 and renamed.json()["error"]["code"] == "model_not_allowed", renamed.text
     assert fake.requests == []
     inside = httpx.post(kaixu.url + "/v1/oai/chat/completions", json=body, headers=limited)
     assert inside.status_code == 200, inside.text

@@ -120,10 +120,10 @@ def resolve_route(call: Call) -> ModelRoute:
         raise RouteRefused(400, "model: a model name is required", "invalid_request_error", "invalid_model")
     policy: Policy = call.policy
     backend = call.backend
-    renamed = backend is not None and backend not in policy.providers and backend in policy.models
-    if renamed and backend is not None:
+    renamed = False
+    if backend is not None and backend not in policy.providers and backend in policy.models:
         model = call.model = backend  # /v1/{backend}/chat/completions naming a model, not a provider
-        call.backend = None
+        call.backend, renamed = None, True
     route = policy.resolve_model(model)
     if route is None:
         if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
