@@ -10,8 +10,8 @@ headers, bad Content-Length, NUL bytes in the request line); a client that write
 answer itself is the only way to see what the gateway does with them. One request per connection.
 
 The oracle is deliberately small and written from the documented behaviour (docs/compatibility.md, the
-front doors' error shapes); only the table of front-door paths is read from kaixu, so the generator follows
-new doors without being edited.
+front doors' error shapes); only the tables of front-door paths and attribution headers are read from kaixu,
+so the generator follows new doors and headers without being edited.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import json
 import random
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from kaixu.addons.dialect import _EXACT
+from kaixu.addons.dialect import _ATTRIBUTE_HEADERS, _EXACT
 from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS
 
 T = TypeVar("T")
@@ -56,6 +58,11 @@ SMUGGLED_HEADERS = (
     ("api-key", CLIENT_SECRETS[3]),
 )
 """Client headers that carry credentials of their own and must never be forwarded."""
+ATTRIBUTION_HEADERS = tuple(header for header, _ in _ATTRIBUTE_HEADERS)
+"""What a client says about itself (`x-kaixu-user`, `x-kaixu-team`...): it reaches the ledger."""
+CONTROL_CHARACTERS = ("\x1b[31m", "\x00", "\r", "\x7f", "\x07", "\x08", "\x9b", "\udcff")
+"""Never text in the ledger: ESC (a terminal escape), NUL, a bare CR, DEL, BEL, BS, a C1 control (its UTF-8
+bytes), a byte that is not UTF-8 (sent raw)."""
 
 # --------------------------------------------------------------------------------------------------
 # Choosers: where the generator's decisions come from
@@ -405,6 +412,7 @@ _HEADER_MUTATIONS = (
     "upgrade",
     "origin",
     "sdk-hints",
+    "attribution-control",
 )
 BARE_CR_HEADERS = (
     ("X-Bare-Cr", "a\rb"),
@@ -489,6 +497,9 @@ def mutate_headers(chooser: Chooser, probe: Probe) -> None:
             h.append(("Origin", chooser.pick(("https://evil.invalid", "null", "http://127.0.0.1"))))
         elif kind == "sdk-hints":
             h.append(chooser.pick((("anthropic-version", "2023-06-01"), ("x-goog-api-client", "genai-py/1"))))
+        elif kind == "attribution-control":  # refused (400): never in a ledger row (`ledger_findings`)
+            h.append((chooser.pick(ATTRIBUTION_HEADERS), "v" + chooser.pick(CONTROL_CHARACTERS) + "x"))
+            probe.malformed = True
 
 
 def mutate_wire(chooser: Chooser, probe: Probe, door: Door, often: bool) -> None:
@@ -1036,6 +1047,33 @@ def judge_forwarded(path: str, headers: dict[str, str], where: str) -> list[Find
         extra = [h for h in _CREDENTIAL_HEADERS.values() if h != expected and h in headers]
         if extra:
             found.append(Finding("provider got extra credential headers", repr(extra), where))
+    return found
+
+
+LEDGER_CLIENT_TEXT = ("team", "customer", "user_id", "app", "project", "client", "attributes")
+"""The ledger's columns that hold what a client says about itself (`attributes` as JSON)."""
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def ledger_findings(ledger: Path) -> list[Finding]:
+    """What the ledger file holds that no client may put there: a control character (or a byte that was not
+    UTF-8) in what a client says about itself, raw or inside the `attributes` JSON."""
+    if not ledger.exists():
+        return []
+    columns = ", ".join(LEDGER_CLIENT_TEXT)
+    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute(f"SELECT request_id, {columns} FROM requests").fetchall()
+    found = []
+    for request_id, *values in rows:
+        for column, value in zip(LEDGER_CLIENT_TEXT, values, strict=True):
+            if not isinstance(value, str):
+                continue
+            texts = [value]
+            if column == "attributes":
+                with contextlib.suppress(ValueError):
+                    texts += [str(v) for v in json.loads(value).values()]
+            if any(_NOT_TEXT.search(text) for text in texts):
+                found.append(Finding("a control character in the ledger", f"{column}: {value[:120]!r}", request_id))
     return found
 
 

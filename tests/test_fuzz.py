@@ -192,6 +192,13 @@ def test_the_ledger_still_records_after_the_probes(gateway: Gateway) -> None:
         raise AssertionError(f"the ledger stopped recording: store {store}; first errors: {errors[:3]}") from None
 
 
+def test_no_ledger_row_holds_a_control_character(gateway: Gateway) -> None:
+    """Attribution headers with control characters were among the probes (`header:attribution-control`):
+    each is refused, so none reaches the ledger, raw or in its `attributes` JSON."""
+    findings = hostile.ledger_findings(gateway.ledger)
+    assert not findings, f"{len(findings)} ledger values:\n{hostile.summarize(findings)}"
+
+
 def test_client_text_cannot_forge_log_lines(gateway: Gateway) -> None:
     """Model names with a newline were among the probes (hostile.HOSTILE_NAMES): each must stay inside its own
     log line, escaped, or an attacker writes whole lines of the operator's log."""
