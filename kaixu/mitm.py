@@ -283,7 +283,7 @@ def _nothing() -> Generator[commands.Command, Any]:
 def _path_of(head: bytes) -> str:
     """The path of a request line that could not be parsed as a whole (for the error's shape only)."""
     parts = head.split(b"\r\n", 1)[0].split(b" ")
-    return parts[1].decode("latin-1")[:2048] if len(parts) >= 2 else "/"
+    return parts[1].decode("latin-1") if len(parts) >= 2 else "/"  # whole: a Gemini path ends with its action
 
 
 def _patch_http1_send() -> None:
@@ -371,7 +371,7 @@ def _patch_http1_read_headers() -> None:
             and b"\r\n\r\n" not in bytes(self.buf)[: MAX_HEADER_BYTES + 4]
         ):
             message = f"the request head is larger than {MAX_HEADER_BYTES} bytes"
-            first = bytes(self.buf)[:4096]
+            first = bytes(self.buf)[:MAX_HEADER_BYTES]  # the whole request line: its path picks the error's shape
             yield commands.SendData(self.conn, _render(None, 431, message, ErrorCode.GENERIC_CLIENT_ERROR, first))
             yield commands.CloseConnection(self.conn)
             self.state = self.done
