@@ -33,8 +33,9 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu.addons.limits import governor_for, unavailable
-from kaixu.addons.policy import match_facts, requested_answers, requested_output
+from kaixu.addons.policy import requested_answers, requested_output
 from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.router import reachable_targets
 from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens
@@ -46,6 +47,7 @@ from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly
 from kaixu.limits.levels import BudgetLevel, budget_levels
 from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
+from kaixu.permission import match_facts
 from kaixu.pricing import Price, cost_micros, usd
 
 log = logging.getLogger("kaixu.budgets")
@@ -56,14 +58,15 @@ DEFAULT_MAX_OUTPUT = 32_768
 
 def plan_prices(call: Call) -> list[Price]:
     """The prices of every deployment the request's attempt plan may be served by (an unpriced one adds none:
-    its cost cannot be bounded)."""
+    its cost cannot be bounded): the plan holds only models the caller may call, and of each model the
+    deployments an attempt may be aimed at (the executor's `reachable_targets`)."""
     plan = call.route.plan
     if plan is None:
         return []
     policy = call.policy
     prices = []
     for index, route in enumerate(plan.routes):
-        for target in route.targets:
+        for target in reachable_targets(call, route, fallback=index > 0):
             model = target.model or (route.name if index else call.model) or ""
             found = policy.pricing.table.lookup(policy.providers[target.provider].kind, model)
             if found is not None:

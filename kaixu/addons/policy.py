@@ -1,10 +1,12 @@
-"""Step 4: the per-caller rules of `policies:` (Pulse's policies): allowed and denied models, a cap on a request's
-tokens (refuse, or lower the requested output to fit), and shadow mode.
+"""Step 4: may the caller call the model it names, and the per-caller rules of `policies:` (Pulse's policies): a
+cap on a request's tokens (refuse, or lower the requested output to fit), and shadow mode.
 
 Why here, after the body and before the router: a rule reads the requested model and the body's size, and a
 clamp must change the body in the client's own format before the router encodes it (or forwards its bytes).
-Nothing a rule refuses leaves kaixu. The rules were compiled when the policy loaded (`CallerPolicy`); a request
-walks them in file order and the first enforcing refusal answers it (403, in the caller's shape).
+Nothing a rule refuses leaves kaixu. Which models a caller may call is one rule (kaixu/permission.py: the
+policies' allowed and denied models, the key's and its team's `models`), which the router applies to every
+fallback too. The token caps were compiled when the policy loaded (`CallerPolicy`); a request walks them in file
+order and the first enforcing refusal answers it (403, in the caller's shape).
 
 `max_cost_per_day` is a day budget, held by the budget step (kaixu/addons/budgets.py).
 """
@@ -22,9 +24,9 @@ from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
 from kaixu.call import Call, get_call
 from kaixu.config.policy import CallerPolicy
 from kaixu.formats import FormatError, estimate_tokens, json_type
-from kaixu.formats.seeds import pulse
 from kaixu.log import safe
 from kaixu.metrics import POLICY_SHADOW_REFUSALS
+from kaixu.permission import match_facts, model_refusal
 
 log = logging.getLogger("kaixu.policy")
 
@@ -130,14 +132,6 @@ def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
             parent[path[-1]] = limit
 
 
-def model_refusal(rule: CallerPolicy, model: str) -> str | None:
-    if rule.deny_models is not None and rule.deny_models.matches(model):
-        return pulse.policy_error(model, rule.name)
-    if rule.allow_models is not None and not rule.allow_models.matches(model):
-        return f'Model {model} is not allowed by policy "{rule.name}"'
-    return None
-
-
 def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     asked = "no maximum" if size.output is None else f"up to {size.output}"
     return (
@@ -146,31 +140,29 @@ def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     )
 
 
-def match_facts(call: Call) -> tuple[str | None, str | None, str | None, str | None]:
-    """What `policies[].match` compares: the key's team and name, the app and project the client names."""
-    key = call.caller.key
-    said = call.caller.attributes.get
-    return (key.team if key else None, key.name if key else None, said("app") or said("appId"),
-            said("project") or said("projectId"))  # fmt: skip
-
-
 class Policies:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or not call.policy.policies:
+        if call is None or flow.response is not None:
             return
         if call.operation not in ROUTED_OPERATIONS or call.model is None:
+            return
+        denied = model_refusal(call, call.model, lambda rule, what: self._shadow(call, rule, what))
+        if denied is not None:
+            flow.response = error_response(call, 403, denied.message, "permission_error", denied.code)
+            return
+        if not call.policy.policies:
             return
         who = match_facts(call)
         size: Size | None = None
         clamped = False
         for rule in call.policy.policies:
-            if not rule.applies(*who):
-                continue
-            refusal = model_refusal(rule, call.model)
-            clamp_to: int | None = None
             cap = rule.max_tokens_per_request
-            if refusal is None and cap is not None and call.operation == "chat" and call.body is not None:
+            if cap is None or not rule.applies(*who):
+                continue
+            refusal: str | None = None
+            clamp_to: int | None = None
+            if call.operation == "chat" and call.body is not None:
                 size = size or Size(call, flow.request.raw_content or b"")
                 clamping = rule.on_max_tokens == "clamp"
                 # no maximum asked: `reject` counts the input alone; `clamp` sets one, so the cap holds anyway
