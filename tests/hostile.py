@@ -142,7 +142,8 @@ class Probe:
     """Sent verbatim instead of being assembled (a broken request line or header block)."""
     version: str = "HTTP/1.1"
     refused: bool = False
-    """HTTP a server must refuse whatever else the request says (an unknown version, a bare CR): a 4xx."""
+    """What kaixu must refuse whatever else the request says, a 4xx, and nothing of it reaches a provider: broken
+    HTTP (an unknown version, a bare CR), an output limit that is not a positive number (docs/compatibility.md)."""
 
     @property
     def is_head(self) -> bool:
@@ -205,6 +206,7 @@ def _doors() -> list[Door]:
 
 DOORS = _doors()
 BODY_DOORS = [d for d in DOORS if d.method == "POST"]
+CHAT_DOORS = [d for d in BODY_DOORS if d.operation == "chat"]
 BACKENDS = ("oai", "ant", "gem", "mock", "dead", "nokey", "gpt-4o-mini", "glob-x", "nope", "..", "a.b@c")
 
 HOSTILE_NAMES = (
@@ -260,6 +262,32 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+OUTPUT_LIMITS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("max_tokens",), ("max_completion_tokens",), ("n",)),
+    "anthropic": (("max_tokens",),),
+    "gemini": (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"),
+               ("generationConfig", "candidateCount")),
+    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gateway13": (("max_tokens",),),
+    "pulse": (("maxTokens",),),
+}  # fmt: skip
+"""Each chat door's fields that bound what a request produces (its output tokens, its number of answers), in
+the vendors' spellings: a value that is not a positive number must be refused, never forwarded (llama.cpp and
+Ollama read a max_tokens of -1 as no limit)."""
+BAD_LIMITS: tuple[Any, ...] = (0, -1, -100_000, "-1", 1.5, True, [16])
+
+
+def _with_bad_limit(chooser: Chooser, door: Door, body: dict[str, Any], probe: Probe) -> bytes:
+    path = chooser.pick(OUTPUT_LIMITS[door.front])
+    value = chooser.pick(BAD_LIMITS)
+    probe.labels.append(f"{'.'.join(path)}={json.dumps(value)}")
+    parent = body
+    for name in path[:-1]:
+        parent = parent.setdefault(name, {})
+    parent[path[-1]] = value
+    return _dumps(body)
+
+
 def _deep(depth: int, kind: str) -> bytes:
     if kind == "array":
         return b"[" * depth + b"]" * depth
@@ -273,10 +301,11 @@ def _with_field(body: dict[str, Any], key: str, raw: bytes) -> bytes:
     return b"{" + _dumps(key) + b":" + raw + (b"," + inner if inner else b"") + b"}"
 
 
-def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> bytes:
-    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is."""
+def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe, *, limits: bool = False) -> bytes:
+    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is.
+    ``limits``: a correct chat body but for one output limit that is not a positive number (``OUTPUT_LIMITS``)."""
     body = valid_body(door, model)
-    kind = chooser.pick(
+    kind = "bad-output-limit" if limits else chooser.pick(
         (
             "valid", "random-bytes", "truncated-json", "deep", "deep-field", "surrogate-escape",
             "surrogate-bytes", "huge-number", "wrong-type", "not-an-object", "empty", "duplicate-keys",
@@ -287,6 +316,8 @@ def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> byte
     probe.malformed = probe.malformed or kind not in ("valid", "duplicate-keys", "bom", "utf16")
     if kind == "valid":
         return _dumps(body)
+    if kind == "bad-output-limit":
+        return _with_bad_limit(chooser, door, body, probe)
     if kind == "random-bytes":
         return chooser.blob(2048)
     if kind == "truncated-json":
@@ -582,8 +613,9 @@ def fill_door(chooser: Chooser, door: Door, model: str) -> str:
 
 def probe(chooser: Chooser, focus: str = "any") -> Probe:
     """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target``, ``wire`` (HTTP/1
-    framing: versions, bare CRs, HEAD) or ``any``."""
-    doors = BODY_DOORS if focus == "body" else DOORS
+    framing: versions, bare CRs, HEAD) or ``any``; ``limits`` sends chat bodies whose one fault is an output limit
+    kaixu must refuse (``OUTPUT_LIMITS``)."""
+    doors = BODY_DOORS if focus == "body" else CHAT_DOORS if focus == "limits" else DOORS
     door = chooser.pick(doors)
     hostile_name = chooser.chance(30 if focus == "target" else 15)
     model = hostile_model(chooser) if hostile_name else chooser.pick(LIVE_MODELS + DEAD_MODELS)
@@ -607,7 +639,11 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         mutate_wire(chooser, result, door, often=focus == "wire")
     authenticated = add_auth(chooser, result)
     if door.method == "POST" or chooser.chance(20):
-        result.body = hostile_body(chooser, door, model, result) if focus != "headers" or chooser.chance(30) else b""
+        result.body = (
+            hostile_body(chooser, door, model, result, limits=focus == "limits")
+            if focus != "headers" or chooser.chance(30)
+            else b""
+        )
         if focus == "headers" and not result.body:
             result.body = _dumps(valid_body(door, model))
         result.headers.append(("Content-Type", "application/json"))
@@ -619,6 +655,9 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.headers.append(("Connection", "close"))
     dead = model in DEAD_MODELS or any(result.target.startswith(f"/v1/{b}/") for b in ("dead", "nokey"))
     result.dead_upstream = authenticated and dead and routable
+    # the door's own request (not another method or path) with a bad output limit: whatever else, kaixu refuses it
+    bad_limit = "body:bad-output-limit" in result.labels and result.method == door.method
+    result.refused = result.refused or (bad_limit and "target:random" not in result.labels)
     return result
 
 
@@ -963,7 +1002,7 @@ def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
     if answer.header("x-request-id") is None:
         fail("no x-request-id header", _snippet(answer.raw))
     if probe.refused and not 400 <= status < 500:
-        fail("broken HTTP (a version, a bare CR) accepted", _snippet(answer.raw))
+        fail("a request kaixu must refuse (broken HTTP, a bad output limit) was not a 4xx", _snippet(answer.raw))
     if probe.asks_close and "close" not in (answer.header("connection") or "").lower():
         fail("asked to close: the answer does not say connection: close", _snippet(answer.raw))
     if answer.trailing is None:

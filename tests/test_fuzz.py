@@ -50,6 +50,8 @@ class Gateway:
         found = hostile.judge(probe, self.send(probe))
         for forwarded in self.fake.requests[before:]:
             found += hostile.judge_forwarded(forwarded.path, forwarded.headers, probe.describe())
+            if probe.refused:
+                found.append(hostile.Finding("forwarded a request kaixu must refuse", forwarded.path, probe.describe()))
         return found
 
 
@@ -119,6 +121,13 @@ def test_broken_http_framing_at_every_door(gateway: Gateway) -> None:
     whatever is answered says `connection: close` when asked, then closes with nothing after the answer (an
     answer to HEAD is its head only)."""
     assert_clean(gateway, run_probes(gateway, "wire", 300))
+
+
+def test_output_limits_that_are_not_positive_are_refused_at_every_chat_door(gateway: Gateway) -> None:
+    """`max_tokens: -1`, `n: 0`, `maxOutputTokens: "50"`... with whatever else the generator adds (keys, names,
+    headers): kaixu answers a 4xx itself and forwards nothing (issue 18: same-format requests went through, and
+    llama.cpp and Ollama read -1 as no limit)."""
+    assert_clean(gateway, run_probes(gateway, "limits", 150))
 
 
 def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:

@@ -3,7 +3,8 @@
 Decompressed here, never earlier and never without a bound: `limits.max_body_bytes` applies to the
 decompressed size too, so a 1 MB gzip bomb costs at most the limit in memory. Then parsed as JSON (nesting
 bounded, so no step after this can recurse itself to death on a hostile body), and the request facts the
-later steps use are read: model (validated), stream flag, routing hints, client attribution.
+later steps use are read: model (validated), stream flag, routing hints, client attribution, and a chat
+body's output limits and answer counts (`max_tokens`, `n`...: positive integers, or the budget cannot bound them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mitmproxy import http
 
 from kaixu import content
 from kaixu.addons.dialect import Door, model_name_problem
+from kaixu.addons.policy import output_limit_problem
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
@@ -161,6 +163,8 @@ class Body:
                 kaixu_gate.include_raw(body)  # read again when the router aims the call (its SeedContext)
         except FormatError as exc:
             return str(exc)
+        if door.operation == "chat":  # before anything is reserved, translated or forwarded (same-format too)
+            return output_limit_problem(call.front, body)
         return None
 
 

@@ -23,21 +23,39 @@ from kaixu.addons.respond import error_response
 from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
 from kaixu.call import Call, get_call
 from kaixu.config.policy import CallerPolicy
-from kaixu.formats import FormatError, estimate_tokens
+from kaixu.formats import FormatError, estimate_tokens, json_type
 from kaixu.log import safe
 from kaixu.metrics import POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts, model_refusal
 
 log = logging.getLogger("kaixu.policy")
 
-#: Where each front door's body asks for a maximum of output tokens, in the order a clamp prefers them.
+
+def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
+    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
+    return tuple((parent, name) for parent in parents for name in names)
+
+
+_GEMINI = ("generationConfig", "generation_config")
+_GATE = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
+
+#: Where each front door's body asks for a maximum of output tokens (every spelling a provider reads), in the
+#: order a clamp prefers them.
 OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "openai": (("max_completion_tokens",), ("max_tokens",)),
     "anthropic": (("max_tokens",),),
-    "gemini": (("generationConfig", "maxOutputTokens"),),
-    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gemini": _config(_GEMINI, "maxOutputTokens", "max_output_tokens"),
+    "kaixu_gate": _config(_GATE, "maxOutputTokens", "max_output_tokens"),
     "gateway13": (("max_tokens",),),
     "pulse": (("maxTokens",),),
+}
+#: Where a body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
+#: (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
+#: and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a provider).
+ANSWER_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("n",), ("best_of",)),
+    "gemini": _config(_GEMINI, "candidateCount", "candidate_count"),
+    "kaixu_gate": _config(_GATE, "candidateCount", "candidate_count"),
 }
 
 
@@ -68,11 +86,30 @@ def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _ints(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[int]:
+    return [v for path in paths if isinstance(v := _field(body, path), int) and not isinstance(v, bool)]
+
+
 def requested_output(front: str, body: dict[str, Any]) -> int | None:
-    for path in OUTPUT_FIELDS.get(front, ()):
+    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice)."""
+    return max(_ints(body, OUTPUT_FIELDS.get(front, ())), default=None)
+
+
+def requested_answers(front: str, body: dict[str, Any]) -> int:
+    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...): each costs its output."""
+    return max(_ints(body, ANSWER_FIELDS.get(front, ())), default=1)
+
+
+def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
+    """What is wrong with a chat body's output limits and answer counts, naming the field, or None: each must
+    be a positive integer. Why refused, not forwarded: OpenAI-compatible servers (llama.cpp, Ollama) read a
+    `max_tokens` of -1 as no limit at all, and a count kaixu cannot read is a cost it cannot bound."""
+    for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
         value = _field(body, path)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
+            shown = str(value) if small else json_type(value)
+            return f"{'.'.join(path)}: must be a positive integer, got {shown}"
     return None
 
 
