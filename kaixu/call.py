@@ -5,6 +5,7 @@ Each addon reads what earlier steps decided and adds its own decision; nothing i
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -173,6 +174,12 @@ class Route:
         return self.attempts is not None and self.attempts.degraded
 
 
+MAX_ATTRIBUTE_CHARS = 200
+"""What the ledger keeps of one value a client says about itself (the rest is cut)."""
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters (C0, DEL, C1: ESC, CR, NUL...) and lone surrogates (bytes that were not UTF-8)."""
+
+
 @dataclass(slots=True, eq=False)
 class Caller:
     """Who is calling, decided by the auth step and what the client says about itself: what governance
@@ -188,6 +195,21 @@ class Caller:
     The policy step adds `policy_shadow` (the names in `shadow_refusals`) so the ledger shows them."""
     shadow_refusals: list[str] = field(default_factory=list)
     """Policies in shadow mode (`enforce: false`) that would have refused or clamped this request."""
+
+    def say(self, name: str, value: str, source: str, *, replace: bool = True) -> str | None:
+        """Record what the client says about itself: `attributes[name]`, cut to `MAX_ATTRIBUTE_CHARS` (kept
+        as it was when ``replace`` is false and the name is taken). Every attribution header (kaixu/addons/
+        dialect.py) and body field (kaixu/addons/body.py) comes through here, so one rule holds for all: a
+        value with a control character or one that is not text is refused, never stored nor escaped, since
+        it would reach the ledger, `/api/costs?group_by=` and whatever reads them. Returns the 400's message,
+        naming ``source`` (the header or the body field), or None once recorded."""
+        found = _NOT_TEXT.search(value)
+        if found is not None:
+            return (f"{source}: must be text without control characters (found U+{ord(found.group()):04X} at "
+                    f"character {found.start() + 1})")  # fmt: skip
+        if replace or name not in self.attributes:
+            self.attributes[name] = value[:MAX_ATTRIBUTE_CHARS]
+        return None
 
 
 @dataclass(slots=True, eq=False)

@@ -175,14 +175,15 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 # -- store keys: kaixu keys create / list / show / revoke / rotate (docs/keys.md) ---------------------------------
 
 
-def _key_store(args: argparse.Namespace) -> Any:
+def _key_store(args: argparse.Namespace, policy: Policy | None = None) -> Any:
     """The policy's key store (PostgreSQL when `store.postgres` is set, else its SQLite file; `--db FILE`
-    names a file instead) as an `AsyncKeyStore`; None after printing why there is none."""
+    names a file instead) as an `AsyncKeyStore`; None after printing why there is none. ``policy``: the
+    policy, loaded already."""
     from kaixu.store.keys import key_store
 
     if args.db:
         return key_store({}, sqlite_path=str(args.db))
-    policy = _load_or_report(args.policy)
+    policy = policy or _load_or_report(args.policy)
     if policy is None:
         print("kaixu: cannot find the key store without a valid policy (or name the file with --db FILE)",
               file=sys.stderr)  # fmt: skip
@@ -249,7 +250,17 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             return _fail(f"kaixu: --budget-usd: {exc}")
     elif args.period is not None:
         return _fail("kaixu: --period needs --budget-usd")
-    store = _key_store(args)
+    # The ledger and /api/costs/NAME know a key by its name: a policy key's is taken (read with --db too, when
+    # the policy file is there).
+    policy = None
+    if not args.db or os.path.exists(args.policy):
+        policy = _load_or_report(args.policy)
+        if policy is None:
+            return _fail("kaixu: no key created: the policy must be valid to check the name against its keys")
+        if policy.key_named(args.name) is not None:
+            taken = f"kaixu: the policy {args.policy} has a key named {args.name!r} (keys:): a store key may not "
+            return _fail(taken + "take its name, or the ledger and /api/costs could not tell them apart; pick another")
+    store = _key_store(args, policy)
     if store is None:
         return 1
     key = new_secret()

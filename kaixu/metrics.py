@@ -146,8 +146,8 @@ POLICY_SHADOW_REFUSALS = LoopCounter(
 )
 GOVERNANCE_REFUSALS = LoopCounter(
     "kaixu_governance_refusals",
-    "Requests refused by budgets and rate limits, by reason: budget, rpm, tpm, parallel, unpriced_in_flight, "
-    "counters_unavailable.",
+    "Requests refused by budgets and rate limits, by reason: budget, budget_in_flight, rpm, tpm, parallel, "
+    "unpriced_in_flight, counters_unavailable.",
     ["reason"],
     registry=REGISTRY,
 )

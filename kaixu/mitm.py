@@ -18,7 +18,21 @@ reach):
 * A terminal error event for a stream the provider breaks (HTTP/1): mitmproxy closes the client's connection
   in the middle of the chunked body, which some clients read as a clean end of a truncated answer. kaixu
   writes the event that ends the stream in the client's own format (an OpenAI error chunk, an Anthropic
-  `error` event...) and the body's last chunk, then closes (`TerminalEvent`, from addons/stream.py).
+  `error` event...) and the body's last chunk (`TerminalEvent`, from addons/stream.py). The answer is then
+  complete and framed, so the connection goes on serving its client (closing it now could not be announced:
+  the head went out with the stream's first bytes, and a client pool would send its next request into it).
+* HTTP/1 message rules mitmproxy leaves to its addons, which kaixu's request rewriting would break:
+  - `Connection: close` (or HTTP/1.0 without keep-alive) is honoured after every answer: mitmproxy decides from
+    the request object the router rewrites for the provider (which never gets the client's `connection`), so
+    the client's own wish is noted as its head is read. Every answer after which kaixu closes says
+    `connection: close` (RFC 9112 section 9.6).
+  - An answer to HEAD is its head only (HTTP/1 and HTTP/2): mitmproxy sends whatever body an addon's answer
+    has, and on a kept-alive connection a client (or a proxy in front that reuses connections) reads those
+    bytes as the next answer. Its Content-Length stays the one a GET would have had.
+  - A request line whose version is not HTTP/1.0 or HTTP/1.1 (mitmproxy takes any `HTTP/d.d`; HTTP/2 comes
+    as a preface, addons/connections.py) and a bare CR in a header field (RFC 9112 section 2.2; another
+    server may read it as a line break) are a 400 before any addon sees the request, then the connection
+    closes.
 * `CachedAddonManager` (used by `kaixu run` only): mitmproxy's AddonManager walks every addon, and fires an
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
@@ -35,17 +49,26 @@ from __future__ import annotations
 import html
 import inspect
 import logging
+import re
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
 import mitmproxy
 from mitmproxy import addonmanager, connection, exceptions, flow, hooks, http
 from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http.http1 import assemble_response
+from mitmproxy.net.http.http1 import assemble_response, connection_close
 from mitmproxy.proxy import commands, events, mode_specs
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    RequestHeaders,
+    ResponseData,
+    ResponseHeaders,
+    ResponseProtocolError,
+)
 from mitmproxy.version import VERSION
 
 log = logging.getLogger("kaixu.mitm")
@@ -57,6 +80,8 @@ SUPPORTED_VERSIONS = ("12.3.1",)
 INERT_UPSTREAM = "http://127.0.0.1:9"
 #: The limit on a request head (request line + headers): 431 above it.
 MAX_HEADER_BYTES = 64 * 1024
+#: The versions an HTTP/1 request line may name (HTTP/2 arrives as a connection preface, not a request line).
+HTTP1_VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 BODY_TOO_LARGE = "body exceeds mitmproxy's body_size_limit"
 CLIENT_CLOSED = 499
 """What kaixu records for a request whose client went away before its answer was complete (nginx's code)."""
@@ -70,6 +95,10 @@ far as it could be read: it picks the front door's error shape)."""
 
 _renderer: ErrorRenderer | None = None
 _terminal: TerminalEvent | None = None
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_closing: weakref.WeakSet[http.Request] = weakref.WeakSet()
+"""HTTP/1 requests whose client asked for the connection to close after their answer, noted as the head was read
+(before the router rewrites the headers mitmproxy decides it from)."""
 _installed = False
 _tested = False
 
@@ -179,8 +208,10 @@ def self_test() -> None:
     checks: list[tuple[object, str, tuple[str, ...]]] = [
         (_http1.Http1Server, "send", ("self", "event")),
         (_http1.Http1Server, "read_headers", ("self", "event")),
+        (_http1.Http1Server, "mark_done", ("self", "request", "response")),
         (_http1.Http1Connection, "read_body", ("self", "event")),
         (_http2.Http2Connection, "_handle_event", ("self", "event")),
+        (_http2.Http2Server, "_handle_event", ("self", "event")),
         (http_layers.HttpStream, "check_body_size", ("self", "request")),
         (addonmanager.AddonManager, "_iter_hooks", ("self", "addon", "event")),
         (addonmanager.AddonManager, "trigger_event", ("self", "event")),
@@ -189,7 +220,15 @@ def self_test() -> None:
         func = getattr(owner, name, None)
         if func is None or tuple(inspect.signature(func).parameters) != params:
             raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: {owner.__name__}.{name}{params} changed")  # type: ignore[attr-defined]
-    for owner, attr in ((_http1.Http1Connection, "buf"), (_http1.Http1Connection, "state")):
+    attributes = (
+        (_http1.Http1Connection, "buf"),
+        (_http1.Http1Connection, "state"),
+        (_http1.Http1Connection, "request"),
+        (http_layers.HttpLayer, "streams"),
+        (http_layers.HttpStream, "flow"),
+        (ResponseHeaders, "end_stream"),
+    )
+    for owner, attr in attributes:
         if attr not in getattr(owner, "__annotations__", {}) and not hasattr(owner, attr):
             raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: {owner.__name__}.{attr} is gone")
     for code in ("CONNECT_FAILED", "REQUEST_TOO_LARGE", "CLIENT_DISCONNECTED", "GENERIC_CLIENT_ERROR"):
@@ -214,7 +253,7 @@ def install(renderer: ErrorRenderer, terminal: TerminalEvent | None = None) -> N
     _patch_http1_send()
     _patch_http1_read_headers()
     _patch_http1_read_body()
-    _patch_http2_errors()
+    _patch_http2_server()
     _patch_request_only_body_limit()
 
 
@@ -227,13 +266,24 @@ def _render(
 ) -> bytes:
     assert _renderer is not None
     path = request.path if request is not None else _path_of(head or b"")
-    return _renderer(request, status, message, code, path)
+    raw = _renderer(request, status, message, code, path)
+    if _is_head(request) or (request is None and (head or b"").startswith(b"HEAD ")):
+        return raw.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"  # an answer to HEAD: its head only
+    return raw
+
+
+def _is_head(request: http.Request | None) -> bool:
+    return request is not None and request.data.method == b"HEAD"
+
+
+def _nothing() -> Generator[commands.Command, Any]:
+    yield from ()
 
 
 def _path_of(head: bytes) -> str:
     """The path of a request line that could not be parsed as a whole (for the error's shape only)."""
     parts = head.split(b"\r\n", 1)[0].split(b" ")
-    return parts[1].decode("latin-1")[:2048] if len(parts) >= 2 else "/"
+    return parts[1].decode("latin-1") if len(parts) >= 2 else "/"  # whole: a Gemini path ends with its action
 
 
 def _patch_http1_send() -> None:
@@ -241,9 +291,18 @@ def _patch_http1_send() -> None:
 
     def send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any]:
         # Called for every chunk of every answer: the common case hands back mitmproxy's own generator.
+        kind = type(event)
+        if kind is ResponseData:
+            if _is_head(self.request) and _ours(self):
+                return _nothing()  # an answer to HEAD is its head only
+            return original(self, event)
+        if kind is ResponseHeaders:
+            if _ours(self):
+                _say_close(self.request, event.response)
+            return original(self, event)
         # (a `100 Continue` sent before is not the answer: mitmproxy itself then sends no error at all)
         answered = self.response is not None and self.response.status_code >= 200
-        if type(event) is not ResponseProtocolError or not _ours(self):
+        if kind is not ResponseProtocolError or not _ours(self):
             return original(self, event)
         if answered:
             return _end_stream(self, event) or original(self, event)
@@ -252,6 +311,16 @@ def _patch_http1_send() -> None:
         return _send_error(self, event)
 
     _http1.Http1Server.send = send  # type: ignore[method-assign]
+
+
+def _say_close(request: http.Request | None, response: http.Response) -> None:
+    """`connection: close` on an answer after which the client's connection closes: the client asked for it
+    (noted as its head was read), or mitmproxy's own rule on the request as it stands closes it. Said in lower
+    case, mitmproxy then closes after the answer, whatever the request says now."""
+    if request is None or response.status_code < 200:
+        return  # an interim answer (`100 Continue`, `101 Switching Protocols`) is not the one after which it closes
+    if request in _closing or connection_close(request.http_version, request.headers):
+        response.headers["connection"] = "close"
 
 
 def _send_error(self: _http1.Http1Server, event: ResponseProtocolError) -> Generator[commands.Command, Any]:
@@ -282,7 +351,9 @@ def _end_stream(self: _http1.Http1Server, event: ResponseProtocolError) -> Gener
 
     def commands_() -> Generator[commands.Command, Any]:
         yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
-        yield commands.CloseConnection(self.conn)
+        # The answer is complete: the connection serves the client's next request, as after any answer
+        # (or closes, if this one said `connection: close`).
+        yield from self.mark_done(response=True)
 
     return commands_()
 
@@ -300,13 +371,27 @@ def _patch_http1_read_headers() -> None:
             and b"\r\n\r\n" not in bytes(self.buf)[: MAX_HEADER_BYTES + 4]
         ):
             message = f"the request head is larger than {MAX_HEADER_BYTES} bytes"
-            first = bytes(self.buf)[:4096]
+            first = bytes(self.buf)[:MAX_HEADER_BYTES]  # the whole request line: its path picks the error's shape
             yield commands.SendData(self.conn, _render(None, 431, message, ErrorCode.GENERIC_CLIENT_ERROR, first))
             yield commands.CloseConnection(self.conn)
             self.state = self.done
             return
+        answered = False  # mitmproxy refused the head itself (it then still reports it, to record the flow)
         for command in original(self, event):
-            if (
+            if type(command) is ReceiveHttp and type(command.event) is RequestHeaders and not answered:
+                request = command.event.request  # a request head mitmproxy has parsed, before any addon sees it
+                problem = _head_problem(request)
+                if problem is not None:
+                    rendered = _render(
+                        request, 400, f"malformed HTTP request: {problem}", ErrorCode.GENERIC_CLIENT_ERROR
+                    )
+                    yield commands.SendData(self.conn, rendered)
+                    yield commands.CloseConnection(self.conn)
+                    self.state = self.done
+                    return
+                if _asks_close(request):
+                    _closing.add(request)
+            elif (
                 isinstance(command, commands.SendData)
                 and command.data.startswith(b"HTTP/1.1 400 ")
                 and b"text/html" in command.data[:300]
@@ -317,9 +402,31 @@ def _patch_http1_read_headers() -> None:
                 head = bytes(self.buf)[:4096] if self.request is None else None
                 rendered = _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR, head)
                 command = commands.SendData(self.conn, rendered)
+            answered = answered or isinstance(command, commands.SendData)
             yield command
 
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
+
+
+def _asks_close(request: http.Request) -> bool:
+    """Whether an HTTP/1 client wants its connection closed after this request's answer: `close`, or HTTP/1.0
+    without `keep-alive` (connection options are case-insensitive, RFC 9110 section 7.6.1: .NET sends `Close`;
+    mitmproxy's own rule reads lower case only)."""
+    tokens = {token.strip().lower() for token in request.headers.get("connection", "").split(",")}
+    if "close" in tokens:
+        return True
+    return "keep-alive" not in tokens and request.data.http_version != b"HTTP/1.1"
+
+
+def _head_problem(request: http.Request) -> str | None:
+    """Why a request head mitmproxy parsed is refused all the same (None: it is not)."""
+    version = request.data.http_version
+    if version not in HTTP1_VERSIONS:
+        return f"HTTP version {version.decode('latin-1')!r} is not served (HTTP/1.0, HTTP/1.1 and HTTP/2 are)"
+    for name, value in request.headers.fields:
+        if (b"\r" in name or b"\r" in value) and (_BARE_CR.search(name) or _BARE_CR.search(value)):
+            return "a bare CR (not followed by LF) in a header field"
+    return None
 
 
 def _patch_http1_read_body() -> None:
@@ -344,8 +451,23 @@ def _patch_http1_read_body() -> None:
     _http1.Http1Connection.read_body = read_body  # type: ignore[method-assign]
 
 
-def _patch_http2_errors() -> None:
-    """HTTP/2 clients get the same JSON errors (mitmproxy sends an HTML page on the stream)."""
+def _patch_http2_server() -> None:
+    """HTTP/2 clients get the same JSON errors (mitmproxy sends an HTML page on the stream), and an answer to HEAD
+    ends with its headers (mitmproxy sends the body of an addon's answer on the stream)."""
+    original_server = _http2.Http2Server._handle_event
+
+    def server_event(self: _http2.Http2Server, event: events.Event) -> Generator[commands.Command, Any]:
+        if (
+            type(event) is ResponseHeaders
+            and not event.end_stream
+            and _ours(self)
+            and _is_head(_h2_request(self, event.stream_id))
+        ):
+            # the stream ends here; mitmproxy then drops the body and end of this stream (closed for us)
+            event = ResponseHeaders(event.stream_id, event.response, end_stream=True)
+        return original_server(self, event)
+
+    _http2.Http2Server._handle_event = server_event  # type: ignore[method-assign]
     original = _http2.Http2Connection._handle_event
 
     def _handle_event(self: _http2.Http2Connection, event: events.Event) -> Generator[commands.Command, Any]:
@@ -368,13 +490,27 @@ def _patch_http2_errors() -> None:
             name, _, value = line.partition(b":")
             if name.strip().lower() not in (b"connection", b"content-length"):
                 headers.append((name.strip().lower(), value.strip()))
-        self.h2_conn.send_headers(event.stream_id, headers)
-        self.h2_conn.send_data(event.stream_id, body, end_stream=True)
+        if _is_head(_h2_request(self, event.stream_id)):
+            self.h2_conn.send_headers(event.stream_id, headers, end_stream=True)
+        else:
+            self.h2_conn.send_headers(event.stream_id, headers)
+            self.h2_conn.send_data(event.stream_id, body, end_stream=True)
         data_to_send = self.h2_conn.data_to_send()
         if data_to_send:
             yield commands.SendData(self.conn, data_to_send)
 
     _http2.Http2Connection._handle_event = _handle_event  # type: ignore[method-assign]
+
+
+def _h2_request(self: _http2.Http2Connection, stream_id: int) -> http.Request | None:
+    """The request of an HTTP/2 stream (mitmproxy's HTTP/2 layer keeps none): from the HTTP layer above it,
+    which keeps a stream per request id, as mitmproxy's own `HttpStream.mode` finds its parent."""
+    layers = self.context.layers
+    parent = layers[layers.index(self) - 1]
+    if not isinstance(parent, http_layers.HttpLayer):
+        return None
+    stream = parent.streams.get(stream_id)
+    return stream.flow.request if stream is not None else None
 
 
 def _patch_request_only_body_limit() -> None:

@@ -10,8 +10,8 @@ headers, bad Content-Length, NUL bytes in the request line); a client that write
 answer itself is the only way to see what the gateway does with them. One request per connection.
 
 The oracle is deliberately small and written from the documented behaviour (docs/compatibility.md, the
-front doors' error shapes); only the table of front-door paths is read from kaixu, so the generator follows
-new doors without being edited.
+front doors' error shapes); only the tables of front-door paths and attribution headers are read from kaixu,
+so the generator follows new doors and headers without being edited.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import json
 import random
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from kaixu.addons.dialect import _EXACT
+from kaixu.addons.dialect import _ATTRIBUTE_HEADERS, _EXACT
 from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS
 
 T = TypeVar("T")
@@ -56,6 +58,11 @@ SMUGGLED_HEADERS = (
     ("api-key", CLIENT_SECRETS[3]),
 )
 """Client headers that carry credentials of their own and must never be forwarded."""
+ATTRIBUTION_HEADERS = tuple(header for header, _ in _ATTRIBUTE_HEADERS)
+"""What a client says about itself (`x-kaixu-user`, `x-kaixu-team`...): it reaches the ledger."""
+CONTROL_CHARACTERS = ("\x1b[31m", "\x00", "\r", "\x7f", "\x07", "\x08", "\x9b", "\udcff")
+"""Never text in the ledger: ESC (a terminal escape), NUL, a bare CR, DEL, BEL, BS, a C1 control (its UTF-8
+bytes), a byte that is not UTF-8 (sent raw)."""
 
 # --------------------------------------------------------------------------------------------------
 # Choosers: where the generator's decisions come from
@@ -133,11 +140,25 @@ class Probe:
     """Routed to a provider kaixu cannot use: a well-formed request may get a 5xx."""
     raw: bytes | None = None
     """Sent verbatim instead of being assembled (a broken request line or header block)."""
+    version: str = "HTTP/1.1"
+    refused: bool = False
+    """What kaixu must refuse whatever else the request says, a 4xx, and nothing of it reaches a provider: broken
+    HTTP (an unknown version, a bare CR), an output limit that is not a positive number (docs/compatibility.md)."""
+
+    @property
+    def is_head(self) -> bool:
+        return (self.raw or f"{self.method} ".encode()).startswith(b"HEAD ")
+
+    @property
+    def asks_close(self) -> bool:
+        """The request says `Connection: close`: its answer must say so too, and nothing may follow it."""
+        values = ",".join(v for k, v in self.headers if k.lower() == "connection")
+        return self.raw is None and "close" in {token.strip().lower() for token in values.split(",")}
 
     def encode(self) -> bytes:
         if self.raw is not None:
             return self.raw
-        lines = [f"{self.method} {self.target} HTTP/1.1".encode("utf-8", "surrogatepass")]
+        lines = [f"{self.method} {self.target} {self.version}".encode("utf-8", "surrogatepass")]
         lines += [f"{name}: {value}".encode("utf-8", "surrogatepass") for name, value in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
 
@@ -149,8 +170,9 @@ class Probe:
         if self.raw is not None:
             return f"[{', '.join(self.labels)}] raw {cut(self.raw)}"
         names = [name for name, _ in self.headers if name.lower() not in ("host", "connection")]
+        version = "" if self.version == "HTTP/1.1" else f" {self.version}"
         return (
-            f"[{', '.join(self.labels)}] {cut(self.method)} {cut(self.target)} headers={cut(names)} "
+            f"[{', '.join(self.labels)}] {cut(self.method)} {cut(self.target)}{version} headers={cut(names)} "
             f"body={cut(self.body)}"
         )
 
@@ -184,6 +206,7 @@ def _doors() -> list[Door]:
 
 DOORS = _doors()
 BODY_DOORS = [d for d in DOORS if d.method == "POST"]
+CHAT_DOORS = [d for d in BODY_DOORS if d.operation == "chat"]
 BACKENDS = ("oai", "ant", "gem", "mock", "dead", "nokey", "gpt-4o-mini", "glob-x", "nope", "..", "a.b@c")
 
 HOSTILE_NAMES = (
@@ -239,6 +262,32 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+OUTPUT_LIMITS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("max_tokens",), ("max_completion_tokens",), ("n",)),
+    "anthropic": (("max_tokens",),),
+    "gemini": (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"),
+               ("generationConfig", "candidateCount")),
+    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gateway13": (("max_tokens",),),
+    "pulse": (("maxTokens",),),
+}  # fmt: skip
+"""Each chat door's fields that bound what a request produces (its output tokens, its number of answers), in
+the vendors' spellings: a value that is not a positive number must be refused, never forwarded (llama.cpp and
+Ollama read a max_tokens of -1 as no limit)."""
+BAD_LIMITS: tuple[Any, ...] = (0, -1, -100_000, "-1", 1.5, True, [16])
+
+
+def _with_bad_limit(chooser: Chooser, door: Door, body: dict[str, Any], probe: Probe) -> bytes:
+    path = chooser.pick(OUTPUT_LIMITS[door.front])
+    value = chooser.pick(BAD_LIMITS)
+    probe.labels.append(f"{'.'.join(path)}={json.dumps(value)}")
+    parent = body
+    for name in path[:-1]:
+        parent = parent.setdefault(name, {})
+    parent[path[-1]] = value
+    return _dumps(body)
+
+
 def _deep(depth: int, kind: str) -> bytes:
     if kind == "array":
         return b"[" * depth + b"]" * depth
@@ -252,10 +301,11 @@ def _with_field(body: dict[str, Any], key: str, raw: bytes) -> bytes:
     return b"{" + _dumps(key) + b":" + raw + (b"," + inner if inner else b"") + b"}"
 
 
-def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> bytes:
-    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is."""
+def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe, *, limits: bool = False) -> bytes:
+    """The body: correct, or one of the documented kinds of garbage. Marks the probe malformed when it is.
+    ``limits``: a correct chat body but for one output limit that is not a positive number (``OUTPUT_LIMITS``)."""
     body = valid_body(door, model)
-    kind = chooser.pick(
+    kind = "bad-output-limit" if limits else chooser.pick(
         (
             "valid", "random-bytes", "truncated-json", "deep", "deep-field", "surrogate-escape",
             "surrogate-bytes", "huge-number", "wrong-type", "not-an-object", "empty", "duplicate-keys",
@@ -266,6 +316,8 @@ def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe) -> byte
     probe.malformed = probe.malformed or kind not in ("valid", "duplicate-keys", "bom", "utf16")
     if kind == "valid":
         return _dumps(body)
+    if kind == "bad-output-limit":
+        return _with_bad_limit(chooser, door, body, probe)
     if kind == "random-bytes":
         return chooser.blob(2048)
     if kind == "truncated-json":
@@ -396,7 +448,18 @@ _HEADER_MUTATIONS = (
     "upgrade",
     "origin",
     "sdk-hints",
+    "attribution-control",
 )
+BARE_CR_HEADERS = (
+    ("X-Bare-Cr", "a\rb"),
+    ("X-Kaixu-User", "user\rX-Injected: 1"),
+    ("X-Bare\rCr", "v"),
+    ("User-Agent", "sdk/1.0\r\x00"),
+)
+"""Header fields with a CR not followed by LF, which another server may read as a line break (RFC 9112 2.2)."""
+HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/9.9")
+"""Request-line versions besides HTTP/1.1: HTTP/1.0 is served, every other one refused (HTTP/2 is served only
+as HTTP/2, from its connection preface)."""
 
 
 def mutate_headers(chooser: Chooser, probe: Probe) -> None:
@@ -470,6 +533,28 @@ def mutate_headers(chooser: Chooser, probe: Probe) -> None:
             h.append(("Origin", chooser.pick(("https://evil.invalid", "null", "http://127.0.0.1"))))
         elif kind == "sdk-hints":
             h.append(chooser.pick((("anthropic-version", "2023-06-01"), ("x-goog-api-client", "genai-py/1"))))
+        elif kind == "attribution-control":  # refused (400): never in a ledger row (`ledger_findings`)
+            h.append((chooser.pick(ATTRIBUTION_HEADERS), "v" + chooser.pick(CONTROL_CHARACTERS) + "x"))
+            probe.malformed = True
+
+
+def mutate_wire(chooser: Chooser, probe: Probe, door: Door, often: bool) -> None:
+    """HTTP/1 framing: a request-line version (HTTP/1.0 is served, every other is refused), a bare CR in a
+    header field (refused), HEAD (its answer is a head only). Drawn only for the ``wire`` and ``any`` focuses,
+    so the other focuses keep the probes they always drew."""
+    if chooser.chance(50 if often else 10):
+        probe.version = chooser.pick(HTTP_VERSIONS)
+        probe.labels.append(f"version:{probe.version}")
+        if probe.version != "HTTP/1.0":
+            probe.malformed = probe.refused = True
+    if chooser.chance(30 if often else 5):
+        probe.headers.append(chooser.pick(BARE_CR_HEADERS))
+        probe.labels.append("header:bare-cr")
+        probe.malformed = probe.refused = True
+    if often and chooser.chance(40):
+        probe.method = "HEAD"
+        probe.labels.append("method:HEAD")
+        probe.malformed = probe.malformed or door.method != "HEAD"
 
 
 def _has(headers: list[tuple[str, str]], name: str) -> bool:
@@ -532,8 +617,10 @@ def fill_door(chooser: Chooser, door: Door, model: str) -> str:
 
 
 def probe(chooser: Chooser, focus: str = "any") -> Probe:
-    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target`` or ``any``."""
-    doors = BODY_DOORS if focus == "body" else DOORS
+    """One hostile request. ``focus`` weights the generator: ``body``, ``headers``, ``target``, ``wire`` (HTTP/1
+    framing: versions, bare CRs, HEAD) or ``any``; ``limits`` sends chat bodies whose one fault is an output limit
+    kaixu must refuse (``OUTPUT_LIMITS``)."""
+    doors = BODY_DOORS if focus == "body" else CHAT_DOORS if focus == "limits" else DOORS
     door = chooser.pick(doors)
     hostile_name = chooser.chance(30 if focus == "target" else 15)
     model = hostile_model(chooser) if hostile_name else chooser.pick(LIVE_MODELS + DEAD_MODELS)
@@ -553,9 +640,15 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.method = chooser.pick(METHODS)
         result.labels.append(f"method:{result.method}")
         result.malformed = result.malformed or result.method != door.method
+    if focus in ("wire", "any"):
+        mutate_wire(chooser, result, door, often=focus == "wire")
     authenticated = add_auth(chooser, result)
     if door.method == "POST" or chooser.chance(20):
-        result.body = hostile_body(chooser, door, model, result) if focus != "headers" or chooser.chance(30) else b""
+        result.body = (
+            hostile_body(chooser, door, model, result, limits=focus == "limits")
+            if focus != "headers" or chooser.chance(30)
+            else b""
+        )
         if focus == "headers" and not result.body:
             result.body = _dumps(valid_body(door, model))
         result.headers.append(("Content-Type", "application/json"))
@@ -567,6 +660,9 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
         result.headers.append(("Connection", "close"))
     dead = model in DEAD_MODELS or any(result.target.startswith(f"/v1/{b}/") for b in ("dead", "nokey"))
     result.dead_upstream = authenticated and dead and routable
+    # the door's own request (not another method or path) with a bad output limit: whatever else, kaixu refuses it
+    bad_limit = "body:bad-output-limit" in result.labels and result.method == door.method
+    result.refused = result.refused or (bad_limit and "target:random" not in result.labels)
     return result
 
 
@@ -580,10 +676,18 @@ def _routable(body: bytes) -> bool:
 
 def raw_probes() -> list[Probe]:
     """Requests no generator assembles: broken request lines and header blocks, sent verbatim."""
+    refused = [  # served by mitmproxy as they came, before kaixu refused them
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.2\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/0.9\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\rX-Injected: 1\r\n\r\n",
+        b"HEAD /health HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    ]
     blobs = [
         b"\r\n\r\n",
         b"GET\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nno-colon-here\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n : empty-name\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  folded\r\n\r\n",
@@ -596,7 +700,10 @@ def raw_probes() -> list[Probe]:
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
         b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 1_000_000 + b"\r\n\r\n",
     ]
-    return [Probe("", "", [], b"", [f"raw:{i}"], malformed=True, raw=blob) for i, blob in enumerate(blobs)]
+    return [
+        Probe("", "", [], b"", [f"raw:{i}"], malformed=True, raw=blob, refused=blob in refused)
+        for i, blob in enumerate(refused + blobs)
+    ]
 
 
 def text_probes() -> list[Probe]:
@@ -639,6 +746,9 @@ class Answer:
     body: bytes
     raw: bytes
     seconds: float
+    trailing: bytes | None = b""
+    """What the server sent after the answer until it closed (read when the request asked to close; None: it did
+    not close within the timeout)."""
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -657,18 +767,42 @@ class NoAnswer(Exception):
 
 def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout: float = ANSWER_TIMEOUT_S) -> Answer:
     """Send ``data`` on a new connection and read one complete response (interim 1xx answers skipped)."""
-    started = time.monotonic()
-    deadline = started + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with RawConnection(host, port, timeout) as conn:
+        conn.send(data)
+        return conn.answer(head_only)
+
+
+class RawConnection:
+    """One client connection, raw: bytes out, answers read one at a time, so a test can see what a kept-alive
+    connection carries after an answer (a HEAD's head and nothing more, the next answer, the server's close)."""
+
+    def __init__(self, host: str, port: int, timeout: float = ANSWER_TIMEOUT_S) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.reader = _Reader(self.sock, time.monotonic() + timeout, timeout)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
         # The server may answer (and close) before reading everything: then read what it said.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             try:
-                sock.sendall(data)
+                self.sock.sendall(data)
             except TimeoutError:
-                raise NoAnswer("hang", f"the request was not read within {timeout:g} s") from None
-        with_reads = _Reader(sock, deadline, timeout)
+                raise NoAnswer("hang", f"the request was not read within {self.timeout:g} s") from None
+
+    def answer(self, head_only: bool = False) -> Answer:
+        """The next complete response on the connection, within the timeout; ``head_only`` for an answer to
+        HEAD (its body, if the server wrongly sent one, stays unread: the next answer then starts with it)."""
+        started = time.monotonic()
+        reads = self.reader
+        reads.deadline = started + self.timeout
         while True:
-            head = with_reads.until(b"\r\n\r\n")
+            head = reads.until(b"\r\n\r\n")
             status, reason, headers = _parse_head(head)
             if 100 <= status < 200 and status != 101:
                 continue
@@ -678,18 +812,33 @@ def exchange(host: str, port: int, data: bytes, head_only: bool = False, timeout
         if head_only or status in (101, 204, 304):
             body = b""
         elif chunked:
-            body = with_reads.chunked()
+            body = reads.chunked()
         elif lengths:
-            body = with_reads.exactly(int(lengths[0]))
+            body = reads.exactly(int(lengths[0]))
         else:
-            body = with_reads.to_eof()
-    return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+            body = reads.to_eof()
+        return Answer(status, reason, headers, body, head + body, time.monotonic() - started)
+
+    def rest(self) -> bytes:
+        """Everything the server still sends until it closes the connection: NoAnswer("hang") if it has not
+        closed within the timeout."""
+        self.reader.deadline = time.monotonic() + self.timeout
+        return self.reader.to_eof()
 
 
 def send(host: str, port: int, probe: Probe) -> Answer | NoAnswer:
-    """One probe on a new connection: its answer, or why there was none."""
+    """One probe on a new connection: its answer, or why there was none; for a probe that asked to close, also
+    what came after the answer (nothing, and then the close, is right: an answer to HEAD is its head only)."""
     try:
-        return exchange(host, port, probe.encode(), head_only=probe.method == "HEAD")
+        with RawConnection(host, port) as conn:
+            conn.send(probe.encode())
+            answer = conn.answer(head_only=probe.is_head)
+            if probe.asks_close:
+                try:
+                    answer.trailing = conn.rest()
+                except NoAnswer:
+                    answer.trailing = None
+            return answer
     except NoAnswer as exc:
         return exc
     except OSError as exc:
@@ -884,7 +1033,16 @@ def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
         fail("5xx for a client fault" if probe.malformed else "5xx without a dead provider", _snippet(answer.body))
     if answer.header("x-request-id") is None:
         fail("no x-request-id header", _snippet(answer.raw))
-    if probe.method == "HEAD" or (status == 204 and probe.method == "OPTIONS"):
+    if probe.refused and not 400 <= status < 500:
+        fail("a request kaixu must refuse (broken HTTP, a bad output limit) was not a 4xx", _snippet(answer.raw))
+    if probe.asks_close and "close" not in (answer.header("connection") or "").lower():
+        fail("asked to close: the answer does not say connection: close", _snippet(answer.raw))
+    if answer.trailing is None:
+        fail("asked to close: the connection stayed open", _snippet(answer.raw))
+    elif answer.trailing:
+        rule = "an answer to HEAD carries a body" if probe.is_head else "bytes after a complete answer"
+        fail(rule, _snippet(answer.trailing))
+    if probe.is_head or (status == 204 and probe.method == "OPTIONS"):
         return found
     content_type = (answer.header("content-type") or "").lower()
     if status == 200 and content_type.startswith("text/event-stream"):
@@ -967,6 +1125,33 @@ def judge_forwarded(path: str, headers: dict[str, str], where: str) -> list[Find
         extra = [h for h in _CREDENTIAL_HEADERS.values() if h != expected and h in headers]
         if extra:
             found.append(Finding("provider got extra credential headers", repr(extra), where))
+    return found
+
+
+LEDGER_CLIENT_TEXT = ("team", "customer", "user_id", "app", "project", "client", "attributes")
+"""The ledger's columns that hold what a client says about itself (`attributes` as JSON)."""
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def ledger_findings(ledger: Path) -> list[Finding]:
+    """What the ledger file holds that no client may put there: a control character (or a byte that was not
+    UTF-8) in what a client says about itself, raw or inside the `attributes` JSON."""
+    if not ledger.exists():
+        return []
+    columns = ", ".join(LEDGER_CLIENT_TEXT)
+    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute(f"SELECT request_id, {columns} FROM requests").fetchall()
+    found = []
+    for request_id, *values in rows:
+        for column, value in zip(LEDGER_CLIENT_TEXT, values, strict=True):
+            if not isinstance(value, str):
+                continue
+            texts = [value]
+            if column == "attributes":
+                with contextlib.suppress(ValueError):
+                    texts += [str(v) for v in json.loads(value).values()]
+            if any(_NOT_TEXT.search(text) for text in texts):
+                found.append(Finding("a control character in the ledger", f"{column}: {value[:120]!r}", request_id))
     return found
 
 

@@ -115,6 +115,21 @@ def test_create_refusals_name_the_field(gateway: Kaixu) -> None:
     assert answer.status_code == 201 and answer.json()["name"] == "gzipped", answer.text
 
 
+def test_a_store_key_may_not_take_a_policy_keys_name(gateway: Kaixu) -> None:
+    """`test` and `limited` are keys of the policy (`keys:`): a store key of the same name would make its
+    requests indistinguishable in the ledger and `/api/costs/NAME`, so it is refused as an existing name is."""
+    for name in ("test", "limited"):
+        conflict = post(gateway, {"name": name})
+        assert conflict.status_code == 409 and code(conflict) == "key_exists", conflict.text
+        assert "policy" in conflict.json()["error"]["message"]
+    listed = httpx.get(gateway.url + "/api/keys", headers=ADMIN).json()["keys"]
+    assert not {"test", "limited"} & {k["name"] for k in listed}
+    refused = cli(gateway.workdir, "create", "--name", "limited")
+    assert refused.returncode != 0 and refused.stdout == "", refused.stdout
+    assert "'limited'" in refused.stderr and "policy" in refused.stderr, refused.stderr
+    assert not {"test", "limited"} & {k["name"] for k in json.loads(cli(gateway.workdir, "list", "--json").stdout)}
+
+
 def test_delete_revokes_within_two_seconds(gateway: Kaixu) -> None:
     key = created(gateway, "api-revoked")
     accepted(gateway, key)

@@ -618,6 +618,40 @@ def test_gemini_json_mode_limits_count_embed_models(fake: FakeProvider, gemini: 
     assert "models/gemini-2.5-flash" in [m.name for m in gemini.models.list()]
 
 
+def test_several_answers_are_each_generated_and_billed(
+    fake: FakeProvider, oai: openai.OpenAI, gemini: genai.Client
+) -> None:
+    """OpenAI `n` and Gemini `candidateCount`, as the SDKs read them: the budget tests need an upstream that
+    honours them (issue 18)."""
+    one = oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a b"}])
+    three = oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a b"}], n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {"echo: a b"}
+    assert one.usage is not None and three.usage is not None
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    stream = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "a b"}], n=2, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    texts: dict[int, str] = {}
+    usage = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+        usage = chunk.usage or usage
+    assert texts == {0: "echo: a b", 1: "echo: a b"}
+    assert usage is not None and usage.completion_tokens == 2 * one.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}], n=0)
+    config = types.GenerateContentConfig(candidate_count=2)
+    two = gemini.models.generate_content(model="gemini-2.5-flash", contents="a b", config=config)
+    single = gemini.models.generate_content(model="gemini-2.5-flash", contents="a b")
+    assert two.candidates is not None and len(two.candidates) == 2
+    assert two.usage_metadata is not None and single.usage_metadata is not None
+    assert two.usage_metadata.candidates_token_count == 2 * (single.usage_metadata.candidates_token_count or 0)
+
+
 def test_gemini_v1beta_api_version(fake: FakeProvider) -> None:
     client = genai.Client(
         api_key="g-test", http_options=types.HttpOptions(base_url=fake.base_url, api_version="v1beta")

@@ -28,8 +28,9 @@ from tests import hostile
 from tests.fakes.provider import FakeProvider
 from tests.harness import TEST_KEY, Kaixu, policy_for, wait_for
 
-BUDGET_S = 10.0
-"""Wall-clock cap of one test's probes (a hang costs hostile.ANSWER_TIMEOUT_S): the file stays under 60 s."""
+BUDGET_S = 30.0
+"""Wall-clock cap of one test's probes (a hang costs hostile.ANSWER_TIMEOUT_S): about 10 s each on an idle
+machine; the cap leaves room for a loaded one (parallel test workers)."""
 
 
 class Gateway:
@@ -49,6 +50,8 @@ class Gateway:
         found = hostile.judge(probe, self.send(probe))
         for forwarded in self.fake.requests[before:]:
             found += hostile.judge_forwarded(forwarded.path, forwarded.headers, probe.describe())
+            if probe.refused:
+                found.append(hostile.Finding("forwarded a request kaixu must refuse", forwarded.path, probe.describe()))
         return found
 
 
@@ -111,6 +114,20 @@ def test_hostile_headers_at_every_door(gateway: Gateway) -> None:
 
 def test_hostile_paths_and_methods(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "target", 400))
+
+
+def test_broken_http_framing_at_every_door(gateway: Gateway) -> None:
+    """Request-line versions, bare CRs in header fields, HEAD: refused with a 400 where the HTTP is broken, and
+    whatever is answered says `connection: close` when asked, then closes with nothing after the answer (an
+    answer to HEAD is its head only)."""
+    assert_clean(gateway, run_probes(gateway, "wire", 300))
+
+
+def test_output_limits_that_are_not_positive_are_refused_at_every_chat_door(gateway: Gateway) -> None:
+    """`max_tokens: -1`, `n: 0`, `maxOutputTokens: "50"`... with whatever else the generator adds (keys, names,
+    headers): kaixu answers a 4xx itself and forwards nothing (issue 18: same-format requests went through, and
+    llama.cpp and Ollama read -1 as no limit)."""
+    assert_clean(gateway, run_probes(gateway, "limits", 150))
 
 
 def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
@@ -193,6 +210,13 @@ def test_the_ledger_still_records_after_the_probes(gateway: Gateway) -> None:
         store = gateway.kaixu.health()["store"]
         errors = [line for line in gateway.kaixu.log().splitlines() if "kaixu.ledger" in line]
         raise AssertionError(f"the ledger stopped recording: store {store}; first errors: {errors[:3]}") from None
+
+
+def test_no_ledger_row_holds_a_control_character(gateway: Gateway) -> None:
+    """Attribution headers with control characters were among the probes (`header:attribution-control`):
+    each is refused, so none reaches the ledger, raw or in its `attributes` JSON."""
+    findings = hostile.ledger_findings(gateway.ledger)
+    assert not findings, f"{len(findings)} ledger values:\n{hostile.summarize(findings)}"
 
 
 def test_client_text_cannot_forge_log_lines(gateway: Gateway) -> None:

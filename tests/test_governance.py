@@ -122,12 +122,13 @@ def test_200_concurrent_requests_never_overspend_by_more_than_one_reservation(
                 )
 
         answers = asyncio.run(race())
-        statuses = sorted({a.status_code for a in answers})
-        assert statuses == [200, 402], statuses
+        statuses = {a.status_code for a in answers}
         admitted = [a for a in answers if a.status_code == 200]
         spent = sum(Decimal(a.headers["x-kaixu-cost-usd"]) for a in admitted)
-        reservation = max(Decimal(a.json()["budget"]["request_reserve_usd"]) for a in answers if a.status_code == 402)
+        reservation = max(Decimal(a.json()["budget"]["request_reserve_usd"]) for a in answers if a.status_code != 200)
         assert spent <= cap + reservation, f"spent {spent} of {cap} (one reservation: {reservation})"
+        assert statuses <= {200, 402, 429} and 200 in statuses, statuses
+        assert 429 in statuses, "a budget held by the requests in flight is a 429 to retry, not a 402"
         assert len(admitted) >= 2, "the budget is used, not refused early"
         ids = [a.headers["x-request-id"] for a in admitted]
         assert sum(Decimal(ledger_row(kaixu, i)["cost_micros"]) for i in ids) / 1_000_000 == spent

@@ -380,3 +380,21 @@ def test_an_upstream_failure_after_100_continue_is_still_a_json_502(gw: Kaixu) -
 def test_answers_do_not_name_the_loopback_servers_software(gw: Kaixu) -> None:
     answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "mock-model", "messages": HELLO}, headers=AUTH)
     assert answer.status_code == 200 and "tornado" not in answer.headers.get("server", "").lower()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/embeddings", b'{"model": "mock-model", "input": "\xed\xa0\x80"}'),
+        ("/v1beta/models/mock-model:embedContent", b'{"content": {"parts": [{"text": "\xed\xa0\x80"}]}}'),
+        ("/v1/chat/completions", b'{"model": "mock-model", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}'),
+    ],
+)
+def test_the_mock_provider_answers_json_to_a_lone_surrogate(gw: Kaixu, path: str, body: bytes) -> None:
+    """Found by the wire fuzz: UTF-8 bytes of a lone surrogate (json.loads takes them) made the built-in mock
+    provider raise, and the client got tornado's HTML 500."""
+    headers = {**AUTH, "x-goog-api-key": TEST_KEY, "content-type": "application/json"}
+    response = httpx.post(gw.url + path, content=body, headers=headers, timeout=10)
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    assert response.status_code < 500, response.text
+    response.json()

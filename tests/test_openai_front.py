@@ -268,3 +268,19 @@ def test_curl_completion_and_stream(kaixu: Kaixu) -> None:
         json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1] if json.loads(e)["choices"]
     )
     assert text == "echo: Hello there"
+
+
+@pytest.mark.parametrize("options", ["yes", 1.5, True, ["include_usage"]])
+def test_stream_options_that_are_not_an_object_are_a_400_naming_them(
+    kaixu: Kaixu, fake: FakeProvider, options: object
+) -> None:
+    """kaixu adds `include_usage` to a stream's `stream_options` (to meter it): one of the wrong type is the
+    client's 400, not an error of kaixu's."""
+    body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True, "stream_options": options}
+    response = httpx.post(
+        kaixu.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {TEST_KEY}"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith("stream_options: ") and error["code"] == "invalid_field"
+    assert fake.requests == []

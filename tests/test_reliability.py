@@ -31,7 +31,7 @@ from google.genai import types
 from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
-from tests.harness import TEST_KEY, Kaixu, only_record, policy_for, wait_for
+from tests.harness import TEST_KEY, Kaixu, key_hash, only_record, policy_for, wait_for
 from tests.test_seed_apis import sse_events
 
 PROMPT = "Tell me about the lighthouse keeper"
@@ -43,6 +43,10 @@ ATTEMPT = re.compile(r'"(?P<target>[^"]+)";status=(?P<status>\d+);ms=(?P<ms>[0-9
 TTFB_S = 0.3
 IDLE_S = 0.3
 BASE_MS = 5
+# Callers whose model rules forbid some fallbacks: by the key's `models`, its team's, and a `policies[]` rule.
+PERM_KEY, TEAM_KEY, RULE_KEY = "sk-r-perm", "sk-r-perm-team", "sk-r-perm-rule"
+# Two keys with the same small budget: one may reach a dear fallback, the other may not.
+CHEAP_KEY, DEAR_KEY = "sk-r-cheap-only", "sk-r-may-go-dear"
 
 
 # --- a provider that says the prompt is too long ----------------------------------------------------------
@@ -166,8 +170,25 @@ def reliability_policy(fake_url: str, too_long_url: str) -> dict[str, Any]:
             "r-g13": oai("gpt-r-g13", fallbacks=["r-claude"]),
             "r-g13-cut": oai("gpt-r-g13-cut"),
             "r-no-tools": {"route": [{"provider": "notools", "model": "gpt-r-no-tools"}], "fallbacks": ["r-claude"]},
+            "r-perm-chain": {"route": [{"provider": "dead", "model": "gpt-r-perm-chain"}],
+                             "fallbacks": ["r-claude", "r-perm-gpt"]},
+            "r-perm-gpt": oai("gpt-r-perm-gpt"),
+            "r-perm-cheap": oai("gpt-r-perm-cheap", fallbacks=["r-perm-dear"]),
+            "r-perm-dear": oai("gpt-r-perm-dear"),
         }
-    )
+    )  # fmt: skip
+    budget = {"usd": 0.01, "period": "month"}  # the cheap model's bound fits, the dear one's does not
+    policy["keys"] += [
+        {"name": "r-perm", "hash": key_hash(PERM_KEY), "models": ["r-dead-only", "r-no-tools", "r-perm-*"]},
+        {"name": "r-perm-team", "hash": key_hash(TEAM_KEY), "team": "r-perm-team"},
+        {"name": "r-perm-rule", "hash": key_hash(RULE_KEY)},
+        {"name": "r-cheap-only", "hash": key_hash(CHEAP_KEY), "models": ["r-perm-cheap"], "budget": budget},
+        {"name": "r-may-go-dear", "hash": key_hash(DEAR_KEY), "budget": budget},
+    ]
+    policy["teams"] = {"r-perm-team": {"models": ["r-dead-only"]}}
+    policy["policies"] = [{"name": "No Claude fallback", "match": {"key": "r-perm-rule"}, "deny_models": ["r-claude"]}]
+    policy["pricing"] = {"models": {"openai/gpt-r-perm-cheap": {"input": 0.1, "output": 0.1},
+                                    "openai/gpt-r-perm-dear": {"input": 1000, "output": 1000}}}  # fmt: skip
     return policy
 
 
@@ -210,8 +231,8 @@ class Metrics:
         return self.added("kaixu_upstream_attempts_total", provider=provider, outcome=outcome)
 
 
-def oai_client(gw: Kaixu, timeout: float = 10) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=timeout)
+def oai_client(gw: Kaixu, timeout: float = 10, key: str = TEST_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
 def ant_client(gw: Kaixu, timeout: float = 10) -> anthropic.Anthropic:
@@ -728,6 +749,63 @@ def test_a_request_with_tools_skips_a_provider_without_tools(gw: Kaixu, fake: Fa
     assert upstream(fake, OPENAI_PATH) == [], "the provider that says supports_tools: false was never asked"
     plain = chat(gw, "r-no-tools")
     assert plain.headers["x-kaixu-served-by"] == "notools/gpt-r-no-tools" and "x-kaixu-degraded" not in plain.headers
+
+
+# --- fallbacks obey the caller's model rules ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [PERM_KEY, TEAM_KEY, RULE_KEY], ids=["key-models", "team-models", "policy-deny"])
+def test_a_fallback_the_caller_may_not_call_is_never_tried(gw: Kaixu, fake: FakeProvider, key: str) -> None:
+    """`r-dead-only` falls back to `r-claude`, which this caller may not call: it gets the first model's own
+    failure, as if the model had no fallback, buffered and streamed, and the fallback's provider is never asked."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        oai_client(gw, key=key).chat.completions.create(model="r-dead-only", messages=MESSAGES)
+    error = caught.value
+    assert error.status_code == 502, error.response.text
+    headers = error.response.headers
+    assert attempts(headers) == [("dead/gpt-r-dead-only", 502)] * 3
+    assert "x-kaixu-degraded" not in headers
+    row = only_record(gw, headers["x-request-id"])
+    assert row["status"] == 502 and row["degraded"] == 0 and row["provider"] == "dead"
+    with pytest.raises(openai.APIStatusError) as streamed:
+        oai_client(gw, key=key).chat.completions.create(model="r-dead-only", messages=MESSAGES, stream=True)
+    assert streamed.value.status_code == 502
+    assert attempts(streamed.value.response.headers) == [("dead/gpt-r-dead-only", 502)] * 3
+    assert upstream(fake, ANTHROPIC_PATH) == [] and fake.streams == []
+
+
+def test_a_plan_falls_back_past_a_forbidden_model_to_an_allowed_one(gw: Kaixu, fake: FakeProvider) -> None:
+    raw = oai_client(gw, key=PERM_KEY).chat.completions.with_raw_response.create(
+        model="r-perm-chain", messages=MESSAGES
+    )
+    assert raw.status_code == 200 and raw.parse().choices[0].message.content == ECHO
+    assert raw.headers["x-kaixu-degraded"] == "true" and raw.headers["x-kaixu-served-by"] == "oai/gpt-r-perm-gpt"
+    assert attempts(raw.headers) == [("dead/gpt-r-perm-chain", 502)] * 3 + [("oai/gpt-r-perm-gpt", 200)]
+    assert upstream(fake, ANTHROPIC_PATH) == []
+    # a caller who may call every model is served by the first fallback
+    assert chat(gw, "r-perm-chain").headers["x-kaixu-served-by"] == "ant/claude-3-5-haiku-latest"
+
+
+def test_with_no_fallback_allowed_the_caller_gets_the_first_models_refusal(gw: Kaixu, fake: FakeProvider) -> None:
+    """`r-no-tools` cannot take tools and its fallback may not be called: the first model's 400."""
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai_client(gw, key=PERM_KEY).chat.completions.create(model="r-no-tools", messages=MESSAGES, tools=tools)
+    assert caught.value.response.json()["error"]["code"] == "tools_not_supported"
+    assert fake.requests == []
+
+
+def test_a_fallback_the_caller_may_not_call_reserves_nothing_of_its_budget(gw: Kaixu, fake: FakeProvider) -> None:
+    """Budgets reserve the dearest deployment a plan may reach: for a key that may not call the dear fallback,
+    only the cheap model, which its budget covers."""
+    raw = oai_client(gw, key=CHEAP_KEY).chat.completions.with_raw_response.create(
+        model="r-perm-cheap", messages=MESSAGES
+    )
+    assert raw.status_code == 200 and raw.headers["x-kaixu-served-by"] == "oai/gpt-r-perm-cheap"
+    with pytest.raises(openai.APIStatusError) as caught:  # the same budget, the dear fallback reachable
+        oai_client(gw, key=DEAR_KEY).chat.completions.create(model="r-perm-cheap", messages=MESSAGES)
+    assert caught.value.status_code == 402, caught.value.response.text
+    assert upstream(fake, OPENAI_PATH) == ["gpt-r-perm-cheap"]
 
 
 GW13_HEADERS = {"authorization": f"Bearer {TEST_KEY}", "x-kaixu-install-id": "install-r"}

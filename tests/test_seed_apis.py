@@ -149,6 +149,15 @@ def test_gate_errors(kaixu: Kaixu, method: str, body: Any, status: int) -> None:
     assert response.json()["ok"] is False and response.json()["error"]
 
 
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/stream"])
+def test_gate_include_raw_of_the_wrong_type_is_a_400_naming_it(kaixu: Kaixu, fake: FakeProvider, path: str) -> None:
+    body = {"input": {"type": "text", "content": "hi"}, "includeRaw": "yes"}
+    response = gate(kaixu, path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["ok"] is False and response.json()["error"].startswith("includeRaw: ")
+    assert fake.requests == []
+
+
 def test_gate_401_413_and_upstream_failure(kaixu: Kaixu) -> None:
     unauthorized = gate(kaixu, "/v1/generate", {"input": {"type": "text", "content": "x"}}, headers={})
     assert unauthorized.status_code == 401 and unauthorized.json()["ok"] is False
@@ -352,6 +361,9 @@ def test_a_model_restricted_key_cannot_leave_the_models_route_by_backend(kaixu: 
     ):
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "provider_not_allowed"
+    # a path naming a model in place of the body's: that model must be one the key may call (kaixu/permission.py)
+    renamed = httpx.post(kaixu.url + "/v1/claude-test/chat/completions", json=body, headers=limited)
+    assert renamed.status_code == 403 and renamed.json()["error"]["code"] == "model_not_allowed", renamed.text
     assert fake.requests == []
     inside = httpx.post(kaixu.url + "/v1/oai/chat/completions", json=body, headers=limited)
     assert inside.status_code == 200, inside.text
@@ -476,6 +488,30 @@ def test_pulse_errors(kaixu: Kaixu) -> None:
     missing = httpx.post(kaixu.url + "/api/ai/request", json={"model": "gpt-4o-mini"}, headers=BEARER)
     assert missing.status_code == 400 and missing.json()["success"] is False
     assert httpx.post(kaixu.url + "/api/ai/request", json=body).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"teamId": 0}, "teamId"),
+        ({"userId": ["a"]}, "userId"),
+        ({"projectId": {"id": "p"}}, "projectId"),
+        ({"appId": True}, "appId"),
+        ({"clientId": 1.5}, "clientId"),
+        ({"metadata": "team-a"}, "metadata"),
+        ({"metadata": {"teamId": 7}}, "metadata.teamId"),
+    ],
+)
+def test_pulse_attribution_of_the_wrong_type_is_a_400_naming_the_field(
+    kaixu: Kaixu, fake: FakeProvider, extra: dict[str, Any], field: str
+) -> None:
+    body = {"model": "gpt-4o-mini", "prompt": "hi", **extra}
+    response = httpx.post(kaixu.url + "/api/ai/request", json=body, headers={"x-pulse-key": TEST_KEY})
+    assert response.status_code == 400, response.text
+    data = response.json()
+    assert data["success"] is False and data["error"].startswith(f"{field}: "), data
+    assert response.headers["x-request-id"]
+    assert fake.requests == []
 
 
 # --- AI Gateway (node, seed 004) ----------------------------------------------------------------------

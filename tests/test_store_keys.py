@@ -181,6 +181,22 @@ def test_list_and_show_never_print_secrets_or_hashes(gateway: Kaixu) -> None:
     assert json.loads(shown.stdout)["team"] == "t1"
 
 
+def test_create_refuses_the_name_of_a_policy_key(gateway: Kaixu, tmp_path: Path) -> None:
+    """`test` is a key of the policy: a store key named so would share its ledger rows and `/api/costs/test`."""
+    refused = cli(gateway.workdir, "create", "--name", "test")
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+    assert "kaixu: " in refused.stderr and "'test'" in refused.stderr and "policy" in refused.stderr, refused.stderr
+    assert "test" not in {k["name"] for k in json.loads(cli(gateway.workdir, "list", "--json").stdout)}
+    # the same with the store named by --db: the policy's keys are still read
+    env = {**os.environ, "KAIXU_KEY_PEPPER": PEPPER}
+    by_file = subprocess.run(
+        [sys.executable, "-m", "kaixu", "keys", "create", "--name", "limited", "--db", str(tmp_path / "keys.db"),
+         str(gateway.workdir / "proxy.yaml")], env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert by_file.returncode == 1 and "'limited'" in by_file.stderr and by_file.stdout == "", by_file.stderr
+    assert not (tmp_path / "keys.db").exists()
+
+
 def test_without_a_pepper_no_key_is_created_and_store_keys_are_refused(
     fake: FakeProvider, tmp_path: Path, gateway: Kaixu
 ) -> None:

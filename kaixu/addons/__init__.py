@@ -52,7 +52,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Seats(
             gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store)
         ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
-        Policies(),  # 4 per-caller rules (`policies:`): models, tokens per request, shadow mode
+        Policies(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
         router,  # 6 where it goes
         Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402

@@ -285,7 +285,7 @@ class Admin:
             raise BadParameter("key_name", "conflicts with the key name in the path")
         filters = params.filters()
         row = await reader.key_cost(name, filters)
-        known = name in {key.name for key in call.policy.keys.values()}
+        known = call.policy.key_named(name) is not None
         if row.requests == 0 and not known:
             raise _NotFound(f"no key named {safe(name, 80)!r} in the policy or the ledger")
         return {"object": "key_cost", "key_name": name, **scope_json(filters), "currency": "USD", **row.to_json()}
@@ -382,6 +382,9 @@ class Admin:
         now = time.time()
         name, team, customer, models, expires = _key_fields(fields, now)
         governance = _governance_fields(fields)
+        if call.policy.key_named(name) is not None:
+            message = f"the policy has a key named {name!r} (keys:): a store key may not take its name, or the ledger "
+            raise _Refused(409, message + "could not tell the two apart", "invalid_request_error", "key_exists")
         store = self._key_store(call)
         key = new_secret()
         stored = StoredKey(name, digest(secret, key), team, customer, models, now, expires, None, **governance)

@@ -3,7 +3,8 @@
 Decompressed here, never earlier and never without a bound: `limits.max_body_bytes` applies to the
 decompressed size too, so a 1 MB gzip bomb costs at most the limit in memory. Then parsed as JSON (nesting
 bounded, so no step after this can recurse itself to death on a hostile body), and the request facts the
-later steps use are read: model (validated), stream flag, routing hints, client attribution.
+later steps use are read: model (validated), stream flag, routing hints, client attribution, and a chat
+body's output limits and answer counts (`max_tokens`, `n`...: positive integers, or the budget cannot bound them).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from mitmproxy import http
 
 from kaixu import content
 from kaixu.addons.dialect import Door, model_name_problem
+from kaixu.addons.policy import output_limit_problem
 from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
-from kaixu.formats.seeds import gateway13, pulse
+from kaixu.formats.seeds import gateway13, kaixu_gate, pulse
 
 #: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
 MAX_JSON_DEPTH = 64
@@ -143,23 +145,34 @@ class Body:
             if model_name_problem(backend) is not None:
                 return "backend: not a valid backend name"
             call.backend = call.backend or backend
-        user = _end_user(body)
-        if user is not None and "user" not in call.caller.attributes:
-            call.caller.attributes["user"] = user
-        if call.front == pulse.NAME:
-            call.caller.attributes.update({k: str(v)[:200] for k, v in pulse.attribution(body).items() if v})
-        if call.front == gateway13.NAME:
-            try:
+        said = _end_user(body)
+        if said is not None:  # an x-kaixu-user header wins
+            problem = call.caller.say("user", *said, replace=False)
+            if problem is not None:
+                return problem
+        try:  # the seeds' own fields a later step reads: a wrong type is the client's 400 here, not a 500 there
+            if call.front == pulse.NAME:
+                for name, value in pulse.attribution(body).items():
+                    where = name if body.get(name) is not None else f"metadata.{name}"
+                    problem = call.caller.say(name, value, where) if value else None
+                    if problem is not None:
+                        return problem
+            elif call.front == gateway13.NAME:
                 call.provider_hint = gateway13.provider_hint(body)
-            except FormatError as exc:
-                return str(exc)
+            elif call.front == kaixu_gate.NAME:
+                kaixu_gate.include_raw(body)  # read again when the router aims the call (its SeedContext)
+        except FormatError as exc:
+            return str(exc)
+        if door.operation == "chat":  # before anything is reserved, translated or forwarded (same-format too)
+            return output_limit_problem(call.front, body)
         return None
 
 
-def _end_user(body: dict[str, Any]) -> str | None:
-    """The end user a body names: OpenAI's `user`, Anthropic's `metadata.user_id` (for the ledger only)."""
-    user = body.get("user")
+def _end_user(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The end user a body names, and the field naming it: OpenAI's `user`, Anthropic's `metadata.user_id`
+    (for the ledger only)."""
+    user, field = body.get("user"), "user"
     if not isinstance(user, str):
         metadata = body.get("metadata")
-        user = metadata.get("user_id") if isinstance(metadata, dict) else None
-    return user[:200] if isinstance(user, str) and user else None
+        user, field = (metadata.get("user_id") if isinstance(metadata, dict) else None), "metadata.user_id"
+    return (user, field) if isinstance(user, str) and user else None

@@ -5,13 +5,18 @@ nothing was spent (`Governor.finish`). So however many requests and replicas rac
 most one request's cost above its reservation, and that only when the bound below was wrong.
 
 The bound: input tokens (the canonical request's estimate when kaixu translated it, else the body's bytes / 4,
-which is never below the text's characters / 4) plus the output the client asked for (or `DEFAULT_MAX_OUTPUT`
-when it set none), output priced at the higher of the output and reasoning rates, input at the higher of the
-input and cache-write rates. A model without a price cannot be bounded: it is admitted only one request at a
-time per budget (a slot), and reserves nothing (the router already refused it under `pricing.require`).
+which is never below the text's characters / 4) plus the output the client asked for (at most the model's
+`max_output_tokens` when its price entry has one; that, or `DEFAULT_MAX_OUTPUT`, when it set none) times the
+answers it asks for (`n`, `candidateCount`: each is generated and billed), output priced at the higher of the
+output and reasoning rates, input at the higher of the input and cache-write rates. A model without a price
+cannot be bounded: it is admitted only one request at a time per budget (a slot), and reserves nothing (the
+router already refused it under `pricing.require`). The body step refused output limits the bound cannot
+read (`max_tokens: -1`...).
 
-Over budget -> 402 with the level, the cap, what is spent and when the period resets, in the caller's shape
-(Kaixu Gateway 13's own `{error, scope, month}` body at its door). Policies in shadow mode (`enforce: false`)
+Over budget: 402 when it is spent (settled spend plus this bound passes the cap), with the level, the cap, what
+is spent and when the period resets, in the caller's shape (Kaixu Gateway 13's own `{error, scope, month}` body
+at its door); 429 `budget_in_flight` with `Retry-After: 1` when it is only held by requests in flight, which
+settle in a moment (402 means spent: a client does not retry it). Policies in shadow mode (`enforce: false`)
 hold their own reservation, which never refuses: what it would have refused is logged and counted.
 
 Why after the router: the bound needs the price of what is served (`call.bill.price`), which the router looks
@@ -28,8 +33,9 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu.addons.limits import governor_for, unavailable
-from kaixu.addons.policy import match_facts, requested_output
+from kaixu.addons.policy import requested_answers, requested_output
 from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.router import reachable_targets
 from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens
@@ -41,6 +47,7 @@ from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly
 from kaixu.limits.levels import BudgetLevel, budget_levels
 from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
+from kaixu.permission import match_facts
 from kaixu.pricing import Price, cost_micros, usd
 
 log = logging.getLogger("kaixu.budgets")
@@ -51,14 +58,15 @@ DEFAULT_MAX_OUTPUT = 32_768
 
 def plan_prices(call: Call) -> list[Price]:
     """The prices of every deployment the request's attempt plan may be served by (an unpriced one adds none:
-    its cost cannot be bounded)."""
+    its cost cannot be bounded): the plan holds only models the caller may call, and of each model the
+    deployments an attempt may be aimed at (the executor's `reachable_targets`)."""
     plan = call.route.plan
     if plan is None:
         return []
     policy = call.policy
     prices = []
     for index, route in enumerate(plan.routes):
-        for target in route.targets:
+        for target in reachable_targets(call, route, fallback=index > 0):
             model = target.model or (route.name if index else call.model) or ""
             found = policy.pricing.table.lookup(policy.providers[target.provider].kind, model)
             if found is not None:
@@ -68,14 +76,17 @@ def plan_prices(call: Call) -> list[Price]:
 
 def upper_bound(call: Call, price: Price, raw_size: int) -> int:
     """The most this request can cost, in micro-dollars (see the module docstring)."""
+    body = call.body or {}
     if call.canonical is not None:
         input_tokens, output = estimate_tokens(call.canonical), call.canonical.max_tokens
     else:
-        input_tokens, output = (raw_size + 3) // 4, requested_output(call.front, call.body or {})
+        input_tokens, output = (raw_size + 3) // 4, requested_output(call.front, body)
     if call.operation != "chat":
         output = 0
-    elif output is None:
-        output = DEFAULT_MAX_OUTPUT
+    else:
+        cap = price.max_output_tokens  # the model's own limit, when its price entry says it
+        output = (cap or DEFAULT_MAX_OUTPUT) if output is None else min(output, cap or output)
+        output *= requested_answers(call.front, body)  # `n`, `candidateCount`: each answer is billed
     rates = price.rates_for(input_tokens)
     reasoning = (
         output if rates.reasoning is not None and rates.output is not None and rates.reasoning > rates.output else 0
@@ -141,7 +152,7 @@ class Budgets:
                     [lv.scope for lv in enforced], amount, [lv.budget.usd_micros for lv in enforced], ttl
                 )
                 if isinstance(held, Refusal):  # what it holds (unpriced slots) goes back at its end, as always
-                    self._refuse(flow, call, next(lv for lv in enforced if lv.scope == held.scope), held)
+                    await self._refuse(flow, call, governor, enforced, held)
                     return
                 governance.reservation = held
                 if call.policy.alerts.budget_percent is not None:
@@ -203,18 +214,51 @@ class Budgets:
         body = error_json(call.front, call.request_id, 429, message, "rate_limit_error", "unpriced_in_flight")
         flow.response = json_response(call, 429, body, {"retry-after": "1"})
 
+    async def _refuse(
+        self, flow: http.HTTPFlow, call: Call, governor: Governor, enforced: list[BudgetLevel], refusal: Refusal
+    ) -> None:
+        """402 when a budget is spent: what it has spent leaves no room for this request. Else the budget is only
+        held by requests in flight, which settle in a moment to what they really cost (usually far less than
+        they hold): 429 with a short Retry-After, unless a later level is spent (the reservation, all or none,
+        stopped at the first level over its cap)."""
+        at = next(i for i, lv in enumerate(enforced) if lv.scope == refusal.scope)
+        if refusal.spent_micros + refusal.amount_micros > refusal.cap_micros:
+            self._answer(flow, call, enforced[at], refusal, in_flight=False)
+            return
+        for level in enforced[at + 1 :]:
+            spent = await governor.counters.spent(level.scope)
+            if spent + refusal.amount_micros > level.budget.usd_micros:
+                reserved = await governor.counters.reserved(level.scope)
+                spent_refusal = Refusal(level.scope, level.budget.usd_micros, spent, reserved, refusal.amount_micros)
+                self._answer(flow, call, level, spent_refusal, in_flight=False)
+                return
+        self._answer(flow, call, enforced[at], refusal, in_flight=True)
+
     @staticmethod
-    def _refuse(flow: http.HTTPFlow, call: Call, level: BudgetLevel, refusal: Refusal) -> None:
-        GOVERNANCE_REFUSALS.inc(("budget",))
+    def _answer(flow: http.HTTPFlow, call: Call, level: BudgetLevel, refusal: Refusal, *, in_flight: bool) -> None:
+        """The refusal, in the caller's shape, with a `budget` object whose `reason` says which: `spent` (402)
+        or `in_flight` (429, `Retry-After: 1`: not a rate limit, the budget is held by requests in flight)."""
+        GOVERNANCE_REFUSALS.inc(("budget_in_flight" if in_flight else "budget",))
         spent, cap = refusal.spent_micros + refusal.reserved_micros, refusal.cap_micros
         period = "in total" if level.budget.period == "total" else f"this {level.budget.period}"
-        message = (
-            f"budget exhausted: {level.level} {level.name!r} has spent {usd(refusal.spent_micros)} of "
-            f"{usd(cap)} USD {period}"
-            + (f" ({usd(refusal.reserved_micros)} held by requests in flight)" if refusal.reserved_micros else "")
-            + (f"; it resets at {_iso(level.resets_at)}" if level.resets_at is not None else "")
-        )
+        held = f"{usd(refusal.reserved_micros)} held by requests in flight"
+        asked = f"this request may cost up to {usd(refusal.amount_micros)} USD"
+        if in_flight:
+            message = (
+                f"budget held by requests in flight: {level.level} {level.name!r} has spent "
+                f"{usd(refusal.spent_micros)} of {usd(cap)} USD {period} and {held}; {asked}: retry in 1 s, "
+                "when they have settled"
+            )
+        else:
+            message = (
+                f"budget exhausted: {level.level} {level.name!r} has spent {usd(refusal.spent_micros)} of "
+                f"{usd(cap)} USD {period}"
+                + (f" ({held})" if refusal.reserved_micros else "")
+                + (f"; {asked}" if refusal.spent_micros < cap else "")
+                + (f"; it resets at {_iso(level.resets_at)}" if level.resets_at is not None else "")
+            )
         detail: dict[str, Any] = {
+            "reason": "in_flight" if in_flight else "spent",
             "level": level.level,
             "name": level.name,
             "period": level.budget.period,
@@ -224,6 +268,12 @@ class Budgets:
             "request_reserve_usd": usd(refusal.amount_micros),
             "resets_at": _iso(level.resets_at),
         }
+        body: dict[str, Any]
+        if in_flight:
+            body = error_json(call.front, call.request_id, 429, message, "rate_limit_error", "budget_in_flight")
+            body["budget"] = detail
+            flow.response = json_response(call, 429, body, {"retry-after": "1"})
+            return
         if call.front == gateway13.NAME:
             context = call.seed_context
             month = context.month if context is not None else MonthRollup()
@@ -232,7 +282,7 @@ class Budgets:
                 month = replace(month, customer_cap_cents=cap / 10_000, customer_spent_cents=spent / 10_000)
             else:
                 month = replace(month, key_cap_cents=cap / 10_000, key_spent_cents=spent / 10_000)
-            body: dict[str, Any] = gateway13.cap_reached_body(scope, month)
+            body = gateway13.cap_reached_body(scope, month)
             body["budget"] = detail
             body["request_id"] = call.request_id
         else:

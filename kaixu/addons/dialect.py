@@ -183,4 +183,7 @@ class Dialect:
         headers = request.headers
         for header, name in _ATTRIBUTE_HEADERS:
             if header in headers:
-                call.caller.attributes[name] = headers[header][:200]
+                problem = call.caller.say(name, headers[header], header)
+                if problem is not None:
+                    flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_header")
+                    return

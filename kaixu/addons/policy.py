@@ -1,10 +1,12 @@
-"""Step 4: the per-caller rules of `policies:` (Pulse's policies): allowed and denied models, a cap on a request's
-tokens (refuse, or lower the requested output to fit), and shadow mode.
+"""Step 4: may the caller call the model it names, and the per-caller rules of `policies:` (Pulse's policies): a
+cap on a request's tokens (refuse, or lower the requested output to fit), and shadow mode.
 
 Why here, after the body and before the router: a rule reads the requested model and the body's size, and a
 clamp must change the body in the client's own format before the router encodes it (or forwards its bytes).
-Nothing a rule refuses leaves kaixu. The rules were compiled when the policy loaded (`CallerPolicy`); a request
-walks them in file order and the first enforcing refusal answers it (403, in the caller's shape).
+Nothing a rule refuses leaves kaixu. Which models a caller may call is one rule (kaixu/permission.py: the
+policies' allowed and denied models, the key's and its team's `models`), which the router applies to every
+fallback too. The token caps were compiled when the policy loaded (`CallerPolicy`); a request walks them in file
+order and the first enforcing refusal answers it (403, in the caller's shape).
 
 `max_cost_per_day` is a day budget, held by the budget step (kaixu/addons/budgets.py).
 """
@@ -21,21 +23,39 @@ from kaixu.addons.respond import error_response
 from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
 from kaixu.call import Call, get_call
 from kaixu.config.policy import CallerPolicy
-from kaixu.formats import FormatError, estimate_tokens
-from kaixu.formats.seeds import pulse
+from kaixu.formats import FormatError, estimate_tokens, json_type
 from kaixu.log import safe
 from kaixu.metrics import POLICY_SHADOW_REFUSALS
+from kaixu.permission import match_facts, model_refusal
 
 log = logging.getLogger("kaixu.policy")
 
-#: Where each front door's body asks for a maximum of output tokens, in the order a clamp prefers them.
+
+def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
+    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
+    return tuple((parent, name) for parent in parents for name in names)
+
+
+_GEMINI = ("generationConfig", "generation_config")
+_GATE = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
+
+#: Where each front door's body asks for a maximum of output tokens (every spelling a provider reads), in the
+#: order a clamp prefers them.
 OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "openai": (("max_completion_tokens",), ("max_tokens",)),
     "anthropic": (("max_tokens",),),
-    "gemini": (("generationConfig", "maxOutputTokens"),),
-    "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
+    "gemini": _config(_GEMINI, "maxOutputTokens", "max_output_tokens"),
+    "kaixu_gate": _config(_GATE, "maxOutputTokens", "max_output_tokens"),
     "gateway13": (("max_tokens",),),
     "pulse": (("maxTokens",),),
+}
+#: Where a body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
+#: (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
+#: and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a provider).
+ANSWER_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("n",), ("best_of",)),
+    "gemini": _config(_GEMINI, "candidateCount", "candidate_count"),
+    "kaixu_gate": _config(_GATE, "candidateCount", "candidate_count"),
 }
 
 
@@ -66,11 +86,30 @@ def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _ints(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[int]:
+    return [v for path in paths if isinstance(v := _field(body, path), int) and not isinstance(v, bool)]
+
+
 def requested_output(front: str, body: dict[str, Any]) -> int | None:
-    for path in OUTPUT_FIELDS.get(front, ()):
+    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice)."""
+    return max(_ints(body, OUTPUT_FIELDS.get(front, ())), default=None)
+
+
+def requested_answers(front: str, body: dict[str, Any]) -> int:
+    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...): each costs its output."""
+    return max(_ints(body, ANSWER_FIELDS.get(front, ())), default=1)
+
+
+def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
+    """What is wrong with a chat body's output limits and answer counts, naming the field, or None: each must
+    be a positive integer. Why refused, not forwarded: OpenAI-compatible servers (llama.cpp, Ollama) read a
+    `max_tokens` of -1 as no limit at all, and a count kaixu cannot read is a cost it cannot bound."""
+    for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
         value = _field(body, path)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
+            shown = str(value) if small else json_type(value)
+            return f"{'.'.join(path)}: must be a positive integer, got {shown}"
     return None
 
 
@@ -93,14 +132,6 @@ def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
             parent[path[-1]] = limit
 
 
-def model_refusal(rule: CallerPolicy, model: str) -> str | None:
-    if rule.deny_models is not None and rule.deny_models.matches(model):
-        return pulse.policy_error(model, rule.name)
-    if rule.allow_models is not None and not rule.allow_models.matches(model):
-        return f'Model {model} is not allowed by policy "{rule.name}"'
-    return None
-
-
 def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     asked = "no maximum" if size.output is None else f"up to {size.output}"
     return (
@@ -109,31 +140,29 @@ def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     )
 
 
-def match_facts(call: Call) -> tuple[str | None, str | None, str | None, str | None]:
-    """What `policies[].match` compares: the key's team and name, the app and project the client names."""
-    key = call.caller.key
-    said = call.caller.attributes.get
-    return (key.team if key else None, key.name if key else None, said("app") or said("appId"),
-            said("project") or said("projectId"))  # fmt: skip
-
-
 class Policies:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or not call.policy.policies:
+        if call is None or flow.response is not None:
             return
         if call.operation not in ROUTED_OPERATIONS or call.model is None:
+            return
+        denied = model_refusal(call, call.model, lambda rule, what: self._shadow(call, rule, what))
+        if denied is not None:
+            flow.response = error_response(call, 403, denied.message, "permission_error", denied.code)
+            return
+        if not call.policy.policies:
             return
         who = match_facts(call)
         size: Size | None = None
         clamped = False
         for rule in call.policy.policies:
-            if not rule.applies(*who):
-                continue
-            refusal = model_refusal(rule, call.model)
-            clamp_to: int | None = None
             cap = rule.max_tokens_per_request
-            if refusal is None and cap is not None and call.operation == "chat" and call.body is not None:
+            if cap is None or not rule.applies(*who):
+                continue
+            refusal: str | None = None
+            clamp_to: int | None = None
+            if call.operation == "chat" and call.body is not None:
                 size = size or Size(call, flow.request.raw_content or b"")
                 clamping = rule.on_max_tokens == "clamp"
                 # no maximum asked: `reject` counts the input alone; `clamp` sets one, so the cap holds anyway

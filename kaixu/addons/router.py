@@ -7,7 +7,6 @@ gateway-only field) the body's model change.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import time
 from collections.abc import Awaitable
@@ -19,10 +18,11 @@ from mitmproxy import http
 from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
-from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec
+from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec, json_type
 from kaixu.formats.canonical import ChatRequest, Usage
 from kaixu.formats.seeds import SeedContext, gateway13, kaixu_gate
 from kaixu.gateway import Gateway
+from kaixu.permission import model_refusal
 from kaixu.pricing import cost_micros
 from kaixu.providers import (
     ANTHROPIC_VERSION,
@@ -71,7 +71,11 @@ class RouteRefused(Exception):
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:
+    """The OpenAI stream asks for its usage chunk already; raises FormatError for `stream_options` that are not
+    an object (kaixu would have to add `include_usage` to them)."""
     options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise FormatError("stream_options", f"must be an object, got {json_type(options)}")
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
@@ -111,31 +115,28 @@ def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
 
 
 def resolve_route(call: Call) -> ModelRoute:
-    if call.model is None:
+    model = call.model
+    if model is None:
         raise RouteRefused(400, "model: a model name is required", "invalid_request_error", "invalid_model")
     policy: Policy = call.policy
     backend = call.backend
+    renamed = False
     if backend is not None and backend not in policy.providers and backend in policy.models:
-        call.model, call.backend = backend, None  # /v1/{backend}/chat/completions naming a model, not a provider
-    route = policy.resolve_model(call.model)
+        model = call.model = backend  # /v1/{backend}/chat/completions naming a model, not a provider
+        call.backend, renamed = None, True
+    route = policy.resolve_model(model)
     if route is None:
         if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
             raise RouteRefused(
-                403, f"model {call.model!r} is not served by this gateway", "permission_error", "model_not_allowed"
+                403, f"model {model!r} is not served by this gateway", "permission_error", "model_not_allowed"
             )
         raise RouteRefused(
-            404, f"model {call.model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
+            404, f"model {model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
         )
-    key = call.caller.key
-    if key is not None and not key.may_use(call.model):
-        raise RouteRefused(
-            403, f"model {call.model!r} is not allowed for key {key.name!r}", "permission_error", "model_not_allowed"
-        )
-    team = policy.teams.get(key.team) if key is not None and key.team else None
-    if team is not None and team.models and not any(fnmatch.fnmatchcase(call.model, g) for g in team.models):
-        raise RouteRefused(
-            403, f"model {call.model!r} is not allowed for team {team.name!r}", "permission_error", "model_not_allowed"
-        )
+    # the policy step allowed the model the body names; one the path names instead must be allowed too
+    denied = model_refusal(call, model) if renamed else None
+    if denied is not None:
+        raise RouteRefused(403, denied.message, "permission_error", denied.code)
     call.route.name = route.name
     return route
 
@@ -183,15 +184,22 @@ def usable_targets(call: Call, targets: tuple[RouteTarget, ...]) -> tuple[RouteT
     return tuple(t for t in targets if providers[t.provider].supports_tools)
 
 
+def reachable_targets(call: Call, route: ModelRoute, *, fallback: bool) -> tuple[RouteTarget, ...]:
+    """The deployments of one model of a plan an attempt may be aimed at: the model asked for's as the client
+    narrowed them (`candidate_targets`), a fallback's all; either way only those that take the request
+    (`usable_targets`). What the executor aims at, and what the budget step reserves for."""
+    return usable_targets(call, route.targets if fallback else candidate_targets(call, route))
+
+
 def fallback_routes(call: Call, route: ModelRoute) -> tuple[ModelRoute, ...]:
-    """The model asked for, then its fallbacks (`models.X.fallbacks`), each once, in order; an explicit backend
-    or provider hint pins the request, so it has none."""
+    """The model asked for, then its fallbacks (`models.X.fallbacks`) the caller may call (kaixu/permission.py),
+    each once, in order; an explicit backend or provider hint pins the request, so it has none."""
     if call.backend is not None or call.provider_hint is not None or not route.fallbacks:
         return (route,)
     chain = [route]
     for name in route.fallbacks:
         fallback = call.policy.resolve_model(name)
-        if fallback is not None and all(fallback.name != r.name for r in chain):
+        if fallback is not None and all(fallback.name != r.name for r in chain) and model_refusal(call, name) is None:
             chain.append(fallback)
     return tuple(chain)
 

@@ -175,6 +175,10 @@ class Team:
     limits: RateLimits | None = None
     models: tuple[str, ...] = ()
 
+    def may_use(self, model: str) -> bool:
+        """The team's keys may call `model` (an empty list: any model), as `VirtualKey.may_use`."""
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -414,6 +418,11 @@ class Policy:
     def listed_models(self) -> list[str]:
         """Concrete model names to advertise (globs cannot be listed)."""
         return list(self.models)
+
+    def key_named(self, name: str) -> VirtualKey | None:
+        """The policy's key (`keys:`) of that name: the ledger and `/api/costs/NAME` know a key by its name, so
+        a store key may not take one (`POST /api/keys`, `kaixu keys create`: refused)."""
+        return next((key for key in self.keys.values() if key.name == name), None)
 
 
 NOT_ENFORCED = "accepted but not enforced yet by this version"

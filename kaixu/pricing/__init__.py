@@ -40,7 +40,7 @@ SCALE = 10**12
 
 #: The per-1M-token rate fields an entry (or one of its tiers) may carry.
 RATE_FIELDS = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning")
-_ENTRY_FIELDS = {*RATE_FIELDS, "tiers", "aliases", "source", "as_of", "note"}
+_ENTRY_FIELDS = {*RATE_FIELDS, "tiers", "aliases", "source", "as_of", "note", "max_output_tokens"}
 #: A dated snapshot suffix: OpenAI's ``-2024-07-18``, Anthropic's ``-20241022``.
 DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
@@ -102,6 +102,9 @@ class Price:
     source: str = ""
     as_of: str = ""
     note: str = ""
+    max_output_tokens: int | None = None
+    """The most output tokens (reasoning included) the model gives one answer, whatever a request asks: what
+    a budget reserves for a request that asks for more, or for no maximum (None: not known)."""
 
     def rates_for(self, input_tokens: int) -> Rates:
         """The rates that apply to a request with this many input tokens (the highest tier it is above)."""
@@ -236,6 +239,9 @@ def parse_entry(key: str, raw: Any, *, source: str | None = None) -> Price:
             raise PricingError(f"{where}: unknown field(s) {', '.join(extra)}")
         tiers.append(Tier(tier["above_input_tokens"], _rates(tier, where, base)))
     tiers.sort(key=lambda t: t.above_input_tokens)
+    cap = raw.get("max_output_tokens")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise PricingError(f"{key}.max_output_tokens: expected a positive whole number of tokens, got {cap!r}")
     return Price(
         key=key,
         rates=base,
@@ -243,6 +249,7 @@ def parse_entry(key: str, raw: Any, *, source: str | None = None) -> Price:
         source=source if source is not None else str(raw.get("source", "")),
         as_of=str(raw.get("as_of", "")) if source is None else "",
         note=str(raw.get("note", "")),
+        max_output_tokens=cap,
     )
 
 

@@ -2,7 +2,8 @@
 
 LiteLLM keys models by name (sometimes ``provider/name``) and gives USD *per token*
 (``input_cost_per_token``, ``output_cost_per_token``, ``cache_read_input_token_cost``,
-``cache_creation_input_token_cost``, ``..._above_200k_tokens``), with ``litellm_provider`` and ``mode``.
+``cache_creation_input_token_cost``, ``..._above_200k_tokens``), with ``litellm_provider``, ``mode`` and
+``max_output_tokens`` (kept: a budget reserves no more output than that per answer).
 Only text and embedding models of the providers kaixu speaks to are taken.
 """
 
@@ -58,6 +59,8 @@ def convert(data: dict[str, Any], as_of: str) -> dict[str, Any]:
             continue
         if spec.get("mode") == "embedding":
             entry.pop("output", None)
+        elif isinstance(cap := spec.get("max_output_tokens"), int) and not isinstance(cap, bool) and cap > 0:
+            entry["max_output_tokens"] = cap  # what a budget reserves at most per answer (docs/limits.md)
         if tiers:
             entry["tiers"] = [tiers[t] for t in sorted(tiers)]
         entry["source"] = SOURCE

@@ -99,7 +99,7 @@ def stream_events(response: ChatResponse, pieces: int = STREAM_EVENTS) -> list[S
 
 
 def embedding(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()  # json.loads lets lone surrogates in
     return [round(b / 255 * 2 - 1, 6) for b in digest[:8]]
 
 
@@ -110,6 +110,12 @@ class _Handler(tornado.web.RequestHandler):
 
     def check_xsrf_cookie(self) -> None:  # an API, not a web form
         return None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # an exception in the mock is still a provider's JSON error, never tornado's HTML page
+        self.clear()
+        self.clear_header("Server")
+        self._json(status_code, {"error": {"message": "mock provider error", "type": "api_error"}})
 
     def _json(self, status: int, body: Any) -> None:
         request_id = self.request.headers.get("x-request-id")  # the call's id: kaixu sends it to every provider

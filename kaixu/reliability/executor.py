@@ -26,7 +26,7 @@ from mitmproxy import http
 
 from kaixu import metrics
 from kaixu.addons.respond import error_json
-from kaixu.addons.router import RouteRefused, candidate_targets, upstream_headers, usable_targets
+from kaixu.addons.router import RouteRefused, reachable_targets, upstream_headers
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
 from kaixu.providers import RESPONSE_HOP, UpstreamFailure, split_url, upstream_failure
@@ -238,7 +238,7 @@ class Executor:
         ago (two deployments and three attempts: a, b, a), among those its breaker lets through."""
         plan = call.route.plan
         assert plan is not None
-        targets = usable_targets(call, route.targets if fallback else candidate_targets(call, route))
+        targets = reachable_targets(call, route, fallback=fallback)
         if not targets:
             return None
         deployments, routing = self.gateway.deployments, call.policy.routing

@@ -32,6 +32,9 @@ spelled): prompt tokens = for every message (and the system prompt, if any)
 definitions (``json.dumps(tools, separators=(",", ":"))`` of the request's own ``tools`` field).
 Completion tokens = whitespace-separated words of the reply + 1, or for tool calls the sum of
 ``ceil(len(arguments_json) / 4)``.
+A request for several answers (OpenAI ``n``, 1 to 128; Gemini ``candidateCount``, 1 to 8; else the
+provider's 400) gets that many identical choices or candidates, and its completion (and reasoning) tokens
+are the one answer's times that many, as the providers bill them.
 
 Tool calls: when the request offers tools and its last message is not a tool result, the fake calls the
 first tool (the first two when the user's text says "parallel") with ``{"echo": <user text>}``; a
@@ -232,6 +235,9 @@ class _Plan:
     stop: list[str]
     prompt_tokens: int
     think: bool = False
+    answers: int = 1
+    """How many answers the request asks for (OpenAI ``n``, Gemini ``candidateCount``): each is generated and
+    billed, as the real APIs do."""
 
 
 @dataclass(slots=True)
@@ -357,6 +363,16 @@ def _as_int(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _BadRequest(f"{name}: expected an integer", name)
     return value
+
+
+def _answers(value: Any, name: str, most: int) -> int:
+    """The number of answers asked for: 1 when absent, else 1..``most`` (OpenAI allows 128, Gemini 8)."""
+    count = _as_int(value, name)
+    if count is None:
+        return 1
+    if not 1 <= count <= most:
+        raise _BadRequest(f"{name}: must be between 1 and {most}, got {count}", name)
+    return count
 
 
 def _as_stop(value: Any) -> list[str]:
@@ -530,6 +546,7 @@ def _openai_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
         stop=_as_stop(req.get("stop")),
         prompt_tokens=_prompt_tokens((_openai_message_text(m) for m in messages), raw_tools),
         think=_shows_reasoning(model) or effort not in (None, "none"),
+        answers=_answers(req.get("n"), "n", 128),
     )
     return plan, req
 
@@ -546,14 +563,14 @@ _OPENAI_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"
 
 
 def _openai_usage(plan: _Plan, reply: _Reply) -> dict[str, Any]:
-    completion = reply.completion_tokens + reply.reasoning_tokens
+    completion = (reply.completion_tokens + reply.reasoning_tokens) * plan.answers
     return {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": plan.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": reply.reasoning_tokens,
+            "reasoning_tokens": reply.reasoning_tokens * plan.answers,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -590,7 +607,10 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
                 "object": "chat.completion",
                 "created": created,
                 "model": plan.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "choices": [
+                    {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                    for i in range(plan.answers)
+                ],
                 **_present("usage", ctx.usage(_openai_usage(plan, reply))),
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
@@ -609,33 +629,35 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
     if include_usage:
         base["usage"] = None
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _sse({**base, "choices": [choice]})
-
     events: list[bytes] = []
-    if shown:
-        events.append(chunk({"role": "assistant", "content": None, "reasoning_content": ""}))
-        events.extend(chunk({"reasoning_content": piece}) for piece in _split(shown, ctx.stream_events))
-    if reply.calls:
-        for index, call in enumerate(reply.calls):
-            head = {
-                "index": index,
-                "id": call.call_id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": ""},
-            }
-            delta: dict[str, Any] = {"tool_calls": [head]}
-            if index == 0 and not shown:
-                delta = {"role": "assistant", "content": None, **delta}
-            events.append(chunk(delta))
-            for piece in _split(call.arguments, ctx.stream_events, minimum=2):
-                events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-    else:
-        if not shown:
-            events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-        events.extend(chunk({"content": piece}) for piece in _split(reply.text, ctx.stream_events))
-    events.append(chunk({}, finish))
+    for at in range(plan.answers):  # `n` > 1: each choice in turn, as `index` 0, 1, ...
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, at: int = at) -> bytes:
+            choice = {"index": at, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return _sse({**base, "choices": [choice]})
+
+        if shown:
+            events.append(chunk({"role": "assistant", "content": None, "reasoning_content": ""}))
+            events.extend(chunk({"reasoning_content": piece}) for piece in _split(shown, ctx.stream_events))
+        if reply.calls:
+            for index, call in enumerate(reply.calls):
+                head = {
+                    "index": index,
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+                delta: dict[str, Any] = {"tool_calls": [head]}
+                if index == 0 and not shown:
+                    delta = {"role": "assistant", "content": None, **delta}
+                events.append(chunk(delta))
+                for piece in _split(call.arguments, ctx.stream_events, minimum=2):
+                    events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+        else:
+            if not shown:
+                events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
+            events.extend(chunk({"content": piece}) for piece in _split(reply.text, ctx.stream_events))
+        events.append(chunk({}, finish))
     usage = ctx.usage(_openai_usage(plan, reply))
     if include_usage and usage is not None:
         events.append(_sse({**base, "choices": [], "usage": usage}))
@@ -1124,6 +1146,7 @@ def _gemini_plan(body: Any, model: str) -> tuple[_Plan, dict[str, Any]]:
         stop=_as_stop(config.get("stopSequences", config.get("stop_sequences"))),
         prompt_tokens=_prompt_tokens(texts, raw_tools),
         think=_gemini_thinks(thinking, model),
+        answers=_answers(config.get("candidateCount", config.get("candidate_count")), "candidateCount", 8),
     )
     return plan, req
 
@@ -1176,17 +1199,17 @@ def _gemini_generate(ctx: _Ctx, model: str, *, stream: bool) -> _Json | _Stream:
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
         if finish is not None:
             candidate["finishReason"] = finish
-        candidate["index"] = 0
-        usage = _gemini_usage(plan.prompt_tokens, completion)
+        candidates = [{**candidate, "index": i} for i in range(plan.answers)]  # `candidateCount`: each billed
+        usage = _gemini_usage(plan.prompt_tokens, None if completion is None else completion * plan.answers)
         if completion is not None and reply.reasoning_tokens:
-            usage["thoughtsTokenCount"] = reply.reasoning_tokens
-            usage["totalTokenCount"] += reply.reasoning_tokens
+            usage["thoughtsTokenCount"] = reply.reasoning_tokens * plan.answers
+            usage["totalTokenCount"] += reply.reasoning_tokens * plan.answers
         reported = ctx.usage(usage)
         if reported is not None and ctx.usage_override is not None and completion is None:
             # a chunk before the last: the prompt's counts only, as Google sends them
             reported = {k: v for k, v in reported.items() if k in ("promptTokenCount", "cachedContentTokenCount")}
         return {
-            "candidates": [candidate],
+            "candidates": candidates,
             **_present("usageMetadata", reported),
             "modelVersion": model,
             "responseId": response_id,
