@@ -204,7 +204,8 @@ def good_request(
 def run_malformed(target: Target, fake_port: int, plan: Plan) -> dict[str, Any]:
     chooser = hostile.RandomChooser(plan.seed)
     focuses = ("body", "headers", "target", "any")
-    probes = [*hostile.raw_probes(), *(hostile.probe(chooser, focuses[i % 4]) for i in range(plan.malformed))]
+    probes = [*hostile.raw_probes(), *hostile.text_probes()]
+    probes += [hostile.probe(chooser, focuses[i % 4]) for i in range(plan.malformed)]
     deadline = time.monotonic() + plan.malformed_budget_s
     statuses: collections.Counter[str] = collections.Counter()
     findings: list[hostile.Finding] = []

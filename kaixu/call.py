@@ -145,10 +145,13 @@ class Route:
     relayed: bool = False
     """The stream goes through the loopback relay (providers/relay.py)."""
     relay_error: str | None = None
+    """What ended the client's stream early (the ledger's error): a provider failure the relay saw, or a stream
+    kaixu could not translate (kaixu/addons/stream.py: `untranslatable`)."""
     relay_status: int | None = None
     """What the provider answered when the relay had already told the client 200."""
     stream_broken: bool = False
-    """The provider failed after the client's stream had begun: it ends with a terminal error event."""
+    """The provider failed after the client's stream had begun, or kaixu could not translate it: it ends with a
+    terminal error event."""
     ender: Callable[[str], bytes] | None = None
     """How the client's stream ends with an error once begun: the stream step sets it for a translated or
     re-framed stream, whose encoder knows what it has sent (kaixu/addons/stream.py: `terminal_error`)."""

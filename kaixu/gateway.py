@@ -82,6 +82,9 @@ class Gateway:
     governor: Governor | None = None
     """The counters of budgets and rate limits, once open (kaixu/addons/counters.py)."""
     governor_opening: asyncio.Task[Governor | None] | None = None
+    counters_error: str | None = None
+    """Why the counters could not be opened at start (a SQLite file kaixu cannot use; Redis is waited for):
+    requests with a budget or a limit are refused until a restart."""
     executor: Executor | None = None
     """Runs the attempts of requests with retries, fallbacks, timeouts or a queue (kaixu/reliability/)."""
 
@@ -100,6 +103,22 @@ class Gateway:
         if self.policy is None:
             raise RuntimeError("no policy is loaded")
         return self.policy
+
+    def counters_status(self) -> dict[str, object]:
+        """/health's `counters`: the backend of budgets and rate limits (`memory`, `sqlite`, `redis`; null until
+        it is open), what happens to governed requests when it does not answer (`fail`), whether it answers
+        (`ok`: null while it opens), and the current outage (`Outage.status`)."""
+        governor = self.governor
+        if governor is not None:
+            return {
+                "kind": governor.kind,
+                "fail": "open" if governor.fail_open else "closed",
+                **governor.outage.status(),
+            }
+        failed = self.counters_error is not None
+        away = round(time.time() - self.started_at, 3) if failed else None
+        return {"kind": None, "fail": "closed", "ok": False if failed else None, "unavailable_for_s": away,
+                "last_error": self.counters_error, "meanwhile": {}}  # fmt: skip
 
     def store_status(self) -> dict[str, object]:
         """/health's `store`: where keys and the ledger are (a PostgreSQL host and database, never the dsn's

@@ -331,6 +331,11 @@ def hostile_body(chooser: Chooser, door: Door, model: str, probe: Probe, *, limi
     if kind == "surrogate-escape":  # valid JSON syntax, but no valid Unicode text
         key = "contents" if door.front == "gemini" else chooser.pick(("model", "messages"))
         value = b'"\\ud800"' if key == "model" else b'[{"role":"user","content":"\\udfff\\ud800"}]'
+        if key == "contents":
+            value = b'[{"role":"user","parts":[{"text":"\\udfff\\ud800"}]}]'
+        if key == "messages" and door.front == "openai":  # no draw of its own: the other probes stay the same
+            body["stream"] = True  # the fake echoes the text: a provider's stream with lone surrogates
+            probe.labels.append("stream")
         return _with_field(body, key, value)
     if kind == "surrogate-bytes":  # a UTF-8-encoded lone surrogate: not UTF-8 at all
         return _dumps(body).replace(b'"hi"', b'"\xed\xa0\x80"')
@@ -701,6 +706,33 @@ def raw_probes() -> list[Probe]:
     ]
 
 
+def text_probes() -> list[Probe]:
+    """Well-formed requests whose text no UTF-8 can hold: a lone surrogate, as the JSON escape `\\ud800` (which
+    JSON allows), at every chat door, streamed or not, on a model of each provider format. The fake echoes the
+    text, so each provider's answer carries it back to kaixu, which translates it to the door's format or
+    forwards it. Too few of the generator's probes combine all that to find what goes wrong there."""
+    probes = []
+    for door in BODY_DOORS:
+        if door.operation != "chat" or "{backend}" in door.path:
+            continue
+        # each way of asking for a stream: a body flag, Gemini's SSE and JSON-array framings (the path's action)
+        streams: tuple[tuple[bool, str], ...] = ((False, ""),)
+        if door.front in ("openai", "anthropic"):
+            streams = ((False, ""), (True, ""))
+        elif door.path.endswith(":streamGenerateContent"):
+            streams = ((False, ""), (False, "?alt=sse"))
+        for model in ("gpt-4o-mini", "claude-test", "gemini-test"):
+            for stream, query in streams:
+                body = valid_body(door, model) | ({"stream": True} if stream else {})
+                raw = _dumps(body).replace(b'"hi"', b'"hi \\ud800 there \\udfff"')
+                headers = [("Host", "127.0.0.1"), ("Authorization", f"Bearer {TEST_KEY}"),
+                           ("Content-Type", "application/json"), ("Content-Length", str(len(raw))),
+                           ("Connection", "close")]  # fmt: skip
+                labels = ["text:lone-surrogate", f"model:{model}"] + (["stream"] if stream else [])
+                probes.append(Probe("POST", door.path.replace("{model}", model) + query, headers, raw, labels))
+    return probes
+
+
 # --------------------------------------------------------------------------------------------------
 # The raw client
 # --------------------------------------------------------------------------------------------------
@@ -1014,6 +1046,13 @@ def judge(probe: Probe, answer: Answer | NoAnswer) -> list[Finding]:
         return found
     content_type = (answer.header("content-type") or "").lower()
     if status == 200 and content_type.startswith("text/event-stream"):
+        try:
+            events = answer.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            fail("stream is not UTF-8", f"{exc}: {_snippet(answer.body)}")
+            return found
+        if "could not translate the stream" in events:  # kaixu's own terminal event (docs/reliability.md)
+            fail("a stream kaixu could not translate", _snippet(answer.body[-400:], 400))
         return found
     if not content_type.startswith("application/json"):
         fail("not application/json", f"content-type {content_type!r}: {_snippet(answer.body)}")

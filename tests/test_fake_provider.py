@@ -835,6 +835,17 @@ def test_fault_cut_body_after_bytes(fake: FakeProvider) -> None:
     assert httpx.post(fake.base_url + "/v1/chat/completions", json=chat_body()).status_code == 200
 
 
+def test_fault_raw_events_are_sent_as_written(fake: FakeProvider) -> None:
+    raw = ['data: {"choices":[{"index":0,"delta":{"content":"\\ud800"}}]}\n\n', "data: [DONE]\n\n"]
+    fake.add_fault(Fault(raw_events=raw))
+    with httpx.stream("POST", fake.base_url + "/v1/chat/completions", json=chat_body(stream=True)) as resp:
+        assert resp.status_code == 200
+        assert resp.read() == "".join(raw).encode()
+    assert fake.streams[-1].outcome == "complete" and fake.streams[-1].events_sent == 2
+    with httpx.stream("POST", fake.base_url + "/v1/chat/completions", json=chat_body(stream=True)) as resp:
+        assert b"\\ud800" not in resp.read(), "one request only"
+
+
 def test_streams_are_recorded_with_how_they_ended(fake: FakeProvider) -> None:
     url = fake.base_url + "/v1/chat/completions"
     with httpx.stream("POST", url, json=chat_body(stream=True)) as resp:

@@ -153,6 +153,16 @@ def test_broken_http_is_answered_or_closed_cleanly(gateway: Gateway) -> None:
     assert_clean(gateway, findings)
 
 
+def test_text_no_utf8_can_hold_at_every_chat_door(gateway: Gateway) -> None:
+    """Lone surrogates (valid JSON escapes) in the prompt of every chat door, streamed or not, on each provider
+    format (`hostile.text_probes`): the fake echoes them back, and every answer must still follow the rules,
+    its stream valid UTF-8 and whole (the traceback rule below catches what an answer cannot show)."""
+    findings = []
+    for probe in hostile.text_probes():
+        findings += gateway.fire(probe)
+    assert_clean(gateway, findings)
+
+
 def test_a_gzip_body_is_limited_after_inflating(gateway: Gateway) -> None:
     """The body limit (1 MB in this policy) is about what kaixu holds in memory, so it counts inflated bytes:
     20 KB of gzip that inflate to 20 MB is a 413 once the caller is known; before that, nothing is inflated
@@ -214,3 +224,11 @@ def test_client_text_cannot_forge_log_lines(gateway: Gateway) -> None:
     log line, escaped, or an attacker writes whole lines of the operator's log."""
     forged = [line for line in gateway.kaixu.log().splitlines() if line.lstrip().startswith("X-Injected")]
     assert not forged, f"{len(forged)} log lines begin with text a client sent, e.g. {forged[:3]}"
+
+
+def test_kaixu_logged_no_traceback(gateway: Gateway) -> None:
+    """Runs last: whatever the probes made kaixu do, none of it was an exception its code did not expect. A
+    failure it handles is a line in the log; a traceback is one nobody handled on purpose (a lone surrogate
+    echoed into a translated stream was one: the answer looked right, with a hole in it)."""
+    log = gateway.kaixu.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 300 :][:3000]

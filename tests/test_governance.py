@@ -154,6 +154,37 @@ def test_a_restart_keeps_the_settled_spend(tmp_path: Path, fake: FakeProvider) -
         kaixu.stop()
 
 
+def test_a_spend_file_kaixu_cannot_write_is_a_line_when_it_goes_and_one_when_it_is_back(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    """The in-process counters write settled spend to the SQLite file every 50 ms: a file that cannot be
+    written (here: a directory where it was) is one log line, not one per attempt, the spend kept in memory
+    meanwhile, and one line when it is written again."""
+    store = tmp_path / "ledger.db"
+    policy = policy_for(fake.base_url, store={"sqlite": str(store)})
+    policy["keys"].append({"name": "spender", "hash": key_hash("sk-spend"), "budget": {"usd": 100, "period": "total"}})
+    kaixu = Kaixu(tmp_path, policy).start()
+    try:
+        assert chat(kaixu, "sk-spend").status_code == 200
+        store.rename(tmp_path / "away.db")  # the ledger keeps its open connection to the moved file
+        store.mkdir()
+        seen = len(kaixu.log().splitlines())
+        deadline = time.monotonic() + 1.5  # 1.5 s of traffic, each answer spend to write: 30 flushes
+        while time.monotonic() < deadline:
+            assert chat(kaixu, "sk-spend").status_code == 200
+
+        def counters_lines() -> list[str]:  # the ledger's own outage, if it has one, is logged by kaixu.ledger
+            return [line for line in kaixu.log().splitlines()[seen:] if "kaixu.limits" in line]
+
+        assert len(counters_lines()) == 1 and "spend file unavailable" in counters_lines()[0], counters_lines()[:5]
+        store.rmdir()
+        (tmp_path / "away.db").rename(store)
+        wait_for(lambda: len(counters_lines()) == 2, 10, "the spend to be written again")
+        assert "spend file available again" in counters_lines()[1], counters_lines()
+    finally:
+        kaixu.stop()
+
+
 def test_a_customer_budget_counts_every_key_that_names_the_customer(gateway: Kaixu) -> None:
     statuses = [chat(gateway, "sk-test", user="big-spender").status_code for _ in range(10)]
     assert statuses[0] == 200 and 402 in statuses, statuses

@@ -120,16 +120,20 @@ def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake: FakeProvider, pr
 
 
 class OwnRedis:
-    """A redis-server this test starts and kills."""
+    """A redis-server this test starts and kills (and may start again on the same port)."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("no redis-server binary")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.tmp_path)],
             stdout=subprocess.DEVNULL,
         )
 
@@ -169,6 +173,80 @@ def test_when_redis_dies_the_policy_decides(tmp_path: Path, fake: FakeProvider, 
             assert scrape.total(scrape.samples(gateway), "kaixu_governance_fail_open_total") >= 1
         plain = httpx.post(gateway.url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer sk-test"})
         assert plain.status_code == 200, "a request with no budget or limit needs no counters"
+    finally:
+        gateway.stop()
+        own.kill()
+
+
+def lines_after(gateway: Kaixu, seen: int) -> list[str]:
+    """kaixu's log lines (stderr: every logger, the access log off) after the first `seen`."""
+    return gateway.log().splitlines()[seen:]
+
+
+HEALTH_FIELDS = {
+    "status",
+    "version",
+    "backend",
+    "uptime_seconds",
+    "policy",
+    "providers",
+    "store",
+    "routing",
+    "deployments",
+}
+"""What /health carried before it carried the counters: the seeds' fields (seed 002's `status`, `version`,
+`backend`, `uptime_seconds`, `routing`) and kaixu's own."""
+
+
+@pytest.mark.parametrize("fail", ["closed", "open"])
+def test_a_redis_outage_is_logged_once_each_way_and_health_tells_it(
+    tmp_path: Path, fake: FakeProvider, fail: str
+) -> None:
+    """Redis dies under load: one log line when it goes (not one per request), /health not ok with the
+    counters' state (503 under `fail: closed`; `degraded`, still 200, under `fail: open`), and when it comes
+    back, one line with what the outage cost and /health ok again, with no request needed to notice."""
+    own = OwnRedis(tmp_path)
+    store = {"sqlite": str(tmp_path / "ledger.db"), "redis": {"url": own.url, "fail": fail}}
+    policy = policy_for(fake.base_url, store=store)
+    policy["keys"].append({"name": "limited", "hash": key_hash("sk-lim"), "limits": {"rpm": 100_000}})
+    policy["keys"].append({"name": "budgeted", "hash": key_hash("sk-bud"), "budget": {"usd": 100, "period": "month"}})
+    gateway = Kaixu(tmp_path, policy).start()
+    try:
+        assert asyncio.run(burst([gateway.url], "sk-lim", 2))[0].status_code == 200
+        health = httpx.get(gateway.url + "/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        counters = health.json()["counters"]
+        assert counters["kind"] == "redis" and counters["ok"] is True and counters["fail"] == fail
+        seen = len(gateway.log().splitlines())
+        own.kill()
+        answers = asyncio.run(burst([gateway.url], "sk-lim", 150)) + asyncio.run(burst([gateway.url], "sk-bud", 150))
+        expected = 503 if fail == "closed" else 200
+        assert {a.status_code for a in answers} == {expected}, answers[0].text
+        logged = lines_after(gateway, seen)
+        assert len(logged) <= 2, f"{len(logged)} log lines for 300 requests:\n" + "\n".join(logged[:5])
+        assert any("unavailable" in line for line in logged), logged
+
+        health = httpx.get(gateway.url + "/health")
+        body = health.json()
+        assert set(body) >= HEALTH_FIELDS, sorted(body)
+        counters = body["counters"]
+        assert counters["ok"] is False and counters["kind"] == "redis" and counters["last_error"]
+        assert counters["unavailable_for_s"] >= 0
+        if fail == "closed":
+            assert health.status_code == 503 and body["status"] == "unavailable"
+            assert counters["meanwhile"]["refused_requests"] == 300
+        else:
+            assert health.status_code == 200 and body["status"] == "degraded"
+            assert counters["meanwhile"]["uncounted_requests"] == 300
+
+        seen = len(gateway.log().splitlines())
+        own.start()
+        wait_for(lambda: httpx.get(gateway.url + "/health").status_code == 200 and gateway.health()["status"] == "ok",
+                 10, "/health to see Redis back")  # fmt: skip
+        assert gateway.health()["counters"]["ok"] is True
+        back = lines_after(gateway, seen)
+        assert len(back) == 1 and "available again" in back[0] and "300" in back[0], back
+        assert asyncio.run(burst([gateway.url], "sk-lim", 2))[0].status_code == 200
     finally:
         gateway.stop()
         own.kill()

@@ -126,6 +126,52 @@ def test_a_cli_key_on_postgres_is_served_ledgered_in_postgres_and_revoked_within
     assert key not in gateway.log()
 
 
+def test_a_postgres_outage_is_a_few_log_lines_each_way(tmp_path: Path, pg_dsn: str) -> None:
+    """PostgreSQL goes away under traffic that needs each of its parts (store keys, seats, the ledger): each
+    part says so once, not once per request, and once when it is back; kaixu serves what it can meanwhile."""
+    plug = pg.Plug()
+    try:
+        settings = policy(plug.dsn(pg_dsn))
+        settings["keys"] = [{"name": "plain", "hash": key_hash("sk-plain")}]
+        gateway = Kaixu(tmp_path, settings, env={"KAIXU_KEY_PEPPER": PEPPER})  # proxy.yaml, for the CLI
+        made = cli(tmp_path, "keys", "create", "--name", "seated", "--seats", "1000")
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        gateway.start()
+        try:
+            wait_for(lambda: chat(gateway, key).status_code == 200, 10, "the store key")
+            seen = len(gateway.log().splitlines())
+            plug.pull()
+            body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
+            served = 0
+            for install in range(40):  # a new install each: a seat claim each
+                headers = {"authorization": f"Bearer {key}", "x-kaixu-install-id": f"install-{install}"}
+                assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers).status_code == 503
+                plain = httpx.post(gateway.url + "/v1/chat/completions", json=body,
+                                   headers={"authorization": "Bearer sk-plain"})  # fmt: skip
+                served += plain.status_code == 200
+            assert served == 40, "a policy key needs no store; its ledger records wait"
+            wait_for(lambda: gateway.health()["store"]["ok"] is False, 10, "the ledger to notice")
+            down = gateway.log().splitlines()[seen:]
+            assert len(down) <= 3, "\n".join(down)
+            assert any("seat store unavailable" in line for line in down), down
+
+            plug.push()
+
+            def back() -> list[str]:
+                return [line for line in gateway.log().splitlines()[seen:] if "available again" in line]
+
+            wait_for(lambda: len(back()) == len(down), 15, "every part to say it is back")
+            # what the seats refused (the rest of the 40 were refused earlier, by the key snapshot gone stale)
+            assert any("seat store available again" in line and "refused_requests=" in line for line in back())
+            assert len(gateway.log().splitlines()[seen:]) == 2 * len(down)
+            assert chat(gateway, key).status_code == 200
+        finally:
+            gateway.stop()
+    finally:
+        plug.close()
+
+
 def test_the_cli_lists_shows_and_rotates_keys_kept_in_postgres(tmp_path: Path, pg_dsn: str) -> None:
     Kaixu(tmp_path, policy(pg_dsn))  # writes proxy.yaml only
     made = cli(tmp_path, "keys", "create", "--name", "capped", "--budget-usd", "0.1", "--period", "day",

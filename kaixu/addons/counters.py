@@ -11,6 +11,7 @@ import logging
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable
 from kaixu.limits.governor import Governor, open_governor
+from kaixu.log import safe
 
 log = logging.getLogger("kaixu.limits")
 
@@ -32,12 +33,15 @@ class CounterBackend:
         try:
             governor = await open_governor(store)
         except CountersUnavailable as e:
-            log.error("the counters are not available yet: %s", e)
             if "redis" not in store:
+                log.error("the counters cannot be opened (requests with a budget or limit are refused until a "
+                          "restart): %s", e)  # fmt: skip
+                self.gateway.counters_error = safe(e)
                 return None
             # Redis down at start: requests with a budget or limit are refused (or let through, fail: open)
             # until it answers; the client reconnects by itself.
             governor = await open_governor(store, check=False)
+            governor.unavailable(e, None)
         self.gateway.governor = governor
         return governor
 

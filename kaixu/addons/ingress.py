@@ -57,7 +57,8 @@ class Ingress:
                 flow.response.content = b""
         elif path in HEALTH_PATHS and request.method == "GET":
             call.operation = "local"
-            flow.response = json_response(call, 200, self.health())
+            health = self.health()
+            flow.response = json_response(call, 503 if health["status"] == "unavailable" else 200, health)
         elif path == "/queue/status" and request.method == "GET":
             call.operation = "local"
             flow.response = json_response(call, 200, self.queue_status())
@@ -122,9 +123,17 @@ class Ingress:
         }
 
     def health(self) -> dict[str, object]:
+        """`GET /health`: the seeds' fields (`status`, `version`, `backend`, `uptime_seconds`, `routing`) and
+        kaixu's own. `status` is `ok`; `unavailable` (answered 503, as health checkers expect) while the counters
+        do not answer and requests with a budget or limit are refused (`fail: closed`); `degraded` while they
+        do not answer and such requests are served uncounted (`fail: open`): up, but not governed."""
         policy = self.gateway.require_policy()
+        counters = self.gateway.counters_status()
+        status = "ok"
+        if counters["ok"] is False:
+            status = "degraded" if counters["fail"] == "open" else "unavailable"
         return {
-            "status": "ok",
+            "status": status,
             "version": self.gateway.version,
             "backend": "intelligent-gateway",  # the Intelligent AI Gateway's (seed 002) name for itself
             "uptime_seconds": round(time.time() - self.gateway.started_at, 3),
@@ -139,6 +148,7 @@ class Ingress:
                 for name, p in policy.providers.items()
             },
             "store": self.gateway.store_status(),
+            "counters": counters,
             "routing": self.queue_status(),
             "deployments": self.gateway.deployments.public(),
         }

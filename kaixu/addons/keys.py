@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from kaixu.gateway import Gateway
+from kaixu.log import Outage
 from kaixu.store.keys import AsyncKeyStore, PepperMissing, StoredKey, digest, key_store, pepper
 from kaixu.store.ledger import describe
 
@@ -85,7 +86,7 @@ class StoreKeys:
                 log.warning("%s: the %d keys in the store %s are not accepted (only the policy's keys: are); "
                             "set it to the pepper `kaixu keys create` used", exc, count, store.path)  # fmt: skip
             return
-        failing = False
+        outage = Outage("store keys", log, level=logging.WARNING)
         version: int | None = None
         seen: AsyncKeyStore | None = None
         if await self._current() is not None:  # until the first read, store keys get a 503, not a misleading 401
@@ -102,15 +103,11 @@ class StoreKeys:
                 except FileNotFoundError:
                     keys, version = {}, None  # no store file yet: no store keys
                 except Exception as exc:
-                    if not failing:
-                        log.warning("cannot read the store keys from %s: %s", store.path, describe(exc))
-                    failing = True
+                    outage.failed(f"cannot read them from {store.path}: {describe(exc)}")
                     if self.gateway.key_snapshot is None:
                         self.gateway.key_snapshot = KeySnapshot(secret, {}, float("-inf"))
                 else:
-                    if failing:
-                        log.info("store keys readable again from %s", store.path)
-                    failing = False
+                    outage.recovered()
                     self.gateway.key_snapshot = KeySnapshot(secret, keys, time.monotonic())
             await asyncio.sleep(self.refresh_s)
 

@@ -46,14 +46,9 @@ class LedgerWriter:
         else:
             backend = SqliteLedgerStore(store.get("sqlite", ":memory:"))
             where = str(store.get("sqlite", ":memory:"))
-        ledger = Ledger(backend)
+        ledger = Ledger(backend, where=where)
         self.gateway.ledger = ledger
-        await ledger.start()
-        if not ledger.ok:
-            log.error(
-                "cannot open the store %s: %s; requests are served, their records kept in memory until it opens",
-                where, ledger.last_error,
-            )  # fmt: skip
+        await ledger.start()  # a store that cannot be opened yet is logged, and opened again at every flush
         self._retention = asyncio.get_running_loop().create_task(self._retain(ledger), name="kaixu-ledger-retention")
 
     async def prune(self, ledger: Ledger) -> int | None:

@@ -19,7 +19,6 @@ headers for the tightest window.
 
 from __future__ import annotations
 
-import logging
 import math
 
 from mitmproxy import http
@@ -32,10 +31,7 @@ from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Window
 from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, eagerly, tighter
 from kaixu.limits.levels import RateLevel, rate_levels
-from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
-
-log = logging.getLogger("kaixu.limits")
 
 
 async def governor_for(gateway: Gateway) -> Governor | None:
@@ -47,15 +43,17 @@ async def governor_for(gateway: Gateway) -> Governor | None:
 
 def unavailable(flow: http.HTTPFlow, call: Call, governor: Governor | None, error: Exception | None) -> bool:
     """The counters cannot answer: True when the request is refused (fail closed: 503 with `Retry-After`),
-    False when `store.redis.fail: open` lets it through uncounted (logged and counted)."""
+    False when `store.redis.fail: open` lets it through uncounted (counted). Logged once per outage with what
+    it cost (`Governor.unavailable`), never once per request; with no counters at all (they could not be
+    opened at start: logged then), refused without a line."""
     if governor is not None and governor.fail_open:
         if not call.governance.uncounted:
-            log.warning("request %s: counters unavailable, let through uncounted (fail: open): %s",
-                        call.request_id, safe(str(error)))  # fmt: skip
+            governor.unavailable(error, "uncounted_requests")
             GOVERNANCE_FAIL_OPEN.inc(())
         call.governance.uncounted = True
         return False
-    log.error("request %s: counters unavailable, refused (fail closed): %s", call.request_id, safe(str(error)))
+    if governor is not None:
+        governor.unavailable(error, "refused_requests")
     GOVERNANCE_REFUSALS.inc(("counters_unavailable",))
     message = "kaixu cannot check this request's budget and rate limits right now; retry shortly"
     flow.response = error_response(call, 503, message, "api_error", "counters_unavailable", {"retry-after": "1"})

@@ -30,7 +30,7 @@ from kaixu.call import Call, get_call
 from kaixu.config import Policy
 from kaixu.gateway import Gateway
 from kaixu.limits.levels import customer_of
-from kaixu.log import safe
+from kaixu.log import Outage, safe
 from kaixu.store.ledger import describe
 from kaixu.store.seats import (
     INSTALL_ID,
@@ -115,7 +115,7 @@ class Seats:
         self._where: tuple[str, Any] | None = None
         self._claims: dict[tuple[Pair, int], asyncio.Future[Claim]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._outage = Outage("seat store", log, level=logging.WARNING)
         self._warned_no_store = False
 
     # -- which store -----------------------------------------------------------------------------------------
@@ -191,9 +191,7 @@ class Seats:
             try:
                 result = await self._claim(cache, pair, binding.limit)
             except Exception as exc:
-                if not self._failing:
-                    log.warning("cannot claim a seat in the seat store: %s", describe(exc))
-                self._failing = True
+                self._outage.failed(f"cannot claim a seat: {describe(exc)}", "refused_requests")
                 flow.response = self._unavailable(call)
                 return
             if result == "revoked":
@@ -270,13 +268,9 @@ class Seats:
             seen, cache.seen = cache.seen, set()
             await cache.store.touch(seen, time.time())
         except Exception as exc:
-            if not self._failing:
-                log.warning("cannot read the seat store: %s", describe(exc))
-            self._failing = True
+            self._outage.failed(f"cannot read it: {describe(exc)}")
             return
-        if self._failing:
-            log.info("seat store readable again")
-        self._failing = False
+        self._outage.recovered()
         cache.polled_at = time.monotonic()
 
     async def done(self) -> None:

@@ -53,8 +53,9 @@ def tally(call: Call) -> Tally:
     """Counts the events of one stream into its bill: the characters of text, thinking and tool calls
     (`Bill.streamed_chars`, what an estimate bills when the provider's count never comes), the answer's text
     when the policy stores content (`Bill.streamed_text`, at most `ledger.content.max_chars`), and whether the
-    provider ended the stream with its usage (`Bill.usage_final`)."""
-    bill = call.bill
+    provider ended the stream with its usage (`Bill.usage_final`), and the error a stream ends with (its
+    provider's error event, or one kaixu could not read) for the ledger (`Route.relay_error`)."""
+    bill, route = call.bill, call.route
     kept = bill.streamed_text
     room = call.policy.ledger.content.max_chars if kept is not None else 0
 
@@ -74,6 +75,9 @@ def tally(call: Call) -> Tally:
                 text = event.name
             elif type(event) is MessageEnd:
                 bill.usage_final = event.usage is not None
+                continue
+            elif type(event) is StreamError:  # the client's stream ends in an error event: so does the ledger
+                route.relay_error = route.relay_error or f"the provider's stream ended with an error: {event.message}"
                 continue
             else:
                 continue
@@ -133,23 +137,39 @@ def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
     return on_chunk
 
 
+def untranslatable(call: Call) -> bytes:
+    """A stream kaixu could not go on translating (an exception in a decoder or an encoder: a provider event of
+    a shape it does not know, a bug) ends as one the provider broke: the door's terminal error event now,
+    nothing after it (`Route.stream_broken`), and the error in the ledger. Dropping the chunk and going on
+    would hand the client a clean end of an answer with a hole in it."""
+    log.exception("request %s: the provider's stream could not be translated; it ends here", call.request_id)
+    provider = call.route.provider.name if call.route.provider is not None else "upstream"
+    message = f"kaixu could not translate the stream from provider {provider!r}"
+    call.route.stream_broken = True
+    call.route.relay_error = message
+    return terminal_error(call, message)
+
+
 def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> StreamCallable:
     count = tally(call)
+    failed = False
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
-        events: list[StreamEvent] = []
+        nonlocal failed
+        out = b""
         try:
             events = decoder.feed(data) if data else decoder.close()
-            out = b"".join(encoder.encode(event) for event in events)
-            if not data:
-                out += encoder.close()
+            count(events)  # billed even when encoding fails, or after: the provider bills all it produced
+            if not failed:
+                out = b"".join(encoder.encode(event) for event in events)
+                if not data:
+                    out += encoder.close()
         except Exception:
-            log.exception("stream translation failed on request %s", call.request_id)
-            return []
-        finally:  # what was decoded is billed even when encoding it failed
-            call.bill.usage = decoder.usage or call.bill.usage
-            count(events)
-        return out if out else []
+            if not failed:
+                failed = True
+                out = untranslatable(call)
+        call.bill.usage = decoder.usage or call.bill.usage
+        return out or []
 
     return on_chunk
 
@@ -159,16 +179,20 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
     provider event is forwarded as an array element as soon as it is complete, and metered."""
 
     count = tally(call)
+    failed = False
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        nonlocal failed
+        if failed:
+            return []
         try:
             out, events = reframer.reframe_events(data)
             call.bill.usage = reframer.usage or call.bill.usage
             count(events)
         except Exception:
-            log.exception("stream re-framing failed on request %s", call.request_id)
-            return []
-        return out if out else []
+            failed = True
+            return untranslatable(call)
+        return out or []
 
     return on_chunk
 
@@ -278,7 +302,22 @@ def _ender(encoder: StreamEncoder, json_array: bool) -> Callable[[str], bytes]:
         out = encoder.encode(StreamError(message=message, type="api_error"))
         return out + encoder.close() if json_array else out  # the array's `]`; never another format's close
 
-    return end
+    return _once(end)
+
+
+def _once(end: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    """A stream's ender that ends it once: a stream kaixu could not translate may then be broken by its
+    provider too (a second terminal event, or a second `]` of a JSON array, would be garbage)."""
+    ended = False
+
+    def once(message: str) -> bytes:
+        nonlocal ended
+        if ended:
+            return b""
+        ended = True
+        return end(message)
+
+    return once
 
 
 def broken_stream_event(request: http.Request | None, reason: str) -> bytes | None:
@@ -331,7 +370,7 @@ class Stream:
         response.headers["cache-control"] = "no-cache"
         if call.canonical is None:
             reframer = gemini.GeminiArrayReframer()
-            call.route.ender = reframer.fail
+            call.route.ender = _once(reframer.fail)
             response.stream = billed(call, reframed(call, reframer))
             return
         encoder = fronts.stream_encoder(

@@ -97,6 +97,7 @@ from .canonical import (
 from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
 from .schema import closed_objects
+from .sse import utf8
 
 NAME = "anthropic"
 DEFAULT_MAX_TOKENS = 4096
@@ -901,14 +902,14 @@ class AnthropicStreamEncoder:
             out = self._start() + (self._open("text", '{"type":"text","text":""}') if self._kind != "text" else b"")
             return out + (
                 b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-                b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._block, jstr(event.text).encode())
+                b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._block, utf8(jstr(event.text)))
             )
         if type(event) is ToolCallDelta:
             index = self._tools.get(event.index)
             if index is None or not event.arguments:
                 return b""
             return b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,' % index + (
-                b'"delta":{"type":"input_json_delta","partial_json":%s}}\n\n' % jstr(event.arguments).encode()
+                b'"delta":{"type":"input_json_delta","partial_json":%s}}\n\n' % utf8(jstr(event.arguments))
             )
         if type(event) is ThinkingDelta:
             return self._thinking_delta(event) if self._thinking else b""
@@ -929,7 +930,7 @@ class AnthropicStreamEncoder:
             return self._end(event)
         if type(event) is StreamError:
             error = {"type": "error", "error": {"type": event.type, "message": event.message}}
-            return b"event: error\ndata: " + dumps(error).encode() + b"\n\n"
+            return b"event: error\ndata: " + utf8(dumps(error)) + b"\n\n"
         return b""
 
     def close(self) -> bytes:
@@ -949,7 +950,7 @@ class AnthropicStreamEncoder:
             "stop_sequence": None,
             "usage": usage_to_anthropic(self._usage or Usage()),
         }
-        return b"event: message_start\ndata: " + dumps({"type": "message_start", "message": message}).encode() + b"\n\n"
+        return b"event: message_start\ndata: " + utf8(dumps({"type": "message_start", "message": message})) + b"\n\n"
 
     def _thinking_delta(self, event: ThinkingDelta) -> bytes:
         """``thinking_delta`` for text; ``signature_delta`` for Anthropic's own signature (others are useless)."""
@@ -964,7 +965,7 @@ class AnthropicStreamEncoder:
             out += self._open("thinking", '{"type":"thinking","thinking":"","signature":""}')
         return out + (
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":%s}\n\n'
-            % (self._block, delta.encode())
+            % (self._block, utf8(delta))
         )
 
     def _open(self, kind: str, block_json: str) -> bytes:
@@ -974,7 +975,7 @@ class AnthropicStreamEncoder:
         self._kind = kind
         return out + (
             b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
-            b'"content_block":%s}\n\n' % (self._block, block_json.encode())
+            b'"content_block":%s}\n\n' % (self._block, utf8(block_json))
         )
 
     def _close_block(self) -> bytes:
@@ -994,7 +995,7 @@ class AnthropicStreamEncoder:
             },
             "usage": usage_to_anthropic(usage),
         }
-        out += b"event: message_delta\ndata: " + dumps(delta).encode() + b"\n\n"
+        out += b"event: message_delta\ndata: " + utf8(dumps(delta)) + b"\n\n"
         return out + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 

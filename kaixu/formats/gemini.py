@@ -108,6 +108,7 @@ from .canonical import (
 from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
 from .schema import from_gemini
+from .sse import utf8
 
 NAME = "gemini"
 #: Google's documented sentinel for replayed function calls whose thought signature is unknown.
@@ -851,7 +852,7 @@ class SSEFraming:
     __slots__ = ()
 
     def element(self, text: str) -> bytes:
-        return ("data: " + text + "\r\n\r\n").encode()
+        return utf8("data: " + text + "\r\n\r\n")
 
     def close(self) -> bytes:
         return b""
@@ -873,7 +874,7 @@ class JsonArrayFraming:
     def value(self, obj: Any) -> bytes:
         head = "\n,\r\n" if self._started else "["
         self._started = True
-        return (head + json.dumps(obj, ensure_ascii=False, indent=2)).encode()
+        return utf8(head + json.dumps(obj, ensure_ascii=False, indent=2))
 
     def close(self) -> bytes:
         return b"\n]" if self._started else b"[]"

@@ -85,6 +85,7 @@ from .canonical import (
 )
 from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
+from .sse import utf8
 
 NAME = "openai"
 
@@ -715,7 +716,7 @@ class OpenAIStreamEncoder:
             return self._end(event)
         if type(event) is StreamError:
             error = {"error": {"message": event.message, "type": event.type, "param": None, "code": None}}
-            return b"data: " + dumps(error).encode() + b"\n\n"
+            return b"data: " + utf8(dumps(error)) + b"\n\n"
         return b""
 
     def close(self) -> bytes:
@@ -735,17 +736,15 @@ class OpenAIStreamEncoder:
         return self._delta('{"role":"assistant","content":' + content + "}")
 
     def _delta(self, delta: str) -> bytes:
-        return (self._head + delta + ',"logprobs":null,"finish_reason":null}]}\n\n').encode()
+        return utf8(self._head + delta + ',"logprobs":null,"finish_reason":null}]}\n\n')
 
     def _end(self, event: MessageEnd) -> bytes:
         out = self._start()
-        out += (
-            self._head + '{},"logprobs":null,"finish_reason":"' + _FINISH_OUT[event.finish_reason] + '"}]}\n\n'
-        ).encode()
+        out += utf8(self._head + '{},"logprobs":null,"finish_reason":"' + _FINISH_OUT[event.finish_reason] + '"}]}\n\n')
         usage = event.usage or self._usage
         if self._include_usage and usage is not None:
             head = self._head[: self._head.index(',"choices":')]
-            out += (head + ',"choices":[],"usage":' + dumps(usage_to_openai(usage)) + "}\n\n").encode()
+            out += utf8(head + ',"choices":[],"usage":' + dumps(usage_to_openai(usage)) + "}\n\n")
         return out
 
 

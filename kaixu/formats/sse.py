@@ -11,6 +11,7 @@ until we know whether a ``\\n`` follows.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import FormatError
@@ -129,5 +130,22 @@ def encode_sse(data: str, event: str | None = None) -> bytes:
     if "\n" in data:
         data = data.replace("\r\n", "\n").replace("\n", "\ndata: ")
     if event is None:
-        return f"data: {data}\n\n".encode()
-    return f"event: {event}\ndata: {data}\n\n".encode()
+        return utf8(f"data: {data}\n\n")
+    return utf8(f"event: {event}\ndata: {data}\n\n")
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """What kaixu wrote for a client (JSON, SSE events) as the UTF-8 it is sent: every encoder's text becomes
+    bytes here. A provider may send a lone surrogate as the JSON escape `\\ud800` (valid JSON, no valid
+    Unicode); Python's `json` decodes it into a str that UTF-8 cannot encode, which ended translated streams
+    with an exception. It goes out as that same escape: what the provider sent, what a pass-through forwards
+    and what kaixu's buffered answers write (`ensure_ascii`), so every door reads the same text. Only inside a
+    JSON string can such a character stand (kaixu writes provider text nowhere else), where the escape is
+    valid. Costs nothing when the text encodes, which is always but for this."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda found: f"\\u{ord(found[0]):04x}", text).encode()

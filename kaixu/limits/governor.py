@@ -22,7 +22,7 @@ from typing import Any
 
 from kaixu.config.policy import AlertsPolicy
 from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, Window, WindowHit
-from kaixu.log import safe
+from kaixu.log import Outage, safe
 from kaixu.metrics import BUDGET_ALERTS
 from kaixu.pricing import usd
 
@@ -32,6 +32,10 @@ MINUTE_S = 60
 TTL_MARGIN_S = 60.0
 """Reservations and slots outlive the upstream timeout by this much: a live request never loses its hold,
 a crashed process's holds lapse soon after its requests would have timed out."""
+PROBE_S = 1.0
+"""While the counters do not answer, how often they are asked whether they are back."""
+PROBE_SCOPE = "probe"
+"""The scope the probe reads (`spent`, a read): no budget's scope, which always names its level."""
 
 
 @dataclass(slots=True, eq=False)
@@ -139,8 +143,31 @@ class Governor:
         self.kind = kind
         """memory | sqlite | redis: what /health shows."""
         self.fail_open = fail_open
+        self.outage = Outage(f"counters ({kind})", log)
+        """Whether they answer, and what an outage cost: the log's few lines and /health's `counters`."""
+        self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._alerted: set[str] = set()
+
+    def unavailable(self, error: Exception | None, effect: str | None) -> None:
+        """A call to the counters failed (`CountersUnavailable`), costing a request `effect`: told once per
+        outage, not once per request, and watched (`_watch`) until the counters answer again."""
+        self.outage.failed(error or "the counters did not answer", effect)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Asks the counters once a second while they are away, so that the log and /health see them come back
+        without waiting for a request: a health check that takes this replica out of a load balancer also
+        takes away the requests that would have found out."""
+        while self.outage.down:
+            await asyncio.sleep(PROBE_S)
+            try:
+                await self.counters.spent(PROBE_SCOPE)
+            except Exception as e:
+                self.outage.failed(e)
+            else:
+                self.outage.recovered()
 
     def finish(
         self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None = None
@@ -165,7 +192,7 @@ class Governor:
             if cost_micros and alerts is not None and alerts.budget_percent is not None:
                 await self._alert(governance, alerts, alerts.budget_percent)
         except CountersUnavailable as e:  # the holds lapse at their ttl; the spend of this request is lost
-            log.error("could not settle a request's budget and limits (its holds lapse at their ttl): %s", e)
+            self.unavailable(e, "unsettled_requests")
         except Exception:
             log.exception("settling a request's budget and limits failed")
 
@@ -203,6 +230,9 @@ class Governor:
     async def close(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         await self.counters.close()
 
 

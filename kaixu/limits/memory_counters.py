@@ -40,6 +40,7 @@ from kaixu.limits import (
     window_answer,
 )
 from kaixu.limits.sqlite_counters import SCHEMA, SETTLED_MEMORY_S
+from kaixu.log import Outage
 
 log = logging.getLogger("kaixu.limits")
 
@@ -102,12 +103,15 @@ class MemoryCounters:
             writing.set_result(None)
 
     async def _flush_forever(self) -> None:
+        outage = Outage("counters' spend file", log)  # a file kaixu cannot write: a line, not one per flush
         while True:
             await asyncio.sleep(self.flush_s)
             try:
                 await self.flush()
             except CountersUnavailable as e:
-                log.error("settled spend not written yet (kept in memory, retried): %s", e)
+                outage.failed(f"{e}; settled spend is kept in memory and written when it can be")
+            else:
+                outage.recovered()
 
     # Budgets
 

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, get_args, get_type_hints
 
+from kaixu.log import Outage
 from kaixu.metrics import LEDGER_DROPPED_RECORDS, LEDGER_ESCAPED_RECORDS, LEDGER_QUEUE_DEPTH, LEDGER_WRITE_FAILURES
 
 log = logging.getLogger("kaixu.ledger")
@@ -230,7 +231,7 @@ class _Outcome:
 
 
 class Ledger:
-    def __init__(self, store: LedgerStore | AsyncLedgerStore, *, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(self, store: LedgerStore | AsyncLedgerStore, *, max_queue: int = MAX_QUEUE, where: str = "") -> None:
         self.store = store
         self._store = as_async(store)
         self.max_queue = max_queue
@@ -244,6 +245,8 @@ class Ledger:
         self._writing = 0
         self._reopen = False
         self._overflowing = False
+        self._outage = Outage(f"ledger store {where}" if where else "ledger store", log)
+        """Its unavailability in the log: a few lines per outage, however many records wait."""
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -254,10 +257,10 @@ class Ledger:
         try:
             await self._store.open()
             self.ok = True
-        except Exception as exc:  # the caller logs it, naming the store
-            self.ok, self.last_error, self._reopen = False, describe(exc), True
+        except Exception as exc:
             self.write_failures += 1
             LEDGER_WRITE_FAILURES.inc()
+            self._unavailable(describe(exc))
         self._task = asyncio.get_running_loop().create_task(self._flush_forever(), name="kaixu-ledger")
 
     @property
@@ -409,15 +412,13 @@ class Ledger:
         self._available()
 
     def _unavailable(self, error: str) -> None:
-        if self.ok is not False or error != self.last_error:
-            log.error("ledger store unavailable: %s; %d records kept, retrying", error, self.queued)
+        self._outage.failed(f"{error}; requests are served, their records kept in memory and retried", "failed_writes")
         self.ok = False
         self.last_error = error
         self._reopen = True
 
     def _available(self) -> None:
-        if self.ok is False:
-            log.warning("ledger store available again (%d failed writes since start)", self.write_failures)
+        self._outage.recovered()
         self.ok = True
         self._overflowing = False
 

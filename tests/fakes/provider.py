@@ -18,9 +18,10 @@ Design choices, and why:
   which is what lets fault injection stop after exactly N events or pace them in time.
 * Faults (status codes, Retry-After, latency, pacing, mid-stream disconnects, dropped connections,
   JSON bodies cut midway, error bodies that quote the request's headers, a usage object of the test's
-  choosing or none at all) can be injected from Python, from another process over ``/_fake/*``, or
-  per request with ``x-fake-*`` headers, because the gateway's retry and failover policies, its
-  secret scrubbing and its billing are only testable against an upstream that misbehaves on demand.
+  choosing or none at all, stream events written by the test byte for byte) can be injected from
+  Python, from another process over ``/_fake/*``, or per request with ``x-fake-*`` headers, because
+  the gateway's retry and failover policies, its secret scrubbing and its billing are only testable
+  against an upstream that misbehaves on demand.
 * Every streamed answer is recorded (``FakeProvider.streams``: events sent, and whether it completed,
   was cut by a fault, or stopped because its client closed the connection): a gateway whose client
   went away must cancel the upstream request, and only the upstream can tell.
@@ -127,6 +128,10 @@ class Fault:
     stall_after_events: int | None = None
     """Streams: send this many events, then nothing more while the connection stays open (until the client
     hangs up): a provider that stalls mid-stream."""
+    raw_events: list[str] | None = None
+    """Streams: send these events instead of the answer's own, as written (each a whole SSE event, its blank line
+    included, e.g. ``'data: {...}\\n\\n'``): a provider that sends what the test says, byte for byte, such as a
+    lone surrogate as the JSON escape ``\\ud800`` (valid JSON, no valid Unicode) or an event of the wrong shape."""
     probability: float = 1.0
     """The chance that a request this fault is taken for gets it (a queued fault's ``times`` counts only the
     requests that got it): e.g. a ``default_fault`` with 0.2 fails one request in five, at random."""
@@ -1791,6 +1796,8 @@ class FakeProvider:
                 await writer.drain()
                 return False  # hang up mid-body
             return await self._send(writer, response.status, response.payload, response.headers, keep_alive)
+        if fault is not None and fault.raw_events is not None:
+            response = response._replace(events=[event.encode() for event in fault.raw_events])
         record = StreamRecord(path, len(response.events))
         if self.record:
             with self._lock:

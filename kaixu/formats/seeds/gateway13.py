@@ -43,7 +43,7 @@ from ..canonical import (
     UsageUpdate,
 )
 from ..errors import FormatError
-from ..sse import encode_sse
+from ..sse import encode_sse, utf8
 from ._front import FrontDoorOnly, canonical_turns, chat_turns, positive_int
 from .context import MonthRollup, SeedContext
 
@@ -122,7 +122,7 @@ def ping_event(now_ms: int | None = None) -> bytes:
 
 
 def _delta(text: str) -> bytes:
-    return b'event: delta\ndata: {"text":' + jstr(text).encode() + b"}\n\n"
+    return b'event: delta\ndata: {"text":' + utf8(jstr(text)) + b"}\n\n"
 
 
 class Gateway13StreamEncoder:
