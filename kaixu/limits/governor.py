@@ -243,7 +243,9 @@ async def open_governor(store: dict[str, Any], *, check: bool = True) -> Governo
     if redis is not None:
         from kaixu.limits.redis_counters import RedisCounters
 
-        backend = RedisCounters(redis["url"], prefix=redis.get("prefix", "kaixu:"))
+        backend = RedisCounters(
+            redis["url"], prefix=redis.get("prefix", "kaixu:"), timeout_s=float(redis.get("timeout_s", 0.5))
+        )
         counters: Counters = await backend.open() if check else backend
         return Governor(counters, kind="redis", fail_open=redis.get("fail", "closed") == "open")
     path = str(store.get("sqlite", ":memory:"))
