@@ -203,9 +203,9 @@ def good_request(
 
 def run_malformed(target: Target, fake_port: int, plan: Plan) -> dict[str, Any]:
     chooser = hostile.RandomChooser(plan.seed)
-    focuses = ("body", "headers", "target", "any")
+    focuses = ("body", "headers", "target", "wire", "limits", "any")
     probes = [*hostile.raw_probes(), *hostile.text_probes()]
-    probes += [hostile.probe(chooser, focuses[i % 4]) for i in range(plan.malformed)]
+    probes += [hostile.probe(chooser, focuses[i % len(focuses)]) for i in range(plan.malformed)]
     deadline = time.monotonic() + plan.malformed_budget_s
     statuses: collections.Counter[str] = collections.Counter()
     findings: list[hostile.Finding] = []
@@ -230,6 +230,8 @@ def run_malformed(target: Target, fake_port: int, plan: Plan) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     for forwarded in fake_requests(fake_port):
         findings += hostile.judge_forwarded(forwarded["path"], forwarded["headers"], "one of the malformed requests")
+    target.records_new_requests()  # the ledger is written in batches: one more record, and every earlier one is in
+    findings += hostile.ledger_findings(target.ledger)  # what a client said about itself, stored escaped or refused
     rules = collections.Counter(f.rule for f in findings)
     non_json = rules["not application/json"] + rules["body is not JSON"]
     return {
