@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kaixu.addons import build_steps  # noqa: E402
-from kaixu.addons.chain import Chain  # noqa: E402
+from kaixu.chain import Chain  # noqa: E402
 from kaixu.config import parse_policy  # noqa: E402
 from kaixu.gateway import Gateway  # noqa: E402
 

@@ -259,7 +259,7 @@ class Call:
     cors_origin: str | None = None
     """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""
     failed: bool = False
-    """A kaixu step raised: the caller got a JSON 500 (addons/chain.py)."""
+    """A kaixu step raised: the caller got a JSON 500 (kaixu/chain.py)."""
     client_disconnected: bool = False
     """The client went away before its answer was complete (recorded as 499)."""
 

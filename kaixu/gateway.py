@@ -19,7 +19,7 @@ from kaixu.store import Ledger
 if TYPE_CHECKING:
     import asyncio
 
-    from kaixu.addons.keys import KeySnapshot
+    from kaixu.addons.store_keys import KeySnapshot
     from kaixu.call import Call
     from kaixu.limits.governor import Governor
     from kaixu.reliability.executor import Executor
@@ -75,7 +75,7 @@ class Gateway:
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     ledger: Ledger | None = None
     key_snapshot: KeySnapshot | None = None
-    """The store's keys as last read (kaixu/addons/keys.py); None: store keys are not looked up."""
+    """The store's keys as last read (kaixu/addons/store_keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
     deployments: Deployments = field(default_factory=Deployments)
     """Each deployment's in-flight count, latency and circuit breaker (kaixu/providers/health.py)."""

@@ -1,7 +1,7 @@
 """The embedded mitmproxy Master: the few core addons a reverse proxy needs, plus kaixu's chain.
 
 mitmdump loads ~30 addons, and every flow event is dispatched to each of them; the minimal set roughly
-halves the CPU per request. kaixu's own chain is one addon (addons/chain.py), here and under `mitmdump -s`.
+halves the CPU per request. kaixu's own chain is one addon (kaixu/chain.py), here and under `mitmdump -s`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from mitmproxy.master import Master
 
 from kaixu import mitm
 from kaixu.addons import build_addons
-from kaixu.addons.config import reverse_modes
 from kaixu.config import Policy
 from kaixu.gateway import Gateway
+from kaixu.options import reverse_modes
 
 log = logging.getLogger("kaixu")
 

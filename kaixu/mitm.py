@@ -36,7 +36,7 @@ reach):
 * `CachedAddonManager` (used by `kaixu run` only): mitmproxy's AddonManager walks every addon, and fires an
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
-  (`addons/chain.py`) either way.
+  (`kaixu/chain.py`) either way.
 
 Every patch acts only on kaixu's connections (a client that arrived on a reverse-mode listener: all of them
 under `kaixu run`, the reverse listeners under `mitmdump -s kaixu/plugin.py`); any other flow in the same

@@ -1,4 +1,4 @@
-"""Who may call which model: one rule, read by the policy step (kaixu/addons/policy.py) for the model a request
+"""Who may call which model: one rule, read by the policy step (kaixu/addons/caller_rules.py) for the model a request
 names, and by the router (kaixu/addons/router.py) for every model its attempt plan may reach, so a fallback
 never serves what the caller may not call itself.
 

@@ -1,4 +1,4 @@
-"""The Chain (kaixu/addons/chain.py): kaixu's steps in order, only for kaixu's flows, failing closed.
+"""The Chain (kaixu/chain.py): kaixu's steps in order, only for kaixu's flows, failing closed.
 
 Steps here are small test steps (any object with hook methods, as mitmproxy addons are), driven with
 mitmproxy's own test flows: what is under test is the Chain's dispatch, not the steps."""
@@ -17,8 +17,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from kaixu import mitm
-from kaixu.addons.chain import Chain
 from kaixu.call import Call, attach, get_call
+from kaixu.chain import Chain
 from kaixu.config import parse_policy
 
 POLICY = parse_policy("providers: {m: {kind: mock}}\nmodels: {x: {route: [{provider: m}]}}\n")

@@ -1,4 +1,4 @@
-"""Budgets and rate limits through a real kaixu (steps 5 and 7: kaixu/addons/limits.py, kaixu/addons/budgets.py),
+"""Budgets and rate limits through a real kaixu (steps 5 and 7: kaixu/addons/rate_limits.py, kaixu/addons/budgets.py),
 on its default store (SQLite file, in-process counters), with real clients: httpx, the openai, anthropic and
 google-genai SDKs, and the seed APIs. Refusals are never forwarded: the fake provider records what it got."""
 

@@ -1,4 +1,4 @@
-"""`policies:` (step 4, kaixu/addons/policy.py): allowed and denied models, tokens per request (reject or clamp),
+"""`policies:` (step 4, kaixu/addons/caller_rules.py): allowed and denied models, tokens per request (reject or clamp),
 matches by team, key, app and project, shadow mode, refused in every front door's shape and never forwarded.
 
 Real clients (the openai and anthropic SDKs, httpx on Pulse's `POST /api/ai/request`) against a real kaixu and

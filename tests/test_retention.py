@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kaixu.addons.ledger import LedgerWriter
+from kaixu.addons.ledger_writer import LedgerWriter
 from kaixu.config import parse_policy
 from kaixu.gateway import Gateway
 from kaixu.store import LedgerRecord, SqliteLedgerStore

@@ -1,4 +1,4 @@
-"""Seats (kaixu/addons/seats.py, docs/keys.md#seats) through a real kaixu: a key or a customer with `seats: N`
+"""Seats (kaixu/addons/seat_limits.py, docs/keys.md#seats) through a real kaixu: a key or a customer with `seats: N`
 needs `x-kaixu-install-id`, admits N installs, refuses the next one and revoked ones (`kaixu seats revoke`,
 seen within 2 seconds), in the shape of each front door (openai and anthropic SDKs, Gateway 13's gateway-chat).
 The fake provider records what it was sent: a refusal must leave it with no request."""

@@ -1,4 +1,4 @@
-"""The seats step (kaixu/addons/seats.py) on both stores, with real flows: on PostgreSQL through a pool its caller
+"""The seats step (kaixu/addons/seat_limits.py) on both stores, with real flows: on PostgreSQL through a pool its caller
 owns (as `store.postgres` gives it), on a SQLite file. The step's own poll is what makes a revocation land; the
 hot path must not touch the store for an admitted install (checked by closing the pool under it)."""
 
@@ -13,7 +13,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from kaixu.addons.seats import Seats
+from kaixu.addons.seat_limits import Seats
 from kaixu.call import Call, attach
 from kaixu.config import Policy, VirtualKey, parse_policy
 from kaixu.gateway import Gateway

@@ -219,7 +219,7 @@ def test_without_a_pepper_no_key_is_created_and_store_keys_are_refused(
 
 
 def test_every_change_to_the_keys_moves_the_version_the_proxy_polls(tmp_path: Path) -> None:
-    """The proxy reads the whole `keys` table only when `keys_version` moved (kaixu/addons/keys.py): every kind
+    """The proxy reads the whole `keys` table only when `keys_version` moved (kaixu/addons/store_keys.py): every kind
     of change must move it, including an edit made with another tool."""
     from kaixu.store.keys import SqliteKeyStore, StoredKey
 

@@ -8,25 +8,25 @@ from kaixu.addons.admin import Admin
 from kaixu.addons.auth import Auth
 from kaixu.addons.body import Body
 from kaixu.addons.budgets import Budgets
-from kaixu.addons.chain import Chain
-from kaixu.addons.config import PolicyFile
+from kaixu.addons.caller_rules import CallerRules
 from kaixu.addons.connections import Connections
 from kaixu.addons.counters import CounterBackend
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.dispatch import Dispatch
 from kaixu.addons.errors import Errors
 from kaixu.addons.ingress import Ingress
-from kaixu.addons.keys import StoreKeys
-from kaixu.addons.ledger import LedgerWriter
-from kaixu.addons.limits import RateLimits
+from kaixu.addons.ledger_writer import LedgerWriter
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
-from kaixu.addons.policy import Policies
+from kaixu.addons.policy_file import PolicyFile
+from kaixu.addons.rate_limits import RateLimits
 from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
-from kaixu.addons.seats import Seats
+from kaixu.addons.seat_limits import Seats
 from kaixu.addons.settle import Settle
+from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
+from kaixu.chain import Chain
 from kaixu.gateway import Gateway
 from kaixu.reliability.executor import Executor
 from kaixu.store import postgres
@@ -52,7 +52,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Seats(
             gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store)
         ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
-        Policies(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
+        CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
         router,  # 6 where it goes
         Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402

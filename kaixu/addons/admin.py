@@ -27,12 +27,12 @@ from mitmproxy import http
 
 from kaixu.addons.auth import admin_refusal
 from kaixu.addons.body import BodyRefused, decompress, parse_json_object
-from kaixu.addons.respond import error_json, error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config.policy import usd_micros
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.respond import error_json, error_response, json_response
 from kaixu.store import postgres
 from kaixu.store.keys import (
     KEY_NAME,

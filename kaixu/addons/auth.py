@@ -2,7 +2,7 @@
 `kaixu keys create` and kept as a peppered HMAC: docs/keys.md), or the client's own provider key when the
 policy allows bring-your-own-key. Anything else is a 401 in the front door's error shape.
 
-Store keys are looked up in the snapshot kaixu/addons/keys.py keeps fresh, never in the store itself."""
+Store keys are looked up in the snapshot kaixu/addons/store_keys.py keeps fresh, never in the store itself."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import time
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.config import Policy, VirtualKey
 from kaixu.gateway import Gateway
+from kaixu.respond import error_response
 
 # Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")

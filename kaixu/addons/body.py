@@ -16,12 +16,12 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu import content
+from kaixu.addons.caller_rules import output_limit_problem
 from kaixu.addons.dialect import Door, model_name_problem
-from kaixu.addons.policy import output_limit_problem
-from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
 from kaixu.formats.seeds import gateway13, kaixu_gate, pulse
+from kaixu.respond import error_response
 
 #: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
 MAX_JSON_DEPTH = 64

@@ -32,9 +32,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.limits import governor_for, unavailable
-from kaixu.addons.policy import requested_answers, requested_output
-from kaixu.addons.respond import error_json, json_response
+from kaixu.addons.caller_rules import requested_answers, requested_output
+from kaixu.addons.rate_limits import governor_for, unavailable
 from kaixu.addons.router import reachable_targets
 from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
@@ -49,6 +48,7 @@ from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts
 from kaixu.pricing import Price, cost_micros, usd
+from kaixu.respond import error_json, json_response
 
 log = logging.getLogger("kaixu.budgets")
 

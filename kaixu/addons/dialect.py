@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response
 from kaixu.call import Call, get_call
 from kaixu.log import safe
+from kaixu.respond import error_response
 
 # Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
 #: What a client may say about itself, for the ledger and `/api/costs?group_by=` (never for access decisions).

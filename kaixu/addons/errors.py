@@ -16,13 +16,13 @@ from mitmproxy import http
 
 from kaixu import mitm
 from kaixu.addons.dialect import front_for_path
-from kaixu.addons.respond import error_json, json_response
 from kaixu.addons.stream import broken_stream_event
 from kaixu.call import Call, call_for_request, get_call
 from kaixu.log import safe
 from kaixu.mitm import ErrorCode
 from kaixu.providers import upstream_failure
 from kaixu.reliability.plan import first_attempt_timeout
+from kaixu.respond import error_json, json_response
 
 log = logging.getLogger("kaixu.errors")
 

@@ -9,11 +9,11 @@ from mitmproxy import http
 
 from kaixu.addons.auth import admin_refusal
 from kaixu.addons.dialect import front_for_path
-from kaixu.addons.respond import json_response
 from kaixu.call import Call, attach, get_call
 from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition
+from kaixu.respond import json_response
 
 _MAX_CLIENT_ID = 128
 _CORS_ALLOW_HEADERS = (

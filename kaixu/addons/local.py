@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.formats.seeds import kaixu_gate
 from kaixu.gateway import Gateway
+from kaixu.respond import error_response, json_response
 
 
 class Local:

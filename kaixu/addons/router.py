@@ -15,7 +15,6 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response, json_response
 from kaixu.call import Call, get_call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, estimate_tokens, fronts, get_codec, json_type
@@ -33,6 +32,7 @@ from kaixu.providers import (
 )
 from kaixu.providers.relay import RelayPlan
 from kaixu.reliability.plan import Plan, Upstream
+from kaixu.respond import error_response, json_response
 
 #: The client headers a provider gets (lower-case). Everything else is dropped: credentials (kaixu sends the
 #: provider's own), cookies, proxy credentials, forwarding and client-IP headers. docs/compatibility.md lists it.

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from mitmproxy import http
 
 from kaixu import content, mitm
-from kaixu.addons.respond import error_json
 from kaixu.addons.router import decode_chat
 from kaixu.call import Call, get_call
 from kaixu.formats import embeddings, estimate_tokens, fronts, get_codec
@@ -27,6 +26,7 @@ from kaixu.metrics import count_request
 from kaixu.pricing import convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.reliability.plan import answer_headers
+from kaixu.respond import error_json
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")

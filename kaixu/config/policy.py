@@ -305,7 +305,7 @@ class ModelGlobs:
 
 @dataclass(frozen=True, slots=True)
 class CallerPolicy:
-    """One `policies[]` rule (step 4, kaixu/addons/policy.py), with its strategies chosen at load."""
+    """One `policies[]` rule (step 4, kaixu/addons/caller_rules.py), with its strategies chosen at load."""
 
     name: str
     team: str | None = None
@@ -391,7 +391,7 @@ class Policy:
     alerts: AlertsPolicy = field(default_factory=AlertsPolicy)
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
     policies: tuple[CallerPolicy, ...] = ()
-    """`policies[]`, in file order (kaixu/addons/policy.py)."""
+    """`policies[]`, in file order (kaixu/addons/caller_rules.py)."""
     teams: dict[str, Team] = field(default_factory=dict)
     orgs: dict[str, Org] = field(default_factory=dict)
     customers: dict[str, Customer] = field(default_factory=dict)

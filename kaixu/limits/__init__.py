@@ -14,7 +14,7 @@ The guarantee: a reservation is admitted only when, on every scope it names, `sp
 cap`, checked and recorded in one atomic step, all scopes or none. So however many requests and processes
 race, a cap is never overspent except by a settled cost larger than its reservation.
 
-Used by the rate-limit and budget steps (kaixu/addons/limits.py, kaixu/addons/budgets.py) through the process's
+Used by the rate-limit and budget steps (kaixu/addons/rate_limits.py, kaixu/addons/budgets.py) through the process's
 `Governor` (kaixu/limits/governor.py); docs/limits.md.
 """
 

@@ -120,7 +120,7 @@ class _Handler(tornado.web.RequestHandler):
     def _json(self, status: int, body: Any) -> None:
         request_id = self.request.headers.get("x-request-id")  # the call's id: kaixu sends it to every provider
         if status >= 400 and request_id and isinstance(body, dict):
-            body["request_id"] = request_id  # like kaixu's own errors (addons/respond.py)
+            body["request_id"] = request_id  # like kaixu's own errors (kaixu/respond.py)
         self.set_status(status)
         self.set_header("content-type", "application/json")
         self.finish(json.dumps(body))

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from kaixu import metrics
-from kaixu.addons.respond import error_json
 from kaixu.addons.router import RouteRefused, reachable_targets, upstream_headers
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
@@ -33,6 +32,7 @@ from kaixu.providers import RESPONSE_HOP, UpstreamFailure, split_url, upstream_f
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
+from kaixu.respond import error_json
 
 if TYPE_CHECKING:
     from kaixu.addons.router import Router

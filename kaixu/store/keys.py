@@ -152,7 +152,7 @@ class StoredKey:
     seats: int | None = None
     """Installs (`x-kaixu-install-id`) the key may be used from; None: any number."""
     superseded: bool = False
-    """True on the snapshot's entry for `previous_hmac` (kaixu/addons/keys.py), never on a stored row."""
+    """True on the snapshot's entry for `previous_hmac` (kaixu/addons/store_keys.py), never on a stored row."""
 
     def virtual(self) -> VirtualKey:
         """The record the policy's keys use too, so the ledger, metrics, model checks and the governance

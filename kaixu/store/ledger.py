@@ -310,7 +310,7 @@ class Ledger:
                     return
 
     async def prune(self, before_ts: float) -> int:
-        """Deletes the records older than `before_ts` (retention, scheduled by addons/ledger.py), in a worker
+        """Deletes the records older than `before_ts` (retention, scheduled by addons/ledger_writer.py), in a worker
         thread for a blocking store. Raises what the store raised; a later call tries again."""
         return await self._store.prune(before_ts)
 

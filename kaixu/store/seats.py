@@ -7,7 +7,7 @@ Claiming one is atomic across processes and replicas (SQLite `BEGIN IMMEDIATE`, 
 the scope inside the transaction), so two replicas racing for the last seat admit one. A revoked install frees
 its seat and stays refused. `seats_version` moves (triggers) whenever a seat is revoked or deleted, whoever did
 it: the proxy polls that one row every second and rereads the revoked installs only when it moved
-(kaixu/addons/seats.py). last_seen is written in batches, and does not move the version.
+(kaixu/addons/seat_limits.py). last_seen is written in batches, and does not move the version.
 """
 
 from __future__ import annotations

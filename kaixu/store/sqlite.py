@@ -81,7 +81,7 @@ class SqliteLedgerStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
-                db.executescript(KEYS_SCHEMA)  # the store keys (kaixu keys create), read by kaixu/addons/keys.py
+                db.executescript(KEYS_SCHEMA)  # the store keys (kaixu keys create), read by kaixu/addons/store_keys.py
                 _add_missing_columns(db)
                 add_missing_key_columns(db)
                 db.executescript(_INDEXES)

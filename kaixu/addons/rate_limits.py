@@ -23,7 +23,6 @@ import math
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response
 from kaixu.addons.router import ROUTED_OPERATIONS
 from kaixu.addons.settle import add_headers, end_customer
 from kaixu.call import Call, get_call
@@ -32,6 +31,7 @@ from kaixu.limits import CountersUnavailable, Window
 from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, eagerly, tighter
 from kaixu.limits.levels import RateLevel, rate_levels
 from kaixu.metrics import GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
+from kaixu.respond import error_response
 
 
 async def governor_for(gateway: Gateway) -> Governor | None:

@@ -1,8 +1,13 @@
-"""Every mitmproxy option kaixu adds, declared in one place (set with `--set name=value`)."""
+"""Every mitmproxy option kaixu adds, declared in one place (set with `--set name=value`), and the `mode` the
+policy's listeners become."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from mitmproxy.addonmanager import Loader
+
+from kaixu import mitm
 
 POLICY = "kaixu_policy"
 RELOAD_MS = "kaixu_reload_ms"
@@ -25,3 +30,9 @@ def declare(loader: Loader) -> None:
         "Open the listeners named in the policy's `listen:` (kaixu run does; with mitmdump -s use --mode).",
     )
     loader.add_option(PORT_FILE, str, "", "Write the bound listen addresses as JSON to this file once running.")
+
+
+def reverse_modes(listen: Iterable[tuple[str, int]]) -> list[str]:
+    """mitmproxy's `mode` for the policy's `listen:`: plain-HTTP reverse listeners; the router rewrites every
+    flow's destination, so the target is inert."""
+    return [f"reverse:{mitm.INERT_UPSTREAM}@{host}:{port}" for host, port in listen]

@@ -19,7 +19,6 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.respond import error_response
 from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
 from kaixu.call import Call, get_call
 from kaixu.config.policy import CallerPolicy
@@ -27,6 +26,7 @@ from kaixu.formats import FormatError, estimate_tokens, json_type
 from kaixu.log import safe
 from kaixu.metrics import POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts, model_refusal
+from kaixu.respond import error_response
 
 log = logging.getLogger("kaixu.policy")
 
@@ -140,7 +140,7 @@ def tokens_refusal(rule: CallerPolicy, size: Size) -> str:
     )
 
 
-class Policies:
+class CallerRules:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is not None:

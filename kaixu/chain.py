@@ -22,9 +22,9 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu import mitm
-from kaixu.addons.respond import JSON_HEADERS, error_json, error_response
 from kaixu.call import get_call
 from kaixu.log import safe
+from kaixu.respond import JSON_HEADERS, error_json, error_response
 
 log = logging.getLogger("kaixu.chain")
 

@@ -6,23 +6,16 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Iterable
 from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from kaixu import mitm
-from kaixu.addons import options
+from kaixu import options
 from kaixu.config import Policy, PolicyError, load_policy
 from kaixu.gateway import Gateway
 from kaixu.metrics import POLICY_GENERATION, POLICY_RELOAD_FAILURES
 
 log = logging.getLogger("kaixu.config")
-
-
-def reverse_modes(listen: Iterable[tuple[str, int]]) -> list[str]:
-    """Plain-HTTP reverse listeners; the router rewrites every flow's destination, so the target is inert."""
-    return [f"reverse:{mitm.INERT_UPSTREAM}@{host}:{port}" for host, port in listen]
 
 
 class PolicyFile:
@@ -85,7 +78,7 @@ class PolicyFile:
             "ssl_verify_upstream_trusted_ca": policy.ca_file,
         }
         if ctx.options.kaixu_listen_from_policy and previous is not None and previous.listen != policy.listen:
-            wanted["mode"] = reverse_modes(policy.listen)
+            wanted["mode"] = options.reverse_modes(policy.listen)
         return {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
 
     async def _watch(self) -> None:
