@@ -61,7 +61,7 @@ OFF_PATCHES: tuple[tuple[str, str, str], ...] = (
         "pass  # bench: no cost headers",
     ),
     (
-        "kaixu/addons/router.py",
+        "kaixu/routing/aim.py",
         "call.bill.price = call.policy.pricing.table.lookup(provider.kind, upstream_model)",
         "call.bill.price = None  # bench: no price lookup",
     ),

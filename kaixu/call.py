@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from mitmproxy import http
 
 from kaixu.formats.canonical import Usage
-from kaixu.limits.governor import Governance
+from kaixu.limits.governance import Governance
 from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
-    from kaixu.addons.dialect import Door
     from kaixu.config import Policy, ProviderConfig, RouteTarget, VirtualKey
     from kaixu.formats.canonical import ChatRequest
+    from kaixu.formats.doors import Door
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
     from kaixu.pricing import Price
@@ -154,7 +154,7 @@ class Route:
     terminal error event."""
     ender: Callable[[str], bytes] | None = None
     """How the client's stream ends with an error once begun: the stream step sets it for a translated or
-    re-framed stream, whose encoder knows what it has sent (kaixu/addons/stream.py: `terminal_error`)."""
+    re-framed stream, whose encoder knows what it has sent (kaixu/stream_errors.py: `terminal_error`)."""
     plan: Plan | None = None
     """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
     attempts: Attempts | None = None

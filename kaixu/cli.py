@@ -119,7 +119,7 @@ def _url(host: str, port: int) -> str:
 
 def _hint(policy: Policy, key: str, host: str, port: int) -> str:
     """One curl line a new user can paste: a chat completion with `key`, on a model that key may call."""
-    from kaixu.addons.auth import key_hash
+    from kaixu.credentials import key_hash
 
     known = policy.keys.get(key_hash(key))
     if known is None:
@@ -179,7 +179,7 @@ def _key_store(args: argparse.Namespace, policy: Policy | None = None) -> Any:
     """The policy's key store (PostgreSQL when `store.postgres` is set, else its SQLite file; `--db FILE`
     names a file instead) as an `AsyncKeyStore`; None after printing why there is none. ``policy``: the
     policy, loaded already."""
-    from kaixu.store.keys import key_store
+    from kaixu.store.stores import key_store
 
     if args.db:
         return key_store({}, sqlite_path=str(args.db))

@@ -9,7 +9,8 @@ translated for it, so the pass-through path pays one `json.dumps` and one SHA-25
 Stored text is the text a human reads (message texts, tool-call arguments), not the JSON: images and other
 base64 data are left out. It is redacted before it is cut, so a secret that straddles the cut is never kept
 in part; the policy's provider keys (and anything shaped like a credential) are removed even when the
-built-in rules are off, because secrets never reach the ledger.
+built-in rules are off, because secrets never reach the ledger. The rules, compiled once per policy load, are
+`ContentRedactor` (kaixu/redact.py).
 """
 
 from __future__ import annotations
@@ -17,19 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from kaixu.redact import CREDENTIAL_SHAPES, Redactor
 
 if TYPE_CHECKING:
     from kaixu.call import Call
 
 log = logging.getLogger("kaixu.content")
-
-REDACTED = "[REDACTED]"
 
 #: The body fields whose canonical JSON is hashed, per front door (those present and not null).
 PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -48,54 +43,6 @@ _TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "system", "argumen
 #: Where the answer is in a provider's JSON body, per wire format.
 _ANSWER_FIELDS = {"openai": "choices", "anthropic": "content", "gemini": "candidates"}
 _MAX_DEPTH = 64
-_MARGIN = 4096
-"""Characters kept past `max_chars` before redacting: a match that starts before the cut is still whole."""
-
-# Built-in content rules (`ledger.content.builtin_redactions`). Each match starts at the start of its run of
-# characters (the lookbehinds), so a long run is scanned once, not once per position.
-_EMAIL = r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}"
-_CARD = r"(?<!\d)\d(?:[ \-]?\d){12,18}(?!\d)"
-"""13 to 19 digits, single spaces or hyphens between them; only those passing the Luhn check are replaced."""
-_BUILTIN = re.compile("|".join([f"(?P<card>{_CARD})", _EMAIL, *CREDENTIAL_SHAPES]))
-
-
-def luhn(digits: str) -> bool:
-    """The card-number checksum (ISO/IEC 7812): true for every real card number, for 1 in 10 random ones."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
-def _builtin_replacement(match: re.Match[str]) -> str:
-    card = match.group("card")
-    if card is not None and not luhn(card.replace(" ", "").replace("-", "")):
-        return card
-    return REDACTED
-
-
-class ContentRedactor:
-    """The `ledger.content` rules of one policy load, compiled once (`build_policy`): built-in rules, the
-    policy's own regexes, then the secrets redactor (provider keys, credential shapes), then the cut."""
-
-    def __init__(self, secrets: Redactor, *, builtin: bool, patterns: Iterable[str], max_chars: int) -> None:
-        self.secrets = secrets
-        self.builtin = builtin
-        self.patterns = tuple(re.compile(p) for p in patterns)
-        self.max_chars = max_chars
-
-    def clean(self, text: str, extra: str | None = None) -> str:
-        """`text` redacted, then cut to `max_chars`; `extra` is one more secret (a caller's own key)."""
-        text = text[: self.max_chars + _MARGIN]
-        if self.builtin:
-            text = _BUILTIN.sub(_builtin_replacement, text)
-        for pattern in self.patterns:
-            text = pattern.sub(REDACTED, text)
-        return self.secrets.text(text, extra)[: self.max_chars]
-
 
 # --- the prompt ------------------------------------------------------------------------------------------
 

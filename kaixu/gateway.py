@@ -19,10 +19,10 @@ from kaixu.store import Ledger
 if TYPE_CHECKING:
     import asyncio
 
-    from kaixu.addons.store_keys import KeySnapshot
     from kaixu.call import Call
     from kaixu.limits.governor import Governor
     from kaixu.reliability.executor import Executor
+    from kaixu.store.keys import KeySnapshot
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
@@ -98,6 +98,12 @@ class Gateway:
             self.executor.pools.configure(policy)
         self.generation += 1
         self.last_reload_error = None
+
+    async def governor_ready(self) -> Governor | None:
+        """The counters, waiting for them to open when the proxy has just started (None: they could not be)."""
+        if self.governor is None and self.governor_opening is not None:
+            await self.governor_opening
+        return self.governor
 
     def require_policy(self) -> Policy:
         if self.policy is None:

@@ -18,7 +18,7 @@ reach):
 * A terminal error event for a stream the provider breaks (HTTP/1): mitmproxy closes the client's connection
   in the middle of the chunked body, which some clients read as a clean end of a truncated answer. kaixu
   writes the event that ends the stream in the client's own format (an OpenAI error chunk, an Anthropic
-  `error` event...) and the body's last chunk (`TerminalEvent`, from addons/stream.py). The answer is then
+  `error` event...) and the body's last chunk (`TerminalEvent`, from kaixu/stream_errors.py). The answer is then
   complete and framed, so the connection goes on serving its client (closing it now could not be announced:
   the head went out with the stream's first bytes, and a client pool would send its next request into it).
 * HTTP/1 message rules mitmproxy leaves to its addons, which kaixu's request rewriting would break:

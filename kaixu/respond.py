@@ -1,4 +1,5 @@
-"""Responses kaixu makes itself (local endpoints and errors), always JSON, always with the request id."""
+"""Responses kaixu makes itself (local endpoints and errors), always JSON, always with the request id, in the
+caller's own error shape; and headers added to an answer in one go (`add_headers`)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,13 @@ def error_json(
     if request_id is not None:
         body["request_id"] = request_id
     return body
+
+
+def add_headers(response: http.Response, headers: dict[str, str]) -> None:
+    """Set headers in one assignment (mitmproxy rebuilds its field tuple on every `headers[name] = ...`, a few
+    µs each): a provider's own header of the same name is replaced, not repeated."""
+    names = {name.lower().encode() for name in headers}
+    fields = response.headers.fields
+    if any(name.lower() in names for name, _ in fields):
+        fields = tuple((name, value) for name, value in fields if name.lower() not in names)
+    response.headers.fields = fields + tuple((name.encode(), value.encode()) for name, value in headers.items())

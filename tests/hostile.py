@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from kaixu.addons.dialect import _ATTRIBUTE_HEADERS, _EXACT
+from kaixu.addons.dialect import _ATTRIBUTE_HEADERS
+from kaixu.formats.doors import PATHS
 from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS
 
 T = TypeVar("T")
@@ -188,7 +189,7 @@ class Door:
 
 
 def _doors() -> list[Door]:
-    doors = [Door(path, d.front, d.operation, d.methods[0]) for path, d in _EXACT.items()]
+    doors = [Door(path, d.front, d.operation, d.methods[0]) for path, d in PATHS.items()]
     for version in ("v1", "v1beta", "v1alpha"):
         for action, operation in (
             ("generateContent", "chat"),
@@ -957,7 +958,7 @@ def expected_fronts(probe: Probe) -> set[str]:
 
 
 def fronts_for_path(path: str) -> set[str]:
-    door = _EXACT.get(path)
+    door = PATHS.get(path)
     if _MODELS_PATH.match(path):  # shared by three SDKs: answered in the shape of the one asking
         return {"openai", "anthropic", "gemini"}
     if door is not None:

@@ -21,7 +21,9 @@ from google import genai
 from google.genai import types
 
 from kaixu.config import parse_policy
-from kaixu.content import REDACTED, luhn, prompt_sha256
+from kaixu.content import prompt_sha256
+from kaixu.redact import CONTENT_REDACTED as REDACTED
+from kaixu.redact import luhn
 from tests.fakes.provider import FakeProvider
 from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for
 

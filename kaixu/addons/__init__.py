@@ -33,12 +33,12 @@ from kaixu.store import postgres
 
 
 def build_steps(gateway: Gateway) -> list[object]:
-    router = Router(gateway)
-    gateway.executor = Executor(gateway, router)  # retries, fallbacks, timeouts, queues: kaixu/reliability/
+    # retries, fallbacks, timeouts, queues: kaixu/reliability/
+    gateway.executor = Executor(gateway.deployments, lambda: gateway.mock_url)
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
-        LedgerWriter(gateway),
+        LedgerWriter(gateway),  # the ledger: batched writes, flushed at shutdown, retention
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
         CounterBackend(gateway),  # the counters of budgets and rate limits (`store:`)
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
@@ -54,9 +54,9 @@ def build_steps(gateway: Gateway) -> list[object]:
         ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
-        router,  # 6 where it goes
+        Router(gateway),  # 6 where it goes
         Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402
-        Dispatch(router),  # the request leaves
+        Dispatch(gateway),  # the request leaves
         Errors(),  # 10 upstream timeout + JSON error pages
         Stream(),  # 8 SSE pass-through meter or translator
         Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger

@@ -10,7 +10,7 @@ hook is a coroutine only for the requests it answers: any other request costs on
 
 `POST /api/keys` needs its body: it is checked (method, admin key) on the head like the rest, marked `local`
 (so the front door and client auth steps leave it alone), and answered in the `request` hook, once mitmproxy
-read the body (bounded by `limits.max_body_bytes`, decompressed within the same bound by body.py's helpers).
+read the body (bounded by `limits.max_body_bytes`, decompressed within the same bound: kaixu/request_body.py).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 import asyncpg
 from mitmproxy import http
 
-from kaixu.addons.auth import admin_refusal
-from kaixu.addons.body import BodyRefused, decompress, parse_json_object
 from kaixu.call import Call, get_call
 from kaixu.config.policy import usd_micros
+from kaixu.credentials import admin_refusal
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.request_body import BodyRefused, decompress, parse_json_object
 from kaixu.respond import error_json, error_response, json_response
 from kaixu.store import postgres
 from kaixu.store.keys import (
@@ -43,7 +43,6 @@ from kaixu.store.keys import (
     StoredKey,
     digest,
     expires_at,
-    key_store,
     new_secret,
     pepper,
 )
@@ -62,6 +61,7 @@ from kaixu.store.queries import (
     record_json,
     scope_json,
 )
+from kaixu.store.stores import key_store
 
 log = logging.getLogger("kaixu.admin")
 
@@ -73,7 +73,7 @@ MAX_OFFSET = 1_000_000
 _MAX_KEY_NAME = 200
 
 #: Filter parameters -> dimensions: the dimension's own name, Pulse's ids, and `key_name` for the key
-#: (a bare `key=` is the credential parameter Gemini clients use: see `auth.presented_key`).
+#: (a bare `key=` is the credential parameter Gemini clients use: see `credentials.presented_key`).
 FILTER_PARAMS: dict[str, str] = {
     **{name: name for name in DIMENSIONS if name != "key"},
     "key_name": "key",

@@ -7,63 +7,15 @@ Store keys are looked up in the snapshot kaixu/addons/store_keys.py keeps fresh,
 from __future__ import annotations
 
 import datetime
-import hashlib
 import time
 
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
-from kaixu.config import Policy, VirtualKey
+from kaixu.config import VirtualKey
+from kaixu.credentials import key_hash, presented_key
 from kaixu.gateway import Gateway
 from kaixu.respond import error_response
-
-# Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")
-
-
-def presented_key(request: http.Request) -> str | None:
-    """The credential the client sent, whichever SDK convention it used."""
-    headers = request.headers
-    authorization = headers.get("authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    for name in CREDENTIAL_HEADERS[1:]:
-        value = headers.get(name)
-        if value:
-            return value.strip()
-    if "key=" in request.path:
-        value = request.query.get("key")
-        if value:
-            return value
-    return None
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def admin_name(policy: Policy, request: http.Request) -> str | None:
-    """The name of the admin key the request carries (`admin_keys:` in the policy), else None. Admin keys
-    guard kaixu's own endpoints (`/api/*`, `/metrics` under `metrics.auth: admin`); they are not client keys
-    and a client key is never an admin key."""
-    key = presented_key(request)
-    return None if key is None else policy.admin_keys.get(key_hash(key))
-
-
-def admin_refusal(call: Call, request: http.Request, what: str) -> http.Response | None:
-    """The one answer to a request for an admin-only endpoint (`what` names it) without an admin key: 401
-    `missing_admin_key` without a key, 403 `not_an_admin_key` with any other key (a client key included).
-    None when the request carries an admin key."""
-    if admin_name(call.policy, request) is not None:
-        return None
-    if presented_key(request) is None:
-        message = f"{what} needs an admin key: send it as 'Authorization: Bearer <key>'"
-        return error_response(call, 401, message, "authentication_error", "missing_admin_key")
-    reason = "admin_keys lists the keys that may" if call.policy.admin_keys else "the policy has no admin_keys"
-    message = f"this key is not an admin key ({reason}); {what} is for admin keys only"
-    return error_response(call, 403, message, "permission_error", "not_an_admin_key")
 
 
 class Auth:

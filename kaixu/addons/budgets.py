@@ -32,23 +32,21 @@ from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.caller_rules import requested_answers, requested_output
-from kaixu.addons.rate_limits import governor_for, unavailable
-from kaixu.addons.router import reachable_targets
-from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens
 from kaixu.formats.canonical import Usage
 from kaixu.formats.seeds import MonthRollup, gateway13
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Refusal, Reservation
-from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly
+from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly, unavailable
 from kaixu.limits.levels import BudgetLevel, budget_levels
 from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts
 from kaixu.pricing import Price, cost_micros, usd
+from kaixu.request_facts import end_customer, requested_answers, requested_output
 from kaixu.respond import error_json, json_response
+from kaixu.routing import reachable_targets
 
 log = logging.getLogger("kaixu.budgets")
 
@@ -130,7 +128,7 @@ class Budgets:
             call.route.routed = False  # refused here: nothing left kaixu, the answer is kaixu's own (not settled)
 
     async def _hold(self, flow: http.HTTPFlow, call: Call, levels: list[BudgetLevel]) -> None:
-        governor = await governor_for(self.gateway)
+        governor = await self.gateway.governor_ready()
         if governor is None:
             unavailable(flow, call, None, None)
             return

@@ -15,121 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from mitmproxy import http
 
-from kaixu.addons.router import ROUTED_OPERATIONS, decode_chat
 from kaixu.call import Call, get_call
 from kaixu.config.policy import CallerPolicy
-from kaixu.formats import FormatError, estimate_tokens, json_type
+from kaixu.estimates import Size
 from kaixu.log import safe
 from kaixu.metrics import POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts, model_refusal
+from kaixu.request_facts import clamp_output
 from kaixu.respond import error_response
+from kaixu.routing import ROUTED_OPERATIONS
 
 log = logging.getLogger("kaixu.policy")
-
-
-def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
-    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
-    return tuple((parent, name) for parent in parents for name in names)
-
-
-_GEMINI = ("generationConfig", "generation_config")
-_GATE = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
-
-#: Where each front door's body asks for a maximum of output tokens (every spelling a provider reads), in the
-#: order a clamp prefers them.
-OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openai": (("max_completion_tokens",), ("max_tokens",)),
-    "anthropic": (("max_tokens",),),
-    "gemini": _config(_GEMINI, "maxOutputTokens", "max_output_tokens"),
-    "kaixu_gate": _config(_GATE, "maxOutputTokens", "max_output_tokens"),
-    "gateway13": (("max_tokens",),),
-    "pulse": (("maxTokens",),),
-}
-#: Where a body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
-#: (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
-#: and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a provider).
-ANSWER_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openai": (("n",), ("best_of",)),
-    "gemini": _config(_GEMINI, "candidateCount", "candidate_count"),
-    "kaixu_gate": _config(_GATE, "candidateCount", "candidate_count"),
-}
-
-
-class Size:
-    """A request's size in tokens, estimated once however many rules ask: the input (the canonical request's
-    `estimate_tokens`, or bytes / 4 when it cannot be decoded) and the output the client asked for."""
-
-    def __init__(self, call: Call, raw: bytes) -> None:
-        assert call.body is not None
-        try:
-            request = decode_chat(call)
-        except FormatError:  # the router refuses it with the reason; the size is only an upper bound here
-            self.input, self.output = (len(raw) + 3) // 4, requested_output(call.front, call.body)
-        else:
-            self.input, self.output = estimate_tokens(request), request.max_tokens
-            if self.output is None:
-                self.output = requested_output(call.front, call.body)
-
-    @property
-    def total(self) -> int:
-        return self.input + (self.output or 0)
-
-
-def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = body
-    for name in path:
-        value = value.get(name) if isinstance(value, dict) else None
-    return value
-
-
-def _ints(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[int]:
-    return [v for path in paths if isinstance(v := _field(body, path), int) and not isinstance(v, bool)]
-
-
-def requested_output(front: str, body: dict[str, Any]) -> int | None:
-    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice)."""
-    return max(_ints(body, OUTPUT_FIELDS.get(front, ())), default=None)
-
-
-def requested_answers(front: str, body: dict[str, Any]) -> int:
-    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...): each costs its output."""
-    return max(_ints(body, ANSWER_FIELDS.get(front, ())), default=1)
-
-
-def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
-    """What is wrong with a chat body's output limits and answer counts, naming the field, or None: each must
-    be a positive integer. Why refused, not forwarded: OpenAI-compatible servers (llama.cpp, Ollama) read a
-    `max_tokens` of -1 as no limit at all, and a count kaixu cannot read is a cost it cannot bound."""
-    for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
-        value = _field(body, path)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
-            shown = str(value) if small else json_type(value)
-            return f"{'.'.join(path)}: must be a positive integer, got {shown}"
-    return None
-
-
-def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
-    """Lower every output-token field the body sets above `limit` to `limit`; a body that sets none gets the
-    door's own field (under a parent object it already has, so no other setting moves)."""
-    paths = OUTPUT_FIELDS.get(front, ())
-    present = [path for path in paths if _field(body, path) is not None]
-    if not present:
-        chosen = next((p for p in paths if len(p) == 1 or isinstance(body.get(p[0]), dict)), paths[0])
-        present = [chosen]
-    for path in present:
-        parent = body
-        for name in path[:-1]:
-            if not isinstance(parent.get(name), dict):
-                parent[name] = {}
-            parent = parent[name]
-        value = parent.get(path[-1])
-        if not isinstance(value, int) or isinstance(value, bool) or value > limit:
-            parent[path[-1]] = limit
 
 
 def tokens_refusal(rule: CallerPolicy, size: Size) -> str:

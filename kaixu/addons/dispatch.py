@@ -5,17 +5,24 @@ a later check refuses."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 
 from mitmproxy import connection, http
 
-from kaixu.addons.router import Router
-from kaixu.call import get_call
+from kaixu.call import Call, get_call
+from kaixu.formats.seeds import gateway13
+from kaixu.gateway import Gateway
+from kaixu.providers import split_url
+from kaixu.providers.relay import RelayPlan
+from kaixu.reliability.plan import Upstream
+
+DEFAULT_PING_S = 10.0
 
 
 class Dispatch:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A request with an attempt plan and a buffered answer is awaited here (kaixu/reliability/executor.py):
@@ -23,10 +30,43 @@ class Dispatch:
         call = get_call(flow)
         if call is None or flow.response is not None or not call.route.routed:
             return None
-        return self.router.dispatch(flow, call)
+        return self.dispatch(flow, call)
+
+    def dispatch(self, flow: http.HTTPFlow, call: Call) -> Awaitable[None] | None:
+        """The request leaves: counted in the pool and against its deployment; a request with a plan goes to the
+        attempt executor (a stream through the relay)."""
+        self.gateway.pool.started(call)
+        if call.route.target is not None:
+            self.gateway.deployments.started(call.route.target)
+        if call.route.plan is None:
+            return None
+        if call.stream:
+            self._divert_to_relay(flow, call)
+            return None
+        executor = self.gateway.executor
+        if executor is None or call.route.provider is None or call.route.provider.max_concurrent is None:
+            # mitmproxy makes the first attempt, as for any request; the retries step takes over if it fails
+            call.route.native_first = True
+            call.route.sent_at = time.monotonic()
+            return None
+        return executor.answer(flow, call)  # the provider's queue is kaixu's: so is its HTTP client
+
+    def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps a
+        Gateway 13 client's stream alive (`ping` events) until the provider's first byte."""
+        relay, loopback = self.gateway.relay, self.gateway.loopback_url
+        if relay is None or loopback is None:
+            return  # not running yet: the stream goes straight to the provider, one attempt
+        request = flow.request
+        ping_s = None
+        if call.front == gateway13.NAME:
+            ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
+        path = relay.register(RelayPlan(call=call, upstream=Upstream.of(request), ping_s=ping_s))
+        request.scheme, request.host, request.port, request.path = split_url(loopback + path)
+        call.route.relayed = True
 
     def client_disconnected(self, client: connection.Client) -> None:
         """A client that hangs up while its buffered request is being fetched cancels the fetch."""
-        executor = self.router.gateway.executor
+        executor = self.gateway.executor
         if executor is not None:
             executor.client_gone(client.id)

@@ -1,4 +1,4 @@
-"""Step 9: upstream trouble becomes a JSON error with the request id, never mitmproxy's HTML page.
+"""Step 10: upstream trouble becomes a JSON error with the request id, never mitmproxy's HTML page.
 
 mitmproxy answers connect failures, upstream disconnects, over-limit bodies and malformed requests itself,
 from its HTTP layers, and the `error` hook cannot replace that answer. `kaixu/mitm.py` (the one home of
@@ -15,14 +15,14 @@ import uuid
 from mitmproxy import http
 
 from kaixu import mitm
-from kaixu.addons.dialect import front_for_path
-from kaixu.addons.stream import broken_stream_event
 from kaixu.call import Call, call_for_request, get_call
+from kaixu.formats.doors import front_for_path
 from kaixu.log import safe
 from kaixu.mitm import ErrorCode
 from kaixu.providers import upstream_failure
-from kaixu.reliability.plan import first_attempt_timeout
+from kaixu.reliability.served import first_attempt_timeout
 from kaixu.respond import error_json, json_response
+from kaixu.stream_errors import broken_stream_event
 
 log = logging.getLogger("kaixu.errors")
 

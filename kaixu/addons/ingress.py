@@ -7,9 +7,9 @@ import uuid
 
 from mitmproxy import http
 
-from kaixu.addons.auth import admin_refusal
-from kaixu.addons.dialect import front_for_path
 from kaixu.call import Call, attach, get_call
+from kaixu.credentials import admin_refusal
+from kaixu.formats.doors import front_for_path
 from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition

@@ -23,41 +23,15 @@ import math
 
 from mitmproxy import http
 
-from kaixu.addons.router import ROUTED_OPERATIONS
-from kaixu.addons.settle import add_headers, end_customer
 from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Window
-from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, Governor, eagerly, tighter
+from kaixu.limits.governor import MINUTE_S, TTL_MARGIN_S, eagerly, tighter, unavailable
 from kaixu.limits.levels import RateLevel, rate_levels
-from kaixu.metrics import GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
-from kaixu.respond import error_response
-
-
-async def governor_for(gateway: Gateway) -> Governor | None:
-    """The counters, waiting for them to open when the proxy has just started."""
-    if gateway.governor is None and gateway.governor_opening is not None:
-        await gateway.governor_opening
-    return gateway.governor
-
-
-def unavailable(flow: http.HTTPFlow, call: Call, governor: Governor | None, error: Exception | None) -> bool:
-    """The counters cannot answer: True when the request is refused (fail closed: 503 with `Retry-After`),
-    False when `store.redis.fail: open` lets it through uncounted (counted). Logged once per outage with what
-    it cost (`Governor.unavailable`), never once per request; with no counters at all (they could not be
-    opened at start: logged then), refused without a line."""
-    if governor is not None and governor.fail_open:
-        if not call.governance.uncounted:
-            governor.unavailable(error, "uncounted_requests")
-            GOVERNANCE_FAIL_OPEN.inc(())
-        call.governance.uncounted = True
-        return False
-    if governor is not None:
-        governor.unavailable(error, "refused_requests")
-    GOVERNANCE_REFUSALS.inc(("counters_unavailable",))
-    message = "kaixu cannot check this request's budget and rate limits right now; retry shortly"
-    flow.response = error_response(call, 503, message, "api_error", "counters_unavailable", {"retry-after": "1"})
-    return True
+from kaixu.metrics import GOVERNANCE_REFUSALS
+from kaixu.request_facts import end_customer
+from kaixu.respond import add_headers, error_response
+from kaixu.routing import ROUTED_OPERATIONS
 
 
 def _who(level: RateLevel) -> str:
@@ -87,7 +61,7 @@ class RateLimits:
         return eagerly(self.gateway.governor, self._admit(flow, call, levels))
 
     async def _admit(self, flow: http.HTTPFlow, call: Call, levels: list[RateLevel]) -> None:
-        governor = await governor_for(self.gateway)
+        governor = await self.gateway.governor_ready()
         if governor is None:
             unavailable(flow, call, None, None)
             return

@@ -23,7 +23,7 @@ from kaixu.call import Call, get_call
 from kaixu.gateway import Gateway
 from kaixu.providers import FailureKind, upstream_failure
 from kaixu.reliability.executor import Outcome, as_response
-from kaixu.reliability.plan import first_attempt_timeout
+from kaixu.reliability.served import first_attempt_timeout
 
 
 class Retries:

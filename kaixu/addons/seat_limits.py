@@ -24,12 +24,12 @@ from typing import Any, NamedTuple
 
 from mitmproxy import http
 
-from kaixu.addons.settle import end_customer
 from kaixu.call import Call, get_call
 from kaixu.config import Policy
 from kaixu.gateway import Gateway
 from kaixu.limits.levels import customer_of
 from kaixu.log import Outage, safe
+from kaixu.request_facts import end_customer
 from kaixu.respond import error_response
 from kaixu.store.ledger import describe
 from kaixu.store.seats import (

@@ -1,4 +1,4 @@
-"""Step 8: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
+"""Step 9: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
 and count it.
 
 The one place a request ends, whichever hook ends it (`_count`): the pool, the price, the budget's settlement
@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from mitmproxy import http
 
 from kaixu import content, mitm
-from kaixu.addons.router import decode_chat
 from kaixu.call import Call, get_call
-from kaixu.formats import embeddings, estimate_tokens, fronts, get_codec
+from kaixu.estimates import estimate_usage
+from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.formats.canonical import ChatResponse, TextPart, ThinkingPart
 from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
@@ -25,8 +25,9 @@ from kaixu.log import safe
 from kaixu.metrics import count_request
 from kaixu.pricing import convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
-from kaixu.reliability.plan import answer_headers
-from kaixu.respond import error_json
+from kaixu.reliability.served import answer_headers
+from kaixu.request_facts import attribution
+from kaixu.respond import add_headers, error_json
 from kaixu.store import LedgerRecord
 
 log = logging.getLogger("kaixu.settle")
@@ -39,69 +40,6 @@ def replace_body(response: http.Response, body: object, status: int | None = Non
         response.status_code = status
     response.content = json.dumps(body, separators=(",", ":")).encode()
     response.headers["content-type"] = "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    """Who a request is counted against, beyond its key: the dimensions of `/api/costs?group_by=`."""
-
-    team: str | None
-    customer: str | None
-    user: str | None
-    app: str | None
-    project: str | None
-    client: str | None
-
-
-def attribution(call: Call) -> Attribution:
-    """The key's team (and a store key's customer) wins over the one a client names; the rest is what the
-    client says about itself (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/
-    `clientId`/`userId`)."""
-    said = call.caller.attributes.get
-    return Attribution(
-        team=(call.caller.key.team if call.caller.key else None) or said("teamId") or said("team"),
-        customer=(call.caller.key.customer if call.caller.key else None) or said("customer"),
-        user=said("userId") or said("user"),
-        app=said("appId") or said("app"),
-        project=said("projectId") or said("project"),
-        client=said("clientId") or said("client"),
-    )
-
-
-def end_customer(call: Call) -> str | None:
-    """The end customer budgets, limits and seats count: the key's (or `x-kaixu-customer`), else the user the
-    client names (OpenAI's `user` field, Pulse's `userId`)."""
-    who = attribution(call)
-    return who.customer or who.user
-
-
-BILLED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings"})
-
-
-def estimate_usage(call: Call, output_chars: int | None = None) -> None:
-    """The provider's answer began but its final usage never came (a stream cut or left midway, an answer
-    without usage): bill what was produced (`Bill.estimate`), from the prompt and ``output_chars`` (by
-    default the characters the stream sent the client, `Bill.streamed_chars`)."""
-    if call.operation not in BILLED_OPERATIONS:
-        return
-    produced = call.bill.streamed_chars if output_chars is None else output_chars
-    call.bill.estimate(prompt_tokens(call), produced)
-
-
-def prompt_tokens(call: Call) -> int:
-    """The prompt's size by `kaixu.formats.estimate_tokens`. A pass-through call has no canonical request:
-    its body is decoded only now, on this rare path, as the router would have (`decode_chat`); characters / 4
-    of the body if even that fails."""
-    body = call.body or {}
-    try:
-        if call.operation in ("embeddings", "batch_embeddings"):
-            request = call.embedding_request or embeddings.decode_request(
-                call.front, body, model=call.route.model or "", single=call.operation == "embeddings"
-            )
-            return sum((len(text) + 3) // 4 for text in request.inputs)
-        return estimate_tokens(call.canonical or decode_chat(call))
-    except Exception:  # whatever the client sent was forwarded as is: size it by its bytes
-        return (len(json.dumps(body, separators=(",", ":"), default=str)) + 3) // 4
 
 
 def answer_chars(answer: ChatResponse) -> int:
@@ -137,16 +75,6 @@ def mark_degraded(call: Call, response: http.Response) -> None:
     if isinstance(payload, dict):
         payload["degraded"] = True
         replace_body(response, payload)
-
-
-def add_headers(response: http.Response, headers: dict[str, str]) -> None:
-    """Set headers in one assignment (mitmproxy rebuilds its field tuple on every `headers[name] = ...`, a few
-    µs each): a provider's own header of the same name is replaced, not repeated."""
-    names = {name.lower().encode() for name in headers}
-    fields = response.headers.fields
-    if any(name.lower() in names for name, _ in fields):
-        fields = tuple((name, value) for name, value in fields if name.lower() not in names)
-    response.headers.fields = fields + tuple((name.encode(), value.encode()) for name, value in headers.items())
 
 
 def _path(request: http.Request) -> str:

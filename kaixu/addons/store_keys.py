@@ -14,35 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 
 from kaixu.gateway import Gateway
 from kaixu.log import Outage
-from kaixu.store.keys import AsyncKeyStore, PepperMissing, StoredKey, digest, key_store, pepper
+from kaixu.store.keys import AsyncKeyStore, KeySnapshot, PepperMissing, StoredKey, pepper
 from kaixu.store.ledger import describe
+from kaixu.store.stores import key_store
 
 log = logging.getLogger("kaixu.keys")
 
 REFRESH_S = 1.0
-STALE_AFTER_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class KeySnapshot:
-    """The store's keys by HMAC digest, as last read. Looked up with a dict: the digest is a keyed hash of
-    the secret, so the lookup's timing tells nothing about the secret (or about other keys)."""
-
-    pepper: bytes
-    keys: dict[str, StoredKey]
-    loaded_at: float
-    """`time.monotonic()` of the read."""
-    stale_after_s: float = STALE_AFTER_S
-
-    def find(self, key: str) -> StoredKey | None:
-        return self.keys.get(digest(self.pepper, key))
-
-    def fresh(self, now: float) -> bool:
-        return now - self.loaded_at <= self.stale_after_s
 
 
 class StoreKeys:

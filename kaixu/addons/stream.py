@@ -1,4 +1,4 @@
-"""Step 7: a streamed (SSE) answer gets a stream callable when its headers arrive.
+"""Step 8: a streamed (SSE) answer gets a stream callable when its headers arrive.
 
 Same format: bytes pass through untouched while a decoder meters usage. Different formats: each upstream
 chunk is decoded into canonical events and re-encoded for the client, event by event. The callable is
@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable
 
 from mitmproxy import http
 
-from kaixu.addons.router import decode_chat
-from kaixu.addons.settle import add_headers, estimate_usage
-from kaixu.call import Call, call_for_request, get_call
+from kaixu.call import Call, get_call
+from kaixu.estimates import estimate_usage
 from kaixu.formats import StreamDecoder, StreamEncoder, fronts, gemini, get_codec
 from kaixu.formats.canonical import (
     MessageEnd,
@@ -35,7 +34,9 @@ from kaixu.formats.canonical import (
 )
 from kaixu.formats.seeds import gateway13
 from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
-from kaixu.reliability.plan import answer_headers
+from kaixu.reliability.served import answer_headers
+from kaixu.respond import add_headers
+from kaixu.stream_errors import ender, once, terminal_error
 
 log = logging.getLogger("kaixu.stream")
 
@@ -280,58 +281,6 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     return on_chunk
 
 
-def terminal_error(call: Call, message: str | None = None) -> bytes:
-    """The event that ends a stream the provider broke after it had begun, in the client's own format: an
-    OpenAI error chunk, an Anthropic `error` event, a Gemini error (and, in Gemini's JSON-array framing, the
-    array's end), Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
-    would see a clean end of a truncated answer. A translated or re-framed stream ends through its own encoder
-    (`Route.ender`, which knows what it has sent); a pass-through one gets a fresh encoder of its format."""
-    message = message or call.route.relay_error or "the provider's stream broke"
-    try:
-        if call.route.ender is not None:
-            return call.route.ender(message)
-        request = call.canonical or decode_chat(call)
-        return _ender(fronts.stream_encoder(call.front, request, call.seed_context), False)(message)
-    except Exception:
-        log.exception("the terminal error event of request %s could not be encoded", call.request_id)
-        return b""
-
-
-def _ender(encoder: StreamEncoder, json_array: bool) -> Callable[[str], bytes]:
-    def end(message: str) -> bytes:
-        out = encoder.encode(StreamError(message=message, type="api_error"))
-        return out + encoder.close() if json_array else out  # the array's `]`; never another format's close
-
-    return _once(end)
-
-
-def _once(end: Callable[[str], bytes]) -> Callable[[str], bytes]:
-    """A stream's ender that ends it once: a stream kaixu could not translate may then be broken by its
-    provider too (a second terminal event, or a second `]` of a JSON array, would be garbage)."""
-    ended = False
-
-    def once(message: str) -> bytes:
-        nonlocal ended
-        if ended:
-            return b""
-        ended = True
-        return end(message)
-
-    return once
-
-
-def broken_stream_event(request: http.Request | None, reason: str) -> bytes | None:
-    """The terminal event for a stream mitmproxy forwarded itself that the provider broke after it began
-    (kaixu/mitm.py writes it before closing the client's connection). None for a request that is not a kaixu
-    stream."""
-    call = call_for_request(request)
-    if call is None or not call.stream or call.route.provider is None:
-        return None
-    if call.client_disconnected:
-        return None
-    return terminal_error(call, message=f"stream from provider {call.route.provider.name!r} broke: {reason}")
-
-
 def _render_marker(call: Call, marker: bytes, encoder: StreamEncoder) -> bytes:
     try:
         if marker == PING_MARKER:
@@ -370,13 +319,13 @@ class Stream:
         response.headers["cache-control"] = "no-cache"
         if call.canonical is None:
             reframer = gemini.GeminiArrayReframer()
-            call.route.ender = _once(reframer.fail)
+            call.route.ender = once(reframer.fail)
             response.stream = billed(call, reframed(call, reframer))
             return
         encoder = fronts.stream_encoder(
             call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
         )
-        call.route.ender = _ender(encoder, call.json_array_stream)
+        call.route.ender = ender(encoder, call.json_array_stream)
         if call.route.relayed:
 
             def winner() -> StreamCallable:  # the winning attempt's wire format, known at its first byte

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kaixu import pricing
-from kaixu.content import ContentRedactor
-from kaixu.redact import Redactor
+from kaixu.redact import ContentRedactor, Redactor
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
 WireFormat = Literal["openai", "anthropic", "gemini"]

@@ -1,4 +1,5 @@
-"""The counters a running kaixu uses, chosen once from `store:`, and the end of every request's governance.
+"""The counters a running kaixu uses, chosen once from `store:`, the end of every request's governance, and
+what a request gets when the counters cannot answer (`unavailable`).
 
 Chosen when the proxy starts (`kaixu/addons/counters.py`), as mitmproxy's `proxyauth` picks its validator in
 `configure()`: a request never asks which backend it has. `store.redis` -> `RedisCounters` (every replica
@@ -16,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kaixu.config.policy import AlertsPolicy
-from kaixu.limits import Counters, CountersUnavailable, Reservation, Slot, Window, WindowHit
+from kaixu.limits import Counters, CountersUnavailable, Window, WindowHit
+from kaixu.limits.governance import Governance
 from kaixu.log import Outage, safe
-from kaixu.metrics import BUDGET_ALERTS
+from kaixu.metrics import BUDGET_ALERTS, GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
 from kaixu.pricing import usd
+from kaixu.respond import error_response
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from kaixu.call import Call
 
 log = logging.getLogger("kaixu.limits")
 
@@ -38,58 +45,23 @@ PROBE_SCOPE = "probe"
 """The scope the probe reads (`spent`, a read): no budget's scope, which always names its level."""
 
 
-@dataclass(slots=True, eq=False)
-class Governance:
-    """A request's holds on shared counters (the `Call`'s governance record), and what its headers show."""
-
-    reservation: Reservation | None = None
-    shadow_reservations: list[Reservation] = field(default_factory=list)
-    """The holds of policies in shadow mode, one each so none refuses (settled like the other)."""
-    slots: list[Slot] = field(default_factory=list)
-    token_scopes: list[tuple[str, int]] = field(default_factory=list)
-    """(scope, tpm): the windows this request's tokens are counted into when its usage is known."""
-    requests: WindowHit | None = None
-    """The tightest requests-per-minute window (fewest remaining): the `X-RateLimit-*` headers."""
-    tokens: WindowHit | None = None
-    watched: list[tuple[str, int, str, str, str]] = field(default_factory=list)
-    """(scope, cap, level, name, period) of the enforced budgets, when the policy asks for soft alerts."""
-    uncounted: bool = False
-    """The counters could not answer and `store.redis.fail: open` let the request through uncounted."""
-    headers_sent: bool = False
-
-    @property
-    def holds(self) -> bool:
-        return bool(self.reservation or self.shadow_reservations or self.slots or self.token_scopes)
-
-    def rate_headers(self) -> dict[str, str]:
-        """The node gateway's `X-RateLimit-*` and OpenAI's `x-ratelimit-*` for the tightest windows."""
-        headers: dict[str, str] = {}
-        requests, tokens = self.requests, self.tokens
-        if requests is not None:
-            headers["X-RateLimit-Limit"] = str(requests.limit)
-            headers["X-RateLimit-Remaining"] = str(requests.remaining)
-            headers["X-RateLimit-Reset-Ms"] = str(requests.reset_ms)
-            headers["x-ratelimit-limit-requests"] = str(requests.limit)
-            headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
-            headers["x-ratelimit-reset-requests"] = openai_duration(requests.reset_ms)
-        if tokens is not None:
-            headers["x-ratelimit-limit-tokens"] = str(tokens.limit)
-            headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
-            headers["x-ratelimit-reset-tokens"] = openai_duration(tokens.reset_ms)
-        return headers
-
-
-def openai_duration(ms: int) -> str:
-    """OpenAI's spelling of a reset time: `120ms`, `1.5s`, `6m0s`, `1h2m3s`."""
-    if ms < 1000:
-        return f"{ms}ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+def unavailable(flow: http.HTTPFlow, call: Call, governor: Governor | None, error: Exception | None) -> bool:
+    """The counters cannot answer: True when the request is refused (fail closed: 503 with `Retry-After`),
+    False when `store.redis.fail: open` lets it through uncounted (counted). Logged once per outage with what
+    it cost (`Governor.unavailable`), never once per request; with no counters at all (they could not be
+    opened at start: logged then), refused without a line."""
+    if governor is not None and governor.fail_open:
+        if not call.governance.uncounted:
+            governor.unavailable(error, "uncounted_requests")
+            GOVERNANCE_FAIL_OPEN.inc(())
+        call.governance.uncounted = True
+        return False
+    if governor is not None:
+        governor.unavailable(error, "refused_requests")
+    GOVERNANCE_REFUSALS.inc(("counters_unavailable",))
+    message = "kaixu cannot check this request's budget and rate limits right now; retry shortly"
+    flow.response = error_response(call, 503, message, "api_error", "counters_unavailable", {"retry-after": "1"})
+    return True
 
 
 def tighter(current: WindowHit | None, hit: WindowHit) -> WindowHit:

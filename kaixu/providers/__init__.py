@@ -29,14 +29,6 @@ _GEMINI_ACTIONS = {
 }
 
 
-#: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
-#: made the request itself (the executor, the relay).
-RESPONSE_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-                          "proxy-connection", "upgrade", "te", "trailer", "date", "server"})  # fmt: skip
-#: Request headers an HTTP client sets itself when kaixu makes an upstream request on its own (the executor).
-REQUEST_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-
 class UnsupportedOperation(Exception):
     """This provider kind has no endpoint for the operation."""
 

@@ -27,7 +27,8 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import RESPONSE_HOP, credentials_rejected
+from kaixu.providers import credentials_rejected
+from kaixu.reliability.upstream import RESPONSE_HOP
 
 if TYPE_CHECKING:
     from kaixu.reliability.executor import Executor, Outcome

@@ -7,7 +7,7 @@ One component for both kinds of answer:
   winning attempt with its first chunk, and only then starts the client's answer.
 
 Either way nothing reaches the client before an attempt has won, so a retry or a fallback is never spliced
-into an answer already begun. Each attempt re-aims the call (`Router.aim`: provider, model, wire format,
+into an answer already begun. Each attempt re-aims the call (`kaixu.routing.aim`: provider, model, wire format,
 price) so the steps after it translate and price what actually served the request, and each is counted
 against its deployment's circuit breaker (kaixu/providers/health.py).
 """
@@ -25,18 +25,17 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from kaixu import metrics
-from kaixu.addons.router import RouteRefused, reachable_targets, upstream_headers
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import RESPONSE_HOP, UpstreamFailure, split_url, upstream_failure
+from kaixu.providers import UpstreamFailure, split_url, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
-from kaixu.reliability.upstream import ConnectError, ProtocolError, Response, UpstreamClient
+from kaixu.reliability.upstream import RESPONSE_HOP, ConnectError, ProtocolError, Response, UpstreamClient
 from kaixu.respond import error_json
+from kaixu.routing import RouteRefused, aim, reachable_targets, upstream_headers
 
 if TYPE_CHECKING:
-    from kaixu.addons.router import Router
-    from kaixu.gateway import Gateway
+    from kaixu.providers.health import Deployments
 
 log = logging.getLogger("kaixu.reliability")
 
@@ -87,9 +86,11 @@ def describe(exc: BaseException, provider: str, seconds: float, what: str) -> Up
 
 
 class Executor:
-    def __init__(self, gateway: Gateway, router: Router) -> None:
-        self.gateway = gateway
-        self.router = router
+    def __init__(self, deployments: Deployments, mock_url: Callable[[], str | None]) -> None:
+        self.deployments = deployments
+        """Each deployment's breaker and in-flight count (`Gateway.deployments`)."""
+        self.mock_url = mock_url
+        """The in-process mock provider's base URL once it listens (`Gateway.mock_url`)."""
         self.pools = Pools()
         self._clients: dict[str | None, UpstreamClient] = {}
         self._running: dict[str, dict[asyncio.Task[Any], Call]] = {}
@@ -159,7 +160,7 @@ class Executor:
         is when nothing follows it (an answer, a final failure, a plan with no more attempts)."""
         plan = call.route.plan
         assert plan is not None
-        deployments = self.gateway.deployments
+        deployments = self.deployments
         routing = call.policy.routing
         attempts = call.route.attempts = call.route.attempts or Attempts()
         upstream: Upstream | None = first
@@ -241,14 +242,14 @@ class Executor:
         targets = reachable_targets(call, route, fallback=fallback)
         if not targets:
             return None
-        deployments, routing = self.gateway.deployments, call.policy.routing
+        deployments, routing = self.deployments, call.policy.routing
         fresh = tuple(t for t in targets if t not in tried)
         if not fresh:
             fresh = next(((t,) for t in tried if t in targets and deployments.usable(t, routing)), targets)
         target = deployments.pick(fresh, routing)
         saved = _Aimed.of(call)
         try:
-            prepared = self.router.aim(call, route, target, plan.client_fields, plan.install_id, fallback=fallback)
+            prepared = aim(call, route, target, plan.client_fields, plan.install_id, self.mock_url(), fallback=fallback)
         except RouteRefused as refused:
             deployments.get(target).probing = False
             log.warning("request %s: %s/%s skipped: %s", call.request_id, target.provider, target.model or route.name,
@@ -355,7 +356,7 @@ def _header(outcome: Outcome, name: str) -> str | None:
 
 @dataclass(slots=True)
 class _Aimed:
-    """What `Router.aim` changes on a call, kept to put back when a later deployment refuses the request."""
+    """What `kaixu.routing.aim` changes on a call, kept to put back when a later deployment refuses the request."""
 
     route: tuple[Any, ...]
     price: Any

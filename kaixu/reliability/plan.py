@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from kaixu.config.policy import FallbackReason, ModelRoute, RetryPolicy
-from kaixu.providers import REQUEST_DROP
+from kaixu.reliability.upstream import REQUEST_DROP
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from mitmproxy import http
-
-    from kaixu.call import Call
 
 Verdict = Literal["retry", "fallback", "final"]
 
@@ -65,7 +63,8 @@ def str_headers(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Set by the router on a request that needs the executor (`kaixu.addons.router.guarded`)."""
+    """Set by the router step on a request that needs the executor (`ModelRoute.guarded`, a fallback first, a
+    Gateway 13 stream)."""
 
     routes: tuple[ModelRoute, ...]
     """The model asked for, then its fallbacks."""
@@ -91,7 +90,7 @@ class Attempt:
 
     def header_item(self) -> str:
         """An RFC 8941 list member: `"provider/model";status=503;ms=12.5`."""
-        return f'"{self.provider}/{_header_safe(self.model)}";status={self.status};ms={self.ms:.1f}'
+        return f'"{self.provider}/{header_safe(self.model)}";status={self.status};ms={self.ms:.1f}'
 
     def public(self) -> dict[str, object]:
         found: dict[str, object] = {"provider": self.provider, "model": self.model, "status": self.status,
@@ -121,46 +120,13 @@ class Attempts:
         return json.dumps([a.public() for a in self.tried], separators=(",", ":")) if self.tried else None
 
 
-def answer_headers(call: Call, status: int) -> dict[str, str]:
-    """What the answer says about how it was served: `x-kaixu-served-by` (provider/model), `x-kaixu-attempts`
-    (each attempt's provider/model, status and milliseconds; one for a request forwarded once) and
-    `x-kaixu-degraded: true` when a fallback model served it."""
-    route = call.route
-    if route.provider is None:
-        return {}
-    served = f"{route.provider.name}/{_header_safe(route.model or '-')}"
-    attempts = route.attempts
-    if attempts is None or not attempts.tried:
-        ms = (time.monotonic() - call.started) * 1000
-        headers = {"x-kaixu-served-by": served, "x-kaixu-attempts": f'"{served}";status={status};ms={ms:.1f}'}
-    else:
-        headers = {"x-kaixu-served-by": served, "x-kaixu-attempts": attempts.header()}
-        if attempts.degraded:
-            headers["x-kaixu-degraded"] = "true"
-    return headers
-
-
-def _header_safe(name: str) -> str:
+def header_safe(name: str) -> str:
     """A model name inside an RFC 8941 string: printable ASCII without `"` and `\\` (the rest percent-encoded)."""
     return (
         name
         if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
         else quote(name, safe="/:._-@+")
     )
-
-
-def first_attempt_timeout(call: Call) -> float:
-    """How long the first attempt of a request may wait for its answer's head when mitmproxy makes it itself:
-    its model's `ttfb_s` or `total_s` (the smaller), else `limits.upstream_timeout_s`."""
-    total = call.policy.upstream_timeout_s
-    plan = call.route.plan
-    if plan is None:
-        return total
-    timeouts = plan.routes[plan.start].timeouts
-    if timeouts is None:
-        return total
-    total = timeouts.total_s or total
-    return min(timeouts.ttfb_s or total, total)
 
 
 def verdict(

@@ -22,6 +22,13 @@ from urllib.parse import urlsplit
 
 import certifi
 
+#: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
+#: made the request itself (the executor, the relay).
+RESPONSE_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+                          "proxy-connection", "upgrade", "te", "trailer", "date", "server"})  # fmt: skip
+#: Request headers an HTTP client sets itself when kaixu makes an upstream request on its own (the executor).
+REQUEST_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_PER_ORIGIN = 64
 READ_SIZE = 65536

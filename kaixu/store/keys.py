@@ -4,7 +4,8 @@ A store key is kept as HMAC-SHA256(pepper, key): the pepper comes from the envir
 (`KAIXU_KEY_PEPPER`), never from the database, so a copy of the database alone cannot be used to test guesses
 against the digests. The key itself is never stored or logged. sqlite3 is blocking: everything that is not
 the CLI reaches `SqliteKeyStore` through `InThread` (worker threads), and PostgreSQL's store
-(kaixu/store/postgres.py) has the same methods as coroutines: `key_store()` returns either as an `AsyncKeyStore`.
+(kaixu/store/postgres.py) has the same methods as coroutines: `kaixu.store.stores.key_store()` returns either as
+an `AsyncKeyStore`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from kaixu.config.policy import Budget, Period, RateLimits, VirtualKey
 
@@ -241,6 +242,29 @@ def snapshot_of(keys: list[StoredKey]) -> dict[str, StoredKey]:
     return found
 
 
+STALE_AFTER_S = 5.0
+"""How long a snapshot serves when the store cannot be read; then keys the policy does not list get a 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """The store's keys by HMAC digest, as last read (by kaixu/addons/store_keys.py, for the auth step). Looked
+    up with a dict: the digest is a keyed hash of the secret, so the lookup's timing tells nothing about the
+    secret (or about other keys)."""
+
+    pepper: bytes
+    keys: dict[str, StoredKey]
+    loaded_at: float
+    """`time.monotonic()` of the read."""
+    stale_after_s: float = STALE_AFTER_S
+
+    def find(self, key: str) -> StoredKey | None:
+        return self.keys.get(digest(self.pepper, key))
+
+    def fresh(self, now: float) -> bool:
+        return now - self.loaded_at <= self.stale_after_s
+
+
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -407,17 +431,3 @@ class InThread:
 
     async def close(self) -> None:
         return None
-
-
-def key_store(store: dict[str, Any], *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
-    """The key store a policy's `store:` names: PostgreSQL when `postgres` is set, else its SQLite file
-    (`sqlite_path` overrides it: the CLI's --db). None when there is no place to keep keys (`:memory:`)."""
-    from kaixu.store import postgres
-
-    pg = postgres.settings(store)
-    if pg is not None and sqlite_path is None:
-        return postgres.PostgresKeyStore(*pg)
-    path = sqlite_path or str(store.get("sqlite", ":memory:"))
-    if path == ":memory:" or path.startswith("file:"):
-        return None
-    return InThread(SqliteKeyStore(path))

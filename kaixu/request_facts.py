@@ -1,0 +1,175 @@
+"""What a request says, read the same way by every step that asks: whether a model name may be used at all,
+the chat request in canonical form, the output it asks for, and who it is counted against (attribution, the end
+customer). What `policies[].match` compares, and which models a caller may call, is kaixu/permission.py.
+
+Each is a function of the call: the steps ask, nothing here changes a call (but `clamp_output`, which edits the
+body it is given)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kaixu.call import Call
+from kaixu.formats import fronts, json_type
+from kaixu.formats.canonical import ChatRequest
+from kaixu.log import safe
+
+#: Model names: printable, no whitespace, no URL syntax a provider path could be steered with. `/` is allowed
+#: (OpenAI-compatible servers name models `org/model`); it is percent-encoded wherever a name enters a URL.
+MAX_MODEL_CHARS = 256
+_MODEL_FORBIDDEN = re.compile(r"[\s?#%\\]|\.\.|^/|/$")
+
+#: Body fields that only steer the gateway; a provider would reject them.
+GATEWAY_FIELDS = ("backend",)
+
+
+def model_name_problem(name: str) -> str | None:
+    """What is wrong with a client's model name, or None: checked before any routing."""
+    if not name:
+        return "model: a model name is required"
+    if len(name) > MAX_MODEL_CHARS:
+        return f"model: a model name has at most {MAX_MODEL_CHARS} characters"
+    if not name.isprintable() or _MODEL_FORBIDDEN.search(name):
+        return (
+            f"model: {safe(name, 80)!r} is not a valid model name "
+            "(no spaces, control characters, '?', '#', '%', '\\' or '..')"
+        )
+    return None
+
+
+def decode_chat(call: Call) -> ChatRequest:
+    """The client's chat request, canonical (raises FormatError): what translation encodes, and what the policy
+    step estimates a request's size from."""
+    assert call.body is not None
+    body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+    return fronts.decode_request(
+        call.front,
+        body,
+        model=call.model,
+        stream=call.stream,
+        default_model=call.policy.default_model,
+        global_system=call.policy.front_settings(call.front).get("system"),
+    )
+
+
+# -- the output a request asks for ---------------------------------------------------------------------------
+
+
+def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
+    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
+    return tuple((parent, name) for parent in parents for name in names)
+
+
+_GEMINI = ("generationConfig", "generation_config")
+_GATE = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
+
+#: Where each front door's body asks for a maximum of output tokens (every spelling a provider reads), in the
+#: order a clamp prefers them.
+OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("max_completion_tokens",), ("max_tokens",)),
+    "anthropic": (("max_tokens",),),
+    "gemini": _config(_GEMINI, "maxOutputTokens", "max_output_tokens"),
+    "kaixu_gate": _config(_GATE, "maxOutputTokens", "max_output_tokens"),
+    "gateway13": (("max_tokens",),),
+    "pulse": (("maxTokens",),),
+}
+#: Where a body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
+#: (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
+#: and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a provider).
+ANSWER_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("n",), ("best_of",)),
+    "gemini": _config(_GEMINI, "candidateCount", "candidate_count"),
+    "kaixu_gate": _config(_GATE, "candidateCount", "candidate_count"),
+}
+
+
+def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = body
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def _ints(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[int]:
+    return [v for path in paths if isinstance(v := _field(body, path), int) and not isinstance(v, bool)]
+
+
+def requested_output(front: str, body: dict[str, Any]) -> int | None:
+    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice)."""
+    return max(_ints(body, OUTPUT_FIELDS.get(front, ())), default=None)
+
+
+def requested_answers(front: str, body: dict[str, Any]) -> int:
+    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...): each costs its output."""
+    return max(_ints(body, ANSWER_FIELDS.get(front, ())), default=1)
+
+
+def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
+    """What is wrong with a chat body's output limits and answer counts, naming the field, or None: each must
+    be a positive integer. Why refused, not forwarded: OpenAI-compatible servers (llama.cpp, Ollama) read a
+    `max_tokens` of -1 as no limit at all, and a count kaixu cannot read is a cost it cannot bound."""
+    for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
+        value = _field(body, path)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
+            shown = str(value) if small else json_type(value)
+            return f"{'.'.join(path)}: must be a positive integer, got {shown}"
+    return None
+
+
+def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
+    """Lower every output-token field the body sets above `limit` to `limit`; a body that sets none gets the
+    door's own field (under a parent object it already has, so no other setting moves)."""
+    paths = OUTPUT_FIELDS.get(front, ())
+    present = [path for path in paths if _field(body, path) is not None]
+    if not present:
+        chosen = next((p for p in paths if len(p) == 1 or isinstance(body.get(p[0]), dict)), paths[0])
+        present = [chosen]
+    for path in present:
+        parent = body
+        for name in path[:-1]:
+            if not isinstance(parent.get(name), dict):
+                parent[name] = {}
+            parent = parent[name]
+        value = parent.get(path[-1])
+        if not isinstance(value, int) or isinstance(value, bool) or value > limit:
+            parent[path[-1]] = limit
+
+
+# -- who it is counted against -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a request is counted against, beyond its key: the dimensions of `/api/costs?group_by=`."""
+
+    team: str | None
+    customer: str | None
+    user: str | None
+    app: str | None
+    project: str | None
+    client: str | None
+
+
+def attribution(call: Call) -> Attribution:
+    """The key's team (and a store key's customer) wins over the one a client names; the rest is what the
+    client says about itself (`x-kaixu-*` headers, the body's `user`, Pulse's `teamId`/`projectId`/`appId`/
+    `clientId`/`userId`)."""
+    said = call.caller.attributes.get
+    return Attribution(
+        team=(call.caller.key.team if call.caller.key else None) or said("teamId") or said("team"),
+        customer=(call.caller.key.customer if call.caller.key else None) or said("customer"),
+        user=said("userId") or said("user"),
+        app=said("appId") or said("app"),
+        project=said("projectId") or said("project"),
+        client=said("clientId") or said("client"),
+    )
+
+
+def end_customer(call: Call) -> str | None:
+    """The end customer budgets, limits and seats count: the key's (or `x-kaixu-customer`), else the user the
+    client names (OpenAI's `user` field, Pulse's `userId`)."""
+    who = attribution(call)
+    return who.customer or who.user

@@ -1,0 +1,118 @@
+"""Which deployments may serve a call: the model's route (and, for a model the path names instead of the body,
+whether the caller may call it: kaixu/permission.py; the policy step checked the body's), the targets an
+explicit backend or provider hint narrows it to, those that take the request (tools), and the fallback models
+after it that the caller may call. The router step (kaixu/addons/router.py) asks for the first attempt, the
+attempt executor (kaixu/reliability/executor.py) for each next one."""
+
+from __future__ import annotations
+
+from kaixu.call import Call
+from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
+from kaixu.formats.seeds import gateway13
+from kaixu.permission import model_refusal
+
+#: The operations a provider serves (every other one kaixu answers itself: model lists, health).
+ROUTED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings", "count_tokens"})
+
+
+class RouteRefused(Exception):
+    def __init__(self, status: int, message: str, type: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+
+
+def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
+    """A provider hint names a provider kind (or a provider); the mock stands in for every kind, so the
+    default policy (everything on `mock`) serves the seed's `"provider": "openai"` bodies."""
+    return provider.kind in (hint, "mock") or name == hint
+
+
+def candidate_targets(call: Call, route: ModelRoute) -> tuple[RouteTarget, ...]:
+    """The route's targets, narrowed by what the client asked for explicitly (a backend or a provider)."""
+    policy = call.policy
+    backend = call.backend
+    if backend is not None:
+        targets = tuple(t for t in route.targets if t.provider == backend)
+        if targets:
+            return targets
+        if backend in policy.providers:  # a provider outside the route: the model goes there as named
+            key = call.caller.key
+            if key is not None and key.models:  # a key limited to some models is limited to their routes too
+                raise RouteRefused(
+                    403, f"backend {backend!r} does not serve model {call.model!r} for key {key.name!r}",
+                    "permission_error", "provider_not_allowed",
+                )  # fmt: skip
+            return (RouteTarget(backend, None),)
+        raise RouteRefused(404, f"unknown backend {backend!r}", "invalid_request_error", "backend_not_found")
+    hint = call.provider_hint
+    if hint is not None:
+        targets = tuple(t for t in route.targets if _serves_hint(policy.providers[t.provider], t.provider, hint))
+        if not targets:
+            raise RouteRefused(
+                403, f"provider {hint!r} does not serve model {call.model!r} here", "permission_error",
+                "provider_not_allowed",
+            )  # fmt: skip
+        return targets
+    return route.targets
+
+
+def resolve_route(call: Call) -> ModelRoute:
+    model = call.model
+    if model is None:
+        raise RouteRefused(400, "model: a model name is required", "invalid_request_error", "invalid_model")
+    policy: Policy = call.policy
+    backend = call.backend
+    renamed = False
+    if backend is not None and backend not in policy.providers and backend in policy.models:
+        model = call.model = backend  # /v1/{backend}/chat/completions naming a model, not a provider
+        call.backend, renamed = None, True
+    route = policy.resolve_model(model)
+    if route is None:
+        if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
+            raise RouteRefused(
+                403, f"model {model!r} is not served by this gateway", "permission_error", "model_not_allowed"
+            )
+        raise RouteRefused(
+            404, f"model {model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
+        )
+    # the policy step allowed the model the body names; one the path names instead must be allowed too
+    denied = model_refusal(call, model) if renamed else None
+    if denied is not None:
+        raise RouteRefused(403, denied.message, "permission_error", denied.code)
+    call.route.name = route.name
+    return route
+
+
+def wants_tools(call: Call) -> bool:
+    """The request offers tools (OpenAI and Anthropic `tools`, Gemini `tools`/`functionDeclarations`)."""
+    body = call.body or {}
+    return bool(body.get("tools") or body.get("functions"))
+
+
+def usable_targets(call: Call, targets: tuple[RouteTarget, ...]) -> tuple[RouteTarget, ...]:
+    """The deployments that can take this request: a request with tools never goes to a provider that says
+    `supports_tools: false`."""
+    if not wants_tools(call):
+        return targets
+    providers = call.policy.providers
+    return tuple(t for t in targets if providers[t.provider].supports_tools)
+
+
+def reachable_targets(call: Call, route: ModelRoute, *, fallback: bool) -> tuple[RouteTarget, ...]:
+    """The deployments of one model of a plan an attempt may be aimed at: the model asked for's as the client
+    narrowed them (`candidate_targets`), a fallback's all; either way only those that take the request
+    (`usable_targets`). What the executor aims at, and what the budget step reserves for."""
+    return usable_targets(call, route.targets if fallback else candidate_targets(call, route))
+
+
+def fallback_routes(call: Call, route: ModelRoute) -> tuple[ModelRoute, ...]:
+    """The model asked for, then its fallbacks (`models.X.fallbacks`) the caller may call (kaixu/permission.py),
+    each once, in order; an explicit backend or provider hint pins the request, so it has none."""
+    if call.backend is not None or call.provider_hint is not None or not route.fallbacks:
+        return (route,)
+    chain = [route]
+    for name in route.fallbacks:
+        fallback = call.policy.resolve_model(name)
+        if fallback is not None and all(fallback.name != r.name for r in chain) and model_refusal(call, name) is None:
+            chain.append(fallback)
+    return tuple(chain)

@@ -1,0 +1,21 @@
+"""The stores a policy's `store:` names: PostgreSQL when `store.postgres` is set (shared by every replica), else
+the SQLite file `store.sqlite`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaixu.store import postgres
+from kaixu.store.keys import AsyncKeyStore, InThread, SqliteKeyStore
+
+
+def key_store(store: dict[str, Any], *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
+    """The key store a policy's `store:` names: PostgreSQL when `postgres` is set, else its SQLite file
+    (`sqlite_path` overrides it: the CLI's --db). None when there is no place to keep keys (`:memory:`)."""
+    pg = postgres.settings(store)
+    if pg is not None and sqlite_path is None:
+        return postgres.PostgresKeyStore(*pg)
+    path = sqlite_path or str(store.get("sqlite", ":memory:"))
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    return InThread(SqliteKeyStore(path))
