@@ -21,7 +21,7 @@ from kaixu.pricing import cost_micros, usd
 if TYPE_CHECKING:
     from kaixu.config import Policy, ProviderConfig, RouteTarget, VirtualKey
     from kaixu.formats.canonical import ChatRequest
-    from kaixu.formats.doors import Door
+    from kaixu.formats.doors import Endpoint
     from kaixu.formats.embeddings import EmbeddingRequest
     from kaixu.formats.seeds import SeedContext
     from kaixu.pricing import Price
@@ -224,7 +224,7 @@ class Call:
     """The front door's wire format: decides the shape of every answer, errors included."""
     operation: str = ""
     """chat | embeddings | count_tokens | models | local"""
-    door: Door | None = None
+    endpoint: Endpoint | None = None
     """The endpoint the request came in by (set from the request head by the dialect step)."""
     body: dict[str, Any] | None = None
     model: str | None = None

@@ -2,9 +2,9 @@
 the policy turns content logging on (`ledger.content`), redacted and cut. Defined exactly in docs/ledger.md.
 
 The prompt hash is Pulse's audit trail: it must not depend on how the conversation was asked for (stream flag,
-temperature, max tokens), so it covers only the body's prompt-bearing fields (`PROMPT_FIELDS`, per front door),
-as canonical JSON. It is computed once, when the request is counted, from the body the client sent: nothing is
-translated for it, so the pass-through path pays one `json.dumps` and one SHA-256.
+temperature, max tokens), so it covers only the body's prompt-bearing fields (each front door's
+`FrontDoor.prompt_fields`), as canonical JSON. It is computed once, when the request is counted, from the body the
+client sent: nothing is translated for it, so the pass-through path pays one `json.dumps` and one SHA-256.
 
 Stored text is the text a human reads (message texts, tool-call arguments), not the JSON: images and other
 base64 data are left out. It is redacted before it is cut, so a secret that straddles the cut is never kept
@@ -21,20 +21,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kaixu.formats.doors import front_door
+
 if TYPE_CHECKING:
     from kaixu.call import Call
 
 log = logging.getLogger("kaixu.content")
 
-#: The body fields whose canonical JSON is hashed, per front door (those present and not null).
-PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
-    "openai": ("messages", "tools", "functions", "input"),
-    "anthropic": ("system", "messages", "tools"),
-    "gemini": ("systemInstruction", "system_instruction", "contents", "tools", "content", "requests"),
-    "kaixu_gate": ("input", "messages", "contents", "systemInstruction", "tools"),
-    "gateway13": ("messages",),
-    "pulse": ("prompt", "input", "messages"),
-}
 _NOT_TEXT = frozenset({"tools", "functions"})
 """Prompt fields that are hashed but not stored as text (tool schemas: the conversation is the text)."""
 _SYSTEM_FIELDS = frozenset({"system", "systemInstruction", "system_instruction"})
@@ -51,7 +44,7 @@ def prompt_fields(front: str, body: dict[str, Any] | None) -> dict[str, Any] | N
     """The prompt-bearing fields of a request body (None: the request has none, e.g. it had no body)."""
     if not isinstance(body, dict):
         return None
-    fields = {name: body[name] for name in PROMPT_FIELDS.get(front, ()) if body.get(name) is not None}
+    fields = {name: body[name] for name in front_door(front).prompt_fields if body.get(name) is not None}
     return fields or None
 
 

@@ -11,28 +11,28 @@ from mitmproxy import http
 
 from kaixu.call import Call
 from kaixu.config import Policy
+from kaixu.formats.doors import KEY_HEADERS, KEY_QUERY
 from kaixu.respond import error_response
-
-# Every header a supported client SDK may carry its credential in (none is forwarded: see router's allowlist).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "x-kaixu-token", "x-pulse-key")
 
 
 def presented_key(request: http.Request) -> str | None:
-    """The credential the client sent, whichever SDK convention it used."""
+    """The credential the client sent, whichever SDK convention it used (the doors' `key_headers` and
+    `key_query`, kaixu/formats/doors.py; none is forwarded: see the router's allowlist)."""
     headers = request.headers
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    for name in CREDENTIAL_HEADERS[1:]:
+    for name in KEY_HEADERS[1:]:  # `authorization` (read above) comes first
         value = headers.get(name)
         if value:
             return value.strip()
-    if "key=" in request.path:
-        value = request.query.get("key")
-        if value:
-            return value
+    for name in KEY_QUERY:
+        if f"{name}=" in request.path:
+            value = request.query.get(name)
+            if value:
+                return value
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from kaixu.call import Call
 from kaixu.formats import fronts, json_type
 from kaixu.formats.canonical import ChatRequest
+from kaixu.formats.doors import front_door
 from kaixu.log import safe
 
 #: Model names: printable, no whitespace, no URL syntax a provider path could be steered with. `/` is allowed
@@ -57,34 +58,6 @@ def decode_chat(call: Call) -> ChatRequest:
 # -- the output a request asks for ---------------------------------------------------------------------------
 
 
-def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
-    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
-    return tuple((parent, name) for parent in parents for name in names)
-
-
-_GEMINI = ("generationConfig", "generation_config")
-_GATE = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
-
-#: Where each front door's body asks for a maximum of output tokens (every spelling a provider reads), in the
-#: order a clamp prefers them.
-OUTPUT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openai": (("max_completion_tokens",), ("max_tokens",)),
-    "anthropic": (("max_tokens",),),
-    "gemini": _config(_GEMINI, "maxOutputTokens", "max_output_tokens"),
-    "kaixu_gate": _config(_GATE, "maxOutputTokens", "max_output_tokens"),
-    "gateway13": (("max_tokens",),),
-    "pulse": (("maxTokens",),),
-}
-#: Where a body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
-#: (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
-#: and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a provider).
-ANSWER_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openai": (("n",), ("best_of",)),
-    "gemini": _config(_GEMINI, "candidateCount", "candidate_count"),
-    "kaixu_gate": _config(_GATE, "candidateCount", "candidate_count"),
-}
-
-
 def _field(body: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = body
     for name in path:
@@ -97,20 +70,23 @@ def _ints(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[int]
 
 
 def requested_output(front: str, body: dict[str, Any]) -> int | None:
-    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice)."""
-    return max(_ints(body, OUTPUT_FIELDS.get(front, ())), default=None)
+    """The most output tokens the body asks for, per answer (the largest, if it spells the limit twice), in its
+    door's own fields (`FrontDoor.output_fields`)."""
+    return max(_ints(body, front_door(front).output_fields), default=None)
 
 
 def requested_answers(front: str, body: dict[str, Any]) -> int:
-    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...): each costs its output."""
-    return max(_ints(body, ANSWER_FIELDS.get(front, ())), default=1)
+    """How many answers the body asks for (1 unless it says `n`, `candidateCount`...: `FrontDoor.answer_fields`):
+    each costs its output."""
+    return max(_ints(body, front_door(front).answer_fields), default=1)
 
 
 def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
     """What is wrong with a chat body's output limits and answer counts, naming the field, or None: each must
     be a positive integer. Why refused, not forwarded: OpenAI-compatible servers (llama.cpp, Ollama) read a
     `max_tokens` of -1 as no limit at all, and a count kaixu cannot read is a cost it cannot bound."""
-    for path in (*OUTPUT_FIELDS.get(front, ()), *ANSWER_FIELDS.get(front, ())):
+    door = front_door(front)
+    for path in (*door.output_fields, *door.answer_fields):
         value = _field(body, path)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             small = isinstance(value, int) and not isinstance(value, bool) and value > -(10**9)
@@ -122,7 +98,7 @@ def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
 def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
     """Lower every output-token field the body sets above `limit` to `limit`; a body that sets none gets the
     door's own field (under a parent object it already has, so no other setting moves)."""
-    paths = OUTPUT_FIELDS.get(front, ())
+    paths = front_door(front).output_fields
     present = [path for path in paths if _field(body, path) is not None]
     if not present:
         chosen = next((p for p in paths if len(p) == 1 or isinstance(body.get(p[0]), dict)), paths[0])

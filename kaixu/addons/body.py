@@ -17,8 +17,7 @@ from mitmproxy import http
 from kaixu import content
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
-from kaixu.formats.doors import Door
-from kaixu.formats.seeds import gateway13, kaixu_gate, pulse
+from kaixu.formats.doors import Endpoint, front_door
 from kaixu.request_body import BodyRefused, decompress, parse_json_object
 from kaixu.request_facts import model_name_problem, output_limit_problem
 from kaixu.respond import error_response
@@ -27,7 +26,7 @@ from kaixu.respond import error_response
 class Body:
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or call.door is None or not call.door.needs_body:
+        if call is None or flow.response is not None or call.endpoint is None or not call.endpoint.needs_body:
             return
         request = flow.request
         try:
@@ -43,14 +42,14 @@ class Body:
             flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)
             return
         call.body = body
-        problem = self._read_request_fields(call, call.door, body)
+        problem = self._read_request_fields(call, call.endpoint, body)
         if problem is not None:
             flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_field")
             return
         content.start(call)  # content logging: the answer's text is collected from now on
 
     @staticmethod
-    def _read_request_fields(call: Call, door: Door, body: dict[str, Any]) -> str | None:
+    def _read_request_fields(call: Call, endpoint: Endpoint, body: dict[str, Any]) -> str | None:
         """Model, stream flag and routing hints; returns what is wrong, naming the field."""
         if call.model is None:  # Gemini has it in the path
             model = body.get("model")
@@ -62,7 +61,7 @@ class Body:
             if problem is not None:
                 return problem
             call.model = model
-        if door.stream is None:
+        if endpoint.stream is None:
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 return f"stream: must be true or false, got {json_type(stream)}"
@@ -79,20 +78,21 @@ class Body:
             problem = call.caller.say("user", *said, replace=False)
             if problem is not None:
                 return problem
+        door = front_door(call.front)
         try:  # the seeds' own fields a later step reads: a wrong type is the client's 400 here, not a 500 there
-            if call.front == pulse.NAME:
-                for name, value in pulse.attribution(body).items():
+            if door.attribution is not None:  # who the body says it is for (Pulse's teamId, projectId...)
+                for name, value in door.attribution(body).items():
                     where = name if body.get(name) is not None else f"metadata.{name}"
                     problem = call.caller.say(name, value, where) if value else None
                     if problem is not None:
                         return problem
-            elif call.front == gateway13.NAME:
-                call.provider_hint = gateway13.provider_hint(body)
-            elif call.front == kaixu_gate.NAME:
-                kaixu_gate.include_raw(body)  # read again when the router aims the call (its SeedContext)
+            if door.provider_hint is not None:  # the provider kind the body asks for (Gateway 13's `provider`)
+                call.provider_hint = door.provider_hint(body)
+            if door.include_raw is not None:  # read again when the router aims the call (its SeedContext)
+                door.include_raw(body)
         except FormatError as exc:
             return str(exc)
-        if door.operation == "chat":  # before anything is reserved, translated or forwarded (same-format too)
+        if endpoint.operation == "chat":  # before anything is reserved, translated or forwarded (same-format too)
             return output_limit_problem(call.front, body)
         return None
 

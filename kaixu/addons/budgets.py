@@ -35,7 +35,8 @@ from mitmproxy import http
 from kaixu.call import Call, get_call
 from kaixu.formats import estimate_tokens
 from kaixu.formats.canonical import Usage
-from kaixu.formats.seeds import MonthRollup, gateway13
+from kaixu.formats.doors import front_door
+from kaixu.formats.seeds import MonthRollup
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable, Refusal, Reservation
 from kaixu.limits.governor import TTL_MARGIN_S, Governor, eagerly, unavailable
@@ -159,7 +160,7 @@ class Budgets:
                     ]
             if shadow:
                 await self._shadow(call, governor, shadow, amount, ttl)
-            if call.seed_context is not None and call.front == gateway13.NAME:
+            if call.seed_context is not None and front_door(call.front).month_rollup:
                 await self._month(call, governor, levels)
         except CountersUnavailable as e:
             unavailable(flow, call, governor, e)
@@ -189,7 +190,8 @@ class Budgets:
             call.caller.attributes["policy_shadow"] = ",".join(call.caller.shadow_refusals)[:200]
 
     async def _month(self, call: Call, governor: Governor, levels: list[BudgetLevel]) -> None:
-        """Kaixu Gateway 13's `month` object, from the key's and the customer's monthly budgets."""
+        """The `month` object of a door that shows it (`FrontDoor.month_rollup`: Kaixu Gateway 13's), from the key's
+        and the customer's monthly budgets."""
         assert call.seed_context is not None
         cents: dict[str, tuple[float, float]] = {}
         for level in levels:
@@ -272,19 +274,13 @@ class Budgets:
             body["budget"] = detail
             flow.response = json_response(call, 429, body, {"retry-after": "1"})
             return
-        if call.front == gateway13.NAME:
-            context = call.seed_context
-            month = context.month if context is not None else MonthRollup()
-            scope = "customer" if level.level == "customer" else "key"
-            if scope == "customer":
-                month = replace(month, customer_cap_cents=cap / 10_000, customer_spent_cents=spent / 10_000)
-            else:
-                month = replace(month, key_cap_cents=cap / 10_000, key_spent_cents=spent / 10_000)
-            body = gateway13.cap_reached_body(scope, month)
+        door = front_door(call.front)
+        if door.budget_body is not None:  # the door's own 402 (Gateway 13's `{error, scope, month}`)
+            month = call.seed_context.month if call.seed_context is not None else None
+            body = door.budget_body(level.level, cap, spent, month)
             body["budget"] = detail
             body["request_id"] = call.request_id
-        else:
-            kind = "billing_error" if call.front == "anthropic" else "insufficient_quota"  # each vendor's 402 type
-            body = error_json(call.front, call.request_id, 402, message, kind, "budget_exceeded")
+        else:  # each vendor's 402 type, in the door's error shape
+            body = error_json(call.front, call.request_id, 402, message, door.quota_error_type, "budget_exceeded")
             body["budget"] = detail
         flow.response = json_response(call, 402, body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from kaixu.call import get_call
-from kaixu.formats.doors import door_for_path, front_for_path, models_front
+from kaixu.formats.doors import door_for_path, front_door, front_for_path, models_front
 from kaixu.log import safe
 from kaixu.request_facts import model_name_problem
 from kaixu.respond import error_response
@@ -44,33 +44,33 @@ class Dialect:
                 call, 404, f"no such endpoint: {request.method} {safe(path)}", "not_found_error", "unknown_endpoint"
             )
             return
-        door = call.door = found.door
+        endpoint = call.endpoint = found.endpoint
         if found.model is not None:
             call.model = found.model
         if found.backend is not None:
             call.backend = found.backend
-        call.front, call.operation = door.front, door.operation
-        if door.operation in ("models", "model") and path.startswith("/v1/"):
+        call.front, call.operation = endpoint.front, endpoint.operation
+        if endpoint.operation in ("models", "model") and path.startswith("/v1/"):
             # shared by three SDKs: answer in the shape of the one asking
             call.front = models_front(request.headers, request.path)
-        if request.method not in door.methods:
+        if request.method not in endpoint.methods:
             flow.response = error_response(
                 call,
                 405,
-                f"method {safe(request.method, 20)} is not allowed on {path}; use {', '.join(door.methods)}",
+                f"method {safe(request.method, 20)} is not allowed on {path}; use {', '.join(endpoint.methods)}",
                 "invalid_request_error",
                 "method_not_allowed",
-                {"allow": ", ".join(door.methods)},
+                {"allow": ", ".join(endpoint.methods)},
             )
             return
-        if door.stream is not None:
-            call.stream = door.stream
+        if endpoint.stream is not None:
+            call.stream = endpoint.stream
         if call.model is not None:  # from the path (Gemini, GET one model)
             problem = model_name_problem(call.model)
             if problem is not None:
                 flow.response = error_response(call, 400, problem, "invalid_request_error", "invalid_model")
                 return
-        if door.front == "gemini" and door.stream and "alt=sse" not in request.path:
+        if endpoint.stream and front_door(endpoint.front).json_array_without_sse and "alt=sse" not in request.path:
             call.json_array_stream = True  # what Google streams without alt=sse
         headers = request.headers
         for header, name in _ATTRIBUTE_HEADERS:

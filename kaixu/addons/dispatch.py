@@ -11,13 +11,11 @@ from collections.abc import Awaitable
 from mitmproxy import connection, http
 
 from kaixu.call import Call, get_call
-from kaixu.formats.seeds import gateway13
+from kaixu.formats.doors import front_door
 from kaixu.gateway import Gateway
 from kaixu.providers import split_url
 from kaixu.providers.relay import RelayPlan
 from kaixu.reliability.plan import Upstream
-
-DEFAULT_PING_S = 10.0
 
 
 class Dispatch:
@@ -52,15 +50,16 @@ class Dispatch:
         return executor.answer(flow, call)  # the provider's queue is kaixu's: so is its HTTP client
 
     def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> None:
-        """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps a
-        Gateway 13 client's stream alive (`ping` events) until the provider's first byte."""
+        """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps the
+        stream of a door with keep-alives (`FrontDoor.keepalive_s`: Gateway 13's `ping` events) alive until the
+        provider's first byte."""
         relay, loopback = self.gateway.relay, self.gateway.loopback_url
         if relay is None or loopback is None:
             return  # not running yet: the stream goes straight to the provider, one attempt
         request = flow.request
-        ping_s = None
-        if call.front == gateway13.NAME:
-            ping_s = float(call.policy.front_settings(gateway13.NAME).get("ping_interval_s", DEFAULT_PING_S))
+        ping_s = front_door(call.front).keepalive_s
+        if ping_s is not None:
+            ping_s = float(call.policy.front_settings(call.front).get("ping_interval_s", ping_s))
         path = relay.register(RelayPlan(call=call, upstream=Upstream.of(request), ping_s=ping_s))
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
         call.route.relayed = True

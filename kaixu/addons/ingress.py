@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from kaixu.call import Call, attach, get_call
 from kaixu.credentials import admin_refusal
+from kaixu.formats import doors
 from kaixu.formats.doors import front_for_path
 from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
@@ -22,8 +23,9 @@ _CORS_ALLOW_HEADERS = (
 )
 
 
-# kaixu's own, and Kaixu Gateway 13's (seed 000); kAIxu Gate's /v1/health checks the token (addons/local.py).
-HEALTH_PATHS = ("/health", "/.netlify/functions/health")
+# kaixu's own, and the doors' (`FrontDoor.health_path`: Kaixu Gateway 13's); kAIxu Gate's /v1/health checks the
+# token (addons/local.py).
+HEALTH_PATHS = ("/health", *doors.HEALTH_PATHS)
 
 
 def _request_id(request: http.Request) -> str:

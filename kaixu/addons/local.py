@@ -1,12 +1,12 @@
 """Endpoints kaixu answers itself for an authenticated caller: the model list (in the shape of the SDK
-asking) and kAIxu Gate's token check (`GET /v1/health`)."""
+asking: `FrontDoor.model_list`) and a door's own token check (kAIxu Gate's `GET /v1/health`)."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
-from kaixu.formats.seeds import kaixu_gate
+from kaixu.formats.doors import front_door
 from kaixu.gateway import Gateway
 from kaixu.respond import error_response, json_response
 
@@ -24,22 +24,17 @@ class Local:
         elif call.operation == "model":
             flow.response = self.model(call)
         elif call.operation == "health":
-            policy = call.policy
-            key_configured = any(p.api_key or p.kind == "mock" for p in policy.providers.values())
-            body = kaixu_gate.health_body(key_configured, bool(policy.keys), policy.anonymous)
-            flow.response = json_response(call, 200, body)
+            health = front_door(call.front).health_body
+            if health is not None:
+                policy = call.policy
+                key_configured = any(p.api_key or p.kind == "mock" for p in policy.providers.values())
+                body = health(key_configured, bool(policy.keys), policy.anonymous)
+                flow.response = json_response(call, 200, body)
 
     def models(self, call: Call) -> http.Response:
         names = [m for m in call.policy.listed_models() if call.caller.key is None or call.caller.key.may_use(m)]
         entries = [self._entry(call, m) for m in names]
-        if call.front == "gemini":
-            return json_response(call, 200, {"models": entries})
-        if call.front == "anthropic":
-            first, last = (names[0], names[-1]) if names else (None, None)
-            return json_response(call, 200, {"data": entries, "has_more": False, "first_id": first, "last_id": last})
-        # OpenAI clients read `data`; kAIxu Gate clients, which share the path, read `models`.
-        body = {"object": "list", "data": entries, **kaixu_gate.models_body(names, call.policy.default_model)}
-        return json_response(call, 200, body)
+        return json_response(call, 200, front_door(call.front).model_list(entries, names, call.policy.default_model))
 
     def model(self, call: Call) -> http.Response:
         """One model, in the same shape as an entry of the list; 404 for one the caller may not use."""
@@ -51,12 +46,7 @@ class Local:
 
     def _entry(self, call: Call, name: str) -> dict[str, object]:
         """A model as the SDK asking describes one."""
-        if call.front == "gemini":
-            return {"name": f"models/{name}", "displayName": name, "supportedGenerationMethods": ["generateContent"]}
-        if call.front == "anthropic":
-            return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
-        created = int(self.gateway.started_at)
-        return {"id": name, "object": "model", "created": created, "owned_by": self._owner(call, name)}
+        return front_door(call.front).model_entry(name, int(self.gateway.started_at), self._owner(call, name))
 
     @staticmethod
     def _owner(call: Call, model: str) -> str:

@@ -13,7 +13,7 @@ from mitmproxy import http
 
 from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, estimate_tokens
-from kaixu.formats.seeds import gateway13
+from kaixu.formats.doors import front_door
 from kaixu.gateway import Gateway
 from kaixu.providers import split_url
 from kaixu.reliability.plan import Plan
@@ -66,7 +66,8 @@ class Router:
             except FormatError as exc:
                 flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
             return
-        if start or chain[0].guarded or (call.stream and call.front == gateway13.NAME):
+        # a fallback first, retries, timeouts, a queue; or a stream of a door with keep-alives (through the relay)
+        if start or chain[0].guarded or (call.stream and front_door(call.front).keepalive_s is not None):
             request = flow.request
             client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
             call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id, start)
@@ -83,5 +84,5 @@ class Router:
 
     def _count_tokens_locally(self, call: Call) -> http.Response:
         tokens = estimate_tokens(decode_chat(call))
-        body = {"totalTokens": tokens} if call.front == "gemini" else {"input_tokens": tokens}
+        body = {front_door(call.front).count_tokens_field: tokens}
         return json_response(call, 200, body, {"x-kaixu-estimate": "true"})

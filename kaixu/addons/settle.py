@@ -19,6 +19,7 @@ from kaixu.call import Call, get_call
 from kaixu.estimates import estimate_usage
 from kaixu.formats import embeddings, fronts, get_codec
 from kaixu.formats.canonical import ChatResponse, TextPart, ThinkingPart
+from kaixu.formats.doors import front_door
 from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
@@ -67,9 +68,10 @@ def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
 
 
 def mark_degraded(call: Call, response: http.Response) -> None:
-    """The Intelligent AI Gateway's `degraded: true` in the body of an OpenAI chat answer a fallback served (its
-    routes are OpenAI's chat routes); every front door has the `x-kaixu-degraded` header."""
-    if call.front != "openai" or call.operation != "chat":
+    """The Intelligent AI Gateway's `degraded: true` in the body of a chat answer a fallback served, at the doors
+    that show it (`FrontDoor.degraded_field`: OpenAI's, whose chat routes are the Gateway's); every front door has
+    the `x-kaixu-degraded` header."""
+    if not front_door(call.front).degraded_field or call.operation != "chat":
         return
     payload = json.loads(response.content or b"null")
     if isinstance(payload, dict):

@@ -32,7 +32,7 @@ from kaixu.formats.canonical import (
     ToolCallDelta,
     ToolCallStart,
 )
-from kaixu.formats.seeds import gateway13
+from kaixu.formats.doors import front_door
 from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
 from kaixu.reliability.served import answer_headers
 from kaixu.respond import add_headers
@@ -243,10 +243,10 @@ def relayed(call: Call, make_translate: Callable[[], StreamCallable], encoder: S
 
 
 def takes_comments(call: Call) -> bool:
-    """Whether the client's stream may end with kaixu's cost comment. Not Gemini's door: google-genai parses
-    every line that does not start with `data: ` as raw JSON (an SSE comment fails the whole stream), and the
-    JSON-array framing has no comments; those callers find the cost in the ledger by request id."""
-    return call.front != "gemini" and not call.json_array_stream
+    """Whether the client's stream may end with kaixu's cost comment: where its door takes SSE comments
+    (`FrontDoor.sse_comments`: not Gemini's) and the framing has comments (not Gemini's JSON array); those
+    callers find the cost in the ledger by request id."""
+    return front_door(call.front).sse_comments and not call.json_array_stream
 
 
 def billed(call: Call, inner: StreamCallable) -> StreamCallable:
@@ -304,7 +304,8 @@ class Stream:
         if response.status_code >= 400 or not is_event_stream(response):
             return
         assert call.route.format is not None
-        if not (call.route.relayed and call.front == gateway13.NAME):  # its answer begins before any attempt
+        if not (call.route.relayed and front_door(call.front).keepalive_s is not None):
+            # (a relayed stream with keep-alives began before any attempt: its headers were sent then)
             add_headers(response, answer_headers(call, response.status_code))
         upstream = get_codec(call.route.format)
         if call.canonical is None and not call.json_array_stream:

@@ -401,7 +401,7 @@ class Policy:
     """Valid but probably not meant (a provider no request can use), as `line N: path: message`."""
 
     def front_settings(self, front: str) -> dict[str, Any]:
-        """Per-front-door settings (`fronts.kaixu_gate.system`, ...); empty when none are set."""
+        """Per-front-door settings (`fronts:` by door name: a door's `system`, `ping_interval_s`); empty when none."""
         return self.fronts.get(front) or {}
 
     def resolve_model(self, name: str) -> ModelRoute | None:

@@ -1,18 +1,29 @@
-"""The front doors: which API a client speaks, known from the request head alone (its path, method and, for
-the paths several SDKs share, its headers). The door step (kaixu/addons/dialect.py) reads it before the caller
-is authenticated, so nothing here looks at a body.
+"""The front doors: which API a client speaks, and everything kaixu does differently for it, one entry per door
+(`DOORS`). The steps ask `front_door(call.front)` for a fact and never branch on a door's name, so a new door is
+a codec (this package) plus one entry here.
+
+A door is found from the request head alone (its path, method and, for the paths several SDKs share, its
+headers): the door step (kaixu/addons/dialect.py) finds it before the caller is authenticated, so nothing that
+finds a door looks at a body.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Container
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .seeds import gateway13, kaixu_gate, pulse
+from .seeds.context import MonthRollup
+
+JSON = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Door:
+class Endpoint:
+    """One path of a door: the operation it serves and how."""
+
     front: str
     operation: str
     methods: tuple[str, ...]
@@ -21,29 +32,231 @@ class Door:
     """Fixed by the path (seed APIs, Gemini); None = the body's `stream` field decides."""
 
 
-_POST_CHAT = ("POST",)
-#: The doors found by their exact path.
-PATHS: dict[str, Door] = {
-    # OpenAI
-    "/v1/chat/completions": Door("openai", "chat", _POST_CHAT, True),
-    "/v1/embeddings": Door("openai", "embeddings", ("POST",), True),
-    "/v1/models": Door("openai", "models", ("GET",), False),
-    # Anthropic
-    "/v1/messages": Door("anthropic", "chat", _POST_CHAT, True),
-    "/v1/messages/count_tokens": Door("anthropic", "count_tokens", ("POST",), True),
-    # Gemini (the model is in the path: see _GEMINI_PATH)
-    "/v1beta/models": Door("gemini", "models", ("GET",), False),
-    "/v1alpha/models": Door("gemini", "models", ("GET",), False),
-    # kAIxu Gate (seed 001)
-    "/v1/generate": Door("kaixu_gate", "chat", _POST_CHAT, True, stream=False),
-    "/v1/stream": Door("kaixu_gate", "chat", _POST_CHAT, True, stream=True),
-    "/v1/health": Door("kaixu_gate", "health", ("GET",), False),
-    # Kaixu Gateway 13 (seed 000)
-    "/.netlify/functions/gateway-chat": Door("gateway13", "chat", _POST_CHAT, True, stream=False),
-    "/.netlify/functions/gateway-stream": Door("gateway13", "chat", _POST_CHAT, True, stream=True),
-    # Pulse (seed 003)
-    "/api/ai/request": Door("pulse", "chat", _POST_CHAT, True, stream=False),
-}
+# -- the shapes of a model list (`GET /v1/models`, `GET /v1beta/models`, and one model) --------------------------
+
+
+def _openai_model(name: str, created: int, owner: str) -> JSON:
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
+def _openai_models(entries: list[JSON], names: list[str], default_model: str | None) -> JSON:
+    # OpenAI clients read `data`; kAIxu Gate clients, which share the path, read `models`.
+    return {"object": "list", "data": entries, **kaixu_gate.models_body(names, default_model)}
+
+
+def _anthropic_model(name: str, created: int, owner: str) -> JSON:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+def _anthropic_models(entries: list[JSON], names: list[str], default_model: str | None) -> JSON:
+    first, last = (names[0], names[-1]) if names else (None, None)
+    return {"data": entries, "has_more": False, "first_id": first, "last_id": last}
+
+
+def _gemini_model(name: str, created: int, owner: str) -> JSON:
+    return {"name": f"models/{name}", "displayName": name, "supportedGenerationMethods": ["generateContent"]}
+
+
+def _gemini_models(entries: list[JSON], names: list[str], default_model: str | None) -> JSON:
+    return {"models": entries}
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoor:
+    """Everything kaixu does differently for one front door. The defaults are OpenAI's, the de-facto shape."""
+
+    name: str
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    """Its paths (exact ones; Gemini's model paths are matched by `door_for_path`)."""
+    path_prefixes: tuple[str, ...] = ()
+    """Where an endpoint kaixu does not serve still gets this door's error shape."""
+    health_path: str | None = None
+    """Where its clients check that the gateway is up: answered as kaixu's own `/health` (the ingress step)."""
+    key_headers: tuple[str, ...] = ("authorization",)
+    """Where its clients send their key; `Authorization: Bearer` for OpenAI's."""
+    key_query: str | None = None
+    """A query parameter that may carry the key instead (Gemini's `?key=`)."""
+    native_format: str | None = None
+    """The provider wire format a seed door is closest to, used when the provider answers in any format (the
+    mock); None: the door's own name, a provider format."""
+    prompt_fields: tuple[str, ...] = ("messages", "tools", "functions", "input")
+    """The body fields whose canonical JSON the ledger's prompt hash covers (kaixu/content.py)."""
+    output_fields: tuple[tuple[str, ...], ...] = (("max_completion_tokens",), ("max_tokens",))
+    """Where its body asks for a maximum of output tokens (every spelling a provider reads), in the order a clamp
+    prefers them."""
+    answer_fields: tuple[tuple[str, ...], ...] = (("n",), ("best_of",))
+    """Where its body asks for several answers to one request, each generated and billed as output: OpenAI's `n`
+    (and `best_of`, which OpenAI-compatible servers such as vLLM take), Gemini's `candidateCount`. Anthropic's
+    and the other seeds' bodies have none (the seeds' requests are rebuilt, so nothing else reaches a
+    provider)."""
+    model_in_body: bool = True
+    """The body names the model (Gemini's names it in the path): an alias is rewritten there."""
+    stream_usage_option: bool = True
+    """A stream to a provider of its own format is asked for the usage chunk (`stream_options.include_usage`)
+    when the client did not ask: the stream step strips it again."""
+    json_array_without_sse: bool = False
+    """A stream path answers a JSON array unless the query asks `alt=sse` (Gemini's)."""
+    sse_comments: bool = True
+    """Its streams may end with kaixu's cost comment. Not Gemini's: google-genai parses every line that does
+    not start with `data: ` as raw JSON (an SSE comment fails the whole stream)."""
+    degraded_field: bool = True
+    """A chat answer a fallback model served says `degraded: true` in its body (the Intelligent AI Gateway's,
+    whose routes are OpenAI's); every door has the `x-kaixu-degraded` header."""
+    count_tokens_field: str = "input_tokens"
+    """The field of a token count kaixu estimates itself (a provider without the operation)."""
+    quota_error_type: str = "insufficient_quota"
+    """The error type of a 402 (a spent budget) in the door's error shape."""
+    unknown_model: tuple[int, str, str] = (404, "invalid_request_error", "model_not_found")
+    """Status, error type and code of a model the gateway does not serve."""
+    keepalive_s: float | None = None
+    """Seconds between keep-alive events while a stream waits for the provider's first byte
+    (`fronts.NAME.ping_interval_s` overrides it). Such a stream is told 200 at once, so every stream of the
+    door goes through the relay (kaixu/providers/relay.py). None: no keep-alives."""
+    month_rollup: bool = False
+    """Its answers carry the month's spend against the key's and the customer's monthly budgets."""
+    budget_body: Callable[[str, int, int, MonthRollup | None], JSON] | None = None
+    """Its own 402 body (budget level, cap and spend in micro-dollars, the month): None: its error shape."""
+    model_entry: Callable[[str, int, str], JSON] = _openai_model
+    """A model as its model list shows it: (name, created, owner)."""
+    model_list: Callable[[list[JSON], list[str], str | None], JSON] = _openai_models
+    """Its model list: (entries, names, the policy's default model)."""
+    health_body: Callable[[bool, bool, bool], JSON] | None = None
+    """The answer of its `health` endpoint: (a provider key configured, keys configured, open gate)."""
+    attribution: Callable[[JSON], dict[str, str | None]] | None = None
+    """Who a request is for, read from its body (the ledger's attribution)."""
+    provider_hint: Callable[[JSON], str | None] | None = None
+    """The provider kind a body asks for (narrows the route; FormatError when it is not one)."""
+    include_raw: Callable[[JSON], bool] | None = None
+    """Whether a body asks for the provider's raw answer alongside the door's own."""
+
+
+_POST = ("POST",)
+_GET = ("GET",)
+
+
+def _config(parents: tuple[str, ...], *names: str) -> tuple[tuple[str, str], ...]:
+    """Each of `names` under each of `parents`: Gemini's REST API reads camelCase and snake_case alike."""
+    return tuple((parent, name) for parent in parents for name in names)
+
+
+_GEMINI_CONFIG = ("generationConfig", "generation_config")
+_GATE_CONFIG = ("generationConfig", "config")  # kAIxu Gate's alias of generationConfig (its keys go to Gemini's codec)
+
+OPENAI = FrontDoor(
+    "openai",
+    endpoints={
+        "/v1/chat/completions": Endpoint("openai", "chat", _POST, True),
+        "/v1/embeddings": Endpoint("openai", "embeddings", _POST, True),
+        "/v1/models": Endpoint("openai", "models", _GET, False),
+    },
+)
+ANTHROPIC = FrontDoor(
+    "anthropic",
+    endpoints={
+        "/v1/messages": Endpoint("anthropic", "chat", _POST, True),
+        "/v1/messages/count_tokens": Endpoint("anthropic", "count_tokens", _POST, True),
+    },
+    path_prefixes=("/v1/messages",),
+    key_headers=("x-api-key",),
+    prompt_fields=("system", "messages", "tools"),
+    output_fields=(("max_tokens",),),
+    answer_fields=(),
+    stream_usage_option=False,
+    degraded_field=False,
+    quota_error_type="billing_error",
+    model_entry=_anthropic_model,
+    model_list=_anthropic_models,
+)
+GEMINI = FrontDoor(
+    "gemini",
+    endpoints={  # the model is in the path of the others: see _GEMINI_PATH
+        "/v1beta/models": Endpoint("gemini", "models", _GET, False),
+        "/v1alpha/models": Endpoint("gemini", "models", _GET, False),
+    },
+    path_prefixes=("/v1beta/", "/v1alpha/"),
+    key_headers=("x-goog-api-key",),
+    key_query="key",
+    prompt_fields=("systemInstruction", "system_instruction", "contents", "tools", "content", "requests"),
+    output_fields=_config(_GEMINI_CONFIG, "maxOutputTokens", "max_output_tokens"),
+    answer_fields=_config(_GEMINI_CONFIG, "candidateCount", "candidate_count"),
+    model_in_body=False,
+    stream_usage_option=False,
+    json_array_without_sse=True,
+    sse_comments=False,
+    degraded_field=False,
+    count_tokens_field="totalTokens",
+    model_entry=_gemini_model,
+    model_list=_gemini_models,
+)
+KAIXU_GATE = FrontDoor(  # kAIxu Gate (seed 001)
+    kaixu_gate.NAME,
+    endpoints={
+        "/v1/generate": Endpoint(kaixu_gate.NAME, "chat", _POST, True, stream=False),
+        "/v1/stream": Endpoint(kaixu_gate.NAME, "chat", _POST, True, stream=True),
+        "/v1/health": Endpoint(kaixu_gate.NAME, "health", _GET, False),
+    },
+    key_headers=("x-kaixu-token",),
+    native_format="gemini",
+    prompt_fields=("input", "messages", "contents", "systemInstruction", "tools"),
+    output_fields=_config(_GATE_CONFIG, "maxOutputTokens", "max_output_tokens"),
+    answer_fields=_config(_GATE_CONFIG, "candidateCount", "candidate_count"),
+    stream_usage_option=False,
+    degraded_field=False,
+    health_body=kaixu_gate.health_body,
+    include_raw=kaixu_gate.include_raw,
+)
+GATEWAY13 = FrontDoor(  # Kaixu Gateway 13 (seed 000)
+    gateway13.NAME,
+    endpoints={
+        "/.netlify/functions/gateway-chat": Endpoint(gateway13.NAME, "chat", _POST, True, stream=False),
+        "/.netlify/functions/gateway-stream": Endpoint(gateway13.NAME, "chat", _POST, True, stream=True),
+    },
+    path_prefixes=("/.netlify/functions/",),
+    health_path="/.netlify/functions/health",
+    native_format="openai",
+    prompt_fields=("messages",),
+    output_fields=(("max_tokens",),),
+    answer_fields=(),
+    stream_usage_option=False,
+    degraded_field=False,
+    unknown_model=(403, "permission_error", "model_not_allowed"),  # the seed: "403 ... provider/model not allowed"
+    keepalive_s=10.0,
+    month_rollup=True,
+    budget_body=gateway13.budget_refusal_body,
+    provider_hint=gateway13.provider_hint,
+)
+PULSE = FrontDoor(  # Pulse (seed 003)
+    pulse.NAME,
+    endpoints={"/api/ai/request": Endpoint(pulse.NAME, "chat", _POST, True, stream=False)},
+    path_prefixes=("/api/ai/",),
+    key_headers=("x-pulse-key",),
+    native_format="openai",
+    prompt_fields=("prompt", "input", "messages"),
+    output_fields=(("maxTokens",),),
+    answer_fields=(),
+    stream_usage_option=False,
+    degraded_field=False,
+    attribution=pulse.attribution,
+)
+
+#: Every front door, by name.
+DOORS: dict[str, FrontDoor] = {door.name: door for door in (OPENAI, ANTHROPIC, GEMINI, KAIXU_GATE, GATEWAY13, PULSE)}
+
+
+def front_door(name: str) -> FrontDoor:
+    """The door a call came in by (`Call.front`); OpenAI's for a name kaixu does not know (none reaches here)."""
+    return DOORS.get(name, OPENAI)
+
+
+#: The endpoints found by their exact path.
+PATHS: dict[str, Endpoint] = {path: ep for door in DOORS.values() for path, ep in door.endpoints.items()}
+#: Every header a supported client SDK may carry its credential in, `authorization` first (none is forwarded).
+KEY_HEADERS: tuple[str, ...] = tuple(dict.fromkeys(h for door in DOORS.values() for h in door.key_headers))
+#: Query parameters that may carry a credential.
+KEY_QUERY: tuple[str, ...] = tuple(door.key_query for door in DOORS.values() if door.key_query)
+#: The doors' own health paths (kaixu's is `/health`).
+HEALTH_PATHS: tuple[str, ...] = tuple(door.health_path for door in DOORS.values() if door.health_path)
+
 _GEMINI_ACTIONS = {
     "generateContent": "chat",
     "streamGenerateContent": "chat",
@@ -60,26 +273,26 @@ _BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions
 
 
 class Found(NamedTuple):
-    """The door a path names, and what the path itself says: a model (Gemini, GET one model) or a backend."""
+    """The endpoint a path names, and what the path itself says: a model (Gemini, GET one model) or a backend."""
 
-    door: Door
+    endpoint: Endpoint
     model: str | None = None
     backend: str | None = None
 
 
 def door_for_path(path: str) -> Found | None:
-    """The door of a path (without its query), or None when kaixu serves no such endpoint."""
-    door = PATHS.get(path)
-    if door is not None:
-        return Found(door)
+    """The endpoint of a path (without its query), or None when kaixu serves no such endpoint."""
+    endpoint = PATHS.get(path)
+    if endpoint is not None:
+        return Found(endpoint)
     match = _GEMINI_PATH.match(path)
     if match and match["action"] in _GEMINI_ACTIONS:
         stream = match["action"] == "streamGenerateContent"
-        return Found(Door("gemini", _GEMINI_ACTIONS[match["action"]], ("POST",), True, stream), match["model"])
+        return Found(Endpoint(GEMINI.name, _GEMINI_ACTIONS[match["action"]], _POST, True, stream), match["model"])
     match = _MODEL_PATH.match(path)
     if match:
-        front = "gemini" if path.startswith(("/v1beta/", "/v1alpha/")) else "openai"
-        return Found(Door(front, "model", ("GET",), False), match["model"])
+        front = GEMINI.name if path.startswith(GEMINI.path_prefixes) else OPENAI.name
+        return Found(Endpoint(front, "model", _GET, False), match["model"])
     match = _BACKEND_PATH.match(path)
     if match:
         return Found(PATHS["/v1/chat/completions"], backend=match["backend"])
@@ -88,24 +301,21 @@ def door_for_path(path: str) -> Found | None:
 
 def front_for_path(path: str) -> str:
     """The error shape to use for a path, even one kaixu does not serve."""
-    door = PATHS.get(path)
-    if door is not None:
-        return door.front
-    if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_PATH.match(path):
-        return "gemini"
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/.netlify/functions/"):
-        return "gateway13"
-    if path.startswith("/api/ai/"):
-        return "pulse"
-    return "openai"
+    endpoint = PATHS.get(path)
+    if endpoint is not None:
+        return endpoint.front
+    if _GEMINI_PATH.match(path):
+        return GEMINI.name
+    for door in DOORS.values():
+        if door.path_prefixes and path.startswith(door.path_prefixes):
+            return door.name
+    return OPENAI.name
 
 
 def models_front(headers: Container[str], path: str) -> str:
     """Whose model list a `/v1/models` request asks for (three SDKs share the path): answered in its shape."""
     if "x-goog-api-key" in headers or "x-goog-api-client" in headers or "key=" in path:
-        return "gemini"
+        return GEMINI.name
     if "anthropic-version" in headers:
-        return "anthropic"
-    return "openai"
+        return ANTHROPIC.name
+    return OPENAI.name

@@ -2,7 +2,8 @@
 
 A front door is either a provider API (openai, anthropic, gemini: the same codec works both ways) or a
 seed API (kaixu_gate, gateway13, pulse: front-door-only codecs that need a `SeedContext` for facts only
-the gateway knows). Addons call these functions instead of branching on the kind of front door.
+the gateway knows). Addons call these functions instead of branching on the kind of front door; the other facts
+of a door are its entry in doors.py.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ from typing import Any
 from . import gemini, get_codec
 from .base import StreamEncoder
 from .canonical import ChatRequest, ChatResponse
+from .doors import DOORS
 from .seeds import SEED_CODECS, SeedContext
 from .seeds import kaixu_gate as _kaixu_gate
 
 PROVIDER_FORMATS = ("openai", "anthropic", "gemini")
-
-#: The provider wire format a seed API is closest to: used when the provider answers in any format
-#: (the mock), so the request still takes the same path as to a real provider.
-_NATIVE = {"kaixu_gate": "gemini", "gateway13": "openai", "pulse": "openai"}
 
 
 def is_seed(front: str) -> bool:
@@ -27,7 +25,11 @@ def is_seed(front: str) -> bool:
 
 
 def native_format(front: str) -> str:
-    return _NATIVE.get(front, front)
+    """The provider wire format a front door is closest to (its own for a provider API; `FrontDoor.native_format`
+    for a seed): used when the provider answers in any format (the mock), so the request still takes the same
+    path as to a real provider."""
+    door = DOORS.get(front)
+    return (door.native_format or front) if door is not None else front
 
 
 def decode_request(

@@ -16,7 +16,8 @@ from kaixu.call import Call
 from kaixu.config import ModelRoute, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, fronts, get_codec, json_type
 from kaixu.formats.canonical import Usage
-from kaixu.formats.seeds import SeedContext, kaixu_gate
+from kaixu.formats.doors import front_door
+from kaixu.formats.seeds import SeedContext
 from kaixu.pricing import cost_micros
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url
 from kaixu.request_facts import GATEWAY_FIELDS, decode_chat
@@ -127,12 +128,13 @@ def _upstream_body(call: Call) -> bytes | dict[str, Any] | None:
     None means the operation is answered locally (token counting for a provider without it)."""
     assert call.body is not None and call.route.model is not None and call.route.format is not None
     if call.route.format == call.front:
-        rewrite_model = call.front != "gemini" and call.body.get("model") != call.route.model
-        ask_usage = call.front == "openai" and call.stream and not _asks_for_usage(call.body)
+        door = front_door(call.front)
+        rewrite_model = door.model_in_body and call.body.get("model") != call.route.model
+        ask_usage = door.stream_usage_option and call.stream and not _asks_for_usage(call.body)
         if not rewrite_model and not ask_usage and not any(field in call.body for field in GATEWAY_FIELDS):
             return b""  # keep the original bytes
         body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
-        if call.front != "gemini":
+        if door.model_in_body:
             body["model"] = call.route.model
         if ask_usage:
             # Without it OpenAI streams carry no token counts; the stream step drops the extra chunk.
@@ -176,6 +178,7 @@ def _account_losses(call: Call, client_fields: tuple[tuple[bytes, bytes], ...]) 
 def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None) -> SeedContext:
     assert call.body is not None
     bill = call.bill
+    include_raw = front_door(call.front).include_raw
 
     def price_cents(usage: Usage) -> float:  # Gateway 13's `done` event, priced when the stream ends
         micros = cost_micros(bill.price, usage)  # the price of the attempt that served it
@@ -187,7 +190,7 @@ def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None) 
         provider=call.provider_hint or provider.kind,
         install_id=install_id,
         request_id=call.request_id,
-        include_raw=call.front == kaixu_gate.NAME and kaixu_gate.include_raw(call.body),
+        include_raw=include_raw is not None and include_raw(call.body),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kaixu.call import Call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
-from kaixu.formats.seeds import gateway13
+from kaixu.formats.doors import front_door
 from kaixu.permission import model_refusal
 
 #: The operations a provider serves (every other one kaixu answers itself: model lists, health).
@@ -68,13 +68,8 @@ def resolve_route(call: Call) -> ModelRoute:
         call.backend, renamed = None, True
     route = policy.resolve_model(model)
     if route is None:
-        if call.front == gateway13.NAME:  # the seed: "403 ... provider/model not allowed"
-            raise RouteRefused(
-                403, f"model {model!r} is not served by this gateway", "permission_error", "model_not_allowed"
-            )
-        raise RouteRefused(
-            404, f"model {model!r} is not served by this gateway", "invalid_request_error", "model_not_found"
-        )
+        status, type, code = front_door(call.front).unknown_model
+        raise RouteRefused(status, f"model {model!r} is not served by this gateway", type, code)
     # the policy step allowed the model the body names; one the path names instead must be allowed too
     denied = model_refusal(call, model) if renamed else None
     if denied is not None:

@@ -28,6 +28,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .._common import JSON, dumps, expect_dict, jstr, opt_int, opt_num, opt_str, req_str
@@ -198,6 +199,19 @@ def error_body(status: int, message: str, type: str, code: str | None = None) ->
 def cap_reached_body(scope: str, month: MonthRollup) -> JSON:
     """The seed's 402 body when the ``customer`` or ``key`` monthly cap is spent."""
     return {"error": "Monthly cap reached", "scope": scope, "month": month.to_json()}
+
+
+def budget_refusal_body(level: str, cap_micros: int, spent_micros: int, month: MonthRollup | None) -> JSON:
+    """The 402 of a spent budget in the seed's shape (`cap_reached_body`): a customer's budget is its
+    ``customer`` cap, any other the ``key`` cap; the ``month`` object shows that cap and its spend (held
+    requests included), in cents."""
+    month = month or MonthRollup()
+    scope = "customer" if level == "customer" else "key"
+    if scope == "customer":
+        month = replace(month, customer_cap_cents=cap_micros / 10_000, customer_spent_cents=spent_micros / 10_000)
+    else:
+        month = replace(month, key_cap_cents=cap_micros / 10_000, key_spent_cents=spent_micros / 10_000)
+    return cap_reached_body(scope, month)
 
 
 # --- codec ---------------------------------------------------------------------------
