@@ -421,7 +421,7 @@ def test_an_unquoted_date_elsewhere_is_its_text() -> None:
 
 
 def test_a_policy_keys_customer_is_the_ledgers_customer(fake: FakeProvider, workdir: Path) -> None:
-    """Why `keys[].customer` is not warned about: it is read, as a store key's is (kaixu/addons/settle.py)."""
+    """Why `keys[].customer` is not warned about: it is read, as a store key's is (kaixu/request_facts.py)."""
     keys = [{"name": "acme-app", "hash": key_hash(TEST_KEY), "customer": "acme"}]
     policy = policy_for(fake.base_url, store={"sqlite": str(workdir / "ledger.db")}, keys=keys)
     gateway = Kaixu(workdir, policy).start()
