@@ -1,6 +1,8 @@
-"""kaixu's addons, one concern each, in the order a request meets them (see docs/architecture.md).
+"""kaixu's steps: hook classes only, one concern each, assembled here in the order a request meets them (see
+docs/architecture.md). No step imports another; what several read lives below them (kaixu/respond.py,
+kaixu/request_facts.py, kaixu/routing/, kaixu/formats/doors.py...).
 
-mitmproxy sees one of them, the `Chain`, which runs the others in this order and fails closed."""
+mitmproxy sees one addon, the `Chain` (kaixu/chain.py), which runs these steps in this order and fails closed."""
 
 from __future__ import annotations
 
