@@ -118,9 +118,16 @@ class Target:
         policy = policy_for(
             f"http://{HOST}:{fake_port}",
             store={"sqlite": str(self.ledger)},
-            # room for the 1 MB bomb; the body timeout shortened from 60 s so that a body announced and never
-            # sent is closed within a malformed request's 10 s answer window (every other limit: defaults)
-            limits={"upstream_timeout_s": 5, "max_body_bytes": 2_000_000, "client_body_timeout_s": 5},
+            # room for the 1 MB bomb; the body timeout shortened from 60 s and the head timeout from 10 s so that
+            # a body announced and never sent, or a connection that sends no request line (bare CRLFs, an HTTP/2
+            # preface alone), is closed within a malformed request's 10 s answer window, not at its edge (every
+            # other limit: defaults)
+            limits={
+                "upstream_timeout_s": 5,
+                "max_body_bytes": 2_000_000,
+                "client_body_timeout_s": 5,
+                "client_header_timeout_s": 8,
+            },
         )
         policy["models"].update(hostile.GLOB_ROUTE)
         self.port, self.pid = start_kaixu(work, fake_port, stack, json.dumps(policy, indent=2))

@@ -377,6 +377,9 @@ def _patch_http1_read_headers() -> None:
             self.state = self.done
             return
         answered = False  # mitmproxy refused the head itself (it then still reports it, to record the flow)
+        # the head as it came (mitmproxy takes it out of the buffer before it refuses it): its path picks the
+        # error's shape, its method whether the answer may have a body (a HEAD's may not)
+        start = bytes(self.buf)[:4096] if self.request is None else None
         for command in original(self, event):
             if type(command) is ReceiveHttp and type(command.event) is RequestHeaders and not answered:
                 request = command.event.request  # a request head mitmproxy has parsed, before any addon sees it
@@ -399,8 +402,7 @@ def _patch_http1_read_headers() -> None:
                 # mitmproxy's HTML answer to a request head it cannot parse
                 reason = command.data.partition(b"<p>")[2].partition(b"</p>")[0].decode("utf-8", "replace")
                 message = f"malformed HTTP request: {html.unescape(reason) or 'unparseable request head'}"
-                head = bytes(self.buf)[:4096] if self.request is None else None
-                rendered = _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR, head)
+                rendered = _render(self.request, 400, message, ErrorCode.GENERIC_CLIENT_ERROR, start)
                 command = commands.SendData(self.conn, rendered)
             answered = answered or isinstance(command, commands.SendData)
             yield command

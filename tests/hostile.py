@@ -660,11 +660,21 @@ def probe(chooser: Chooser, focus: str = "any") -> Probe:
     if not _has(result.headers, "Connection"):
         result.headers.append(("Connection", "close"))
     dead = model in DEAD_MODELS or any(result.target.startswith(f"/v1/{b}/") for b in ("dead", "nokey"))
+    dead = dead or _body_model(result.body) in DEAD_MODELS  # a duplicate `model` key: JSON's last one wins
     result.dead_upstream = authenticated and dead and routable
     # the door's own request (not another method or path) with a bad output limit: whatever else, kaixu refuses it
     bad_limit = "body:bad-output-limit" in result.labels and result.method == door.method
     result.refused = result.refused or (bad_limit and "target:random" not in result.labels)
     return result
+
+
+def _body_model(body: bytes) -> object:
+    """The model a body names as kaixu reads it (the last of duplicate keys), or None."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # bodies nested past Python's stack are among the probes
+        return None
+    return parsed.get("model") if isinstance(parsed, dict) else None
 
 
 def _routable(body: bytes) -> bool:

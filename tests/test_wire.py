@@ -101,6 +101,16 @@ def test_an_error_kaixus_http_layer_writes_for_a_head_request_has_no_body(gw: Ka
         assert conn.rest() == b""
 
 
+def test_a_head_request_line_mitmproxy_cannot_parse_is_answered_with_a_head_only(gw: Kaixu) -> None:
+    """A request line mitmproxy refuses itself (a LF inside its target): the head is gone from the buffer by then,
+    and the answer must still know it was HEAD (found by bench/probe.py)."""
+    with connect(gw) as conn:
+        conn.send(b"HEAD /v1beta/models/a\nX-Injected:%201:generateContent HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = conn.answer(head_only=True)
+        assert answer.status == 400
+        assert conn.rest() == b""
+
+
 H2Request = tuple[str, str, list[tuple[str, str]], bytes]
 
 
