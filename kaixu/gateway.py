@@ -130,7 +130,7 @@ class Gateway:
         """/health's `store`: where keys and the ledger are (a PostgreSQL host and database, never the dsn's
         user or password; or the SQLite file) and how the ledger's writes go."""
         policy = self.require_policy()
-        postgres = policy.store.get("postgres")
+        postgres = policy.store.postgres
         status: dict[str, object] = {"kind": "postgres" if postgres else "sqlite"}
         if self.ledger is not None:
             status.update(self.ledger.status())
@@ -139,7 +139,7 @@ class Gateway:
         if postgres:
             from kaixu.store.postgres import dsn_shown
 
-            status["location"] = dsn_shown(str(postgres["dsn"]))
+            status["location"] = dsn_shown(postgres.dsn)
         else:
-            status["path"] = policy.store.get("sqlite", ":memory:")
+            status["path"] = policy.store.sqlite
         return status

@@ -52,7 +52,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Seats(
-            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store)
+            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store.postgres)
         ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)

@@ -263,11 +263,13 @@ class Admin:
 
     def _reader(self, call: Call) -> LedgerQueries:
         """The reader of the ledger the writer opened: `store.postgres` when set, else `store.sqlite`."""
-        pg = postgres.settings(call.policy.store)
-        where = pg[0] if pg is not None else str(call.policy.store.get("sqlite", ":memory:"))
+        pg = call.policy.store.postgres
+        where = pg.dsn if pg is not None else call.policy.store.sqlite
         reader = self._readers.get(where)
         if reader is None:
-            made = postgres.PostgresLedgerQueries(*pg) if pg is not None else SqliteLedgerQueries(where)
+            made = (
+                postgres.PostgresLedgerQueries(pg.dsn, pg.pool_size) if pg is not None else SqliteLedgerQueries(where)
+            )
             reader = self._readers.setdefault(where, made)
         return reader
 
@@ -323,7 +325,7 @@ class Admin:
     def _key_store(self, call: Call) -> AsyncKeyStore:
         """The policy's key store, kept while the policy names the same one (a PostgreSQL store holds its pool)."""
         store = call.policy.store
-        identity = (repr(store.get("postgres")), store.get("sqlite"))
+        identity = (store.postgres, store.sqlite)
         cached = self._key_stores.get(identity)
         if cached is None:
             cached = key_store(store)

@@ -42,7 +42,7 @@ class StoreKeys:
         """The key store the policy in force names (PostgreSQL, or the SQLite file), made again when a reload
         names another one; None when the policy keeps no keys (`store.sqlite: :memory:`)."""
         store = self.gateway.require_policy().store
-        identity = (repr(store.get("postgres")), store.get("sqlite"))
+        identity = (store.postgres, store.sqlite)
         if identity != self._store_for:
             if self._store is not None:
                 await self._store.close()
