@@ -442,8 +442,8 @@ def _ledger_reader(args: argparse.Namespace) -> Any:
     """The ledger's reader (`LedgerQueries`): `--db FILE`, else the policy's store (PostgreSQL when
     `store.postgres` is set, else `store.sqlite`); None after printing why there is none. Its `path` names the
     ledger in messages (never a dsn's password)."""
-    from kaixu.store import postgres
     from kaixu.store.queries import SqliteLedgerQueries
+    from kaixu.store.stores import ledger_queries
 
     if args.db:
         return SqliteLedgerQueries(str(args.db))
@@ -452,14 +452,10 @@ def _ledger_reader(args: argparse.Namespace) -> Any:
         print("kaixu: cannot find the ledger without a valid policy (or name the file with --db FILE)",
               file=sys.stderr)  # fmt: skip
         return None
-    pg = policy.store.postgres
-    if pg is not None:
-        return postgres.PostgresLedgerQueries(pg.dsn, pg.pool_size)
-    path = policy.store.sqlite
-    if path == ":memory:":
+    if policy.store.postgres is None and policy.store.sqlite == ":memory:":
         print(f"kaixu: {args.policy} keeps no ledger (store.sqlite is :memory:)", file=sys.stderr)
         return None
-    return SqliteLedgerQueries(path)
+    return ledger_queries(policy.store)
 
 
 async def _closing(queries: Any, work: Any) -> Any:

@@ -26,6 +26,7 @@ from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
 from kaixu.addons.seat_limits import Seats
 from kaixu.addons.settle import Settle
+from kaixu.addons.store_choice import StoreChoice
 from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
 from kaixu.chain import Chain
@@ -39,6 +40,7 @@ def build_steps(gateway: Gateway) -> list[object]:
     gateway.executor = Executor(gateway.deployments, lambda: gateway.mock_url)
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
+        StoreChoice(gateway),  # the stores `store:` names, chosen at each (re)load (Gateway.stores)
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),  # the ledger: batched writes, flushed at shutdown, retention
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
