@@ -40,7 +40,6 @@ def build_steps(gateway: Gateway) -> list[object]:
     gateway.executor = Executor(gateway.deployments, lambda: gateway.mock_url)
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
-        StoreChoice(gateway),  # the stores `store:` names, chosen at each (re)load (Gateway.stores)
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),  # the ledger: batched writes, flushed at shutdown, retention
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
@@ -64,6 +63,9 @@ def build_steps(gateway: Gateway) -> list[object]:
         Errors(),  # 10 upstream timeout + JSON error pages
         Stream(),  # 8 SSE pass-through meter or translator
         Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger
+        # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes
+        # them after every step that reads them has stopped
+        StoreChoice(gateway),
     ]
 
 
