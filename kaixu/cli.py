@@ -179,10 +179,11 @@ def _key_store(args: argparse.Namespace, policy: Policy | None = None) -> Any:
     """The policy's key store (PostgreSQL when `store.postgres` is set, else its SQLite file; `--db FILE`
     names a file instead) as an `AsyncKeyStore`; None after printing why there is none. ``policy``: the
     policy, loaded already."""
+    from kaixu.config.policy import StoreConfig
     from kaixu.store.stores import key_store
 
     if args.db:
-        return key_store({}, sqlite_path=str(args.db))
+        return key_store(StoreConfig(), sqlite_path=str(args.db))
     policy = policy or _load_or_report(args.policy)
     if policy is None:
         print("kaixu: cannot find the key store without a valid policy (or name the file with --db FILE)",
@@ -441,8 +442,8 @@ def _ledger_reader(args: argparse.Namespace) -> Any:
     """The ledger's reader (`LedgerQueries`): `--db FILE`, else the policy's store (PostgreSQL when
     `store.postgres` is set, else `store.sqlite`); None after printing why there is none. Its `path` names the
     ledger in messages (never a dsn's password)."""
-    from kaixu.store import postgres
     from kaixu.store.queries import SqliteLedgerQueries
+    from kaixu.store.stores import ledger_queries
 
     if args.db:
         return SqliteLedgerQueries(str(args.db))
@@ -451,14 +452,10 @@ def _ledger_reader(args: argparse.Namespace) -> Any:
         print("kaixu: cannot find the ledger without a valid policy (or name the file with --db FILE)",
               file=sys.stderr)  # fmt: skip
         return None
-    pg = postgres.settings(policy.store)
-    if pg is not None:
-        return postgres.PostgresLedgerQueries(*pg)
-    path = str(policy.store.get("sqlite", ":memory:"))
-    if path == ":memory:":
+    if policy.store.postgres is None and policy.store.sqlite == ":memory:":
         print(f"kaixu: {args.policy} keeps no ledger (store.sqlite is :memory:)", file=sys.stderr)
         return None
-    return SqliteLedgerQueries(path)
+    return ledger_queries(policy.store)
 
 
 async def _closing(queries: Any, work: Any) -> Any:
@@ -734,14 +731,14 @@ async def _with_seat_store(args: argparse.Namespace, work: Any) -> Any:
     policy = _load_or_report(args.policy)
     if policy is None:
         return None
-    pg = postgres.settings(policy.store)
+    pg = policy.store.postgres
     if pg is not None:
-        pool = await postgres.open_pool(pg[0], 1)
+        pool = await postgres.open_pool(pg.dsn, 1)
         try:
             return await work(PostgresSeatStore(pool), "PostgreSQL (store.postgres)")
         finally:
             await postgres.close_pool(pool)
-    path = str(policy.store.get("sqlite", ":memory:"))
+    path = policy.store.sqlite
     if path == ":memory:":
         print(f"kaixu: {args.policy} keeps no seats (store.sqlite is :memory:)", file=sys.stderr)
         return None

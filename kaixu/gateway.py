@@ -7,6 +7,7 @@ same way (`kaixu.addons.build_addons`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from kaixu.limits.governor import Governor
     from kaixu.reliability.executor import Executor
     from kaixu.store.keys import KeySnapshot
+    from kaixu.store.stores import Stores
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
@@ -74,6 +76,10 @@ class Gateway:
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     ledger: Ledger | None = None
+    stores: Stores | None = None
+    """The stores the policy in force names (kaixu/addons/store_choice.py), built at each (re)load."""
+    installed: list[Callable[[Policy], None]] = field(default_factory=list)
+    """Called with each policy `install` swaps in (the first load and every reload, whatever triggered it)."""
     key_snapshot: KeySnapshot | None = None
     """The store's keys as last read (kaixu/addons/store_keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
@@ -98,6 +104,8 @@ class Gateway:
             self.executor.pools.configure(policy)
         self.generation += 1
         self.last_reload_error = None
+        for listener in self.installed:
+            listener(policy)
 
     async def governor_ready(self) -> Governor | None:
         """The counters, waiting for them to open when the proxy has just started (None: they could not be)."""
@@ -130,7 +138,7 @@ class Gateway:
         """/health's `store`: where keys and the ledger are (a PostgreSQL host and database, never the dsn's
         user or password; or the SQLite file) and how the ledger's writes go."""
         policy = self.require_policy()
-        postgres = policy.store.get("postgres")
+        postgres = policy.store.postgres
         status: dict[str, object] = {"kind": "postgres" if postgres else "sqlite"}
         if self.ledger is not None:
             status.update(self.ledger.status())
@@ -139,7 +147,7 @@ class Gateway:
         if postgres:
             from kaixu.store.postgres import dsn_shown
 
-            status["location"] = dsn_shown(str(postgres["dsn"]))
+            status["location"] = dsn_shown(postgres.dsn)
         else:
-            status["path"] = policy.store.get("sqlite", ":memory:")
+            status["path"] = policy.store.sqlite
         return status

@@ -26,6 +26,7 @@ from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
 from kaixu.addons.seat_limits import Seats
 from kaixu.addons.settle import Settle
+from kaixu.addons.store_choice import StoreChoice
 from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
 from kaixu.chain import Chain
@@ -52,7 +53,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Seats(
-            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store)
+            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store.postgres)
         ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
@@ -62,6 +63,9 @@ def build_steps(gateway: Gateway) -> list[object]:
         Errors(),  # 10 upstream timeout + JSON error pages
         Stream(),  # 8 SSE pass-through meter or translator
         Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger
+        # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes
+        # them after every step that reads them has stopped
+        StoreChoice(gateway),
     ]
 
 

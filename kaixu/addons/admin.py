@@ -33,7 +33,6 @@ from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.request_body import BodyRefused, decompress, parse_json_object
 from kaixu.respond import error_json, error_response, json_response
-from kaixu.store import postgres
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
@@ -54,14 +53,13 @@ from kaixu.store.queries import (
     Filters,
     LedgerQueries,
     LedgerUnavailable,
-    SqliteLedgerQueries,
     costs_json,
     parse_time,
     prompt_entry_json,
     record_json,
     scope_json,
 )
-from kaixu.store.stores import key_store
+from kaixu.store.stores import Stores
 
 log = logging.getLogger("kaixu.admin")
 
@@ -169,8 +167,6 @@ _MAX_MODELS = 100
 class Admin:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._readers: dict[str, LedgerQueries] = {}
-        self._key_stores: dict[object, AsyncKeyStore] = {}
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         path = flow.request.path.partition("?")[0]
@@ -261,15 +257,16 @@ class Admin:
             return
         flow.response = json_response(call, status, body, {"cache-control": "no-store"})
 
+    def _stores(self) -> Stores:
+        """The stores of the policy in force, chosen when it loaded (kaixu/addons/store_choice.py)."""
+        stores = self.gateway.stores
+        if stores is None:
+            raise RuntimeError("the admin API runs before the stores are chosen")
+        return stores
+
     def _reader(self, call: Call) -> LedgerQueries:
         """The reader of the ledger the writer opened: `store.postgres` when set, else `store.sqlite`."""
-        pg = postgres.settings(call.policy.store)
-        where = pg[0] if pg is not None else str(call.policy.store.get("sqlite", ":memory:"))
-        reader = self._readers.get(where)
-        if reader is None:
-            made = postgres.PostgresLedgerQueries(*pg) if pg is not None else SqliteLedgerQueries(where)
-            reader = self._readers.setdefault(where, made)
-        return reader
+        return self._stores().queries
 
     # -- endpoints ---------------------------------------------------------------------------------------
 
@@ -321,17 +318,12 @@ class Admin:
     # -- store keys (docs/keys.md): SQLite in worker threads, PostgreSQL awaited (kaixu/store/keys.py) --------
 
     def _key_store(self, call: Call) -> AsyncKeyStore:
-        """The policy's key store, kept while the policy names the same one (a PostgreSQL store holds its pool)."""
-        store = call.policy.store
-        identity = (repr(store.get("postgres")), store.get("sqlite"))
-        cached = self._key_stores.get(identity)
-        if cached is None:
-            cached = key_store(store)
-            if cached is None:
-                raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one",
-                               "api_error", "key_store_unavailable")  # fmt: skip
-            self._key_stores[identity] = cached
-        return cached
+        """The policy's key store (one per `store:`, kept while the policy names the same one)."""
+        keys = self._stores().keys
+        if keys is None:
+            raise _Refused(503, "the policy keeps no store file (store.sqlite): store keys need one",
+                           "api_error", "key_store_unavailable")  # fmt: skip
+        return keys
 
     @staticmethod
     async def _in_store(call: Call, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -343,15 +335,6 @@ class Admin:
             log.warning("request %s: admin API: cannot use the key store: %s", call.request_id, describe(exc))
             raise _Refused(503, "kaixu cannot use its key store right now; retry shortly", "api_error",
                            "key_store_unavailable") from None  # fmt: skip
-
-    async def done(self) -> None:
-        for store in self._key_stores.values():
-            await store.close()
-        self._key_stores.clear()
-        for reader in self._readers.values():
-            if isinstance(reader, postgres.PostgresLedgerQueries):
-                await reader.close()
-        self._readers.clear()
 
     async def keys_list(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
         store = self._key_store(call)

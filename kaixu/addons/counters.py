@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kaixu.config.policy import StoreConfig
 from kaixu.gateway import Gateway
 from kaixu.limits import CountersUnavailable
 from kaixu.limits.governor import Governor, open_governor
@@ -19,21 +20,21 @@ log = logging.getLogger("kaixu.limits")
 class CounterBackend:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._store: dict[str, object] | None = None
+        self._store: StoreConfig | None = None
 
     def running(self) -> None:
         # Sync on purpose (an async `running` breaks mitmproxy's script reload); the work runs as a task.
-        store = dict(self.gateway.require_policy().store)
+        store = self.gateway.require_policy().store
         self._store = store
         self.gateway.governor_opening = asyncio.get_running_loop().create_task(self._open(store))
 
-    async def _open(self, store: dict[str, object]) -> Governor | None:
+    async def _open(self, store: StoreConfig) -> Governor | None:
         """None when the counters cannot be opened at all: requests with a budget or limit are then refused
         (503), never counted nowhere."""
         try:
             governor = await open_governor(store)
         except CountersUnavailable as e:
-            if "redis" not in store:
+            if store.redis is None:
                 log.error("the counters cannot be opened (requests with a budget or limit are refused until a "
                           "restart): %s", e)  # fmt: skip
                 self.gateway.counters_error = safe(e)
@@ -47,7 +48,7 @@ class CounterBackend:
 
     def configure(self, updated: set[str]) -> None:
         policy = self.gateway.policy
-        if self._store is not None and policy is not None and dict(policy.store) != self._store:
+        if self._store is not None and policy is not None and policy.store != self._store:
             log.warning("store: changed in the policy; budgets and limits keep their counters until a restart")
 
     async def done(self) -> None:

@@ -39,13 +39,12 @@ class LedgerWriter:
 
     async def _open(self) -> None:
         store = self.gateway.require_policy().store
-        pg = postgres.settings(store)
+        pg = store.postgres
         backend: LedgerStore | AsyncLedgerStore
         if pg is not None:
-            backend, where = postgres.PostgresLedgerStore(*pg), postgres.dsn_shown(pg[0])
+            backend, where = postgres.PostgresLedgerStore(pg.dsn, pg.pool_size), postgres.dsn_shown(pg.dsn)
         else:
-            backend = SqliteLedgerStore(store.get("sqlite", ":memory:"))
-            where = str(store.get("sqlite", ":memory:"))
+            backend, where = SqliteLedgerStore(store.sqlite), store.sqlite
         ledger = Ledger(backend, where=where)
         self.gateway.ledger = ledger
         await ledger.start()  # a store that cannot be opened yet is logged, and opened again at every flush

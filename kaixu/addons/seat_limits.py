@@ -123,12 +123,11 @@ class Seats:
     def cache(self, policy: Policy) -> SeatCache | None:
         """The cache of the policy's seat store (a new one when a reload names another store); None when the
         policy keeps no durable store (`:memory:`) or its PostgreSQL pool is not there."""
-        postgres = policy.store.get("postgres")
-        if postgres is not None:
+        if policy.store.postgres is not None:
             pool = self.postgres_pool() if self.postgres_pool is not None else None
             where: tuple[str, Any] | None = None if pool is None else ("postgres", pool)
         else:
-            path = str(policy.store.get("sqlite", ":memory:"))
+            path = policy.store.sqlite
             where = None if path == ":memory:" or path.startswith("file:") else ("sqlite", path)
         if where is None:
             return None

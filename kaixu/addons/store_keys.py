@@ -19,7 +19,6 @@ from kaixu.gateway import Gateway
 from kaixu.log import Outage
 from kaixu.store.keys import AsyncKeyStore, KeySnapshot, PepperMissing, StoredKey, pepper
 from kaixu.store.ledger import describe
-from kaixu.store.stores import key_store
 
 log = logging.getLogger("kaixu.keys")
 
@@ -31,31 +30,20 @@ class StoreKeys:
         self.gateway = gateway
         self.refresh_s = refresh_s
         self._task: asyncio.Task[None] | None = None
-        self._store: AsyncKeyStore | None = None
-        self._store_for: object = None
 
     def running(self) -> None:
         # Sync on purpose (like LedgerWriter.running): the work runs as a task.
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kaixu-store-keys")
 
     async def _current(self) -> AsyncKeyStore | None:
-        """The key store the policy in force names (PostgreSQL, or the SQLite file), made again when a reload
-        names another one; None when the policy keeps no keys (`store.sqlite: :memory:`)."""
-        store = self.gateway.require_policy().store
-        identity = (repr(store.get("postgres")), store.get("sqlite"))
-        if identity != self._store_for:
-            if self._store is not None:
-                await self._store.close()
-            self._store, self._store_for = key_store(store), identity
-        return self._store
+        """The key store the policy in force names (PostgreSQL, or the SQLite file), chosen when the policy
+        (re)loaded (`Gateway.stores`, closed by kaixu/addons/store_choice.py); None when the policy keeps no keys
+        (`store.sqlite: :memory:`)."""
+        stores = self.gateway.stores
+        return None if stores is None else stores.keys
 
     async def _run(self) -> None:
-        try:
-            await self._poll()
-        finally:
-            if self._store is not None:
-                await self._store.close()
-                self._store, self._store_for = None, None
+        await self._poll()
 
     async def _poll(self) -> None:
         try:

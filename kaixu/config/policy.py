@@ -286,6 +286,65 @@ class LedgerPolicy:
     content: ContentPolicy = field(default_factory=ContentPolicy)
 
 
+DEFAULT_POOL_SIZE = 10
+"""Connections each replica keeps to PostgreSQL at most (`store.postgres.pool_size`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    """`store.postgres:`: keys, seats and the ledger in PostgreSQL, shared by every replica."""
+
+    dsn: str
+    pool_size: int = DEFAULT_POOL_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """`store.redis:`: budgets and rate limits counted in Redis, shared by every replica."""
+
+    url: str
+    prefix: str = "kaixu:"
+    timeout_s: float = 0.5
+    fail: str = "closed"
+    """`open`: while Redis is down, requests pass uncounted; `closed`: they are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """`store:` parsed once as the policy loads: where state lives. The addon that builds the `Stores`
+    (kaixu/store/stores.py) reads this, and nothing reads the raw mapping after load."""
+
+    sqlite: str = ":memory:"
+    """The SQLite file (absolute once loaded), `:memory:` to keep nothing."""
+    counters: str = "memory"
+    """`memory` (per process, spend saved to `sqlite`) or `shared` (in the SQLite file, for several processes)."""
+    postgres: PostgresConfig | None = None
+    redis: RedisConfig | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None, base_dir: Path) -> StoreConfig:
+        """The `store:` mapping of a validated policy; a relative `sqlite` is relative to the policy's folder."""
+        store = dict(raw or {"sqlite": "kaixu.db"})
+        sqlite = str(store.get("sqlite", "kaixu.db"))
+        if sqlite != ":memory:":
+            sqlite = str((base_dir / sqlite).resolve())
+        pg = store.get("postgres")
+        redis = store.get("redis")
+        return cls(
+            sqlite=sqlite,
+            counters=str(store.get("counters", "memory")),
+            postgres=PostgresConfig(str(pg["dsn"]), int(pg.get("pool_size", DEFAULT_POOL_SIZE))) if pg else None,
+            redis=None
+            if redis is None
+            else RedisConfig(
+                str(redis["url"]),
+                prefix=redis.get("prefix", "kaixu:"),
+                timeout_s=float(redis.get("timeout_s", 0.5)),
+                fail=str(redis.get("fail", "closed")),
+            ),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ModelGlobs:
     """A `policies[]` model list, compiled once per load into one regular expression (fnmatch's syntax,
@@ -374,7 +433,7 @@ class Policy:
     max_body_bytes: int
     upstream_timeout_s: float
     default_model: str | None
-    store: dict[str, Any] = field(default_factory=dict)
+    store: StoreConfig = field(default_factory=StoreConfig)
     fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ca_file: str | None = None
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
@@ -710,11 +769,7 @@ def build_policy(
     auth = data.get("auth") or {}
     limits = data.get("limits") or {}
     listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
-    store = dict(data.get("store") or {"sqlite": "kaixu.db"})
-    store.setdefault("sqlite", "kaixu.db")
-    store.setdefault("counters", "memory")
-    if store["sqlite"] != ":memory:":
-        store["sqlite"] = str((base_dir / store["sqlite"]).resolve())
+    store = StoreConfig.parse(data.get("store"), base_dir)
     ca_file = (data.get("tls") or {}).get("ca_file")
 
     byok = bool(auth.get("byok", False))
@@ -737,7 +792,7 @@ def build_policy(
     used = {t.provider for route in [*models.values(), *patterns] for t in route.targets}
     for name in providers.keys() - used:
         warnings.append((("providers", name), "no model routes to this provider"))
-    if "postgres" in store and "redis" not in store:
+    if store.postgres is not None and store.redis is None:
         warnings.append(
             (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")
         )

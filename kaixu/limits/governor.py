@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Coroutine
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from kaixu.config.policy import AlertsPolicy
+from kaixu.config.policy import AlertsPolicy, StoreConfig
 from kaixu.limits import Counters, CountersUnavailable, Window, WindowHit
 from kaixu.limits.governance import Governance
 from kaixu.log import Outage, safe
@@ -208,20 +208,18 @@ class Governor:
         await self.counters.close()
 
 
-async def open_governor(store: dict[str, Any], *, check: bool = True) -> Governor:
+async def open_governor(store: StoreConfig, *, check: bool = True) -> Governor:
     """The backend `store:` names, opened (raises `CountersUnavailable` when it cannot be). `check=False`:
     Redis is not asked whether it answers (it is down at start: each call fails until it is back)."""
-    redis = store.get("redis")
+    redis = store.redis
     if redis is not None:
         from kaixu.limits.redis_counters import RedisCounters
 
-        backend = RedisCounters(
-            redis["url"], prefix=redis.get("prefix", "kaixu:"), timeout_s=float(redis.get("timeout_s", 0.5))
-        )
+        backend = RedisCounters(redis.url, prefix=redis.prefix, timeout_s=redis.timeout_s)
         counters: Counters = await backend.open() if check else backend
-        return Governor(counters, kind="redis", fail_open=redis.get("fail", "closed") == "open")
-    path = str(store.get("sqlite", ":memory:"))
-    if store.get("counters") == "shared" and path != ":memory:":
+        return Governor(counters, kind="redis", fail_open=redis.fail == "open")
+    path = store.sqlite
+    if store.counters == "shared" and path != ":memory:":
         from kaixu.limits.sqlite_counters import SqliteCounters
 
         return Governor(await SqliteCounters(path).open(), kind="sqlite")

@@ -41,6 +41,7 @@ from kaixu.limits import (
 )
 from kaixu.limits.sqlite_counters import SCHEMA, SETTLED_MEMORY_S
 from kaixu.log import Outage
+from kaixu.store.connect import WAL_NORMAL, open_sqlite
 
 log = logging.getLogger("kaixu.limits")
 
@@ -308,9 +309,7 @@ class _Holds:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    db = open_sqlite(path, timeout_s=5.0, pragmas=WAL_NORMAL)
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -30,6 +30,7 @@ from kaixu.limits import (
     new_id,
     window_answer,
 )
+from kaixu.store.connect import WAL_NORMAL, open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counter_spend (scope TEXT PRIMARY KEY, spent INTEGER NOT NULL) WITHOUT ROWID;
@@ -71,11 +72,9 @@ class SqliteCounters:
             while True:
                 db = None
                 try:
-                    db = sqlite3.connect(
-                        self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None
+                    db = open_sqlite(
+                        self.path, timeout_s=self.busy_timeout_s, pragmas=WAL_NORMAL, check_same_thread=False
                     )
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.execute("PRAGMA synchronous=NORMAL")
                     with _transaction(db):
                         for statement in SCHEMA.split(";"):
                             if statement.strip():

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
 from kaixu.config.policy import Budget, Period, RateLimits, VirtualKey
+from kaixu.store.connect import WAL, open_sqlite
 
 PEPPER_ENV = "KAIXU_KEY_PEPPER"
 MIN_PEPPER_CHARS = 16
@@ -297,10 +298,9 @@ class SqliteKeyStore:
     def _db(self, *, create: bool) -> Iterator[sqlite3.Connection]:
         if not create and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path} does not exist")
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        db = open_sqlite(self.path, timeout_s=self.busy_timeout_s, pragmas=WAL if create else ())
         try:
             if create:
-                db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
             add_missing_columns(db)
             yield db

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from kaixu.config.policy import DEFAULT_POOL_SIZE, PostgresConfig
 from kaixu.store.keys import COLUMNS as KEY_COLUMNS
 from kaixu.store.keys import KeyExists, KeyRevoked, StoredKey, key_row, key_values, snapshot_of
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
@@ -45,8 +46,6 @@ from kaixu.store.queries import (
     total_sql,
 )
 
-DEFAULT_POOL_SIZE = 10
-
 # -- the pool ----------------------------------------------------------------------------------------------
 
 _pools: dict[tuple[str, int], tuple[asyncpg.Pool, asyncio.AbstractEventLoop, int]] = {}
@@ -70,11 +69,10 @@ async def open_pool(dsn: str, size: int = DEFAULT_POOL_SIZE) -> asyncpg.Pool:
         return pool
 
 
-def pool_for(policy_store: dict[str, Any]) -> asyncpg.Pool | None:
+def pool_for(config: PostgresConfig | None) -> asyncpg.Pool | None:
     """The pool already open for the policy's `store.postgres` (the ledger opens it as the proxy starts), for
     steps that need it synchronously (the seats step); None before it is open or without `store.postgres`."""
-    spec = settings(policy_store)
-    held = None if spec is None else _pools.get(spec)
+    held = None if config is None else _pools.get((config.dsn, config.pool_size))
     return None if held is None else held[0]
 
 
@@ -100,14 +98,6 @@ def dsn_shown(dsn: str) -> str:
         return "postgresql://(unparsable dsn)"
     database = parsed.path.lstrip("/") or "(default)"
     return f"postgresql://{host}{port}/{database}"
-
-
-def settings(policy_store: dict[str, Any]) -> tuple[str, int] | None:
-    """`store.postgres` of a policy as (dsn, pool_size); None when the policy keeps state in SQLite."""
-    spec = policy_store.get("postgres")
-    if not spec:
-        return None
-    return str(spec["dsn"]), int(spec.get("pool_size", DEFAULT_POOL_SIZE))
 
 
 async def _in_schema_lock(connection: asyncpg.Connection, script: str) -> None:

@@ -29,10 +29,10 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from kaixu.pricing import usd
+from kaixu.store.connect import open_sqlite
 from kaixu.store.ledger import LedgerRecord, describe
 
 #: `group_by` and filter names -> ledger columns: the only column names a caller can choose.
@@ -513,7 +513,7 @@ class SqliteLedgerQueries:
         if not os.path.exists(self.path):
             raise LedgerUnavailable(f"no ledger at {self.path} (kaixu run creates it when it starts)")
         try:
-            db = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0)
+            db = open_sqlite(self.path, timeout_s=5.0, isolation_level="DEFERRED", read_only=True)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"cannot open the ledger {self.path}: {describe(exc)}") from exc
         try:

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from kaixu.store.connect import WAL, open_sqlite
+
 Claim = Literal["admitted", "full", "revoked"]
 """What claiming a seat gave: the install holds a seat (new or known), every seat is taken, or it was revoked."""
 
@@ -130,10 +132,9 @@ class SqliteSeatStore:
     def _db(self, *, create: bool) -> Iterator[sqlite3.Connection]:
         if not create and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path} does not exist")
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        db = open_sqlite(self.path, timeout_s=self.busy_timeout_s, pragmas=WAL if create and not self._ready else ())
         try:
             if create and not self._ready:
-                db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SQLITE_SCHEMA)
                 self._ready = True
             yield db

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 
+from kaixu.store.connect import WAL_NORMAL, open_sqlite
 from kaixu.store.keys import SCHEMA as KEYS_SCHEMA
 from kaixu.store.keys import add_missing_columns as add_missing_key_columns
 from kaixu.store.ledger import FIELD_KINDS, LedgerRecord, StoreUnavailable, describe
@@ -76,10 +77,8 @@ class SqliteLedgerStore:
     def open(self) -> None:
         with self._lock:
             self._close()
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
+            db = open_sqlite(self.path, timeout_s=self.busy_timeout_s, pragmas=WAL_NORMAL, check_same_thread=False)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
                 db.executescript(KEYS_SCHEMA)  # the store keys (kaixu keys create), read by kaixu/addons/store_keys.py
                 _add_missing_columns(db)
