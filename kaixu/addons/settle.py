@@ -203,7 +203,7 @@ class Settle:
         if governor is not None and call.governance.holds:
             used = call.bill.usage
             tokens = used.input_tokens + used.output_tokens if used else None
-            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts)
+            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts, call.policy.ca_file)
         provider = call.route.provider.name if call.route.provider else "-"
         model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
         who = attribution(call)

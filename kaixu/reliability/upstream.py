@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import certifi
+from kaixu.trust import ssl_context
 
 #: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
 #: made the request itself (the executor, the relay).
@@ -127,7 +127,7 @@ class Response:
 
 class UpstreamClient:
     def __init__(self, ca_file: str | None) -> None:
-        self._ssl = ssl.create_default_context(cafile=ca_file or certifi.where())
+        self._ssl = ssl_context(ca_file)
         self._idle: dict[Origin, list[_Connection]] = {}
 
     async def send(
