@@ -29,7 +29,7 @@ class Local:
             health = front_door(call.front).health_body
             if health is not None:
                 policy = call.policy
-                key_configured = any(p.api_key or p.kind == "mock" for p in policy.providers.values())
+                key_configured = any(p.has_key for p in policy.providers.values())
                 body = health(key_configured, bool(policy.keys), policy.anonymous)
                 flow.response = json_response(call, 200, body)
 

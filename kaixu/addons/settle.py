@@ -24,7 +24,7 @@ from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import count_request
-from kaixu.pricing import convert_micros
+from kaixu.pricing import cents, convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.reliability.served import answer_headers
 from kaixu.request_facts import attribution
@@ -183,7 +183,7 @@ class Settle:
         context = call.seed_context
         if context is not None and bill.cost_micros is not None:  # the seeds' own cost fields
             eur = convert_micros(bill.cost_micros, call.policy.pricing.eur_per_usd)
-            context = replace(context, cost_cents=bill.cost_micros / 10_000, cost_eur=eur / 1_000_000)
+            context = replace(context, cost_cents=cents(bill.cost_micros), cost_eur=eur / 1_000_000)
         replace_body(response, fronts.encode_response(call.front, answer, context, call.canonical))
 
     def _count(self, request: http.Request, call: Call, status: int, error: str | None) -> None:

@@ -161,6 +161,12 @@ def usd(micros: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def cents(micros: int) -> float:
+    """Micro-dollars as US cents, for the seed answers that count in cents (Gateway 13's `cost_cents`, its
+    month caps and spends): 1234 -> 0.1234. A display value only: money is kept and summed in micro-dollars."""
+    return micros / 10_000
+
+
 def convert_micros(micros: int, rate: Fraction) -> int:
     """Micro-dollars in another currency at ``rate`` units per USD (``pricing.eur_per_usd``), rounded half up."""
     return int(micros * rate + Fraction(1, 2))
