@@ -11,6 +11,7 @@ from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from kaixu.config import ProviderConfig
+from kaixu.formats.doors import GEMINI_ACTION_FOR
 from kaixu.metrics import UPSTREAM_ERRORS
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -20,12 +21,6 @@ _ANTHROPIC_PATHS = {
     "chat": "/v1/messages",
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
-}
-_GEMINI_ACTIONS = {
-    "chat": "generateContent",
-    "count_tokens": "countTokens",
-    "embeddings": "embedContent",
-    "batch_embeddings": "batchEmbedContents",
 }
 
 
@@ -51,7 +46,7 @@ def endpoint_url(
     elif wire == "anthropic":
         path = _ANTHROPIC_PATHS.get(operation)
     elif wire == "gemini":
-        action = _GEMINI_ACTIONS.get(operation)
+        action = GEMINI_ACTION_FOR.get(operation)
         name = quote(model, safe="")  # a model name never steers the path: `/`, `?`, `..` stay inside it
         if action is None:
             path = None
