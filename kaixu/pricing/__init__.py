@@ -17,6 +17,7 @@ from fractions import Fraction
 from importlib import resources
 from typing import Any
 
+from kaixu.exceptions import KaixuError
 from kaixu.formats.canonical import Usage
 
 __all__ = [
@@ -45,7 +46,7 @@ _ENTRY_FIELDS = {*RATE_FIELDS, "tiers", "aliases", "source", "as_of", "note", "m
 DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
-class PricingError(ValueError):
+class PricingError(KaixuError, ValueError):
     """A price entry that cannot be used: a missing or negative rate, an unknown field."""
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from kaixu.config import ProviderConfig
+from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import GEMINI_ACTION_FOR
 from kaixu.metrics import UPSTREAM_ERRORS
 
@@ -24,8 +25,10 @@ _ANTHROPIC_PATHS = {
 }
 
 
-class UnsupportedOperation(Exception):
+class UnsupportedOperation(KaixuError):
     """This provider kind has no endpoint for the operation."""
+
+    status, type, code = 400, "invalid_request_error", "unsupported_operation"
 
 
 def base_url(provider: ProviderConfig, wire: str, mock_url: str | None) -> str:

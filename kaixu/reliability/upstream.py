@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from kaixu.exceptions import KaixuError
 from kaixu.trust import ssl_context
 
 #: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
@@ -36,12 +37,16 @@ READ_SIZE = 65536
 Origin = tuple[str, str, int]
 
 
-class ConnectError(OSError):
+class ConnectError(OSError, KaixuError):
     """The provider could not be reached: refused, unknown host, TLS failure, connect timeout."""
 
+    status, type, code = 502, "api_error", "upstream_connect_error"
 
-class ProtocolError(OSError):
+
+class ProtocolError(OSError, KaixuError):
     """The provider broke the exchange: it closed the connection, or sent what is not HTTP/1.1."""
+
+    status, type, code = 502, "api_error", "upstream_protocol_error"
 
 
 @dataclass(slots=True)
