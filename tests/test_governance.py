@@ -374,10 +374,10 @@ def _webhook(tls: ssl.SSLContext | None = None) -> tuple[http.server.ThreadingHT
     return server, posted, f"{scheme}://127.0.0.1:{server.server_port}/hook"
 
 
-def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fake: FakeProvider) -> None:
-    server, posted, hook = _webhook()
+def _spend_past_the_alert(tmp_path: Path, fake: FakeProvider, hook: str, **overrides: Any) -> Kaixu:
+    """A kaixu whose key `watched` has spent past `alerts.budget_percent` (5 %) of its cap: it is running."""
     policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")},
-                        alerts={"budget_percent": 5, "webhook": hook})  # fmt: skip
+                        alerts={"budget_percent": 5, "webhook": hook}, **overrides)  # fmt: skip
     policy["keys"].append(
         {"name": "watched", "hash": key_hash("sk-watched"), "budget": {"usd": 0.0001, "period": "day"}}
     )
@@ -385,6 +385,16 @@ def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fak
     try:
         for _ in range(6):
             assert chat(kaixu, "sk-watched").status_code == 200
+    except BaseException:
+        kaixu.stop()
+        raise
+    return kaixu
+
+
+def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fake: FakeProvider) -> None:
+    server, posted, hook = _webhook()
+    kaixu = _spend_past_the_alert(tmp_path, fake, hook)
+    try:
         wait_for(lambda: len(posted) >= 1, 10, "the webhook")
         assert posted[0]["level"] == "key" and posted[0]["name"] == "watched" and posted[0]["cap_usd"] == "0.000100"
         assert posted[0]["percent"] >= 5
@@ -399,15 +409,8 @@ def test_an_https_webhook_is_trusted_by_the_policys_ca_file(tmp_path: Path, fake
     # `tls.ca_file` is the one trust store: the executor's upstream client and the alert webhook both read it
     ca_file, server_tls = make_tls_files(tmp_path)
     server, posted, hook = _webhook(server_tls)
-    policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")}, tls={"ca_file": str(ca_file)},
-                        alerts={"budget_percent": 5, "webhook": hook})  # fmt: skip
-    policy["keys"].append(
-        {"name": "watched", "hash": key_hash("sk-watched"), "budget": {"usd": 0.0001, "period": "day"}}
-    )
-    kaixu = Kaixu(tmp_path, policy).start()
+    kaixu = _spend_past_the_alert(tmp_path, fake, hook, tls={"ca_file": str(ca_file)})
     try:
-        for _ in range(6):
-            assert chat(kaixu, "sk-watched").status_code == 200
         wait_for(lambda: len(posted) >= 1 or "budget alert webhook failed" in kaixu.log(), 10, "the webhook")
         assert "budget alert webhook failed" not in kaixu.log()
         assert posted[0]["level"] == "key" and posted[0]["name"] == "watched"
