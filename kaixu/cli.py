@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import hashlib
 import json
 import logging
 import logging.handlers
@@ -158,14 +157,18 @@ class ListenFailure(logging.Filter):
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:
+    from kaixu.credentials import key_hash
+
     key = args.key if args.key != "-" else sys.stdin.readline().strip()
-    print("sha256:" + hashlib.sha256(key.encode()).hexdigest())
+    print("sha256:" + key_hash(key))
     return 0
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
+    from kaixu.credentials import key_hash
+
     key = "sk-kaixu-" + secrets.token_urlsafe(24)
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    digest = key_hash(key)
     print(f"key (shown once, store it now): {key}", file=sys.stderr)
     team = f", team: {args.team}" if args.team else ""
     print(f'  - {{name: {args.name}, hash: "sha256:{digest}"{team}}}')

@@ -37,6 +37,9 @@ def presented_key(request: http.Request) -> str | None:
 
 
 def key_hash(key: str) -> str:
+    """The hex sha256 the policy lists a key by (`keys[].hash`, `admin_keys[].hash` as `sha256:<hex>`): the one
+    encoding, read by the auth step and printed by `kaixu keys hash` / `kaixu keys new`. A header value is bytes
+    that mitmproxy decodes with `surrogateescape` (and so is a command-line argument), so the bytes are hashed."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 

@@ -71,6 +71,8 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.version import VERSION
 
+from kaixu.exceptions import KaixuError
+
 log = logging.getLogger("kaixu.mitm")
 
 #: The mitmproxy releases whose internals this module was written against and tested with.
@@ -103,7 +105,7 @@ _installed = False
 _tested = False
 
 
-class IncompatibleMitmproxy(RuntimeError):
+class IncompatibleMitmproxy(KaixuError, RuntimeError):
     """The installed mitmproxy is not one whose internals kaixu knows."""
 
 

@@ -9,6 +9,7 @@ import json
 import zlib
 from typing import Any
 
+from kaixu.exceptions import KaixuError
 from kaixu.formats import json_type
 
 #: Deepest JSON nesting accepted. Chat bodies nest about 10 deep (tool schemas a little more).
@@ -16,10 +17,14 @@ MAX_JSON_DEPTH = 64
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-class BodyRefused(Exception):
+class BodyRefused(KaixuError):
+    """A request body kaixu will not read (its encoding, its size once decoded): an `invalid_request_error`."""
+
+    type = "invalid_request_error"
+
     def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        super().__init__(message, status=status, code=code)
+        self.message = message
 
 
 def decompress(raw: bytes, encoding: str, limit: int) -> bytes:

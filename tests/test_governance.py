@@ -5,7 +5,10 @@ google-genai SDKs, and the seed APIs. Refusals are never forwarded: the fake pro
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,6 +25,7 @@ from google.genai import types
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import Kaixu, key_hash, ledger_row, policy_for, wait_for
+from tests.tls import make_tls_files
 
 BUDGETED, LIMITED, PARALLEL, TOKENS, TEAMED, PLAIN, EXPIRED = (
     "sk-budget", "sk-rpm", "sk-par", "sk-tpm", "sk-team", "sk-plain", "sk-expired",
@@ -349,11 +353,8 @@ def test_gateway13_shows_the_keys_real_monthly_cap_and_spend(gateway: Kaixu) -> 
     assert second["month"]["key_spent_cents"] >= first["month"]["key_spent_cents"] + first["usage"]["cost_cents"]
 
 
-def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fake: FakeProvider) -> None:
-    import http.server
-    import json
-    import threading
-
+def _webhook(tls: ssl.SSLContext | None = None) -> tuple[http.server.ThreadingHTTPServer, list[dict[str, Any]], str]:
+    """A local budget-alert webhook (HTTPS with ``tls``): the server, what it was posted, its URL."""
     posted: list[dict[str, Any]] = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
@@ -366,10 +367,17 @@ def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fak
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    hook = f"http://127.0.0.1:{server.server_port}/hook"
+    scheme = "https" if tls is not None else "http"
+    return server, posted, f"{scheme}://127.0.0.1:{server.server_port}/hook"
+
+
+def _spend_past_the_alert(tmp_path: Path, fake: FakeProvider, hook: str, **overrides: Any) -> Kaixu:
+    """A kaixu whose key `watched` has spent past `alerts.budget_percent` (5 %) of its cap: it is running."""
     policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "ledger.db")},
-                        alerts={"budget_percent": 5, "webhook": hook})  # fmt: skip
+                        alerts={"budget_percent": 5, "webhook": hook}, **overrides)  # fmt: skip
     policy["keys"].append(
         {"name": "watched", "hash": key_hash("sk-watched"), "budget": {"usd": 0.0001, "period": "day"}}
     )
@@ -377,11 +385,35 @@ def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fak
     try:
         for _ in range(6):
             assert chat(kaixu, "sk-watched").status_code == 200
+    except BaseException:
+        kaixu.stop()
+        raise
+    return kaixu
+
+
+def test_a_soft_alert_logs_counts_and_posts_the_webhook_once(tmp_path: Path, fake: FakeProvider) -> None:
+    server, posted, hook = _webhook()
+    kaixu = _spend_past_the_alert(tmp_path, fake, hook)
+    try:
         wait_for(lambda: len(posted) >= 1, 10, "the webhook")
         assert posted[0]["level"] == "key" and posted[0]["name"] == "watched" and posted[0]["cap_usd"] == "0.000100"
         assert posted[0]["percent"] >= 5
         assert len(posted) == 1, "once per budget and period"
         assert "budget alert: key watched" in kaixu.log()
+    finally:
+        kaixu.stop()
+        server.shutdown()
+
+
+def test_an_https_webhook_is_trusted_by_the_policys_ca_file(tmp_path: Path, fake: FakeProvider) -> None:
+    # `tls.ca_file` is the one trust store: the executor's upstream client and the alert webhook both read it
+    ca_file, server_tls = make_tls_files(tmp_path)
+    server, posted, hook = _webhook(server_tls)
+    kaixu = _spend_past_the_alert(tmp_path, fake, hook, tls={"ca_file": str(ca_file)})
+    try:
+        wait_for(lambda: len(posted) >= 1 or "budget alert webhook failed" in kaixu.log(), 10, "the webhook")
+        assert "budget alert webhook failed" not in kaixu.log()
+        assert posted[0]["level"] == "key" and posted[0]["name"] == "watched"
     finally:
         kaixu.stop()
         server.shutdown()

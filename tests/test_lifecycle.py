@@ -276,6 +276,24 @@ def test_keys_new_prints_a_policy_line_that_authenticates_the_key(fake: FakeProv
         gateway.stop()
 
 
+def test_keys_hash_of_a_key_that_is_not_utf8_authenticates_it(fake: FakeProvider, workdir: Path) -> None:
+    # a key is bytes on the wire: `kaixu keys hash` hashes it as the auth step does (one key_hash), not crash on it
+    raw = b"sk-\xff-latin1"
+    hashed = subprocess.run([sys.executable, "-m", "kaixu", "keys", "hash", raw], capture_output=True, timeout=60)
+    assert hashed.returncode == 0, hashed.stderr
+    policy = policy_for(fake.base_url)
+    policy["keys"].append({"name": "raw", "hash": hashed.stdout.decode().strip()})
+    gateway = Kaixu(workdir, policy).start()
+    try:
+        body = {"model": "gpt-4o-mini", "messages": HELLO}
+        answer = httpx.post(
+            gateway.url + "/v1/chat/completions", json=body, headers={"authorization": b"Bearer " + raw}
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        gateway.stop()
+
+
 def test_ledger_records_who_the_client_says_it_is(fake: FakeProvider, workdir: Path) -> None:
     gateway = Kaixu(workdir, policy_for(fake.base_url, store={"sqlite": "ledger.db"})).start()
     try:

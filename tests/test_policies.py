@@ -24,6 +24,7 @@ from tests.harness import Kaixu, key_hash, ledger_row, policy_for, wait_for
 from tests.test_policy_check import check
 
 GROWTH, CAPPED, CLAMPED, SHADOW, PLAIN = "sk-growth", "sk-capped", "sk-clamped", "sk-shadow", "sk-plain"
+NARROW = "sk-narrow"
 PULSE = "/api/ai/request"
 CAP = 60
 
@@ -42,8 +43,8 @@ POLICIES: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
     work = tmp_path_factory.mktemp("policies")
-    policy = policy_for(fake.base_url, store={"sqlite": str(work / "ledger.db")}, teams={"growth": {}},
-                        policies=POLICIES)  # fmt: skip
+    teams = {"growth": {}, "narrow": {"models": ["gpt-4o-mini", "claude-test", "mock-model"]}}
+    policy = policy_for(fake.base_url, store={"sqlite": str(work / "ledger.db")}, teams=teams, policies=POLICIES)
     policy["models"]["gpt-4"] = {"route": [{"provider": "oai"}]}
     policy["keys"] += [
         {"name": "growth", "hash": key_hash(GROWTH), "team": "growth"},
@@ -51,6 +52,7 @@ def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Ite
         {"name": "clamped", "hash": key_hash(CLAMPED)},
         {"name": "shadowed", "hash": key_hash(SHADOW)},
         {"name": "plain", "hash": key_hash(PLAIN)},
+        {"name": "narrowed", "hash": key_hash(NARROW), "team": "narrow"},
     ]
     kaixu = Kaixu(work, policy).start()
     yield kaixu
@@ -132,6 +134,38 @@ def test_an_empty_match_applies_to_everyone(gateway: Kaixu) -> None:
         response = pulse(gateway, key, {"model": "mock-model", "prompt": "hi"})
         assert response.status_code == 403
         assert response.json()["error"] == 'Model mock-model is blocked by policy "Everyone"'
+
+
+def listed(gateway: Kaixu, key: str) -> dict[str, set[str]]:
+    """The model list each SDK's door gives the key (OpenAI, Anthropic and Gemini shapes)."""
+    openai_ids = {m.id for m in oai(gateway, key).models.list()}
+    anthropic_ids = {m.id for m in claude(gateway, key).models.list()}
+    gemini = httpx.get(gateway.url + "/v1beta/models", headers={"x-goog-api-key": key})
+    assert gemini.status_code == 200
+    gemini_ids = {m["name"].removeprefix("models/") for m in gemini.json()["models"]}
+    return {"openai": openai_ids, "anthropic": anthropic_ids, "gemini": gemini_ids}
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [(GROWTH, {"gpt-4o-mini", "claude-test"}), (NARROW, {"gpt-4o-mini", "claude-test"})],
+    ids=["policies-deny-and-allow", "team-models"],
+)
+def test_the_model_list_hides_what_routing_refuses(gateway: Kaixu, fake: FakeProvider, key: str,
+                                                   expected: set[str]) -> None:  # fmt: skip
+    # growth: its rule allows gpt-4* and claude-* but denies gpt-4, and "Everyone" denies mock-model;
+    # narrowed: its team's `models` leave gpt-4o-mini, claude-test and mock-model, and "Everyone" denies mock-model
+    lists = listed(gateway, key)
+    assert lists == {"openai": expected, "anthropic": expected, "gemini": expected}
+    for model in ("gpt-4", "gemini-test", "mock-model", "alias"):
+        assert model not in expected
+        with pytest.raises(openai.PermissionDeniedError):
+            oai(gateway, key).chat.completions.create(model=model, messages=HI)  # type: ignore[arg-type]
+        one = httpx.get(gateway.url + f"/v1/models/{model}", headers={"authorization": f"Bearer {key}"})
+        assert one.status_code == 404, model
+    assert fake.requests == []
+    assert httpx.get(gateway.url + "/v1/models/gpt-4o-mini", headers={"authorization": f"Bearer {key}"}).json()[
+        "id"] == "gpt-4o-mini"  # fmt: skip
 
 
 # --- app and project: Pulse's body or kaixu's headers ----------------------------------------------------------

@@ -28,6 +28,7 @@ from mitmproxy import http
 from kaixu.call import Call, get_call
 from kaixu.config.policy import usd_micros
 from kaixu.credentials import admin_refusal
+from kaixu.exceptions import KaixuError
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
@@ -85,7 +86,9 @@ _TIME_PARAMS = ("from", "to")
 _CREDENTIAL_PARAM = "key"
 
 
-class BadParameter(ValueError):
+class BadParameter(KaixuError, ValueError):
+    status, type, code = 400, "invalid_request_error", "invalid_parameter"
+
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
         self.name = name
@@ -238,22 +241,22 @@ class Admin:
             else:
                 body = await (handler(call, reader, params) if rest is None else handler(call, reader, params, rest))
         except BodyRefused as refused:
-            flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)
+            flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         except _Refused as refused:
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         except BadParameter as exc:
-            error = error_json(call.front, call.request_id, 400, str(exc), "invalid_request_error", "invalid_parameter")
+            error = error_json(call.front, call.request_id, exc.status, str(exc), exc.type, exc.code)
             error["error"]["param"] = exc.name
-            flow.response = json_response(call, 400, error)
+            flow.response = json_response(call, exc.status, error)
             return
         except LedgerUnavailable as exc:
             log.warning("request %s: admin API: %s", call.request_id, exc)
             flow.response = error_response(call, 503, str(exc), "api_error", "ledger_unavailable")
             return
         except _NotFound as exc:
-            flow.response = error_response(call, 404, str(exc), "not_found_error", "unknown_key")
+            flow.response = error_response(call, exc.status, str(exc), exc.type, exc.code)
             return
         flow.response = json_response(call, status, body, {"cache-control": "no-store"})
 
@@ -463,11 +466,11 @@ def _governance_fields(body: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-class _NotFound(Exception):
-    pass
+class _NotFound(KaixuError):
+    status, type, code = 404, "not_found_error", "unknown_key"
 
 
-class _Refused(Exception):
+class _Refused(KaixuError):
     def __init__(self, status: int, message: str, type: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type, code
+        super().__init__(message, status=status, type=type, code=code)
+        self.message = message

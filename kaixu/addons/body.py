@@ -39,7 +39,7 @@ class Body:
                 request.content = raw  # (sets content-length too)
             body = parse_json_object(raw)
         except BodyRefused as refused:
-            flow.response = error_response(call, refused.status, refused.message, "invalid_request_error", refused.code)
+            flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
         call.body = body
         problem = self._read_request_fields(call, call.endpoint, body)

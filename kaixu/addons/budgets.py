@@ -45,6 +45,7 @@ from kaixu.log import safe
 from kaixu.metrics import GOVERNANCE_REFUSALS, POLICY_SHADOW_REFUSALS
 from kaixu.permission import match_facts
 from kaixu.pricing import Price, cost_micros, usd
+from kaixu.pricing import cents as to_cents
 from kaixu.request_facts import end_customer, requested_answers, requested_output
 from kaixu.respond import error_json, json_response
 from kaixu.routing import reachable_targets
@@ -197,7 +198,7 @@ class Budgets:
         for level in levels:
             if level.level in ("key", "customer") and level.budget.period == "month":
                 spent = await governor.counters.spent(level.scope)
-                cents[level.level] = (level.budget.usd_micros / 10_000, spent / 10_000)
+                cents[level.level] = (to_cents(level.budget.usd_micros), to_cents(spent))
         key_cap, key_spent = cents.get("key", (0, 0))
         customer_cap, customer_spent = cents.get("customer", (key_cap, key_spent))
         month = MonthRollup(customer_cap_cents=customer_cap, customer_spent_cents=customer_spent,

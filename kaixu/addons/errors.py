@@ -16,6 +16,7 @@ from mitmproxy import http
 
 from kaixu import mitm
 from kaixu.call import Call, call_for_request, get_call
+from kaixu.formats import class_type
 from kaixu.formats.doors import front_for_path
 from kaixu.log import safe
 from kaixu.mitm import ErrorCode
@@ -39,7 +40,7 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
         request_id = call.request_id
     else:
         request_id = str(uuid.uuid4())
-        type = "invalid_request_error" if status < 500 else "api_error"
+        type = class_type(status)
         error_code = "bad_request" if status < 500 else "gateway_error"
         body = error_json(front_for_path(path.partition("?")[0]), request_id, status, reason, type, error_code)
     headers = {"connection": "close", "x-request-id": request_id, "x-kaixu-request-id": request_id}
@@ -62,7 +63,7 @@ def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tup
     if status == 502:
         failure = upstream_failure("connect" if connect_failed else "protocol", provider, reason)
         return failure.status, failure.message, failure.type, failure.code
-    return status, reason, "api_error" if status >= 500 else "invalid_request_error", "gateway_error"
+    return status, reason, class_type(status), "gateway_error"
 
 
 class Errors:

@@ -145,10 +145,7 @@ class Ingress:
                 "generation": self.gateway.generation,
                 "last_reload_error": self.gateway.last_reload_error,
             },
-            "providers": {
-                name: {"kind": p.kind, "key_configured": bool(p.api_key) or p.kind == "mock"}
-                for name, p in policy.providers.items()
-            },
+            "providers": {name: {"kind": p.kind, "key_configured": p.has_key} for name, p in policy.providers.items()},
             "store": self.gateway.store_status(),
             "counters": counters,
             "routing": self.queue_status(),

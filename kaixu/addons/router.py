@@ -64,7 +64,7 @@ class Router:
             try:
                 flow.response = self._count_tokens_locally(call)
             except FormatError as exc:
-                flow.response = error_response(call, 400, str(exc), "invalid_request_error", "invalid_field")
+                flow.response = error_response(call, exc.status, str(exc), exc.type, exc.code)
             return
         # a fallback first, retries, timeouts, a queue; or a stream of a door with keep-alives (through the relay)
         if start or chain[0].guarded or (call.stream and front_door(call.front).keepalive_s is not None):

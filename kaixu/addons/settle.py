@@ -24,7 +24,7 @@ from kaixu.formats.droppable import summary
 from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import count_request
-from kaixu.pricing import convert_micros
+from kaixu.pricing import cents, convert_micros
 from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.reliability.served import answer_headers
 from kaixu.request_facts import attribution
@@ -183,7 +183,7 @@ class Settle:
         context = call.seed_context
         if context is not None and bill.cost_micros is not None:  # the seeds' own cost fields
             eur = convert_micros(bill.cost_micros, call.policy.pricing.eur_per_usd)
-            context = replace(context, cost_cents=bill.cost_micros / 10_000, cost_eur=eur / 1_000_000)
+            context = replace(context, cost_cents=cents(bill.cost_micros), cost_eur=eur / 1_000_000)
         replace_body(response, fronts.encode_response(call.front, answer, context, call.canonical))
 
     def _count(self, request: http.Request, call: Call, status: int, error: str | None) -> None:
@@ -203,7 +203,7 @@ class Settle:
         if governor is not None and call.governance.holds:
             used = call.bill.usage
             tokens = used.input_tokens + used.output_tokens if used else None
-            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts)
+            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts, call.policy.ca_file)
         provider = call.route.provider.name if call.route.provider else "-"
         model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
         who = attribution(call)

@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from kaixu.config.policy import Policy, build_policy, reference_problems, renamed_fields
+from kaixu.exceptions import KaixuError
 from kaixu.formats import json_type
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -41,7 +42,7 @@ class Problem:
         return f"{where}{self.path or '(top level)'}: {self.message}"
 
 
-class PolicyError(Exception):
+class PolicyError(KaixuError):
     """The policy cannot be used; `problems` lists every reason."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:

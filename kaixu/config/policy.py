@@ -44,6 +44,12 @@ class ProviderConfig:
     supports_tools: bool = True
     """False: a request with tools never goes here (the Intelligent AI Gateway's `supportsTools`)."""
 
+    @property
+    def has_key(self) -> bool:
+        """Whether kaixu can call it without the client's own key: it has an `api_key`, or it is the mock, which
+        needs none (the health answers' `key_configured`, `kaixu check`'s warning)."""
+        return self.kind == "mock" or bool(self.api_key)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteTarget:
@@ -785,7 +791,7 @@ def build_policy(
     )
     warnings: list[tuple[tuple[Any, ...], str]] = []
     for name, provider in providers.items():
-        if provider.kind != "mock" and not provider.api_key and not byok:
+        if not provider.has_key and not byok:
             warnings.append(
                 (("providers", name), "no api_key and auth.byok is off: requests routed here are answered 500")
             )

@@ -7,7 +7,7 @@ for what a codec does and ``canonical`` for the model they translate through.
 from __future__ import annotations
 
 from . import anthropic, gemini, openai
-from ._common import json_type
+from ._common import class_type, json_type
 from .base import Codec, StreamDecoder, StreamEncoder
 from .canonical import estimate_tokens
 from .errors import FormatError, UnsupportedFeature
@@ -19,6 +19,7 @@ __all__ = [
     "StreamDecoder",
     "StreamEncoder",
     "UnsupportedFeature",
+    "class_type",
     "estimate_tokens",
     "get_codec",
     "json_type",

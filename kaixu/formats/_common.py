@@ -240,8 +240,15 @@ def reports_usage(raw: Any, counters: tuple[str, ...]) -> bool:
     return isinstance(raw, dict) and any(isinstance(raw.get(name), int) for name in counters)
 
 
+def class_type(status: int) -> str:
+    """The error type of a status by its class alone: kaixu's own errors that name no finer type (mitmproxy's
+    protocol errors, kaixu/addons/errors.py), and the fallback of `status_type`."""
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
 def status_type(status: int) -> str:
-    return STATUS_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    """The error type a provider's status means when its body names none (`STATUS_TYPES`, else its class)."""
+    return STATUS_TYPES.get(status) or class_type(status)
 
 
 def decode_error_body(status: int, body: bytes) -> tuple[str, str]:

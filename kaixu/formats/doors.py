@@ -257,13 +257,18 @@ KEY_QUERY: tuple[str, ...] = tuple(door.key_query for door in DOORS.values() if 
 #: The doors' own health paths (kaixu's is `/health`).
 HEALTH_PATHS: tuple[str, ...] = tuple(door.health_path for door in DOORS.values() if door.health_path)
 
-_GEMINI_ACTIONS = {
+#: The Gemini API's actions (`/v1beta/models/{model}:{action}`) and kaixu's operation for each: the one table,
+#: read inbound (a Gemini client's path, here), outbound (the upstream URL, kaixu/providers/__init__.py) and by
+#: the mock provider.
+GEMINI_ACTIONS = {
     "generateContent": "chat",
     "streamGenerateContent": "chat",
     "countTokens": "count_tokens",
     "embedContent": "embeddings",
     "batchEmbedContents": "batch_embeddings",
 }
+#: The action kaixu calls upstream for an operation (a streamed chat asks `streamGenerateContent` instead).
+GEMINI_ACTION_FOR = {operation: action for action, operation in GEMINI_ACTIONS.items() if "stream" not in action}
 # google-genai calls /v1beta/...; newer releases default to /v1/...; both are the same API.
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
 # GET one model: /v1/models/{id} (OpenAI, Anthropic; Gemini under /v1beta too), answered by addons/local.py.
@@ -286,9 +291,9 @@ def door_for_path(path: str) -> Found | None:
     if endpoint is not None:
         return Found(endpoint)
     match = _GEMINI_PATH.match(path)
-    if match and match["action"] in _GEMINI_ACTIONS:
+    if match and match["action"] in GEMINI_ACTIONS:
         stream = match["action"] == "streamGenerateContent"
-        return Found(Endpoint(GEMINI.name, _GEMINI_ACTIONS[match["action"]], _POST, True, stream), match["model"])
+        return Found(Endpoint(GEMINI.name, GEMINI_ACTIONS[match["action"]], _POST, True, stream), match["model"])
     match = _MODEL_PATH.match(path)
     if match:
         front = GEMINI.name if path.startswith(GEMINI.path_prefixes) else OPENAI.name

@@ -7,9 +7,13 @@ instead of a bare "bad request".
 
 from __future__ import annotations
 
+from kaixu.exceptions import KaixuError
 
-class FormatError(ValueError):
+
+class FormatError(KaixuError, ValueError):
     """A body does not follow its wire format (missing field, wrong type, bad value)."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_field"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -26,11 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from kaixu.exceptions import KaixuError
 
-class CountersUnavailable(Exception):
+
+class CountersUnavailable(KaixuError):
     """The backend cannot answer (Redis unreachable or timed out, the SQLite file locked too long or unreadable).
     A typed error so that the caller can fail closed (503 with `Retry-After`) or open, as the policy says,
     instead of guessing from a driver's exception."""
+
+    status, type, code = 503, "api_error", "counters_unavailable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from kaixu.log import Outage, safe
 from kaixu.metrics import BUDGET_ALERTS, GOVERNANCE_FAIL_OPEN, GOVERNANCE_REFUSALS
 from kaixu.pricing import usd
 from kaixu.respond import error_response
+from kaixu.trust import ssl_context
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -142,17 +143,29 @@ class Governor:
                 self.outage.recovered()
 
     def finish(
-        self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None = None
+        self,
+        governance: Governance,
+        cost_micros: int | None,
+        tokens: int | None,
+        alerts: AlertsPolicy | None = None,
+        ca_file: str | None = None,
     ) -> None:
-        """The request is over: settle, free and count in the background (see the module docstring)."""
+        """The request is over: settle, free and count in the background (see the module docstring). ``ca_file``
+        is the policy's `tls.ca_file`: the alert webhook trusts what the upstream client trusts."""
         if not governance.holds:
             return
-        task = asyncio.get_running_loop().create_task(self._finish(governance, cost_micros, tokens, alerts))
+        finishing = self._finish(governance, cost_micros, tokens, alerts, ca_file)
+        task = asyncio.get_running_loop().create_task(finishing)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _finish(
-        self, governance: Governance, cost_micros: int | None, tokens: int | None, alerts: AlertsPolicy | None
+        self,
+        governance: Governance,
+        cost_micros: int | None,
+        tokens: int | None,
+        alerts: AlertsPolicy | None,
+        ca_file: str | None,
     ) -> None:
         held = [governance.reservation] if governance.reservation else []
         held += governance.shadow_reservations
@@ -162,13 +175,15 @@ class Governor:
         try:
             await self.counters.end(settle, [] if cost_micros else held, governance.slots, windows)
             if cost_micros and alerts is not None and alerts.budget_percent is not None:
-                await self._alert(governance, alerts, alerts.budget_percent)
+                await self._alert(governance, alerts, alerts.budget_percent, ca_file)
         except CountersUnavailable as e:  # the holds lapse at their ttl; the spend of this request is lost
             self.unavailable(e, "unsettled_requests")
         except Exception:
             log.exception("settling a request's budget and limits failed")
 
-    async def _alert(self, governance: Governance, alerts: AlertsPolicy, percent: Fraction) -> None:
+    async def _alert(
+        self, governance: Governance, alerts: AlertsPolicy, percent: Fraction, ca_file: str | None
+    ) -> None:
         """A soft alert, once per budget and period in this process, when spend passes `percent` of the cap."""
         for scope, cap, level, name, period in governance.watched:
             if scope in self._alerted:
@@ -185,14 +200,14 @@ class Governor:
                         usd(spent), usd(cap), period, shown)  # fmt: skip
             BUDGET_ALERTS.inc((level,))
             if alerts.webhook:
-                await self._post(alerts.webhook, event)
+                await self._post(alerts.webhook, event, ca_file)
 
     @staticmethod
-    async def _post(url: str, event: dict[str, Any]) -> None:
+    async def _post(url: str, event: dict[str, Any], ca_file: str | None) -> None:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with httpx.AsyncClient(timeout=5, verify=ssl_context(ca_file)) as client:
                 response = await client.post(url, json=event)
             if response.status_code >= 300:
                 log.warning("budget alert webhook answered %d", response.status_code)

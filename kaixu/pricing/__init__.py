@@ -17,6 +17,7 @@ from fractions import Fraction
 from importlib import resources
 from typing import Any
 
+from kaixu.exceptions import KaixuError
 from kaixu.formats.canonical import Usage
 
 __all__ = [
@@ -45,7 +46,7 @@ _ENTRY_FIELDS = {*RATE_FIELDS, "tiers", "aliases", "source", "as_of", "note", "m
 DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
-class PricingError(ValueError):
+class PricingError(KaixuError, ValueError):
     """A price entry that cannot be used: a missing or negative rate, an unknown field."""
 
 
@@ -159,6 +160,12 @@ def usd(micros: int) -> str:
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), 1_000_000)
     return f"{sign}{whole}.{frac:06d}"
+
+
+def cents(micros: int) -> float:
+    """Micro-dollars as US cents, for the seed answers that count in cents (Gateway 13's `cost_cents`, its
+    month caps and spends): 1234 -> 0.1234. A display value only: money is kept and summed in micro-dollars."""
+    return micros / 10_000
 
 
 def convert_micros(micros: int, rate: Fraction) -> int:

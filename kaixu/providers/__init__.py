@@ -11,6 +11,8 @@ from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from kaixu.config import ProviderConfig
+from kaixu.exceptions import KaixuError
+from kaixu.formats.doors import GEMINI_ACTION_FOR
 from kaixu.metrics import UPSTREAM_ERRORS
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -21,16 +23,12 @@ _ANTHROPIC_PATHS = {
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
 }
-_GEMINI_ACTIONS = {
-    "chat": "generateContent",
-    "count_tokens": "countTokens",
-    "embeddings": "embedContent",
-    "batch_embeddings": "batchEmbedContents",
-}
 
 
-class UnsupportedOperation(Exception):
+class UnsupportedOperation(KaixuError):
     """This provider kind has no endpoint for the operation."""
+
+    status, type, code = 400, "invalid_request_error", "unsupported_operation"
 
 
 def base_url(provider: ProviderConfig, wire: str, mock_url: str | None) -> str:
@@ -51,7 +49,7 @@ def endpoint_url(
     elif wire == "anthropic":
         path = _ANTHROPIC_PATHS.get(operation)
     elif wire == "gemini":
-        action = _GEMINI_ACTIONS.get(operation)
+        action = GEMINI_ACTION_FOR.get(operation)
         name = quote(model, safe="")  # a model name never steers the path: `/`, `?`, `..` stay inside it
         if action is None:
             path = None

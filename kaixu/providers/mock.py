@@ -36,6 +36,7 @@ from kaixu.formats.canonical import (
     ToolCallStart,
     Usage,
 )
+from kaixu.formats.doors import GEMINI_ACTIONS
 
 STREAM_EVENTS = 5
 _GEMINI_PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
@@ -187,13 +188,9 @@ def _route(path: str, body: dict[str, Any]) -> tuple[str | None, str, str | None
     match = _GEMINI_PATH.match(path)
     if match:
         action = match["action"]
-        operation = {
-            "generateContent": "chat",
-            "streamGenerateContent": "chat",
-            "countTokens": "count_tokens",
-            "embedContent": "embeddings",
-            "batchEmbedContents": "embeddings",
-        }.get(action, "")
+        operation = GEMINI_ACTIONS.get(action, "")
+        if operation == "batch_embeddings":  # the mock answers both embedding actions in one place
+            operation = "embeddings"
         if operation:
             return "gemini", operation, match["model"], action == "streamGenerateContent"
     return None, "", None, None

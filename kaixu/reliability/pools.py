@@ -13,12 +13,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from kaixu.config.policy import Policy, ProviderConfig
+from kaixu.exceptions import KaixuError
 
 QUEUE_FULL = "Process pool queue full"
 
 
-class QueueFull(Exception):
-    pass
+class QueueFull(KaixuError):
+    """The provider's queue (`max_concurrent`, `queue_size`) has no room for one more request."""
+
+    status, type, code = 503, "api_error", "queue_full"
 
 
 @dataclass(slots=True)

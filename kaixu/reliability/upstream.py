@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import certifi
+from kaixu.exceptions import KaixuError
+from kaixu.trust import ssl_context
 
 #: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
 #: made the request itself (the executor, the relay).
@@ -36,12 +37,16 @@ READ_SIZE = 65536
 Origin = tuple[str, str, int]
 
 
-class ConnectError(OSError):
+class ConnectError(OSError, KaixuError):
     """The provider could not be reached: refused, unknown host, TLS failure, connect timeout."""
 
+    status, type, code = 502, "api_error", "upstream_connect_error"
 
-class ProtocolError(OSError):
+
+class ProtocolError(OSError, KaixuError):
     """The provider broke the exchange: it closed the connection, or sent what is not HTTP/1.1."""
+
+    status, type, code = 502, "api_error", "upstream_protocol_error"
 
 
 @dataclass(slots=True)
@@ -127,7 +132,7 @@ class Response:
 
 class UpstreamClient:
     def __init__(self, ca_file: str | None) -> None:
-        self._ssl = ssl.create_default_context(cafile=ca_file or certifi.where())
+        self._ssl = ssl_context(ca_file)
         self._idle: dict[Origin, list[_Connection]] = {}
 
     async def send(

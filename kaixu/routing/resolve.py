@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kaixu.call import Call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
+from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import front_door
 from kaixu.permission import model_refusal
 
@@ -15,10 +16,12 @@ from kaixu.permission import model_refusal
 ROUTED_OPERATIONS = frozenset({"chat", "embeddings", "batch_embeddings", "count_tokens"})
 
 
-class RouteRefused(Exception):
+class RouteRefused(KaixuError):
+    """The call may not go where it asks (the router answers it: status, type and code are always given)."""
+
     def __init__(self, status: int, message: str, type: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type, code
+        super().__init__(message, status=status, type=type, code=code)
+        self.message = message
 
 
 def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:

@@ -31,6 +31,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from kaixu.pricing import cents
+
 from .._common import JSON, dumps, expect_dict, jstr, opt_int, opt_num, opt_str, req_str
 from ..base import StreamEncoder
 from ..canonical import (
@@ -208,9 +210,9 @@ def budget_refusal_body(level: str, cap_micros: int, spent_micros: int, month: M
     month = month or MonthRollup()
     scope = "customer" if level == "customer" else "key"
     if scope == "customer":
-        month = replace(month, customer_cap_cents=cap_micros / 10_000, customer_spent_cents=spent_micros / 10_000)
+        month = replace(month, customer_cap_cents=cents(cap_micros), customer_spent_cents=cents(spent_micros))
     else:
-        month = replace(month, key_cap_cents=cap_micros / 10_000, key_spent_cents=spent_micros / 10_000)
+        month = replace(month, key_cap_cents=cents(cap_micros), key_spent_cents=cents(spent_micros))
     return cap_reached_body(scope, month)
 
 
