@@ -66,8 +66,9 @@ def broken_stream_event(request: http.Request | None, reason: str) -> bytes | No
     (kaixu/mitm.py writes it before closing the client's connection). None for a request that is not a kaixu
     stream."""
     call = call_for_request(request)
-    if call is None or not call.stream or call.route.provider is None:
+    served = call.served if call is not None else None
+    if call is None or not call.stream or served is None:
         return None
     if call.client_disconnected:
         return None
-    return terminal_error(call, message=f"stream from provider {call.route.provider.name!r} broke: {reason}")
+    return terminal_error(call, message=f"stream from provider {served.provider.name!r} broke: {reason}")

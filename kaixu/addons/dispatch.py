@@ -34,15 +34,16 @@ class Dispatch:
         """The request leaves: counted in the pool and against its deployment; a request with a plan goes to the
         attempt executor (a stream through the relay)."""
         self.gateway.pool.started(call)
-        if call.route.target is not None:
-            self.gateway.deployments.started(call.route.target)
+        served = call.served
+        if served is not None:
+            self.gateway.deployments.started(served.target)
         if call.route.plan is None:
             return None
         if call.stream:
             self._divert_to_relay(flow, call)
             return None
         executor = self.gateway.executor
-        if executor is None or call.route.provider is None or call.route.provider.max_concurrent is None:
+        if executor is None or served is None or served.provider.max_concurrent is None:
             # mitmproxy makes the first attempt, as for any request; the retries step takes over if it fails
             call.route.native_first = True
             call.route.sent_at = time.monotonic()

@@ -47,7 +47,7 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
 
 
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
-    provider = call.route.provider.name if call.route.provider else "upstream"
+    provider = call.served.provider.name if call.served is not None else "upstream"
     if call.timed_out:
         failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
         return failure.status, failure.message, failure.type, failure.code
@@ -74,7 +74,7 @@ class Errors:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or call.route.provider is None:
+        if call is None or flow.response is not None or call.served is None:
             return
         if call.route.relayed:
             return  # the relay bounds each of its attempts itself (kaixu/reliability/executor.py)
@@ -92,7 +92,7 @@ class Errors:
         if call is None or flow.error is None:
             return
         fault = mitm.client_fault_status(flow)  # the one classification of client faults (settle uses it too)
-        provider = call.route.provider.name if call.route.provider else "-"
+        provider = call.served.provider.name if call.served is not None else "-"
         if fault == mitm.CLIENT_CLOSED:
             return
         if fault == 413:

@@ -68,8 +68,9 @@ class Retries:
 
     async def _recover(self, flow: http.HTTPFlow, call: Call) -> None:
         executor = self.gateway.executor
-        assert executor is not None and call.route.provider is not None and flow.error is not None
-        provider = call.route.provider.name
+        served = call.served
+        assert executor is not None and served is not None and flow.error is not None
+        provider = served.provider.name
         if call.timed_out:
             failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
         else:  # never connected, or the connection broke before a whole answer (none of it reached the client)

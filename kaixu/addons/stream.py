@@ -144,7 +144,7 @@ def untranslatable(call: Call) -> bytes:
     nothing after it (`Route.stream_broken`), and the error in the ledger. Dropping the chunk and going on
     would hand the client a clean end of an answer with a hole in it."""
     log.exception("request %s: the provider's stream could not be translated; it ends here", call.request_id)
-    provider = call.route.provider.name if call.route.provider is not None else "upstream"
+    provider = call.served.provider.name if call.served is not None else "upstream"
     message = f"kaixu could not translate the stream from provider {provider!r}"
     call.route.stream_broken = True
     call.route.relay_error = message
@@ -269,7 +269,7 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
         try:
             if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
-            bill.settle()
+            bill.settle(call.price)
             if not sse:
                 return out
             comment = bill.sse_comment()
@@ -298,18 +298,18 @@ class Stream:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         response = flow.response
-        if call is None or response is None or call.route.provider is None or not call.stream:
+        if call is None or response is None or call.served is None or not call.stream:
             return
         # Errors stay buffered so `settle` can put them in the client's shape (and retry, later).
         if response.status_code >= 400 or not is_event_stream(response):
             return
-        assert call.route.format is not None
+        served = call.served
         if not (call.route.relayed and front_door(call.front).keepalive_s is not None):
             # (a relayed stream with keep-alives began before any attempt: its headers were sent then)
             add_headers(response, answer_headers(call, response.status_code))
-        upstream = get_codec(call.route.format)
-        if call.canonical is None and not call.json_array_stream:
-            make = usage_stripping_meter if call.strip_usage_chunk else meter
+        upstream = get_codec(served.format)
+        if served.canonical is None and not call.json_array_stream:
+            make = usage_stripping_meter if served.strip_usage_chunk else meter
             response.stream = billed(call, make(call, upstream.stream_decoder()))
             return
         response.headers.pop("content-length", None)
@@ -330,7 +330,8 @@ class Stream:
         if call.route.relayed:
 
             def winner() -> StreamCallable:  # the winning attempt's wire format, known at its first byte
-                return translator(call, get_codec(call.route.format or "openai").stream_decoder(), encoder)
+                won = call.served
+                return translator(call, get_codec(won.format if won else "openai").stream_decoder(), encoder)
 
             stream = relayed(call, winner, encoder)
         else:

@@ -148,7 +148,7 @@ class RelayHandler(tornado.web.RequestHandler):
         assert outcome.chunks is not None
         loop = asyncio.get_running_loop()
         idle = outcome.idle_s or call.policy.upstream_timeout_s
-        provider = call.route.provider.name if call.route.provider else "upstream"
+        provider = call.served.provider.name if call.served is not None else "upstream"
         held = b""
         chunk = outcome.first
         try:
@@ -187,10 +187,11 @@ class RelayHandler(tornado.web.RequestHandler):
     async def _fail(self, call: Call, outcome: Outcome) -> None:
         """Gateway 13 was told 200 already: the plan's last failure becomes an error marker."""
         message = outcome.transport_error
+        served = call.served
         if message is None:
-            message, _ = get_codec(call.route.format or "openai").decode_error(outcome.status, outcome.body)
-        if outcome.status == 401 and not call.caller.byok and call.route.provider is not None:
-            message = credentials_rejected(call.route.provider.name)
+            message, _ = get_codec(served.format if served else "openai").decode_error(outcome.status, outcome.body)
+        if outcome.status == 401 and not call.caller.byok and served is not None:
+            message = credentials_rejected(served.provider.name)
         message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
         call.route.relay_error = message
         status = 502 if outcome.status == 401 and not call.caller.byok else outcome.status

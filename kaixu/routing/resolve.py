@@ -6,7 +6,7 @@ attempt executor (kaixu/reliability/executor.py) for each next one."""
 
 from __future__ import annotations
 
-from kaixu.call import Call
+from kaixu.call import Attempt, Call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.formats.doors import front_door
 from kaixu.permission import model_refusal
@@ -19,6 +19,9 @@ class RouteRefused(Exception):
     def __init__(self, status: int, message: str, type: str, code: str) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type, code
+        self.refused_by: Attempt | None = None
+        """The deployment that refused (`kaixu.routing.aim`), with nothing prepared: the router records the
+        first one on the call, so the ledger and the metrics name where the refused request was aimed."""
 
 
 def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
