@@ -174,15 +174,19 @@ class Attempt:
 
 
 @dataclass(slots=True, eq=False)
-class Route:
-    """Where the call may go, decided by the router: the route's name and the attempt plan. Where it went is
-    `Call.served`."""
+class Delivery:
+    """How the answer reaches the client, written by the code that carries it: the dispatch step (which path it
+    takes), the relay (kaixu/providers/relay.py), the stream step and the retries step. Read by the settle,
+    errors and stream steps to count and end it as it went."""
 
-    name: str | None = None
-    """The policy's name for the route that served the model (a glob route's glob): the only model name
-    that becomes a metric label."""
-    routed: bool = False
-    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
+    native_first: bool = False
+    """A buffered request with a plan whose first attempt mitmproxy makes itself (no cost when it succeeds);
+    the retries step takes over when it fails (kaixu/addons/retries.py)."""
+    sent_at: float = 0.0
+    """`time.monotonic()` when that first attempt left."""
+    recovered: http.Response | None = None
+    """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
+    timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
     relayed: bool = False
     """The stream goes through the loopback relay (providers/relay.py)."""
     relay_error: str | None = None
@@ -196,18 +200,22 @@ class Route:
     ender: Callable[[str], bytes] | None = None
     """How the client's stream ends with an error once begun: the stream step sets it for a translated or
     re-framed stream, whose encoder knows what it has sent (kaixu/stream_errors.py: `terminal_error`)."""
+
+
+@dataclass(slots=True, eq=False)
+class Route:
+    """Where the call may go, decided by the router: the route's name and the attempt plan, and what each attempt
+    did. Where it went is `Call.served`; how its answer got back, `Call.delivery`."""
+
+    name: str | None = None
+    """The policy's name for the route of the model asked for (a glob route's glob); the one that served it, a
+    fallback's perhaps, is `Attempt.route`."""
+    routed: bool = False
+    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
     plan: Plan | None = None
     """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
     attempts: Attempts | None = None
     """What each attempt did, once the executor has run one."""
-    native_first: bool = False
-    """A buffered request with a plan whose first attempt mitmproxy makes itself (no cost when it succeeds);
-    the retries step takes over when it fails (kaixu/addons/retries.py)."""
-    sent_at: float = 0.0
-    """`time.monotonic()` when that first attempt left."""
-    recovered: http.Response | None = None
-    """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
-    timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
 
     @property
     def degraded(self) -> bool:
@@ -273,6 +281,9 @@ class Call:
     attempts: list[Attempt] = field(default_factory=list)
     """Each deployment the call was aimed at, in order (a refusal while aiming adds none); the last one serves it."""
     route: Route = field(default_factory=Route)
+    delivery: Delivery = field(default_factory=Delivery)
+    """How the answer got back: relayed, recovered, a stream broken and how it ends (kaixu/providers/relay.py,
+    kaixu/addons/stream.py)."""
     caller: Caller = field(default_factory=Caller)
     bill: Bill = field(default_factory=Bill)
     """Usage and cost (kaixu/pricing)."""

@@ -31,8 +31,8 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
     """A complete HTTP/1 error response for mitmproxy to send on a kaixu connection, in the shape of the front
     door the path names, always with a request id (a fresh one for a request that never became a flow)."""
     call = call_for_request(request)
-    if call is not None and call.route.recovered is not None:  # a later attempt answered instead
-        return mitm.assemble_response(call.route.recovered)
+    if call is not None and call.delivery.recovered is not None:  # a later attempt answered instead
+        return mitm.assemble_response(call.delivery.recovered)
     if call is not None:
         status, message, type, error_code = _describe(call, status, reason, code is ErrorCode.CONNECT_FAILED)
         body = error_json(call.front, call.request_id, status, message, type, error_code)
@@ -76,7 +76,7 @@ class Errors:
         call = get_call(flow)
         if call is None or flow.response is not None or call.served is None:
             return
-        if call.route.relayed:
+        if call.delivery.relayed:
             return  # the relay bounds each of its attempts itself (kaixu/reliability/executor.py)
         loop = asyncio.get_running_loop()
         self._timers[flow.id] = loop.call_later(first_attempt_timeout(call), self._expire, flow, call)

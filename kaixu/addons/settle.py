@@ -64,7 +64,7 @@ def _passed_through_chars(call: Call, payload: dict[str, object], response: http
 def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
     """The provider accepted the request and started answering: from then on it bills, so kaixu does."""
     response = flow.response
-    return response is not None and response.status_code < 400 and call.route.relay_status is None
+    return response is not None and response.status_code < 400 and call.delivery.relay_status is None
 
 
 def mark_degraded(call: Call, response: http.Response) -> None:
@@ -109,11 +109,11 @@ class Settle:
                         mark_degraded(call, response)
                 add_headers(response, headers)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
-        self._count(flow.request, call, call.route.relay_status or response.status_code, call.route.relay_error)
+        self._count(flow.request, call, call.delivery.relay_status or response.status_code, call.delivery.relay_error)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.error is None or call.route.recovered is not None:
+        if call is None or flow.error is None or call.delivery.recovered is not None:
             return  # recovered: a later attempt answered, and was settled then (kaixu/addons/retries.py)
         fault = mitm.client_fault_status(flow)
         if call.served is not None and not call.bill.usage_final and _answer_began(flow, call):

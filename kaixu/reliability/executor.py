@@ -181,7 +181,7 @@ class Executor:
                     tried.remove(target)
                 tried.append(target)
                 if done is not None:  # mitmproxy's own first attempt
-                    since, outcome, done = call.route.sent_at, done, None
+                    since, outcome, done = call.delivery.sent_at, done, None
                 else:
                     assert upstream is not None
                     since = time.monotonic()
