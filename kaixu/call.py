@@ -126,11 +126,12 @@ class Bill:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """One attempt's request: the endpoint, the body (b"": the client's bytes unchanged) and the credential."""
+    """One attempt's request: the endpoint, the body (b"": the client's bytes unchanged) and the headers, the
+    provider's credential among them (kept out of `repr`, so a logged call never shows it)."""
 
     url: str
     body: bytes | dict[str, Any]
-    key: str | None
+    headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
 
     def content(self, original: bytes) -> bytes:
         body = self.body

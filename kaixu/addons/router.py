@@ -27,7 +27,6 @@ from kaixu.routing import (
     candidate_targets,
     fallback_routes,
     resolve_route,
-    upstream_headers,
     usable_targets,
 )
 
@@ -82,7 +81,7 @@ class Router:
         request = flow.request
         request.scheme, request.host, request.port, request.path = split_url(prepared.url)
         request.authority = ""  # origin-form upstream, whatever form the client's request line had
-        request.headers.fields = upstream_headers(call, attempt, request.headers.fields, request.host, request.port)
+        request.headers.fields = prepared.headers
         if isinstance(prepared.body, dict):
             request.content = prepared.content(b"")  # sets content-length
 

@@ -28,12 +28,12 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import UpstreamFailure, split_url, upstream_failure
+from kaixu.providers import UpstreamFailure, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import RESPONSE_HOP, ConnectError, ProtocolError, Response, UpstreamClient
 from kaixu.respond import error_json
-from kaixu.routing import RouteRefused, aim, reachable_targets, upstream_headers
+from kaixu.routing import RouteRefused, aim, reachable_targets
 
 if TYPE_CHECKING:
     from kaixu.providers.health import Deployments
@@ -261,9 +261,7 @@ class Executor:
             return None
         call.attempts.append(attempt)
         deployments.started(target)
-        _, host, port, _ = split_url(prepared.url)
-        headers = upstream_headers(call, attempt, plan.client_fields, host, port)
-        return Upstream("POST", prepared.url, str_headers(headers), prepared.content(plan.client_body))
+        return Upstream("POST", prepared.url, str_headers(prepared.headers), prepared.content(plan.client_body))
 
     # -- one attempt -----------------------------------------------------------------------------------------
 

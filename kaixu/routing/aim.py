@@ -1,6 +1,6 @@
 """Aiming a call at one deployment: an `Attempt` (kaixu/call.py) with its provider, upstream model, wire format
-and price, and the request that deployment is sent (`Prepared`, and the headers `upstream_headers` lets
-through). The router step aims the first attempt, the attempt executor (kaixu/reliability/) each next one.
+and price, and the request that deployment is sent (`Prepared`: its URL, body and headers). The router step
+aims the first attempt, the attempt executor (kaixu/reliability/) each next one.
 
 Same-format traffic keeps the client's bytes: only the URL, the credential and (for an alias or a gateway-only
 field) the body's model change.
@@ -18,7 +18,7 @@ from kaixu.formats.canonical import Usage
 from kaixu.formats.doors import front_door
 from kaixu.formats.seeds import SeedContext
 from kaixu.pricing import cost_micros
-from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url
+from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 from kaixu.request_facts import GATEWAY_FIELDS, decode_chat
 from kaixu.routing.resolve import RouteRefused
 
@@ -111,7 +111,9 @@ def aim(
         refused.refused_by = Attempt(route.name, target, provider, upstream_model, wire, None, price, None,
                                      seed_context=seed_context)  # fmt: skip
         raise
-    prepared = Prepared(url, upstream.body, key)
+    _, host, port, _ = split_url(url)
+    headers = _upstream_headers(call, provider, wire, client_fields, host, port, upstream.body, key)
+    prepared = Prepared(url, upstream.body, headers)
     return Attempt(
         route.name, target, provider, upstream_model, wire, upstream.operation, price, prepared,
         canonical=upstream.canonical, dropped=dropped, seed_context=seed_context,
@@ -198,15 +200,19 @@ def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None, 
     )
 
 
-def upstream_headers(
-    call: Call, attempt: Attempt, client_fields: tuple[tuple[bytes, bytes], ...], host: str, port: int
+def _upstream_headers(
+    call: Call,
+    provider: ProviderConfig,
+    fmt: str,
+    client_fields: tuple[tuple[bytes, bytes], ...],
+    host: str,
+    port: int,
+    body: bytes | dict[str, Any],
+    key: str | None,
 ) -> tuple[tuple[bytes, bytes], ...]:
-    """What ``attempt``'s provider gets: the client's headers on the allowlist (`FORWARDED_HEADERS`, and the
-    vendor ones only for their own vendor), the provider's host and credential, kaixu's request id."""
-    prepared = attempt.prepared
-    assert prepared is not None
-    fmt = attempt.format
-    as_json = isinstance(prepared.body, dict)
+    """What the provider gets: the client's headers on the allowlist (`FORWARDED_HEADERS`, and the vendor ones
+    only for their own vendor), the provider's host and credential, kaixu's request id."""
+    as_json = isinstance(body, dict)
     fields = [
         (k, v)
         for k, v in client_fields
@@ -221,10 +227,10 @@ def upstream_headers(
     }
     if as_json:
         extra["content-type"] = "application/json"
-    extra.update(auth_headers(fmt, prepared.key))
+    extra.update(auth_headers(fmt, key))
     if fmt == "anthropic" and not any(k.lower() == b"anthropic-version" for k, _ in fields):
         extra["anthropic-version"] = ANTHROPIC_VERSION
-    extra.update(attempt.provider.headers)
+    extra.update(provider.headers)
     names = {name.lower().encode() for name in extra}
     kept = [(k, v) for k, v in fields if k.lower() not in names]
     return (*kept, *((k.encode(), v.encode()) for k, v in extra.items()))
