@@ -25,7 +25,7 @@ from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import count_request
 from kaixu.pricing import convert_micros
-from kaixu.providers import credentials_rejected, hides_provider_answer
+from kaixu.providers import credentials_rejected, deployment_failed, hides_provider_answer
 from kaixu.reliability.served import answer_headers
 from kaixu.request_facts import attribution
 from kaixu.respond import add_headers, error_json
@@ -196,7 +196,7 @@ class Settle:
         served = call.served
         if call.forwarded and served is not None and not call.outcome_counted:
             # the deployment's fault: it throttled, failed or did not answer; not a client's 4xx or hang-up
-            failed = (status == 429 or status >= 500) and not call.client_disconnected and not call.failed
+            failed = deployment_failed(status) and not call.client_disconnected and not call.failed
             self.gateway.deployments.finished(served.target, failed, elapsed, call.policy.routing)
         self.gateway.pool.finished(call, status, error)
         call.bill.settle(call.price)

@@ -27,7 +27,7 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import credentials_rejected
+from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.reliability.upstream import RESPONSE_HOP
 
 if TYPE_CHECKING:
@@ -190,11 +190,12 @@ class RelayHandler(tornado.web.RequestHandler):
         served = call.served
         if message is None:
             message, _ = get_codec(served.format if served else "openai").decode_error(outcome.status, outcome.body)
-        if outcome.status == 401 and not call.caller.byok and served is not None:
+        hidden = hides_provider_answer(outcome.status, call.caller.byok)
+        if hidden and served is not None:
             message = credentials_rejected(served.provider.name)
         message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
         call.delivery.relay_error = message
-        status = 502 if outcome.status == 401 and not call.caller.byok else outcome.status
+        status = 502 if hidden else outcome.status
         call.delivery.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))
         await self.flush()

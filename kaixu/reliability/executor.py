@@ -28,7 +28,7 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import UpstreamFailure, upstream_failure
+from kaixu.providers import UpstreamFailure, deployment_failed, hides_provider_answer, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import RESPONSE_HOP, ConnectError, ProtocolError, Response, UpstreamClient
@@ -196,7 +196,7 @@ class Executor:
                         metrics.FALLBACKS.inc((plan.routes[0].name,))
                     return outcome
                 answer: Verdict
-                if outcome.local or (outcome.status == 401 and not call.caller.byok):
+                if outcome.local or hides_provider_answer(outcome.status, call.caller.byok):
                     answer = "fallback"  # a full queue is not retried into itself; kaixu's own key was refused
                 else:
                     answer = verdict(outcome.status, outcome.body, route.retries, route.fallback_on,
@@ -214,8 +214,7 @@ class Executor:
                 if outcome.local:
                     deployments.released(target)
                 else:
-                    failed = outcome.status == 429 or outcome.status >= 500
-                    deployments.finished(target, failed, time.monotonic() - since, routing)
+                    deployments.finished(target, deployment_failed(outcome.status), time.monotonic() - since, routing)
                 last = outcome
                 if answer != "retry" or more != "retry":
                     break
