@@ -62,8 +62,8 @@ OFF_PATCHES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "kaixu/routing/aim.py",
-        "call.bill.price = call.policy.pricing.table.lookup(provider.kind, upstream_model)",
-        "call.bill.price = None  # bench: no price lookup",
+        "price = call.policy.pricing.table.lookup(provider.kind, upstream_model)",
+        "price = None  # bench: no price lookup",
     ),
     (
         "kaixu/addons/stream.py",

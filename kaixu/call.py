@@ -5,6 +5,7 @@ Each addon reads what earlier steps decided and adds its own decision; nothing i
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import weakref
@@ -42,8 +43,6 @@ class Bill:
     """Usage and cost: what the call consumed and what that cost, decided by the router (the price of what is
     served), the stream and settle steps (usage, first token) and priced once, by `kaixu.pricing.cost_micros`."""
 
-    price: Price | None = None
-    """The price of the provider and upstream model that serve the call (None: unpriced)."""
     usage: Usage | None = None
     """Token counts as the provider reported them (or as estimated, see `usage_source`); None: none known."""
     usage_source: UsageSource | None = None
@@ -85,14 +84,15 @@ class Bill:
         )
         self.usage_source = "estimated"
 
-    def settle(self) -> None:
-        """Price the usage known now (`kaixu.pricing.cost_micros`, the one pricing function). Idempotent: the
-        stream step prices at the end of a stream for its final comment, the settle step once more."""
+    def settle(self, price: Price | None) -> None:
+        """Price the usage known now at ``price``, the served attempt's (`Call.price`), with
+        `kaixu.pricing.cost_micros`, the one pricing function. Idempotent: the stream step prices at the end of a
+        stream for its final comment, the settle step once more."""
         if self.usage is None:
             self.cost_micros = None
             return
         self.usage_source = self.usage_source or "provider"
-        self.cost_micros = cost_micros(self.price, self.usage)
+        self.cost_micros = cost_micros(price, self.usage)
 
     def cost_usd(self) -> str:
         """The cost as the answer shows it: exact USD (`0.000123`), or `unknown`."""
@@ -124,24 +124,70 @@ class Bill:
         return f": kaixu-cost-usd={self.cost_usd()}\n: kaixu-usage={self.usage_summary()}\n\n".encode()
 
 
-@dataclass(slots=True, eq=False)
-class Route:
-    """Where the call goes, decided by the router: the provider, the model and wire format it is asked in."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One attempt's request: the endpoint, the body (b"": the client's bytes unchanged) and the headers, the
+    provider's credential among them (kept out of `repr`, so a logged call never shows it)."""
 
-    provider: ProviderConfig | None = None
-    target: RouteTarget | None = None
-    """The deployment chosen (kaixu/providers/health.py counts its outcome)."""
-    model: str | None = None
+    url: str
+    body: bytes | dict[str, Any]
+    headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
+
+    def content(self, original: bytes) -> bytes:
+        body = self.body
+        return json.dumps(body, separators=(",", ":")).encode() if isinstance(body, dict) else (body or original)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The call aimed at one deployment (`kaixu.routing.aim`): where it goes, at what price, the request it is
+    sent and the translation state its answer is read back with. A value: aiming never edits the call, so a
+    deployment that refuses leaves nothing to undo; the call keeps each attempt made (`Call.attempts`), and the
+    last one is what serves it (`Call.served`)."""
+
+    route: str
+    """The policy's name for the model this attempt serves (a fallback's, or a glob route's glob): the only
+    model name that becomes a metric label."""
+    target: RouteTarget
+    """The deployment (kaixu/providers/health.py counts its outcome)."""
+    provider: ProviderConfig
+    model: str
     """The provider's name for the model (the client's, unless the route renames it)."""
-    format: str | None = None
+    format: str
     """The provider's wire format (the client's front door format for the mock)."""
-    operation: str | None = None
+    operation: str | None
     """The provider-side operation when it differs from the client's (Gemini batch embeddings)."""
-    name: str | None = None
-    """The policy's name for the route that served the model (a glob route's glob): the only model name
-    that becomes a metric label."""
-    routed: bool = False
-    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
+    price: Price | None
+    """The price of this provider and upstream model (None: unpriced)."""
+    prepared: Prepared | None
+    """The request it is sent; None: answered locally (token counting for a provider without it)."""
+    canonical: ChatRequest | None = None
+    """Set only when the request is translated between wire formats."""
+    dropped: tuple[str, ...] = ()
+    """Client fields a translated request left out (paths as the client spells them: `context_management`,
+    `messages[3].content[0].cache_control`, `headers.anthropic-beta`); answered as `x-kaixu-dropped`."""
+    seed_context: SeedContext | None = None
+    """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
+    embedding_request: EmbeddingRequest | None = None
+    """Set only when embeddings are translated between wire formats."""
+    strip_usage_chunk: bool = False
+    """kaixu asked an OpenAI provider for the usage chunk the client did not ask for."""
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """How the answer reaches the client, written by the code that carries it: the dispatch step (which path it
+    takes), the relay (kaixu/providers/relay.py), the stream step and the retries step. Read by the settle,
+    errors and stream steps to count and end it as it went."""
+
+    native_first: bool = False
+    """A buffered request with a plan whose first attempt mitmproxy makes itself (no cost when it succeeds);
+    the retries step takes over when it fails (kaixu/addons/retries.py)."""
+    sent_at: float = 0.0
+    """`time.monotonic()` when that first attempt left."""
+    recovered: http.Response | None = None
+    """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
+    timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
     relayed: bool = False
     """The stream goes through the loopback relay (providers/relay.py)."""
     relay_error: str | None = None
@@ -155,18 +201,22 @@ class Route:
     ender: Callable[[str], bytes] | None = None
     """How the client's stream ends with an error once begun: the stream step sets it for a translated or
     re-framed stream, whose encoder knows what it has sent (kaixu/stream_errors.py: `terminal_error`)."""
+
+
+@dataclass(slots=True, eq=False)
+class Route:
+    """Where the call may go, decided by the router: the route's name and the attempt plan, and what each attempt
+    did. Where it went is `Call.served`; how its answer got back, `Call.delivery`."""
+
+    name: str | None = None
+    """The policy's name for the route of the model asked for (a glob route's glob); the one that served it, a
+    fallback's perhaps, is `Attempt.route`."""
+    routed: bool = False
+    """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
     plan: Plan | None = None
     """Set when the attempt executor runs the request (retries, fallbacks, timeouts, a queue): kaixu/reliability."""
     attempts: Attempts | None = None
     """What each attempt did, once the executor has run one."""
-    native_first: bool = False
-    """A buffered request with a plan whose first attempt mitmproxy makes itself (no cost when it succeeds);
-    the retries step takes over when it fails (kaixu/addons/retries.py)."""
-    sent_at: float = 0.0
-    """`time.monotonic()` when that first attempt left."""
-    recovered: http.Response | None = None
-    """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
-    timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
 
     @property
     def degraded(self) -> bool:
@@ -229,14 +279,12 @@ class Call:
     body: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
-    canonical: ChatRequest | None = None
-    """Set only when the request is translated between wire formats."""
-    dropped: list[str] = field(default_factory=list)
-    """Client fields a translated request left out (paths as the client spells them: `context_management`,
-    `messages[3].content[0].cache_control`, `headers.anthropic-beta`); answered as `x-kaixu-dropped`."""
-    seed_context: SeedContext | None = None
-    """Facts a seed API's answer carries that the canonical response does not (provider, install id...)."""
+    attempts: list[Attempt] = field(default_factory=list)
+    """Each deployment the call was aimed at, in order (a refusal while aiming adds none); the last one serves it."""
     route: Route = field(default_factory=Route)
+    delivery: Delivery = field(default_factory=Delivery)
+    """How the answer got back: relayed, recovered, a stream broken and how it ends (kaixu/providers/relay.py,
+    kaixu/addons/stream.py)."""
     caller: Caller = field(default_factory=Caller)
     bill: Bill = field(default_factory=Bill)
     """Usage and cost (kaixu/pricing)."""
@@ -247,14 +295,13 @@ class Call:
     """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""
     provider_hint: str | None = None
     """Kaixu Gateway 13's `provider` field: narrows the route to that provider kind."""
-    embedding_request: EmbeddingRequest | None = None
-    """Set only when embeddings are translated between wire formats."""
-    strip_usage_chunk: bool = False
-    """kaixu asked an OpenAI provider for the usage chunk the client did not ask for."""
     json_array_stream: bool = False
     """Gemini `:streamGenerateContent` without `alt=sse`: the client reads one JSON array, not SSE."""
     forwarded: bool = False
     """Sent to a provider and not settled yet (`Gateway.pool`)."""
+    outcome_counted: bool = False
+    """The served deployment was told its outcome already (the executor: the failure that stands after the
+    attempts that followed it refused, or kaixu's own refusal that never reached it): the settle step does not."""
 
     cors_origin: str | None = None
     """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""
@@ -262,6 +309,33 @@ class Call:
     """A kaixu step raised: the caller got a JSON 500 (kaixu/chain.py)."""
     client_disconnected: bool = False
     """The client went away before its answer was complete (recorded as 499)."""
+
+    @property
+    def served(self) -> Attempt | None:
+        """The attempt that serves the call (the last one aimed at): None before routing, or when none was."""
+        attempts = self.attempts
+        return attempts[-1] if attempts else None
+
+    @property
+    def price(self) -> Price | None:
+        """What the served attempt's tokens cost (None: unpriced, or not routed)."""
+        served = self.served
+        return None if served is None else served.price
+
+    @property
+    def canonical(self) -> ChatRequest | None:
+        served = self.served
+        return None if served is None else served.canonical
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        served = self.served
+        return () if served is None else served.dropped
+
+    @property
+    def seed_context(self) -> SeedContext | None:
+        served = self.served
+        return None if served is None else served.seed_context
 
     @property
     def translating(self) -> bool:

@@ -85,9 +85,10 @@ def collect_answer(call: Call, payload: dict[str, Any]) -> None:
     """Keep the text of a buffered chat answer (the provider's JSON body) when the policy stores content:
     appended to `call.bill.streamed_text`, where a stream's text is collected too."""
     collected = call.bill.streamed_text
-    if collected is None or call.route.format is None:
+    served = call.served
+    if collected is None or served is None:
         return
-    field = _ANSWER_FIELDS.get(call.route.format)
+    field = _ANSWER_FIELDS.get(served.format)
     if field is not None and field in payload:
         texts: list[str] = []
         _texts(payload[field], "content" if field == "content" else field, texts, roles=False, depth=0)

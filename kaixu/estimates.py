@@ -51,8 +51,9 @@ def prompt_tokens(call: Call) -> int:
     body = call.body or {}
     try:
         if call.operation in ("embeddings", "batch_embeddings"):
-            request = call.embedding_request or embeddings.decode_request(
-                call.front, body, model=call.route.model or "", single=call.operation == "embeddings"
+            served = call.served
+            request = (served.embedding_request if served else None) or embeddings.decode_request(
+                call.front, body, model=served.model if served else "", single=call.operation == "embeddings"
             )
             return sum((len(text) + 3) // 4 for text in request.inputs)
         return estimate_tokens(call.canonical or decode_chat(call))

@@ -317,13 +317,10 @@ def count_request(
         )
     )
     interrupted = bool(error) and status < 400  # the answer had started: the provider broke the stream
-    if interrupted and call.route.provider is not None:
+    served = call.served
+    if interrupted and served is not None:
         UPSTREAM_ERRORS.labels(provider, "interrupted").inc()
-    vendor = (
-        OTEL_PROVIDER.get(call.route.provider.kind, call.route.provider.kind)
-        if call.route.provider is not None
-        else NONE
-    )
+    vendor = OTEL_PROVIDER.get(served.provider.kind, served.provider.kind) if served is not None else NONE
     gen_ai = (OTEL_OPERATION.get(operation, operation), vendor, model, provider)
     error_type = str(status) if status >= 400 else "interrupted" if interrupted else ""
     REQUEST_DURATION.observe((*gen_ai, call.front, error_type), elapsed)
@@ -331,7 +328,7 @@ def count_request(
     if bill.first_token_at is not None:
         TIME_TO_FIRST_TOKEN.observe((*gen_ai, call.front), bill.first_token_at - call.started)
     usage = bill.usage
-    if usage is None or call.route.provider is None:
+    if usage is None or served is None:
         return
     counts = (
         usage.input_tokens,

@@ -23,11 +23,11 @@ def terminal_error(call: Call, message: str | None = None) -> bytes:
     OpenAI error chunk, an Anthropic `error` event, a Gemini error (and, in Gemini's JSON-array framing, the
     array's end), Gateway 13's and kAIxu Gate's `error` events. Every SDK raises on it; without it the client
     would see a clean end of a truncated answer. A translated or re-framed stream ends through its own encoder
-    (`Route.ender`, which knows what it has sent); a pass-through one gets a fresh encoder of its format."""
-    message = message or call.route.relay_error or "the provider's stream broke"
+    (`Delivery.ender`, which knows what it has sent); a pass-through one gets a fresh encoder of its format."""
+    message = message or call.delivery.relay_error or "the provider's stream broke"
     try:
-        if call.route.ender is not None:
-            return call.route.ender(message)
+        if call.delivery.ender is not None:
+            return call.delivery.ender(message)
         request = call.canonical or decode_chat(call)
         return ender(fronts.stream_encoder(call.front, request, call.seed_context), False)(message)
     except Exception:
@@ -36,7 +36,7 @@ def terminal_error(call: Call, message: str | None = None) -> bytes:
 
 
 def ender(encoder: StreamEncoder, json_array: bool) -> Callable[[str], bytes]:
-    """How a stream ends with an error through the encoder that has been encoding it (`Route.ender`): its error
+    """How a stream ends with an error through the encoder that has been encoding it (`Delivery.ender`): its error
     event, and in Gemini's JSON-array framing the array's end."""
 
     def end(message: str) -> bytes:
@@ -66,8 +66,9 @@ def broken_stream_event(request: http.Request | None, reason: str) -> bytes | No
     (kaixu/mitm.py writes it before closing the client's connection). None for a request that is not a kaixu
     stream."""
     call = call_for_request(request)
-    if call is None or not call.stream or call.route.provider is None:
+    served = call.served if call is not None else None
+    if call is None or not call.stream or served is None:
         return None
     if call.client_disconnected:
         return None
-    return terminal_error(call, message=f"stream from provider {call.route.provider.name!r} broke: {reason}")
+    return terminal_error(call, message=f"stream from provider {served.provider.name!r} broke: {reason}")

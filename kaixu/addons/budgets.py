@@ -19,7 +19,7 @@ at its door); 429 `budget_in_flight` with `Retry-After: 1` when it is only held 
 settle in a moment (402 means spent: a client does not retry it). Policies in shadow mode (`enforce: false`)
 hold their own reservation, which never refuses: what it would have refused is logged and counted.
 
-Why after the router: the bound needs the price of what is served (`call.bill.price`), which the router looks
+Why after the router: the bound needs the price of what is served (`call.price`), which the router looks
 up; the request leaves in the dispatch step after this one.
 """
 
@@ -134,7 +134,7 @@ class Budgets:
         if governor is None:
             unavailable(flow, call, None, None)
             return
-        price = call.bill.price
+        price = call.price
         size = len(flow.request.raw_content or b"")
         amount = 0 if price is None else upper_bound(call, price, size)
         if call.route.plan is not None:  # a retry or a fallback may be served by a dearer deployment
@@ -203,13 +203,17 @@ class Budgets:
         customer_cap, customer_spent = cents.get("customer", (key_cap, key_spent))
         month = MonthRollup(customer_cap_cents=customer_cap, customer_spent_cents=customer_spent,
                             key_cap_cents=key_cap, key_spent_cents=key_spent)  # fmt: skip
-        call.seed_context = replace(call.seed_context, month=month)
+        # the month is the admitted attempt's, shown with its answer (a later attempt is aimed without it)
+        served = call.served
+        assert served is not None and served.seed_context is not None
+        call.attempts[-1] = replace(served, seed_context=replace(served.seed_context, month=month))
 
     @staticmethod
     def _refuse_unpriced(flow: http.HTTPFlow, call: Call) -> None:
         GOVERNANCE_REFUSALS.inc(("unpriced_in_flight",))
+        model = call.served.model if call.served is not None else None
         message = (
-            f"model {call.route.model!r} has no price, so its cost cannot be bounded: a budget admits one such "
+            f"model {model!r} has no price, so its cost cannot be bounded: a budget admits one such "
             "request at a time, and one is in flight; retry when it ends"
         )
         body = error_json(call.front, call.request_id, 429, message, "rate_limit_error", "unpriced_in_flight")

@@ -34,18 +34,19 @@ class Dispatch:
         """The request leaves: counted in the pool and against its deployment; a request with a plan goes to the
         attempt executor (a stream through the relay)."""
         self.gateway.pool.started(call)
-        if call.route.target is not None:
-            self.gateway.deployments.started(call.route.target)
+        served = call.served
+        if served is not None:
+            self.gateway.deployments.started(served.target)
         if call.route.plan is None:
             return None
         if call.stream:
             self._divert_to_relay(flow, call)
             return None
         executor = self.gateway.executor
-        if executor is None or call.route.provider is None or call.route.provider.max_concurrent is None:
+        if executor is None or served is None or served.provider.max_concurrent is None:
             # mitmproxy makes the first attempt, as for any request; the retries step takes over if it fails
-            call.route.native_first = True
-            call.route.sent_at = time.monotonic()
+            call.delivery.native_first = True
+            call.delivery.sent_at = time.monotonic()
             return None
         return executor.answer(flow, call)  # the provider's queue is kaixu's: so is its HTTP client
 
@@ -62,7 +63,7 @@ class Dispatch:
             ping_s = float(call.policy.front_settings(call.front).get("ping_interval_s", ping_s))
         path = relay.register(RelayPlan(call=call, upstream=Upstream.of(request), ping_s=ping_s))
         request.scheme, request.host, request.port, request.path = split_url(loopback + path)
-        call.route.relayed = True
+        call.delivery.relayed = True
 
     def client_disconnected(self, client: connection.Client) -> None:
         """A client that hangs up while its buffered request is being fetched cancels the fetch."""

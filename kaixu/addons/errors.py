@@ -32,8 +32,8 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
     """A complete HTTP/1 error response for mitmproxy to send on a kaixu connection, in the shape of the front
     door the path names, always with a request id (a fresh one for a request that never became a flow)."""
     call = call_for_request(request)
-    if call is not None and call.route.recovered is not None:  # a later attempt answered instead
-        return mitm.assemble_response(call.route.recovered)
+    if call is not None and call.delivery.recovered is not None:  # a later attempt answered instead
+        return mitm.assemble_response(call.delivery.recovered)
     if call is not None:
         status, message, type, error_code = _describe(call, status, reason, code is ErrorCode.CONNECT_FAILED)
         body = error_json(call.front, call.request_id, status, message, type, error_code)
@@ -48,7 +48,7 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
 
 
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
-    provider = call.route.provider.name if call.route.provider else "upstream"
+    provider = call.served.provider.name if call.served is not None else "upstream"
     if call.timed_out:
         failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
         return failure.status, failure.message, failure.type, failure.code
@@ -75,9 +75,9 @@ class Errors:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response is not None or call.route.provider is None:
+        if call is None or flow.response is not None or call.served is None:
             return
-        if call.route.relayed:
+        if call.delivery.relayed:
             return  # the relay bounds each of its attempts itself (kaixu/reliability/executor.py)
         loop = asyncio.get_running_loop()
         self._timers[flow.id] = loop.call_later(first_attempt_timeout(call), self._expire, flow, call)
@@ -93,7 +93,7 @@ class Errors:
         if call is None or flow.error is None:
             return
         fault = mitm.client_fault_status(flow)  # the one classification of client faults (settle uses it too)
-        provider = call.route.provider.name if call.route.provider else "-"
+        provider = call.served.provider.name if call.served is not None else "-"
         if fault == mitm.CLIENT_CLOSED:
             return
         if fault == 413:

@@ -1,14 +1,14 @@
 """Step 9a: the first attempt of a buffered request with an attempt plan failed: the plan goes on.
 
 mitmproxy makes that first attempt itself, as for any request, so a plan costs nothing while providers answer
-(the dispatch step: `Route.native_first`). When the answer is a failure the plan retries or falls back on
+(the dispatch step: `Delivery.native_first`). When the answer is a failure the plan retries or falls back on
 (a 429, a 5xx, a `fallback_on` error), the response hook hands it to the executor (kaixu/reliability/executor.py),
 which runs the next attempts and puts the winner (or the last failure) in its place before the settle step
 reads it. When the first attempt got no whole answer (a connection refused or dropped, a timeout, a body cut
 midway: none of it reached the client), mitmproxy ends the flow in its error hook, where a response can no
 longer be set: the executor runs the next attempts there, the response steps are run on the result at once
 (`Chain.respond`), and kaixu/addons/errors.py hands it to kaixu/mitm.py in place of the error page
-(`Route.recovered`; HTTP/1 clients: an HTTP/2 client gets the error).
+(`Delivery.recovered`; HTTP/1 clients: an HTTP/2 client gets the error).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Retries:
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = get_call(flow)
         response = flow.response
-        if call is None or response is None or not call.route.native_first or response.status_code < 400:
+        if call is None or response is None or not call.delivery.native_first or response.status_code < 400:
             return None  # the common case: no coroutine
         if response.stream is not False or call.route.attempts is not None:
             return None
@@ -58,7 +58,7 @@ class Retries:
 
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = get_call(flow)
-        if call is None or not call.route.native_first or flow.error is None:
+        if call is None or not call.delivery.native_first or flow.error is None:
             return None
         if flow.response is not None and flow.response.stream is not False:
             return None  # a stream: nothing here (a plan's streams go through the relay)
@@ -68,8 +68,9 @@ class Retries:
 
     async def _recover(self, flow: http.HTTPFlow, call: Call) -> None:
         executor = self.gateway.executor
-        assert executor is not None and call.route.provider is not None and flow.error is not None
-        provider = call.route.provider.name
+        served = call.served
+        assert executor is not None and served is not None and flow.error is not None
+        provider = served.provider.name
         if call.timed_out:
             failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
         else:  # never connected, or the connection broke before a whole answer (none of it reached the client)
@@ -83,7 +84,7 @@ class Retries:
             return  # and the settle step records it
         flow.response = as_response(outcome)
         flow.response.headers["connection"] = "close"  # mitmproxy closes the connection after its error answer
-        call.route.recovered = flow.response
+        call.delivery.recovered = flow.response
         assert self.respond is not None
         pending = self.respond(flow)  # decorated, translated, priced, recorded as any answer
         if pending is not None and inspect.isawaitable(pending):

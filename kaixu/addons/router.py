@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from kaixu.call import Call, get_call
+from kaixu.call import Attempt, Call, get_call
 from kaixu.formats import FormatError, estimate_tokens
 from kaixu.formats.doors import front_door
 from kaixu.gateway import Gateway
@@ -22,13 +22,11 @@ from kaixu.respond import error_response, json_response
 from kaixu.routing import (
     FORWARDED_HEADERS,
     ROUTED_OPERATIONS,
-    Prepared,
     RouteRefused,
     aim,
     candidate_targets,
     fallback_routes,
     resolve_route,
-    upstream_headers,
     usable_targets,
 )
 
@@ -55,12 +53,15 @@ class Router:
                 route, targets = chain[start], usable_targets(call, chain[start].targets)
             target = self.gateway.deployments.pick(targets, call.policy.routing)
             install_id = flow.request.headers.get("x-kaixu-install-id")
-            prepared = aim(call, route, target, flow.request.headers.fields, install_id, self.gateway.mock_url,
-                           fallback=start > 0)  # fmt: skip
+            attempt = aim(call, route, target, flow.request.headers.fields, install_id, self.gateway.mock_url,
+                          fallback=start > 0)  # fmt: skip
         except RouteRefused as refused:
+            if refused.refused_by is not None:  # the ledger and the metrics name the deployment that refused
+                call.attempts.append(refused.refused_by)
             flow.response = error_response(call, refused.status, refused.message, refused.type, refused.code)
             return
-        if prepared is None:  # answered locally (token estimate)
+        call.attempts.append(attempt)
+        if attempt.prepared is None:  # answered locally (token estimate)
             try:
                 flow.response = self._count_tokens_locally(call)
             except FormatError as exc:
@@ -71,14 +72,16 @@ class Router:
             request = flow.request
             client_fields = tuple((k, v) for k, v in request.headers.fields if k.lower() in FORWARDED_HEADERS)
             call.route.plan = Plan(chain, client_fields, request.raw_content or b"", install_id, start)
-        self._rewrite(flow, call, prepared)
+        self._rewrite(flow, call, attempt)
         call.route.routed = True
 
-    def _rewrite(self, flow: http.HTTPFlow, call: Call, prepared: Prepared) -> None:
+    def _rewrite(self, flow: http.HTTPFlow, call: Call, attempt: Attempt) -> None:
+        prepared = attempt.prepared
+        assert prepared is not None
         request = flow.request
         request.scheme, request.host, request.port, request.path = split_url(prepared.url)
         request.authority = ""  # origin-form upstream, whatever form the client's request line had
-        request.headers.fields = upstream_headers(call, request.headers.fields, request.host, request.port, prepared)
+        request.headers.fields = prepared.headers
         if isinstance(prepared.body, dict):
             request.content = prepared.content(b"")  # sets content-length
 

@@ -25,7 +25,7 @@ from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import count_request
 from kaixu.pricing import cents, convert_micros
-from kaixu.providers import credentials_rejected, hides_provider_answer
+from kaixu.providers import credentials_rejected, deployment_failed, hides_provider_answer
 from kaixu.reliability.served import answer_headers
 from kaixu.request_facts import attribution
 from kaixu.respond import add_headers, error_json
@@ -64,7 +64,7 @@ def _passed_through_chars(call: Call, payload: dict[str, object], response: http
 def _answer_began(flow: http.HTTPFlow, call: Call) -> bool:
     """The provider accepted the request and started answering: from then on it bills, so kaixu does."""
     response = flow.response
-    return response is not None and response.status_code < 400 and call.route.relay_status is None
+    return response is not None and response.status_code < 400 and call.delivery.relay_status is None
 
 
 def mark_degraded(call: Call, response: http.Response) -> None:
@@ -109,14 +109,14 @@ class Settle:
                         mark_degraded(call, response)
                 add_headers(response, headers)
         # A relayed stream is a 200 to the client even when the provider failed before its first byte.
-        self._count(flow.request, call, call.route.relay_status or response.status_code, call.route.relay_error)
+        self._count(flow.request, call, call.delivery.relay_status or response.status_code, call.delivery.relay_error)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.error is None or call.route.recovered is not None:
+        if call is None or flow.error is None or call.delivery.recovered is not None:
             return  # recovered: a later attempt answered, and was settled then (kaixu/addons/retries.py)
         fault = mitm.client_fault_status(flow)
-        if call.route.provider is not None and not call.bill.usage_final and _answer_began(flow, call):
+        if call.served is not None and not call.bill.usage_final and _answer_began(flow, call):
             estimate_usage(call)  # cut by the provider or left by the client midway: bill what was produced
         if fault is not None:
             # the client's doing, not the gateway's: 499 when it went away (flagged in the ledger), 413, 400
@@ -130,12 +130,13 @@ class Settle:
             self._count(flow.request, call, 502, flow.error.msg)
 
     def _settle_buffered(self, call: Call, response: http.Response) -> None:
-        assert call.route.format is not None
-        upstream = get_codec(call.route.format)
-        same_format = call.route.format == call.front
-        if call.route.provider is not None and hides_provider_answer(response.status_code, call.caller.byok):
-            log.warning("request %s: %s", call.request_id, credentials_rejected(call.route.provider.name))
-            message = credentials_rejected(call.route.provider.name)
+        served = call.served
+        assert served is not None
+        upstream = get_codec(served.format)
+        same_format = served.format == call.front
+        if hides_provider_answer(response.status_code, call.caller.byok):
+            log.warning("request %s: %s", call.request_id, credentials_rejected(served.provider.name))
+            message = credentials_rejected(served.provider.name)
             body = error_json(call.front, call.request_id, 502, message, "api_error", "provider_auth_failed")
             replace_body(response, body, status=502)
             return
@@ -160,13 +161,13 @@ class Settle:
             raise ValueError("the provider's answer is not a JSON object")
         content.collect_answer(call, payload)
         bill = call.bill
-        embedding_request = call.embedding_request
+        embedding_request = served.embedding_request
         if embedding_request is not None:
-            vectors = embeddings.decode_response(call.route.format, payload, embedding_request.model)
+            vectors = embeddings.decode_response(served.format, payload, embedding_request.model)
             bill.usage = vectors.usage
             if bill.usage is None:  # Gemini never counts embedding tokens
                 estimate_usage(call, 0)
-            bill.settle()
+            bill.settle(served.price)
             replace_body(response, embeddings.encode_response(call.front, vectors, embedding_request))
             return
         # A missing usage is unknown, not zero tokens: estimated, from the answer as decoded only then.
@@ -174,12 +175,12 @@ class Settle:
         if call.canonical is None:
             if bill.usage is None:
                 estimate_usage(call, _passed_through_chars(call, payload, response))
-            bill.settle()
+            bill.settle(served.price)
             return
         answer = upstream.decode_response(payload)
         if bill.usage is None:
             estimate_usage(call, answer_chars(answer))
-        bill.settle()
+        bill.settle(served.price)
         context = call.seed_context
         if context is not None and bill.cost_micros is not None:  # the seeds' own cost fields
             eur = convert_micros(bill.cost_micros, call.policy.pricing.eur_per_usd)
@@ -192,20 +193,21 @@ class Settle:
         if error:
             error = call.policy.redactor.text(error, call.caller.client_key)
         elapsed = time.monotonic() - call.started
-        target = call.route.target
-        if call.forwarded and target is not None:
+        served = call.served
+        if call.forwarded and served is not None and not call.outcome_counted:
             # the deployment's fault: it throttled, failed or did not answer; not a client's 4xx or hang-up
-            failed = (status == 429 or status >= 500) and not call.client_disconnected and not call.failed
-            self.gateway.deployments.finished(target, failed, elapsed, call.policy.routing)
+            failed = deployment_failed(status) and not call.client_disconnected and not call.failed
+            self.gateway.deployments.finished(served.target, failed, elapsed, call.policy.routing)
         self.gateway.pool.finished(call, status, error)
-        call.bill.settle()
+        call.bill.settle(call.price)
         governor = self.gateway.governor
         if governor is not None and call.governance.holds:
             used = call.bill.usage
             tokens = used.input_tokens + used.output_tokens if used else None
             governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts, call.policy.ca_file)
-        provider = call.route.provider.name if call.route.provider else "-"
-        model = (call.route.name or "-") if call.route.provider else "-"  # a policy name, never the client's string
+        provider = served.provider.name if served is not None else "-"
+        model = served.route if served is not None else "-"  # a policy name, never the client's string
+        upstream_model = served.model if served is not None else None
         who = attribution(call)
         count_request(call, provider, model, status, elapsed, error, who.customer)
         usage = call.bill.usage
@@ -214,7 +216,7 @@ class Settle:
                 "%s %s %s %s %s %d %.1fms %s -> %s/%s tokens=%s/%s cost=%s key=%s%s",
                 call.request_id, safe(request.method, 20), _path(request), call.front, call.operation or "-", status,
                 elapsed * 1000, safe(call.model) if call.model else "-", provider,
-                call.route.model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
+                upstream_model or "-", usage.input_tokens if usage else "-", usage.output_tokens if usage else "-",
                 call.bill.cost_usd() if usage else "-", call.caller.key.name if call.caller.key else "-",
                 f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
@@ -230,8 +232,8 @@ class Settle:
                     key_name=call.caller.key.name if call.caller.key else None,
                     team=who.team,
                     model=call.model,
-                    provider=call.route.provider.name if call.route.provider else None,
-                    upstream_model=call.route.model,
+                    provider=served.provider.name if served is not None else None,
+                    upstream_model=upstream_model,
                     status=status,
                     stream=int(call.stream),
                     input_tokens=usage.input_tokens if usage else None,

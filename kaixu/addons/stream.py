@@ -55,8 +55,8 @@ def tally(call: Call) -> Tally:
     (`Bill.streamed_chars`, what an estimate bills when the provider's count never comes), the answer's text
     when the policy stores content (`Bill.streamed_text`, at most `ledger.content.max_chars`), and whether the
     provider ended the stream with its usage (`Bill.usage_final`), and the error a stream ends with (its
-    provider's error event, or one kaixu could not read) for the ledger (`Route.relay_error`)."""
-    bill, route = call.bill, call.route
+    provider's error event, or one kaixu could not read) for the ledger (`Delivery.relay_error`)."""
+    bill, delivery = call.bill, call.delivery
     kept = bill.streamed_text
     room = call.policy.ledger.content.max_chars if kept is not None else 0
 
@@ -78,7 +78,9 @@ def tally(call: Call) -> Tally:
                 bill.usage_final = event.usage is not None
                 continue
             elif type(event) is StreamError:  # the client's stream ends in an error event: so does the ledger
-                route.relay_error = route.relay_error or f"the provider's stream ended with an error: {event.message}"
+                delivery.relay_error = (
+                    delivery.relay_error or f"the provider's stream ended with an error: {event.message}"
+                )
                 continue
             else:
                 continue
@@ -141,13 +143,13 @@ def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
 def untranslatable(call: Call) -> bytes:
     """A stream kaixu could not go on translating (an exception in a decoder or an encoder: a provider event of
     a shape it does not know, a bug) ends as one the provider broke: the door's terminal error event now,
-    nothing after it (`Route.stream_broken`), and the error in the ledger. Dropping the chunk and going on
+    nothing after it (`Delivery.stream_broken`), and the error in the ledger. Dropping the chunk and going on
     would hand the client a clean end of an answer with a hole in it."""
     log.exception("request %s: the provider's stream could not be translated; it ends here", call.request_id)
-    provider = call.route.provider.name if call.route.provider is not None else "upstream"
+    provider = call.served.provider.name if call.served is not None else "upstream"
     message = f"kaixu could not translate the stream from provider {provider!r}"
-    call.route.stream_broken = True
-    call.route.relay_error = message
+    call.delivery.stream_broken = True
+    call.delivery.relay_error = message
     return terminal_error(call, message)
 
 
@@ -258,18 +260,18 @@ def billed(call: Call, inner: StreamCallable) -> StreamCallable:
     sse = takes_comments(call)
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
-        if data and bill.first_token_at is None and not (call.route.relayed and call.canonical is not None):
+        if data and bill.first_token_at is None and not (call.delivery.relayed and call.canonical is not None):
             # a translated relayed stream's first byte may be a marker: `relayed` notes the provider's own
             bill.first_token_at = time.monotonic()
         if data:
             return inner(data)
         # The provider failed mid-answer (the relay says so): no clean close (no `[DONE]`, no `message_stop`, no
         # "ended without an answer" from a decoder), the terminal error event instead.
-        out = terminal_error(call) if call.route.stream_broken else inner(data)
+        out = terminal_error(call) if call.delivery.stream_broken else inner(data)
         try:
-            if not bill.usage_final and call.route.relay_status is None:  # relay_status: no answer ever began
+            if not bill.usage_final and call.delivery.relay_status is None:  # relay_status: no answer ever began
                 estimate_usage(call)
-            bill.settle()
+            bill.settle(call.price)
             if not sse:
                 return out
             comment = bill.sse_comment()
@@ -298,18 +300,18 @@ class Stream:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         response = flow.response
-        if call is None or response is None or call.route.provider is None or not call.stream:
+        if call is None or response is None or call.served is None or not call.stream:
             return
         # Errors stay buffered so `settle` can put them in the client's shape (and retry, later).
         if response.status_code >= 400 or not is_event_stream(response):
             return
-        assert call.route.format is not None
-        if not (call.route.relayed and front_door(call.front).keepalive_s is not None):
+        served = call.served
+        if not (call.delivery.relayed and front_door(call.front).keepalive_s is not None):
             # (a relayed stream with keep-alives began before any attempt: its headers were sent then)
             add_headers(response, answer_headers(call, response.status_code))
-        upstream = get_codec(call.route.format)
-        if call.canonical is None and not call.json_array_stream:
-            make = usage_stripping_meter if call.strip_usage_chunk else meter
+        upstream = get_codec(served.format)
+        if served.canonical is None and not call.json_array_stream:
+            make = usage_stripping_meter if served.strip_usage_chunk else meter
             response.stream = billed(call, make(call, upstream.stream_decoder()))
             return
         response.headers.pop("content-length", None)
@@ -320,17 +322,18 @@ class Stream:
         response.headers["cache-control"] = "no-cache"
         if call.canonical is None:
             reframer = gemini.GeminiArrayReframer()
-            call.route.ender = once(reframer.fail)
+            call.delivery.ender = once(reframer.fail)
             response.stream = billed(call, reframed(call, reframer))
             return
         encoder = fronts.stream_encoder(
             call.front, call.canonical, call.seed_context, json_array=call.json_array_stream
         )
-        call.route.ender = ender(encoder, call.json_array_stream)
-        if call.route.relayed:
+        call.delivery.ender = ender(encoder, call.json_array_stream)
+        if call.delivery.relayed:
 
             def winner() -> StreamCallable:  # the winning attempt's wire format, known at its first byte
-                return translator(call, get_codec(call.route.format or "openai").stream_decoder(), encoder)
+                won = call.served
+                return translator(call, get_codec(won.format if won else "openai").stream_decoder(), encoder)
 
             stream = relayed(call, winner, encoder)
         else:

@@ -23,7 +23,7 @@ Reasoning controls and thinking content (``thinking``, ``reasoning_effort``, ``t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,7 @@ def losses(req: ChatRequest, target: str, lost: Iterable[str] = ()) -> list[str]
     return out
 
 
-def summary(paths: list[str], limit: int = MAX_SUMMARY) -> str:
+def summary(paths: Sequence[str], limit: int = MAX_SUMMARY) -> str:
     """``a, b, c``, bounded: past ``limit`` characters the rest is counted (``a, b, ... (+7 more)``)."""
     text = ", ".join(paths)
     if len(text) <= limit:
@@ -170,7 +170,7 @@ def summary(paths: list[str], limit: int = MAX_SUMMARY) -> str:
     return ", ".join(kept) + f", ... (+{len(paths) - len(kept)} more)" if kept else f"... ({len(paths)} fields)"
 
 
-def refusal(paths: list[str], target: str) -> UnsupportedFeature:
+def refusal(paths: Sequence[str], target: str) -> UnsupportedFeature:
     """The 400 of ``translation.unsupported: reject``: every field that would have been dropped, by name."""
     return UnsupportedFeature(
         summary(paths),

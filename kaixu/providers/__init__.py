@@ -92,6 +92,12 @@ def hides_provider_answer(status: int, byok: bool) -> bool:
     return status == 401 and not byok
 
 
+def deployment_failed(status: int) -> bool:
+    """An answer that counts against the deployment that gave it (its breaker, kaixu/providers/health.py): it
+    throttled (429) or failed (5xx). A client's 4xx is the client's doing, not the deployment's."""
+    return status == 429 or status >= 500
+
+
 FailureKind = Literal["timeout", "connect", "protocol"]
 
 

@@ -9,7 +9,7 @@ retry is never spliced into an answer already begun; until then a failed plan is
 error (the settle step puts it in the client's shape). Gateway 13 is told 200 at once (its pings need it):
 before the provider's first byte the relay writes SSE comment markers the stream step turns into `ping` and
 `error` events, never mixed into the provider's bytes. After the first byte, a provider that fails ends the
-client's stream with a terminal error event in its own format (the stream step, from `Route.stream_broken`),
+client's stream with a terminal error event in its own format (the stream step, from `Delivery.stream_broken`),
 never a silently truncated 200. Provider bytes are forwarded whole events at a time, so that event is never
 glued to half of another.
 """
@@ -27,7 +27,7 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import credentials_rejected
+from kaixu.providers import credentials_rejected, hides_provider_answer
 from kaixu.reliability.upstream import RESPONSE_HOP
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class RelayHandler(tornado.web.RequestHandler):
         assert outcome.chunks is not None
         loop = asyncio.get_running_loop()
         idle = outcome.idle_s or call.policy.upstream_timeout_s
-        provider = call.route.provider.name if call.route.provider else "upstream"
+        provider = call.served.provider.name if call.served is not None else "upstream"
         held = b""
         chunk = outcome.first
         try:
@@ -172,8 +172,8 @@ class RelayHandler(tornado.web.RequestHandler):
                 reason = f"the answer took longer than its total of {outcome.total_s:g} s"
             else:
                 reason = f"no data within {idle:g} s"
-            call.route.relay_error = f"stream from provider {provider!r} broke: {reason}"
-            call.route.stream_broken = True
+            call.delivery.relay_error = f"stream from provider {provider!r} broke: {reason}"
+            call.delivery.stream_broken = True
 
     async def _with_pings(self, pending: asyncio.Future[Outcome], ping_s: float) -> Outcome:
         """Await the attempts, writing a keep-alive marker every `ping_s` seconds meanwhile."""
@@ -187,13 +187,15 @@ class RelayHandler(tornado.web.RequestHandler):
     async def _fail(self, call: Call, outcome: Outcome) -> None:
         """Gateway 13 was told 200 already: the plan's last failure becomes an error marker."""
         message = outcome.transport_error
+        served = call.served
         if message is None:
-            message, _ = get_codec(call.route.format or "openai").decode_error(outcome.status, outcome.body)
-        if outcome.status == 401 and not call.caller.byok and call.route.provider is not None:
-            message = credentials_rejected(call.route.provider.name)
+            message, _ = get_codec(served.format if served else "openai").decode_error(outcome.status, outcome.body)
+        hidden = hides_provider_answer(outcome.status, call.caller.byok)
+        if hidden and served is not None:
+            message = credentials_rejected(served.provider.name)
         message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
-        call.route.relay_error = message
-        status = 502 if outcome.status == 401 and not call.caller.byok else outcome.status
-        call.route.relay_status = status  # what the client would have got without the relay
+        call.delivery.relay_error = message
+        status = 502 if hidden else outcome.status
+        call.delivery.relay_status = status  # what the client would have got without the relay
         self.write(error_marker(message, status))
         await self.flush()

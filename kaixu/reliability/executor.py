@@ -7,8 +7,9 @@ One component for both kinds of answer:
   winning attempt with its first chunk, and only then starts the client's answer.
 
 Either way nothing reaches the client before an attempt has won, so a retry or a fallback is never spliced
-into an answer already begun. Each attempt re-aims the call (`kaixu.routing.aim`: provider, model, wire format,
-price) so the steps after it translate and price what actually served the request, and each is counted
+into an answer already begun. Each attempt is a new `Attempt` (`kaixu.routing.aim`: provider, model, wire format,
+price), added to the call's attempts only once aimed, so the steps after it translate and price what actually
+served the request and a deployment that refuses leaves the call as it was; and each is counted
 against its deployment's circuit breaker (kaixu/providers/health.py).
 """
 
@@ -27,12 +28,12 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import UpstreamFailure, split_url, upstream_failure
+from kaixu.providers import UpstreamFailure, deployment_failed, hides_provider_answer, upstream_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import RESPONSE_HOP, ConnectError, ProtocolError, Response, UpstreamClient
 from kaixu.respond import error_json
-from kaixu.routing import RouteRefused, aim, reachable_targets, upstream_headers
+from kaixu.routing import RouteRefused, aim, reachable_targets
 
 if TYPE_CHECKING:
     from kaixu.providers.health import Deployments
@@ -173,47 +174,47 @@ class Executor:
                     upstream = self._aim(call, route, tried, fallback=index > 0)
                     if upstream is None:
                         break  # no deployment of this model can take it: the next model
-                target = call.route.target
-                assert target is not None and call.route.provider is not None
+                served = call.served
+                assert served is not None
+                target = served.target
                 if target in tried:
                     tried.remove(target)
                 tried.append(target)
                 if done is not None:  # mitmproxy's own first attempt
-                    since, outcome, done = call.route.sent_at, done, None
+                    since, outcome, done = call.delivery.sent_at, done, None
                 else:
                     assert upstream is not None
                     since = time.monotonic()
                     outcome = await self._attempt(call, route, upstream, stream)
                 upstream = None
-                provider = call.route.provider.name
+                provider = served.provider.name
                 if outcome.ok:
-                    attempts.add(provider, call.route.model or "-", outcome.status, since)
+                    attempts.add(provider, served.model or "-", outcome.status, since)
                     attempts.degraded = index > 0
                     metrics.ATTEMPTS.inc((provider, "ok"))
                     if attempts.degraded:
                         metrics.FALLBACKS.inc((plan.routes[0].name,))
                     return outcome
                 answer: Verdict
-                if outcome.local or (outcome.status == 401 and not call.caller.byok):
+                if outcome.local or hides_provider_answer(outcome.status, call.caller.byok):
                     answer = "fallback"  # a full queue is not retried into itself; kaixu's own key was refused
                 else:
                     answer = verdict(outcome.status, outcome.body, route.retries, route.fallback_on,
                                      transport=outcome.transport_error is not None)  # fmt: skip
-                attempts.add(provider, call.route.model or "-", outcome.status, since, outcome.transport_error)
+                attempts.add(provider, served.model or "-", outcome.status, since, outcome.transport_error)
                 more = self._more(plan.routes, index, number, answer)
                 if answer == "final" or not more:
                     metrics.ATTEMPTS.inc((provider, "final"))
                     if outcome.local:  # never reached the provider: not the deployment's failure
                         deployments.released(target)
-                        call.route.target = None
+                        call.outcome_counted = True
                     return outcome  # counted against its deployment by the settle step, as any answer
                 metrics.ATTEMPTS.inc((provider, "retried" if answer == "retry" and more == "retry" else "fallback"))
                 await outcome.close()
                 if outcome.local:
                     deployments.released(target)
                 else:
-                    failed = outcome.status == 429 or outcome.status >= 500
-                    deployments.finished(target, failed, time.monotonic() - since, routing)
+                    deployments.finished(target, deployment_failed(outcome.status), time.monotonic() - since, routing)
                 last = outcome
                 if answer != "retry" or more != "retry":
                     break
@@ -222,7 +223,7 @@ class Executor:
         # the models left could not take it (no deployment, or each refused before anything was sent): the last
         # failure stands; its deployment has been told already, so the settle step must not count it again
         assert last is not None
-        call.route.target = None
+        call.outcome_counted = True
         return last
 
     @staticmethod
@@ -247,28 +248,26 @@ class Executor:
         if not fresh:
             fresh = next(((t,) for t in tried if t in targets and deployments.usable(t, routing)), targets)
         target = deployments.pick(fresh, routing)
-        saved = _Aimed.of(call)
         try:
-            prepared = aim(call, route, target, plan.client_fields, plan.install_id, self.mock_url(), fallback=fallback)
+            attempt = aim(call, route, target, plan.client_fields, plan.install_id, self.mock_url(), fallback=fallback)
         except RouteRefused as refused:
             deployments.get(target).probing = False
             log.warning("request %s: %s/%s skipped: %s", call.request_id, target.provider, target.model or route.name,
                         refused.message)  # fmt: skip
-            saved.restore(call)
             return None
+        prepared = attempt.prepared
         if prepared is None:  # a local answer (token counting) is never a fallback's business
-            saved.restore(call)
             return None
+        call.attempts.append(attempt)
         deployments.started(target)
-        _, host, port, _ = split_url(prepared.url)
-        headers = upstream_headers(call, plan.client_fields, host, port, prepared)
-        return Upstream("POST", prepared.url, str_headers(headers), prepared.content(plan.client_body))
+        return Upstream("POST", prepared.url, str_headers(prepared.headers), prepared.content(plan.client_body))
 
     # -- one attempt -----------------------------------------------------------------------------------------
 
     async def _attempt(self, call: Call, route: ModelRoute, upstream: Upstream, stream: bool) -> Outcome:
-        provider = call.route.provider
-        assert provider is not None
+        served = call.served
+        assert served is not None
+        provider = served.provider
         timeouts = route.timeouts or NO_TIMEOUTS
         total = timeouts.total_s or call.policy.upstream_timeout_s
         loop = asyncio.get_running_loop()
@@ -335,7 +334,8 @@ class Executor:
     def refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
         """kaixu's own error for an attempt, in the provider's wire format (the settle step puts it in the
         client's, as it does a provider's error)."""
-        fmt = call.route.format or call.front
+        served = call.served
+        fmt = served.format if served is not None else call.front
         kind = "timeout_error" if status == 504 else "api_error"
         body = json.dumps(error_json(fmt, call.request_id, status, message, kind, code)).encode()
         headers = [("content-type", "application/json")]
@@ -352,27 +352,3 @@ def as_response(outcome: Outcome) -> http.Response:
 
 def _header(outcome: Outcome, name: str) -> str | None:
     return next((v for k, v in outcome.headers if k.lower() == name), None)
-
-
-@dataclass(slots=True)
-class _Aimed:
-    """What `kaixu.routing.aim` changes on a call, kept to put back when a later deployment refuses the request."""
-
-    route: tuple[Any, ...]
-    price: Any
-    request: tuple[Any, ...]
-
-    @classmethod
-    def of(cls, call: Call) -> _Aimed:
-        r = call.route
-        return cls(
-            (r.name, r.target, r.provider, r.model, r.format, r.operation),
-            call.bill.price,
-            (call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request, call.seed_context),
-        )
-
-    def restore(self, call: Call) -> None:
-        r = call.route
-        r.name, r.target, r.provider, r.model, r.format, r.operation = self.route
-        call.bill.price = self.price
-        call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request, call.seed_context = self.request

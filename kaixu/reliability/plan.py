@@ -79,7 +79,7 @@ class Plan:
 
 
 @dataclass(slots=True)
-class Attempt:
+class Tried:
     """One try, as the answer's `x-kaixu-attempts` and the ledger's `attempts` show it."""
 
     provider: str
@@ -104,12 +104,12 @@ class Attempt:
 class Attempts:
     """Every attempt of one request, and whether a fallback model served it (`degraded`)."""
 
-    tried: list[Attempt] = field(default_factory=list)
+    tried: list[Tried] = field(default_factory=list)
     degraded: bool = False
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, provider: str, model: str, status: int, since: float, error: str | None = None) -> Attempt:
-        attempt = Attempt(provider, model, status, (time.monotonic() - since) * 1000, error)
+    def add(self, provider: str, model: str, status: int, since: float, error: str | None = None) -> Tried:
+        attempt = Tried(provider, model, status, (time.monotonic() - since) * 1000, error)
         self.tried.append(attempt)
         return attempt
 

@@ -13,11 +13,11 @@ def answer_headers(call: Call, status: int) -> dict[str, str]:
     """What the answer says about how it was served: `x-kaixu-served-by` (provider/model), `x-kaixu-attempts`
     (each attempt's provider/model, status and milliseconds; one for a request forwarded once) and
     `x-kaixu-degraded: true` when a fallback model served it."""
-    route = call.route
-    if route.provider is None:
+    attempt = call.served
+    if attempt is None:
         return {}
-    served = f"{route.provider.name}/{header_safe(route.model or '-')}"
-    attempts = route.attempts
+    served = f"{attempt.provider.name}/{header_safe(attempt.model or '-')}"
+    attempts = call.route.attempts
     if attempts is None or not attempts.tried:
         ms = (time.monotonic() - call.started) * 1000
         headers = {"x-kaixu-served-by": served, "x-kaixu-attempts": f'"{served}";status={status};ms={ms:.1f}'}

@@ -5,7 +5,7 @@ pick among deployments are kaixu/providers/health.py."""
 
 from __future__ import annotations
 
-from kaixu.routing.aim import FORWARDED_HEADERS, Prepared, aim, upstream_headers
+from kaixu.routing.aim import FORWARDED_HEADERS, aim
 from kaixu.routing.resolve import (
     ROUTED_OPERATIONS,
     RouteRefused,
@@ -19,13 +19,11 @@ from kaixu.routing.resolve import (
 __all__ = [
     "FORWARDED_HEADERS",
     "ROUTED_OPERATIONS",
-    "Prepared",
     "RouteRefused",
     "aim",
     "candidate_targets",
     "fallback_routes",
     "reachable_targets",
     "resolve_route",
-    "upstream_headers",
     "usable_targets",
 ]

@@ -1,6 +1,6 @@
-"""Aiming a call at one deployment: its provider, upstream model, wire format and price (on `call.route` and
-`call.bill`), and the request that deployment is sent (`Prepared`, and the headers `upstream_headers` lets
-through). The router step aims the first attempt, the attempt executor (kaixu/reliability/) each next one.
+"""Aiming a call at one deployment: an `Attempt` (kaixu/call.py) with its provider, upstream model, wire format
+and price, and the request that deployment is sent (`Prepared`: its URL, body and headers). The router step
+aims the first attempt, the attempt executor (kaixu/reliability/) each next one.
 
 Same-format traffic keeps the client's bytes: only the URL, the credential and (for an alias or a gateway-only
 field) the body's model change.
@@ -8,20 +8,24 @@ field) the body's model change.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kaixu.call import Call
+from kaixu.call import Attempt, Call, Prepared
 from kaixu.config import ModelRoute, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, fronts, get_codec, json_type
 from kaixu.formats.canonical import Usage
 from kaixu.formats.doors import front_door
 from kaixu.formats.seeds import SeedContext
 from kaixu.pricing import cost_micros
-from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url
+from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 from kaixu.request_facts import GATEWAY_FIELDS, decode_chat
 from kaixu.routing.resolve import RouteRefused
+
+if TYPE_CHECKING:
+    from kaixu.formats.canonical import ChatRequest
+    from kaixu.formats.embeddings import EmbeddingRequest
+    from kaixu.pricing import Price
 
 #: The client headers a provider gets (lower-case). Everything else is dropped: credentials (kaixu sends the
 #: provider's own), cookies, proxy credentials, forwarding and client-IP headers. docs/compatibility.md lists it.
@@ -49,19 +53,6 @@ _REPORTED_HEADERS = ("anthropic-beta", "openai-beta")
 _BODY_HEADERS = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"content-encoding"})
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """One attempt's request: the endpoint, the body (b"": the client's bytes unchanged) and the credential."""
-
-    url: str
-    body: bytes | dict[str, Any]
-    key: str | None
-
-    def content(self, original: bytes) -> bytes:
-        body = self.body
-        return json.dumps(body, separators=(",", ":")).encode() if isinstance(body, dict) else (body or original)
-
-
 def _asks_for_usage(body: dict[str, Any]) -> bool:
     """The OpenAI stream asks for its usage chunk already; raises FormatError for `stream_options` that are not
     an object (kaixu would have to add `include_usage` to them)."""
@@ -80,108 +71,123 @@ def aim(
     mock_url: str | None,
     *,
     fallback: bool = False,
-) -> Prepared | None:
-    """Point the call at one deployment: its provider, model, wire format and price on `call.route` and
-    `call.bill`, and the request it is sent (the client's bytes when nothing changes). The router does this
-    for the first attempt, the attempt executor (kaixu/reliability/) for each next one. None: answered
-    locally (token counting); RouteRefused: this deployment cannot take the request. ``mock_url``: the
-    in-process mock provider's base URL (`Gateway.mock_url`)."""
+) -> Attempt:
+    """The call aimed at one deployment: its provider, model, wire format and price, and the request it is sent
+    (the client's bytes when nothing changes; `Attempt.prepared` None: answered locally, token counting). A
+    value: the call is not changed, its caller adds it to `call.attempts`. The router does this for the first
+    attempt, the attempt executor (kaixu/reliability/) for each next one. RouteRefused: this deployment cannot
+    take the request. ``mock_url``: the in-process mock provider's base URL (`Gateway.mock_url`)."""
     provider = call.policy.providers[target.provider]
-    call.route.name = route.name
-    call.route.target = target
-    call.route.provider = provider
-    call.route.model = upstream_model = target.model or (route.name if fallback else call.model) or ""
-    call.route.format = provider.wire_format or fronts.native_format(call.front)
-    call.route.operation = None
-    call.canonical, call.dropped, call.strip_usage_chunk, call.embedding_request = None, [], False, None
+    upstream_model = target.model or (route.name if fallback else call.model) or ""
+    wire = provider.wire_format or fronts.native_format(call.front)
     key = call.caller.client_key if call.caller.byok else provider.api_key
-    if provider.kind != "mock" and not key:
-        raise RouteRefused(
-            500, f"provider {provider.name!r} has no API key configured", "server_error", "provider_key_missing"
-        )
-    call.bill.price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
-    if call.bill.price is None and call.policy.pricing.require and call.operation != "count_tokens":
-        raise RouteRefused(
-            409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
-            "requires one (pricing.require)", "invalid_request_error", "UNPRICED_MODEL",
-        )  # fmt: skip
-    if fronts.is_seed(call.front):
-        call.seed_context = _seed_context(call, provider, install_id)
+    price = None
+    seed_context = None
     try:
-        body = _upstream_body(call)
-        if body is None:
-            return None
-        operation = call.route.operation or call.operation
-        url = endpoint_url(provider, call.route.format, operation, upstream_model, call.stream, mock_url)
-        _account_losses(call, client_fields)
-    except FormatError as exc:
-        call.dropped = []  # nothing was sent, so nothing was dropped
-        raise RouteRefused(400, str(exc), "invalid_request_error", "invalid_field") from exc
-    except UnsupportedOperation as exc:
-        raise RouteRefused(400, str(exc), "invalid_request_error", "unsupported_operation") from exc
-    return Prepared(url, body, key)
+        if provider.kind != "mock" and not key:
+            raise RouteRefused(
+                500, f"provider {provider.name!r} has no API key configured", "server_error", "provider_key_missing"
+            )
+        price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
+        if price is None and call.policy.pricing.require and call.operation != "count_tokens":
+            raise RouteRefused(
+                409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
+                "requires one (pricing.require)", "invalid_request_error", "UNPRICED_MODEL",
+            )  # fmt: skip
+        seed_context = _seed_context(call, provider, install_id, price) if fronts.is_seed(call.front) else None
+        try:
+            upstream = _upstream_body(call, upstream_model, wire)
+            if upstream.body is None:
+                return Attempt(route.name, target, provider, upstream_model, wire, upstream.operation, price, None,
+                               seed_context=seed_context)  # fmt: skip
+            operation = upstream.operation or call.operation
+            url = endpoint_url(provider, wire, operation, upstream_model, call.stream, mock_url)
+            dropped = _account_losses(call, upstream.dropped, wire, client_fields)
+        except FormatError as exc:
+            raise RouteRefused(400, str(exc), "invalid_request_error", "invalid_field") from exc
+        except UnsupportedOperation as exc:
+            raise RouteRefused(400, str(exc), "invalid_request_error", "unsupported_operation") from exc
+    except RouteRefused as refused:
+        refused.refused_by = Attempt(route.name, target, provider, upstream_model, wire, None, price, None,
+                                     seed_context=seed_context)  # fmt: skip
+        raise
+    _, host, port, _ = split_url(url)
+    headers = _upstream_headers(call, provider, wire, client_fields, host, port, upstream.body, key)
+    prepared = Prepared(url, upstream.body, headers)
+    return Attempt(
+        route.name, target, provider, upstream_model, wire, upstream.operation, price, prepared,
+        canonical=upstream.canonical, dropped=dropped, seed_context=seed_context,
+        embedding_request=upstream.embedding_request, strip_usage_chunk=upstream.strip_usage_chunk,
+    )  # fmt: skip
 
 
-def _upstream_body(call: Call) -> bytes | dict[str, Any] | None:
+@dataclass(slots=True)
+class _Upstream:
+    """What `_upstream_body` decides: the body (None: answered locally) and the translation state behind it."""
+
+    body: bytes | dict[str, Any] | None
+    operation: str | None = None
+    canonical: ChatRequest | None = None
+    dropped: tuple[str, ...] = ()
+    embedding_request: EmbeddingRequest | None = None
+    strip_usage_chunk: bool = False
+
+
+def _upstream_body(call: Call, model: str, wire: str) -> _Upstream:
     """The upstream body: the client's bytes when nothing changes, else a dict to serialise.
 
-    None means the operation is answered locally (token counting for a provider without it)."""
-    assert call.body is not None and call.route.model is not None and call.route.format is not None
-    if call.route.format == call.front:
+    A body of None means the operation is answered locally (token counting for a provider without it)."""
+    assert call.body is not None
+    if wire == call.front:
         door = front_door(call.front)
-        rewrite_model = door.model_in_body and call.body.get("model") != call.route.model
+        rewrite_model = door.model_in_body and call.body.get("model") != model
         ask_usage = door.stream_usage_option and call.stream and not _asks_for_usage(call.body)
         if not rewrite_model and not ask_usage and not any(field in call.body for field in GATEWAY_FIELDS):
-            return b""  # keep the original bytes
+            return _Upstream(b"")  # keep the original bytes
         body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
         if door.model_in_body:
-            body["model"] = call.route.model
+            body["model"] = model
         if ask_usage:
             # Without it OpenAI streams carry no token counts; the stream step drops the extra chunk.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            call.strip_usage_chunk = True
-        return body
+        return _Upstream(body, strip_usage_chunk=ask_usage)
     if call.operation == "count_tokens":
-        return None
+        return _Upstream(None)
     if call.operation in ("embeddings", "batch_embeddings"):
-        request = embeddings.decode_request(
-            call.front, call.body, model=call.route.model, single=call.operation == "embeddings"
-        )
-        call.embedding_request = request
-        call.route.operation = "batch_embeddings" if call.route.format == "gemini" else "embeddings"
-        return embeddings.encode_request(call.route.format, request)
+        request = embeddings.decode_request(call.front, call.body, model=model, single=call.operation == "embeddings")
+        operation = "batch_embeddings" if wire == "gemini" else "embeddings"
+        return _Upstream(embeddings.encode_request(wire, request), operation, embedding_request=request)
     if call.operation != "chat":
-        raise UnsupportedOperation(
-            f"{call.operation} requests cannot be translated from {call.front} to {call.route.format}"
-        )
+        raise UnsupportedOperation(f"{call.operation} requests cannot be translated from {call.front} to {wire}")
     canonical = decode_chat(call)
-    canonical.model = call.route.model
-    call.canonical = canonical
-    codec = get_codec(call.route.format)
-    call.dropped = codec.dropped_fields(canonical)
-    return codec.encode_request(canonical)
+    canonical.model = model
+    codec = get_codec(wire)
+    dropped = tuple(codec.dropped_fields(canonical))
+    return _Upstream(codec.encode_request(canonical), canonical=canonical, dropped=dropped)
 
 
-def _account_losses(call: Call, client_fields: tuple[tuple[bytes, bytes], ...]) -> None:
-    """Add the vendor headers the provider will not get to what is dropped; under
+def _account_losses(
+    call: Call, dropped: tuple[str, ...], wire: str, client_fields: tuple[tuple[bytes, bytes], ...]
+) -> tuple[str, ...]:
+    """What is dropped: ``dropped`` and the vendor headers the provider will not get; under
     `translation.unsupported: reject`, refuse the request instead of dropping anything."""
     sent = {k.lower() for k, _ in client_fields}
-    call.dropped += [
+    dropped += tuple(
         f"headers.{name}"
         for name in _REPORTED_HEADERS
-        if name.encode() in sent and VENDOR_HEADERS[name.encode()] != call.route.format
-    ]
-    if call.dropped and call.policy.translation.unsupported == "reject":
-        raise droppable.refusal(call.dropped, call.route.format or "")
+        if name.encode() in sent and VENDOR_HEADERS[name.encode()] != wire
+    )
+    if dropped and call.policy.translation.unsupported == "reject":
+        raise droppable.refusal(dropped, wire)
+    return dropped
 
 
-def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None) -> SeedContext:
+def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None, price: Price | None) -> SeedContext:
     assert call.body is not None
-    bill = call.bill
     include_raw = front_door(call.front).include_raw
 
     def price_cents(usage: Usage) -> float:  # Gateway 13's `done` event, priced when the stream ends
-        micros = cost_micros(bill.price, usage)  # the price of the attempt that served it
+        micros = cost_micros(price, usage)  # the price of the attempt that serves it
         return 0 if micros is None else micros / 10_000
 
     return SeedContext(
@@ -194,14 +200,19 @@ def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None) 
     )
 
 
-def upstream_headers(
-    call: Call, client_fields: tuple[tuple[bytes, bytes], ...], host: str, port: int, prepared: Prepared
+def _upstream_headers(
+    call: Call,
+    provider: ProviderConfig,
+    fmt: str,
+    client_fields: tuple[tuple[bytes, bytes], ...],
+    host: str,
+    port: int,
+    body: bytes | dict[str, Any],
+    key: str | None,
 ) -> tuple[tuple[bytes, bytes], ...]:
-    """What a provider gets: the client's headers on the allowlist (`FORWARDED_HEADERS`, and the vendor ones
+    """What the provider gets: the client's headers on the allowlist (`FORWARDED_HEADERS`, and the vendor ones
     only for their own vendor), the provider's host and credential, kaixu's request id."""
-    assert call.route.provider is not None and call.route.format is not None
-    fmt = call.route.format
-    as_json = isinstance(prepared.body, dict)
+    as_json = isinstance(body, dict)
     fields = [
         (k, v)
         for k, v in client_fields
@@ -216,10 +227,10 @@ def upstream_headers(
     }
     if as_json:
         extra["content-type"] = "application/json"
-    extra.update(auth_headers(fmt, prepared.key))
+    extra.update(auth_headers(fmt, key))
     if fmt == "anthropic" and not any(k.lower() == b"anthropic-version" for k, _ in fields):
         extra["anthropic-version"] = ANTHROPIC_VERSION
-    extra.update(call.route.provider.headers)
+    extra.update(provider.headers)
     names = {name.lower().encode() for name in extra}
     kept = [(k, v) for k, v in fields if k.lower() not in names]
     return (*kept, *((k.encode(), v.encode()) for k, v in extra.items()))

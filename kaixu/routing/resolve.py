@@ -6,7 +6,7 @@ attempt executor (kaixu/reliability/executor.py) for each next one."""
 
 from __future__ import annotations
 
-from kaixu.call import Call
+from kaixu.call import Attempt, Call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
 from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import front_door
@@ -22,6 +22,9 @@ class RouteRefused(KaixuError):
     def __init__(self, status: int, message: str, type: str, code: str) -> None:
         super().__init__(message, status=status, type=type, code=code)
         self.message = message
+        self.refused_by: Attempt | None = None
+        """The deployment that refused (`kaixu.routing.aim`), with nothing prepared: the router records the
+        first one on the call, so the ledger and the metrics name where the refused request was aimed."""
 
 
 def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
