@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
 from kaixu.config.policy import Budget, Period, RateLimits, VirtualKey
+from kaixu.exceptions import KaixuError
 from kaixu.store.connect import WAL, open_sqlite
 
 PEPPER_ENV = "KAIXU_KEY_PEPPER"
@@ -113,7 +114,7 @@ def new_secret() -> str:
     return "sk-kaixu-" + secrets.token_urlsafe(24)
 
 
-class PepperMissing(Exception):
+class PepperMissing(KaixuError):
     """`KAIXU_KEY_PEPPER` is unset or too short."""
 
 
@@ -278,11 +279,13 @@ def _int(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
-class KeyExists(Exception):
-    pass
+class KeyExists(KaixuError):
+    """A key of that name exists already (a store key, or a policy key of the same name)."""
+
+    status, type, code = 409, "invalid_request_error", "key_exists"
 
 
-class KeyRevoked(Exception):
+class KeyRevoked(KaixuError):
     """A revoked key cannot be rotated: make a new one."""
 
 

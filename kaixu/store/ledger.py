@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, get_args, get_type_hints
 
+from kaixu.exceptions import KaixuError
 from kaixu.log import Outage
 from kaixu.metrics import LEDGER_DROPPED_RECORDS, LEDGER_ESCAPED_RECORDS, LEDGER_QUEUE_DEPTH, LEDGER_WRITE_FAILURES
 
@@ -84,7 +85,7 @@ class LedgerRecord:
     """1 when a fallback model served the request (the Intelligent AI Gateway's `degraded`)."""
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(KaixuError):
     """The store, not the records, is the problem (database locked, file removed, connection lost): the
     records are kept and written by a later flush, after the ledger reopened the store."""
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
+from kaixu.exceptions import KaixuError
 from kaixu.pricing import usd
 from kaixu.store.connect import open_sqlite
 from kaixu.store.ledger import LedgerRecord, describe
@@ -58,12 +59,12 @@ MAX_CONCURRENT = 2
 Order = Literal["asc", "desc"]
 
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(KaixuError):
     """The ledger cannot be read: no such file (yet), no requests table, a store that keeps none (`:memory:`),
     or a database error (unreadable, corrupt). The message says which, for an operator."""
 
 
-class BadCursor(ValueError):
+class BadCursor(KaixuError, ValueError):
     """A paging cursor this backend did not make."""
 
 
