@@ -23,7 +23,7 @@ from kaixu.limits import redis_counters as redis_backend
 from kaixu.limits.memory_counters import MemoryCounters
 from kaixu.limits.redis_counters import RedisCounters
 from kaixu.limits.sqlite_counters import SqliteCounters
-from tests.harness import ROOT, unavailable
+from tests.harness import ROOT, unavailable, wait_for
 from tests.prometheus import free_port
 
 REDIS_URL = os.environ.get("KAIXU_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -35,6 +35,41 @@ def need_redis() -> None:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.exceptions.RedisError as e:
         unavailable(f"no Redis at {REDIS_URL}: {e}")
+
+
+class OwnRedis:
+    """A redis-server a test starts and kills, on a port free when asked: should another process take that port
+    before the server binds it (workers run in parallel), the server exits and another port is tried. It is
+    ready when it answers with its own process id, not some other server's."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("no redis-server binary")
+        for _ in range(5):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                stdout=subprocess.DEVNULL,
+            )
+            wait_for(self.answers_or_exited, 10, "redis-server to start")
+            if self.process.poll() is None:
+                return
+        raise RuntimeError("redis-server found no free port in 5 tries")
+
+    def answers_or_exited(self) -> bool:
+        if self.process.poll() is not None:
+            return True
+        try:
+            info = redis.Redis.from_url(self.url, socket_connect_timeout=0.2).info("server")
+        except redis.exceptions.RedisError:
+            return False
+        return bool(info["process_id"] == self.process.pid)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
 
 
 async def delete_prefix(prefix: str) -> None:
@@ -144,6 +179,7 @@ async def test_a_cost_above_its_reservation_overspends_by_the_difference_only(co
     assert isinstance(await counters.reserve(["key:o:total"], 0, [1000], 60), Refusal)
 
 
+@pytest.mark.alone
 async def test_200_concurrent_reservations_never_pass_the_cap(counters: Counters) -> None:
     scopes, caps, amount = ["team:c:month:2026-12", "key:c:month:2026-12"], [10**9, 20_500], 1000
     answers = await asyncio.gather(*(counters.reserve(scopes, amount, caps, 60) for _ in range(200)))
@@ -160,6 +196,7 @@ async def test_200_concurrent_reservations_never_pass_the_cap(counters: Counters
     assert await counters.reserved("key:c:month:2026-12") == 0
 
 
+@pytest.mark.alone
 async def test_200_concurrent_requests_reserving_and_settling_stay_under_the_cap(counters: Counters) -> None:
     cap, amount, peak = 20_500, 1000, 0
 
@@ -220,6 +257,7 @@ async def test_window_counts_requests_exactly(counters: Counters) -> None:
     assert (await counters.hit("key:other:rpm", HOUR, 5)).remaining == 4
 
 
+@pytest.mark.alone
 async def test_concurrent_hits_admit_exactly_the_limit(counters: Counters) -> None:
     answers = await asyncio.gather(*(counters.hit("key:cw:rpm", HOUR, 60) for _ in range(150)))
     assert sum(a.allowed for a in answers) == 60
@@ -266,6 +304,7 @@ async def test_slots_are_held_and_released(counters: Counters) -> None:
     assert isinstance(await counters.acquire_slot("key:p:parallel", 2, 60), Slot)
 
 
+@pytest.mark.alone
 async def test_concurrent_slots_hold_the_cap(counters: Counters) -> None:
     slots = await asyncio.gather(*(counters.acquire_slot("key:cp:parallel", 8, 60) for _ in range(50)))
     assert sum(slot is not None for slot in slots) == 8
@@ -309,6 +348,7 @@ async def test_admit_refuses_on_a_full_slot_with_its_index(counters: Counters) -
     assert await counters.held_slots("team:s:parallel") == 0
 
 
+@pytest.mark.alone
 async def test_concurrent_admits_hold_the_limit_exactly(counters: Counters) -> None:
     answers = await asyncio.gather(
         *(counters.admit([Window("key:c:rpm", HOUR, 20)], [("key:c:parallel", 1000)], 60) for _ in range(60))
@@ -479,28 +519,13 @@ def test_every_script_and_key_carries_the_layout_version() -> None:
 
 
 async def test_redis_unavailable_is_counters_unavailable_quickly(tmp_path: Path) -> None:
-    server_binary = shutil.which("redis-server")
-    if server_binary is None:
-        unavailable("no redis-server binary")
-    port = free_port()
-    server = subprocess.Popen(
-        [server_binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+    server = OwnRedis(tmp_path)
+    url = server.url
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                counters = await RedisCounters(url).open()
-                break
-            except CountersUnavailable:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                await asyncio.sleep(0.02)
+        counters = await RedisCounters(url).open()
         assert isinstance(await counters.reserve(["key:u:total"], 1, [10], 60), Reservation)
     finally:
         server.kill()
-        server.wait(10)
     for operation in (
         lambda: counters.reserve(["key:u:total"], 1, [10], 60),
         lambda: counters.hit("key:u:rpm", 60, 10),

@@ -101,14 +101,17 @@ def assert_clean(gateway: Gateway, findings: list[hostile.Finding]) -> None:
     assert not findings, f"{len(findings)} broken rules:\n{hostile.summarize(findings)}"
 
 
+@pytest.mark.alone
 def test_hostile_bodies_at_every_door(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "body", 600))
 
 
+@pytest.mark.alone
 def test_hostile_headers_at_every_door(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "headers", 400))
 
 
+@pytest.mark.alone
 def test_hostile_paths_and_methods(gateway: Gateway) -> None:
     assert_clean(gateway, run_probes(gateway, "target", 400))
 

@@ -94,6 +94,7 @@ def test_a_budget_is_spent_then_refused_with_402_spent_cap_and_reset(gateway: Ka
     assert ledger_row(gateway, refused.value.response.headers["x-request-id"])["status"] == 402
 
 
+@pytest.mark.alone
 def test_200_concurrent_requests_never_overspend_by_more_than_one_reservation(
     tmp_path: Path, fake: FakeProvider
 ) -> None:

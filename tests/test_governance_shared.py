@@ -5,8 +5,7 @@ CI=true), each test under its own key prefix; the dying Redis is a `redis-server
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ import redis
 
 from tests import pg, scrape
 from tests.fakes.provider import FakeProvider, Fault
-from tests.harness import Kaixu, key_hash, policy_for, unavailable, wait_for
-from tests.prometheus import free_port
-from tests.test_counters import REDIS_URL, need_redis
+from tests.harness import Kaixu, key_hash, policy_for, wait_for
+from tests.test_counters import REDIS_URL, OwnRedis, need_redis
 from tests.test_governance import HI, clear_of_a_minute_boundary
 from tests.test_postgres import PEPPER, cli
 
@@ -62,6 +60,7 @@ async def burst(urls: list[str], key: str, count: int) -> list[httpx.Response]:
         )
 
 
+@pytest.mark.alone
 def test_two_replicas_on_redis_never_overspend_a_budget_by_more_than_one_reservation(
     tmp_path: Path, fake: FakeProvider, prefix: str
 ) -> None:
@@ -97,6 +96,7 @@ def test_two_replicas_on_redis_never_overspend_a_budget_by_more_than_one_reserva
             gateway.stop()
 
 
+@pytest.mark.alone
 def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake: FakeProvider, prefix: str) -> None:
     policy = policy_for(fake.base_url, store={"sqlite": "x", "redis": {"url": REDIS_URL, "prefix": prefix}})
     policy["keys"].append({"name": "rpm", "hash": key_hash("sk-rpm"), "limits": {"rpm": 20, "max_parallel": 50}})
@@ -111,33 +111,6 @@ def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake: FakeProvider, pr
     finally:
         for gateway in gateways:
             gateway.stop()
-
-
-class OwnRedis:
-    """A redis-server this test starts and kills."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            unavailable("no redis-server binary")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            try:
-                return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping())
-            except redis.exceptions.RedisError:
-                return False
-
-        wait_for(answers, 10, "redis-server to start")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
 
 
 @pytest.mark.parametrize("fail", ["closed", "open"])
@@ -168,6 +141,7 @@ def test_when_redis_dies_the_policy_decides(tmp_path: Path, fake: FakeProvider, 
         own.kill()
 
 
+@pytest.mark.alone
 def test_two_replicas_on_redis_and_postgres_hold_a_cli_keys_budget(
     tmp_path: Path, fake: FakeProvider, prefix: str
 ) -> None:
@@ -228,13 +202,32 @@ def test_the_parallel_request_cap_holds_across_two_replicas(tmp_path: Path, fake
     policy = policy_for(fake.base_url, store={"sqlite": "x", "redis": {"url": REDIS_URL, "prefix": prefix}})
     policy["keys"].append({"name": "par", "hash": key_hash("sk-par"), "limits": {"max_parallel": 3}})
     gateways = replicas(tmp_path, policy)
+    release = threading.Event()  # the admitted requests are held at the provider until the others are answered
     try:
         fake.clear()
-        fake.add_fault(Fault(latency_ms=1000, times=10, path_contains="/chat/completions"))
-        answers = asyncio.run(burst([g.url for g in gateways], "sk-par", 10))
+        fake.add_fault(Fault(latency_ms=10_000, until=release, times=10, path_contains="/chat/completions"))
+
+        async def hold_then_release() -> list[httpx.Response]:
+            """10 requests at once over both replicas; once 7 are answered (the 3 admitted cannot be), the
+            provider answers the rest. A wrongly admitted 4th leaves 6: the 10 s bound ends the wait."""
+            headers = {"authorization": "Bearer sk-par"}
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=10), timeout=30) as client:
+                sent = [
+                    asyncio.ensure_future(client.post(gateways[i % 2].url + "/v1/chat/completions", json=BODY,
+                                                      headers=headers))
+                    for i in range(10)
+                ]  # fmt: skip
+                deadline = time.monotonic() + 10
+                while sum(answer.done() for answer in sent) < 7 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                release.set()
+                return list(await asyncio.gather(*sent))
+
+        answers = asyncio.run(hold_then_release())
         assert sorted(a.status_code for a in answers) == [200] * 3 + [429] * 7, answers[0].text
         assert len(fake.requests) == 3, "the refused ones never reached the provider"
     finally:
+        release.set()
         fake.clear_faults()
         for gateway in gateways:
             gateway.stop()

@@ -188,6 +188,7 @@ def test_body_over_the_limit_is_413(kaixu: Kaixu) -> None:
     assert_openai_error(response, 413, "request_too_large")
 
 
+@pytest.mark.alone
 def test_answers_larger_than_the_request_limit_pass(kaixu: Kaixu) -> None:
     inputs = [f"w{i}" for i in range(10_000)]
     response = post(kaixu, json.dumps({"model": "text-embedding-3-small", "input": inputs}), path="/v1/embeddings")
