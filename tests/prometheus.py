@@ -33,10 +33,11 @@ def _install() -> str | None:
     if os.geteuid() != 0:
         return "installing it needs root"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", PACKAGE]
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another xdist worker may be installing it right now: wait for it
+    install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", PACKAGE]
     result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:  # a fresh container has no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
+        subprocess.run(["apt-get", *wait, "update"], capture_output=True, env=env, timeout=600)
         result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         return f"apt-get install {PACKAGE} failed: {result.stderr.strip()[-500:]}"

@@ -7,6 +7,7 @@ distributions that provide them with `importlib.metadata.packages_distributions(
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 import tomllib
@@ -21,6 +22,7 @@ FIRST_PARTY = ("kaixu", "tests", "bench")
 #: Declared but never imported, on purpose.
 NOT_IMPORTED = {
     "pytest-asyncio": "a pytest plugin, loaded by pytest itself (asyncio_mode = auto)",
+    "pytest-xdist": "a pytest plugin, loaded by pytest itself (`make test` runs pytest -n)",
     "ruff": "the formatter and linter `make lint` runs",
     "mypy": "the type checker `make lint` runs",
     "types-pyyaml": "type stubs read by mypy",
@@ -41,8 +43,10 @@ RUNTIME = dict(requirement(spec) for spec in PYPROJECT["project"]["dependencies"
 TEST = dict(requirement(spec) for spec in PYPROJECT["project"]["optional-dependencies"]["test"])
 
 
+@functools.cache
 def imported_modules(folder: str) -> dict[str, str]:
-    """Top-level modules imported by the files under `folder`, each with one file that imports it."""
+    """Top-level modules imported by the files under `folder`, each with one file that imports it (read once
+    per run: four tests ask)."""
     root = ROOT / folder
     local = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
     found: dict[str, str] = {}
@@ -62,8 +66,15 @@ def imported_modules(folder: str) -> dict[str, str]:
     return found
 
 
+@functools.cache
+def installed() -> dict[str, list[str]]:
+    """Which distributions provide each top-level module: one walk of the venv's metadata (0.7 s), not one
+    per module asked about."""
+    return packages_distributions()
+
+
 def distributions(module: str) -> set[str]:
-    return {canonical(d) for d in packages_distributions().get(module, [])}
+    return {canonical(d) for d in installed().get(module, [])}
 
 
 def test_every_dependency_is_pinned_to_the_installed_version() -> None:

@@ -31,7 +31,7 @@ from google.genai import types
 from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
-from tests.harness import TEST_KEY, Kaixu, key_hash, only_record, policy_for, wait_for
+from tests.harness import TEST_KEY, Kaixu, key_hash, ledger_row, only_record, policy_for, wait_for
 from tests.test_seed_apis import sse_events
 
 PROMPT = "Tell me about the lighthouse keeper"
@@ -619,23 +619,25 @@ def test_a_client_that_leaves_a_relayed_stream_cancels_the_provider(gw: Kaixu, f
 # --- provider queues --------------------------------------------------------------------------------------
 
 
-def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor, ms: int = 800) -> Future[Any]:
-    """Start a request that holds its provider's only slot (the fake answers it after ``ms``), and wait until
-    the fake has it."""
-    fake.add_fault(Fault(latency_ms=ms, path_contains=OPENAI_PATH))
+def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor) -> tuple[Future[Any], threading.Event]:
+    """Start a request that holds its provider's only slot until the test sets the returned event (the fake
+    answers it then; at most after 10 s, should the test fail first), and wait until the fake has it."""
+    release = threading.Event()
+    fake.add_fault(Fault(latency_ms=10_000, until=release, path_contains=OPENAI_PATH))
     sent = len(fake.requests)
     held = pool.submit(chat, gw, model)
     wait_for(lambda: len(fake.requests) == sent + 1, 5, "the first request to reach the provider")
-    return held
+    return held, release
 
 
 def test_a_full_queue_without_a_fallback_is_a_503(gw: Kaixu, fake: FakeProvider) -> None:
     metrics = Metrics(gw)
     with ThreadPoolExecutor(2) as pool:
-        held = _hold(gw, fake, "r-queue", pool)
+        held, release = _hold(gw, fake, "r-queue", pool)
         with pytest.raises(openai.InternalServerError) as caught:
             chat(gw, "r-queue")
         assert not held.done(), "the refusal came at once, not after a slot came free"
+        release.set()
         assert held.result().status_code == 200
     error = caught.value
     assert error.status_code == 503 and "Process pool queue full" in error.message
@@ -650,9 +652,10 @@ def test_a_full_queue_without_a_fallback_is_a_503(gw: Kaixu, fake: FakeProvider)
 def test_a_full_queue_with_a_fallback_is_served_degraded(gw: Kaixu, fake: FakeProvider) -> None:
     metrics = Metrics(gw)
     with ThreadPoolExecutor(2) as pool:
-        held = _hold(gw, fake, "r-queue-fb", pool)
+        held, release = _hold(gw, fake, "r-queue-fb", pool)
         raw = chat(gw, "r-queue-fb")
         assert not held.done()
+        release.set()
         assert held.result().status_code == 200
     assert raw.status_code == 200 and raw.parse().choices[0].message.content == ECHO
     assert raw.headers["x-kaixu-degraded"] == "true" and json.loads(raw.text)["degraded"] is True
@@ -672,15 +675,16 @@ def test_queue_status_counts_the_waiting_request(gw: Kaixu, fake: FakeProvider) 
     assert {"active", "queued", "maxConcurrent", "maxQueue", "utilization", "totalProcessed", "totalQueued",
             "totalFailed"} <= set(before)  # fmt: skip
     with ThreadPoolExecutor(2) as pool:
-        held = _hold(gw, fake, "r-queue-wait", pool)
+        held, release = _hold(gw, fake, "r-queue-wait", pool)
         waiting = pool.submit(chat, gw, "r-queue-wait")
         try:
-            wait_for(lambda: pool_status()["queued"] == 1, 3, "the second request to wait in the queue")
+            wait_for(lambda: pool_status()["queued"] == 1, 5, "the second request to wait in the queue")
             during = pool_status()
             assert during["totalQueued"] == before["totalQueued"] + 1
             assert during["maxQueue"] >= 1  # q1's queue_size (q0's is 0)
             assert during["active"] >= 1
         finally:
+            release.set()
             held.result()
             second = waiting.result()
     assert second.status_code == 200, "a queued request is served once the slot is free"
@@ -899,11 +903,13 @@ def test_a_client_that_leaves_the_queue_is_never_sent(gw: Kaixu, fake: FakeProvi
     reach the provider once the slot comes free."""
     request_id = "reliability-queue-leaver"
     with ThreadPoolExecutor(2) as pool:
-        held = _hold(gw, fake, "r-queue-leave", pool)
+        held, release = _hold(gw, fake, "r-queue-leave", pool)
         with pytest.raises(openai.APITimeoutError):
             oai_client(gw, timeout=0.2).chat.completions.create(
                 model="r-queue-leave", messages=MESSAGES, extra_headers={"x-request-id": request_id}
             )
+        row = ledger_row(gw, request_id)  # kaixu saw the client go while its request still waited for the slot
+        release.set()
         assert held.result().status_code == 200
     row = only_record(gw, request_id)
     assert (row["status"], row["client_disconnected"]) == (499, 1), row
@@ -923,8 +929,9 @@ def test_every_attempt_gives_its_deployment_back(gw: Kaixu, fake: FakeProvider) 
         for _ in oai_client(gw).chat.completions.create(model="r-stall", messages=MESSAGES, stream=True):
             pass
     with ThreadPoolExecutor(2) as pool:
-        held = _hold(gw, fake, "r-queue-fb", pool)
+        held, release = _hold(gw, fake, "r-queue-fb", pool)
         assert chat(gw, "r-queue-fb").headers["x-kaixu-degraded"] == "true"
+        release.set()
         held.result()
     gw13_stream(gw, "r-g13")
 
@@ -942,13 +949,14 @@ def test_a_queue_refusal_is_not_a_provider_failure(fake: FakeProvider, too_long:
     gateway = Kaixu(tmp_path, policy).start()
     try:
         with ThreadPoolExecutor(2) as pool:
-            held = _hold(gateway, fake, "r-queue-fb", pool, ms=3000)
+            held, release = _hold(gateway, fake, "r-queue-fb", pool)
             for _ in range(3):
                 assert chat(gateway, "r-queue-fb").headers["x-kaixu-degraded"] == "true"
             # while the first request still holds the slot (its success would close the breaker again)
             (state,) = [d for d in gateway.health()["deployments"] if d["provider"] == "q0"]
             found = scrape.total(scrape.samples(gateway), "kaixu_deployment_state", provider="q0")
             assert not held.done(), "the provider answered too early for this test to see the breaker"
+            release.set()
             assert held.result().status_code == 200
         assert (state["state"], state["recent_failures"]) == ("closed", 0), state
         assert found == 0, "kaixu_deployment_state: 0 closed, 2 open"

@@ -107,6 +107,9 @@ class Fault:
     status: int | None = None
     retry_after: float | None = None
     latency_ms: int = 0
+    until: threading.Event | None = None
+    """With ``latency_ms``: the delay ends as soon as the test sets this event, so a request is held exactly as
+    long as the test needs it held (``latency_ms`` then only bounds a test that fails before releasing it)."""
     first_byte_delay_ms: int = 0
     event_delay_ms: int = 0
     disconnect_after_events: int | None = None
@@ -143,7 +146,7 @@ class Fault:
         return self.path_contains is None or self.path_contains in path
 
 
-_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(Fault))
+_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(Fault)) - {"until"}  # an in-process event, not JSON
 
 
 @dataclass
@@ -155,6 +158,9 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     json: Any = None
+    fault: Fault | None = None
+    """The fault this request got (queued, default or ``x-fake-*``), as it was when taken; None: answered
+    normally. Lets a test tell "not delayed" from "fast enough", which no clock can under load."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe form, for ``GET /_fake/requests`` (the body as UTF-8 text)."""
@@ -1740,9 +1746,10 @@ class FakeProvider:
                 parsed = json.loads(body)
             except ValueError:
                 bad_json = True
+        recorded = RecordedRequest(method, target, headers, body, parsed)
         if self.record:  # long benchmarks turn this off so memory stays flat
             with self._lock:
-                self.requests.append(RecordedRequest(method, target, headers, body, parsed))
+                self.requests.append(recorded)
 
         provider, handler = _resolve(method, path, query, headers)
         stream_events = self.stream_events
@@ -1758,7 +1765,10 @@ class FakeProvider:
             return await self._send(writer, 400, _error_payload(provider, 400, str(exc)), (), keep_alive)
 
         if fault is not None:
-            if fault.latency_ms > 0:
+            recorded.fault = dataclasses.replace(fault)
+            if fault.latency_ms > 0 and fault.until is not None:
+                await asyncio.get_running_loop().run_in_executor(None, fault.until.wait, fault.latency_ms / 1000)
+            elif fault.latency_ms > 0:
                 await asyncio.sleep(fault.latency_ms / 1000)
             if fault.close_without_response:
                 return False
