@@ -23,14 +23,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check kaixu tests bench
 	$(BIN)/mypy
 
-# The suite on TEST_WORKERS xdist workers, each test file on one worker (its module fixtures start once); the
-# tests mostly wait on subprocesses, so more workers than this machine's 2 cores pay. TEST_WORKERS=0: one process.
+# The suite on TEST_WORKERS xdist workers, each test file on one worker (its module fixtures start once), the
+# files that took longest in the last run first (tests/conftest.py; xdist's own order, by number of tests, off);
+# the tests mostly wait on subprocesses, so more workers than this machine's 2 cores pay. TEST_WORKERS=0: one process.
 # Bytecode is written (to __pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set: else every
 # worker and each of the ~180 kaixu processes the tests start compiles from source, a sixth of the suite's CPU.
 TEST_WORKERS ?= 4
 
 test: lint
-	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

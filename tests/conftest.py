@@ -8,8 +8,10 @@ runs meanwhile (`Turns`)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,41 @@ import pytest
 
 from tests.fakes.provider import FakeProvider
 from tests.harness import Kaixu, policy_for
+
+FILE_SECONDS = "kaixu/file-seconds"
+"""The pytest cache's entry (.pytest_cache) with the seconds each test file took when it last ran."""
+_seconds: collections.Counter[str] = collections.Counter()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers (they collect, the controller does not), the files that took longest last time come
+    first: `--dist loadfile` hands files out in this order, so a slow file no longer starts last and holds up
+    the end of the run while the other workers are done. Unknown files go first; a file's tests keep their
+    order. Every worker reads the same cache, so all collect the same order, as xdist requires."""
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    if "PYTEST_XDIST_WORKER" not in os.environ or cache is None:
+        return
+    last: dict[str, float] = cache.get(FILE_SECONDS, {})
+    files = list(dict.fromkeys(_file(item) for item in items))
+    rank = {path: index for index, path in enumerate(sorted(files, key=lambda p: -last.get(p, math.inf)))}
+    items.sort(key=lambda item: rank[_file(item)])  # stable: a file's tests keep their order
+
+
+def _file(item: pytest.Item | pytest.TestReport) -> str:
+    return item.nodeid.split("::")[0]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """The controller (or a lone pytest) adds up each file's seconds, setup and teardown included."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        _seconds[_file(report)] += report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cache = getattr(session.config, "cache", None)
+    if "PYTEST_XDIST_WORKER" not in os.environ and cache is not None and _seconds:
+        known: dict[str, float] = cache.get(FILE_SECONDS, {})
+        cache.set(FILE_SECONDS, {**known, **{path: round(seconds, 1) for path, seconds in _seconds.items()}})
 
 
 class Turns:

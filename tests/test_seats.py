@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import Alone
 from tests.fakes.provider import FakeProvider
 from tests.harness import Kaixu, key_hash, policy_for, wait_for
 
@@ -156,16 +157,17 @@ def test_the_refusals_in_the_anthropic_and_gateway13_shapes(gateway: Kaixu, fake
     assert len(fake.requests) == 1
 
 
-def test_an_unreadable_store_fails_closed(fake: FakeProvider, tmp_path: Path) -> None:
+def test_an_unreadable_store_fails_closed(fake: FakeProvider, tmp_path: Path, alone: Alone) -> None:
     policy = policy_for(fake.base_url, store={"sqlite": str(tmp_path / "store.sqlite")})
     policy["keys"].append({"name": "seated", "hash": key_hash(SEATED), "seats": 3})
     kaixu = Kaixu(tmp_path, policy).start()
     try:
-        assert chat(kaixu, SEATED, "known").status_code == 200
-        for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-            if (tmp_path / name).exists():
-                (tmp_path / name).write_bytes(b"this is not a database " * 100)
-        assert chat(kaixu, SEATED, "known").status_code == 200  # a known install costs no store query
+        with alone():  # a known install is served from seats read less than 5 s ago (kaixu polls every second)
+            assert chat(kaixu, SEATED, "known").status_code == 200
+            for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+                if (tmp_path / name).exists():
+                    (tmp_path / name).write_bytes(b"this is not a database " * 100)
+            assert chat(kaixu, SEATED, "known").status_code == 200  # a known install costs no store query
         refused = chat(kaixu, SEATED, "new-install")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "seat_store_unavailable"
