@@ -180,8 +180,13 @@ def test_a_record_refused_even_escaped_is_dropped_and_does_not_block_the_queue(b
     assert ledger.last_error.startswith("IntegrityError: refused" if backend.kind == "sqlite" else "CheckViolation")
 
 
-def test_records_wait_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+def test_records_wait_while_another_process_holds_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "l.db"
+    # Only the test's own flushes, so it can count their failures: the ledger's timer flushes every 0.1 s, and a
+    # loaded machine can let one slip in between (a third failure).
+    monkeypatch.setattr("kaixu.store.ledger.FLUSH_SECONDS", 3600)
 
     async def scenario() -> Ledger:
         ledger = Ledger(SqliteLedgerStore(str(path), busy_timeout_s=0.05))
