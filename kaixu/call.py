@@ -205,12 +205,10 @@ class Delivery:
 
 @dataclass(slots=True, eq=False)
 class Route:
-    """Where the call may go, decided by the router: the route's name and the attempt plan, and what each attempt
-    did. Where it went is `Call.served`; how its answer got back, `Call.delivery`."""
+    """Where the call may go, decided by the router: the attempt plan, and what each attempt did. Where it went
+    is `Call.served` (its `route`: the policy's name for the route that served, the metric label); how its answer
+    got back, `Call.delivery`."""
 
-    name: str | None = None
-    """The policy's name for the route of the model asked for (a glob route's glob); the one that served it, a
-    fallback's perhaps, is `Attempt.route`."""
     routed: bool = False
     """The router pointed the flow at a provider (or the relay): nothing else may leave kaixu."""
     plan: Plan | None = None

@@ -80,7 +80,6 @@ def resolve_route(call: Call) -> ModelRoute:
     denied = model_refusal(call, model) if renamed else None
     if denied is not None:
         raise RouteRefused(403, denied.message, "permission_error", denied.code)
-    call.route.name = route.name
     return route
 
 
