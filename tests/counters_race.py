@@ -1,4 +1,4 @@
-"""One of the OS processes racing on one SQLite counters file (tests/test_counters.py).
+"""One of the OS processes racing on one SQLite counters file (tests/limits/test_counters.py).
 
 Prints `ready`, waits for a line on stdin (so that both processes start their burst together), reserves
 `n` times at once, prints how many were admitted while all of them are still held, then settles them and

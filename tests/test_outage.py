@@ -1,6 +1,6 @@
 """The log of a dependency's outage (`kaixu.log.Outage`): a few lines however many requests it costs. The
 whole path (Redis killed under load, /health, the line when it is back) is tested through a real kaixu in
-tests/test_governance_shared.py; this pins the periodic line, which a real test would wait a minute for."""
+tests/limits/test_governance_shared.py; this pins the periodic line, which a real test would wait a minute for."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Budgets are reserved before a request is forwarded and settled to the real cost after the answer; rate limits
 count requests and tokens in windows; concurrency limits hold slots. Three backends keep the same contract and
-pass the same test suite (`tests/test_counters.py`): `kaixu.limits.memory_counters.MemoryCounters` (one process,
+pass the same test suite (`tests/limits/test_counters.py`): `kaixu.limits.memory_counters.MemoryCounters` (one process,
 settled spend persisted to SQLite), `kaixu.limits.sqlite_counters.SqliteCounters` (one file, shared by the kaixu
 processes of one machine) and `kaixu.limits.redis_counters.RedisCounters` (shared by replicas).
 

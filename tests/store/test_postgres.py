@@ -2,7 +2,7 @@
 `kaixu keys create` against PostgreSQL, a request with that key through a `kaixu run` proxy to the built-in
 mock provider, its ledger row read back from PostgreSQL, revocation refused within 2 s; the governance
 fields of a store key; /health naming the store without the password; the admin API's keys; the CLI's ledger
-reads on PostgreSQL. (The admin API's ledger reads run on both stores in tests/test_admin_api.py.)"""
+reads on PostgreSQL. (The admin API's ledger reads run on both stores in tests/addons/test_admin_api.py.)"""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ from tests import pg, scrape
 from tests.conftest import Alone
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import Kaixu, key_hash, policy_for, wait_for
-from tests.test_counters import REDIS_URL, OwnRedis, need_redis
-from tests.test_governance import HI, clear_of_a_minute_boundary
-from tests.test_postgres import PEPPER, cli
+from tests.limits.test_counters import REDIS_URL, OwnRedis, need_redis
+from tests.limits.test_governance import HI, clear_of_a_minute_boundary
+from tests.store.test_postgres import PEPPER, cli
 
 LOADED_S = 5.0
 """Redis timeouts of the replica tests (`store.redis.timeout_s`): what they check is exactness, and a loaded machine

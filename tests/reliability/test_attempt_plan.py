@@ -1,6 +1,6 @@
 """The attempt plan's rules on their own (kaixu/reliability/plan.py, pools.py): how long a retry waits, which
 failures are retried, fall back or are final, how a provider queue admits, hands over and refuses, and how the
-policy's `retries:` sections combine. The same rules through a real kaixu: tests/test_reliability.py."""
+policy's `retries:` sections combine. The same rules through a real kaixu: tests/reliability/test_reliability.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The ledger through a kaixu process: what a client sends can neither stop it nor put a key in it. (The store
-and the ledger on their own, with a locked, removed or missing database, are in tests/test_store.py.)"""
+and the ledger on their own, with a locked, removed or missing database, are in tests/store/test_store.py.)"""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ import pytest
 from kaixu.config import parse_policy
 from kaixu.config.policy import NOT_ENFORCED
 from tests import scrape
+from tests.config.test_policy_check import check
 from tests.fakes.provider import FakeProvider
 from tests.harness import Kaixu, key_hash, ledger_row, policy_for, wait_for
-from tests.test_policy_check import check
 
 GROWTH, CAPPED, CLAMPED, SHADOW, PLAIN = "sk-growth", "sk-capped", "sk-clamped", "sk-shadow", "sk-plain"
 NARROW = "sk-narrow"

@@ -29,7 +29,7 @@ from google.genai import types
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 OPENAI_TOOLS: Any = [  # Any: the SDKs' TypedDicts add nothing to a test fixture
     {

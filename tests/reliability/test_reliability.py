@@ -32,7 +32,7 @@ from kaixu.config import parse_policy
 from tests import scrape
 from tests.fakes.provider import FakeProvider, Fault, StreamRecord
 from tests.harness import TEST_KEY, Kaixu, key_hash, ledger_row, only_record, policy_for, wait_for
-from tests.test_seed_apis import sse_events
+from tests.seeds.test_seed_apis import sse_events
 
 PROMPT = "Tell me about the lighthouse keeper"
 ECHO = "echo: " + PROMPT  # the fake's answer to PROMPT, in every wire format

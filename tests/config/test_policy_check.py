@@ -141,7 +141,9 @@ policies:
 
 def test_every_field_of_this_version_is_enforced_so_none_is_warned_about() -> None:
     policy = parse_policy(UNENFORCED)
-    assert list(policy.warnings) == []  # retries and fallbacks: tests/test_reliability.py; the rest: governance
+    assert (
+        list(policy.warnings) == []
+    )  # retries and fallbacks: tests/reliability/test_reliability.py; the rest: governance
     assert NOT_ENFORCED == "accepted but not enforced yet by this version"
     smart = policy.models["smart"]
     assert (smart.fallbacks, smart.retries.attempts, smart.retries.on_status) == (("fast",), 3, {429, 503})

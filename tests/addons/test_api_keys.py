@@ -19,7 +19,7 @@ import pytest
 from kaixu.store.keys import SqliteKeyStore
 from tests.fakes.provider import FakeProvider
 from tests.harness import TEST_KEY, Kaixu, key_hash, policy_for
-from tests.test_store_keys import PEPPER, chat, cli, code, until
+from tests.store.test_store_keys import PEPPER, chat, cli, code, until
 
 ADMIN_KEY = "sk-admin-keys-test"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

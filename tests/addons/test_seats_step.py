@@ -18,7 +18,7 @@ from kaixu.call import Call, attach
 from kaixu.config import Policy, VirtualKey, parse_policy
 from kaixu.gateway import Gateway
 from kaixu.store.seats import PostgresSeatStore
-from tests.test_seats_store import POSTGRES_DSN, PostgresSchema
+from tests.store.test_seats_store import POSTGRES_DSN, PostgresSchema
 
 KEY = VirtualKey("seated", "sha256:x", seats=2)
 

@@ -531,7 +531,7 @@ def test_streams_settle_their_budget_and_a_client_that_leaves_frees_its_slot(
 
 
 def test_gateway13_streams_carry_the_real_cap_in_meta_and_done(gateway: Kaixu) -> None:
-    from tests.test_seed_apis import sse_events
+    from tests.seeds.test_seed_apis import sse_events
 
     body = {"provider": "openai", "model": "gpt-4o-mini", "messages": HI, "max_tokens": 5}
     headers = {"authorization": "Bearer sk-team", "x-kaixu-app": "t"}
