@@ -149,7 +149,7 @@ class Attempt:
     """The policy's name for the model this attempt serves (a fallback's, or a glob route's glob): the only
     model name that becomes a metric label."""
     target: RouteTarget
-    """The deployment (kaixu/providers/health.py counts its outcome)."""
+    """The deployment (kaixu/reliability/health.py counts its outcome)."""
     provider: ProviderConfig
     model: str
     """The provider's name for the model (the client's, unless the route renames it)."""
@@ -177,7 +177,7 @@ class Attempt:
 @dataclass(slots=True, eq=False)
 class Delivery:
     """How the answer reaches the client, written by the code that carries it: the dispatch step (which path it
-    takes), the relay (kaixu/providers/relay.py), the stream step and the retries step. Read by the settle,
+    takes), the relay (kaixu/reliability/relay.py), the stream step and the retries step. Read by the settle,
     errors and stream steps to count and end it as it went."""
 
     native_first: bool = False
@@ -189,7 +189,7 @@ class Delivery:
     """The answer of a request whose first attempt mitmproxy could not complete (a connection refused, a
     timeout) and a later one could: sent in place of mitmproxy's error page (kaixu/addons/errors.py)."""
     relayed: bool = False
-    """The stream goes through the loopback relay (providers/relay.py)."""
+    """The stream goes through the loopback relay (reliability/relay.py)."""
     relay_error: str | None = None
     """What ended the client's stream early (the ledger's error): a provider failure the relay saw, or a stream
     kaixu could not translate (kaixu/addons/stream.py: `untranslatable`)."""
@@ -281,7 +281,7 @@ class Call:
     """Each deployment the call was aimed at, in order (a refusal while aiming adds none); the last one serves it."""
     route: Route = field(default_factory=Route)
     delivery: Delivery = field(default_factory=Delivery)
-    """How the answer got back: relayed, recovered, a stream broken and how it ends (kaixu/providers/relay.py,
+    """How the answer got back: relayed, recovered, a stream broken and how it ends (kaixu/reliability/relay.py,
     kaixu/addons/stream.py)."""
     caller: Caller = field(default_factory=Caller)
     bill: Bill = field(default_factory=Bill)

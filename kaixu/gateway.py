@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from kaixu import __version__, metrics
 from kaixu.config import Policy
-from kaixu.providers.health import Deployments
-from kaixu.providers.relay import Relay
+from kaixu.reliability.health import Deployments
+from kaixu.reliability.serve import Reliability
 from kaixu.store import Ledger
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from kaixu.call import Call
     from kaixu.limits.governor import Governor
-    from kaixu.reliability.executor import Executor
     from kaixu.store.keys import KeySnapshot
     from kaixu.store.stores import Stores
 
@@ -71,7 +70,6 @@ class Gateway:
     mock_url: str | None = None
     """Base URL of the in-process mock provider once it listens."""
     loopback_url: str | None = None
-    relay: Relay | None = None
     last_reload_error: str | None = None
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
@@ -84,24 +82,25 @@ class Gateway:
     """The store's keys as last read (kaixu/addons/store_keys.py); None: store keys are not looked up."""
     pool: PoolCounters = field(default_factory=PoolCounters)
     deployments: Deployments = field(default_factory=Deployments)
-    """Each deployment's in-flight count, latency and circuit breaker (kaixu/providers/health.py)."""
+    """Each deployment's in-flight count, latency and circuit breaker (kaixu/reliability/health.py)."""
     governor: Governor | None = None
     """The counters of budgets and rate limits, once open (kaixu/addons/counters.py)."""
     governor_opening: asyncio.Task[Governor | None] | None = None
     counters_error: str | None = None
     """Why the counters could not be opened at start (a SQLite file kaixu cannot use; Redis is waited for):
     requests with a budget or a limit are refused until a restart."""
-    executor: Executor | None = None
-    """Runs the attempts of requests with retries, fallbacks, timeouts or a queue (kaixu/reliability/)."""
+    reliability: Reliability = field(init=False)
+    """How every forwarded request's attempts run: retries, fallbacks, timeouts, provider queues, the stream
+    relay (kaixu/reliability/serve.py, the one entry)."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped
+        self.reliability = Reliability(self.deployments, lambda: self.mock_url)
 
     def install(self, policy: Policy) -> None:
         """Atomic swap: flows already running keep the snapshot they captured."""
         self.policy = policy
-        if self.executor is not None:
-            self.executor.pools.configure(policy)
+        self.reliability.executor.pools.configure(policy)
         self.generation += 1
         self.last_reload_error = None
         for listener in self.installed:

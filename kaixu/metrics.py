@@ -186,7 +186,7 @@ UNPRICED = Counter(
 
 class DeploymentStates(Collector):
     """`kaixu_deployment_state{provider, model}` (0 closed, 1 half-open, 2 open) and the deployments' requests in
-    flight, read when scraped from the gateway's deployments (kaixu/providers/health.py). Labels are the
+    flight, read when scraped from the gateway's deployments (kaixu/reliability/health.py). Labels are the
     policy's provider names and route model names: bounded by the policy file."""
 
     STATES: ClassVar[dict[str, int]] = {"closed": 0, "half_open": 1, "open": 2}

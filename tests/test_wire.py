@@ -36,7 +36,7 @@ TIMEOUT_S = 10.0
 @pytest.fixture(scope="module")
 def gw(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
     policy = policy_for(fake.base_url)
-    # the same deployment with an attempt plan: its streams go through the relay (kaixu/providers/relay.py)
+    # the same deployment with an attempt plan: its streams go through the relay (kaixu/reliability/relay.py)
     policy["models"]["guarded"] = {**policy["models"]["gpt-4o-mini"], "retries": {"attempts": 2}}
     policy["keys"].append({"name": "broke", "hash": key_hash(BROKE), "budget": {"usd": 0.000001, "period": "month"}})
     gateway = Kaixu(tmp_path_factory.mktemp("wire"), policy).start()

@@ -31,13 +31,10 @@ from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
 from kaixu.chain import Chain
 from kaixu.gateway import Gateway
-from kaixu.reliability.executor import Executor
 from kaixu.store import postgres
 
 
 def build_steps(gateway: Gateway) -> list[object]:
-    # retries, fallbacks, timeouts, queues: kaixu/reliability/
-    gateway.executor = Executor(gateway.deployments, lambda: gateway.mock_url)
     return [
         PolicyFile(gateway),  # 0 the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
@@ -59,8 +56,8 @@ def build_steps(gateway: Gateway) -> list[object]:
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
         Router(gateway),  # 6 where it goes
         Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402
-        Dispatch(gateway),  # the request leaves
-        Errors(),  # 10 upstream timeout + JSON error pages
+        Dispatch(gateway),  # the request leaves: retries, fallbacks, timeouts, queues (kaixu/reliability/serve.py)
+        Errors(),  # 10 JSON error pages for upstream failures
         Stream(),  # 8 SSE pass-through meter or translator
         Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger
         # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes

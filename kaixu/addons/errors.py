@@ -2,13 +2,12 @@
 
 mitmproxy answers connect failures, upstream disconnects, over-limit bodies and malformed requests itself,
 from its HTTP layers, and the `error` hook cannot replace that answer. `kaixu/mitm.py` (the one home of
-mitmproxy internals) hands those answers to `render_error` here. The upstream timeout is a timer that closes
-the upstream connection, which takes the same path and comes out as a 504.
+mitmproxy internals) hands those answers to `render_error` here. The upstream timeout (kaixu/reliability/serve.py)
+closes the upstream connection, which takes the same path and comes out as a 504.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
@@ -20,8 +19,8 @@ from kaixu.formats import class_type
 from kaixu.formats.doors import front_for_path
 from kaixu.log import safe
 from kaixu.mitm import ErrorCode
-from kaixu.providers import upstream_failure
-from kaixu.reliability.served import first_attempt_timeout
+from kaixu.reliability.failures import forwarding_failure
+from kaixu.reliability.serve import first_attempt_timeout
 from kaixu.respond import error_json, json_response
 from kaixu.stream_errors import broken_stream_event
 
@@ -50,7 +49,7 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
 def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tuple[int, str, str, str]:
     provider = call.served.provider.name if call.served is not None else "upstream"
     if call.timed_out:
-        failure = upstream_failure("timeout", provider, "", first_attempt_timeout(call))
+        failure = forwarding_failure(provider, first_attempt_timeout(call), True, reason)
         return failure.status, failure.message, failure.type, failure.code
     if status == 413:
         limit = call.policy.max_body_bytes
@@ -61,34 +60,18 @@ def _describe(call: Call, status: int, reason: str, connect_failed: bool) -> tup
             ("request_too_large"),
         )
     if status == 502:
-        failure = upstream_failure("connect" if connect_failed else "protocol", provider, reason)
+        failure = forwarding_failure(provider, None, not connect_failed, reason)
         return failure.status, failure.message, failure.type, failure.code
     return status, reason, class_type(status), "gateway_error"
 
 
 class Errors:
-    """Arms the upstream timeout for every forwarded request and logs upstream failures."""
+    """Puts kaixu's JSON error pages in place of mitmproxy's, and logs upstream failures."""
 
     def __init__(self) -> None:
         mitm.install(render_error, broken_stream_event)
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        call = get_call(flow)
-        if call is None or flow.response is not None or call.served is None:
-            return
-        if call.delivery.relayed:
-            return  # the relay bounds each of its attempts itself (kaixu/reliability/executor.py)
-        loop = asyncio.get_running_loop()
-        self._timers[flow.id] = loop.call_later(first_attempt_timeout(call), self._expire, flow, call)
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        timer = self._timers.pop(flow.id, None)
-        if timer is not None:
-            timer.cancel()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.responseheaders(flow)
         call = get_call(flow)
         if call is None or flow.error is None:
             return
@@ -105,10 +88,3 @@ class Errors:
                         first_attempt_timeout(call))  # fmt: skip
         else:
             log.warning("request %s to provider %s failed: %s", call.request_id, provider, safe(flow.error.msg))
-
-    def _expire(self, flow: http.HTTPFlow, call: Call) -> None:
-        self._timers.pop(flow.id, None)
-        if flow.response is not None or not flow.live:
-            return
-        call.timed_out = True
-        mitm.close_connection(flow.client_conn, flow.server_conn)

@@ -159,8 +159,7 @@ class Ingress:
         reference `utilization` is measured against when no provider has one."""
         policy = self.gateway.require_policy()
         counters = self.gateway.pool
-        executor = self.gateway.executor
-        queues = executor.pools.status() if executor is not None else {}
+        queues = self.gateway.reliability.executor.pools.status()
         queued = queues.get("queued", 0)
         capacity = queues.get("maxConcurrent") or POOL_MAX_CONCURRENT
         active = max(0, counters.active - queued)  # a waiting request is forwarded, not yet running

@@ -25,7 +25,7 @@ from kaixu.gateway import Gateway
 from kaixu.log import safe
 from kaixu.metrics import count_request
 from kaixu.pricing import cents, convert_micros
-from kaixu.providers import credentials_rejected, deployment_failed, hides_provider_answer
+from kaixu.reliability.failures import credentials_rejected, deployment_failed, hides_provider_answer
 from kaixu.reliability.served import answer_headers
 from kaixu.request_facts import attribution
 from kaixu.respond import add_headers, error_json
@@ -135,10 +135,11 @@ class Settle:
         upstream = get_codec(served.format)
         same_format = served.format == call.front
         if hides_provider_answer(response.status_code, call.caller.byok):
-            log.warning("request %s: %s", call.request_id, credentials_rejected(served.provider.name))
-            message = credentials_rejected(served.provider.name)
-            body = error_json(call.front, call.request_id, 502, message, "api_error", "provider_auth_failed")
-            replace_body(response, body, status=502)
+            rejected = credentials_rejected(served.provider.name)
+            log.warning("request %s: %s", call.request_id, rejected.message)
+            body = error_json(call.front, call.request_id, rejected.status, rejected.message, rejected.type,
+                              rejected.code)  # fmt: skip
+            replace_body(response, body, status=rejected.status)
             return
         if response.status_code >= 400:
             redactor, own_key = call.policy.redactor, call.caller.client_key

@@ -33,7 +33,7 @@ from kaixu.formats.canonical import (
     ToolCallStart,
 )
 from kaixu.formats.doors import front_door
-from kaixu.providers.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
+from kaixu.reliability.relay import ERROR_MARKER, MARKER_PREFIX, PING_MARKER
 from kaixu.reliability.served import answer_headers
 from kaixu.respond import add_headers
 from kaixu.stream_errors import ender, once, terminal_error
@@ -201,7 +201,7 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
 
 
 def relayed(call: Call, make_translate: Callable[[], StreamCallable], encoder: StreamEncoder) -> StreamCallable:
-    """The relay's markers (providers/relay.py) arrive only before the provider's first byte: render them
+    """The relay's markers (reliability/relay.py) arrive only before the provider's first byte: render them
     as the front door's keep-alive / error events, then hand the provider's bytes to the translator, made at
     the first of them: Gateway 13's stream begins before its attempts run, and the one that wins (a fallback
     of another wire format, maybe) decides how its bytes are decoded."""

@@ -65,7 +65,7 @@ class RouteTarget:
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:
-    """`routing:`: the choice among a model's deployments and the circuit breaker (kaixu/providers/health.py)."""
+    """`routing:`: the choice among a model's deployments and the circuit breaker (kaixu/reliability/health.py)."""
 
     strategy: Literal["weighted", "least_busy", "lowest_latency", "cheapest"] = "weighted"
     breaker_failures: int | None = 5

@@ -111,7 +111,7 @@ class FrontDoor:
     keepalive_s: float | None = None
     """Seconds between keep-alive events while a stream waits for the provider's first byte
     (`fronts.NAME.ping_interval_s` overrides it). Such a stream is told 200 at once, so every stream of the
-    door goes through the relay (kaixu/providers/relay.py). None: no keep-alives."""
+    door goes through the relay (kaixu/reliability/relay.py). None: no keep-alives."""
     month_rollup: bool = False
     """Its answers carry the month's spend against the key's and the customer's monthly budgets."""
     budget_body: Callable[[str, int, int, MonthRollup | None], JSON] | None = None

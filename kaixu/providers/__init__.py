@@ -5,15 +5,12 @@ The request/response bodies are the formats package's business; this module only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from kaixu.config import ProviderConfig
 from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import GEMINI_ACTION_FOR
-from kaixu.metrics import UPSTREAM_ERRORS
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -84,46 +81,3 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     port = parts.port or (443 if scheme == "https" else 80)
     path = parts.path + ("?" + parts.query if parts.query else "")
     return scheme, parts.hostname or "", port, path or "/"
-
-
-def hides_provider_answer(status: int, byok: bool) -> bool:
-    """A provider's 401 is about the key kaixu sent, not the client's, and its text may quote part of that key
-    (OpenAI's does): the client gets a 502 naming the provider instead of the provider's words."""
-    return status == 401 and not byok
-
-
-def deployment_failed(status: int) -> bool:
-    """An answer that counts against the deployment that gave it (its breaker, kaixu/providers/health.py): it
-    throttled (429) or failed (5xx). A client's 4xx is the client's doing, not the deployment's."""
-    return status == 429 or status >= 500
-
-
-FailureKind = Literal["timeout", "connect", "protocol"]
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamFailure:
-    """A provider that gave no answer, as every client is told: whichever part of kaixu saw it (mitmproxy's
-    own forwarding, kaixu/addons/errors.py; the attempt executor, kaixu/reliability/executor.py)."""
-
-    status: int
-    message: str
-    type: str
-    code: str
-
-
-def upstream_failure(kind: FailureKind, provider: str, detail: str, seconds: float = 0.0) -> UpstreamFailure:
-    """The one wording of an unreachable, broken or silent provider, counted in `kaixu_upstream_errors_total`."""
-    UPSTREAM_ERRORS.labels(provider, kind).inc()
-    if kind == "timeout":
-        return UpstreamFailure(504, f"provider {provider!r} did not answer within {seconds:g} s{detail}",
-                               "timeout_error", "upstream_timeout")  # fmt: skip
-    if kind == "connect":
-        return UpstreamFailure(502, f"provider {provider!r} is unreachable ({detail})", "api_error",
-                               "upstream_connect_error")  # fmt: skip
-    return UpstreamFailure(502, f"provider {provider!r} closed the connection without a complete response ({detail})",
-                           "api_error", "upstream_protocol_error")  # fmt: skip
-
-
-def credentials_rejected(provider: str) -> str:
-    return f"provider {provider!r} rejected the API key configured for it (HTTP 401)"

@@ -209,7 +209,7 @@ MOCK_ROUTE = (r"(/.*)", _Handler)
 
 class LoopbackServer:
     """kaixu's own HTTP server on an ephemeral loopback port, on mitmproxy's event loop: it hosts the mock
-    provider and the stream relay (providers/relay.py). Routes are matched in order; the mock's catch-all
+    provider and the stream relay (reliability/relay.py). Routes are matched in order; the mock's catch-all
     comes last."""
 
     def __init__(self, routes: list[Any]) -> None:

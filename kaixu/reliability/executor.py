@@ -3,14 +3,14 @@
 One component for both kinds of answer:
 - a buffered (JSON) answer is fetched here from the dispatch step's hook and set as the flow's response, so
   mitmproxy never connects upstream itself; the response steps then translate, price and record it as usual;
-- a stream is fetched from the loopback relay (kaixu/providers/relay.py), which asks `run(stream=True)` for the
+- a stream is fetched from the loopback relay (kaixu/reliability/relay.py), which asks `run(stream=True)` for the
   winning attempt with its first chunk, and only then starts the client's answer.
 
 Either way nothing reaches the client before an attempt has won, so a retry or a fallback is never spliced
 into an answer already begun. Each attempt is a new `Attempt` (`kaixu.routing.aim`: provider, model, wire format,
 price), added to the call's attempts only once aimed, so the steps after it translate and price what actually
 served the request and a deployment that refuses leaves the call as it was; and each is counted
-against its deployment's circuit breaker (kaixu/providers/health.py).
+against its deployment's circuit breaker (kaixu/reliability/health.py).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.providers import UpstreamFailure, deployment_failed, hides_provider_answer, upstream_failure
+from kaixu.reliability.failures import UpstreamFailure, deployment_failed, hides_provider_answer, transport_failure
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
-from kaixu.reliability.upstream import RESPONSE_HOP, ConnectError, ProtocolError, Response, UpstreamClient
+from kaixu.reliability.upstream import RESPONSE_HOP, ProtocolError, Response, UpstreamClient
 from kaixu.respond import error_json
 from kaixu.routing import RouteRefused, aim, reachable_targets
 
 if TYPE_CHECKING:
-    from kaixu.providers.health import Deployments
+    from kaixu.reliability.health import Deployments
 
 log = logging.getLogger("kaixu.reliability")
 
@@ -57,7 +57,8 @@ class Outcome:
     release: Callable[[], None] | None = None
     transport_error: str | None = None
     deadline: float = 0.0
-    idle_s: float | None = None
+    idle_s: float = 0.0
+    """How long a stream may go without data (the route's `idle_s`, else `limits.upstream_timeout_s`)."""
     total_s: float = 0.0
     local: bool = False
     """kaixu's own refusal before anything was sent (a full provider queue): no mark against the deployment."""
@@ -76,14 +77,6 @@ class Outcome:
         finally:
             if release is not None:
                 release()
-
-
-def describe(exc: BaseException, provider: str, seconds: float, what: str) -> UpstreamFailure:
-    """An attempt that got no answer, in the one wording of kaixu/providers (`upstream_failure`)."""
-    if isinstance(exc, TimeoutError):
-        return upstream_failure("timeout", provider, f" ({what})", seconds)
-    return upstream_failure("connect" if isinstance(exc, ConnectError) else "protocol", provider,
-                            str(exc) or type(exc).__name__)  # fmt: skip
 
 
 class Executor:
@@ -277,11 +270,11 @@ class Executor:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.acquire(), total)
-            except (QueueFull, TimeoutError) as exc:
-                message = QUEUE_FULL if isinstance(exc, QueueFull) else f"{QUEUE_FULL}: no slot within {total:g} s"
-                refused = self.refused(call, 503, message, "queue_full", retry_after="1")
-                refused.local = True
-                return refused
+            except QueueFull as full:
+                return self.refused(call, UpstreamFailure.of_error(full), retry_after="1", local=True)
+            except TimeoutError:
+                waited = QueueFull(f"{QUEUE_FULL}: no slot within {total:g} s")
+                return self.refused(call, UpstreamFailure.of_error(waited), retry_after="1", local=True)
             release = pool.release
         client = self.client(call.policy.ca_file)
         response: Response | None = None
@@ -306,14 +299,14 @@ class Executor:
                 raise ProtocolError("the stream ended before its first event")
             return Outcome(response.status_code, headers, first=first, chunks=chunks, response=response,
                            release=release, deadline=deadline if timeouts.total_s else 0.0, total_s=total,
-                           idle_s=timeouts.idle_s)  # fmt: skip
+                           idle_s=timeouts.idle_s or call.policy.upstream_timeout_s)  # fmt: skip
         except (TimeoutError, OSError) as exc:
             if response is not None:
                 await response.aclose()
             if release is not None:
                 release()
             seconds = first_byte if what == "time to first byte" else total
-            failure = describe(exc, provider.name, seconds, what)
+            failure = transport_failure(exc, provider.name, seconds, what)
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, failure.message)
             return self.unanswered(call, failure)
         except BaseException:
@@ -326,22 +319,21 @@ class Executor:
     @classmethod
     def unanswered(cls, call: Call, failure: UpstreamFailure) -> Outcome:
         """The outcome of an attempt the provider gave no answer to: retried like a 5xx (`transport_error`)."""
-        outcome = cls.refused(call, failure.status, failure.message, failure.code)
+        outcome = cls.refused(call, failure)
         outcome.transport_error = failure.message
         return outcome
 
     @staticmethod
-    def refused(call: Call, status: int, message: str, code: str, retry_after: str | None = None) -> Outcome:
+    def refused(call: Call, failure: UpstreamFailure, retry_after: str | None = None, local: bool = False) -> Outcome:
         """kaixu's own error for an attempt, in the provider's wire format (the settle step puts it in the
-        client's, as it does a provider's error)."""
+        client's, as it does a provider's error). ``local``: refused before anything was sent."""
         served = call.served
         fmt = served.format if served is not None else call.front
-        kind = "timeout_error" if status == 504 else "api_error"
-        body = json.dumps(error_json(fmt, call.request_id, status, message, kind, code)).encode()
+        error = error_json(fmt, call.request_id, failure.status, failure.message, failure.type, failure.code)
         headers = [("content-type", "application/json")]
         if retry_after is not None:
             headers.append(("retry-after", retry_after))
-        return Outcome(status, headers, body=body)
+        return Outcome(failure.status, headers, body=json.dumps(error).encode(), local=local)
 
 
 def as_response(outcome: Outcome) -> http.Response:

@@ -1,5 +1,5 @@
-"""What a call's attempts mean for its answer: the headers that say how it was served, and how long the first
-attempt may wait when mitmproxy makes it itself. Read by the stream, settle, retries and errors steps."""
+"""What a call's attempts mean for its answer: the headers that say how it was served. Read by the stream and
+settle steps."""
 
 from __future__ import annotations
 
@@ -26,17 +26,3 @@ def answer_headers(call: Call, status: int) -> dict[str, str]:
         if attempts.degraded:
             headers["x-kaixu-degraded"] = "true"
     return headers
-
-
-def first_attempt_timeout(call: Call) -> float:
-    """How long the first attempt of a request may wait for its answer's head when mitmproxy makes it itself:
-    its model's `ttfb_s` or `total_s` (the smaller), else `limits.upstream_timeout_s`."""
-    total = call.policy.upstream_timeout_s
-    plan = call.route.plan
-    if plan is None:
-        return total
-    timeouts = plan.routes[plan.start].timeouts
-    if timeouts is None:
-        return total
-    total = timeouts.total_s or total
-    return min(timeouts.ttfb_s or total, total)

@@ -397,7 +397,7 @@ def test_gateway13_done_event_carries_the_recorded_cost(gw: Kaixu, fake: FakePro
 def test_a_relayed_stream_left_by_its_client_cancels_the_provider_and_is_estimated(
     gw: Kaixu, fake: FakeProvider
 ) -> None:
-    """Gateway 13 streams go through kaixu's relay (kaixu/providers/relay.py): its own upstream request."""
+    """Gateway 13 streams go through kaixu's relay (kaixu/reliability/relay.py): its own upstream request."""
     fake.add_fault(Fault(event_delay_ms=150, usage=REPORTED["anthropic"]))
     body = {"model": "claude-test", "messages": [{"role": "user", "content": PROMPT}]}
     headers = {"authorization": f"Bearer {TEST_KEY}"}

@@ -1,4 +1,4 @@
-"""Choosing among a model's deployments and taking a failing one out (kaixu/providers/health.py): the breaker
+"""Choosing among a model's deployments and taking a failing one out (kaixu/reliability/health.py): the breaker
 and the strategies on an injected clock, then through a real kaixu with one deployment that refuses
 connections beside a healthy one."""
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from kaixu.config.policy import RouteTarget, RoutingPolicy
-from kaixu.providers.health import Deployments
+from kaixu.reliability.health import Deployments
 from tests import scrape
 from tests.fakes.provider import FakeProvider
 from tests.harness import TEST_KEY, Kaixu, policy_for

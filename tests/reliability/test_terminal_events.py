@@ -2,7 +2,7 @@
 which each official SDK raises as an error naming the provider: never a clean end of a truncated answer.
 
 Both paths: a stream mitmproxy forwards itself (no attempt plan: kaixu/mitm.py writes the event and the last
-chunk) and one the relay runs (a model with retries: kaixu/providers/relay.py). Both in the provider's own
+chunk) and one the relay runs (a model with retries: kaixu/reliability/relay.py). Both in the provider's own
 format and translated. The ledger records the break.
 
 Then what a provider may send that kaixu cannot pass on as it came: text with a lone surrogate (valid JSON,

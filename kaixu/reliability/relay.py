@@ -27,7 +27,7 @@ import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
-from kaixu.providers import credentials_rejected, hides_provider_answer
+from kaixu.reliability.failures import credentials_rejected, hides_provider_answer
 from kaixu.reliability.upstream import RESPONSE_HOP
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ class RelayPlan:
 
 
 class Relay:
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor) -> None:
         self.plans: dict[str, RelayPlan] = {}
-        self.executor: Executor | None = None
+        self.executor = executor
 
     def register(self, plan: RelayPlan) -> str:
         token = uuid.uuid4().hex
@@ -93,7 +93,7 @@ class RelayHandler(tornado.web.RequestHandler):
     async def post(self, token: str) -> None:
         plan = self.relay.plans.pop(token, None)
         executor = self.relay.executor
-        if plan is None or executor is None:
+        if plan is None:
             self.set_status(404)
             self.finish()
             return
@@ -147,7 +147,7 @@ class RelayHandler(tornado.web.RequestHandler):
         """Forward the provider's stream, whole events at a time, until it ends, breaks or goes quiet."""
         assert outcome.chunks is not None
         loop = asyncio.get_running_loop()
-        idle = outcome.idle_s or call.policy.upstream_timeout_s
+        idle = outcome.idle_s
         provider = call.served.provider.name if call.served is not None else "upstream"
         held = b""
         chunk = outcome.first
@@ -192,7 +192,7 @@ class RelayHandler(tornado.web.RequestHandler):
             message, _ = get_codec(served.format if served else "openai").decode_error(outcome.status, outcome.body)
         hidden = hides_provider_answer(outcome.status, call.caller.byok)
         if hidden and served is not None:
-            message = credentials_rejected(served.provider.name)
+            message = credentials_rejected(served.provider.name).message
         message = call.policy.redactor.text(message, call.caller.client_key)  # provider text may quote kaixu's key
         call.delivery.relay_error = message
         status = 502 if hidden else outcome.status
