@@ -31,7 +31,6 @@ from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
 from kaixu.chain import Chain
 from kaixu.gateway import Gateway
-from kaixu.store import postgres
 
 
 def build_steps(gateway: Gateway) -> list[object]:
@@ -49,9 +48,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Auth(gateway),  # 3 who is calling (request head)
         Body(),  # 3b only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
-        Seats(
-            gateway, postgres_pool=lambda: postgres.pool_for(gateway.require_policy().store.postgres)
-        ),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
+        Seats(gateway),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
         Router(gateway),  # 6 where it goes

@@ -18,9 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -32,17 +32,7 @@ from kaixu.log import Outage, safe
 from kaixu.request_facts import end_customer
 from kaixu.respond import error_response
 from kaixu.store.ledger import describe
-from kaixu.store.seats import (
-    INSTALL_ID,
-    INSTALL_ID_RULE,
-    Claim,
-    Pair,
-    PostgresSeatStore,
-    SeatStore,
-    SqliteSeatStore,
-    customer_scope,
-    key_scope,
-)
+from kaixu.store.seats import INSTALL_ID, INSTALL_ID_RULE, Claim, Pair, SeatStore, customer_scope, key_scope
 
 log = logging.getLogger("kaixu.seats")
 
@@ -100,19 +90,11 @@ class SeatCache:
         return now - self.polled_at <= STALE_AFTER_S
 
 
-PoolSource = Callable[[], Any]
-"""Returns the `asyncpg.Pool` of `store.postgres` (owned by the store's module), or None while there is none."""
-
-
 class Seats:
-    def __init__(
-        self, gateway: Gateway, *, postgres_pool: PoolSource | None = None, refresh_s: float = REFRESH_S
-    ) -> None:
+    def __init__(self, gateway: Gateway, *, refresh_s: float = REFRESH_S) -> None:
         self.gateway = gateway
-        self.postgres_pool = postgres_pool
         self.refresh_s = refresh_s
         self._cache: SeatCache | None = None
-        self._where: tuple[str, Any] | None = None
         self._claims: dict[tuple[Pair, int], asyncio.Future[Claim]] = {}
         self._task: asyncio.Task[None] | None = None
         self._outage = Outage("seat store", log, level=logging.WARNING)
@@ -120,21 +102,15 @@ class Seats:
 
     # -- which store -----------------------------------------------------------------------------------------
 
-    def cache(self, policy: Policy) -> SeatCache | None:
-        """The cache of the policy's seat store (a new one when a reload names another store); None when the
-        policy keeps no durable store (`:memory:`) or its PostgreSQL pool is not there."""
-        if policy.store.postgres is not None:
-            pool = self.postgres_pool() if self.postgres_pool is not None else None
-            where: tuple[str, Any] | None = None if pool is None else ("postgres", pool)
-        else:
-            path = policy.store.sqlite
-            where = None if path == ":memory:" or path.startswith("file:") else ("sqlite", path)
-        if where is None:
+    def cache(self) -> SeatCache | None:
+        """The cache of the seat store chosen when the policy (re)loaded (`Gateway.stores`, kaixu/store/stores.py):
+        a new one when a reload named another store; None when the policy keeps no durable store (`:memory:`)."""
+        stores = self.gateway.stores
+        store = stores.seats if stores is not None else None
+        if store is None:
             return None
-        if self._cache is None or self._where != where:
-            kind, target = where
-            store: SeatStore = PostgresSeatStore(target) if kind == "postgres" else SqliteSeatStore(target)
-            self._cache, self._where = SeatCache(store), where
+        if self._cache is None or self._cache.store is not store:
+            self._cache = SeatCache(store)
         return self._cache
 
     # -- the request hook --------------------------------------------------------------------------------------
@@ -155,11 +131,10 @@ class Seats:
             message = f"{HEADER}: {INSTALL_ID_RULE}"
             flow.response = error_response(call, 400, message, "invalid_request_error", "invalid_install_id")
             return None
-        cache = self.cache(call.policy)
+        cache = self.cache()
         if cache is None:
             if not self._warned_no_store:
-                log.warning("seats need a durable store: store.sqlite is :memory: (or store.postgres has no pool); "
-                            "requests bound to seats get a 503")  # fmt: skip
+                log.warning("seats need a durable store: store.sqlite is :memory:; requests bound to seats get a 503")
                 self._warned_no_store = True
             flow.response = self._unavailable(call)
             return None
@@ -247,7 +222,7 @@ class Seats:
             policy = self.gateway.policy
             # polled once the policy sets seats, or once a request needed one (a store key's own `seats`)
             uses = policy is not None and (self._cache is not None or _uses_seats(policy))
-            cache = self.cache(policy) if policy is not None and uses else None
+            cache = self.cache() if uses else None
             if cache is not None:
                 await self.poll(cache)
             await asyncio.sleep(self.refresh_s)

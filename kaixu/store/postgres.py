@@ -76,6 +76,22 @@ def pool_for(config: PostgresConfig | None) -> asyncpg.Pool | None:
     return None if held is None else held[0]
 
 
+class SharedPool:
+    """The pool the ledger opens for a `store.postgres` as the proxy starts (`pool_for`), looked up at each use:
+    a store built when the policy loads (kaixu/store/stores.py) names it before it is open. It stands for the
+    pool (`acquire`, `fetch`...: every attribute is the open pool's); until the pool is open, using it raises
+    `StoreUnavailable`, which a store's caller handles as any failure of the server (fail closed)."""
+
+    def __init__(self, config: PostgresConfig) -> None:
+        self.config = config
+
+    def __getattr__(self, name: str) -> Any:
+        pool = pool_for(self.config)
+        if pool is None:
+            raise StoreUnavailable("the PostgreSQL pool of store.postgres is not open yet")
+        return getattr(pool, name)
+
+
 async def close_pool(pool: asyncpg.Pool) -> None:
     """Gives back a pool `open_pool` returned; the last user closes it."""
     for name, (held, loop, users) in list(_pools.items()):

@@ -10,6 +10,7 @@ from kaixu.config.policy import StoreConfig
 from kaixu.store import postgres
 from kaixu.store.keys import AsyncKeyStore, InThread, SqliteKeyStore
 from kaixu.store.queries import LedgerQueries, SqliteLedgerQueries
+from kaixu.store.seats import PostgresSeatStore, SeatStore, SqliteSeatStore
 
 
 def key_store(store: StoreConfig, *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
@@ -33,21 +34,41 @@ def ledger_queries(store: StoreConfig) -> LedgerQueries:
     return SqliteLedgerQueries(store.sqlite)
 
 
+def seat_store(store: StoreConfig) -> SeatStore | None:
+    """The seats a policy's `store:` keeps: in PostgreSQL through the pool the ledger opens as the proxy starts
+    (`postgres.SharedPool`), else in its SQLite file. None when there is no durable place (`:memory:`): a
+    request bound to seats is then refused (503)."""
+    pg = store.postgres
+    if pg is not None:
+        return PostgresSeatStore(postgres.SharedPool(pg))
+    path = store.sqlite
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    return SqliteSeatStore(path)
+
+
 @dataclass(frozen=True)
 class Stores:
-    """What one policy's `store:` opens for the steps that read state per request (the admin API): built when
-    the policy (re)loads, never chosen per request. The ledger's writer and the counters open theirs as the
-    proxy starts (kaixu/addons/ledger_writer.py, kaixu/addons/counters.py)."""
+    """What one policy's `store:` opens for the steps that read state per request (the admin API, the seats
+    step): built when the policy (re)loads, never chosen per request.
+
+    The ledger's writer and the counters are not here on purpose: they open as the proxy starts and stay for
+    its life (kaixu/addons/ledger_writer.py, kaixu/addons/counters.py), because each holds what a reload must
+    not drop: records queued for the next batch, budget reservations of requests in flight. A reload that names
+    another store changes the keys, the admin API's reads and the seats at once; the ledger and the counters
+    keep theirs until a restart (logged), so one request's records and reservations never split across two."""
 
     config: StoreConfig
     keys: AsyncKeyStore | None
     """None when the policy keeps no store file (`store.sqlite: :memory:`)."""
     queries: LedgerQueries
+    seats: SeatStore | None
+    """None when the policy keeps no durable store (`store.sqlite: :memory:`)."""
 
     @classmethod
     def build(cls, config: StoreConfig) -> Stores:
         """Cheap and without I/O: connections open on first use (a PostgreSQL pool, a SQLite file)."""
-        return cls(config, key_store(config), ledger_queries(config))
+        return cls(config, key_store(config), ledger_queries(config), seat_store(config))
 
     async def close(self) -> None:
         if self.keys is not None:

@@ -5,6 +5,7 @@ hot path must not touch the store for an admitted install (checked by closing th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from kaixu.call import Call, attach
 from kaixu.config import Policy, VirtualKey, parse_policy
 from kaixu.gateway import Gateway
 from kaixu.store.seats import PostgresSeatStore
+from kaixu.store.stores import Stores
 from tests.store.test_seats_store import POSTGRES_DSN, PostgresSchema
 
 KEY = VirtualKey("seated", "sha256:x", seats=2)
@@ -29,18 +31,26 @@ def policy(store: str) -> Policy:
     )
 
 
+def loaded(source: str, seats: PostgresSeatStore | None = None) -> Gateway:
+    """A gateway with the policy loaded as a reload leaves it: its stores chosen (`Stores.build`, as the
+    store_choice step builds them); ``seats``: a PostgreSQL seat store on the test's own schema."""
+    gateway = Gateway(policy=policy(source))
+    assert gateway.policy is not None
+    stores = Stores.build(gateway.policy.store)
+    gateway.stores = stores if seats is None else dataclasses.replace(stores, seats=seats)
+    return gateway
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def step(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Seats]:
     if request.param == "sqlite":
-        gateway = Gateway(policy=policy(f"{{sqlite: {tmp_path / 'store.sqlite'}}}"))
-        yield Seats(gateway)
+        yield Seats(loaded(f"{{sqlite: {tmp_path / 'store.sqlite'}}}"))
         return
     schema = PostgresSchema()
     await schema.create()
     pool = await schema.pool(5)
-    gateway = Gateway(policy=policy(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}"))
     try:
-        yield Seats(gateway, postgres_pool=lambda: pool)
+        yield Seats(loaded(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}", PostgresSeatStore(pool)))
     finally:
         await schema.drop()
 
@@ -71,7 +81,7 @@ async def test_the_step_admits_refuses_and_sees_a_revocation_at_its_next_poll(st
     assert code(await ask(step, "b")) is None
     assert code(await ask(step, "c")) == (403, "seat_limit_reached")
     assert step.gateway.policy is not None
-    cache = step.cache(step.gateway.policy)
+    cache = step.cache()
     assert cache is not None
     await step.poll(cache)
     assert code(await ask(step, "a")) is None  # from the cache
@@ -93,7 +103,7 @@ async def test_concurrent_first_requests_of_one_install_share_one_claim(step: Se
     results = await asyncio.gather(*(ask(step, f"o{n}") for n in range(5)))  # for the one seat left
     assert sorted(str(code(r)) for r in results) == ["(403, 'seat_limit_reached')"] * 4 + ["None"]
     assert step.gateway.policy is not None
-    cache = step.cache(step.gateway.policy)
+    cache = step.cache()
     assert cache is not None and len(await cache.store.seats()) == 2
 
 
@@ -102,10 +112,10 @@ async def test_postgres_admitted_installs_need_no_store_until_the_poll_goes_stal
     await schema.create()
     pool = await schema.pool(2)
     try:
-        step = Seats(Gateway(policy=policy(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}")), postgres_pool=lambda: pool)
+        step = Seats(loaded(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}", PostgresSeatStore(pool)))
         assert code(await ask(step, "a")) is None
         assert step.gateway.policy is not None
-        cache = step.cache(step.gateway.policy)
+        cache = step.cache()
         assert cache is not None and isinstance(cache.store, PostgresSeatStore)
         await step.poll(cache)
         await pool.close()  # the store is gone: an admitted install is still served from the process
@@ -121,14 +131,14 @@ async def test_postgres_admitted_installs_need_no_store_until_the_poll_goes_stal
 
 
 async def test_a_policy_without_a_durable_store_fails_closed() -> None:
-    step = Seats(Gateway(policy=policy("{sqlite: ':memory:'}")))
+    step = Seats(loaded("{sqlite: ':memory:'}"))
     assert code(await ask(step, "a")) == (503, "seat_store_unavailable")
-    postgres_without_pool = Seats(Gateway(policy=policy(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}")))
+    postgres_without_pool = Seats(loaded(f"{{postgres: {{dsn: '{POSTGRES_DSN}'}}}}"))  # the ledger opens it
     assert code(await ask(postgres_without_pool, "a")) == (503, "seat_store_unavailable")
 
 
 def test_keys_and_customers_without_seats_are_not_bound() -> None:
-    step = Seats(Gateway(policy=policy("{sqlite: ':memory:'}")))
+    step = Seats(loaded("{sqlite: ':memory:'}"))
     flow = tflow.tflow()
     assert step.gateway.policy is not None
     call = Call(request_id="rid", policy=step.gateway.policy)

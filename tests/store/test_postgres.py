@@ -161,7 +161,11 @@ def test_a_postgres_outage_is_a_few_log_lines_each_way(tmp_path: Path, pg_dsn: s
             def back() -> list[str]:
                 return [line for line in gateway.log().splitlines()[seen:] if "available again" in line]
 
-            wait_for(lambda: len(back()) == len(down), 15, "every part to say it is back")
+            wait_for(
+                lambda: len(back()) == len(down),
+                15,
+                "every part to say it is back: " + "\n".join(gateway.log().splitlines()[seen:]),
+            )
             # what the seats refused (the rest of the 40 were refused earlier, by the key snapshot gone stale)
             assert any("seat store available again" in line and "refused_requests=" in line for line in back())
             assert len(gateway.log().splitlines()[seen:]) == 2 * len(down)
