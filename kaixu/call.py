@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
 
-from kaixu.formats.canonical import Usage
+from kaixu.formats.canonical import ChatRequest, Usage
 from kaixu.limits.governance import Governance
 from kaixu.pricing import cost_micros, usd
 
@@ -275,6 +275,12 @@ class Call:
     endpoint: Endpoint | None = None
     """The endpoint the request came in by (set from the request head by the dialect step)."""
     body: dict[str, Any] | None = None
+    decoded: ChatRequest | None = None
+    """The chat body in canonical form, decoded once however many steps ask (`request_facts.decode_chat`);
+    cleared by the one function that edits the body (`request_facts.clamp_output`). Read, never changed."""
+    input_tokens: int | None = None
+    """The request's input size in tokens, estimated once (`estimates.input_tokens`): what a `policies[]` token
+    cap compares, what a budget reserves for, what a cut answer is billed for."""
     model: str | None = None
     stream: bool = False
     attempts: list[Attempt] = field(default_factory=list)

@@ -1,30 +1,54 @@
 """What kaixu estimates where nobody counted: a request's size before it leaves (what a `policies[]` token cap
-compares), and the usage of an answer whose provider never sent its final count (what is billed then:
-docs/pricing.md, "What is billed"). Both size text by `kaixu.formats.estimate_tokens`."""
+compares and a budget reserves for), and the usage of an answer whose provider never sent its final count (what
+is billed then: docs/pricing.md, "What is billed"). One estimate of a request's input, made once per call
+(`input_tokens`), by `kaixu.formats.estimate_tokens`."""
 
 from __future__ import annotations
 
 import json
 
 from kaixu.call import Call
-from kaixu.formats import FormatError, embeddings, estimate_tokens
+from kaixu.formats import embeddings, estimate_tokens
 from kaixu.request_facts import decode_chat, requested_output
 
 
+def input_tokens(call: Call, raw: bytes | None = None) -> int:
+    """The request's input size in tokens, estimated once per call (kept as `Call.input_tokens`) however many
+    ask: the policy step's token caps, the budget's reservation, the local token count, the bill of an answer
+    cut midway. By `kaixu.formats.estimate_tokens` of the canonical request (decoded once: `decode_chat`), the
+    texts of an embeddings request, or, when the body cannot be read so, its bytes / 4 (``raw``: the request's
+    bytes as sent; else the parsed body re-serialised)."""
+    if call.input_tokens is None:
+        call.input_tokens = _estimate_input(call, raw)
+    return call.input_tokens
+
+
+def _estimate_input(call: Call, raw: bytes | None) -> int:
+    body = call.body or {}
+    try:
+        if call.operation in ("embeddings", "batch_embeddings"):
+            served = call.served
+            request = (served.embedding_request if served else None) or embeddings.decode_request(
+                call.front, body, model=served.model if served else "", single=call.operation == "embeddings"
+            )
+            return sum((len(text) + 3) // 4 for text in request.inputs)
+        return estimate_tokens(call.canonical or decode_chat(call))
+    except Exception:  # whatever the client sent is forwarded as is: size it by its bytes
+        size = len(raw) if raw is not None else len(json.dumps(body, separators=(",", ":"), default=str))
+        return (size + 3) // 4
+
+
 class Size:
-    """A request's size in tokens, estimated once however many rules ask: the input (the canonical request's
-    `estimate_tokens`, or bytes / 4 when it cannot be decoded) and the output the client asked for."""
+    """A request's size in tokens, as the policy step's token caps compare it: the input (`input_tokens`, the one
+    estimate) and the output the client asked for."""
 
     def __init__(self, call: Call, raw: bytes) -> None:
         assert call.body is not None
-        try:
-            request = decode_chat(call)
-        except FormatError:  # the router refuses it with the reason; the size is only an upper bound here
-            self.input, self.output = (len(raw) + 3) // 4, requested_output(call.front, call.body)
-        else:
-            self.input, self.output = estimate_tokens(request), request.max_tokens
-            if self.output is None:
-                self.output = requested_output(call.front, call.body)
+        self.input = input_tokens(call, raw)
+        decoded = call.decoded  # read by `input_tokens` when the body is a chat request kaixu can read
+        self.output = decoded.max_tokens if decoded is not None else None
+        if self.output is None:
+            self.output = requested_output(call.front, call.body)
 
     @property
     def total(self) -> int:
@@ -41,21 +65,4 @@ def estimate_usage(call: Call, output_chars: int | None = None) -> None:
     if call.operation not in BILLED_OPERATIONS:
         return
     produced = call.bill.streamed_chars if output_chars is None else output_chars
-    call.bill.estimate(prompt_tokens(call), produced)
-
-
-def prompt_tokens(call: Call) -> int:
-    """The prompt's size by `kaixu.formats.estimate_tokens`. A pass-through call has no canonical request:
-    its body is decoded only now, on this rare path, as the router would have (`decode_chat`); characters / 4
-    of the body if even that fails."""
-    body = call.body or {}
-    try:
-        if call.operation in ("embeddings", "batch_embeddings"):
-            served = call.served
-            request = (served.embedding_request if served else None) or embeddings.decode_request(
-                call.front, body, model=served.model if served else "", single=call.operation == "embeddings"
-            )
-            return sum((len(text) + 3) // 4 for text in request.inputs)
-        return estimate_tokens(call.canonical or decode_chat(call))
-    except Exception:  # whatever the client sent was forwarded as is: size it by its bytes
-        return (len(json.dumps(body, separators=(",", ":"), default=str)) + 3) // 4
+    call.bill.estimate(input_tokens(call), produced)

@@ -2,8 +2,8 @@
 the chat request in canonical form, the output it asks for, and who it is counted against (attribution, the end
 customer). What `policies[].match` compares, and which models a caller may call, is kaixu/permission.py.
 
-Each is a function of the call: the steps ask, nothing here changes a call (but `clamp_output`, which edits the
-body it is given)."""
+Each is a function of the call: the steps ask, nothing here changes what a call says (but `clamp_output`, which
+edits its body). What is costly to read (the canonical chat request) is read once and kept on the call."""
 
 from __future__ import annotations
 
@@ -41,18 +41,22 @@ def model_name_problem(name: str) -> str | None:
 
 
 def decode_chat(call: Call) -> ChatRequest:
-    """The client's chat request, canonical (raises FormatError): what translation encodes, and what the policy
-    step estimates a request's size from."""
-    assert call.body is not None
-    body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
-    return fronts.decode_request(
-        call.front,
-        body,
-        model=call.model,
-        stream=call.stream,
-        default_model=call.policy.default_model,
-        global_system=call.policy.front_settings(call.front).get("system"),
-    )
+    """The client's chat request, canonical (raises FormatError): what translation encodes, and what a request's
+    size is estimated from. Decoded once per call (`Call.decoded`), however many steps and attempts ask: a
+    caller that needs it changed makes a copy (`dataclasses.replace`)."""
+    decoded = call.decoded
+    if decoded is None:
+        assert call.body is not None
+        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        decoded = call.decoded = fronts.decode_request(
+            call.front,
+            body,
+            model=call.model,
+            stream=call.stream,
+            default_model=call.policy.default_model,
+            global_system=call.policy.front_settings(call.front).get("system"),
+        )
+    return decoded
 
 
 # -- the output a request asks for ---------------------------------------------------------------------------
@@ -95,10 +99,14 @@ def output_limit_problem(front: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def clamp_output(front: str, body: dict[str, Any], limit: int) -> None:
-    """Lower every output-token field the body sets above `limit` to `limit`; a body that sets none gets the
-    door's own field (under a parent object it already has, so no other setting moves)."""
-    paths = front_door(front).output_fields
+def clamp_output(call: Call, limit: int) -> None:
+    """Lower every output-token field the call's body sets above `limit` to `limit`; a body that sets none gets
+    the door's own field (under a parent object it already has, so no other setting moves). The canonical
+    request decoded before is dropped (`Call.decoded`): the next `decode_chat` reads the clamped body."""
+    body = call.body
+    assert body is not None
+    call.decoded = None
+    paths = front_door(call.front).output_fields
     present = [path for path in paths if _field(body, path) is not None]
     if not present:
         chosen = next((p for p in paths if len(p) == 1 or isinstance(body.get(p[0]), dict)), paths[0])

@@ -4,8 +4,8 @@ none, in one atomic operation; after the answer the reservation is settled to th
 nothing was spent (`Governor.finish`). So however many requests and replicas race, a budget is overspent by at
 most one request's cost above its reservation, and that only when the bound below was wrong.
 
-The bound: input tokens (the canonical request's estimate when kaixu translated it, else the body's bytes / 4,
-which is never below the text's characters / 4) plus the output the client asked for (at most the model's
+The bound: input tokens (the request's one estimate, `kaixu/estimates.py` `input_tokens`, which the policy step's
+token caps compare too) plus the output the client asked for (at most the model's
 `max_output_tokens` when its price entry has one; that, or `DEFAULT_MAX_OUTPUT`, when it set none) times the
 answers it asks for (`n`, `candidateCount`: each is generated and billed), output priced at the higher of the
 output and reasoning rates, input at the higher of the input and cache-write rates. A model without a price
@@ -33,7 +33,7 @@ from typing import Any
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
-from kaixu.formats import estimate_tokens
+from kaixu.estimates import input_tokens as estimated_input
 from kaixu.formats.canonical import Usage
 from kaixu.formats.doors import front_door
 from kaixu.formats.seeds import MonthRollup
@@ -74,13 +74,12 @@ def plan_prices(call: Call) -> list[Price]:
     return prices
 
 
-def upper_bound(call: Call, price: Price, raw_size: int) -> int:
+def upper_bound(call: Call, price: Price, raw: bytes) -> int:
     """The most this request can cost, in micro-dollars (see the module docstring)."""
     body = call.body or {}
-    if call.canonical is not None:
-        input_tokens, output = estimate_tokens(call.canonical), call.canonical.max_tokens
-    else:
-        input_tokens, output = (raw_size + 3) // 4, requested_output(call.front, body)
+    input_tokens = estimated_input(call, raw)
+    canonical = call.canonical
+    output = canonical.max_tokens if canonical is not None else requested_output(call.front, body)
     if call.operation != "chat":
         output = 0
     else:
@@ -135,10 +134,10 @@ class Budgets:
             unavailable(flow, call, None, None)
             return
         price = call.price
-        size = len(flow.request.raw_content or b"")
-        amount = 0 if price is None else upper_bound(call, price, size)
+        raw = flow.request.raw_content or b""
+        amount = 0 if price is None else upper_bound(call, price, raw)
         if call.route.plan is not None:  # a retry or a fallback may be served by a dearer deployment
-            amount = max([amount, *(upper_bound(call, p, size) for p in plan_prices(call))])
+            amount = max([amount, *(upper_bound(call, p, raw) for p in plan_prices(call))])
         ttl = call.policy.upstream_timeout_s + TTL_MARGIN_S
         enforced = [level for level in levels if level.enforce]
         shadow = [level for level in levels if not level.enforce]

@@ -79,7 +79,7 @@ class CallerRules:
                 flow.response = error_response(call, 403, refusal, "permission_error", "policy_violation")
                 return
             assert call.body is not None and size is not None and clamp_to is not None
-            clamp_output(call.front, call.body, clamp_to)
+            clamp_output(call, clamp_to)
             size.output, clamped = clamp_to, True
         if clamped:
             # the router forwards these bytes when nothing else changes, and re-reads `call.body` when it translates

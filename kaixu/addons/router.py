@@ -12,7 +12,8 @@ from __future__ import annotations
 from mitmproxy import http
 
 from kaixu.call import Attempt, Call, get_call
-from kaixu.formats import FormatError, estimate_tokens
+from kaixu.estimates import input_tokens
+from kaixu.formats import FormatError
 from kaixu.formats.doors import front_door
 from kaixu.gateway import Gateway
 from kaixu.providers import split_url
@@ -86,6 +87,7 @@ class Router:
             request.content = prepared.content(b"")  # sets content-length
 
     def _count_tokens_locally(self, call: Call) -> http.Response:
-        tokens = estimate_tokens(decode_chat(call))
+        decode_chat(call)  # a body that is not a chat request is a 400 (FormatError), not an estimate
+        tokens = input_tokens(call)
         body = {front_door(call.front).count_tokens_field: tokens}
         return json_response(call, 200, body, {"x-kaixu-estimate": "true"})

@@ -8,6 +8,7 @@ field) the body's model change.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from kaixu.formats import FormatError, droppable, embeddings, fronts, get_codec,
 from kaixu.formats.canonical import Usage
 from kaixu.formats.doors import front_door
 from kaixu.formats.seeds import SeedContext
-from kaixu.pricing import cost_micros
+from kaixu.pricing import cents, cost_micros
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
 from kaixu.request_facts import GATEWAY_FIELDS, decode_chat
 from kaixu.routing.resolve import RouteRefused
@@ -84,7 +85,7 @@ def aim(
     price = None
     seed_context = None
     try:
-        if provider.kind != "mock" and not key:
+        if not (key if call.caller.byok else provider.has_key):
             raise RouteRefused(
                 500, f"provider {provider.name!r} has no API key configured", "server_error", "provider_key_missing"
             )
@@ -103,10 +104,8 @@ def aim(
             operation = upstream.operation or call.operation
             url = endpoint_url(provider, wire, operation, upstream_model, call.stream, mock_url)
             dropped = _account_losses(call, upstream.dropped, wire, client_fields)
-        except FormatError as exc:
-            raise RouteRefused(400, str(exc), "invalid_request_error", "invalid_field") from exc
-        except UnsupportedOperation as exc:
-            raise RouteRefused(400, str(exc), "invalid_request_error", "unsupported_operation") from exc
+        except (FormatError, UnsupportedOperation) as exc:  # the answer each means: 400 with its code
+            raise RouteRefused.of(exc) from exc
     except RouteRefused as refused:
         refused.refused_by = Attempt(route.name, target, provider, upstream_model, wire, None, price, None,
                                      seed_context=seed_context)  # fmt: skip
@@ -159,8 +158,7 @@ def _upstream_body(call: Call, model: str, wire: str) -> _Upstream:
         return _Upstream(embeddings.encode_request(wire, request), operation, embedding_request=request)
     if call.operation != "chat":
         raise UnsupportedOperation(f"{call.operation} requests cannot be translated from {call.front} to {wire}")
-    canonical = decode_chat(call)
-    canonical.model = model
+    canonical = dataclasses.replace(decode_chat(call), model=model)  # the call's own stays as the client sent it
     codec = get_codec(wire)
     dropped = tuple(codec.dropped_fields(canonical))
     return _Upstream(codec.encode_request(canonical), canonical=canonical, dropped=dropped)
@@ -188,7 +186,7 @@ def _seed_context(call: Call, provider: ProviderConfig, install_id: str | None, 
 
     def price_cents(usage: Usage) -> float:  # Gateway 13's `done` event, priced when the stream ends
         micros = cost_micros(price, usage)  # the price of the attempt that serves it
-        return 0 if micros is None else micros / 10_000
+        return 0 if micros is None else cents(micros)
 
     return SeedContext(
         price_cents=price_cents,

@@ -26,6 +26,11 @@ class RouteRefused(KaixuError):
         """The deployment that refused (`kaixu.routing.aim`), with nothing prepared: the router records the
         first one on the call, so the ledger and the metrics name where the refused request was aimed."""
 
+    @classmethod
+    def of(cls, error: KaixuError) -> RouteRefused:
+        """A refusal for the answer another of kaixu's errors means (its status, type and code)."""
+        return cls(error.status, str(error), error.type, error.code)
+
 
 def _serves_hint(provider: ProviderConfig, name: str, hint: str) -> bool:
     """A provider hint names a provider kind (or a provider); the mock stands in for every kind, so the
