@@ -24,7 +24,7 @@ from mitmproxy import http
 from kaixu import mitm
 from kaixu.call import get_call
 from kaixu.log import safe
-from kaixu.respond import JSON_HEADERS, error_json, error_response
+from kaixu.respond import JSON_HEADERS, error_json, error_response, stamp_request_id
 
 log = logging.getLogger("kaixu.chain")
 
@@ -169,7 +169,7 @@ class Chain:
             response.headers.update(JSON_HEADERS)
             response.headers["content-length"] = str(len(body_bytes))
             if call is not None:
-                response.headers["x-request-id"] = response.headers["x-kaixu-request-id"] = call.request_id
+                stamp_request_id(response.headers, call.request_id)
             response.stream = lambda data: body_bytes if not data else []
         elif name == "response" and response.stream is False:
             response.status_code = 500

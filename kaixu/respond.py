@@ -14,11 +14,16 @@ from kaixu.formats.fronts import error_body
 JSON_HEADERS = {"content-type": "application/json"}
 
 
+def stamp_request_id(headers: http.Headers | dict[str, str], request_id: str) -> None:
+    """The request id on an answer, under both names clients look for: the common `x-request-id` and kaixu's own.
+    The one place it is written, whoever made the answer (kaixu, a provider, mitmproxy's error page)."""
+    headers["x-request-id"] = headers["x-kaixu-request-id"] = request_id
+
+
 def json_response(call: Call | None, status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
     response = http.Response.make(status, json.dumps(body, separators=(",", ":")), JSON_HEADERS)
     if call is not None:
-        response.headers["x-request-id"] = call.request_id
-        response.headers["x-kaixu-request-id"] = call.request_id
+        stamp_request_id(response.headers, call.request_id)
     if headers:
         response.headers.update(headers)
     return response

@@ -35,28 +35,28 @@ from kaixu.gateway import Gateway
 
 def build_steps(gateway: Gateway) -> list[object]:
     return [
-        PolicyFile(gateway),  # 0 the policy, hot reload
+        PolicyFile(gateway),  # the policy, hot reload
         Loopback(gateway),  # the mock provider and the stream relay
         LedgerWriter(gateway),  # the ledger: batched writes, flushed at shutdown, retention
         StoreKeys(gateway),  # the store's keys (kaixu keys create), reloaded every second for the auth step
         CounterBackend(gateway),  # the counters of budgets and rate limits (`store:`)
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
-        Retries(gateway),  # 9a (its response hooks run first) a failed first attempt with a plan: the plan goes on
-        Ingress(gateway),  # 1 request id, CORS, /health, /metrics (request head)
+        Retries(gateway),  # (its response hooks run first) a failed first attempt with a plan: the plan goes on
+        Ingress(gateway),  # request id, CORS, /health, /metrics (request head)
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
-        Dialect(),  # 2 which front door (request head)
-        Auth(gateway),  # 3 who is calling (request head)
-        Body(),  # 3b only now: decompress (bounded), parse, request facts
+        Dialect(),  # which front door (request head)
+        Auth(gateway),  # who is calling (request head)
+        Body(),  # only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
         Seats(gateway),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
-        CallerRules(),  # 4 may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
-        RateLimits(gateway),  # 5 rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
-        Router(gateway),  # 6 where it goes
-        Budgets(gateway),  # 7 reserve the most it can cost on every budget: 402
+        CallerRules(),  # may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
+        RateLimits(gateway),  # rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
+        Router(gateway),  # where it goes
+        Budgets(gateway),  # reserve the most it can cost on every budget: 402
         Dispatch(gateway),  # the request leaves: retries, fallbacks, timeouts, queues (kaixu/reliability/serve.py)
-        Errors(),  # 10 JSON error pages for upstream failures
-        Stream(),  # 8 SSE pass-through meter or translator
-        Settle(gateway),  # 9 usage, translation of buffered answers, budget settled, metrics, ledger
+        Errors(),  # JSON error pages for upstream failures
+        Stream(),  # SSE pass-through meter or translator
+        Settle(gateway),  # usage, translation of buffered answers, budget settled, metrics, ledger
         # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes
         # them after every step that reads them has stopped
         StoreChoice(gateway),

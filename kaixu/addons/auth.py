@@ -1,4 +1,4 @@
-"""Step 3: who is calling? A kaixu virtual key (the policy's, stored as its SHA-256, or the store's, made by
+"""The auth step: who is calling? A kaixu virtual key (the policy's, stored as its SHA-256, or the store's, made by
 `kaixu keys create` and kept as a peppered HMAC: docs/keys.md), or the client's own provider key when the
 policy allows bring-your-own-key. Anything else is a 401 in the front door's error shape.
 

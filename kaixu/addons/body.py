@@ -1,4 +1,4 @@
-"""Step 3b: the request body, read only once the caller is authenticated (step 3).
+"""The body step: the request body, read only once the caller is authenticated (the auth step).
 
 Decompressed here, never earlier and never without a bound: `limits.max_body_bytes` applies to the
 decompressed size too, so a 1 MB gzip bomb costs at most the limit in memory. Then parsed as JSON (nesting

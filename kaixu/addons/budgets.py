@@ -1,4 +1,4 @@
-"""Step 7: budgets. Before a request leaves, an upper bound of its cost is reserved on every budget it counts
+"""The budgets step: budgets. Before a request leaves, an upper bound of its cost is reserved on every budget it counts
 against (key, end customer, team, org, the day caps of matching policies: `kaixu/limits/levels.py`), all or
 none, in one atomic operation; after the answer the reservation is settled to the real cost, or released when
 nothing was spent (`Governor.finish`). So however many requests and replicas race, a budget is overspent by at

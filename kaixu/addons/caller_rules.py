@@ -1,5 +1,5 @@
-"""Step 4: may the caller call the model it names, and the per-caller rules of `policies:` (Pulse's policies): a
-cap on a request's tokens (refuse, or lower the requested output to fit), and shadow mode.
+"""The caller_rules step: may the caller call the model it names, and the per-caller rules of `policies:`
+(Pulse's policies): a cap on a request's tokens (refuse, or lower the requested output to fit), and shadow mode.
 
 Why here, after the body and before the router: a rule reads the requested model and the body's size, and a
 clamp must change the body in the client's own format before the router encodes it (or forwards its bytes).

@@ -1,4 +1,4 @@
-"""Step 2: which front door did the client knock on? From the request head alone (path, method, headers):
+"""The dialect step: which front door did the client knock on? From the request head alone (path, method, headers):
 the call's front door (its wire format and error shape, kaixu/formats/doors.py), operation, a model named in
 the path, the stream flag a path fixes, and client attribution headers. The body waits until the caller is
 known (addons/body.py).

@@ -1,4 +1,4 @@
-"""Step 10: upstream trouble becomes a JSON error with the request id, never mitmproxy's HTML page.
+"""The errors step: upstream trouble becomes a JSON error with the request id, never mitmproxy's HTML page.
 
 mitmproxy answers connect failures, upstream disconnects, over-limit bodies and malformed requests itself,
 from its HTTP layers, and the `error` hook cannot replace that answer. `kaixu/mitm.py` (the one home of
@@ -21,7 +21,7 @@ from kaixu.log import safe
 from kaixu.mitm import ErrorCode
 from kaixu.reliability.failures import forwarding_failure
 from kaixu.reliability.serve import first_attempt_timeout
-from kaixu.respond import error_json, json_response
+from kaixu.respond import error_json, json_response, stamp_request_id
 from kaixu.stream_errors import broken_stream_event
 
 log = logging.getLogger("kaixu.errors")
@@ -42,7 +42,8 @@ def render_error(request: http.Request | None, status: int, reason: str, code: E
         type = class_type(status)
         error_code = "bad_request" if status < 500 else "gateway_error"
         body = error_json(front_for_path(path.partition("?")[0]), request_id, status, reason, type, error_code)
-    headers = {"connection": "close", "x-request-id": request_id, "x-kaixu-request-id": request_id}
+    headers = {"connection": "close"}
+    stamp_request_id(headers, request_id)
     return mitm.assemble_response(json_response(call, status, body, headers))
 
 

@@ -1,4 +1,5 @@
-"""Step 1: every request gets an id and a Call; CORS; local endpoints (/health, /metrics) answered in place."""
+"""The ingress step: every request gets an id and a Call; CORS; local endpoints (/health, /metrics) answered
+in place."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from kaixu.formats.doors import front_for_path
 from kaixu.formats.droppable import summary
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition
-from kaixu.respond import json_response
+from kaixu.respond import json_response, stamp_request_id
 
 _MAX_CLIENT_ID = 128
 _CORS_ALLOW_HEADERS = (
@@ -95,8 +96,7 @@ class Ingress:
         if call is None or flow.response is None:
             return
         headers = flow.response.headers
-        headers["x-request-id"] = call.request_id
-        headers["x-kaixu-request-id"] = call.request_id
+        stamp_request_id(headers, call.request_id)
         if call.dropped:
             headers["x-kaixu-dropped"] = summary(call.dropped)
         origin = call.cors_origin

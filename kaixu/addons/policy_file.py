@@ -1,4 +1,4 @@
-"""Step 0: load the policy, keep it current (hot reload), and open the listeners it names."""
+"""The policy_file step: load the policy, keep it current (hot reload), and open the listeners it names."""
 
 from __future__ import annotations
 

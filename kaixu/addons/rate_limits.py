@@ -1,5 +1,5 @@
-"""Step 5: rate limits. Requests and tokens per minute and requests in flight, per key, team, end customer, or
-client IP for a request without a key (`kaixu/limits/levels.py`); over a limit -> 429 with `Retry-After`.
+"""The rate_limits step: requests and tokens per minute and requests in flight, per key, team, end customer,
+or client IP for a request without a key (`kaixu/limits/levels.py`); over a limit -> 429 with `Retry-After`.
 
 Why before the router: these limits need no price or route, and a refused request should cost kaixu as
 little as possible (no translation, no body encoding). The budget, which needs the route's price, is the

@@ -1,4 +1,4 @@
-"""Step 9a: the first attempt of a buffered request with an attempt plan failed: the plan goes on.
+"""The retries step: the first attempt of a buffered request with an attempt plan failed: the plan goes on.
 
 mitmproxy makes that first attempt itself, as for any request, so a plan costs nothing while providers answer
 (`Delivery.native_first`). This step only hands the failure to the reliability entry (kaixu/reliability/serve.py):

@@ -1,4 +1,4 @@
-"""Step 6: model name -> deployment. Picks the deployment (kaixu/routing/ resolves the model and aims the call
+"""The router step: model name -> deployment. Picks the deployment (kaixu/routing/ resolves the model and aims the call
 at it), rewrites the flow's destination, swaps the client's credential for the provider's, and encodes the
 body in the provider's format when it differs from the client's; sets the attempt plan a request with
 fallbacks, retries, timeouts or a queue needs.

@@ -1,4 +1,4 @@
-"""Step 9: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
+"""The settle step: the answer is complete. Read its usage, put it (or an upstream error) in the client's format,
 and count it.
 
 The one place a request ends, whichever hook ends it (`_count`): the pool, the price, the budget's settlement

@@ -1,4 +1,4 @@
-"""Step 8: a streamed (SSE) answer gets a stream callable when its headers arrive.
+"""The stream step: a streamed (SSE) answer gets a stream callable when its headers arrive.
 
 Same format: bytes pass through untouched while a decoder meters usage. Different formats: each upstream
 chunk is decoded into canonical events and re-encoded for the client, event by event. The callable is

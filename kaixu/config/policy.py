@@ -369,7 +369,7 @@ class ModelGlobs:
 
 @dataclass(frozen=True, slots=True)
 class CallerPolicy:
-    """One `policies[]` rule (step 4, kaixu/addons/caller_rules.py), with its strategies chosen at load."""
+    """One `policies[]` rule (the caller_rules step, kaixu/addons/caller_rules.py), its strategies chosen at load."""
 
     name: str
     team: str | None = None

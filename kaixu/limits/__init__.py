@@ -1,4 +1,4 @@
-"""The counter interface of step 5 (limits and budgets): what every backend keeps, and what it promises.
+"""The counter interface of the rate_limits step (limits and budgets): what every backend keeps, and what it promises.
 
 Budgets are reserved before a request is forwarded and settled to the real cost after the answer; rate limits
 count requests and tokens in windows; concurrency limits hold slots. Three backends keep the same contract and
