@@ -621,11 +621,13 @@ def test_a_client_that_leaves_a_relayed_stream_cancels_the_provider(gw: Kaixu, f
 
 def _hold(gw: Kaixu, fake: FakeProvider, model: str, pool: ThreadPoolExecutor) -> tuple[Future[Any], threading.Event]:
     """Start a request that holds its provider's only slot until the test sets the returned event (the fake
-    answers it then; at most after 10 s, should the test fail first), and wait until the fake has it."""
+    answers it then; at most after 30 s, should the test fail first: a loaded machine can take 10 s over
+    the requests a test makes meanwhile), and wait until the fake has it."""
     release = threading.Event()
-    fake.add_fault(Fault(latency_ms=10_000, until=release, path_contains=OPENAI_PATH))
+    fake.add_fault(Fault(latency_ms=30_000, until=release, path_contains=OPENAI_PATH))
     sent = len(fake.requests)
-    held = pool.submit(chat, gw, model)
+    client = oai_client(gw, timeout=30)  # as long as the hold: the default 10 s could end it first, under load
+    held = pool.submit(client.chat.completions.with_raw_response.create, model=model, messages=MESSAGES)
     wait_for(lambda: len(fake.requests) == sent + 1, 5, "the first request to reach the provider")
     return held, release
 
