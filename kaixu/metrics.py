@@ -15,6 +15,10 @@ escaped, cut and limited to `MAX_CUSTOMERS` distinct values. No key, request id 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
@@ -355,5 +359,94 @@ def request_finished() -> None:
     IN_FLIGHT.value -= 1
 
 
+class SharedMetrics:
+    """The metrics of `kaixu run --workers N`: one scrape of any worker sums every worker.
+
+    Each worker writes its own series, at most `FLUSH_S` old, to prometheus_client's multiprocess files in the
+    run's folder (`counter_PID.db`, `histogram_PID.db`, `gauge_livesum_PID.db`, `gauge_livemax_PID.db`), and a
+    scrape merges every file with prometheus_client's `MultiProcessCollector`. The updates themselves stay
+    dict additions on the event loop (`LoopCounter`): only the flush, once a second and before each scrape,
+    writes files. Counters and histograms of a worker that exited stay in the sums (a restart loses nothing
+    but its last second); its gauges leave them (the supervisor's `mark_process_dead`). A gauge that is a
+    state (policy generation, circuit breaker) is the workers' maximum, the others their sum."""
+
+    MAX_GAUGES = frozenset({"kaixu_policy_generation", "kaixu_deployment_state"})
+    FLUSH_S = 1.0
+
+    def __init__(self, folder: str) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.folder = folder
+        self.merged = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(self.merged, path=folder)
+
+    def flush(self) -> None:
+        """Write this process's series, each file replaced whole (a series that is gone leaves no trace)."""
+        from prometheus_client.mmap_dict import mmap_key
+
+        files: dict[str, list[tuple[str, float]]] = {}
+        for family in REGISTRY.collect():
+            if family.type == "gauge":
+                kind = "gauge_livemax" if family.name in self.MAX_GAUGES else "gauge_livesum"
+            elif family.type in ("counter", "histogram"):
+                kind = family.type
+            else:
+                continue
+            entries = files.setdefault(kind, [])
+            below: dict[tuple[tuple[str, str], ...], float] = {}
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                value = sample.value
+                if family.type == "histogram":
+                    if sample.name.endswith("_count"):
+                        continue  # the collector counts the buckets
+                    if "le" in labels:  # multiprocess files keep each bucket's own count, not cumulative
+                        rest = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+                        value, below[rest] = value - below.get(rest, 0.0), value
+                key = mmap_key(family.name, sample.name, list(labels), list(labels.values()), family.documentation)
+                entries.append((key, value))
+        pid = os.getpid()
+        for kind in ("counter", "histogram", "gauge_livesum", "gauge_livemax"):
+            path = os.path.join(self.folder, f"{kind}_{pid}.db")
+            self._write(path, files.get(kind, []))
+
+    @staticmethod
+    def _write(path: str, entries: list[tuple[str, float]]) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        tmp = path + ".tmp"  # not `*.db`: a scrape never reads a file half written
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        values = MmapedDict(tmp)
+        try:
+            for key, value in entries:
+                values.write_value(key, value, 0.0)
+        finally:
+            values.close()
+        os.replace(tmp, path)
+
+    def exposition(self) -> bytes:
+        self.flush()
+        return generate_latest(self.merged)
+
+    async def flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_S)
+            try:
+                self.flush()
+            except OSError as exc:  # the run's folder went away: the next scrape says so
+                logging.getLogger("kaixu.metrics").warning("metrics not shared with the other workers: %s", exc)
+
+
+_shared: SharedMetrics | None = None
+
+
+def share(folder: str) -> SharedMetrics:
+    """Make `/metrics` the sum of every worker of this run (`kaixu run --workers N`)."""
+    global _shared
+    _shared = SharedMetrics(folder)
+    return _shared
+
+
 def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+    return generate_latest(REGISTRY) if _shared is None else _shared.exposition()
