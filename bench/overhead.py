@@ -9,6 +9,9 @@ provider and reports kaixu relative to the baselines measured minutes earlier:
 * ``kaixu``    wrk -> ``python -m kaixu run policy.yaml`` -> fake
 * ``kaixu-plugin``    wrk -> ``mitmdump -s kaixu/plugin.py`` (the same addon chain on mitmdump's own Master,
   with its default addon set) -> fake
+* ``kaixu-2w``  wrk -> ``python -m kaixu run policy.yaml --workers 2`` -> fake: a supervisor and two workers on
+  one port, allowed both CPUs (the load shares CPU 0 with one of them); CPU and RSS are the whole process tree's,
+  and the load generator's own CPU (wrk and the fake) is reported beside it
 * ``kaixu-baseline``  with ``--baseline-tree DIR``: wrk -> another checkout's ``python -m kaixu run`` -> fake,
   so a change is measured before and after in one run (``git worktree add /tmp/base <commit>``; DIR's own
   ``.venv`` is used if it has one, else this venv's Python with DIR first on the import path)
@@ -30,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,6 +63,9 @@ GATEWAY_CPU = 1
 LOAD_CPU = 0
 CONCURRENCIES = (1, 32)
 SSE_EVENTS = 50
+WORKERS_2 = ("--log-level", "warning", "--workers", "2")
+ALL_CPUS = f"{LOAD_CPU},{GATEWAY_CPU}"
+"""kaixu-2w's workers may run on both CPUs: a second worker needs a second core, which it shares with the load."""
 
 # Targets are reported, never tuned: PASS/FAIL is information for the reader, not a gate.
 TARGET_THROUGHPUT_RATIO = 1.4  # kaixu req/s at c=32 vs bare mitmdump
@@ -98,6 +105,8 @@ class WrkResult:
     non_2xx: int
     socket_errors: dict[str, int]
     gateway_cpu_ms_per_req: float | None = None
+    load_cpu_share: float | None = None
+    """CPU seconds the load generator (wrk) and the fake provider used per second of the run (1.0 = one core)."""
 
 
 @dataclass
@@ -143,8 +152,9 @@ def can_pin() -> bool:
     return (os.cpu_count() or 1) > max(GATEWAY_CPU, LOAD_CPU) and shutil.which("taskset") is not None
 
 
-def pinned(cmd: list[str], cpu: int) -> list[str]:
-    """Prefix ``cmd`` with taskset (taskset execs, so the pid we get is the program's own)."""
+def pinned(cmd: list[str], cpu: int | str) -> list[str]:
+    """Prefix ``cmd`` with taskset (taskset execs, so the pid we get is the program's own); ``cpu``: one CPU, or
+    a taskset list (``0,1``)."""
     return ["taskset", "-c", str(cpu), *cmd] if can_pin() else cmd
 
 
@@ -219,7 +229,12 @@ def start_fake(
         cmd.append("--no-record")
     proc = spawn(pinned(cmd, LOAD_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "fake provider")
+    FAKE_PIDS[int(port_file.read_text().strip())] = proc.pid
     return int(port_file.read_text().strip())
+
+
+FAKE_PIDS: dict[int, int] = {}
+"""The fake provider's pid by port: the load side's CPU counts it (`run_wrk`)."""
 
 
 def start_mitmdump(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
@@ -254,6 +269,7 @@ def start_kaixu(
     policy_text: str | None = None,
     tree: Path | None = None,
     args: tuple[str, ...] = ("--log-level", "warning"),
+    cpus: int | str = GATEWAY_CPU,
 ) -> tuple[int, int]:
     """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
 
@@ -266,7 +282,7 @@ def start_kaixu(
     python, cwd, env = tree_python(tree) if tree is not None else (sys.executable, ROOT, None)
     cmd = [python, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
     cmd += ["--port-file", str(port_file), "--reload-ms", "0", *args]
-    proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack, cwd, env)
+    proc = spawn(pinned(cmd, cpus), log, stack, cwd, env)
     wait_until(port_file.exists, proc, log, "kaixu")
     _host, port = json.loads(port_file.read_text())[0]
     return int(port), proc.pid
@@ -310,18 +326,36 @@ def start_kaixu_plugin(work: Path, fake_port: int, stack: contextlib.ExitStack) 
 # --------------------------------------------------------------------------------------------------
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (`kaixu run --workers N`: the supervisor and its workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
 def rss_mb(pid: int) -> float:
-    """Current resident set size of ``pid`` in MB (VmRSS is reported in kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+    """Current resident set size of ``pid`` and its children in MB (VmRSS is reported in kB)."""
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+                break
+        else:
+            raise BenchError(f"no VmRSS for pid {member}")
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid``; fields 14 and 15 of /proc/<pid>/stat, counted after the ``(comm)``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of ``pid`` and its live children; fields 14 and 15 of /proc/<pid>/stat, counted after
+    the ``(comm)``."""
+    total = 0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -424,8 +458,11 @@ def parse_wrk(output: str, connections: int, duration_s: float) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, url: str, lua: Path, connections: int, duration_s: float) -> WrkResult:
-    """One closed-loop wrk run (1 thread, keep-alive) on the load CPU."""
+def run_wrk(
+    wrk: str, url: str, lua: Path, connections: int, duration_s: float, fake_pid: int | None = None
+) -> WrkResult:
+    """One closed-loop wrk run (1 thread, keep-alive) on the load CPU; with ``fake_pid``, the CPU share the
+    load side (wrk and the fake provider) took."""
     cmd = [
         wrk,
         "-t1",
@@ -437,10 +474,19 @@ def run_wrk(wrk: str, url: str, lua: Path, connections: int, duration_s: float) 
         "-s",
         str(lua),
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fake_before = cpu_seconds(fake_pid) if fake_pid else 0.0
+    started = time.monotonic()
     done = subprocess.run(pinned([*cmd, url], LOAD_CPU), capture_output=True, text=True, timeout=duration_s + 30)
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return parse_wrk(done.stdout, connections, duration_s)
+    result = parse_wrk(done.stdout, connections, duration_s)
+    if fake_pid:
+        wrk_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        result.load_cpu_share = (wrk_cpu + cpu_seconds(fake_pid) - fake_before) / elapsed
+    return result
 
 
 def check_clean(name: str, result: WrkResult) -> None:
@@ -531,7 +577,9 @@ class Plan:
     sse_requests: int
 
 
-def measure(name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path, plan: Plan) -> ConfigResult:
+def measure(
+    name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path, plan: Plan, fake_pid: int | None = None
+) -> ConfigResult:
     """Preflight, then c=1 and c=32 load (warm-up, measured run), then the sequential streams."""
     url = f"http://{HOST}:{port}{PATH}"
     preflight(name, port, key)
@@ -540,7 +588,7 @@ def measure(name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path
         check_clean(name, run_wrk(wrk, url, lua, connections, plan.warmup_s))
         cpu_before = cpu_seconds(pid) if pid else 0.0
         with rss_peak(pid if connections == max(CONCURRENCIES) else None) as peak:
-            run = run_wrk(wrk, url, lua, connections, plan.measure_s)
+            run = run_wrk(wrk, url, lua, connections, plan.measure_s, fake_pid)
         check_clean(name, run)
         if pid:
             run.gateway_cpu_ms_per_req = (cpu_seconds(pid) - cpu_before) * 1000 / run.requests
@@ -561,6 +609,11 @@ def gateways(baseline: Path | None) -> list[tuple[str, Starter, str]]:
         ("mitmdump", start_mitmdump, UPSTREAM_KEY),
         ("kaixu", lambda work, port, stack: start_kaixu(work / "kaixu", port, stack), CLIENT_KEY),
         ("kaixu-plugin", lambda work, port, stack: start_kaixu_plugin(work / "plugin", port, stack), CLIENT_KEY),
+        (
+            "kaixu-2w",
+            lambda work, port, stack: start_kaixu(work / "kaixu-2w", port, stack, args=WORKERS_2, cpus=ALL_CPUS),
+            CLIENT_KEY,
+        ),
     ]
     if baseline is not None:
         configs.append(
@@ -584,7 +637,9 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
         kaixu_lua = write_lua(work / "kaixu.lua", SMALL_BODY, CLIENT_KEY)
         if "direct" in only:
             print("measuring direct", file=sys.stderr)
-            results.append(measure("direct", fake_port, None, UPSTREAM_KEY, wrk, upstream_lua, plan))
+            results.append(
+                measure("direct", fake_port, None, UPSTREAM_KEY, wrk, upstream_lua, plan, FAKE_PIDS.get(fake_port))
+            )
         for name, starter, key in gateways(baseline):
             if name not in only:
                 continue
@@ -592,7 +647,7 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
             lua = upstream_lua if key == UPSTREAM_KEY else kaixu_lua
             with contextlib.ExitStack() as config_stack:
                 port, pid = starter(work, fake_port, config_stack)
-                results.append(measure(name, port, pid, key, wrk, lua, plan))
+                results.append(measure(name, port, pid, key, wrk, lua, plan, FAKE_PIDS.get(fake_port)))
     return results
 
 
@@ -663,6 +718,14 @@ def comparisons(results: list[ConfigResult]) -> str:
     named = by_name(results)
     kaixu = named.get("kaixu")
     lines = []
+    two = named.get("kaixu-2w")
+    if kaixu is not None and two is not None:
+        load = " / ".join(f"{r.load[32].load_cpu_share:.2f}" for r in (kaixu, two) if r.load[32].load_cpu_share)
+        lines.append(
+            f"* kaixu-2w vs kaixu: {two.load[32].rps / kaixu.load[32].rps:.2f}x the requests/s at c=32 "
+            f"({two.load[1].rps / kaixu.load[1].rps:.2f}x at c=1); the load generator (wrk and the fake) took "
+            f"{load} of a core at c=32 (kaixu / kaixu-2w)."
+        )
     for other in ("kaixu-baseline", "kaixu-plugin"):
         row = named.get(other)
         if kaixu is None or row is None:
@@ -791,7 +854,7 @@ def save_json(results: list[ConfigResult], plan: Plan) -> Path:
     return path
 
 
-DEFAULT_CONFIGS = ("direct", "mitmdump", "kaixu", "kaixu-plugin")
+DEFAULT_CONFIGS = ("direct", "mitmdump", "kaixu", "kaixu-plugin", "kaixu-2w")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | None]:
