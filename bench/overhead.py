@@ -12,6 +12,8 @@ provider and reports kaixu relative to the baselines measured minutes earlier:
 * ``kaixu-2w``  wrk -> ``python -m kaixu run policy.yaml --workers 2`` -> fake: a supervisor and two workers on
   one port, allowed both CPUs (the load shares CPU 0 with one of them); CPU and RSS are the whole process tree's,
   and the load generator's own CPU (wrk and the fake) is reported beside it
+* ``kaixu-2cpu`` (with ``--only``): one ``kaixu run`` process allowed both CPUs, as kaixu-2w is: what the second
+  worker adds, rather than the second core
 * ``kaixu-baseline``  with ``--baseline-tree DIR``: wrk -> another checkout's ``python -m kaixu run`` -> fake,
   so a change is measured before and after in one run (``git worktree add /tmp/base <commit>``; DIR's own
   ``.venv`` is used if it has one, else this venv's Python with DIR first on the import path)
@@ -575,6 +577,8 @@ class Plan:
     warmup_s: float
     measure_s: float
     sse_requests: int
+    rounds: int = 0
+    """With rounds: only JSON at c=32, the configurations taking turns (`run_rounds`)."""
 
 
 def measure(
@@ -614,6 +618,11 @@ def gateways(baseline: Path | None) -> list[tuple[str, Starter, str]]:
             lambda work, port, stack: start_kaixu(work / "kaixu-2w", port, stack, args=WORKERS_2, cpus=ALL_CPUS),
             CLIENT_KEY,
         ),
+        (
+            "kaixu-2cpu",
+            lambda work, port, stack: start_kaixu(work / "kaixu-2cpu", port, stack, cpus=ALL_CPUS),
+            CLIENT_KEY,
+        ),
     ]
     if baseline is not None:
         configs.append(
@@ -649,6 +658,75 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
                 port, pid = starter(work, fake_port, config_stack)
                 results.append(measure(name, port, pid, key, wrk, lua, plan, FAKE_PIDS.get(fake_port)))
     return results
+
+
+@dataclass
+class Round:
+    """One turn of one configuration in `run_rounds`."""
+
+    name: str
+    round: int
+    rps: float
+    cpu_ms_per_req: float
+    load_cpu_share: float | None
+    loadavg: float
+
+
+def run_rounds(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Round]:
+    """Interleaved A/B on a machine other work shares: every configuration runs at once (idle but for its
+    turn), and they take turns at JSON c=32 for `plan.measure_s` each, the order reversed every round, so a
+    change of the machine's load falls on all of them alike. Compare the ratios within a round."""
+    wrk = ensure_wrk()
+    turns: list[Round] = []
+    with tempfile.TemporaryDirectory(prefix="kaixu-bench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        fake_port = start_fake(work, stack)
+        lua = write_lua(work / "kaixu.lua", SMALL_BODY, CLIENT_KEY)
+        running = []
+        for name, starter, key in gateways(baseline):
+            if name in only and key == CLIENT_KEY:
+                port, pid = starter(work, fake_port, stack)
+                preflight(name, port, key)
+                check_clean(name, run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.warmup_s))
+                running.append((name, port, pid))
+        for index in range(plan.rounds):
+            for name, port, pid in running if index % 2 == 0 else running[::-1]:
+                before = cpu_seconds(pid)
+                run = run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.measure_s, FAKE_PIDS.get(fake_port))
+                check_clean(name, run)
+                cpu = (cpu_seconds(pid) - before) * 1000 / run.requests
+                turns.append(Round(name, index, run.rps, cpu, run.load_cpu_share, os.getloadavg()[0]))
+                print(f"  round {index} {name}: {run.rps:,.0f} req/s, {cpu:.2f} CPU ms/req", file=sys.stderr)
+    return turns
+
+
+def rounds_report(turns: list[Round], plan: Plan) -> str:
+    """Per configuration: median requests/s and CPU per request, and its ratio to the first configuration
+    within each round (median, and the lowest and highest round)."""
+    names = list(dict.fromkeys(t.name for t in turns))
+    first = names[0]
+    by_round = {(t.name, t.round): t for t in turns}
+    loads = [t.loadavg for t in turns]
+    lines = [
+        f"{machine_line(machine(), plan).partition('; ')[0]}; {plan.warmup_s:g} s warm-up, then {plan.rounds} rounds "
+        f"of {plan.measure_s:g} s of JSON at c=32 per configuration, turns reversed every round; load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during the turns.",
+        "",
+        f"| config | req/s (median) | CPU ms/req (median) | load side's CPU (cores) | req/s vs {first}: median "
+        "(lowest-highest round) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        own = [t for t in turns if t.name == name]
+        ratios = sorted(t.rps / by_round[(first, t.round)].rps for t in own)
+        shares = [t.load_cpu_share for t in own if t.load_cpu_share is not None]
+        lines.append(
+            f"| {name} | {statistics.median(t.rps for t in own):,.0f} "
+            f"| {statistics.median(t.cpu_ms_per_req for t in own):.2f} "
+            f"| {statistics.median(shares) if shares else 0:.2f} "
+            f"| {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,12 +797,14 @@ def comparisons(results: list[ConfigResult]) -> str:
     kaixu = named.get("kaixu")
     lines = []
     two = named.get("kaixu-2w")
-    if kaixu is not None and two is not None:
-        load = " / ".join(f"{r.load[32].load_cpu_share:.2f}" for r in (kaixu, two) if r.load[32].load_cpu_share)
+    for one in (kaixu, named.get("kaixu-2cpu")):
+        if one is None or two is None:
+            continue
+        load = " / ".join(f"{r.load[32].load_cpu_share:.2f}" for r in (one, two) if r.load[32].load_cpu_share)
         lines.append(
-            f"* kaixu-2w vs kaixu: {two.load[32].rps / kaixu.load[32].rps:.2f}x the requests/s at c=32 "
-            f"({two.load[1].rps / kaixu.load[1].rps:.2f}x at c=1); the load generator (wrk and the fake) took "
-            f"{load} of a core at c=32 (kaixu / kaixu-2w)."
+            f"* kaixu-2w vs {one.name}: {two.load[32].rps / one.load[32].rps:.2f}x the requests/s at c=32 "
+            f"({two.load[1].rps / one.load[1].rps:.2f}x at c=1); the load generator (wrk and the fake) took "
+            f"{load} of a core at c=32 ({one.name} / kaixu-2w)."
         )
     for other in ("kaixu-baseline", "kaixu-plugin"):
         row = named.get(other)
@@ -871,6 +951,12 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | Non
         help="another checkout (e.g. a git worktree of an older commit) run as kaixu-baseline",
     )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved A/B: the kaixu configurations of --only take N turns each at JSON c=32 (no doc rewrite)",
+    )
     args = parser.parse_args(argv)
     default = [*DEFAULT_CONFIGS, *(["kaixu-baseline"] if args.baseline_tree else [])]
     only = {name.strip() for name in (args.only or ",".join(default)).split(",") if name.strip()}
@@ -878,7 +964,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | Non
         parser.error("kaixu-baseline needs --baseline-tree DIR")
     if args.baseline_tree is not None and not (args.baseline_tree / "kaixu" / "__init__.py").exists():
         parser.error(f"--baseline-tree {args.baseline_tree}: no kaixu package there")
-    return Plan(args.warmup, args.duration, args.sse_requests), only, not args.no_doc, args.baseline_tree
+    plan = Plan(args.warmup, args.duration, args.sse_requests, args.rounds)
+    return plan, only, not args.no_doc and not args.rounds, args.baseline_tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -888,6 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     if can_pin():
         os.sched_setaffinity(0, {LOAD_CPU})  # the streaming client shares CPU 0 with wrk and the fake
     try:
+        if plan.rounds:
+            print(rounds_report(run_rounds(plan, only, baseline), plan))
+            return 0
         results = run_all(plan, only, baseline)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)

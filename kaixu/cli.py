@@ -182,6 +182,7 @@ async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Any) -> 
         for helper in helpers:
             helper.cancel()
         shared.flush()
+        shared.close()
 
 
 async def _worker_exit(master: Any, task: asyncio.Task[None]) -> int:

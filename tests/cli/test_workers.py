@@ -22,11 +22,7 @@ import pytest
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import Kaixu, key_hash, policy_for, wait_for
-
-WORDS = " ".join(f"w{i}" for i in range(40))
-LONG = [{"role": "user", "content": WORDS}]
-"""A prompt whose echo is longer than `max_tokens` below: every answer costs the same."""
-HI = [{"role": "user", "content": "hi"}]
+from tests.limits.test_budget_bound import HI, LONG  # LONG: its echo is longer than `max_tokens` below
 
 
 class Workers:
@@ -212,3 +208,19 @@ def test_sigterm_drains_a_stream_in_flight_in_every_worker(fake: FakeProvider, t
         assert not re.search(r"worker \d .*restarting", log), "a worker stopping on SIGTERM is not restarted"
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("store", "workers", "says"),
+    [
+        ({"sqlite": ":memory:"}, "2", "--workers needs a store the workers share"),
+        ({"sqlite": "ledger.db"}, "0", "--workers: expected a number from 1 or auto, got '0'"),
+    ],
+)
+def test_workers_refuse_what_they_could_not_share_or_count(
+    fake: FakeProvider, tmp_path: Path, store: dict[str, str], workers: str, says: str
+) -> None:
+    gateway = Kaixu(tmp_path, policy_for(fake.base_url, store=store), args=("--workers", workers))
+    with pytest.raises(RuntimeError, match="kaixu exited with 1") as failed:
+        gateway.start()
+    assert says in str(failed.value)
