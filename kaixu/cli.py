@@ -23,6 +23,7 @@ from kaixu.config.policy import Period
 
 if TYPE_CHECKING:
     from kaixu.store.queries import Filters
+    from kaixu.workers import Worker
 
 DEFAULT_POLICY = "proxy.yaml"
 
@@ -158,7 +159,7 @@ def _supervise(args: argparse.Namespace, policy: Policy) -> int:
         listener.stop()
 
 
-async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Any) -> int:
+async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Worker) -> int:
     """One worker of `kaixu run --workers N`: a full kaixu on its own SO_REUSEPORT listeners."""
     from kaixu import metrics
     from kaixu.master import build_master, listen_reuse_port, serve
@@ -172,7 +173,13 @@ async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Any) -> 
         await asyncio.sleep(0.02)
     if task.done():
         return await _worker_exit(master, task)
-    own.extend(await listen_reuse_port(list(args.listen)))
+    try:
+        own.extend(await listen_reuse_port(list(args.listen)))
+    except OSError as exc:
+        logging.getLogger("kaixu").error("worker %d cannot listen: %s", worker.id, exc)
+        master.shutdown()
+        await task
+        return 1
     with open(worker.ready_file(), "w") as fh:
         fh.write(str(os.getpid()))
     helpers = [asyncio.create_task(shared.flush_every()), asyncio.create_task(_orphaned(os.getppid()))]
