@@ -130,9 +130,11 @@ def _supervise(args: argparse.Namespace, policy: Policy) -> int:
 
     from kaixu.workers import Supervisor, worker_count, write_port_file
 
-    if policy.store.sqlite == ":memory:" and policy.store.postgres is None:
-        return _fail("kaixu: --workers needs a store the workers share: store.sqlite must be a file (or set "
-                     "store.postgres); with :memory: each worker would keep its own ledger and counters")  # fmt: skip
+    store = policy.store
+    if store.sqlite == ":memory:" and (store.postgres is None or store.redis is None):
+        return _fail("kaixu: --workers needs a store the workers share: store.sqlite must be a file (or set both "
+                     "store.postgres for the ledger and store.redis for the counters); with :memory: each worker "
+                     "would keep its own ledger and counters")  # fmt: skip
     try:
         count = worker_count(args.workers)
     except ValueError:

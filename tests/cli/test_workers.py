@@ -214,11 +214,16 @@ def test_sigterm_drains_a_stream_in_flight_in_every_worker(fake: FakeProvider, t
     ("store", "workers", "says"),
     [
         ({"sqlite": ":memory:"}, "2", "--workers needs a store the workers share"),
+        (  # the ledger in PostgreSQL, but no counters to share
+            {"sqlite": ":memory:", "postgres": {"dsn": "postgresql://kaixu@127.0.0.1:9/kaixu"}},
+            "2",
+            "--workers needs a store the workers share",
+        ),
         ({"sqlite": "ledger.db"}, "0", "--workers: expected a number from 1 or auto, got '0'"),
     ],
 )
 def test_workers_refuse_what_they_could_not_share_or_count(
-    fake: FakeProvider, tmp_path: Path, store: dict[str, str], workers: str, says: str
+    fake: FakeProvider, tmp_path: Path, store: dict[str, Any], workers: str, says: str
 ) -> None:
     gateway = Kaixu(tmp_path, policy_for(fake.base_url, store=store), args=("--workers", workers))
     with pytest.raises(RuntimeError, match="kaixu exited with 1") as failed:
