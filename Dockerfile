@@ -1,4 +1,5 @@
-# kaixu in a container: the gateway on /etc/kaixu/proxy.yaml (mount your own), listening on 0.0.0.0:4000.
+# kaixu in a container: the gateway on /etc/kaixu/proxy.yaml (mount your own), listening on 0.0.0.0:4000 with one
+# worker process per core the container may use (docs/operations.md#workers).
 #   docker build -t kaixu . && docker run -p 4000:4000 -v $PWD/proxy.yaml:/etc/kaixu/proxy.yaml kaixu
 FROM python:3.13-slim
 
@@ -15,4 +16,4 @@ WORKDIR /var/lib/kaixu
 EXPOSE 4000
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/health')"
-ENTRYPOINT ["kaixu", "run", "/etc/kaixu/proxy.yaml", "--listen", "0.0.0.0:4000"]
+ENTRYPOINT ["kaixu", "run", "/etc/kaixu/proxy.yaml", "--listen", "0.0.0.0:4000", "--workers", "auto"]

@@ -9,6 +9,11 @@ provider and reports kaixu relative to the baselines measured minutes earlier:
 * ``kaixu``    wrk -> ``python -m kaixu run policy.yaml`` -> fake
 * ``kaixu-plugin``    wrk -> ``mitmdump -s kaixu/plugin.py`` (the same addon chain on mitmdump's own Master,
   with its default addon set) -> fake
+* ``kaixu-2w``  wrk -> ``python -m kaixu run policy.yaml --workers 2`` -> fake: a supervisor and two workers on
+  one port, allowed both CPUs (the load shares CPU 0 with one of them); CPU and RSS are the whole process tree's,
+  and the load generator's own CPU (wrk and the fake) is reported beside it
+* ``kaixu-2cpu`` (with ``--only``): one ``kaixu run`` process allowed both CPUs, as kaixu-2w is: what the second
+  worker adds, rather than the second core
 * ``kaixu-baseline``  with ``--baseline-tree DIR``: wrk -> another checkout's ``python -m kaixu run`` -> fake,
   so a change is measured before and after in one run (``git worktree add /tmp/base <commit>``; DIR's own
   ``.venv`` is used if it has one, else this venv's Python with DIR first on the import path)
@@ -30,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,6 +65,9 @@ GATEWAY_CPU = 1
 LOAD_CPU = 0
 CONCURRENCIES = (1, 32)
 SSE_EVENTS = 50
+WORKERS_2 = ("--log-level", "warning", "--workers", "2")
+ALL_CPUS = f"{LOAD_CPU},{GATEWAY_CPU}"
+"""kaixu-2w's workers may run on both CPUs: a second worker needs a second core, which it shares with the load."""
 
 # Targets are reported, never tuned: PASS/FAIL is information for the reader, not a gate.
 TARGET_THROUGHPUT_RATIO = 1.4  # kaixu req/s at c=32 vs bare mitmdump
@@ -98,6 +107,8 @@ class WrkResult:
     non_2xx: int
     socket_errors: dict[str, int]
     gateway_cpu_ms_per_req: float | None = None
+    load_cpu_share: float | None = None
+    """CPU seconds the load generator (wrk) and the fake provider used per second of the run (1.0 = one core)."""
 
 
 @dataclass
@@ -143,8 +154,9 @@ def can_pin() -> bool:
     return (os.cpu_count() or 1) > max(GATEWAY_CPU, LOAD_CPU) and shutil.which("taskset") is not None
 
 
-def pinned(cmd: list[str], cpu: int) -> list[str]:
-    """Prefix ``cmd`` with taskset (taskset execs, so the pid we get is the program's own)."""
+def pinned(cmd: list[str], cpu: int | str) -> list[str]:
+    """Prefix ``cmd`` with taskset (taskset execs, so the pid we get is the program's own); ``cpu``: one CPU, or
+    a taskset list (``0,1``)."""
     return ["taskset", "-c", str(cpu), *cmd] if can_pin() else cmd
 
 
@@ -219,7 +231,12 @@ def start_fake(
         cmd.append("--no-record")
     proc = spawn(pinned(cmd, LOAD_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "fake provider")
+    FAKE_PIDS[int(port_file.read_text().strip())] = proc.pid
     return int(port_file.read_text().strip())
+
+
+FAKE_PIDS: dict[int, int] = {}
+"""The fake provider's pid by port: the load side's CPU counts it (`run_wrk`)."""
 
 
 def start_mitmdump(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
@@ -254,6 +271,7 @@ def start_kaixu(
     policy_text: str | None = None,
     tree: Path | None = None,
     args: tuple[str, ...] = ("--log-level", "warning"),
+    cpus: int | str = GATEWAY_CPU,
 ) -> tuple[int, int]:
     """`python -m kaixu run` exactly as a user starts it, minus hot reload. Returns (port, pid).
 
@@ -266,7 +284,7 @@ def start_kaixu(
     python, cwd, env = tree_python(tree) if tree is not None else (sys.executable, ROOT, None)
     cmd = [python, "-m", "kaixu", "run", str(policy), "--listen", f"{HOST}:0"]
     cmd += ["--port-file", str(port_file), "--reload-ms", "0", *args]
-    proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack, cwd, env)
+    proc = spawn(pinned(cmd, cpus), log, stack, cwd, env)
     wait_until(port_file.exists, proc, log, "kaixu")
     _host, port = json.loads(port_file.read_text())[0]
     return int(port), proc.pid
@@ -310,18 +328,36 @@ def start_kaixu_plugin(work: Path, fake_port: int, stack: contextlib.ExitStack) 
 # --------------------------------------------------------------------------------------------------
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (`kaixu run --workers N`: the supervisor and its workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
 def rss_mb(pid: int) -> float:
-    """Current resident set size of ``pid`` in MB (VmRSS is reported in kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+    """Current resident set size of ``pid`` and its children in MB (VmRSS is reported in kB)."""
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+                break
+        else:
+            raise BenchError(f"no VmRSS for pid {member}")
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid``; fields 14 and 15 of /proc/<pid>/stat, counted after the ``(comm)``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of ``pid`` and its live children; fields 14 and 15 of /proc/<pid>/stat, counted after
+    the ``(comm)``."""
+    total = 0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -424,8 +460,11 @@ def parse_wrk(output: str, connections: int, duration_s: float) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, url: str, lua: Path, connections: int, duration_s: float) -> WrkResult:
-    """One closed-loop wrk run (1 thread, keep-alive) on the load CPU."""
+def run_wrk(
+    wrk: str, url: str, lua: Path, connections: int, duration_s: float, fake_pid: int | None = None
+) -> WrkResult:
+    """One closed-loop wrk run (1 thread, keep-alive) on the load CPU; with ``fake_pid``, the CPU share the
+    load side (wrk and the fake provider) took."""
     cmd = [
         wrk,
         "-t1",
@@ -437,10 +476,19 @@ def run_wrk(wrk: str, url: str, lua: Path, connections: int, duration_s: float) 
         "-s",
         str(lua),
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fake_before = cpu_seconds(fake_pid) if fake_pid else 0.0
+    started = time.monotonic()
     done = subprocess.run(pinned([*cmd, url], LOAD_CPU), capture_output=True, text=True, timeout=duration_s + 30)
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return parse_wrk(done.stdout, connections, duration_s)
+    result = parse_wrk(done.stdout, connections, duration_s)
+    if fake_pid:
+        wrk_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        result.load_cpu_share = (wrk_cpu + cpu_seconds(fake_pid) - fake_before) / elapsed
+    return result
 
 
 def check_clean(name: str, result: WrkResult) -> None:
@@ -529,9 +577,13 @@ class Plan:
     warmup_s: float
     measure_s: float
     sse_requests: int
+    rounds: int = 0
+    """With rounds: only JSON at c=32, the configurations taking turns (`run_rounds`)."""
 
 
-def measure(name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path, plan: Plan) -> ConfigResult:
+def measure(
+    name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path, plan: Plan, fake_pid: int | None = None
+) -> ConfigResult:
     """Preflight, then c=1 and c=32 load (warm-up, measured run), then the sequential streams."""
     url = f"http://{HOST}:{port}{PATH}"
     preflight(name, port, key)
@@ -540,7 +592,7 @@ def measure(name: str, port: int, pid: int | None, key: str, wrk: str, lua: Path
         check_clean(name, run_wrk(wrk, url, lua, connections, plan.warmup_s))
         cpu_before = cpu_seconds(pid) if pid else 0.0
         with rss_peak(pid if connections == max(CONCURRENCIES) else None) as peak:
-            run = run_wrk(wrk, url, lua, connections, plan.measure_s)
+            run = run_wrk(wrk, url, lua, connections, plan.measure_s, fake_pid)
         check_clean(name, run)
         if pid:
             run.gateway_cpu_ms_per_req = (cpu_seconds(pid) - cpu_before) * 1000 / run.requests
@@ -561,6 +613,16 @@ def gateways(baseline: Path | None) -> list[tuple[str, Starter, str]]:
         ("mitmdump", start_mitmdump, UPSTREAM_KEY),
         ("kaixu", lambda work, port, stack: start_kaixu(work / "kaixu", port, stack), CLIENT_KEY),
         ("kaixu-plugin", lambda work, port, stack: start_kaixu_plugin(work / "plugin", port, stack), CLIENT_KEY),
+        (
+            "kaixu-2w",
+            lambda work, port, stack: start_kaixu(work / "kaixu-2w", port, stack, args=WORKERS_2, cpus=ALL_CPUS),
+            CLIENT_KEY,
+        ),
+        (
+            "kaixu-2cpu",
+            lambda work, port, stack: start_kaixu(work / "kaixu-2cpu", port, stack, cpus=ALL_CPUS),
+            CLIENT_KEY,
+        ),
     ]
     if baseline is not None:
         configs.append(
@@ -584,7 +646,9 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
         kaixu_lua = write_lua(work / "kaixu.lua", SMALL_BODY, CLIENT_KEY)
         if "direct" in only:
             print("measuring direct", file=sys.stderr)
-            results.append(measure("direct", fake_port, None, UPSTREAM_KEY, wrk, upstream_lua, plan))
+            results.append(
+                measure("direct", fake_port, None, UPSTREAM_KEY, wrk, upstream_lua, plan, FAKE_PIDS.get(fake_port))
+            )
         for name, starter, key in gateways(baseline):
             if name not in only:
                 continue
@@ -592,8 +656,77 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
             lua = upstream_lua if key == UPSTREAM_KEY else kaixu_lua
             with contextlib.ExitStack() as config_stack:
                 port, pid = starter(work, fake_port, config_stack)
-                results.append(measure(name, port, pid, key, wrk, lua, plan))
+                results.append(measure(name, port, pid, key, wrk, lua, plan, FAKE_PIDS.get(fake_port)))
     return results
+
+
+@dataclass
+class Round:
+    """One turn of one configuration in `run_rounds`."""
+
+    name: str
+    round: int
+    rps: float
+    cpu_ms_per_req: float
+    load_cpu_share: float | None
+    loadavg: float
+
+
+def run_rounds(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Round]:
+    """Interleaved A/B on a machine other work shares: every configuration runs at once (idle but for its
+    turn), and they take turns at JSON c=32 for `plan.measure_s` each, the order reversed every round, so a
+    change of the machine's load falls on all of them alike. Compare the ratios within a round."""
+    wrk = ensure_wrk()
+    turns: list[Round] = []
+    with tempfile.TemporaryDirectory(prefix="kaixu-bench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        fake_port = start_fake(work, stack)
+        lua = write_lua(work / "kaixu.lua", SMALL_BODY, CLIENT_KEY)
+        running = []
+        for name, starter, key in gateways(baseline):
+            if name in only and key == CLIENT_KEY:
+                port, pid = starter(work, fake_port, stack)
+                preflight(name, port, key)
+                check_clean(name, run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.warmup_s))
+                running.append((name, port, pid))
+        for index in range(plan.rounds):
+            for name, port, pid in running if index % 2 == 0 else running[::-1]:
+                before = cpu_seconds(pid)
+                run = run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.measure_s, FAKE_PIDS.get(fake_port))
+                check_clean(name, run)
+                cpu = (cpu_seconds(pid) - before) * 1000 / run.requests
+                turns.append(Round(name, index, run.rps, cpu, run.load_cpu_share, os.getloadavg()[0]))
+                print(f"  round {index} {name}: {run.rps:,.0f} req/s, {cpu:.2f} CPU ms/req", file=sys.stderr)
+    return turns
+
+
+def rounds_report(turns: list[Round], plan: Plan) -> str:
+    """Per configuration: median requests/s and CPU per request, and its ratio to the first configuration
+    within each round (median, and the lowest and highest round)."""
+    names = list(dict.fromkeys(t.name for t in turns))
+    first = names[0]
+    by_round = {(t.name, t.round): t for t in turns}
+    loads = [t.loadavg for t in turns]
+    lines = [
+        f"{machine_line(machine(), plan).partition('; ')[0]}; {plan.warmup_s:g} s warm-up, then {plan.rounds} rounds "
+        f"of {plan.measure_s:g} s of JSON at c=32 per configuration, turns reversed every round; load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during the turns.",
+        "",
+        f"| config | req/s (median) | CPU ms/req (median) | load side's CPU (cores) | req/s vs {first}: median "
+        "(lowest-highest round) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        own = [t for t in turns if t.name == name]
+        ratios = sorted(t.rps / by_round[(first, t.round)].rps for t in own)
+        shares = [t.load_cpu_share for t in own if t.load_cpu_share is not None]
+        lines.append(
+            f"| {name} | {statistics.median(t.rps for t in own):,.0f} "
+            f"| {statistics.median(t.cpu_ms_per_req for t in own):.2f} "
+            f"| {statistics.median(shares) if shares else 0:.2f} "
+            f"| {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -663,6 +796,16 @@ def comparisons(results: list[ConfigResult]) -> str:
     named = by_name(results)
     kaixu = named.get("kaixu")
     lines = []
+    two = named.get("kaixu-2w")
+    for one in (kaixu, named.get("kaixu-2cpu")):
+        if one is None or two is None:
+            continue
+        load = " / ".join(f"{r.load[32].load_cpu_share:.2f}" for r in (one, two) if r.load[32].load_cpu_share)
+        lines.append(
+            f"* kaixu-2w vs {one.name}: {two.load[32].rps / one.load[32].rps:.2f}x the requests/s at c=32 "
+            f"({two.load[1].rps / one.load[1].rps:.2f}x at c=1); the load generator (wrk and the fake) took "
+            f"{load} of a core at c=32 ({one.name} / kaixu-2w)."
+        )
     for other in ("kaixu-baseline", "kaixu-plugin"):
         row = named.get(other)
         if kaixu is None or row is None:
@@ -791,7 +934,7 @@ def save_json(results: list[ConfigResult], plan: Plan) -> Path:
     return path
 
 
-DEFAULT_CONFIGS = ("direct", "mitmdump", "kaixu", "kaixu-plugin")
+DEFAULT_CONFIGS = ("direct", "mitmdump", "kaixu", "kaixu-plugin", "kaixu-2w")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | None]:
@@ -808,6 +951,12 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | Non
         help="another checkout (e.g. a git worktree of an older commit) run as kaixu-baseline",
     )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved A/B: the kaixu configurations of --only take N turns each at JSON c=32 (no doc rewrite)",
+    )
     args = parser.parse_args(argv)
     default = [*DEFAULT_CONFIGS, *(["kaixu-baseline"] if args.baseline_tree else [])]
     only = {name.strip() for name in (args.only or ",".join(default)).split(",") if name.strip()}
@@ -815,7 +964,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | Non
         parser.error("kaixu-baseline needs --baseline-tree DIR")
     if args.baseline_tree is not None and not (args.baseline_tree / "kaixu" / "__init__.py").exists():
         parser.error(f"--baseline-tree {args.baseline_tree}: no kaixu package there")
-    return Plan(args.warmup, args.duration, args.sse_requests), only, not args.no_doc, args.baseline_tree
+    plan = Plan(args.warmup, args.duration, args.sse_requests, args.rounds)
+    return plan, only, not args.no_doc and not args.rounds, args.baseline_tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -825,6 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     if can_pin():
         os.sched_setaffinity(0, {LOAD_CPU})  # the streaming client shares CPU 0 with wrk and the fake
     try:
+        if plan.rounds:
+            print(rounds_report(run_rounds(plan, only, baseline), plan))
+            return 0
         results = run_all(plan, only, baseline)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from kaixu.config.policy import Period
 
 if TYPE_CHECKING:
     from kaixu.store.queries import Filters
+    from kaixu.workers import Worker
 
 DEFAULT_POLICY = "proxy.yaml"
 
@@ -79,11 +80,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         mitm.self_test()
     except mitm.IncompatibleMitmproxy as exc:
         return _fail(f"kaixu: not starting: {exc}")
-    listener = _configure_logging(args.log_level, args.access_log)
+    if args.workers is not None and args.worker_id is None:
+        return _supervise(args, policy)
+    worker = None
+    if args.worker_id is not None:
+        from kaixu.workers import Worker
+
+        worker = Worker(args.worker_id, int(args.workers), args.run_dir)
+    listener = _configure_logging(args.log_level, args.access_log, f"w{worker.id}" if worker else "")
     try:
-        return asyncio.run(_run(args, policy))
+        return asyncio.run(_run(args, policy) if worker is None else _run_worker(args, policy, worker))
     finally:
         listener.stop()
+
+
+def _announce(args: argparse.Namespace, policy: Policy, addrs: Sequence[tuple[str, int]], workers: str = "") -> None:
+    for host, port, *_ in addrs:
+        print(f"kaixu {__version__} listening on {_url(host, port)} (policy {args.policy}, hash {policy.digest}"
+              f"{workers})")  # fmt: skip
+    if args.hint_key and addrs:
+        print(_hint(policy, args.hint_key, *addrs[0][:2]))
+    sys.stdout.flush()
 
 
 async def _run(args: argparse.Namespace, policy: Policy) -> int:
@@ -101,15 +118,95 @@ async def _run(args: argparse.Namespace, policy: Policy) -> int:
     while not ps.listen_addrs() and not task.done():
         await asyncio.sleep(0.02)
     if not task.done():
-        addrs = ps.listen_addrs()
-        for host, port, *_ in addrs:
-            print(f"kaixu {__version__} listening on {_url(host, port)} (policy {args.policy}, hash {policy.digest})")
-        if args.hint_key and addrs:
-            print(_hint(policy, args.hint_key, *addrs[0][:2]))
-        sys.stdout.flush()
+        _announce(args, policy, ps.listen_addrs())
     await task
     errors = master.addons.get("errorcheck")
     return 1 if errors is not None and errors.logger.has_errored else 0
+
+
+def _supervise(args: argparse.Namespace, policy: Policy) -> int:
+    """`kaixu run --workers N`: this process supervises N workers (kaixu/workers.py) and serves nothing itself."""
+    import signal
+
+    from kaixu.workers import Supervisor, worker_count, write_port_file
+
+    store = policy.store
+    if store.sqlite == ":memory:" and (store.postgres is None or store.redis is None):
+        return _fail("kaixu: --workers needs a store the workers share: store.sqlite must be a file (or set both "
+                     "store.postgres for the ledger and store.redis for the counters); with :memory: each worker "
+                     "would keep its own ledger and counters")  # fmt: skip
+    try:
+        count = worker_count(args.workers)
+    except ValueError:
+        return _fail(f"kaixu: --workers: expected a number from 1 or auto, got {args.workers!r}")
+    listener = _configure_logging(args.log_level, args.access_log, "supervisor")
+    try:
+        worker_args = [args.policy, "--reload-ms", str(args.reload_ms), "--log-level", args.log_level]
+        if args.access_log:
+            worker_args.append("--access-log")
+        supervisor = Supervisor(count, list(args.listen or policy.listen), worker_args)
+        try:
+            addrs = supervisor.reserve()
+        except OSError as exc:
+            return _fail(f"kaixu cannot listen on {', '.join(f'{h}:{p}' for h, p in supervisor.addresses)}: {exc}")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, supervisor.on_signal)
+        if not supervisor.start():
+            return _fail("kaixu: not started: a worker could not start (its log is above)")
+        if args.port_file:
+            write_port_file(args.port_file, addrs)
+        _announce(args, policy, addrs, f", {count} workers")
+        return supervisor.watch()
+    finally:
+        listener.stop()
+
+
+async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Worker) -> int:
+    """One worker of `kaixu run --workers N`: a full kaixu on its own SO_REUSEPORT listeners."""
+    from kaixu import metrics
+    from kaixu.master import build_master, listen_reuse_port, serve
+
+    shared = metrics.share(worker.metrics_dir)
+    master, gateway = build_master(args.policy, policy, listen=[], reload_ms=args.reload_ms, worker=worker)
+    own: list[asyncio.Server] = []
+    task = asyncio.create_task(serve(master, gateway, own))
+    ps = master.addons.get("proxyserver")
+    while not ps.is_running and not task.done():
+        await asyncio.sleep(0.02)
+    if task.done():
+        return await _worker_exit(master, task)
+    try:
+        own.extend(await listen_reuse_port(list(args.listen)))
+    except OSError as exc:
+        logging.getLogger("kaixu").error("worker %d cannot listen: %s", worker.id, exc)
+        master.shutdown()
+        await task
+        return 1
+    with open(worker.ready_file(), "w") as fh:
+        fh.write(str(os.getpid()))
+    helpers = [asyncio.create_task(shared.flush_every()), asyncio.create_task(_orphaned(os.getppid()))]
+    try:
+        return await _worker_exit(master, task)
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        shared.flush()
+        shared.close()
+
+
+async def _worker_exit(master: Any, task: asyncio.Task[None]) -> int:
+    await task
+    errors = master.addons.get("errorcheck")
+    return 1 if errors is not None and errors.logger.has_errored else 0
+
+
+async def _orphaned(parent: int) -> None:
+    """A worker whose supervisor died (kill -9) drains and stops, as on SIGTERM."""
+    import signal
+
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _url(host: str, port: int) -> str:
@@ -696,11 +793,13 @@ def _time_range(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="until", metavar="TIME", help="before this time (a date: to the end of that day)")
 
 
-def _configure_logging(level: str, access_log: bool) -> logging.handlers.QueueListener:
+def _configure_logging(level: str, access_log: bool, process: str = "") -> logging.handlers.QueueListener:
     """Log records are queued by the event loop and written to stderr by a thread: a slow terminal or
-    pipe never stalls the proxy."""
+    pipe never stalls the proxy. `process`: which process of `kaixu run --workers N` writes (`w1`,
+    `supervisor`), in every line."""
+    where = f"[{process}] " if process else ""
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    stderr.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stderr)
     handler = logging.handlers.QueueHandler(records)
@@ -847,6 +946,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="once listening, print a curl line to try, with this key (it is printed: a demo key only)",
     )
+    run.add_argument("--workers", metavar="N|auto", help="serve from N worker processes on the same port(s) "
+                     "(auto: one per core); docs/operations.md#workers")  # fmt: skip
+    run.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
+    run.add_argument("--run-dir", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a policy file and print every problem with its line")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from kaixu.limits.governor import Governor
     from kaixu.store.keys import KeySnapshot
     from kaixu.store.stores import Stores
+    from kaixu.workers import Worker
 
 POOL_MAX_CONCURRENT = 10
 """What `/health` and `/queue/status` report as `maxConcurrent` (the Intelligent AI Gateway's default pool
@@ -89,6 +90,8 @@ class Gateway:
     counters_error: str | None = None
     """Why the counters could not be opened at start (a SQLite file kaixu cannot use; Redis is waited for):
     requests with a budget or a limit are refused until a restart."""
+    worker: Worker | None = None
+    """This process's place among the workers of `kaixu run --workers N` (None: the only process)."""
     reliability: Reliability = field(init=False)
     """How every forwarded request's attempts run: retries, fallbacks, timeouts, provider queues, the stream
     relay (kaixu/reliability/serve.py, the one entry)."""

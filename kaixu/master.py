@@ -20,6 +20,7 @@ from kaixu.addons import build_addons
 from kaixu.config import Policy
 from kaixu.gateway import Gateway
 from kaixu.options import reverse_modes
+from kaixu.workers import Worker, reuse_port_socket
 
 log = logging.getLogger("kaixu")
 
@@ -34,6 +35,7 @@ def build_master(
     port_file: str = "",
     reload_ms: int = 1000,
     confdir: str | None = None,
+    worker: Worker | None = None,
 ) -> tuple[Master, Gateway]:
     opts = options.Options()
     master = Master(opts, with_termlog=False)
@@ -45,9 +47,11 @@ def build_master(
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(),
     )
-    gateway = Gateway()
+    gateway = Gateway(worker=worker)
+    if worker is not None:  # every (re)load says which policy this worker has in force (/health `workers`)
+        gateway.installed.append(lambda p: worker.note_policy(p.digest, gateway.generation))
     master.addons.add(*build_addons(gateway))
-    modes = reverse_modes(listen or policy.listen)
+    modes = reverse_modes(policy.listen if listen is None else listen)
     opts.update(
         confdir=confdir or str(Path(policy_path).resolve().parent / ".kaixu"),
         connection_strategy="lazy",
@@ -63,13 +67,15 @@ def build_master(
     return master, gateway
 
 
-async def drain_and_stop(master: Master, gateway: Gateway) -> None:
+async def drain_and_stop(master: Master, gateway: Gateway, own: list[asyncio.Server] | None = None) -> None:
     """Stop accepting, let in-flight requests finish (bounded), then shut the Master down.
 
     Idle keep-alive connections do not hold the stop up; addons' `done` hooks run during shutdown,
-    which is where queued records are flushed."""
+    which is where queued records are flushed. `own`: the listeners of a worker (`listen_reuse_port`)."""
     ps = master.addons.get("proxyserver")
     master.options.update(mode=[])  # stop listening, through mitmproxy's public option
+    for server in own or ():
+        server.close()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
     while ps.listen_addrs() and loop.time() < deadline:
@@ -80,14 +86,27 @@ async def drain_and_stop(master: Master, gateway: Gateway) -> None:
     master.shutdown()
 
 
-async def serve(master: Master, gateway: Gateway) -> None:
+async def listen_reuse_port(addresses: list[tuple[str, int]]) -> list[asyncio.Server]:
+    """A worker's listeners (`kaixu run --workers N`): kaixu's own sockets, bound with SO_REUSEPORT to the
+    addresses every worker shares, each accepted connection served by mitmproxy (kaixu/mitm.py
+    `connection_handler`). Call once the Master runs."""
+    servers = []
+    for host, port in addresses:
+        sock = reuse_port_socket(host, port)
+        servers.append(await asyncio.start_server(mitm.connection_handler(host, port), sock=sock, backlog=1024))
+    return servers
+
+
+async def serve(master: Master, gateway: Gateway, own: list[asyncio.Server] | None = None) -> None:
+    """Run the Master until a stop: the first SIGTERM/SIGINT drains, a second stops at once. `own`: a
+    worker's listeners, filled in once they are open."""
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
     def on_signal() -> None:
         if not stopping:
             log.info("shutting down: finishing in-flight requests (at most %.0f s)", DRAIN_SECONDS)
-            stopping.append(loop.create_task(drain_and_stop(master, gateway)))
+            stopping.append(loop.create_task(drain_and_stop(master, gateway, own)))
         else:
             master.shutdown()
 

@@ -15,6 +15,10 @@ escaped, cut and limited to `MAX_CUSTOMERS` distinct values. No key, request id 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
@@ -355,5 +359,126 @@ def request_finished() -> None:
     IN_FLIGHT.value -= 1
 
 
+class SharedMetrics:
+    """The metrics of `kaixu run --workers N`: one scrape of any worker sums every worker.
+
+    Each worker writes its own series, at most `FLUSH_S` old, to prometheus_client's multiprocess files in the
+    run's folder (`counter_PID.db`, `histogram_PID.db`, `gauge_livesum_PID.db`, `gauge_livemax_PID.db`), and a
+    scrape merges every file with prometheus_client's `MultiProcessCollector`. The updates themselves stay
+    dict additions on the event loop (`LoopCounter`): only the flush, once a second and before each scrape,
+    writes, and only the values that changed, in place. Counters and histograms of a worker that exited stay
+    in the sums (a restart loses nothing but its last second); its gauges leave them (the supervisor's
+    `mark_process_dead`). A gauge that is a state (policy generation, circuit breaker) is the workers'
+    maximum, the others their sum."""
+
+    MAX_GAUGES = frozenset({"kaixu_policy_generation", "kaixu_deployment_state"})
+    FLUSH_S = 1.0
+    KINDS = ("counter", "histogram", "gauge_livesum", "gauge_livemax")
+
+    def __init__(self, folder: str) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.folder = folder
+        self.merged = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(self.merged, path=folder)
+        self._files: dict[str, _SeriesFile] = {}
+        self._keys: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+
+    def flush(self) -> None:
+        """Write this process's series: the values that changed in place; a file whose series are not all
+        still there (a deployment a reload removed) is written anew, so a series that is gone leaves no trace."""
+        series: dict[str, dict[str, float]] = {kind: {} for kind in self.KINDS}
+        for family in REGISTRY.collect():
+            if family.type == "gauge":
+                kind = "gauge_livemax" if family.name in self.MAX_GAUGES else "gauge_livesum"
+            elif family.type in ("counter", "histogram"):
+                kind = family.type
+            else:
+                continue
+            values = series[kind]
+            below: dict[tuple[tuple[str, str], ...], float] = {}
+            for sample in family.samples:
+                labels = tuple(sample.labels.items())
+                value = sample.value
+                if family.type == "histogram":
+                    if sample.name.endswith("_count"):
+                        continue  # the collector counts the buckets
+                    if "le" in sample.labels:  # multiprocess files keep each bucket's own count, not cumulative
+                        rest = tuple(item for item in labels if item[0] != "le")
+                        value, below[rest] = value - below.get(rest, 0.0), value
+                values[self._key(family.name, family.documentation, sample.name, labels)] = value
+        pid = os.getpid()
+        for kind, values in series.items():
+            current = self._files.get(kind)
+            if current is None or not current.values.keys() <= values.keys():
+                if current is not None:
+                    current.close()
+                current = self._files[kind] = _SeriesFile(os.path.join(self.folder, f"{kind}_{pid}.db"), values)
+            else:
+                current.update(values)
+
+    def _key(self, metric: str, about: str, name: str, labels: tuple[tuple[str, str], ...]) -> str:
+        """prometheus_client's key of a series in its files (a JSON text), made once per series."""
+        found = self._keys.get((metric, name, labels))
+        if found is None:
+            from prometheus_client.mmap_dict import mmap_key
+
+            found = mmap_key(metric, name, [k for k, _ in labels], [v for _, v in labels], about)
+            self._keys[(metric, name, labels)] = found
+        return found
+
+    def exposition(self) -> bytes:
+        self.flush()
+        return generate_latest(self.merged)
+
+    def close(self) -> None:
+        for current in self._files.values():
+            current.close()
+        self._files.clear()
+
+    async def flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_S)
+            try:
+                self.flush()
+            except OSError as exc:  # the run's folder went away: the next scrape says so
+                logging.getLogger("kaixu.metrics").warning("metrics not shared with the other workers: %s", exc)
+
+
+class _SeriesFile:
+    """One of a worker's multiprocess files, open for writing, with the values it holds."""
+
+    def __init__(self, path: str, values: dict[str, float]) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        tmp = path + ".tmp"  # not `*.db`: a scrape never reads a file half written
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        self.file = MmapedDict(tmp)
+        self.values: dict[str, float] = {}
+        self.update(values)
+        os.replace(tmp, path)  # the open file follows its new name
+
+    def update(self, values: dict[str, float]) -> None:
+        held = self.values
+        for key, value in values.items():
+            if held.get(key) != value:
+                self.file.write_value(key, value, 0.0)
+                held[key] = value
+
+    def close(self) -> None:
+        self.file.close()
+
+
+_shared: SharedMetrics | None = None
+
+
+def share(folder: str) -> SharedMetrics:
+    """Make `/metrics` the sum of every worker of this run (`kaixu run --workers N`)."""
+    global _shared
+    _shared = SharedMetrics(folder)
+    return _shared
+
+
 def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+    return generate_latest(REGISTRY) if _shared is None else _shared.exposition()

@@ -33,6 +33,12 @@ reach):
     as a preface, addons/connections.py) and a bare CR in a header field (RFC 9112 section 2.2; another
     server may read it as a line break) are a 400 before any addon sees the request, then the connection
     closes.
+* `connection_handler` (`kaixu run --workers N` only): each worker accepts on a socket of its own, bound with
+  SO_REUSEPORT to the address every worker shares (kaixu/workers.py), and hands each accepted connection to a
+  reverse-mode `ServerInstance` of mitmproxy's, as its own listeners do; mitmproxy's listeners take no socket
+  option, and are not patched. The instance is made with `ServerInstance.make` (the documented way,
+  mitmproxy/proxy/mode_servers.py) and never started; its `handle_stream` registers the connection with the
+  proxyserver addon, so draining and `close_connection` see it like any other.
 * `CachedAddonManager` (used by `kaixu run` only): mitmproxy's AddonManager walks every addon, and fires an
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
@@ -46,19 +52,21 @@ internals moved.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import inspect
 import logging
 import re
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import mitmproxy
 from mitmproxy import addonmanager, connection, exceptions, flow, hooks, http
+from mitmproxy.addons import proxyserver
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http.http1 import assemble_response, connection_close
-from mitmproxy.proxy import commands, events, mode_specs
+from mitmproxy.proxy import commands, events, mode_servers, mode_specs
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
@@ -153,6 +161,18 @@ def close_connection(client: connection.Client, conn: connection.Connection | No
     return True
 
 
+def connection_handler(host: str, port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """What serves a client connection kaixu accepted itself on (host, port): mitmproxy's reverse-mode
+    connection handling, exactly as on one of its own listeners (needs a running Master: `ctx.master`)."""
+    from mitmproxy import ctx
+
+    manager = ctx.master.addons.get("proxyserver")
+    instance: mode_servers.ServerInstance[mode_specs.ReverseMode] = mode_servers.ServerInstance.make(
+        f"reverse:{INERT_UPSTREAM}@{host}:{port}", manager
+    )
+    return instance.handle_stream
+
+
 class CachedAddonManager(addonmanager.AddonManager):
     """mitmproxy's AddonManager with each hook name's callables looked up once, not once per event.
 
@@ -217,6 +237,9 @@ def self_test() -> None:
         (http_layers.HttpStream, "check_body_size", ("self", "request")),
         (addonmanager.AddonManager, "_iter_hooks", ("self", "addon", "event")),
         (addonmanager.AddonManager, "trigger_event", ("self", "event")),
+        (mode_servers.ServerInstance, "make", ("mode", "manager")),
+        (mode_servers.ServerInstance, "handle_stream", ("self", "reader", "writer")),
+        (proxyserver.Proxyserver, "register_connection", ("self", "connection_id", "handler")),
     ]
     for owner, name, params in checks:
         func = getattr(owner, name, None)
@@ -236,7 +259,6 @@ def self_test() -> None:
     for code in ("CONNECT_FAILED", "REQUEST_TOO_LARGE", "CLIENT_DISCONNECTED", "GENERIC_CLIENT_ERROR"):
         if not hasattr(ErrorCode, code):
             raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: ErrorCode.{code} is gone")
-    from mitmproxy.addons import proxyserver
 
     if "connections" not in proxyserver.Proxyserver.__annotations__:
         raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: Proxyserver.connections is gone")
@@ -546,6 +568,7 @@ __all__ = [
     "assemble_response",
     "client_fault_status",
     "close_connection",
+    "connection_handler",
     "install",
     "is_body_too_large",
     "is_client_disconnect",

@@ -6,6 +6,7 @@ reload that changes `store:` takes effect at the next start, as for the ledger (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from kaixu.config.policy import StoreConfig
@@ -26,6 +27,11 @@ class CounterBackend:
         # Sync on purpose (an async `running` breaks mitmproxy's script reload); the work runs as a task.
         store = self.gateway.require_policy().store
         self._store = store
+        if self.gateway.worker is not None and store.redis is None and store.counters != "shared":
+            # Workers are replicas: per-process counters would let each spend a whole budget.
+            log.info("--workers: budgets and rate limits are counted in the shared SQLite file (store.counters: "
+                     "shared)")  # fmt: skip
+            store = dataclasses.replace(store, counters="shared")
         self.gateway.governor_opening = asyncio.get_running_loop().create_task(self._open(store))
 
     async def _open(self, store: StoreConfig) -> Governor | None:

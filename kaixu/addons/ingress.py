@@ -150,6 +150,7 @@ class Ingress:
             "counters": counters,
             "routing": self.queue_status(),
             "deployments": self.gateway.deployments.public(),
+            **({"workers": self.gateway.worker.fleet()} if self.gateway.worker is not None else {}),
         }
 
     def queue_status(self) -> dict[str, object]:
