@@ -19,7 +19,7 @@ from kaixu import pricing
 from kaixu.redact import ContentRedactor, Redactor
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
-WireFormat = Literal["openai", "anthropic", "gemini"]
+WireFormat = Literal["openai", "anthropic", "gemini", "responses"]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -699,6 +699,8 @@ def build_policy(
         kind: ProviderKind = spec["kind"]
         base_url = spec.get("base_url") or DEFAULT_BASE_URLS.get(kind, "")
         wire: WireFormat | None = None if kind == "mock" else kind
+        if kind == "openai" and spec.get("api") == "responses":  # models OpenAI serves only by its Responses API
+            wire = "responses"
         providers[name] = ProviderConfig(
             name=name,
             kind=kind,

@@ -188,6 +188,19 @@ GEMINI = FrontDoor(
     model_entry=_gemini_model,
     model_list=_gemini_models,
 )
+RESPONSES = FrontDoor(  # OpenAI's Responses API (Codex CLI, the Agents SDK, `client.responses`)
+    "responses",
+    endpoints={
+        "/v1/responses": Endpoint("responses", "chat", _POST, True),
+        "/v1/responses/input_tokens": Endpoint("responses", "count_tokens", _POST, True),
+    },
+    path_prefixes=("/v1/responses",),
+    prompt_fields=("instructions", "input", "tools"),
+    output_fields=(("max_output_tokens",),),
+    answer_fields=(),
+    stream_usage_option=False,  # its streams always end with the usage (`response.completed`)
+    degraded_field=False,
+)
 KAIXU_GATE = FrontDoor(  # kAIxu Gate (seed 001)
     kaixu_gate.NAME,
     endpoints={
@@ -240,7 +253,9 @@ PULSE = FrontDoor(  # Pulse (seed 003)
 )
 
 #: Every front door, by name.
-DOORS: dict[str, FrontDoor] = {door.name: door for door in (OPENAI, ANTHROPIC, GEMINI, KAIXU_GATE, GATEWAY13, PULSE)}
+DOORS: dict[str, FrontDoor] = {
+    door.name: door for door in (OPENAI, ANTHROPIC, GEMINI, RESPONSES, KAIXU_GATE, GATEWAY13, PULSE)
+}
 
 
 def front_door(name: str) -> FrontDoor:

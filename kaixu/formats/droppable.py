@@ -103,7 +103,37 @@ GEMINI: dict[str, Droppable] = {
     "generationConfig.seed": Droppable(_SEED),
 }
 
-TABLES: dict[str, dict[str, Droppable]] = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}
+#: What a Responses request may lose. `previous_response_id` is not here: kaixu's stored responses expand it
+#: before translation (without a stored response it would change the answer: a 400).
+RESPONSES: dict[str, Droppable] = {
+    "store": Droppable("whether the provider keeps the response; kaixu keeps it (or not) by this same field"),
+    "metadata": Droppable("tags of the stored response (kaixu keeps them with it)"),
+    "include": Droppable(
+        "extra output only OpenAI produces (encrypted reasoning for a stateless round trip)",
+        when=lambda v: v is None or (isinstance(v, list) and set(v) <= {"reasoning.encrypted_content"}),
+    ),
+    "truncation": Droppable("what OpenAI does with an input past the context window; the target refuses it instead"),
+    "prompt_cache_key": Droppable("routes to OpenAI's prompt cache: " + _CACHE),
+    "prompt_cache_retention": Droppable("how long OpenAI keeps its prompt cache: " + _CACHE),
+    "client_metadata": Droppable("a client's tags for OpenAI's logs (Codex sends its session and turn ids)"),
+    "safety_identifier": Droppable(_USER),
+    "user": Droppable(_USER),
+    "service_tier": Droppable("OpenAI's capacity tier (flex, priority); the target serves at its own"),
+    "text.verbosity": Droppable("a length hint for GPT-5 answers"),
+    "stream_options.include_obfuscation": Droppable("pads OpenAI stream events against a length side channel"),
+    "stream_options": Droppable("only obfuscation padding of OpenAI's stream events"),
+    "max_tool_calls": Droppable("caps OpenAI's built-in tool calls, which a translated request cannot have"),
+    "top_logprobs": Droppable("log probabilities were not asked for", when=lambda v: not v),
+    "parallel_tool_calls": Droppable(_PARALLEL),
+    "seed": Droppable(_SEED),
+}
+
+TABLES: dict[str, dict[str, Droppable]] = {
+    "openai": OPENAI,
+    "anthropic": ANTHROPIC,
+    "gemini": GEMINI,
+    "responses": RESPONSES,
+}
 
 #: How a source format spells the canonical fields a target may have no room for (OpenAI: as canonical).
 SPELLING: dict[str, dict[str, str]] = {

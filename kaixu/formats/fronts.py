@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import gemini, get_codec
+from . import gemini, get_codec, responses
 from .base import StreamEncoder
 from .canonical import ChatRequest, ChatResponse
 from .doors import DOORS
 from .seeds import SEED_CODECS, SeedContext
 from .seeds import kaixu_gate as _kaixu_gate
 
-PROVIDER_FORMATS = ("openai", "anthropic", "gemini")
+PROVIDER_FORMATS = ("openai", "anthropic", "gemini", "responses")
 
 
 def is_seed(front: str) -> bool:
@@ -59,13 +59,23 @@ def encode_response(
         response = response.without_thinking()
     if front in SEED_CODECS:
         return SEED_CODECS[front].encode_response(response, context=context)
+    if front == responses.NAME:  # a response object repeats its request's settings
+        return responses.encode_response(response, request)
     return get_codec(front).encode_response(response)
 
 
 def stream_encoder(
-    front: str, request: ChatRequest, context: SeedContext | None, *, json_array: bool = False
+    front: str,
+    request: ChatRequest,
+    context: SeedContext | None,
+    *,
+    json_array: bool = False,
+    response_id: str | None = None,
 ) -> StreamEncoder:
-    """``json_array``: Gemini's framing without ``alt=sse`` (the only front door that has two)."""
+    """``json_array``: Gemini's framing without ``alt=sse`` (the only front door that has two). ``response_id``:
+    the id a Responses stream announces (the one kaixu stores it under), else a new one."""
+    if front == responses.NAME:
+        return responses.CODEC.stream_encoder(request, response_id)
     if front in SEED_CODECS:
         return SEED_CODECS[front].stream_encoder(request, context=context)
     if json_array and front == "gemini":

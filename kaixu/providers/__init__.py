@@ -15,6 +15,7 @@ from kaixu.formats.doors import GEMINI_ACTION_FOR
 ANTHROPIC_VERSION = "2023-06-01"
 
 _OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "models": "/models"}
+_RESPONSES_PATHS = {"chat": "/responses", "count_tokens": "/responses/input_tokens", "models": "/models"}
 _ANTHROPIC_PATHS = {
     "chat": "/v1/messages",
     "count_tokens": "/v1/messages/count_tokens",
@@ -33,7 +34,7 @@ def base_url(provider: ProviderConfig, wire: str, mock_url: str | None) -> str:
     if provider.kind == "mock":
         if mock_url is None:
             raise RuntimeError("the mock provider is not running")
-        return mock_url + "/v1" if wire == "openai" else mock_url
+        return mock_url + "/v1" if wire in ("openai", "responses") else mock_url
     return provider.base_url
 
 
@@ -43,6 +44,8 @@ def endpoint_url(
     root = base_url(provider, wire, mock_url)
     if wire == "openai":
         path = _OPENAI_PATHS.get(operation)
+    elif wire == "responses":
+        path = _RESPONSES_PATHS.get(operation)
     elif wire == "anthropic":
         path = _ANTHROPIC_PATHS.get(operation)
     elif wire == "gemini":

@@ -179,6 +179,10 @@ class _Handler(tornado.web.RequestHandler):
 def _route(path: str, body: dict[str, Any]) -> tuple[str | None, str, str | None, bool | None]:
     if path == "/v1/chat/completions":
         return "openai", "chat", None, None
+    if path == "/v1/responses":
+        return "responses", "chat", None, None
+    if path == "/v1/responses/input_tokens":
+        return "responses", "count_tokens", None, False
     if path == "/v1/embeddings":
         return "openai", "embeddings", body.get("model"), False
     if path == "/v1/messages":
