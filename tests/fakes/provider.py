@@ -1,4 +1,5 @@
-"""A fake LLM provider: a real HTTP/1.1 server speaking the OpenAI, Anthropic and Gemini wire formats.
+"""A fake LLM provider: a real HTTP/1.1 server speaking the OpenAI (Chat Completions and Responses), Anthropic
+and Gemini wire formats.
 
 Why this exists: the gateway is a reverse proxy, so the only honest way to test it is to put a real
 upstream behind it and look at what arrives on the wire. This module is that upstream. It is written
@@ -668,6 +669,145 @@ def _openai_chat(ctx: _Ctx) -> _Json | _Stream:
     if include_usage and usage is not None:
         events.append(_sse({**base, "choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
+    return _Stream(events)
+
+
+# --- OpenAI Responses API ---------------------------------------------------------------------------
+
+
+def _responses_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
+    """A ``POST /v1/responses`` body as a plan: ``input`` (a string or items), ``instructions``, flat tools."""
+    req = _need_dict(body)
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("you must provide a model parameter", "model")
+    raw_input = req.get("input")
+    if isinstance(raw_input, str):
+        raw_input = [{"role": "user", "content": raw_input}]
+    if not isinstance(raw_input, list) or not raw_input or not all(isinstance(i, dict) for i in raw_input):
+        raise _BadRequest("'input' must be a string or a non-empty array of items", "input")
+    if req.get("previous_response_id") is not None:
+        raise _BadRequest(
+            "Previous response with id '%s' not found." % req["previous_response_id"], "previous_response_id"
+        )
+    texts: list[str] = [str(req["instructions"])] if isinstance(req.get("instructions"), str) else []
+    user_text = ""
+    for item in raw_input:
+        kind = item.get("type", "message")
+        if kind == "message":
+            texts.append(_openai_content_text(item.get("content")))
+            if item.get("role") == "user":
+                user_text = _openai_content_text(item.get("content"))
+        elif kind == "function_call":
+            texts.append(str(item.get("arguments", "")))
+        elif kind == "function_call_output":
+            texts.append(_openai_content_text(item.get("output")))
+    last = raw_input[-1]
+    tool_result = _openai_content_text(last.get("output")) if last.get("type") == "function_call_output" else None
+    raw_tools = req.get("tools")
+    tools = [t["name"] for t in raw_tools or [] if isinstance(t, dict) and t.get("type") == "function"]
+    if req.get("tool_choice") == "none":
+        tools = []
+    text = req.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    reasoning = req.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    plan = _Plan(
+        model=model,
+        user_text=user_text,
+        tool_result=tool_result,
+        tools=tools,
+        json_mode=isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"),
+        max_tokens=_as_int(req.get("max_output_tokens"), "max_output_tokens"),
+        stop=[],
+        prompt_tokens=_prompt_tokens(texts, raw_tools),
+        think=effort not in (None, "none"),
+    )
+    return plan, req
+
+
+def _responses_usage(plan: _Plan, reply: _Reply) -> dict[str, Any]:
+    output = reply.completion_tokens + reply.reasoning_tokens
+    return {
+        "input_tokens": plan.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+        "total_tokens": plan.prompt_tokens + output,
+    }
+
+
+def _openai_responses(ctx: _Ctx) -> _Json | _Stream:
+    """``POST /v1/responses``: a ``response`` object or its typed event stream (``event:`` + ``sequence_number``)."""
+    plan, req = _responses_plan(ctx.json)
+    reply = _make_reply(plan, "call_")
+    reasoning = req.get("reasoning")
+    summary = isinstance(reasoning, dict) and reasoning.get("summary") not in (None, "none")
+    items: list[dict[str, Any]] = []
+    if reply.thought:
+        shown = [{"type": "summary_text", "text": reply.thought}] if summary else []
+        items.append({"id": _new_id("rs_"), "type": "reasoning", "summary": shown, "status": "completed"})
+    if not reply.calls:
+        part = {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
+        items.append({"id": _new_id("msg_"), "type": "message", "status": "completed", "role": "assistant",
+                      "content": [part]})  # fmt: skip
+    for call in reply.calls:
+        items.append({"id": _new_id("fc_"), "type": "function_call", "status": "completed", "call_id": call.call_id,
+                      "name": call.name, "arguments": call.arguments})  # fmt: skip
+    incomplete = reply.finish == "length"
+    response: dict[str, Any] = {
+        "id": _new_id("resp_"), "object": "response", "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed", "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None, "model": plan.model,
+        "output": items, "parallel_tool_calls": True, "tool_choice": req.get("tool_choice", "auto"),
+        "tools": req.get("tools") or [], "usage": ctx.usage(_responses_usage(plan, reply)),
+    }  # fmt: skip
+    if not req.get("stream"):
+        return _Json(200, response)
+    seq = iter(range(1 << 30))
+    events: list[bytes] = []
+
+    def emit(name: str, **fields: Any) -> None:
+        events.append(_sse_named(name, {"type": name, "sequence_number": next(seq), **fields}))
+
+    start = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    emit("response.created", response=start)
+    emit("response.in_progress", response=start)
+    for index, item in enumerate(items):
+        head = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            emit(
+                "response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []}
+            )
+            text = item["content"][0]["text"]
+            emit("response.content_part.added", **head, content_index=0,
+                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})  # fmt: skip
+            for piece in _split(text, ctx.stream_events):
+                emit("response.output_text.delta", **head, content_index=0, delta=piece, logprobs=[])
+            emit("response.output_text.done", **head, content_index=0, text=text, logprobs=[])
+            emit("response.content_part.done", **head, content_index=0, part=item["content"][0])
+        elif item["type"] == "function_call":
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            for piece in _split(item["arguments"], ctx.stream_events, minimum=2):
+                emit("response.function_call_arguments.delta", **head, delta=piece)
+            emit("response.function_call_arguments.done", **head, arguments=item["arguments"])
+        else:
+            emit(
+                "response.output_item.added", output_index=index, item={**item, "status": "in_progress", "summary": []}
+            )
+            for s_index, part in enumerate(item["summary"]):
+                s_head = {**head, "summary_index": s_index}
+                emit("response.reasoning_summary_part.added", **s_head, part={"type": "summary_text", "text": ""})
+                for piece in _split(part["text"], ctx.stream_events):
+                    emit("response.reasoning_summary_text.delta", **s_head, delta=piece)
+                emit("response.reasoning_summary_text.done", **s_head, text=part["text"])
+                emit("response.reasoning_summary_part.done", **s_head, part=part)
+        emit("response.output_item.done", output_index=index, item=item)
+    emit("response.incomplete" if incomplete else "response.completed", response=response)
     return _Stream(events)
 
 
@@ -1420,6 +1560,8 @@ def _resolve(method: str, path: str, query: str, headers: dict[str, str]) -> tup
         return "anthropic", _anthropic_count_tokens if method == "POST" else None
     if path == "/v1/embeddings":
         return "openai", _openai_embeddings if method == "POST" else None
+    if path == "/v1/responses":
+        return "openai", _openai_responses if method == "POST" else None
     found = _resolve_models(method, path, query, headers)
     if found is not None:
         return found

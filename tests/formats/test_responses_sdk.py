@@ -1,0 +1,233 @@
+"""The Responses API front door end to end: the official openai SDK's `client.responses.*` against kaixu, which
+forwards to a Responses provider byte for byte or translates to Chat Completions, Anthropic Messages and Gemini
+(the fake provider speaking each), and to the mock. JSON and streams, sync and async, tools with a tool-result
+round trip, structured output, the SDK's stream helpers, usage and cost in the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.provider import FakeProvider
+from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for
+
+# model -> (the upstream path it reaches, the format the fake speaks there)
+PROVIDERS = {
+    "gpt-resp": "/v1/responses",
+    "gpt-4o-mini": "/v1/chat/completions",
+    "claude-test": "/v1/messages",
+    "gemini-test": "/v1beta/models/gemini-2.5-flash:",
+}
+MODELS = list(PROVIDERS)
+TOOLS: Any = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"echo": {"type": "string"}},
+    "required": ["echo"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaixu]:
+    policy = policy_for(fake.base_url, store={"sqlite": "ledger.db"})
+    policy["providers"]["oair"] = {
+        "kind": "openai",
+        "api": "responses",
+        "base_url": fake.base_url + "/v1",
+        "api_key": UPSTREAM_KEYS["openai"],
+    }
+    policy["models"]["gpt-resp"] = {"route": [{"provider": "oair", "model": "gpt-4o-mini"}]}
+    kaixu = Kaixu(tmp_path_factory.mktemp("responses"), policy).start()
+    yield kaixu
+    kaixu.stop()
+
+
+def client(gateway: Kaixu) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+
+def upstream(fake: FakeProvider, model: str) -> Any:
+    seen = fake.requests[-1]
+    assert PROVIDERS[model] in seen.path
+    assert TEST_KEY not in json.dumps(seen.headers)
+    return seen
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_json_answer(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    raw = client(gateway).responses.with_raw_response.create(
+        model=model,
+        instructions="Be brief.",
+        input=[{"role": "developer", "content": "no markdown"}, {"role": "user", "content": "Hello there"}],
+        max_output_tokens=100,
+    )
+    response = raw.parse()
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_")
+    if model != "gpt-resp":  # kaixu's own id (a Responses provider's passes through)
+        assert len(response.id) == 37
+    assert response.output_text == "echo: Hello there"
+    assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    upstream(fake, model)
+    row = ledger_row(gateway, raw.headers["x-request-id"])
+    assert row["front"] == "responses" and row["status"] == 200
+    assert row["input_tokens"] == response.usage.input_tokens
+    assert row["output_tokens"] == response.usage.output_tokens
+    assert row["cost_micros"] is not None and row["cost_micros"] > 0
+
+
+def test_a_responses_provider_gets_the_clients_bytes(gateway: Kaixu, fake: FakeProvider) -> None:
+    body = {"model": "gpt-resp", "input": "Hi", "store": False, "include": ["reasoning.encrypted_content"],
+            "text": {"verbosity": "low"}, "prompt_cache_key": "k", "client_metadata": {"a": "b"}}  # fmt: skip
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    answer = httpx.post(gateway.url + "/v1/responses", content=raw,
+                        headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    seen = upstream(fake, "gpt-resp")
+    assert json.loads(seen.body) == {**body, "model": "gpt-4o-mini"}  # only the aliased model changed
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEYS['openai']}"
+    assert "x-kaixu-dropped" not in answer.headers
+
+
+@pytest.mark.parametrize("model", ["claude-test", "gemini-test", "gpt-4o-mini"])
+def test_codex_fields_are_accepted_and_named_when_dropped(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    body = {
+        "model": model,
+        "instructions": "You are Codex.",
+        "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "rules"}]},
+                  {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]}],
+        "tools": TOOLS, "tool_choice": "auto", "parallel_tool_calls": False,
+        "reasoning": {"effort": "low", "summary": "auto"}, "store": False, "stream": True,
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "session-1",
+        "text": {"verbosity": "low"}, "client_metadata": {"turn": "1"},
+    }  # fmt: skip
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body,
+                      headers={"authorization": f"Bearer {TEST_KEY}"}) as answer:  # fmt: skip
+        text = answer.read().decode()
+        assert answer.status_code == 200, text
+        dropped = answer.headers["x-kaixu-dropped"]
+    for field in ("store", "include", "prompt_cache_key", "client_metadata", "text.verbosity"):
+        assert field in dropped
+    assert text.startswith("event: response.created\n")
+    assert "event: response.completed\n" in text
+
+
+def test_a_field_no_target_can_honour_is_a_400_naming_it(gateway: Kaixu) -> None:
+    answer = httpx.post(gateway.url + "/v1/responses", headers={"authorization": f"Bearer {TEST_KEY}"},
+                        json={"model": "claude-test", "input": "x", "include": ["message.output_text.logprobs"]})  # fmt: skip
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "include" in error["message"] and error["type"] == "invalid_request_error"
+    unauth = httpx.post(gateway.url + "/v1/responses", json={"model": "claude-test", "input": "x"})
+    assert unauth.status_code == 401 and "error" in unauth.json()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_stream_events_and_the_sdk_helper(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    names: list[str] = []
+    with client(gateway).responses.stream(model=model, input="Hello there") as stream:
+        text = ""
+        for event in stream:
+            names.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+        final = stream.get_final_response()
+    assert text == "echo: Hello there" == final.output_text
+    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]  # fmt: skip
+    assert names[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]  # fmt: skip
+    assert final.usage is not None and final.usage.output_tokens > 0
+    upstream(fake, model)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tool_call_round_trip(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    sdk = client(gateway)
+    first = sdk.responses.create(model=model, input="weather in Paris", tools=TOOLS)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments) == {"echo": "weather in Paris"}
+    history: Any = [
+        {"role": "user", "content": "weather in Paris"},
+        {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather", "arguments": calls[0].arguments},
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"},
+    ]
+    with sdk.responses.stream(model=model, input=history, tools=TOOLS) as stream:
+        second = stream.get_final_response()
+    assert second.output_text == "tool said: sunny, 21 C"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_streamed_tool_call(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    with client(gateway).responses.stream(model=model, input="weather in Paris", tools=TOOLS) as stream:
+        arguments = "".join(e.delta for e in stream if e.type == "response.function_call_arguments.delta")
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [json.loads(c.arguments) for c in calls] == [{"echo": "weather in Paris"}] == [json.loads(arguments)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_structured_output(gateway: Kaixu, fake: FakeProvider, model: str) -> None:
+    response = client(gateway).responses.create(
+        model=model,
+        input="Paris",
+        text={"format": {"type": "json_schema", "name": "echo", "schema": CITY_SCHEMA, "strict": True}},
+    )
+    assert json.loads(response.output_text) == {"echo": "Paris"}
+
+
+def test_async_client_json_and_stream(gateway: Kaixu) -> None:
+    async def run() -> tuple[str, str]:
+        sdk = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        answer = await sdk.responses.create(model="claude-test", input="async hello")
+        stream = await sdk.responses.create(model="gemini-test", input="async stream", stream=True)
+        text = ""
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                text += event.delta
+        await sdk.close()
+        return answer.output_text, text
+
+    assert asyncio.run(run()) == ("echo: async hello", "echo: async stream")
+
+
+def test_the_mock_answers_the_responses_door(gateway: Kaixu) -> None:
+    sdk = client(gateway)
+    assert sdk.responses.create(model="mock-model", input="hi mock").output_text == "echo: hi mock"
+    with sdk.responses.stream(model="mock-model", input="hi stream") as stream:
+        assert stream.get_final_response().output_text == "echo: hi stream"
+
+
+def test_input_tokens_count(gateway: Kaixu) -> None:
+    for model in ("claude-test", "mock-model"):
+        answer = httpx.post(gateway.url + "/v1/responses/input_tokens", headers={"authorization": f"Bearer {TEST_KEY}"},
+                            json={"model": model, "input": "count these words please"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["input_tokens"] > 0
+
+
+def test_reasoning_tokens_are_recorded(gateway: Kaixu) -> None:
+    raw = client(gateway).responses.with_raw_response.create(
+        model="gpt-resp", input="think first", reasoning={"effort": "low", "summary": "auto"}
+    )
+    response = raw.parse()
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens > 0
+    row = ledger_row(gateway, raw.headers["x-request-id"])
+    assert row["reasoning_tokens"] == response.usage.output_tokens_details.reasoning_tokens
