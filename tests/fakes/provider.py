@@ -687,9 +687,8 @@ def _responses_plan(body: Any) -> tuple[_Plan, dict[str, Any]]:
     if not isinstance(raw_input, list) or not raw_input or not all(isinstance(i, dict) for i in raw_input):
         raise _BadRequest("'input' must be a string or a non-empty array of items", "input")
     if req.get("previous_response_id") is not None:
-        raise _BadRequest(
-            "Previous response with id '%s' not found." % req["previous_response_id"], "previous_response_id"
-        )
+        missing = req["previous_response_id"]
+        raise _BadRequest(f"Previous response with id '{missing}' not found.", "previous_response_id")
     texts: list[str] = [str(req["instructions"])] if isinstance(req.get("instructions"), str) else []
     user_text = ""
     for item in raw_input:

@@ -95,8 +95,8 @@ def test_a_responses_provider_gets_the_clients_bytes(gateway: Kaixu, fake: FakeP
     body = {"model": "gpt-resp", "input": "Hi", "store": False, "include": ["reasoning.encrypted_content"],
             "text": {"verbosity": "low"}, "prompt_cache_key": "k", "client_metadata": {"a": "b"}}  # fmt: skip
     raw = json.dumps(body, separators=(",", ":")).encode()
-    answer = httpx.post(gateway.url + "/v1/responses", content=raw,
-                        headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})  # fmt: skip
+    headers = {"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"}
+    answer = httpx.post(gateway.url + "/v1/responses", content=raw, headers=headers)  # fmt: skip
     assert answer.status_code == 200, answer.text
     seen = upstream(fake, "gpt-resp")
     assert json.loads(seen.body) == {**body, "model": "gpt-4o-mini"}  # only the aliased model changed
@@ -128,8 +128,8 @@ def test_codex_fields_are_accepted_and_named_when_dropped(gateway: Kaixu, fake: 
 
 
 def test_a_field_no_target_can_honour_is_a_400_naming_it(gateway: Kaixu) -> None:
-    answer = httpx.post(gateway.url + "/v1/responses", headers={"authorization": f"Bearer {TEST_KEY}"},
-                        json={"model": "claude-test", "input": "x", "include": ["message.output_text.logprobs"]})  # fmt: skip
+    body = {"model": "claude-test", "input": "x", "include": ["message.output_text.logprobs"]}
+    answer = httpx.post(gateway.url + "/v1/responses", headers={"authorization": f"Bearer {TEST_KEY}"}, json=body)
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert "include" in error["message"] and error["type"] == "invalid_request_error"
@@ -231,3 +231,60 @@ def test_reasoning_tokens_are_recorded(gateway: Kaixu) -> None:
     assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens > 0
     row = ledger_row(gateway, raw.headers["x-request-id"])
     assert row["reasoning_tokens"] == response.usage.output_tokens_details.reasoning_tokens
+
+
+def test_previous_response_id_is_refused_on_translation_and_forwarded_to_a_responses_provider(
+    gateway: Kaixu, fake: FakeProvider
+) -> None:
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    body = {"model": "claude-test", "input": "and then?", "previous_response_id": "resp_abc"}
+    refused = httpx.post(gateway.url + "/v1/responses", headers=headers, json=body)
+    assert refused.status_code == 400 and "previous_response_id" in refused.json()["error"]["message"]
+    forwarded = httpx.post(gateway.url + "/v1/responses", headers=headers, json={**body, "model": "gpt-resp"})
+    assert forwarded.status_code == 400 and "resp_abc" in forwarded.json()["error"]["message"]  # the provider's
+    assert json.loads(upstream(fake, "gpt-resp").body)["previous_response_id"] == "resp_abc"
+
+
+# --- a Responses provider behind the other doors (`kind: openai`, `api: responses`) --------------------------
+
+
+def test_chat_completions_door_to_a_responses_provider(gateway: Kaixu, fake: FakeProvider) -> None:
+    sdk = client(gateway)
+    answer = sdk.chat.completions.create(model="gpt-resp", messages=[{"role": "user", "content": "via chat"}])
+    assert answer.choices[0].message.content == "echo: via chat" and answer.usage is not None
+    assert answer.usage.prompt_tokens > 0
+    sent = json.loads(upstream(fake, "gpt-resp").body)
+    assert sent["input"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "via chat"}]}
+    ]
+    stream = sdk.chat.completions.create(
+        model="gpt-resp",
+        messages=[{"role": "user", "content": "weather"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": TOOLS[0]["parameters"]}}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arguments, usage = "", None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                arguments += (call.function.arguments or "") if call.function else ""
+    assert json.loads(arguments) == {"echo": "weather"} and usage is not None and usage.completion_tokens > 0
+
+
+def test_anthropic_and_gemini_doors_to_a_responses_provider(gateway: Kaixu, fake: FakeProvider) -> None:
+    import anthropic
+    from google import genai
+
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=TEST_KEY, max_retries=0)
+    with claude.messages.stream(
+        model="gpt-resp", max_tokens=50, messages=[{"role": "user", "content": "via anthropic"}]
+    ) as stream:
+        message = stream.get_final_message()
+    assert message.content[0].type == "text" and message.content[0].text == "echo: via anthropic"
+    assert message.usage.output_tokens > 0
+    gemini = genai.Client(api_key=TEST_KEY, http_options={"base_url": gateway.url})
+    answer = gemini.models.generate_content(model="gpt-resp", contents="via gemini")
+    assert answer.text == "echo: via gemini"
+    upstream(fake, "gpt-resp")
