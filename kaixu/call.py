@@ -260,6 +260,20 @@ class Caller:
         return None
 
 
+@dataclass(slots=True)
+class Turn:
+    """A Responses API request whose answer kaixu keeps (`store` not false; kaixu/store/responses.py): whose it
+    is, what it said itself, and, once complete, the response object its client got."""
+
+    scope: str
+    """The hash of the caller's key: only that key reads it back."""
+    input: list[dict[str, Any]]
+    """The request's own input items (a string input as one user message)."""
+    previous_id: str | None = None
+    answer: dict[str, Any] | None = None
+    """The response object the client got: from the JSON answer, or a stream's terminal event."""
+
+
 @dataclass(slots=True, eq=False)
 class Call:
     """One request's decisions, in four typed sub-records (`route`, `caller`, `bill`, `governance`) plus the
@@ -306,6 +320,11 @@ class Call:
     outcome_counted: bool = False
     """The served deployment was told its outcome already (the executor: the failure that stands after the
     attempts that followed it refused, or kaixu's own refusal that never reached it): the settle step does not."""
+
+    resource: str | None = None
+    """An id the path names: a stored response's (`/v1/responses/{id}`)."""
+    turn: Turn | None = None
+    """A Responses API answer to keep (kaixu/addons/responses_recall.py, kaixu/addons/responses_keeper.py)."""
 
     cors_origin: str | None = None
     """The caller's Origin when the policy allows it (answers then carry the CORS headers)."""

@@ -22,6 +22,8 @@ from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
 from kaixu.addons.policy_file import PolicyFile
 from kaixu.addons.rate_limits import RateLimits
+from kaixu.addons.responses_keeper import ResponsesKeeper
+from kaixu.addons.responses_recall import ResponsesRecall
 from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
 from kaixu.addons.seat_limits import Seats
@@ -48,6 +50,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Auth(gateway),  # who is calling (request head)
         Body(),  # only now: decompress (bounded), parse, request facts
         Local(gateway),  # model lists and token checks for the authenticated caller
+        ResponsesRecall(gateway),  # Responses API: previous_response_id's conversation, stored responses by id
         Seats(gateway),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
         RateLimits(gateway),  # rpm, tpm, requests in flight: 429 (and the X-RateLimit-* headers)
@@ -57,6 +60,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Errors(),  # JSON error pages for upstream failures
         Stream(),  # SSE pass-through meter or translator
         Settle(gateway),  # usage, translation of buffered answers, budget settled, metrics, ledger
+        ResponsesKeeper(gateway),  # a Responses API answer with `store` not false is kept (in the background)
         # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes
         # them after every step that reads them has stopped
         StoreChoice(gateway),

@@ -49,6 +49,7 @@ class Dialect:
             call.model = found.model
         if found.backend is not None:
             call.backend = found.backend
+        call.resource = found.resource
         call.front, call.operation = endpoint.front, endpoint.operation
         if endpoint.operation in ("models", "model") and path.startswith("/v1/"):
             # shared by three SDKs: answer in the shape of the one asking

@@ -233,6 +233,14 @@ class ClientLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesPolicy:
+    """`responses:`: the Responses API's stored responses (kaixu/store/responses.py)."""
+
+    retention_days: float = 30.0
+    """How long a stored response can be continued (`previous_response_id`) and read back."""
+
+
+@dataclass(frozen=True, slots=True)
 class TranslationPolicy:
     """`translation:`: what happens to a client field the provider's format cannot carry.
 
@@ -445,6 +453,7 @@ class Policy:
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
     limits: ClientLimits = field(default_factory=ClientLimits)
     translation: TranslationPolicy = field(default_factory=TranslationPolicy)
+    responses: ResponsesPolicy = field(default_factory=ResponsesPolicy)
     redactor: Redactor = field(default_factory=Redactor)
     """Scrubs every configured provider key (and credential-shaped text) from what kaixu passes on."""
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
@@ -845,6 +854,7 @@ def build_policy(
         ca_file=None if ca_file is None else _ca_path(ca_file, base_dir),
         redactor=secrets,
         translation=TranslationPolicy(unsupported=(data.get("translation") or {}).get("unsupported", "drop")),
+        responses=ResponsesPolicy(retention_days=float((data.get("responses") or {}).get("retention_days", 30))),
         pricing=PricingPolicy(
             table=price_table,
             require=bool(prices.get("require", False)),

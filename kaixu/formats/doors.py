@@ -128,6 +128,9 @@ class FrontDoor:
     """The provider kind a body asks for (narrows the route; FormatError when it is not one)."""
     include_raw: Callable[[JSON], bool] | None = None
     """Whether a body asks for the provider's raw answer alongside the door's own."""
+    stores_answers: bool = False
+    """Its chat answers are kept (unless the body says `store: false`) and continued (`previous_response_id`)
+    in kaixu's store, and read back by id (the Responses API's, kaixu/store/responses.py)."""
 
 
 _POST = ("POST",)
@@ -200,6 +203,7 @@ RESPONSES = FrontDoor(  # OpenAI's Responses API (Codex CLI, the Agents SDK, `cl
     answer_fields=(),
     stream_usage_option=False,  # its streams always end with the usage (`response.completed`)
     degraded_field=False,
+    stores_answers=True,
 )
 KAIXU_GATE = FrontDoor(  # kAIxu Gate (seed 001)
     kaixu_gate.NAME,
@@ -290,6 +294,10 @@ _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P
 _MODEL_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)$")
 # Intelligent AI Gateway (seed 002): an explicit backend (a provider, or a model alias) in the path.
 _BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions$")
+# A stored response (GET, DELETE) and its input items (GET): kaixu's ids and a Responses provider's.
+_RESPONSE_PATH = re.compile(r"^/v1/responses/(?P<id>resp_[A-Za-z0-9_-]{1,200})(?P<items>/input_items)?$")
+_STORED = Endpoint(RESPONSES.name, "stored_response", ("GET", "DELETE"), False)
+_STORED_ITEMS = Endpoint(RESPONSES.name, "stored_input_items", _GET, False)
 
 
 class Found(NamedTuple):
@@ -298,6 +306,7 @@ class Found(NamedTuple):
     endpoint: Endpoint
     model: str | None = None
     backend: str | None = None
+    resource: str | None = None
 
 
 def door_for_path(path: str) -> Found | None:
@@ -316,6 +325,9 @@ def door_for_path(path: str) -> Found | None:
     match = _BACKEND_PATH.match(path)
     if match:
         return Found(PATHS["/v1/chat/completions"], backend=match["backend"])
+    match = _RESPONSE_PATH.match(path)
+    if match:
+        return Found(_STORED_ITEMS if match["items"] else _STORED, resource=match["id"])
     return None
 
 

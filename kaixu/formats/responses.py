@@ -83,7 +83,7 @@ from .canonical import (
 )
 from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
-from .sse import utf8
+from .sse import SSEParser, utf8
 
 NAME = "responses"
 
@@ -983,3 +983,62 @@ class ResponsesCodec:
 
 
 CODEC = ResponsesCodec()
+
+
+# --- stored responses (kaixu/store/responses.py keeps them; these are their items) ---------------------------
+
+
+def own_input(raw: Any) -> list[JSON]:
+    """A request's ``input`` as items (a string is one user message): what a stored response says it was asked."""
+    if isinstance(raw, str):
+        return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": raw}]}]
+    return [expect_dict(item, f"input[{i}]") for i, item in enumerate(expect_list(raw, "input"))]
+
+
+def _as_input(item: JSON) -> JSON:
+    """An item of a stored conversation as a new request carries it: without the ids and status the provider
+    gave it (a provider that did not store them refuses ids it does not know)."""
+    return {k: v for k, v in item.items() if k not in ("id", "status")}
+
+
+def history(turns: list[tuple[list[JSON], JSON]]) -> list[JSON]:
+    """The conversation of stored responses, oldest first ((input items, response object) each): what a request
+    with ``previous_response_id`` continues, as input items."""
+    out: list[JSON] = []
+    for items, response in turns:
+        out += (_as_input(item) for item in items)
+        out += (_as_input(item) for item in response.get("output") or () if isinstance(item, dict))
+    return out
+
+
+def listed_items(items: list[JSON], response_id: str) -> JSON:
+    """``GET /v1/responses/{id}/input_items``: the items, each with an id (stable: derived from the response's)."""
+    data = [{"id": item.get("id") or f"item_{response_id[5:]}_{i}", **item} for i, item in enumerate(items)]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": False}
+
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class TerminalTap:
+    """Reads the Responses stream a client is sent, for its terminal event's response object (what kaixu keeps):
+    only that event is parsed as JSON."""
+
+    __slots__ = ("_sse", "answer")
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self.answer: JSON | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.answer is not None or not chunk:
+            return
+        try:
+            for event in self._sse.feed(chunk):
+                if event.event in _TERMINAL or (event.event is None and '"response.' in event.data[:80]):
+                    obj = json.loads(event.data)
+                    if isinstance(obj, dict) and obj.get("type") in _TERMINAL and isinstance(obj.get("response"), dict):
+                        self.answer = obj["response"]
+        except (FormatError, ValueError):
+            self.answer = {}  # unreadable: nothing is kept

@@ -11,6 +11,7 @@ from kaixu.store import postgres
 from kaixu.store.keys import AsyncKeyStore, InThread, SqliteKeyStore
 from kaixu.store.queries import LedgerQueries, SqliteLedgerQueries
 from kaixu.store.seats import PostgresSeatStore, SeatStore, SqliteSeatStore
+from kaixu.store.responses import Kept, MemoryResponseStore, PostgresResponseStore, ResponseStore, SqliteResponseStore
 
 
 def key_store(store: StoreConfig, *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
@@ -47,6 +48,17 @@ def seat_store(store: StoreConfig) -> SeatStore | None:
     return SqliteSeatStore(path)
 
 
+def response_store(store: StoreConfig) -> ResponseStore:
+    """Where stored responses live: `store.postgres` when set, else `store.sqlite` (a process-local dict for
+    `:memory:`)."""
+    pg = store.postgres
+    if pg is not None:
+        return PostgresResponseStore(pg.dsn, pg.pool_size)
+    if store.sqlite == ":memory:":
+        return MemoryResponseStore()
+    return SqliteResponseStore(store.sqlite)
+
+
 @dataclass(frozen=True)
 class Stores:
     """What one policy's `store:` opens for the steps that read state per request (the admin API, the seats
@@ -64,13 +76,18 @@ class Stores:
     queries: LedgerQueries
     seats: SeatStore | None
     """None when the policy keeps no durable store (`store.sqlite: :memory:`)."""
+    responses: Kept
+    """The Responses API's stored responses (kaixu/store/responses.py)."""
 
     @classmethod
     def build(cls, config: StoreConfig) -> Stores:
         """Cheap and without I/O: connections open on first use (a PostgreSQL pool, a SQLite file)."""
-        return cls(config, key_store(config), ledger_queries(config), seat_store(config))
+        return cls(
+            config, key_store(config), ledger_queries(config), seat_store(config), Kept(response_store(config))
+        )
 
     async def close(self) -> None:
         if self.keys is not None:
             await self.keys.close()
         await self.queries.close()
+        await self.responses.close()

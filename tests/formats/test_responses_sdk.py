@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.fakes.provider import FakeProvider
-from tests.harness import TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for
+from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for
 
 # model -> (the upstream path it reaches, the format the fake speaks there)
 PROVIDERS = {
@@ -233,16 +233,50 @@ def test_reasoning_tokens_are_recorded(gateway: Kaixu) -> None:
     assert row["reasoning_tokens"] == response.usage.output_tokens_details.reasoning_tokens
 
 
-def test_previous_response_id_is_refused_on_translation_and_forwarded_to_a_responses_provider(
-    gateway: Kaixu, fake: FakeProvider
-) -> None:
-    headers = {"authorization": f"Bearer {TEST_KEY}"}
-    body = {"model": "claude-test", "input": "and then?", "previous_response_id": "resp_abc"}
-    refused = httpx.post(gateway.url + "/v1/responses", headers=headers, json=body)
-    assert refused.status_code == 400 and "previous_response_id" in refused.json()["error"]["message"]
-    forwarded = httpx.post(gateway.url + "/v1/responses", headers=headers, json={**body, "model": "gpt-resp"})
-    assert forwarded.status_code == 400 and "resp_abc" in forwarded.json()["error"]["message"]  # the provider's
-    assert json.loads(upstream(fake, "gpt-resp").body)["previous_response_id"] == "resp_abc"
+def test_previous_response_id_continues_the_conversation_on_any_provider(gateway: Kaixu, fake: FakeProvider) -> None:
+    sdk = client(gateway)
+    first = sdk.responses.create(model="claude-test", input="my name is Ada")
+    assert first.output_text == "echo: my name is Ada"
+    with sdk.responses.stream(model="gemini-test", input="what is my name?", previous_response_id=first.id) as s:
+        second = s.get_final_response()
+    sent = json.loads(upstream(fake, "gemini-test").body)
+    texts = [p.get("text") for c in sent["contents"] for p in c["parts"]]
+    assert texts == ["my name is Ada", "echo: my name is Ada", "what is my name?"]
+    assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
+    third = sdk.responses.create(model="gpt-resp", input="and again?", previous_response_id=second.id)
+    forwarded = json.loads(upstream(fake, "gpt-resp").body)
+    assert "previous_response_id" not in forwarded  # expanded by kaixu, even for a Responses provider
+    assert [i.get("role", i.get("type")) for i in forwarded["input"]] == ["user", "assistant", "user", "assistant",
+                                                                          "user"]  # fmt: skip
+    assert all("id" not in item for item in forwarded["input"])
+    assert third.output_text == "echo: and again?"
+    unknown = httpx.post(gateway.url + "/v1/responses", headers={"authorization": f"Bearer {TEST_KEY}"},
+                         json={"model": "claude-test", "input": "x", "previous_response_id": "resp_nope"})  # fmt: skip
+    assert unknown.status_code == 400 and "previous_response_id" in unknown.json()["error"]["message"]
+
+
+def test_stored_responses_are_read_back_and_deleted_by_their_key_only(gateway: Kaixu) -> None:
+    sdk = client(gateway)
+    with sdk.responses.stream(model="gemini-test", input="keep me") as stream:
+        made = stream.get_final_response()
+    again = sdk.responses.retrieve(made.id)
+    assert again.id == made.id and again.output_text == "echo: keep me" and again.usage == made.usage
+    items = sdk.responses.input_items.list(made.id)
+    assert [item.type for item in items.data] == ["message"]
+    assert items.data[0].content[0].text == "keep me"  # type: ignore[union-attr]
+    other = openai.OpenAI(base_url=gateway.url + "/v1", api_key=LIMITED_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(made.id)
+    with pytest.raises(openai.BadRequestError):
+        other.responses.create(model="gpt-4o-mini", input="x", previous_response_id=made.id)
+    sdk.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(made.id)
+    unstored = sdk.responses.create(model="claude-test", input="forget me", store=False)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(unstored.id)
 
 
 # --- a Responses provider behind the other doors (`kind: openai`, `api: responses`) --------------------------
