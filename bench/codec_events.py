@@ -50,6 +50,25 @@ def provider_events(provider: str, n: int) -> list[bytes]:
         ]
         events: list[dict[str, Any]] = [start, block, *[delta] * n, *end]
         return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+    if provider == "responses":
+        resp = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-5", "output": []}
+        usage = {"input_tokens": 5, "output_tokens": n, "total_tokens": n + 5}
+        item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+        head = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+        seq: list[dict[str, Any]] = [
+            {"type": "response.created", "response": resp},
+            {"type": "response.in_progress", "response": resp},
+            {"type": "response.output_item.added", "output_index": 0, "item": item},
+            {"type": "response.content_part.added", **head, "part": {"type": "output_text", "text": ""}},
+            *[{"type": "response.output_text.delta", **head, "delta": " tok", "logprobs": []}] * n,
+            {"type": "response.output_text.done", **head, "text": " tok" * n, "logprobs": []},
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": {**resp, "status": "completed", "usage": usage}},
+        ]
+        return [
+            f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n".encode()
+            for i, e in enumerate(seq)
+        ]
     meta = {"modelVersion": "gemini-2.5-flash", "responseId": "r1"}
     chunk = {
         "candidates": [{"content": {"parts": [{"text": " tok"}], "role": "model"}, "index": 0}],
@@ -93,10 +112,10 @@ def run(provider: str, client: str | None, chunks: list[bytes]) -> float:
 def main() -> None:
     print(f"{N} text-delta events per stream; microseconds per upstream event (best of {ROUNDS})")
     print(f"{'provider':>10} {'client':>10} {'1 event/chunk':>14} {'4 KiB chunks':>13}")
-    for provider in FORMATS:
+    for provider in (*FORMATS, "responses"):
         events = provider_events(provider, N)
         big = rechunk(events, 4096)
-        for client in (None, *FORMATS):
+        for client in (None, *FORMATS, "responses"):
             label = client or "meter"
             one, many = run(provider, client, events), run(provider, client, big)
             print(f"{provider:>10} {label:>10} {one:>14.2f} {many:>13.2f}")

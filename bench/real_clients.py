@@ -1,4 +1,5 @@
-"""Run real coding agents (Claude Code, Gemini CLI) non-interactively against kaixu, and report what works.
+"""Run real coding agents (Claude Code, Gemini CLI, Codex CLI) non-interactively against kaixu, and report what
+works.
 
 Why a script and not a test: the agents come from the npm registry (hundreds of MB, pinned versions), so this
 is not part of ``make test``. It answers one question the unit suite cannot: does a real agent, sending all
@@ -80,6 +81,8 @@ class Client:
 CLIENTS = {
     "claude": Client("claude", "Claude Code", "@anthropic-ai/claude-code", "2.1.197", "claude", "claude-*"),
     "gemini": Client("gemini", "Gemini CLI", "@google/gemini-cli", "0.61.0", "gemini", "gemini-*"),
+    # Codex speaks only the Responses API (`wire_api = "responses"`); its side requests name other models too
+    "codex": Client("codex", "Codex CLI", "@openai/codex", "0.171.0", "codex", "*"),
 }
 
 # The policy's providers: kaixu's mock, and the fake provider in each wire format.
@@ -109,9 +112,11 @@ CASES = (
     Case("gemini default model, mock", "gemini", "mock", None),
     Case("gemini thinking, translated to Anthropic", "gemini", "fake-anthropic", "gemini-3.1-pro-preview"),
     Case("gemini tool turn (read_file)", "gemini", "fake-gemini", None, tool=True),
+    Case("codex default model, mock", "codex", "mock", None),
+    Case("codex, translated to Anthropic", "codex", "fake-anthropic", None),
 )
 TOOL_NAMES = {"claude": "Read", "gemini": "read_file"}
-FRONTS = {"claude": "Anthropic", "gemini": "Gemini"}
+FRONTS = {"claude": "Anthropic", "gemini": "Gemini", "codex": "OpenAI Responses"}
 
 
 @dataclass
@@ -261,9 +266,35 @@ def gemini_run(exe: Path, url: str, home: Path, case: Case, prompt: str) -> tupl
     return cmd, env
 
 
+def codex_run(exe: Path, url: str, home: Path, case: Case, prompt: str) -> tuple[list[str], dict[str, str]]:
+    """`codex exec` with a custom model provider whose base URL is kaixu (/work/shared/research/real-clients.md):
+    plugins and apps off, else it reaches for the internet as it starts; no retries, so a refusal shows."""
+    codex_home = home / ".codex"
+    codex_home.mkdir(exist_ok=True)
+    (codex_home / "config.toml").write_text(
+        'model_provider = "kaixu"\n'
+        "[model_providers.kaixu]\n"
+        'name = "kaixu"\n'
+        f'base_url = "{url}/v1"\n'
+        'env_key = "KAIXU_KEY"\n'
+        'wire_api = "responses"\n'
+        "request_max_retries = 0\n"
+        "stream_max_retries = 0\n"
+        "[features]\n"
+        "plugins = false\n"
+        "apps = false\n"
+    )
+    env = base_env(home) | {"CODEX_HOME": str(codex_home), "KAIXU_KEY": CLIENT_KEY}
+    cmd = [str(exe), "exec", "--skip-git-repo-check", "--sandbox", "read-only", prompt]
+    if case.model:
+        cmd[2:2] = ["-m", case.model]
+    return cmd, env
+
+
 RUNNERS: dict[str, Callable[[Path, str, Path, Case, str], tuple[list[str], dict[str, str]]]] = {
     "claude": claude_run,
     "gemini": gemini_run,
+    "codex": codex_run,
 }
 
 
@@ -303,7 +334,11 @@ def unwrap(message: str) -> str:
 
 
 def read_answer(client: str, stdout: str, stderr: str) -> tuple[str, str]:
-    """(the answer, the CLI's own error or ""), from its JSON output."""
+    """(the answer, the CLI's own error or ""), from its JSON output (Codex: its last message, on stdout; its
+    errors on stderr)."""
+    if client == "codex":
+        errors = [line for line in stderr.splitlines() if line.startswith("ERROR") or "error" in line[:20].lower()]
+        return stdout.strip()[-300:], errors[-1] if errors and not stdout.strip() else ""
     doc = last_json_object(stdout) or last_json_object(stderr)
     if doc is None:
         return stdout.strip()[-300:], "its output is not JSON"
@@ -484,7 +519,9 @@ def run_all(clients: list[Client], work: Path, timeout: float) -> list[CaseResul
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", default="claude,gemini", help="comma-separated CLIs to run: claude, gemini")
+    parser.add_argument(
+        "--only", default="claude,gemini,codex", help="comma-separated CLIs to run: claude, gemini, codex"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (CLIs, HOMEs, kaixu logs)")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/clients.md")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds each CLI run may take")

@@ -735,10 +735,13 @@ class ResponsesStreamDecoder(SSEStreamDecoder):
 # --- streaming: encoding for a Responses client -----------------------------------------
 
 
+_TEXT_DELTA = 'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+
+
 class _Item:
     """An output item being streamed: its kind, id, position and what it has accumulated."""
 
-    __slots__ = ("call", "id", "index", "kind", "text")
+    __slots__ = ("call", "delta_head", "id", "index", "kind", "text")
 
     def __init__(self, kind: str, item_id: str, index: int, call: ToolCall | None = None) -> None:
         self.kind = kind
@@ -746,6 +749,8 @@ class _Item:
         self.index = index
         self.call = call
         self.text: list[str] = []
+        self.delta_head = f',"item_id":"{item_id}","output_index":{index},"content_index":0,"delta":'
+        """What follows the sequence number in each of its text deltas (built once)."""
 
 
 class ResponsesStreamEncoder:
@@ -870,16 +875,21 @@ class ResponsesStreamEncoder:
         if self._done:
             return b""
         if type(event) is TextDelta:
-            if not event.text:
+            text = event.text
+            if not text:
                 return b""
+            last = self._open[-1] if self._open else None
+            if last is not None and last.kind == "message":  # the hot path: one more delta of the open message
+                last.text.append(text)
+                seq = self._seq
+                self._seq = seq + 1
+                return utf8(_TEXT_DELTA + str(seq) + last.delta_head + jstr(text) + ',"logprobs":[]}\n\n')
             out = self._start()
             item, opened = self._current("message", "msg_")
-            item.text.append(event.text)
+            item.text.append(text)
             head = f'"item_id":"{item.id}","output_index":{item.index},"content_index":0'
             return utf8(
-                out
-                + opened
-                + self._event("response.output_text.delta", f'{head},"delta":{jstr(event.text)},"logprobs":[]')
+                out + opened + self._event("response.output_text.delta", f'{head},"delta":{jstr(text)},"logprobs":[]')
             )
         if type(event) is ToolCallDelta:
             call_item = self._calls.get(event.index)
