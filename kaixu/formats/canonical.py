@@ -120,10 +120,16 @@ class Message:
 
 @dataclass(slots=True)
 class Tool:
+    """A tool the model may call. ``custom``: the Responses API's free-form tool, whose input is one string (as
+    ``parameters`` says: an object with the string ``input``); ``namespace``: the Responses API's tool group it is
+    in. Other formats call both as plain functions."""
+
     name: str
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # JSON Schema of the arguments
     strict: bool | None = None
+    custom: bool = False
+    namespace: str | None = None
 
 
 class NamedToolChoice(TypedDict):

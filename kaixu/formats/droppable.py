@@ -120,6 +120,9 @@ RESPONSES: dict[str, Droppable] = {
     "user": Droppable(_USER),
     "service_tier": Droppable("OpenAI's capacity tier (flex, priority); the target serves at its own"),
     "text.verbosity": Droppable("a length hint for GPT-5 answers"),
+    "reasoning.context": Droppable(
+        "which earlier turns' reasoning OpenAI keeps in context; other formats' own thinking is never sent back"
+    ),
     "stream_options.include_obfuscation": Droppable("pads OpenAI stream events against a length side channel"),
     "stream_options": Droppable("only obfuscation padding of OpenAI's stream events"),
     "max_tool_calls": Droppable("caps OpenAI's built-in tool calls, which a translated request cannot have"),

@@ -203,11 +203,13 @@ def _summary_text(item: JSON, path: str) -> str:
 class _Conversation:
     """Builds canonical messages from Responses items: a run of assistant items is one assistant turn."""
 
-    __slots__ = ("messages", "system")
+    __slots__ = ("extra", "messages", "system", "tools")
 
-    def __init__(self) -> None:
+    def __init__(self, extra: JSON) -> None:
         self.messages: list[Message] = []
         self.system: list[str] = []
+        self.tools: list[Tool] = []  # from `additional_tools` items
+        self.extra = extra
 
     def _assistant(self) -> Message:
         last = self.messages[-1] if self.messages else None
@@ -227,10 +229,16 @@ class _Conversation:
                 raise FormatError(f"{path}.arguments", "must be a string of JSON")
             call = ToolCall(req_str(item, "call_id", path), req_str(item, "name", path), arguments)
             self._assistant().tool_calls.append(call)
-        elif itype == "function_call_output":
+        elif itype == "custom_tool_call":
+            arguments = json.dumps({"input": req_str(item, "input", path)}, ensure_ascii=False)
+            self._assistant().tool_calls.append(ToolCall(req_str(item, "call_id", path), req_str(item, "name", path),
+                                                         arguments))  # fmt: skip
+        elif itype in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             parts = _decode_content(output, f"{path}.output") if output is not None else []
             self.messages.append(Message("tool", parts, tool_call_id=req_str(item, "call_id", path)))
+        elif itype == "additional_tools":  # tools offered from here on (Codex CLI sends its tools so)
+            self.tools += _decode_tools(item.get("tools") or [], self.extra, f"{path}.tools")
         elif itype == "reasoning":
             redacted = opt_str(item, "encrypted_content", path)
             thinking = ThinkingPart(_summary_text(item, path), redacted=redacted, format=NAME)
@@ -259,36 +267,59 @@ class _Conversation:
             raise FormatError(f"{path}.role", "must be one of user, assistant, system, developer")
 
 
-def decode_input(raw: Any, path: str = "input") -> tuple[list[str], list[Message]]:
-    """``input`` (a string or items) -> (system texts before the conversation, canonical messages)."""
-    conversation = _Conversation()
+def decode_input(raw: Any, extra: JSON, path: str = "input") -> _Conversation:
+    """``input`` (a string or items) -> the system texts before the conversation, the canonical messages, and
+    the tools its ``additional_tools`` items offer (built-in ones kept in ``extra``)."""
+    conversation = _Conversation(extra)
     if isinstance(raw, str):
         conversation.messages.append(Message("user", [TextPart(raw)]))
     else:
         for i, item in enumerate(expect_list(raw, path)):
             conversation.add(item, f"{path}[{i}]")
-    return conversation.system, conversation.messages
+    return conversation
 
 
-def _decode_tools(raw: Any, extra: JSON) -> list[Tool]:
-    tools, unmodeled = [], []
-    for i, tool in enumerate(expect_list(raw, "tools")):
-        path = f"tools[{i}]"
-        tool = expect_dict(tool, path)
-        if tool.get("type") != "function":
-            unmodeled.append(tool)
-            continue
+def _custom_parameters(tool: JSON) -> JSON:
+    """A free-form tool as other formats call it: a function of one string, ``input`` (its grammar described)."""
+    fmt = tool.get("format")
+    about = "The tool's whole input, as free-form text."
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+        about += f" It must match this {fmt.get('syntax', '')} grammar:\n{fmt.get('definition', '')}"
+    return {"type": "object", "properties": {"input": {"type": "string", "description": about}}, "required": ["input"]}
+
+
+def _decode_tool(tool: JSON, path: str, namespace: str | None, out: list[Tool], unmodeled: list[JSON]) -> None:
+    ttype = tool.get("type")
+    if ttype == "function":
         params = tool.get("parameters")
-        tools.append(
+        out.append(
             Tool(
                 name=req_str(tool, "name", path),
                 description=opt_str(tool, "description", path),
                 parameters=expect_dict(params, f"{path}.parameters") if params is not None else {},
                 strict=opt_bool(tool, "strict", path),
+                namespace=namespace,
             )
         )
+    elif ttype == "custom":
+        description = opt_str(tool, "description", path)
+        out.append(Tool(req_str(tool, "name", path), description, _custom_parameters(tool), custom=True,
+                        namespace=namespace))  # fmt: skip
+    elif ttype == "namespace":
+        name = req_str(tool, "name", path)
+        for j, inner in enumerate(expect_list(tool.get("tools") or [], f"{path}.tools")):
+            _decode_tool(expect_dict(inner, f"{path}.tools[{j}]"), f"{path}.tools[{j}]", name, out, unmodeled)
+    else:
+        unmodeled.append(tool)  # built-in tools (web search, file search...): a Responses provider's only
+
+
+def _decode_tools(raw: Any, extra: JSON, path: str = "tools") -> list[Tool]:
+    tools: list[Tool] = []
+    unmodeled: list[JSON] = []
+    for i, tool in enumerate(expect_list(raw, path)):
+        _decode_tool(expect_dict(tool, f"{path}[{i}]"), f"{path}[{i}]", None, tools, unmodeled)
     if unmodeled:
-        extra["tools"] = unmodeled
+        extra["tools"] = [*extra.get("tools", []), *unmodeled]
     return tools
 
 
@@ -357,11 +388,13 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
     model = model or req_str(body, "model")
     if "input" not in body:
         raise FormatError("input", "is required")
-    system, messages = decode_input(body["input"])
+    extra: JSON = {k: v for k, v in body.items() if k not in _KNOWN_REQUEST_KEYS}
+    conversation = decode_input(body["input"], extra)
+    system, messages = conversation.system, conversation.messages
     instructions = opt_str(body, "instructions")
     if instructions:
         system.insert(0, instructions)
-    extra: JSON = {k: v for k, v in body.items() if k not in _KNOWN_REQUEST_KEYS}
+    tools = _decode_tools(body["tools"], extra) if body.get("tools") is not None else []
     return ChatRequest(
         model=model,
         messages=messages,
@@ -370,7 +403,7 @@ def decode_request(body: JSON, *, model: str | None = None, stream: bool | None 
         temperature=opt_num(body, "temperature"),
         top_p=opt_num(body, "top_p"),
         stream=stream if stream is not None else bool(opt_bool(body, "stream")),
-        tools=_decode_tools(body["tools"], extra) if body.get("tools") is not None else [],
+        tools=tools + conversation.tools,
         tool_choice=_decode_tool_choice(body.get("tool_choice"), extra),
         parallel_tool_calls=opt_bool(body, "parallel_tool_calls"),
         response_format=_decode_text(body.get("text"), extra),
@@ -527,6 +560,9 @@ def decode_response(body: JSON) -> ChatResponse:
         elif itype == "function_call":
             arguments = item.get("arguments") or ""
             calls.append(ToolCall(req_str(item, "call_id", path), req_str(item, "name", path), str(arguments)))
+        elif itype == "custom_tool_call":
+            arguments = json.dumps({"input": str(item.get("input") or "")}, ensure_ascii=False)
+            calls.append(ToolCall(req_str(item, "call_id", path), req_str(item, "name", path), arguments))
         elif itype == "reasoning":
             redacted = opt_str(item, "encrypted_content", path)
             parts.append(ThinkingPart(_summary_text(item, path), redacted=redacted, format=NAME))
@@ -559,19 +595,35 @@ def _message_item(item_id: str, text: str | None, status: str = "completed") -> 
     return {"id": item_id, "type": "message", "status": status, "content": content, "role": "assistant"}
 
 
-def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> JSON:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "status": status,
-        "arguments": call.arguments,
-        "call_id": call.id,
-        "name": call.name,
-    }
+def _custom_input(arguments: str) -> str:
+    """A free-form tool's input from the arguments another format's model wrote (``{"input": ...}``); the text
+    as it is when the model wrote something else."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return value["input"] if isinstance(value, dict) and isinstance(value.get("input"), str) else arguments
 
 
-def output_items(message: Message) -> list[JSON]:
-    """An assistant message as Responses output items: reasoning, then the message, then the function calls."""
+def _call_item(item_id: str, call: ToolCall, status: str = "completed", tool: Tool | None = None) -> JSON:
+    """A function call, or a ``custom_tool_call`` when the tool called is free-form; with its namespace."""
+    if tool is not None and tool.custom:
+        item: JSON = {"id": item_id, "type": "custom_tool_call", "status": status, "call_id": call.id,
+                      "name": call.name, "input": _custom_input(call.arguments) if call.arguments else ""}  # fmt: skip
+    else:
+        item = {"id": item_id, "type": "function_call", "status": status, "arguments": call.arguments,
+                "call_id": call.id, "name": call.name}  # fmt: skip
+    if tool is not None and tool.namespace is not None:
+        item["namespace"] = tool.namespace
+    return item
+
+
+def _tools_by_name(req: ChatRequest | None) -> dict[str, Tool]:
+    return {tool.name: tool for tool in req.tools} if req is not None else {}
+
+
+def output_items(message: Message, req: ChatRequest | None = None) -> list[JSON]:
+    """An assistant message as Responses output items: reasoning, then the message, then the tool calls."""
     out: list[JSON] = []
     for part in message.parts:
         if isinstance(part, ThinkingPart) and (part.text or part.redacted):
@@ -580,7 +632,8 @@ def output_items(message: Message) -> list[JSON]:
     texts = [p.text for p in message.parts if isinstance(p, TextPart)]
     if texts or not message.tool_calls:
         out.append(_message_item(_item_id("msg_"), "".join(texts)))
-    out.extend(_call_item(_item_id("fc_"), call) for call in message.tool_calls)
+    tools = _tools_by_name(req)
+    out.extend(_call_item(_item_id("fc_"), call, tool=tools.get(call.name)) for call in message.tool_calls)
     return out
 
 
@@ -655,7 +708,7 @@ def response_object(
 def encode_response(resp: ChatResponse, req: ChatRequest | None = None) -> JSON:
     status, incomplete, error = _status(resp.finish_reason)
     response_id = resp.id if resp.id.startswith("resp_") else new_response_id()
-    output = output_items(resp.message)
+    output = output_items(resp.message, req)
     return response_object(response_id, resp.model, resp.created, status, output, resp.usage, req, incomplete, error)
 
 
@@ -694,7 +747,7 @@ class ResponsesStreamDecoder(SSEStreamDecoder):
             out.append(ThinkingDelta(str(obj.get("delta") or "")))
         elif etype == "response.output_item.added":
             item = obj.get("item") or {}
-            if item.get("type") == "function_call":
+            if item.get("type") in ("function_call", "custom_tool_call"):
                 ordinal = self._calls[obj.get("output_index", len(self._calls))] = len(self._calls)
                 out.append(ToolCallStart(ordinal, str(item.get("call_id") or ""), str(item.get("name") or "")))
         elif etype == "response.output_item.done":
@@ -703,6 +756,9 @@ class ResponsesStreamDecoder(SSEStreamDecoder):
             whole = item.get("type") == "function_call" and ordinal is not None and ordinal not in self._args_seen
             if whole and ordinal is not None and item.get("arguments"):  # a server that sends the arguments whole
                 out.append(ToolCallDelta(ordinal, str(item["arguments"])))
+            elif item.get("type") == "custom_tool_call" and ordinal is not None:  # free-form input, as other formats
+                arguments = json.dumps({"input": str(item.get("input") or "")}, ensure_ascii=False)  # call tools
+                out.append(ToolCallDelta(ordinal, arguments))
         elif etype in ("response.created", "response.in_progress", "response.queued"):
             if not self._started:
                 self._started = True
@@ -741,13 +797,16 @@ _TEXT_DELTA = 'event: response.output_text.delta\ndata: {"type":"response.output
 class _Item:
     """An output item being streamed: its kind, id, position and what it has accumulated."""
 
-    __slots__ = ("call", "delta_head", "id", "index", "kind", "text")
+    __slots__ = ("call", "delta_head", "id", "index", "kind", "text", "tool")
 
-    def __init__(self, kind: str, item_id: str, index: int, call: ToolCall | None = None) -> None:
+    def __init__(
+        self, kind: str, item_id: str, index: int, call: ToolCall | None = None, tool: Tool | None = None
+    ) -> None:
         self.kind = kind
         self.id = item_id
         self.index = index
         self.call = call
+        self.tool = tool
         self.text: list[str] = []
         self.delta_head = f',"item_id":"{item_id}","output_index":{index},"content_index":0,"delta":'
         """What follows the sequence number in each of its text deltas (built once)."""
@@ -767,7 +826,6 @@ class ResponsesStreamEncoder:
         "_created",
         "_done",
         "_id",
-        "_items",
         "_model",
         "_open",
         "_output",
@@ -775,11 +833,13 @@ class ResponsesStreamEncoder:
         "_seq",
         "_started",
         "_thinking",
+        "_tools",
         "_usage",
     )
 
     def __init__(self, req: ChatRequest, response_id: str | None = None) -> None:
         self._req = req
+        self._tools = _tools_by_name(req)
         self._thinking = req.shows_thinking()
         self._model = req.model
         self._id = response_id or new_response_id()
@@ -816,7 +876,8 @@ class ResponsesStreamEncoder:
 
     def _open_item(self, kind: str, prefix: str, call: ToolCall | None = None) -> tuple[_Item, str]:
         out = self._close_others()
-        item = _Item(kind, _item_id(prefix), len(self._output), call)
+        tool = self._tools.get(call.name) if call is not None else None
+        item = _Item(kind, _item_id(prefix), len(self._output), call, tool)
         self._output.append(None)
         self._open.append(item)
         if kind == "message":
@@ -825,7 +886,7 @@ class ResponsesStreamEncoder:
             added = _reasoning_item(item.id, "", "in_progress")
         else:
             assert call is not None
-            added = _call_item(item.id, call, "in_progress")
+            added = _call_item(item.id, call, "in_progress", tool)
         out += self._event("response.output_item.added", f'"output_index":{item.index},"item":{dumps(added)}')
         head = f'"item_id":"{item.id}","output_index":{item.index}'
         if kind == "message":
@@ -852,11 +913,20 @@ class ResponsesStreamEncoder:
             out = self._event("response.reasoning_summary_text.done", f'{head},"summary_index":0,"text":{jstr(text)}')
             out += self._event("response.reasoning_summary_part.done", f'{head},"summary_index":0,"part":{dumps(part)}')
             done = _reasoning_item(item.id, text, status)
+        elif item.tool is not None and item.tool.custom:  # its input whole: it comes as JSON from the provider
+            assert item.call is not None
+            item.call.arguments = text
+            custom = _custom_input(text) if text else ""
+            out = (
+                self._event("response.custom_tool_call_input.delta", f'{head},"delta":{jstr(custom)}') if custom else ""
+            )
+            out += self._event("response.custom_tool_call_input.done", f'{head},"input":{jstr(custom)}')
+            done = _call_item(item.id, item.call, status, item.tool)
         else:
             assert item.call is not None
             item.call.arguments = text
             out = self._event("response.function_call_arguments.done", f'{head},"arguments":{jstr(text)}')
-            done = _call_item(item.id, item.call, status)
+            done = _call_item(item.id, item.call, status, item.tool)
         self._output[item.index] = done
         return out + self._event("response.output_item.done", f'"output_index":{item.index},"item":{dumps(done)}')
 
@@ -896,6 +966,8 @@ class ResponsesStreamEncoder:
             if call_item is None or call_item not in self._open or not event.arguments:
                 return b""
             call_item.text.append(event.arguments)
+            if call_item.tool is not None and call_item.tool.custom:
+                return b""  # sent whole when the call closes (`_close`)
             head = f'"item_id":"{call_item.id}","output_index":{call_item.index}'
             return utf8(
                 self._event("response.function_call_arguments.delta", f'{head},"delta":{jstr(event.arguments)}')

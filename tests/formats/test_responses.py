@@ -31,6 +31,8 @@ from kaixu.formats.canonical import (
     TextPart,
     ThinkingPart,
     ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
     Usage,
 )
 from kaixu.formats.responses import CODEC, new_response_id
@@ -38,34 +40,37 @@ from kaixu.formats.responses import CODEC, new_response_id
 from .clients import random_chunks, split_events
 from .samples import STREAM_TEXT, STREAM_TOOL_ARGS, STREAMS, THINKING_STREAMS, THINKING_TEXT
 
-#: What Codex CLI 0.171 sends (docs/research: real-clients.md), trimmed.
+#: What Codex CLI 0.171.0 sends (captured from `codex exec`), trimmed: its tools come in an `additional_tools` item,
+#: in namespaces, one of them free-form (`custom`, a grammar).
 CODEX_REQUEST: dict[str, Any] = {
-    "model": "gpt-5-codex",
-    "instructions": "You are Codex.",
+    "model": "gpt-6.2-sol",
+    "stream": True,
     "input": [
+        {"type": "additional_tools", "id": "at_01", "role": "developer", "tools": [
+            {"type": "namespace", "name": "functions", "description": "", "tools": [
+                {"type": "custom", "name": "exec", "description": "Runs code",
+                 "format": {"type": "grammar", "syntax": "lark", "definition": "start: SOURCE"}},
+                {"type": "function", "name": "wait", "description": "Waits", "strict": False,
+                 "parameters": {"type": "object", "properties": {"cell_id": {"type": "string"}}}},
+            ]},
+            {"type": "namespace", "name": "clock", "description": "Time", "tools": [
+                {"type": "function", "name": "sleep", "description": "Sleeps", "strict": False,
+                 "parameters": {"type": "object", "properties": {"duration_ms": {"type": "number"}}}},
+            ]},
+        ]},
         {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "sandbox: read-only"}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]},
     ],
-    "tools": [
-        {
-            "type": "function",
-            "name": "shell",
-            "description": "Runs a shell command",
-            "strict": False,
-            "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}}},
-        }
-    ],
     "tool_choice": "auto",
     "parallel_tool_calls": False,
-    "reasoning": {"effort": "medium", "summary": "auto"},
+    "reasoning": {"effort": "low", "context": "all_turns"},
     "store": False,
-    "stream": True,
     "include": ["reasoning.encrypted_content"],
-    "prompt_cache_key": "0199-session",
+    "prompt_cache_key": "01a2-session",
     "text": {"verbosity": "low"},
-    "client_metadata": {"x-codex-turn": "1"},
-}
-CODEX_DROPPED = ["store", "include", "prompt_cache_key", "client_metadata", "text.verbosity"]
+    "client_metadata": {"turn_id": "01a2", "x-codex-installation-id": "3bab"},
+}  # fmt: skip
+CODEX_DROPPED = ["store", "include", "prompt_cache_key", "client_metadata", "text.verbosity", "reasoning.context"]
 
 
 def read_responses(raw: bytes) -> dict[str, Any]:
@@ -168,10 +173,14 @@ REQ = ChatRequest(model="client-model", stream=True)
 
 def test_codex_request_is_accepted_and_translates_to_every_format() -> None:
     req = CODEC.decode_request(copy.deepcopy(CODEX_REQUEST))
-    assert req.system == "You are Codex.\n\nsandbox: read-only"
+    assert req.system == "sandbox: read-only"
     assert [m.role for m in req.messages] == ["user"] and req.messages[0].text() == "Say hello"
-    assert req.tools[0].name == "shell" and req.tool_choice == "auto" and req.parallel_tool_calls is False
-    assert req.reasoning == Reasoning(mode="on", effort="medium", include_thoughts=True)
+    assert [(t.name, t.custom, t.namespace) for t in req.tools] == [
+        ("exec", True, "functions"), ("wait", False, "functions"), ("sleep", False, "clock"),
+    ]  # fmt: skip
+    assert req.tools[0].parameters["required"] == ["input"] and "start: SOURCE" in json.dumps(req.tools[0].parameters)
+    assert req.tool_choice == "auto" and req.parallel_tool_calls is False
+    assert req.reasoning == Reasoning(mode="on", effort="low", include_thoughts=None)
     for target in FORMATS:
         codec = get_codec(target)
         dropped = codec.dropped_fields(req)
@@ -197,8 +206,51 @@ def test_fields_a_translation_would_lose_meaning_are_refused_by_name(field: str,
     assert field in str(caught.value)
 
 
+def test_codex_tool_calls_come_back_as_codex_reads_them() -> None:
+    """A free-form tool's call is a `custom_tool_call` with its input as text; a namespaced function's call names
+    its namespace: what another format's model called as plain functions."""
+    req = CODEC.decode_request(copy.deepcopy(CODEX_REQUEST))
+    calls = [
+        ToolCall("toolu_1", "exec", '{"input": "console.log(1)"}'),
+        ToolCall("toolu_2", "sleep", '{"duration_ms": 5}'),
+    ]
+    answer = ChatResponse("msg_1", "claude", 1, Message("assistant", [], calls), "tool_calls")
+    output = CODEC.encode_response(answer, req)["output"]
+    assert [(i["type"], i.get("namespace")) for i in output] == [
+        ("custom_tool_call", "functions"),
+        ("function_call", "clock"),
+    ]
+    assert output[0]["input"] == "console.log(1)" and output[1]["arguments"] == '{"duration_ms": 5}'
+    encoder = CODEC.stream_encoder(req)
+    raw = encoder.encode(MessageStart("m", "claude"))
+    for index, call in enumerate(calls):
+        raw += encoder.encode(ToolCallStart(index, call.id, call.name))
+        half = len(call.arguments) // 2
+        raw += encoder.encode(ToolCallDelta(index, call.arguments[:half])) + encoder.encode(
+            ToolCallDelta(index, call.arguments[half:])
+        )
+    raw += encoder.encode(MessageEnd("tool_calls", Usage(5, 5))) + encoder.close()
+    names = [n for n, _ in split_events(raw)]
+    assert "response.custom_tool_call_input.done" in names and names[-1] == "response.completed"
+    final = json.loads(split_events(raw)[-1][1])["response"]["output"]
+    assert final[0]["type"] == "custom_tool_call" and final[0]["input"] == "console.log(1)"
+    with _sdk(raw).responses.stream(model="m", input="x") as stream:
+        items = stream.get_final_response().output
+    assert [item.type for item in items] == ["custom_tool_call", "function_call"]
+    history = {**copy.deepcopy(CODEX_REQUEST), "input": [
+        *CODEX_REQUEST["input"],
+        {"type": "custom_tool_call", "call_id": "c1", "name": "exec", "input": "console.log(1)"},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "1"},
+    ]}  # fmt: skip
+    again = CODEC.decode_request(history)
+    assert again.messages[-2].tool_calls == [ToolCall("c1", "exec", '{"input": "console.log(1)"}')]
+    assert again.messages[-1].role == "tool" and again.messages[-1].text() == "1"
+    for target in FORMATS:
+        get_codec(target).encode_request(again)
+
+
 def test_built_in_tools_are_refused_on_translation_and_kept_for_responses() -> None:
-    body = {**copy.deepcopy(CODEX_REQUEST), "tools": [*CODEX_REQUEST["tools"], {"type": "web_search"}]}
+    body = {**copy.deepcopy(CODEX_REQUEST), "tools": [{"type": "web_search"}]}
     req = CODEC.decode_request(body)
     with pytest.raises(UnsupportedFeature, match="tools"):
         get_codec("anthropic").encode_request(req)
