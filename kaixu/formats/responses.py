@@ -35,6 +35,7 @@ import json
 import secrets
 from typing import Any
 
+from . import openai
 from ._common import (
     JSON,
     SSEStreamDecoder,
@@ -1058,7 +1059,7 @@ class ResponsesCodec:
         return usage_from_responses(raw) if reports_usage(raw, _COUNTERS) else None
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
-        return {"error": {"message": message, "type": type, "param": None, "code": code}}
+        return openai.CODEC.error_body(status, message, type, code)  # OpenAI's one error shape
 
     def decode_error(self, status: int, body: bytes) -> tuple[str, str]:
         return decode_error_body(status, body)

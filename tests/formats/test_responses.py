@@ -37,7 +37,7 @@ from kaixu.formats.canonical import (
 )
 from kaixu.formats.responses import CODEC, new_response_id
 
-from .clients import random_chunks, split_events
+from .clients import decode_stream, random_chunks, split_events, translate_stream
 from .samples import STREAM_TEXT, STREAM_TOOL_ARGS, STREAMS, THINKING_STREAMS, THINKING_TEXT
 
 #: What Codex CLI 0.171.0 sends (captured from `codex exec`), trimmed: its tools come in an `additional_tools` item,
@@ -154,15 +154,7 @@ def read_responses(raw: bytes) -> dict[str, Any]:
 
 
 def translate(provider: str, raw: bytes, req: ChatRequest, seed: int) -> bytes:
-    decoder = get_codec(provider).stream_decoder()
-    encoder = CODEC.stream_encoder(req)
-    out = bytearray()
-    for chunk in random_chunks(raw, random.Random(seed)):
-        for event in decoder.feed(chunk):
-            out += encoder.encode(event)
-    for event in decoder.close():
-        out += encoder.encode(event)
-    return bytes(out + encoder.close())
+    return translate_stream(provider, "responses", random_chunks(raw, random.Random(seed)), req)
 
 
 REQ = ChatRequest(model="client-model", stream=True)
@@ -533,17 +525,9 @@ def _responses_stream(seed: int) -> bytes:
 def test_a_responses_provider_streams_to_every_client(client: str, seed: int) -> None:
     from .clients import READERS
 
-    raw = _responses_stream(seed)
-    decoder = CODEC.stream_decoder()
-    encoder = get_codec(client).stream_encoder(ChatRequest(model="m", stream=True, include_usage=True))
-    out = bytearray()
-    for chunk in random_chunks(raw, random.Random(seed)):
-        for event in decoder.feed(chunk):
-            out += encoder.encode(event)
-    for event in decoder.close():
-        out += encoder.encode(event)
-    out += encoder.close()
-    assert decoder.usage == Usage(19, 10, 4, 0, 2)
+    chunks = random_chunks(_responses_stream(seed), random.Random(seed))
+    out = translate_stream("responses", client, chunks, ChatRequest(model="m", stream=True, include_usage=True))
+    assert decode_stream("responses", chunks)[1].usage == Usage(19, 10, 4, 0, 2)
     if client == "responses":
         result = read_responses(bytes(out))
         assert result["text"] == STREAM_TEXT and result["calls"][0][1:] == ("get_weather", '{"location": "Paris"}')
