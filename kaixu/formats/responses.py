@@ -84,6 +84,7 @@ from .canonical import (
 )
 from .droppable import losses
 from .errors import FormatError, UnsupportedFeature
+from .openai import CODEC as OPENAI_CODEC
 from .sse import SSEParser, utf8
 
 NAME = "responses"
@@ -1059,7 +1060,7 @@ class ResponsesCodec:
         return usage_from_responses(raw) if reports_usage(raw, _COUNTERS) else None
 
     def error_body(self, status: int, message: str, type: str, code: str | None = None) -> JSON:
-        return openai.CODEC.error_body(status, message, type, code)  # OpenAI's one error shape
+        return OPENAI_CODEC.error_body(status, message, type, code)  # OpenAI's one error shape
 
     def decode_error(self, status: int, body: bytes) -> tuple[str, str]:
         return decode_error_body(status, body)
