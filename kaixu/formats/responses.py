@@ -35,7 +35,6 @@ import json
 import secrets
 from typing import Any
 
-from . import openai
 from ._common import (
     JSON,
     SSEStreamDecoder,
