@@ -34,7 +34,7 @@ _SYSTEM_FIELDS = frozenset({"system", "systemInstruction", "system_instruction"}
 #: Keys whose string values are text a human reads; every other string (ids, roles, base64 data, URLs) is not.
 _TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "system", "arguments", "refusal", "thinking"})
 #: Where the answer is in a provider's JSON body, per wire format.
-_ANSWER_FIELDS = {"openai": "choices", "anthropic": "content", "gemini": "candidates"}
+_ANSWER_FIELDS = {"openai": "choices", "anthropic": "content", "gemini": "candidates", "responses": "output"}
 _MAX_DEPTH = 64
 
 # --- the prompt ------------------------------------------------------------------------------------------

@@ -322,3 +322,19 @@ def test_anthropic_and_gemini_doors_to_a_responses_provider(gateway: Kaixu, fake
     answer = gemini.models.generate_content(model="gpt-resp", contents="via gemini")
     assert answer.text == "echo: via gemini"
     upstream(fake, "gpt-resp")
+
+
+def test_anthropic_thinking_comes_back_as_a_reasoning_summary(gateway: Kaixu, fake: FakeProvider) -> None:
+    sdk = client(gateway)
+    with sdk.responses.stream(
+        model="claude-test", input="think about it", reasoning={"effort": "low", "summary": "auto"}
+    ) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.reasoning_summary_text.delta")
+        final = stream.get_final_response()
+    sent = json.loads(upstream(fake, "claude-test").body)
+    assert sent["thinking"]["type"] == "enabled"
+    reasoning = [item for item in final.output if item.type == "reasoning"]
+    assert len(reasoning) == 1 and reasoning[0].summary[0].text == deltas == "considering: think about it"
+    assert final.output_text == "echo: think about it"
+    hidden = sdk.responses.create(model="claude-test", input="think quietly", reasoning={"effort": "low"})
+    assert [item.type for item in hidden.output] == ["message"]  # no summary asked for: none shown
