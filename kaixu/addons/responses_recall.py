@@ -77,6 +77,7 @@ class ResponsesRecall:
             body = {k: v for k, v in call.body.items() if k != "previous_response_id"}
             body["input"] = responses.history(turns) + own
             call.body = body
+            call.decoded, call.input_tokens = None, None  # what was read of the body before is read again
             # the router forwards these bytes when nothing else changes, and re-reads `call.body` when it translates
             flow.request.content = json.dumps(body, separators=(",", ":")).encode()
         if call.body.get("store") is not False:

@@ -10,8 +10,8 @@ from kaixu.config.policy import StoreConfig
 from kaixu.store import postgres
 from kaixu.store.keys import AsyncKeyStore, InThread, SqliteKeyStore
 from kaixu.store.queries import LedgerQueries, SqliteLedgerQueries
-from kaixu.store.seats import PostgresSeatStore, SeatStore, SqliteSeatStore
 from kaixu.store.responses import Kept, MemoryResponseStore, PostgresResponseStore, ResponseStore, SqliteResponseStore
+from kaixu.store.seats import PostgresSeatStore, SeatStore, SqliteSeatStore
 
 
 def key_store(store: StoreConfig, *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
@@ -82,9 +82,7 @@ class Stores:
     @classmethod
     def build(cls, config: StoreConfig) -> Stores:
         """Cheap and without I/O: connections open on first use (a PostgreSQL pool, a SQLite file)."""
-        return cls(
-            config, key_store(config), ledger_queries(config), seat_store(config), Kept(response_store(config))
-        )
+        return cls(config, key_store(config), ledger_queries(config), seat_store(config), Kept(response_store(config)))
 
     async def close(self) -> None:
         if self.keys is not None:
