@@ -114,8 +114,13 @@ CASES = (
     Case("gemini tool turn (read_file)", "gemini", "fake-gemini", None, tool=True),
     Case("codex default model, mock", "codex", "mock", None),
     Case("codex, translated to Anthropic", "codex", "fake-anthropic", None),
+    Case("codex, translated to Gemini", "codex", "fake-gemini", None),
+    Case("codex, translated to OpenAI chat completions", "codex", "fake-openai", None),
+    Case(
+        "codex tool turn (exec, a free-form tool), translated to Anthropic", "codex", "fake-anthropic", None, tool=True
+    ),
 )
-TOOL_NAMES = {"claude": "Read", "gemini": "read_file"}
+TOOL_NAMES = {"claude": "Read", "gemini": "read_file", "codex": "exec"}
 FRONTS = {"claude": "Anthropic", "gemini": "Gemini", "codex": "OpenAI Responses"}
 
 
@@ -376,7 +381,10 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
     note = workspace / "note.txt"
     note.write_text(secret + "\n")
     if case.tool:
-        marker = f"<<call {TOOL_NAMES[case.client]} {json.dumps({'file_path': str(note)})}>>"
+        args = {"file_path": str(note)}
+        if case.client == "codex":  # its exec tool runs JavaScript (no console, no fs), given as free-form text
+            args = {"input": f"text(await tools.exec_command({{cmd: {json.dumps('cat ' + str(note))}}}))"}
+        marker = f"<<call {TOOL_NAMES[case.client]} {json.dumps(args)}>>"
         prompt = f"Read the file {note} and tell me what it says. {marker}"
     else:
         prompt = "Say hello"
