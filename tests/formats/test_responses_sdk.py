@@ -274,6 +274,8 @@ def test_stored_responses_are_read_back_and_deleted_by_their_key_only(gateway: K
     sdk.responses.delete(made.id)
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(made.id)
+    anonymous = httpx.get(f"{gateway.url}/v1/responses/{made.id}")
+    assert anonymous.status_code == 401 and "error" in anonymous.json()
     unstored = sdk.responses.create(model="claude-test", input="forget me", store=False)
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(unstored.id)
