@@ -14,7 +14,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any
 
-from .canonical import ChatRequest, RawPart, StreamError, StreamEvent, Usage
+from .canonical import ChatRequest, ImagePart, Part, RawPart, StreamError, StreamEvent, TextPart, Usage
 from .errors import FormatError, UnsupportedFeature
 from .sse import SSEParser
 
@@ -157,6 +157,25 @@ def parse_data_url(url: str) -> tuple[str | None, str] | None:
         return None
     media_type = header[5:-7] or None
     return media_type, data
+
+
+def image_at(url: str, detail: str | None = None) -> ImagePart:
+    """An image by URL as OpenAI's formats give it: a ``data:`` URL becomes inline data, any other stays a URL."""
+    inline = parse_data_url(url)
+    if inline is not None:
+        return ImagePart(data=inline[1], media_type=inline[0], detail=detail)
+    return ImagePart(url=url, detail=detail)
+
+
+def content_parts(content: Any, path: str, part: Callable[[Any, str], Part]) -> list[Part]:
+    """OpenAI's formats' message content: absent, a string (one text part) or an array of parts (``part``)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(content)]
+    if isinstance(content, list):
+        return [part(p, f"{path}[{j}]") for j, p in enumerate(content)]
+    raise FormatError(path, "must be a string or an array of content parts")
 
 
 def data_url(media_type: str | None, data: str) -> str:

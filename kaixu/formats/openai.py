@@ -37,11 +37,13 @@ from typing import Any
 from ._common import (
     JSON,
     SSEStreamDecoder,
+    content_parts,
     data_url,
     decode_error_body,
     dumps,
     expect_dict,
     expect_list,
+    image_at,
     jstr,
     merge_extra,
     new_id,
@@ -50,7 +52,6 @@ from ._common import (
     opt_int,
     opt_num,
     opt_str,
-    parse_data_url,
     raw_part,
     reports_usage,
     req_str,
@@ -183,10 +184,7 @@ def _decode_part(part: Any, path: str) -> Part:
         image = expect_dict(image, f"{path}.image_url")
         url = req_str(image, "url", f"{path}.image_url")
         detail = opt_str(image, "detail", f"{path}.image_url")
-        inline = parse_data_url(url)
-        if inline is not None:
-            return ImagePart(data=inline[1], media_type=inline[0], detail=detail)
-        return ImagePart(url=url, detail=detail)
+        return image_at(url, detail)
     if ptype == "refusal":
         return TextPart(req_str(part, "refusal", path))
     if ptype in _OPAQUE_PART_TYPES:
@@ -195,13 +193,7 @@ def _decode_part(part: Any, path: str) -> Part:
 
 
 def _decode_content(content: Any, path: str) -> list[Part]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [TextPart(content)]
-    if isinstance(content, list):
-        return [_decode_part(p, f"{path}[{j}]") for j, p in enumerate(content)]
-    raise FormatError(path, "must be a string or an array of content parts")
+    return content_parts(content, path, _decode_part)
 
 
 def _reasoning_text(msg: JSON) -> str | None:

@@ -38,18 +38,19 @@ from typing import Any
 from ._common import (
     JSON,
     SSEStreamDecoder,
+    content_parts,
     data_url,
     decode_error_body,
     dumps,
     expect_dict,
     expect_list,
+    image_at,
     jstr,
     now,
     opt_bool,
     opt_int,
     opt_num,
     opt_str,
-    parse_data_url,
     raw_part,
     reports_usage,
     req_str,
@@ -172,23 +173,14 @@ def _decode_part(part: Any, path: str) -> Part:
             if part.get("file_id") is not None:
                 return RawPart(NAME, part)  # an OpenAI file: only OpenAI can read it
             raise FormatError(f"{path}.image_url", "is required")
-        inline = parse_data_url(url)
-        if inline is not None:
-            return ImagePart(data=inline[1], media_type=inline[0], detail=detail)
-        return ImagePart(url=url, detail=detail)
+        return image_at(url, detail)
     if ptype in _OPAQUE_PART_TYPES:
         return RawPart(NAME, part)
     raise FormatError(f"{path}.type", f"unknown content part type {ptype!r}")
 
 
 def _decode_content(content: Any, path: str) -> list[Part]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [TextPart(content)]
-    if isinstance(content, list):
-        return [_decode_part(p, f"{path}[{j}]") for j, p in enumerate(content)]
-    raise FormatError(path, "must be a string or an array of content parts")
+    return content_parts(content, path, _decode_part)
 
 
 def _summary_text(item: JSON, path: str) -> str:
