@@ -43,7 +43,16 @@ class ResponsesRecall:
         previous = call.body.get("previous_response_id")
         if previous is None and call.body.get("store") is False:
             return None  # nothing to continue, nothing to keep (Codex CLI)
+        if self._provider_keeps(call):
+            return None  # OpenAI itself continues its own responses (`keeps_responses`)
         return self._recall(flow, call, previous)
+
+    @staticmethod
+    def _provider_keeps(call: Call) -> bool:
+        """Every deployment of the model is a Responses provider that keeps its own responses."""
+        route = call.policy.resolve_model(call.model) if call.model else None
+        providers = call.policy.providers
+        return route is not None and all(providers[t.provider].keeps_responses for t in route.targets)
 
     def _kept(self, flow: http.HTTPFlow, call: Call) -> Kept | None:
         stores = self.gateway.stores

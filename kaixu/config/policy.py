@@ -43,6 +43,9 @@ class ProviderConfig:
     queue_size: int = 50
     supports_tools: bool = True
     """False: a request with tools never goes here (the Intelligent AI Gateway's `supportsTools`)."""
+    keeps_responses: bool = False
+    """A Responses API provider (OpenAI itself) that keeps its own responses: a `previous_response_id` is
+    forwarded to it, not expanded from kaixu's store (kaixu/addons/responses_recall.py)."""
 
     @property
     def has_key(self) -> bool:
@@ -720,6 +723,7 @@ def build_policy(
             max_concurrent=spec.get("max_concurrent"),
             queue_size=int(spec.get("queue_size", 50)),
             supports_tools=bool(spec.get("supports_tools", True)),
+            keeps_responses=bool(spec.get("keeps_responses", False)),
         )
 
     models: dict[str, ModelRoute] = {}

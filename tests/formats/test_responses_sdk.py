@@ -51,6 +51,8 @@ def gateway(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "api_key": UPSTREAM_KEYS["openai"],
     }
     policy["models"]["gpt-resp"] = {"route": [{"provider": "oair", "model": "gpt-4o-mini"}]}
+    policy["providers"]["openai-itself"] = {**policy["providers"]["oair"], "keeps_responses": True}
+    policy["models"]["gpt-keeps"] = {"route": [{"provider": "openai-itself", "model": "gpt-4o-mini"}]}
     kaixu = Kaixu(tmp_path_factory.mktemp("responses"), policy).start()
     yield kaixu
     kaixu.stop()
@@ -340,3 +342,15 @@ def test_anthropic_thinking_comes_back_as_a_reasoning_summary(gateway: Kaixu, fa
     assert final.output_text == "echo: think about it"
     hidden = sdk.responses.create(model="claude-test", input="think quietly", reasoning={"effort": "low"})
     assert [item.type for item in hidden.output] == ["message"]  # no summary asked for: none shown
+
+
+def test_a_provider_that_keeps_its_responses_gets_previous_response_id(gateway: Kaixu, fake: FakeProvider) -> None:
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    body = {"model": "gpt-keeps", "input": "and then?", "previous_response_id": "resp_made_at_openai"}
+    answer = httpx.post(gateway.url + "/v1/responses", headers=headers, json=body)
+    assert answer.status_code == 400 and "resp_made_at_openai" in answer.json()["error"]["message"]  # the provider's
+    sent = json.loads(fake.requests[-1].body)
+    assert sent["previous_response_id"] == "resp_made_at_openai" and sent["input"] == "and then?"
+    made = client(gateway).responses.create(model="gpt-keeps", input="not kept by kaixu")
+    with pytest.raises(openai.NotFoundError):
+        client(gateway).responses.retrieve(made.id)
