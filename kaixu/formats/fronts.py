@@ -65,17 +65,9 @@ def encode_response(
 
 
 def stream_encoder(
-    front: str,
-    request: ChatRequest,
-    context: SeedContext | None,
-    *,
-    json_array: bool = False,
-    response_id: str | None = None,
+    front: str, request: ChatRequest, context: SeedContext | None, *, json_array: bool = False
 ) -> StreamEncoder:
-    """``json_array``: Gemini's framing without ``alt=sse`` (the only front door that has two). ``response_id``:
-    the id a Responses stream announces (the one kaixu stores it under), else a new one."""
-    if front == responses.NAME:
-        return responses.CODEC.stream_encoder(request, response_id)
+    """``json_array``: Gemini's framing without ``alt=sse`` (the only front door that has two)."""
     if front in SEED_CODECS:
         return SEED_CODECS[front].stream_encoder(request, context=context)
     if json_array and front == "gemini":

@@ -830,12 +830,12 @@ class ResponsesStreamEncoder:
         "_usage",
     )
 
-    def __init__(self, req: ChatRequest, response_id: str | None = None) -> None:
+    def __init__(self, req: ChatRequest) -> None:
         self._req = req
         self._tools = _tools_by_name(req)
         self._thinking = req.shows_thinking()
         self._model = req.model
-        self._id = response_id or new_response_id()
+        self._id = new_response_id()
         self._created = now()
         self._seq = 0
         self._started = False
@@ -1043,8 +1043,8 @@ class ResponsesCodec:
     def stream_decoder(self) -> ResponsesStreamDecoder:
         return ResponsesStreamDecoder()
 
-    def stream_encoder(self, req: ChatRequest, response_id: str | None = None) -> ResponsesStreamEncoder:
-        return ResponsesStreamEncoder(req, response_id)
+    def stream_encoder(self, req: ChatRequest) -> ResponsesStreamEncoder:
+        return ResponsesStreamEncoder(req)
 
     def usage_from_response(self, body: JSON) -> Usage | None:
         raw = body.get("usage") if isinstance(body, dict) else None
