@@ -856,7 +856,7 @@ def _seats_scope(args: argparse.Namespace) -> str | None:
 
 
 def cmd_seats_list(args: argparse.Namespace) -> int:
-    from kaixu.store.queries import iso
+    from kaixu.store.seats import seat_json
 
     async def read(store: Any, where: str) -> list[Any]:
         return list(await store.seats(_seats_scope(args)))
@@ -867,8 +867,7 @@ def cmd_seats_list(args: argparse.Namespace) -> int:
         return _fail(f"kaixu: cannot read the seats: {exc}")
     if seats is None:
         return 1
-    shown = [{"scope": s.scope, "install_id": s.install_id, "first_seen": iso(s.first_seen),
-              "last_seen": iso(s.last_seen), "revoked": iso(s.revoked), "state": s.state} for s in seats]  # fmt: skip
+    shown = [seat_json(s) for s in seats]
     if args.json:
         print(json.dumps(shown, indent=2))
         return 0
