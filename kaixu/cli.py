@@ -14,8 +14,8 @@ import re
 import secrets
 import shlex
 import sys
-from pathlib import Path
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from kaixu import __version__
@@ -81,8 +81,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         return _fail(f"kaixu: {target} exists already: keep it, or overwrite it with kaixu init --force")
     target.write_bytes(DEMO_POLICY.read_bytes())
     print(f"kaixu: wrote the demo policy to {target}: the mock provider (no API keys), the demo key sk-kaixu-demo,")
-    print("  the web console at /ui (sign in with the admin key sk-kaixu-admin-demo: replace it before you expose kaixu)")
-    print(f"  start it with: kaixu run {shlex.quote(str(target))}" if str(target) != DEFAULT_POLICY else "  start it with: kaixu run")
+    print(
+        "  the web console at /ui (sign in with the admin key sk-kaixu-admin-demo: replace it before you expose kaixu)"
+    )
+    print(
+        f"  start it with: kaixu run {shlex.quote(str(target))}"
+        if str(target) != DEFAULT_POLICY
+        else "  start it with: kaixu run"
+    )
     return 0
 
 

@@ -182,7 +182,6 @@ def test_create_a_key_and_use_it_in_the_playground(page: Page, gateway: Kaixu, s
     row = page.get_by_role("table", name="Store keys").get_by_role("row").filter(has_text="console-made")
     expect(row).to_contain_text("2.500000 USD / month")
     expect(row).to_contain_text("active")
-    page.screenshot(path=shots / "keys.png", full_page=True)
     models = gateway.url + "/v1/models"  # a running kaixu reads the store's new keys within a second
     wait_for(lambda: httpx.get(models, headers={"authorization": f"Bearer {key}"}).status_code == 200, 5, "the new key")
     chat(page, key, "fast", "From the new key")
@@ -193,6 +192,7 @@ def test_create_a_key_and_use_it_in_the_playground(page: Page, gateway: Kaixu, s
     expect(row).to_contain_text("revoked")
     installs = page.get_by_role("table", name="Installs").get_by_role("row").filter(has_text="key:console-made")
     expect(installs).to_contain_text("kaixu-console-")  # the playground's install took one of its seats
+    page.screenshot(path=shots / "keys.png", full_page=True)
 
 
 def test_a_request_appears_live_and_its_page_shows_attempts_and_verdicts(
