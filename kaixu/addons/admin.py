@@ -186,15 +186,17 @@ class Admin:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         path = flow.request.path.partition("?")[0]
-        if flow.response is not None:
+        if not path.startswith((PREFIX, CONSOLE_PREFIX)) or flow.response is not None:
             return None
         call = get_call(flow)
-        if path.startswith(CONSOLE_PREFIX) and call is not None and call.policy.ui.enabled:
-            path = path[len("/ui") :]
-        elif not path.startswith(PREFIX):
+        if call is None:
             return None
+        if path.startswith(CONSOLE_PREFIX):
+            if not call.policy.ui.enabled:
+                return None  # the console is off: the 404 of any unknown path
+            path = path[len("/ui") :]
         endpoint = self._endpoint(path)
-        if endpoint is None or call is None:
+        if endpoint is None:
             return None
         call.operation = "local"
         methods = _METHODS.get(endpoint[0], ("GET",))
