@@ -52,12 +52,11 @@ def models_json(policy: Policy, gateway: Gateway) -> dict[str, Any]:
             "fallbacks": list(route.fallbacks),
             "retries": route.retries.attempts,
         })  # fmt: skip
-    executor = gateway.executor
     return {
         "default_model": policy.default_model,
         "models": models,
         "providers": [{"name": n, "kind": p.kind, "key_configured": p.has_key} for n, p in policy.providers.items()],
-        "queues": executor.pools.status() if executor is not None else {},
+        "queues": gateway.reliability.executor.pools.status(),
         "breaker": {"failures": policy.routing.breaker_failures, "window_s": policy.routing.window_s,
                     "cooldown_s": policy.routing.cooldown_s},
     }  # fmt: skip

@@ -64,7 +64,7 @@ from kaixu.store.queries import (
     record_json,
     scope_json,
 )
-from kaixu.store.seats import seat_json, seat_store
+from kaixu.store.seats import seat_json
 from kaixu.store.stores import Stores
 
 log = logging.getLogger("kaixu.admin")
@@ -381,10 +381,10 @@ class Admin:
 
     async def seats(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
         """The installs each key or customer with `seats: N` was used from (`kaixu seats list`)."""
-        store = seat_store(call.policy.store)
+        store = self._stores().seats
         if store is None:
-            raise _Refused(503, "the policy keeps no seat store (store.sqlite is :memory:, or PostgreSQL is not "
-                           "open yet)", "api_error", "seat_store_unavailable")  # fmt: skip
+            raise _Refused(503, "the policy keeps no seat store (store.sqlite is :memory:)", "api_error",
+                           "seat_store_unavailable")  # fmt: skip
         try:
             seats = await self._in_store(call, store.seats)
         except FileNotFoundError:

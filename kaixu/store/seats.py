@@ -19,13 +19,10 @@ import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from kaixu.store.connect import WAL, open_sqlite
 from kaixu.store.queries import iso
-
-if TYPE_CHECKING:
-    from kaixu.config.policy import StoreConfig
 
 Claim = Literal["admitted", "full", "revoked"]
 """What claiming a seat gave: the install holds a seat (new or known), every seat is taken, or it was revoked."""
@@ -338,17 +335,6 @@ class PostgresSeatStore:
                 scope, install_id, now,
             )  # fmt: skip
             return False
-
-
-def seat_store(config: StoreConfig) -> SeatStore | None:
-    """A reader of the seats `store:` keeps, for the admin API's `/api/seats`: the SQLite file, or PostgreSQL once
-    its pool is open (None: `:memory:`, or the pool is not open yet)."""
-    if config.postgres is not None:
-        from kaixu.store import postgres
-
-        pool = postgres.pool_for(config.postgres)
-        return None if pool is None else PostgresSeatStore(pool)
-    return None if config.sqlite == ":memory:" else SqliteSeatStore(config.sqlite)
 
 
 def seat_json(seat: Seat) -> dict[str, Any]:

@@ -312,16 +312,32 @@ def test_a_state_changing_call_without_the_csrf_token_is_refused(gateway: Kaixu)
     assert without_cookie_path.status_code == 401  # /api/ itself still takes only admin keys
 
 
+def reload(gateway: Kaixu, policy: dict[str, Any]) -> None:
+    generation = gateway.health()["policy"]["generation"]
+    gateway.write_policy(policy)
+    wait_for(lambda: gateway.health()["policy"]["generation"] > generation, 10, "the reload")
+
+
+def test_a_session_ends_when_a_reload_removes_its_admin_key(gateway: Kaixu) -> None:
+    client, _ = session_client(gateway)
+    try:
+        assert client.get("/ui/api/policy").status_code == 200
+        other = console_policy()
+        other["admin_keys"] = [{"name": "someone-else", "hash": key_hash("sk-admin-other")}]
+        reload(gateway, other)
+        assert client.get("/ui/api/policy").status_code == 401
+        reload(gateway, console_policy())
+        assert client.get("/ui/api/policy").status_code == 401  # ended, not suspended
+    finally:
+        client.close()
+
+
 def test_with_the_ui_off_ui_is_a_404(gateway: Kaixu) -> None:
     """Last: the policy is reloaded with the console off (and turned on again)."""
-    generation = gateway.health()["policy"]["generation"]
-    gateway.write_policy(console_policy(enabled=False))
-    wait_for(lambda: gateway.health()["policy"]["generation"] > generation, 10, "the reload")
+    reload(gateway, console_policy(enabled=False))
     try:
         for path in ("/ui", "/ui/", "/ui/static/app.js", "/ui/api/costs"):
             assert httpx.get(gateway.url + path).status_code == 404, path
         assert httpx.post(gateway.url + "/ui/session", json={"key": ADMIN_KEY}).status_code == 404
     finally:
-        generation = gateway.health()["policy"]["generation"]
-        gateway.write_policy(console_policy())
-        wait_for(lambda: gateway.health()["policy"]["generation"] > generation, 10, "the reload")
+        reload(gateway, console_policy())
