@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 ADMIN_KEY = "sk-admin-console-test"
 CLIENT_KEY = "sk-console-client"
 BROKE_KEY = "sk-console-broke"
+SLOW_KEY = "sk-console-slow"
 PEPPER = "console-test-pepper-0123456789"
 VIEWPORT = {"width": 1280, "height": 800}
 UNLABELLED = """() => [...document.querySelectorAll('#main input, #main select, #main textarea')]
@@ -34,11 +35,15 @@ def console_policy(*, enabled: bool = True) -> dict[str, Any]:
         "version": 1,
         "listen": [{"host": "127.0.0.1", "port": 0}],
         "store": {"sqlite": "kaixu.db"},
-        "providers": {"mock": {"kind": "mock"}},
+        "providers": {
+            "mock": {"kind": "mock"},
+            "offline": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-not-real"},
+        },
         "models": {
             "gpt-4o-mini": {"route": [{"provider": "mock"}]},
             "claude-3-5-haiku-latest": {"route": [{"provider": "mock"}]},
             "fast": {"route": [{"provider": "mock", "model": "mock-fast"}]},
+            "resilient": {"route": [{"provider": "offline"}], "fallbacks": ["gpt-4o-mini"]},
         },
         "keys": [
             {
@@ -49,6 +54,7 @@ def console_policy(*, enabled: bool = True) -> dict[str, Any]:
                 "limits": {"rpm": 1000},
             },
             {"name": "broke", "hash": key_hash(BROKE_KEY), "budget": {"usd": 0.000001, "period": "total"}},
+            {"name": "slow", "hash": key_hash(SLOW_KEY), "limits": {"rpm": 1}},
         ],
         "teams": {"growth": {"limits": {"rpm": 1000}}},
         "admin_keys": [{"name": "ops", "hash": key_hash(ADMIN_KEY)}],
@@ -161,11 +167,19 @@ def test_sign_in_and_stream_a_chat_with_its_cost(page: Page, shots: Path) -> Non
     page.screenshot(path=shots / "playground.png")
 
 
-def test_a_spent_budget_is_said_in_plain_words(page: Page) -> None:
+def test_a_spent_budget_and_a_rate_limit_are_said_in_plain_words(page: Page) -> None:
     signed_in(page)
     chat(page, BROKE_KEY, "gpt-4o-mini", "Anything")
     expect(page.locator(".msg.failed").last).to_contain_text("budget for this key")
     expect(page.locator(".msg.failed .meta").last).to_have_text("HTTP 402")
+    chat(page, SLOW_KEY, "gpt-4o-mini", "One")  # 1 request per minute: the second is refused
+    expect(page.locator(".msg.assistant .meta").last).to_contain_text("cost $")
+    page.get_by_label("Message", exact=True).fill("Two")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator(".msg.failed").last).to_contain_text(
+        re.compile(r"Too many requests: a rate limit was reached\. Try again in \d+ s")
+    )
+    expect(page.locator(".msg.failed .meta").last).to_have_text("HTTP 429")
 
 
 def test_create_a_key_and_use_it_in_the_playground(page: Page, gateway: Kaixu, shots: Path) -> None:
@@ -224,6 +238,25 @@ def test_a_request_appears_live_and_its_page_shows_attempts_and_verdicts(
     expect(page.locator("#request-cost")).to_contain_text("USD")
     expect(page.locator("pre").first).to_contain_text("live one")  # ledger.content keeps the prompt here
     page.screenshot(path=shots / "request.png", full_page=True)
+
+
+def test_a_fallback_shows_every_attempt(page: Page, gateway: Kaixu) -> None:
+    body = {"model": "resilient", "messages": [{"role": "user", "content": "fall back"}]}
+    made = httpx.post(
+        gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"}, json=body
+    )
+    assert made.status_code == 200 and made.headers["x-kaixu-degraded"] == "true"
+    request_id = made.headers["x-kaixu-request-id"]
+    signed_in(page)
+    wait_for(lambda: page.request.get(f"/ui/api/requests/{request_id}").status == 200, 10, "the ledger record")
+    page.goto(f"/ui#request/{request_id}")
+    attempts = page.get_by_role("table", name="Attempts").get_by_role("row")
+    expect(attempts).to_have_count(3)  # the header, then the dead provider and the fallback that answered
+    expect(attempts.nth(1)).to_contain_text("offline / resilient")
+    expect(attempts.nth(1)).to_contain_text("502")
+    expect(attempts.nth(2)).to_contain_text("mock / gpt-4o-mini")
+    expect(attempts.nth(2)).to_contain_text("200")
+    expect(page.get_by_text("(a fallback served it)")).to_be_visible()
 
 
 def test_spend_shows_a_chart_with_data_and_the_budgets(page: Page, gateway: Kaixu, shots: Path) -> None:
