@@ -813,6 +813,8 @@ def build_policy(
         warnings.append(
             (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")
         )
+    if ui.get("enabled", False) and not data.get("admin_keys"):
+        warnings.append((("ui", "enabled"), "the console is on but admin_keys is empty: nobody can sign in"))
     warnings.extend(unenforced_fields(data))
 
     price_table = pricing.table(prices)
