@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 
@@ -28,6 +29,11 @@ MAX_SESSIONS = 1000
 """Live sessions kept at once; beyond it the one that expires first is dropped (a sign-in flood cannot grow
 the process)."""
 SAFE_METHODS = ("GET", "HEAD")
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 60.0
+"""A client address with this many refused sign-ins within the window is refused (429) until the oldest ages out:
+guessing an admin key through the console costs a minute per ten tries."""
+_MAX_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,8 @@ class Sessions:
     """The live console sessions of this process, by id."""
 
     live: dict[str, Session] = field(default_factory=dict)
+    failures: dict[str, deque[float]] = field(default_factory=dict)
+    """Recent refused sign-ins (monotonic times) by client address."""
 
     def create(self, admin: str, seconds: float) -> Session:
         now = time.time()
@@ -60,6 +68,23 @@ class Sessions:
         session = Session(secrets.token_urlsafe(32), admin, now + seconds, secrets.token_urlsafe(32))
         self.live[session.id] = session
         return session
+
+    def wait_s(self, address: str) -> float:
+        """Seconds before this address may try to sign in again (0: now)."""
+        now = time.monotonic()
+        recent = self.failures.get(address)
+        while recent and now - recent[0] >= FAILURE_WINDOW_S:
+            recent.popleft()
+        if not recent:
+            self.failures.pop(address, None)
+            return 0.0
+        return FAILURE_WINDOW_S - (now - recent[0]) if len(recent) >= MAX_FAILURES else 0.0
+
+    def failed(self, address: str) -> None:
+        """A refused sign-in from this address (the table is bounded: the oldest address is forgotten first)."""
+        if address not in self.failures and len(self.failures) >= _MAX_ADDRESSES:
+            del self.failures[next(iter(self.failures))]
+        self.failures.setdefault(address, deque(maxlen=MAX_FAILURES)).append(time.monotonic())
 
     def end(self, session: Session) -> None:
         self.live.pop(session.id, None)

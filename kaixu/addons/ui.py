@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -101,7 +102,8 @@ class Ui:
             return
         if flow.request.path.partition("?")[0] != SESSION_PATH or not call.policy.ui.enabled:
             return
-        flow.response = self._sign_in(call, flow.request)
+        peer = flow.client_conn.peername
+        flow.response = self._sign_in(call, flow.request, str(peer[0]) if peer else "")
         add_headers(flow.response, SECURITY_HEADERS)
 
     def _asset(self, call: Call, name: str) -> http.Response:
@@ -112,8 +114,14 @@ class Ui:
         cache = "no-cache" if name == "index.html" else "max-age=300"
         return http.Response.make(200, content, {"content-type": kind, "cache-control": cache})
 
-    def _sign_in(self, call: Call, request: http.Request) -> http.Response:
-        """The admin key for a session: JSON only (a cross-site form cannot send it without a CORS preflight)."""
+    def _sign_in(self, call: Call, request: http.Request, address: str) -> http.Response:
+        """The admin key for a session: JSON only (a cross-site form cannot send it without a CORS preflight);
+        an address with too many refused sign-ins is refused for a while (`Sessions.wait_s`)."""
+        wait = self.gateway.sessions.wait_s(address)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            return error_response(call, 429, f"too many refused sign-ins from this address: retry in {retry} s",
+                                  "rate_limit_error", "too_many_sign_ins", {"retry-after": retry})  # fmt: skip
         if not request.headers.get("content-type", "").startswith("application/json"):
             return error_response(call, 415, "sign in with a JSON body {\"key\": ...}", "invalid_request_error",
                                   "unsupported_media_type")  # fmt: skip
@@ -130,6 +138,7 @@ class Ui:
                                   "invalid_request_error", "invalid_parameter")  # fmt: skip
         admin = call.policy.admin_keys.get(key_hash(key))
         if admin is None:
+            self.gateway.sessions.failed(address)
             log.warning("request %s: console: a sign-in with a key that is not an admin key", call.request_id)
             reason = "" if call.policy.admin_keys else " (the policy has no admin_keys)"
             return error_response(call, 401, f"that is not an admin key of this gateway{reason}",

@@ -374,3 +374,15 @@ def test_with_the_ui_off_ui_is_a_404(gateway: Kaixu) -> None:
         assert httpx.post(gateway.url + "/ui/session", json={"key": ADMIN_KEY}).status_code == 404
     finally:
         reload(gateway, console_policy())
+
+
+def test_guessing_the_admin_key_is_slowed_down(gateway: Kaixu) -> None:
+    """Last of all: this address cannot sign in for a minute afterwards."""
+    refused = 0
+    while (answer := httpx.post(gateway.url + "/ui/session", json={"key": f"sk-guess-{refused}"})).status_code == 401:
+        refused += 1
+        assert refused <= 10, "more than 10 refused sign-ins in a minute from one address"
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+    right = httpx.post(gateway.url + "/ui/session", json={"key": ADMIN_KEY})
+    assert right.status_code == 429 and "set-cookie" not in right.headers  # no more tries, even the right one
+    assert httpx.get(gateway.url + "/api/costs", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
