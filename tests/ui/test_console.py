@@ -13,12 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # pinned in pyproject's test extras
 
 from tests.harness import Kaixu, key_hash, wait_for
 from tests.ui.browser import ensure_chromium
-
-pytest.importorskip("playwright")  # pinned in the test extras: missing only outside `make`
-from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 ADMIN_KEY = "sk-admin-console-test"
 CLIENT_KEY = "sk-console-client"
