@@ -167,6 +167,12 @@ def _supervise(args: argparse.Namespace, policy: Policy) -> int:
     except ValueError:
         return _fail(f"kaixu: --workers: expected a number from 1 or auto, got {args.workers!r}")
     listener = _configure_logging(args.log_level, args.access_log, "supervisor")
+    if policy.ui.enabled and count > 1:
+        logging.getLogger("kaixu").warning(
+            "ui.enabled with --workers %d: console sessions live in the worker that signed in, and the kernel hands a "
+            "browser's connections to any worker: the console will ask to sign in again (docs/console.md)",
+            count,
+        )
     try:
         worker_args = [args.policy, "--reload-ms", str(args.reload_ms), "--log-level", args.log_level]
         if args.access_log:
