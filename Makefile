@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kaixu run proxy.yaml --access-log --hint-key sk-kaixu-demo
+	$(BIN)/kaixu run proxy.yaml --access-log --hint-key sk-kaixu-demo --hint-admin-key sk-kaixu-admin-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check kaixu tests bench

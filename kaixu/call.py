@@ -308,6 +308,8 @@ class Call:
     """Usage and cost (kaixu/pricing)."""
     governance: Governance = field(default_factory=Governance)
     """Holds on the budget and rate-limit counters, and what the rate-limit headers show (kaixu/limits)."""
+    verdicts: list[dict[str, str]] = field(default_factory=list)
+    """What each governing step decided about this request, in order (`verdict`): the ledger's `verdicts`."""
     timed_out: bool = False
     backend: str | None = None
     """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""
@@ -332,6 +334,11 @@ class Call:
     """A kaixu step raised: the caller got a JSON 500 (kaixu/chain.py)."""
     client_disconnected: bool = False
     """The client went away before its answer was complete (recorded as 499)."""
+
+    def verdict(self, step: str, name: str, outcome: str, detail: str = "") -> None:
+        """Note what a step decided (`step`: policy, rate limit, budget...; `name`: the rule or level; `outcome`:
+        allowed, counted, reserved, clamped, refused, shadow), for the ledger and the console's request page."""
+        self.verdicts.append({"step": step, "name": name, "outcome": outcome, "detail": detail[:300]})
 
     @property
     def served(self) -> Attempt | None:

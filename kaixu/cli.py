@@ -15,6 +15,7 @@ import secrets
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from kaixu import __version__
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from kaixu.workers import Worker
 
 DEFAULT_POLICY = "proxy.yaml"
+DEMO_POLICY = Path(__file__).resolve().parent / "demo" / "proxy.yaml"
+"""The demo policy `kaixu init` writes: the repository's own proxy.yaml, shipped in the package."""
 
 
 def _print_problems(error: PolicyError) -> None:
@@ -70,7 +73,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """`kaixu init`: the demo policy (the mock provider, the demo key, the console on) written where kaixu run looks
+    for it, so a newcomer with only the wheel has a gateway to start. Never overwrites without --force."""
+    target = Path(args.policy)
+    if target.exists() and not args.force:
+        return _fail(f"kaixu: {target} exists already: keep it, or overwrite it with kaixu init --force")
+    target.write_bytes(DEMO_POLICY.read_bytes())
+    print(f"kaixu: wrote the demo policy to {target}: the mock provider (no API keys), the demo key sk-kaixu-demo,")
+    print(
+        "  the web console at /ui (sign in with the admin key sk-kaixu-admin-demo: replace it before you expose kaixu)"
+    )
+    print(
+        f"  start it with: kaixu run {shlex.quote(str(target))}"
+        if str(target) != DEFAULT_POLICY
+        else "  start it with: kaixu run"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not Path(args.policy).exists():
+        return _fail(f"kaixu: no policy file at {args.policy}: write the demo policy there with `kaixu init`, or name "
+                     "your policy file: kaixu run PATH (docs/policy.md)")  # fmt: skip
     policy = _load_or_report(args.policy)
     if policy is None:
         return _fail("kaixu: not starting until the policy is fixed")
@@ -100,6 +125,8 @@ def _announce(args: argparse.Namespace, policy: Policy, addrs: Sequence[tuple[st
               f"{workers})")  # fmt: skip
     if args.hint_key and addrs:
         print(_hint(policy, args.hint_key, *addrs[0][:2]))
+    if policy.ui.enabled and addrs:
+        print(_console_hint(policy, args.hint_admin_key, *addrs[0][:2]))
     sys.stdout.flush()
 
 
@@ -140,6 +167,12 @@ def _supervise(args: argparse.Namespace, policy: Policy) -> int:
     except ValueError:
         return _fail(f"kaixu: --workers: expected a number from 1 or auto, got {args.workers!r}")
     listener = _configure_logging(args.log_level, args.access_log, "supervisor")
+    if policy.ui.enabled and count > 1:
+        logging.getLogger("kaixu").warning(
+            "ui.enabled with --workers %d: console sessions live in the worker that signed in, and the kernel hands a "
+            "browser's connections to any worker: the console will ask to sign in again (docs/console.md)",
+            count,
+        )
     try:
         worker_args = [args.policy, "--reload-ms", str(args.reload_ms), "--log-level", args.log_level]
         if args.access_log:
@@ -211,6 +244,17 @@ async def _orphaned(parent: int) -> None:
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _console_hint(policy: Policy, admin_key: str | None, host: str, port: int) -> str:
+    """Where the web console is (`ui.enabled`), and with which admin key to sign in when `--hint-admin-key` names
+    one of the policy's (a demo key only: it is printed)."""
+    from kaixu.credentials import key_hash
+
+    url = _url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port) + "/ui"
+    if admin_key is not None and key_hash(admin_key) in policy.admin_keys:
+        return f"console: {url} (sign in with the admin key {admin_key})"
+    return f"console: {url} (sign in with an admin key of the policy's admin_keys)"
 
 
 def _hint(policy: Policy, key: str, host: str, port: int) -> str:
@@ -586,7 +630,7 @@ def _filters(args: argparse.Namespace, *, dimensions: bool = True) -> Filters | 
     return Filters(since, until, equals)
 
 
-_FILTER_DIMENSIONS = ("key", "team", "user", "project", "app", "client", "model", "provider")
+_FILTER_DIMENSIONS = ("key", "team", "user", "project", "app", "client", "model", "provider", "customer")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -856,7 +900,7 @@ def _seats_scope(args: argparse.Namespace) -> str | None:
 
 
 def cmd_seats_list(args: argparse.Namespace) -> int:
-    from kaixu.store.queries import iso
+    from kaixu.store.seats import seat_json
 
     async def read(store: Any, where: str) -> list[Any]:
         return list(await store.seats(_seats_scope(args)))
@@ -867,8 +911,7 @@ def cmd_seats_list(args: argparse.Namespace) -> int:
         return _fail(f"kaixu: cannot read the seats: {exc}")
     if seats is None:
         return 1
-    shown = [{"scope": s.scope, "install_id": s.install_id, "first_seen": iso(s.first_seen),
-              "last_seen": iso(s.last_seen), "revoked": iso(s.revoked), "state": s.state} for s in seats]  # fmt: skip
+    shown = [seat_json(s) for s in seats]
     if args.json:
         print(json.dumps(shown, indent=2))
         return 0
@@ -946,11 +989,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="once listening, print a curl line to try, with this key (it is printed: a demo key only)",
     )
+    run.add_argument(
+        "--hint-admin-key",
+        metavar="KEY",
+        help="with the console on, print this admin key beside its address (it is printed: a demo key only)",
+    )
     run.add_argument("--workers", metavar="N|auto", help="serve from N worker processes on the same port(s) "
                      "(auto: one per core); docs/operations.md#workers")  # fmt: skip
     run.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     run.add_argument("--run-dir", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+
+    init = sub.add_parser("init", help="write the demo policy (mock provider, demo key, console on) to proxy.yaml")
+    init.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="where to write it (default: proxy.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite the file when it exists")
+    init.set_defaults(func=cmd_init)
 
     check = sub.add_parser("check", help="validate a policy file and print every problem with its line")
     check.add_argument("policy", nargs="?", default=DEFAULT_POLICY)
@@ -1016,7 +1069,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_prices_import)
 
     costs = sub.add_parser("costs", help="what requests cost, grouped by key, team, user, project, app, client, "
-                           "model or provider")  # fmt: skip
+                           "model, provider or customer")  # fmt: skip
     _ledger_source(costs)
     costs.add_argument("--by", default="key", choices=_FILTER_DIMENSIONS, help="group by (default: key)")
     _time_range(costs)

@@ -15,6 +15,7 @@ from kaixu import __version__, metrics
 from kaixu.config import Policy
 from kaixu.reliability.health import Deployments
 from kaixu.reliability.serve import Reliability
+from kaixu.sessions import Sessions
 from kaixu.store import Ledger
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class Gateway:
     """Base URL of the in-process mock provider once it listens."""
     loopback_url: str | None = None
     last_reload_error: str | None = None
+    loaded_at: float | None = None
+    """When the policy in force was swapped in (the first load or the last reload)."""
     inflight: set[str] = field(default_factory=set)
     """Ids of flows between request headers and the end of their response: what a graceful stop waits for."""
     ledger: Ledger | None = None
@@ -95,6 +98,8 @@ class Gateway:
     reliability: Reliability = field(init=False)
     """How every forwarded request's attempts run: retries, fallbacks, timeouts, provider queues, the stream
     relay (kaixu/reliability/serve.py, the one entry)."""
+    sessions: Sessions = field(default_factory=Sessions)
+    """The web console's sign-ins (kaixu/sessions.py): made by the ui step, read by the admin step too."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped
@@ -105,6 +110,7 @@ class Gateway:
         self.policy = policy
         self.reliability.executor.pools.configure(policy)
         self.generation += 1
+        self.loaded_at = time.time()
         self.last_reload_error = None
         for listener in self.installed:
             listener(policy)

@@ -31,6 +31,7 @@ from kaixu.addons.settle import Settle
 from kaixu.addons.store_choice import StoreChoice
 from kaixu.addons.store_keys import StoreKeys
 from kaixu.addons.stream import Stream
+from kaixu.addons.ui import Ui
 from kaixu.chain import Chain
 from kaixu.gateway import Gateway
 
@@ -46,6 +47,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Retries(gateway),  # (its response hooks run first) a failed first attempt with a plan: the plan goes on
         Ingress(gateway),  # request id, CORS, /health, /metrics (request head)
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
+        Ui(gateway),  # the web console at /ui (`ui.enabled`): its pages and sign-in; its API calls are the admin step's
         Dialect(),  # which front door (request head)
         Auth(gateway),  # who is calling (request head)
         Body(),  # only now: decompress (bounded), parse, request facts

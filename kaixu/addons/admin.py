@@ -15,6 +15,8 @@ read the body (bounded by `limits.max_body_bytes`, decompressed within the same 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -32,8 +34,10 @@ from kaixu.exceptions import KaixuError
 from kaixu.formats import json_type
 from kaixu.gateway import Gateway
 from kaixu.log import safe
+from kaixu.overview import budgets_json, models_json, policy_json
 from kaixu.request_body import BodyRefused, decompress, parse_json_object
 from kaixu.respond import error_json, error_response, json_response
+from kaixu.sessions import CSRF_HEADER, SAFE_METHODS
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
@@ -60,11 +64,15 @@ from kaixu.store.queries import (
     record_json,
     scope_json,
 )
+from kaixu.store.seats import seat_json
 from kaixu.store.stores import Stores
 
 log = logging.getLogger("kaixu.admin")
 
 PREFIX = "/api/"
+CONSOLE_PREFIX = "/ui/api/"
+"""The same API under the console's cookie path (kaixu/sessions.py), while `ui.enabled`: its session cookie is
+sent there and nowhere else."""
 COSTS = "/api/costs"
 KEYS = "/api/keys"
 DEFAULT_LIMIT = 100
@@ -157,6 +165,11 @@ _ALLOWED = {
     "requests": {*_FILTERS, "status", "limit", "cursor", "offset", "order"},
     "keys": set(),
     "key": set(),
+    "request": set(_TIME_PARAMS),
+    "models": set(),
+    "policy": set(),
+    "budgets": set(),
+    "seats": set(),
 }
 _METHODS = {"keys": ("GET", "POST"), "key": ("DELETE",)}
 _KEY_FIELDS = ("name", "team", "customer", "models", "expires", "budget", "limits", "seats")
@@ -173,11 +186,17 @@ class Admin:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         path = flow.request.path.partition("?")[0]
-        if not path.startswith(PREFIX) or flow.response is not None:
+        if not path.startswith((PREFIX, CONSOLE_PREFIX)) or flow.response is not None:
             return None
-        endpoint = self._endpoint(path)
         call = get_call(flow)
-        if endpoint is None or call is None:
+        if call is None:
+            return None
+        if path.startswith(CONSOLE_PREFIX):
+            if not call.policy.ui.enabled:
+                return None  # the console is off: the 404 of any unknown path
+            path = path[len("/ui") :]
+        endpoint = self._endpoint(path)
+        if endpoint is None:
             return None
         call.operation = "local"
         methods = _METHODS.get(endpoint[0], ("GET",))
@@ -200,7 +219,7 @@ class Admin:
         call = get_call(flow)
         if call is None or flow.response is not None or call.operation != "local" or flow.request.method != "POST":
             return None
-        if flow.request.path.partition("?")[0] not in (KEYS, KEYS + "/"):
+        if flow.request.path.partition("?")[0].removeprefix("/ui") not in (KEYS, KEYS + "/"):
             return None
         return self._answer(flow, call, "keys", self.key_create, None, status=201)
 
@@ -213,15 +232,32 @@ class Admin:
             return ("prompt_log", self.prompt_log, None)
         if path == "/api/requests":
             return ("requests", self.requests, None)
+        if path.startswith("/api/requests/"):
+            return ("request", self.request_one, path[len("/api/requests/") :])
+        if path == "/api/models":
+            return ("models", self.models, None)
+        if path == "/api/policy":
+            return ("policy", self.policy, None)
+        if path == "/api/budgets":
+            return ("budgets", self.budgets, None)
+        if path == "/api/seats":
+            return ("seats", self.seats, None)
         if path in (KEYS, KEYS + "/"):
             return ("keys", self.keys_list, None)
         if path.startswith(KEYS + "/"):
             return ("key", self.key_revoke, path[len(KEYS) + 1 :])
         return None
 
-    @staticmethod
-    def _refusal(call: Call, request: http.Request) -> http.Response | None:
-        return admin_refusal(call, request, "the admin API")
+    def _refusal(self, call: Call, request: http.Request) -> http.Response | None:
+        """An admin key, or a console session (kaixu/sessions.py) whose state-changing requests carry its CSRF
+        token; otherwise the one refusal of admin-only endpoints."""
+        session = self.gateway.sessions.of(call.policy, request)
+        if session is None:
+            return admin_refusal(call, request, "the admin API")
+        if request.method not in SAFE_METHODS and not session.csrf_ok(request):
+            message = f"a console session's {request.method} needs its CSRF token in the {CSRF_HEADER} header"
+            return error_response(call, 403, message, "permission_error", "csrf_token_invalid")
+        return None
 
     async def _answer(
         self,
@@ -318,6 +354,43 @@ class Admin:
             "next_cursor": page.next_cursor,
         }
 
+    async def request_one(self, call: Call, reader: LedgerQueries, params: Params, raw: str) -> dict[str, Any]:
+        """One record, its prompt and answer included (stored only under `ledger.content`), `attempts` and
+        `verdicts` as the JSON lists they hold. No index holds request ids: `from`/`to` narrow the search."""
+        request_id = _path_name(raw, "request_id")
+        found = params.filters()
+        filters = Filters(found.since, found.until, request_id=request_id)
+        page = await reader.requests(filters, limit=1, content=True)
+        if not page.records:
+            raise _NotFound(f"no request {safe(request_id, 80)!r} in the ledger", code="unknown_request")
+        record = record_json(page.records[0])
+        for name in ("attempts", "verdicts"):
+            if isinstance(record.get(name), str):
+                with contextlib.suppress(ValueError):
+                    record[name] = json.loads(record[name])
+        return {"object": "request", "content_stored": call.policy.ledger.content.enabled, **record}
+
+    async def models(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        return {"object": "models", **models_json(call.policy, self.gateway)}
+
+    async def policy(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        return {"object": "policy", **policy_json(call.policy, self.gateway)}
+
+    async def budgets(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        return {"object": "budgets", **await budgets_json(call.policy, self.gateway)}
+
+    async def seats(self, call: Call, reader: LedgerQueries, params: Params) -> dict[str, Any]:
+        """The installs each key or customer with `seats: N` was used from (`kaixu seats list`)."""
+        store = self._stores().seats
+        if store is None:
+            raise _Refused(503, "the policy keeps no seat store (store.sqlite is :memory:)", "api_error",
+                           "seat_store_unavailable")  # fmt: skip
+        try:
+            seats = await self._in_store(call, store.seats)
+        except FileNotFoundError:
+            seats = []
+        return {"object": "seats", "seats": [seat_json(seat) for seat in seats]}
+
     # -- store keys (docs/keys.md): SQLite in worker threads, PostgreSQL awaited (kaixu/store/keys.py) --------
 
     def _key_store(self, call: Call) -> AsyncKeyStore:
@@ -383,14 +456,15 @@ class Admin:
         return {"object": "key", **stored.public_json(), "key": key}
 
 
-def _path_name(raw: str) -> str:
-    """The key name in an admin path (`/api/costs/{key_name}`, `/api/keys/{name}`), percent-decoded."""
+def _path_name(raw: str, what: str = "key_name") -> str:
+    """The name in an admin path (`/api/costs/{key_name}`, `/api/keys/{name}`, `/api/requests/{id}`),
+    percent-decoded."""
     try:
         name = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
     except UnicodeDecodeError:
-        raise BadParameter("key_name", "the key name in the path is not UTF-8") from None
+        raise BadParameter(what, f"the {what} in the path is not UTF-8") from None
     if not name or len(name) > _MAX_KEY_NAME or not name.isprintable():
-        raise BadParameter("key_name", f"a key name of 1 to {_MAX_KEY_NAME} printable characters")
+        raise BadParameter(what, f"a {what} of 1 to {_MAX_KEY_NAME} printable characters")
     return name
 
 
@@ -468,6 +542,9 @@ def _governance_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 class _NotFound(KaixuError):
     status, type, code = 404, "not_found_error", "unknown_key"
+
+    def __init__(self, message: str, *, code: str = "unknown_key") -> None:
+        super().__init__(message, code=code)
 
 
 class _Refused(KaixuError):

@@ -154,6 +154,11 @@ class Budgets:
                     await self._refuse(flow, call, governor, enforced, held)
                     return
                 governance.reservation = held
+                for level in enforced:
+                    cap = f"{usd(level.budget.usd_micros)} per {level.budget.period}"
+                    call.verdict(
+                        "budget", f"{level.level} {level.name}", "reserved", f"{usd(amount)} USD held of {cap}"
+                    )
                 if call.policy.alerts.budget_percent is not None:
                     governance.watched = [
                         (lv.scope, lv.budget.usd_micros, lv.level, lv.name, lv.budget.period) for lv in enforced
@@ -182,7 +187,9 @@ class Budgets:
             held = await governor.counters.reserve([level.scope], amount, [level.budget.usd_micros], ttl)
             if isinstance(held, Reservation):
                 call.governance.shadow_reservations.append(held)
+                call.verdict("budget", f"{level.level} {level.name}", "shadow", f"within its {level.budget.period} cap")
                 continue
+            call.verdict("budget", f"{level.level} {level.name}", "shadow", "would refuse: its cap is spent")
             log.warning("request %s: policy %s (shadow mode, not enforced): its day cap of %s USD is spent",
                         call.request_id, safe(level.name), usd(level.budget.usd_micros))  # fmt: skip
             POLICY_SHADOW_REFUSALS.inc((level.name,))
@@ -226,6 +233,11 @@ class Budgets:
         they hold): 429 with a short Retry-After, unless a later level is spent (the reservation, all or none,
         stopped at the first level over its cap)."""
         at = next(i for i, lv in enumerate(enforced) if lv.scope == refusal.scope)
+        level = enforced[at]
+        shown = (
+            f"{usd(refusal.spent_micros)} USD spent, {usd(refusal.amount_micros)} asked, cap {usd(refusal.cap_micros)}"
+        )
+        call.verdict("budget", f"{level.level} {level.name}", "refused", shown)
         if refusal.spent_micros + refusal.amount_micros > refusal.cap_micros:
             self._answer(flow, call, enforced[at], refusal, in_flight=False)
             return

@@ -48,6 +48,7 @@ class CallerRules:
             return
         denied = model_refusal(call, call.model, lambda rule, what: self._shadow(call, rule, what))
         if denied is not None:
+            call.verdict("model access", call.model, "refused", denied.message)
             flow.response = error_response(call, 403, denied.message, "permission_error", denied.code)
             return
         if not call.policy.policies:
@@ -71,16 +72,19 @@ class CallerRules:
                     else:
                         refusal = tokens_refusal(rule, size)
             if refusal is None and clamp_to is None:
+                call.verdict("policy", rule.name, "allowed", f"within {cap} tokens per request")
                 continue
             if not rule.enforce:
                 self._shadow(call, rule, refusal or f"would lower the requested output to {clamp_to} tokens")
                 continue
             if refusal is not None:
+                call.verdict("policy", rule.name, "refused", refusal)
                 flow.response = error_response(call, 403, refusal, "permission_error", "policy_violation")
                 return
             assert call.body is not None and size is not None and clamp_to is not None
             clamp_output(call, clamp_to)
             size.output, clamped = clamp_to, True
+            call.verdict("policy", rule.name, "clamped", f"requested output lowered to {clamp_to} tokens")
         if clamped:
             # the router forwards these bytes when nothing else changes, and re-reads `call.body` when it translates
             flow.request.content = json.dumps(call.body, separators=(",", ":")).encode()
@@ -91,5 +95,6 @@ class CallerRules:
         log.warning("request %s: policy %s (shadow mode, not enforced): %s", call.request_id, safe(rule.name),
                     safe(what))  # fmt: skip
         POLICY_SHADOW_REFUSALS.inc((rule.name,))
+        call.verdict("policy", rule.name, "shadow", what)
         call.caller.shadow_refusals.append(rule.name)
         call.caller.attributes["policy_shadow"] = ",".join(call.caller.shadow_refusals)[:200]

@@ -38,6 +38,11 @@ def _who(level: RateLevel) -> str:
     return "this client address" if level.level == "client" else f"{level.level} {level.name!r}"
 
 
+def _level(level: RateLevel) -> str:
+    """The level as the ledger's verdicts name it (`key demo`, `team growth`), like the budgets'."""
+    return "client address" if level.level == "client" else f"{level.level} {level.name}"
+
+
 class RateLimits:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -94,6 +99,11 @@ class RateLimits:
                 governance.tokens = tighter(governance.tokens, hit)
         refused = answer.refused
         if refused is None:
+            for level in levels:
+                limits = level.limits
+                named = (("rpm", limits.rpm), ("tpm", limits.tpm), ("in flight", limits.max_parallel))
+                shown = ", ".join(f"{value} {name}" for name, value in named if value is not None)
+                call.verdict("rate limit", _level(level), "counted", shown)
             governance.slots = list(answer.slots)
             tpm = [w for w, (_, kind) in zip(windows, counted, strict=True) if kind == "tpm"]
             governance.token_scopes = [(w.scope, w.limit) for w in tpm]
@@ -111,6 +121,7 @@ class RateLimits:
         retry = max(1, math.ceil(reset_ms / 1000))
         GOVERNANCE_REFUSALS.inc((reason,))
         message = f"rate limit reached: {what} for {_who(level)}; retry in {retry} s"
+        call.verdict("rate limit", _level(level), "refused", message)
         headers = {"retry-after": str(retry), **call.governance.rate_headers()}
         call.governance.headers_sent = True
         flow.response = error_response(call, 429, message, "rate_limit_error", "rate_limit_exceeded", headers)

@@ -265,5 +265,6 @@ class Settle:
                     answer=text.answer,
                     attempts=call.route.attempts.ledger() if call.route.attempts is not None else None,
                     degraded=int(call.route.degraded),
+                    verdicts=json.dumps(call.verdicts, separators=(",", ":")) if call.verdicts else None,
                 )
             )

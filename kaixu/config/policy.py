@@ -284,6 +284,15 @@ class MetricsPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class UiPolicy:
+    """`ui:`: the web console at `/ui` (kaixu/addons/ui.py, docs/console.md); off unless turned on."""
+
+    enabled: bool = False
+    session_minutes: int = 480
+    """How long a console session lasts from sign-in (its cookie's Max-Age and the server's expiry)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ContentPolicy:
     """`ledger.content:`: whether prompt and answer text are stored, cut and redacted how."""
 
@@ -464,6 +473,7 @@ class Policy:
     admin_keys: dict[str, str] = field(default_factory=dict)
     """Admin key names by the SHA-256 (hex) of the key: who may read `/api/*` (and `/metrics` when guarded)."""
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
+    ui: UiPolicy = field(default_factory=UiPolicy)
     alerts: AlertsPolicy = field(default_factory=AlertsPolicy)
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
     policies: tuple[CallerPolicy, ...] = ()
@@ -782,6 +792,7 @@ def build_policy(
     admin_keys = {spec["hash"].removeprefix("sha256:").lower(): spec["name"] for spec in data.get("admin_keys") or ()}
     prices = data.get("pricing") or {}
     metrics = data.get("metrics") or {}
+    ui = data.get("ui") or {}
     alerts = data.get("alerts") or {}
     labels = metrics.get("labels") or {}
     ledger = data.get("ledger") or {}
@@ -817,6 +828,8 @@ def build_policy(
         warnings.append(
             (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")
         )
+    if ui.get("enabled", False) and not data.get("admin_keys"):
+        warnings.append((("ui", "enabled"), "the console is on but admin_keys is empty: nobody can sign in"))
     warnings.extend(unenforced_fields(data))
 
     price_table = pricing.table(prices)
@@ -885,6 +898,7 @@ def build_policy(
             label_key=bool(labels.get("key", False)),
             label_customer=bool(labels.get("customer", False)),
         ),
+        ui=UiPolicy(enabled=bool(ui.get("enabled", False)), session_minutes=int(ui.get("session_minutes", 480))),
         ledger=LedgerPolicy(
             retention_days=ledger.get("retention_days"),
             content=ContentPolicy(

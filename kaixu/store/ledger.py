@@ -83,6 +83,9 @@ class LedgerRecord:
     included; NULL for a request forwarded once without one (kaixu/reliability)."""
     degraded: int = 0
     """1 when a fallback model served the request (the Intelligent AI Gateway's `degraded`)."""
+    verdicts: str | None = None
+    """JSON list of what the governing steps decided ({step, name, outcome, detail}: the `policies:` rules that
+    applied, the rate limits and budgets it counted against, shadow verdicts included); NULL when none applied."""
 
 
 class StoreUnavailable(KaixuError):

@@ -46,6 +46,7 @@ DIMENSIONS: dict[str, str] = {
     "client": "client",
     "model": "model",
     "provider": "provider",
+    "customer": "customer",
 }
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 COLUMNS = tuple(f.name for f in fields(LedgerRecord))
@@ -77,6 +78,8 @@ class Filters:
     equals: tuple[tuple[str, str], ...] = ()
     """(dimension, value) pairs, dimensions from `DIMENSIONS`; all must match."""
     status: int | None = None
+    request_id: str | None = None
+    """One record by its id (`/api/requests/{id}`): no index holds it, so a caller narrows the time too."""
 
 
 @dataclass(slots=True)
@@ -109,6 +112,7 @@ class CostRow:
             **{name: getattr(self, name) for name in TOKEN_COLUMNS},
             "cost_micros": self.cost_micros,
             "cost_usd": None if self.cost_micros is None else usd(self.cost_micros),
+            "cost_usd_number": usd_number(self.cost_micros),
             "unpriced_requests": self.unpriced_requests,
         }
 
@@ -221,10 +225,29 @@ def _cost_usd(micros: Any) -> str | None:
     return usd(micros) if isinstance(micros, int) else None
 
 
+def money_json(name: str, micros: int | None) -> dict[str, Any]:
+    """An amount three ways, as the admin API gives money: `{name}_micros` (exact integer), `{name}_usd` (exact
+    decimal string) and `{name}_usd_number` (a number a JavaScript client can add); all null when unknown."""
+    return {f"{name}_micros": micros, f"{name}_usd": _cost_usd(micros), f"{name}_usd_number": usd_number(micros)}
+
+
+def usd_number(micros: Any) -> float | None:
+    """An amount as a JSON number of USD, beside the exact `cost_usd` string: what a JavaScript client can add
+    (`total + cost_usd` would concatenate strings). A float: exact to the micro-dollar below 2**53 micro-dollars,
+    but sums of floats may drift; `cost_micros` is the exact integer."""
+    return micros / 1_000_000 if isinstance(micros, int) and not isinstance(micros, bool) else None
+
+
 def record_json(record: dict[str, Any]) -> dict[str, Any]:
     """A ledger record as the API shows it: the ledger's columns (`attributes` as the object its JSON holds),
     plus `time` (ISO 8601) and `cost_usd`."""
-    shown = {"time": iso(record.get("ts")), **record, "cost_usd": _cost_usd(record.get("cost_micros"))}
+    micros = record.get("cost_micros")
+    shown = {
+        "time": iso(record.get("ts")),
+        **record,
+        "cost_usd": _cost_usd(micros),
+        "cost_usd_number": usd_number(micros),
+    }
     attributes = record.get("attributes")
     if isinstance(attributes, str):
         with contextlib.suppress(ValueError):
@@ -241,7 +264,8 @@ PROMPT_LOG_FIELDS = (
 
 def prompt_entry_json(entry: dict[str, Any]) -> dict[str, Any]:
     shown = {name: entry.get(name) for name in PROMPT_LOG_FIELDS}
-    return {"time": iso(entry.get("ts")), **shown, "cost_usd": _cost_usd(entry.get("cost_micros"))}
+    micros = entry.get("cost_micros")
+    return {"time": iso(entry.get("ts")), **shown, "cost_usd": _cost_usd(micros), "cost_usd_number": usd_number(micros)}
 
 
 # -- SQL, backend-neutral ------------------------------------------------------------------------------
@@ -265,6 +289,9 @@ def where(filters: Filters, present: set[str]) -> tuple[str, list[Any]]:
     if filters.status is not None:
         terms.append("status = ?")
         params.append(filters.status)
+    if filters.request_id is not None:
+        terms.append("request_id = ?")
+        params.append(filters.request_id)
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 

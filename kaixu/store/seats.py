@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from kaixu.store.connect import WAL, open_sqlite
+from kaixu.store.queries import iso
 
 Claim = Literal["admitted", "full", "revoked"]
 """What claiming a seat gave: the install holds a seat (new or known), every seat is taken, or it was revoked."""
@@ -334,3 +335,9 @@ class PostgresSeatStore:
                 scope, install_id, now,
             )  # fmt: skip
             return False
+
+
+def seat_json(seat: Seat) -> dict[str, Any]:
+    """A seat as `kaixu seats list --json` and `/api/seats` show it."""
+    return {"scope": seat.scope, "install_id": seat.install_id, "first_seen": iso(seat.first_seen),
+            "last_seen": iso(seat.last_seen), "revoked": iso(seat.revoked), "state": seat.state}  # fmt: skip

@@ -30,7 +30,7 @@ GROWTH_KEY = "sk-growth"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 DIMENSION_COLUMNS = {
     "key": "key_name", "team": "team", "user": "user_id", "project": "project", "app": "app", "client": "client",
-    "model": "model", "provider": "provider",
+    "model": "model", "provider": "provider", "customer": "customer",
 }  # fmt: skip
 SUMMED = (
     "input_tokens",
@@ -124,7 +124,13 @@ def _traffic(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory, dsn: 
         if cost != "unknown":
             costs[request_id] = micros(cost)
 
-    who = {"x-kaixu-user": "u1", "x-kaixu-project": "p1", "x-kaixu-app": "a1", "x-kaixu-client": "c1"}
+    who = {
+        "x-kaixu-user": "u1",
+        "x-kaixu-project": "p1",
+        "x-kaixu-app": "a1",
+        "x-kaixu-client": "c1",
+        "x-kaixu-customer": "acme",
+    }
     chat(TEST_KEY, "mini", who)
     chat(TEST_KEY, "haiku", who)
     chat(GROWTH_KEY, "mini", {"x-kaixu-user": "u2", "x-kaixu-project": "p2", "x-kaixu-app": "a2"})
@@ -192,6 +198,8 @@ def expected_groups(records: list[dict[str, Any]], column: str) -> dict[str | No
                 g[name] = (g[name] or 0) + r[name]
     for g in groups.values():
         g["cost_usd"] = None if g["cost_micros"] is None else usd(g["cost_micros"])
+        # the same amount as a number a JavaScript client can add (`total + cost_usd` would concatenate)
+        g["cost_usd_number"] = None if g["cost_micros"] is None else g["cost_micros"] / 1_000_000
     return groups
 
 

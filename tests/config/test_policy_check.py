@@ -436,3 +436,11 @@ def test_a_policy_keys_customer_is_the_ledgers_customer(fake: FakeProvider, work
         assert (row["key_name"], row["customer"]) == ("acme-app", "acme")
     finally:
         gateway.stop()
+
+
+def test_the_console_without_admin_keys_is_warned_about() -> None:
+    console = UNENFORCED + "\nui: {enabled: true}\n"
+    warned = "ui.enabled: the console is on but admin_keys is empty: nobody can sign in"
+    assert [w.split(": ", 1)[1] for w in parse_policy(console).warnings] == [warned]
+    admins = console + 'admin_keys: [{name: ops, hash: "sha256:' + "9" * 64 + '"}]\n'
+    assert not [w for w in parse_policy(admins).warnings if "console" in w]
