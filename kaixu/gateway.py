@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from kaixu import __version__, metrics
 from kaixu.config import Policy
+from kaixu.console import Sessions
 from kaixu.reliability.health import Deployments
 from kaixu.reliability.serve import Reliability
-from kaixu.sessions import Sessions
 from kaixu.store import Ledger
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Gateway:
     """How every forwarded request's attempts run: retries, fallbacks, timeouts, provider queues, the stream
     relay (kaixu/reliability/serve.py, the one entry)."""
     sessions: Sessions = field(default_factory=Sessions)
-    """The web console's sign-ins (kaixu/sessions.py): made by the ui step, read by the admin step too."""
+    """The web console's sign-ins (kaixu/console.py): made by the ui step, read by the admin step too."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped

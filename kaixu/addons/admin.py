@@ -29,6 +29,7 @@ from mitmproxy import http
 
 from kaixu.call import Call, get_call
 from kaixu.config.policy import usd_micros
+from kaixu.console import CSRF_HEADER, SAFE_METHODS
 from kaixu.credentials import admin_refusal
 from kaixu.exceptions import KaixuError
 from kaixu.formats import json_type
@@ -37,7 +38,6 @@ from kaixu.log import safe
 from kaixu.overview import budgets_json, models_json, policy_json
 from kaixu.request_body import BodyRefused, decompress, parse_json_object
 from kaixu.respond import error_json, error_response, json_response
-from kaixu.sessions import CSRF_HEADER, SAFE_METHODS
 from kaixu.store.keys import (
     KEY_NAME,
     KEY_NAME_RULE,
@@ -71,7 +71,7 @@ log = logging.getLogger("kaixu.admin")
 
 PREFIX = "/api/"
 CONSOLE_PREFIX = "/ui/api/"
-"""The same API under the console's cookie path (kaixu/sessions.py), while `ui.enabled`: its session cookie is
+"""The same API under the console's cookie path (kaixu/console.py), while `ui.enabled`: its session cookie is
 sent there and nowhere else."""
 COSTS = "/api/costs"
 KEYS = "/api/keys"
@@ -249,7 +249,7 @@ class Admin:
         return None
 
     def _refusal(self, call: Call, request: http.Request) -> http.Response | None:
-        """An admin key, or a console session (kaixu/sessions.py) whose state-changing requests carry its CSRF
+        """An admin key, or a console session (kaixu/console.py) whose state-changing requests carry its CSRF
         token; otherwise the one refusal of admin-only endpoints."""
         session = self.gateway.sessions.of(call.policy, request)
         if session is None:

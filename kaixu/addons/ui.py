@@ -1,6 +1,6 @@
 """The web console at `/ui` (docs/console.md), while the policy says `ui: {enabled: true}`: its static pages (plain
 HTML, CSS and JavaScript modules shipped inside the package, `kaixu/ui/static/`), and the sign-in that exchanges
-an admin key for a session cookie (kaixu/sessions.py). The pages read the admin API under `/ui/api/` (the admin
+an admin key for a session cookie (kaixu/console.py). The pages read the admin API under `/ui/api/` (the admin
 step takes the session there) and call the model endpoints with the client key the person types.
 
 Off, nothing here claims a path and `/ui` is the 404 of any unknown path. Every answer carries a
@@ -24,10 +24,10 @@ from pathlib import Path
 from mitmproxy import http
 
 from kaixu.call import Call, get_call
+from kaixu.console import COOKIE_PATH, CSRF_HEADER, Session, clear_cookie, set_cookie
 from kaixu.credentials import key_hash
 from kaixu.gateway import Gateway
 from kaixu.respond import add_headers, error_response, json_response
-from kaixu.sessions import COOKIE_PATH, CSRF_HEADER, Session, clear_cookie, set_cookie
 from kaixu.store.queries import iso
 
 log = logging.getLogger("kaixu.ui")
