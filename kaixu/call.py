@@ -237,6 +237,11 @@ class Caller:
     client_key: str | None = None
     """The credential the client sent, kept only on bring-your-own-key routes (it is forwarded)."""
     byok: bool = False
+    proxy_key: str | None = field(default=None, repr=False)
+    """What a forward listener's client sent as its proxy credential (`Proxy-Authorization`, on its CONNECT or
+    its request): read by the auth step, never forwarded, logged or recorded."""
+    via_forward: bool = False
+    """Came through a forward listener (`HTTPS_PROXY`): the `forward:` credential rules apply."""
     attributes: dict[str, str] = field(default_factory=dict)
     """What the client says about itself (app, build, install id, customer, user, team and project ids), for
     the ledger; never for access decisions but `policies[].match.app/project`, which are tags the client chooses.

@@ -8,7 +8,8 @@ Why one dispatcher instead of a dozen addons registered with mitmproxy:
   in the caller's shape, logged with the request id, and the flow is never forwarded. mitmproxy's own
   addon manager would log the exception and carry on — forwarding the flow as it stood.
 * Scope: steps only ever see kaixu's flows (`kaixu/mitm.py: is_kaixu_client`); any other flow in the same
-  mitmproxy passes untouched.
+  mitmproxy passes untouched. A step may also leave a flow of kaixu's connections alone (its `untouched` hook:
+  a forward listener's request to a host kaixu does not intercept, kaixu/addons/forward.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger("kaixu.chain")
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
-CONNECTION_HOOKS = ("client_connected", "client_disconnected", "next_layer")
+CONNECTION_HOOKS = ("client_connected", "client_disconnected", "next_layer", "http_connect", "untouched")
 INTERNAL_ERROR = "kaixu could not handle this request (internal error); the request id is in the logs"
 
 Hook = Callable[..., Any]
@@ -90,6 +91,24 @@ class Chain:
         if mitm.is_kaixu_client(nextlayer.context.client):
             self._run_plain("next_layer", nextlayer)
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A forward listener's CONNECT: a step may refuse it (its answer is sent instead of the tunnel). A step
+        that fails refuses it too: nothing is tunnelled on a decision that was not made."""
+        if not mitm.is_kaixu_client(flow.client_conn):
+            return
+        for hook in self._other["http_connect"]:
+            try:
+                hook(flow)
+            except Exception:
+                log.exception("http_connect hook of %s failed", _owner(hook))
+                body = error_json("openai", None, 500, INTERNAL_ERROR, "api_error", "internal_error")
+                flow.response = http.Response.make(500, json.dumps(body), JSON_HEADERS)
+                return
+
+    def _untouched(self, flow: http.HTTPFlow) -> bool:
+        """Whether a step leaves this flow of a kaixu connection alone (it may have answered it)."""
+        return any(hook(flow) for hook in self._other["untouched"])
+
     def _run_plain(self, name: str, arg: Any) -> None:
         for hook in self._other[name]:
             try:
@@ -102,6 +121,13 @@ class Chain:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not mitm.is_kaixu_client(flow.client_conn):
             return None
+        if self._other["untouched"]:
+            try:
+                if self._untouched(flow):
+                    return None
+            except Exception as exc:
+                self._fail("requestheaders", flow, self._other["untouched"][0], exc)
+                return None
         return self._run("requestheaders", flow)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:

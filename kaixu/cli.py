@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from kaixu import __version__
 from kaixu.config import Policy, PolicyError, load_policy
 from kaixu.config.policy import Period
+from kaixu.proxy_env import CLIENTS as CLIENT_NAMES
 
 if TYPE_CHECKING:
     from kaixu.store.queries import Filters
@@ -966,6 +967,66 @@ def _seats_parser(sub: Any) -> None:
     revoke.set_defaults(func=cmd_seats_revoke)
 
 
+def _ca_folder(args: argparse.Namespace) -> str | None:
+    policy = _load_or_report(args.policy)
+    return None if policy is None else policy.ca_dir
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    """`kaixu ca init|export|rotate`: the forward listeners' CA, in the store's folder (docs/forward-proxy.md)."""
+    from kaixu import ca
+
+    folder = _ca_folder(args)
+    if folder is None:
+        return 1
+    try:
+        if args.ca_command == "export":
+            pem = ca.export(folder, with_roots=args.with_roots)
+            if args.out:
+                Path(args.out).write_bytes(pem)
+            else:
+                sys.stdout.write(pem.decode())
+            return 0
+        if args.ca_command == "rotate":
+            cert, what = ca.rotate(folder), "new CA"
+        else:
+            cert, made = ca.init(folder)
+            what = "made the CA" if made else "the CA exists"
+    except ca.NoCA as exc:
+        return _fail(f"kaixu: {exc}")
+    print(f"kaixu: {what} {ca.fingerprint(cert)}: {ca.cert_path(folder)} (trust this certificate; the key stays "
+          f"in {folder})")  # fmt: skip
+    if args.ca_command == "rotate":
+        print("kaixu: restart kaixu to sign with it, and have every client trust the new certificate")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`kaixu env CLIENT`: the lines to paste to send a client through the policy's forward listener."""
+    from kaixu import ca
+    from kaixu.proxy_env import proxy_url, render
+
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    if args.proxy is not None:
+        host, port = args.proxy
+    elif policy.forward_listen:
+        host, port = policy.forward_listen[0]
+    else:
+        return _fail("kaixu: the policy has no forward listener (listen: [{port: 8080, mode: forward}]); "
+                     "or say where it is with --proxy HOST:PORT")  # fmt: skip
+    if port == 0:
+        return _fail("kaixu: the forward listener's port is 0 (picked at start): give it with --proxy HOST:PORT")
+    ca.init(policy.ca_dir)
+    bundle = ca.bundle_path(policy.ca_dir)
+    if not bundle.is_file():
+        ca.write_bundle(policy.ca_dir)
+    proxy = proxy_url(host, port, args.key)
+    print(render(args.client, proxy=proxy, ca=str(ca.cert_path(policy.ca_dir)), bundle=str(bundle), key=args.key))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaixu", description="An AI gateway built from mitmproxy addons.")
     parser.add_argument("--version", action="version", version=f"kaixu {__version__}")
@@ -1004,6 +1065,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="where to write it (default: proxy.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite the file when it exists")
     init.set_defaults(func=cmd_init)
+    authority = sub.add_parser("ca", help="the forward listeners' CA (kept in the store's folder)")
+    ca_commands = authority.add_subparsers(dest="ca_command", required=True)
+    for name, what in (
+        ("init", "make the CA if there is none; print its fingerprint and certificate file"),
+        ("export", "print the CA certificate (never its key), for clients to trust"),
+        ("rotate", "replace the CA with a new one (restart kaixu; clients must trust the new certificate)"),
+    ):
+        command = ca_commands.add_parser(name, help=what)
+        command.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="policy file (default: proxy.yaml)")
+        if name == "export":
+            command.add_argument("--with-roots", action="store_true", help="after certifi's roots: a bundle for "
+                                 "SSL_CERT_FILE / REQUESTS_CA_BUNDLE, which replace a runtime's roots")  # fmt: skip
+            command.add_argument("--out", metavar="FILE", help="write it here instead of stdout")
+        command.set_defaults(func=cmd_ca)
+    env = sub.add_parser("env", help="the lines to paste to send a client through the forward listener")
+    env.add_argument("client", choices=sorted(CLIENT_NAMES))
+    env.add_argument("policy", nargs="?", default=DEFAULT_POLICY, help="policy file (default: proxy.yaml)")
+    env.add_argument("--key", default="sk-kaixu-YOUR-KEY", help="the kaixu key the client's calls are billed to")
+    env.add_argument("--proxy", type=_parse_listen, metavar="HOST:PORT", help="the forward listener (default: the "
+                     "policy's first)")  # fmt: skip
+    env.set_defaults(func=cmd_env)
 
     check = sub.add_parser("check", help="validate a policy file and print every problem with its line")
     check.add_argument("policy", nargs="?", default=DEFAULT_POLICY)

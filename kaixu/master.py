@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
 from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from kaixu import mitm
+from kaixu import ca, mitm
 from kaixu.addons import build_addons
 from kaixu.config import Policy
 from kaixu.gateway import Gateway
-from kaixu.options import reverse_modes
+from kaixu.options import listener_modes
 from kaixu.workers import Worker, reuse_port_socket
 
 log = logging.getLogger("kaixu")
@@ -37,6 +36,11 @@ def build_master(
     confdir: str | None = None,
     worker: Worker | None = None,
 ) -> tuple[Master, Gateway]:
+    ca_dir = confdir or policy.ca_dir
+    cert, made = ca.init(ca_dir)  # kaixu's own CA, before mitmproxy's TLS addon would make one of its own
+    if policy.forward_listen:
+        log.info("forward listeners sign with the CA %s (%s%s)", ca.fingerprint(cert), ca.cert_path(ca_dir),
+                 ", made now" if made else "")  # fmt: skip
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     master.addons = mitm.CachedAddonManager(master)  # why: kaixu/mitm.py
@@ -51,9 +55,11 @@ def build_master(
     if worker is not None:  # every (re)load says which policy this worker has in force (/health `workers`)
         gateway.installed.append(lambda p: worker.note_policy(p.digest, gateway.generation))
     master.addons.add(*build_addons(gateway))
-    modes = reverse_modes(policy.listen if listen is None else listen)
+    # `--listen` replaces the policy's reverse listeners; its forward listeners are opened either way (not by a
+    # worker of `--workers N`, which has only its own SO_REUSEPORT sockets: the CLI refuses that combination)
+    modes = listener_modes(policy.listen if listen is None else listen, policy.forward_listen if worker is None else ())
     opts.update(
-        confdir=confdir or str(Path(policy_path).resolve().parent / ".kaixu"),
+        confdir=ca_dir,  # kaixu's CA (kaixu/ca.py): mitmproxy's TLS addon loads it from here
         connection_strategy="lazy",
         keep_host_header=False,
         body_size_limit=str(policy.max_body_bytes),

@@ -56,18 +56,23 @@ import asyncio
 import html
 import inspect
 import logging
+import os
 import re
 import weakref
 from collections.abc import Awaitable, Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import mitmproxy
-from mitmproxy import addonmanager, connection, exceptions, flow, hooks, http
+from cryptography import x509
+from mitmproxy import addonmanager, certs, connection, exceptions, flow, hooks, http
 from mitmproxy.addons import proxyserver
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http.http1 import assemble_response, connection_close
+from mitmproxy.options import CONF_BASENAME
 from mitmproxy.proxy import commands, events, mode_servers, mode_specs
 from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers import tcp as tcp_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
@@ -117,9 +122,77 @@ class IncompatibleMitmproxy(KaixuError, RuntimeError):
     """The installed mitmproxy is not one whose internals kaixu knows."""
 
 
+_forward_specs: frozenset[str] = frozenset()
+"""The mode specs of kaixu's forward listeners (`regular@HOST:PORT`): a regular-mode listener that is not one of
+them (another `--mode regular` of a mitmdump running kaixu's plugin) keeps stock behaviour."""
+
+
+def claim_forward_listeners(modes: list[str]) -> list[str]:
+    """Note which of `modes` (what `mode` is set to) are kaixu's forward listeners; returns `modes`."""
+    global _forward_specs
+    _forward_specs = frozenset(m for m in modes if isinstance(mode_specs.ProxyMode.parse(m), mode_specs.RegularMode))
+    return modes
+
+
 def is_kaixu_client(client: connection.Client) -> bool:
-    """Whether a client connection is kaixu's to answer: it arrived on a reverse-mode listener."""
-    return isinstance(client.proxy_mode, mode_specs.ReverseMode)
+    """Whether a client connection is kaixu's to answer: it arrived on a reverse-mode listener, or on one of
+    kaixu's forward listeners (what kaixu does with each of their connections: kaixu/addons/forward.py)."""
+    return isinstance(client.proxy_mode, mode_specs.ReverseMode) or is_forward_client(client)
+
+
+def is_forward_client(client: connection.Client) -> bool:
+    """Whether a client connection came through one of kaixu's forward listeners (`HTTPS_PROXY`)."""
+    mode = client.proxy_mode
+    return isinstance(mode, mode_specs.RegularMode) and mode.full_spec in _forward_specs
+
+
+def tunnel_destination(nextlayer: Any) -> str | None:
+    """The host a forward client's CONNECT tunnel leads to, when mitmproxy asks what runs inside it (None for any
+    other layer decision: the connection's first, before a CONNECT)."""
+    address = nextlayer.context.server.address
+    return None if address is None else str(address[0])
+
+
+def pass_through(nextlayer: Any) -> None:
+    """Relay the tunnel's bytes as they are: nothing decrypted, no flow recorded (what mitmproxy's
+    `ignore_hosts` does; that option is global and would also catch the reverse listeners' inert upstream)."""
+    nextlayer.layer = tcp_layers.TCPLayer(nextlayer.context, ignore=True)
+
+
+# -- kaixu's CA (the forward listeners' interception CA), in mitmproxy's own layout --------------------------------
+
+CA_KEY_FILES = (f"{CONF_BASENAME}-ca.pem", f"{CONF_BASENAME}-ca.p12")
+"""The files holding the CA's private key (mode 0600)."""
+CA_CERT_FILE = f"{CONF_BASENAME}-ca-cert.pem"
+"""The CA certificate alone (public): what clients trust."""
+_CA_FILES = (*CA_KEY_FILES, CA_CERT_FILE, f"{CONF_BASENAME}-ca-cert.cer", f"{CONF_BASENAME}-ca-cert.p12")
+
+
+def ca_exists(folder: Path) -> bool:
+    return (folder / CA_KEY_FILES[0]).is_file()
+
+
+def create_ca(folder: Path) -> None:
+    """A new CA in `folder`, where mitmproxy's TLS addon loads it from (kaixu runs with it as `confdir`); the
+    key files are made 0600 (mitmproxy writes them under a 077 umask; said again in case the folder existed)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    certs.CertStore.create_store(folder, CONF_BASENAME, 2048, organization="kaixu", cn="kaixu forward-proxy CA")
+    for name in CA_KEY_FILES:
+        os.chmod(folder / name, 0o600)
+
+
+def remove_ca(folder: Path) -> None:
+    for name in _CA_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
+def ca_in_use() -> x509.Certificate | None:
+    """The CA certificate this process's TLS addon signs intercepted hosts' certificates with (None: no TLS addon)."""
+    from mitmproxy import ctx  # late: ctx.master exists only once a Master runs
+
+    tls = ctx.master.addons.get("tlsconfig")
+    store = getattr(tls, "certstore", None)
+    return None if store is None else store.default_ca.to_cryptography()
 
 
 def is_body_too_large(error: flow.Error | None) -> bool:
@@ -560,18 +633,28 @@ def _not_too_large() -> Generator[Any, Any, bool]:
 
 __all__ = [
     "BODY_TOO_LARGE",
+    "CA_CERT_FILE",
+    "CA_KEY_FILES",
     "CLIENT_CLOSED",
     "INERT_UPSTREAM",
     "CachedAddonManager",
     "ErrorCode",
     "IncompatibleMitmproxy",
     "assemble_response",
+    "ca_exists",
+    "ca_in_use",
+    "claim_forward_listeners",
     "client_fault_status",
     "close_connection",
     "connection_handler",
+    "create_ca",
     "install",
     "is_body_too_large",
     "is_client_disconnect",
+    "is_forward_client",
     "is_kaixu_client",
+    "pass_through",
+    "remove_ca",
     "self_test",
+    "tunnel_destination",
 ]

@@ -32,7 +32,9 @@ def declare(loader: Loader) -> None:
     loader.add_option(PORT_FILE, str, "", "Write the bound listen addresses as JSON to this file once running.")
 
 
-def reverse_modes(listen: Iterable[tuple[str, int]]) -> list[str]:
-    """mitmproxy's `mode` for the policy's `listen:`: plain-HTTP reverse listeners; the router rewrites every
-    flow's destination, so the target is inert."""
-    return [f"reverse:{mitm.INERT_UPSTREAM}@{host}:{port}" for host, port in listen]
+def listener_modes(reverse: Iterable[tuple[str, int]], forward: Iterable[tuple[str, int]] = ()) -> list[str]:
+    """mitmproxy's `mode` for the policy's `listen:`: plain-HTTP reverse listeners (the router rewrites every
+    flow's destination, so the target is inert), then the forward listeners (mitmproxy's regular mode: an
+    HTTP proxy, CONNECT included; kaixu/addons/forward.py decides what is intercepted), claimed as kaixu's."""
+    modes = [f"reverse:{mitm.INERT_UPSTREAM}@{host}:{port}" for host, port in reverse]
+    return mitm.claim_forward_listeners(modes + [f"regular@{host}:{port}" for host, port in forward])

@@ -106,6 +106,8 @@ class Kaixu:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.host, self.port = "", 0
+        self.proxy_urls: list[str] = []
+        """The forward listeners' URLs (`HTTPS_PROXY`), in the policy's order."""
 
     def write_policy(self, policy: dict[str, Any] | str) -> None:
         text = policy if isinstance(policy, str) else yaml.safe_dump(policy, sort_keys=False)
@@ -140,9 +142,12 @@ class Kaixu:
             return self.port_file.exists()
 
         wait_for(ready, timeout, "kaixu to listen")
-        host, port = json.loads(self.port_file.read_text())[0]
+        addresses = json.loads(self.port_file.read_text())
+        host, port = addresses[0]
         self.host, self.port = host, int(port)
         self.url = f"http://{host}:{port}"
+        # the policy's forward listeners follow the reverse one (`--listen`): kaixu/options.py listener_modes
+        self.proxy_urls = [f"http://{h}:{p}" for h, p in addresses[1:]]
         return self
 
     def log(self) -> str:

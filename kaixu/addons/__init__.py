@@ -16,6 +16,7 @@ from kaixu.addons.counters import CounterBackend
 from kaixu.addons.dialect import Dialect
 from kaixu.addons.dispatch import Dispatch
 from kaixu.addons.errors import Errors
+from kaixu.addons.forward import Forward
 from kaixu.addons.ingress import Ingress
 from kaixu.addons.ledger_writer import LedgerWriter
 from kaixu.addons.local import Local
@@ -46,6 +47,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Connections(gateway),  # client connections: cap, header and idle timeouts, HTTP/2 prior knowledge
         Retries(gateway),  # (its response hooks run first) a failed first attempt with a plan: the plan goes on
         Ingress(gateway),  # request id, CORS, /health, /metrics (request head)
+        Forward(gateway),  # the forward listeners: which hosts are intercepted, the proxy credential
         Admin(gateway),  # the admin API (/api/costs, /api/requests...): admin keys only, before client auth
         Ui(gateway),  # the web console at /ui (`ui.enabled`): its pages and sign-in; its API calls are the admin step's
         Dialect(),  # which front door (request head)

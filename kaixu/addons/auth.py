@@ -46,20 +46,31 @@ class Auth:
             return error_response(call, 401, message, "authentication_error", "rotated_api_key")
         return stored.virtual()
 
+    def identify(self, call: Call, key: str) -> VirtualKey | http.Response | None:
+        """The kaixu key `key` is (the policy's, then the store's), a refusal (expired, revoked, store unreadable),
+        or None when it is not a kaixu key."""
+        virtual = call.policy.keys.get(key_hash(key))
+        if virtual is None:
+            return self.store_key(call, key)
+        return _expired(call) if _is_expired(virtual) else virtual
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or call.operation == "local":
             return  # kaixu's own endpoints (admin ones check the admin key themselves: admin_refusal)
         key = presented_key(flow.request)
         policy = call.policy
+        caller = call.caller
         if flow.response is not None:
             # Refused on its head already (unknown endpoint, method, model name): the access log and the
             # ledger still name a caller whose key is valid. Nothing else changes for the refused request.
-            if key is not None:
-                call.caller.key = policy.keys.get(key_hash(key))
-                if call.caller.key is None:
-                    found = self.store_key(call, key)
-                    call.caller.key = found if isinstance(found, VirtualKey) else None
+            named = caller.proxy_key or key
+            if named is not None:
+                found = self.identify(call, named)
+                caller.key = found if isinstance(found, VirtualKey) else None
+            return
+        if caller.via_forward:
+            self._forwarded(flow, call, key)
             return
         if key is None:
             if policy.anonymous:
@@ -72,31 +83,82 @@ class Auth:
                 "missing_api_key",
             )
             return
-        virtual = policy.keys.get(key_hash(key))
-        if virtual is not None:
-            if virtual.expires is not None and virtual.expires < datetime.datetime.now(datetime.UTC).date():
-                # valid through its `expires` day (UTC), as a store key's date
-                flow.response = error_response(
-                    call, 401, "this API key has expired", "authentication_error", "expired_api_key"
-                )
-                return
-            call.caller.key = virtual
-            return
-        found = self.store_key(call, key)
+        found = self.identify(call, key)
         if isinstance(found, VirtualKey):
-            call.caller.key = found
+            caller.key = found
             return
         if found is not None:
             flow.response = found
             return
         if policy.byok:
-            call.caller.client_key = key
-            call.caller.byok = True
+            caller.client_key = key
+            caller.byok = True
             return
-        flow.response = error_response(
-            call,
-            401,
-            "invalid API key: it is not a kaixu key known to this gateway",
-            "authentication_error",
-            "invalid_api_key",
+        flow.response = _invalid(call)
+
+    def _forwarded(self, flow: http.HTTPFlow, call: Call, key: str | None) -> None:
+        """A forward listener's caller (docs/forward-proxy.md): the proxy credential when there is one (it must
+        be a kaixu key), else the kaixu key in the provider's header; under `forward.credentials: replace` an
+        app without one is billed to the key `forward.clients` names for its address (its provider key is
+        replaced by kaixu's, as every client credential is); `forward.byok` forwards an unknown key as-is."""
+        caller, forward = call.caller, call.policy.forward
+        if caller.proxy_key is not None:
+            found = self.identify(call, caller.proxy_key)
+            if found is None:
+                message = "invalid proxy credential: the proxy password is not a kaixu key known to this gateway"
+                found = error_response(call, 401, message, "authentication_error", "invalid_proxy_credential")
+            self._settle(flow, call, found)
+            return
+        found = self.identify(call, key) if key is not None else None
+        if found is not None:
+            self._settle(flow, call, found)
+            return
+        if forward.credentials == "replace":
+            mapped = forward.client_key(flow.client_conn.peername[0])
+            if mapped is not None:
+                self._settle(flow, call, _expired(call) if _is_expired(mapped) else mapped)
+                return
+        if key is not None and forward.byok:
+            caller.client_key = key
+            caller.byok = True
+            return
+        if key is None and call.policy.anonymous:
+            return
+        flow.response = (
+            _invalid(call)
+            if key is not None
+            else error_response(
+                call,
+                401,
+                "missing API key: send a kaixu key in the provider's header or as the proxy password "
+                "(HTTPS_PROXY=http://app:<key>@host:port)",
+                "authentication_error",
+                "missing_api_key",
+            )
         )
+
+    @staticmethod
+    def _settle(flow: http.HTTPFlow, call: Call, found: VirtualKey | http.Response) -> None:
+        if isinstance(found, VirtualKey):
+            call.caller.key = found
+        else:
+            flow.response = found
+
+
+def _is_expired(virtual: VirtualKey) -> bool:
+    # valid through its `expires` day (UTC), as a store key's date
+    return virtual.expires is not None and virtual.expires < datetime.datetime.now(datetime.UTC).date()
+
+
+def _expired(call: Call) -> http.Response:
+    return error_response(call, 401, "this API key has expired", "authentication_error", "expired_api_key")
+
+
+def _invalid(call: Call) -> http.Response:
+    return error_response(
+        call,
+        401,
+        "invalid API key: it is not a kaixu key known to this gateway",
+        "authentication_error",
+        "invalid_api_key",
+    )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, http
 
 from kaixu import mitm
+from kaixu.forward import intercepts
 from kaixu.gateway import Gateway
 
 log = logging.getLogger("kaixu.connections")
@@ -76,6 +77,18 @@ class Connections:
         data = nextlayer.data_client()  # type: ignore[attr-defined]
         if data.startswith(H2_PREFACE[:16]):
             nextlayer.context.client.alpn = b"h2"  # type: ignore[attr-defined]
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A forward listener's CONNECT: a tunnel kaixu does not look into is bounded by mitmproxy's `tcp_timeout`
+        only (no request head will come); an intercepted one gets a new head timeout (TLS, then its request)."""
+        tracked = self._open.get(flow.client_conn.id)
+        if tracked is None or flow.response is not None:
+            return
+        policy = self.gateway.require_policy()
+        if intercepts(policy, flow.request.host):
+            tracked.deadline = asyncio.get_running_loop().time() + policy.limits.client_header_timeout_s
+        else:
+            tracked.deadline, tracked.waiting_for = _NEVER, "tunnel"
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         tracked = self._open.get(flow.client_conn.id)

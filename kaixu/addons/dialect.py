@@ -39,7 +39,7 @@ class Dialect:
         path = request.path.partition("?")[0]
         found = door_for_path(path)
         if found is None:
-            call.front = front_for_path(path)
+            call.front = front_for_path(path, request.host)
             flow.response = error_response(
                 call, 404, f"no such endpoint: {request.method} {safe(path)}", "not_found_error", "unknown_endpoint"
             )
@@ -53,7 +53,7 @@ class Dialect:
         call.front, call.operation = endpoint.front, endpoint.operation
         if endpoint.operation in ("models", "model") and path.startswith("/v1/"):
             # shared by three SDKs: answer in the shape of the one asking
-            call.front = models_front(request.headers, request.path)
+            call.front = models_front(request.headers, request.path, request.host)
         if request.method not in endpoint.methods:
             flow.response = error_response(
                 call,

@@ -8,11 +8,14 @@ import uuid
 
 from mitmproxy import http
 
+from kaixu import ca, mitm
 from kaixu.call import Call, attach, get_call
+from kaixu.config import Policy
 from kaixu.credentials import admin_refusal
 from kaixu.formats import doors
 from kaixu.formats.doors import front_for_path
 from kaixu.formats.droppable import summary
+from kaixu.forward import intercepted_hosts
 from kaixu.gateway import POOL_MAX_CONCURRENT, Gateway
 from kaixu.metrics import exposition
 from kaixu.respond import json_response, stamp_request_id
@@ -72,7 +75,7 @@ class Ingress:
     def _attach(self, flow: http.HTTPFlow) -> Call:
         """The call a flow carries through every later step, with the policy snapshot it will keep."""
         call = Call(request_id=_request_id(flow.request), policy=self.gateway.require_policy())
-        call.front = front_for_path(flow.request.path.partition("?")[0])
+        call.front = front_for_path(flow.request.path.partition("?")[0], flow.request.host)
         origin = flow.request.headers.get("origin")
         if origin and self._origin_allowed(call, origin):
             call.cors_origin = origin  # decided here: the router forwards no origin header
@@ -151,6 +154,20 @@ class Ingress:
             "routing": self.queue_status(),
             "deployments": self.gateway.deployments.public(),
             **({"workers": self.gateway.worker.fleet()} if self.gateway.worker is not None else {}),
+            "forward": self.forward_status(policy),
+        }
+
+    @staticmethod
+    def forward_status(policy: Policy) -> dict[str, object]:
+        """The forward listeners' view: which CA signs the intercepted hosts (by fingerprint: the certificate a
+        client must trust; nothing of its key), and what is intercepted."""
+        cert = mitm.ca_in_use()
+        return {
+            "listeners": [f"{host}:{port}" for host, port in policy.forward_listen],
+            "ca": None if cert is None else ca.describe(cert),
+            "intercept_hosts": sorted(intercepted_hosts(policy)),
+            "others": policy.forward.others,
+            "credentials": policy.forward.credentials,
         }
 
     def queue_status(self) -> dict[str, object]:

@@ -77,8 +77,13 @@ class PolicyFile:
             "body_size_limit": str(policy.max_body_bytes),
             "ssl_verify_upstream_trusted_ca": policy.ca_file,
         }
-        if ctx.options.kaixu_listen_from_policy and previous is not None and previous.listen != policy.listen:
-            wanted["mode"] = options.reverse_modes(policy.listen)
+        listeners = (policy.listen, policy.forward_listen)
+        if (
+            ctx.options.kaixu_listen_from_policy
+            and previous is not None
+            and (previous.listen, previous.forward_listen) != listeners
+        ):
+            wanted["mode"] = options.listener_modes(policy.listen, policy.forward_listen)
         return {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
 
     async def _watch(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import ipaddress
 import re
 import zoneinfo
 from dataclasses import dataclass, field, replace
@@ -226,6 +227,40 @@ class VirtualKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardClient:
+    """`forward.clients[]`: an app calling from `network` is billed to `key` when it sends no kaixu key."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    key: VirtualKey
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPolicy:
+    """`forward:`, what the forward listeners (`listen[].mode: forward`) do (docs/forward-proxy.md). The providers'
+    public hosts are intercepted whatever this says (kaixu/forward.py adds them)."""
+
+    intercept_hosts: frozenset[str] = frozenset()
+    """Hosts intercepted besides the providers' public ones, lower case."""
+    others: Literal["tunnel", "deny"] = "tunnel"
+    credentials: Literal["keep", "replace"] = "keep"
+    byok: bool = False
+    clients: tuple[ForwardClient, ...] = ()
+
+    def client_key(self, address: str) -> VirtualKey | None:
+        """The key `forward.clients` bills an app at `address` to (first match), else None."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for client in self.clients:
+            if ip.version == client.network.version and ip in client.network:
+                return client.key
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class ClientLimits:
     """What a client connection may cost kaixu (`limits:` in the policy; addons/connections.py)."""
 
@@ -347,6 +382,10 @@ class StoreConfig:
     postgres: PostgresConfig | None = None
     redis: RedisConfig | None = None
 
+    def folder(self, base_dir: Path) -> Path:
+        """The store's folder: the SQLite file's, else the policy's (kaixu keeps its CA there)."""
+        return Path(self.sqlite).parent if self.sqlite != ":memory:" else base_dir
+
     @classmethod
     def parse(cls, raw: dict[str, Any] | None, base_dir: Path) -> StoreConfig:
         """The `store:` mapping of a validated policy; a relative `sqlite` is relative to the policy's folder."""
@@ -420,6 +459,24 @@ class CallerPolicy:
         )
 
 
+CA_FOLDER = "kaixu-ca"
+"""The folder, in the store's, that holds kaixu's CA (docs/forward-proxy.md)."""
+
+
+def _forward_policy(spec: dict[str, Any], keys: dict[str, VirtualKey]) -> ForwardPolicy:
+    by_name = {key.name: key for key in keys.values()}
+    return ForwardPolicy(
+        intercept_hosts=frozenset(host.lower() for host in spec.get("intercept_hosts") or ()),
+        others=spec.get("others", "tunnel"),
+        credentials=spec.get("credentials", "keep"),
+        byok=bool(spec.get("byok", False)),
+        clients=tuple(
+            ForwardClient(ipaddress.ip_network(client["address"], strict=False), by_name[client["key"]])
+            for client in spec.get("clients") or ()
+        ),
+    )
+
+
 def _caller_policy(spec: dict[str, Any], eur_per_usd: Fraction) -> CallerPolicy:
     match = spec.get("match") or {}
     cost = spec.get("max_cost_per_day") or {}
@@ -449,6 +506,7 @@ class Policy:
     digest: str
     raw: dict[str, Any]
     listen: tuple[tuple[str, int], ...]
+    """The reverse listeners (`listen[]` without `mode: forward`)."""
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelRoute]
     model_patterns: tuple[ModelRoute, ...]
@@ -463,6 +521,11 @@ class Policy:
     fronts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ca_file: str | None = None
     """CA bundle that verifies providers' certificates (None: certifi's roots)."""
+    forward_listen: tuple[tuple[str, int], ...] = ()
+    """The forward listeners (`listen[].mode: forward`)."""
+    forward: ForwardPolicy = field(default_factory=ForwardPolicy)
+    ca_dir: str = ""
+    """Where kaixu's own CA lives (the forward listeners' interception CA): `kaixu-ca/` in the store's folder."""
     limits: ClientLimits = field(default_factory=ClientLimits)
     translation: TranslationPolicy = field(default_factory=TranslationPolicy)
     responses: ResponsesPolicy = field(default_factory=ResponsesPolicy)
@@ -665,6 +728,16 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
         if isinstance(match.get("key"), str) and match["key"] not in key_names:
             problems.append((("policies", index, "match", "key"), f"unknown key name {match['key']!r}"))
 
+    for index, client in enumerate(_sequence(_mapping(data.get("forward")).get("clients"))):
+        client = _mapping(client)
+        if isinstance(client.get("key"), str) and client["key"] not in key_names:
+            problems.append((("forward", "clients", index, "key"), f"unknown key name {client['key']!r}"))
+        if isinstance(client.get("address"), str):
+            try:
+                ipaddress.ip_network(client["address"], strict=False)
+            except ValueError:
+                problems.append((("forward", "clients", index, "address"), f"not an address: {client['address']!r}"))
+
     default_model = data.get("default_model")
     if isinstance(default_model, str) and default_model not in concrete:
         problems.append((("default_model",), f"unknown model {default_model!r}"))
@@ -800,8 +873,12 @@ def build_policy(
 
     auth = data.get("auth") or {}
     limits = data.get("limits") or {}
-    listen = tuple((item.get("host", "127.0.0.1"), int(item["port"])) for item in data.get("listen") or ())
+    listeners = [(item.get("host", "127.0.0.1"), int(item["port"]), item.get("mode", "reverse"))
+                 for item in data.get("listen") or ()]  # fmt: skip
+    listen = tuple((host, port) for host, port, mode in listeners if mode == "reverse")
+    forward_listen = tuple((host, port) for host, port, mode in listeners if mode == "forward")
     store = StoreConfig.parse(data.get("store"), base_dir)
+    forward = _forward_policy(data.get("forward") or {}, keys)
     ca_file = (data.get("tls") or {}).get("ca_file")
 
     byok = bool(auth.get("byok", False))
@@ -855,7 +932,10 @@ def build_policy(
     policy = Policy(
         digest=digest,
         raw=data,
-        listen=listen or (("127.0.0.1", 4000),),
+        listen=listen if listeners else (("127.0.0.1", 4000),),
+        forward_listen=forward_listen,
+        forward=forward,
+        ca_dir=str(store.folder(base_dir) / CA_FOLDER),
         providers=providers,
         models=models,
         model_patterns=tuple(patterns),

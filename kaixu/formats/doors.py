@@ -70,6 +70,9 @@ class FrontDoor:
     """Its paths (exact ones; Gemini's model paths are matched by `door_for_path`)."""
     path_prefixes: tuple[str, ...] = ()
     """Where an endpoint kaixu does not serve still gets this door's error shape."""
+    public_hosts: tuple[str, ...] = ()
+    """The provider's own API hosts its SDKs call by default: a forward listener intercepts these (kaixu/forward.py),
+    and a request to one of them is answered in this door's shape (docs/forward-proxy.md)."""
     health_path: str | None = None
     """Where its clients check that the gateway is up: answered as kaixu's own `/health` (the ingress step)."""
     key_headers: tuple[str, ...] = ("authorization",)
@@ -147,6 +150,7 @@ _GATE_CONFIG = ("generationConfig", "config")  # kAIxu Gate's alias of generatio
 
 OPENAI = FrontDoor(
     "openai",
+    public_hosts=("api.openai.com",),
     endpoints={
         "/v1/chat/completions": Endpoint("openai", "chat", _POST, True),
         "/v1/embeddings": Endpoint("openai", "embeddings", _POST, True),
@@ -155,6 +159,7 @@ OPENAI = FrontDoor(
 )
 ANTHROPIC = FrontDoor(
     "anthropic",
+    public_hosts=("api.anthropic.com",),
     endpoints={
         "/v1/messages": Endpoint("anthropic", "chat", _POST, True),
         "/v1/messages/count_tokens": Endpoint("anthropic", "count_tokens", _POST, True),
@@ -172,6 +177,7 @@ ANTHROPIC = FrontDoor(
 )
 GEMINI = FrontDoor(
     "gemini",
+    public_hosts=("generativelanguage.googleapis.com",),
     endpoints={  # the model is in the path of the others: see _GEMINI_PATH
         "/v1beta/models": Endpoint("gemini", "models", _GET, False),
         "/v1alpha/models": Endpoint("gemini", "models", _GET, False),
@@ -273,6 +279,8 @@ PATHS: dict[str, Endpoint] = {path: ep for door in DOORS.values() for path, ep i
 KEY_HEADERS: tuple[str, ...] = tuple(dict.fromkeys(h for door in DOORS.values() for h in door.key_headers))
 #: Query parameters that may carry a credential.
 KEY_QUERY: tuple[str, ...] = tuple(door.key_query for door in DOORS.values() if door.key_query)
+#: The providers' public API hosts, by door name: what a forward listener always intercepts.
+PUBLIC_HOSTS: dict[str, str] = {host: door.name for door in DOORS.values() for host in door.public_hosts}
 #: The doors' own health paths (kaixu's is `/health`).
 HEALTH_PATHS: tuple[str, ...] = tuple(door.health_path for door in DOORS.values() if door.health_path)
 
@@ -331,8 +339,9 @@ def door_for_path(path: str) -> Found | None:
     return None
 
 
-def front_for_path(path: str) -> str:
-    """The error shape to use for a path, even one kaixu does not serve."""
+def front_for_path(path: str, host: str | None = None) -> str:
+    """The error shape to use for a path, even one kaixu does not serve; `host`: the provider's public host a
+    forward listener's client called (decides when the path does not)."""
     endpoint = PATHS.get(path)
     if endpoint is not None:
         return endpoint.front
@@ -341,11 +350,23 @@ def front_for_path(path: str) -> str:
     for door in DOORS.values():
         if door.path_prefixes and path.startswith(door.path_prefixes):
             return door.name
+    by_host = front_for_host(host) if host else None
+    if by_host is not None:
+        return by_host
     return OPENAI.name
 
 
-def models_front(headers: Container[str], path: str) -> str:
-    """Whose model list a `/v1/models` request asks for (three SDKs share the path): answered in its shape."""
+def front_for_host(host: str) -> str | None:
+    """The door whose provider's public host this is (a forward listener's intercepted request), else None."""
+    return PUBLIC_HOSTS.get(host.lower().rstrip("."))
+
+
+def models_front(headers: Container[str], path: str, host: str | None = None) -> str:
+    """Whose model list a `/v1/models` request asks for (three SDKs share the path): answered in its shape.
+    Through a forward listener the provider's host the SDK called says it."""
+    by_host = front_for_host(host) if host else None
+    if by_host is not None:
+        return by_host
     if "x-goog-api-key" in headers or "x-goog-api-client" in headers or "key=" in path:
         return GEMINI.name
     if "anthropic-version" in headers:
