@@ -21,7 +21,10 @@ What it does, all on 127.0.0.1:
 Cases, per CLI: its default model on the built-in mock; a thinking model on a route translated to another
 wire format (Claude Code -> an OpenAI-format provider, Gemini CLI -> an Anthropic-format one); and a tool
 turn: the prompt carries the fake's ``<<call NAME {json}>>`` marker, so the "model" asks the CLI to read a
-file of the workspace, and the case passes when the file's secret comes back in the CLI's answer.
+file of the workspace, and the case passes when the file's secret comes back in the CLI's answer. Claude Code
+also runs with no base URL at all, only ``HTTPS_PROXY`` (kaixu's forward listener, ``forward.others: deny``)
+and ``NODE_EXTRA_CA_CERTS`` (kaixu's CA): it calls api.anthropic.com, which kaixu intercepts and routes to the
+mock; the case passes when kaixu logged its requests under the key it sent (docs/forward-proxy.md).
 
 A case passes when the CLI exits 0, reports no error in its JSON output, and every request kaixu logged for
 it was answered 2xx. Results: a markdown table on stdout, ``bench/results/real-clients-<timestamp>.json``
@@ -103,12 +106,14 @@ class Case:
     provider: str
     model: str | None  # None: the CLI's default
     tool: bool = False  # a tool turn: read a file of the workspace
+    forward: bool = False  # no base URL: HTTPS_PROXY (kaixu's forward listener) and kaixu's CA
 
 
 CASES = (
     Case("claude default model, mock", "claude", "mock", None),
     Case("claude thinking, translated to OpenAI", "claude", "fake-openai", "claude-opus-4-8"),
     Case("claude tool turn (Read)", "claude", "fake-anthropic", None, tool=True),
+    Case("claude via HTTPS_PROXY, no base URL, mock", "claude", "mock", None, forward=True),
     Case("gemini default model, mock", "gemini", "mock", None),
     Case("gemini thinking, translated to Anthropic", "gemini", "fake-anthropic", "gemini-3.1-pro-preview"),
     Case("gemini tool turn (read_file)", "gemini", "fake-gemini", None, tool=True),
@@ -122,6 +127,7 @@ CASES = (
 )
 TOOL_NAMES = {"claude": "Read", "gemini": "read_file", "codex": "exec"}
 FRONTS = {"claude": "Anthropic", "gemini": "Gemini", "codex": "OpenAI Responses"}
+FORWARD_HOST = "127.0.0.2"  # the forward listener's (two port-0 listeners need two hosts)
 
 
 @dataclass
@@ -183,8 +189,9 @@ def install(clients: list[Client], prefix: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------------------------------
 
 
-def policy(client: Client, provider: str, fake_port: int) -> str:
-    """Every model the CLI asks for goes to the case's provider (the only one); one virtual key."""
+def policy(client: Client, provider: str, fake_port: int, forward: bool = False) -> str:
+    """Every model the CLI asks for goes to the case's provider (the only one); one virtual key. `forward`: a
+    forward listener too, that refuses every host but the providers' (nothing can leave)."""
     fake = f"http://{HOST}:{fake_port}"
     providers = {
         "mock": {"kind": "mock"},
@@ -201,6 +208,9 @@ def policy(client: Client, provider: str, fake_port: int) -> str:
         "models": {client.models: {"route": [{"provider": provider}]}},
         "keys": [{"name": "real-clients", "hash": "sha256:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}],
     }
+    if forward:
+        doc["listen"] = [{"host": HOST, "port": 0}, {"host": FORWARD_HOST, "port": 0, "mode": "forward"}]
+        doc["forward"] = {"others": "deny"}
     return json.dumps(doc, indent=2)  # JSON is YAML
 
 
@@ -225,18 +235,24 @@ def base_env(home: Path) -> dict[str, str]:
 
 
 def claude_run(exe: Path, url: str, home: Path, case: Case, prompt: str) -> tuple[list[str], dict[str, str]]:
-    env = base_env(home) | {
+    bases = {
         "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": CLIENT_KEY,
         # never used with an API key, pointed at kaixu anyway so no request can leave loopback
         "ANTHROPIC_BEDROCK_BASE_URL": url,
         "ANTHROPIC_VERTEX_BASE_URL": url,
         "ANTHROPIC_FOUNDRY_BASE_URL": url,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "DISABLE_AUTOUPDATER": "1",
     }
+    env = (
+        base_env(home)
+        | ({} if case.forward else bases)
+        | {  # forward: `url` is the proxy (run_case)
+            "ANTHROPIC_API_KEY": CLIENT_KEY,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        }
+    )
     (home / ".claude").mkdir(exist_ok=True)
     settings = {"env": {"DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1"}, "autoUpdates": False}
     (home / ".claude" / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -389,8 +405,15 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
     else:
         prompt = "Say hello"
     with contextlib.ExitStack() as stack:
-        port, _pid = start_kaixu(folder, fake_port, stack, policy(client, case.provider, fake_port), args=KAIXU_ARGS)
-        cmd, env = RUNNERS[case.client](exe, f"http://{HOST}:{port}", home, case, prompt)
+        text = policy(client, case.provider, fake_port, case.forward)
+        port, _pid = start_kaixu(folder, fake_port, stack, text, args=KAIXU_ARGS)
+        url = f"http://{HOST}:{port}"
+        if case.forward:  # the forward listener follows the reverse one in the port file
+            url = "http://{}:{}".format(*json.loads((folder / "kaixu.ports").read_text())[1])
+        cmd, env = RUNNERS[case.client](exe, url, home, case, prompt)
+        if case.forward:
+            env |= {name: url for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}
+            env["NODE_EXTRA_CA_CERTS"] = str(folder / "kaixu-ca" / "mitmproxy-ca-cert.pem")
         print(f"  {case.name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         code, stdout, stderr = run_bounded(cmd, workspace, env, timeout)
@@ -401,6 +424,8 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
     access, errors = kaixu_lines(folder / "kaixu.log")
     answer, cli_error = read_answer(case.client, stdout, stderr)
     refused = [line for line in access if (m := STATUS.match(line)) and not m[1].startswith("2")]
+    if case.forward:  # Claude Code also asks its provider's host for its own settings (not the API): a 404 is fine
+        refused = [line for line in refused if not (" GET /api/claude_code/" in line and " 404 " in line)]
     why = ""
     if code != 0:
         why = f"exit {code}" if code is not None else f"timed out after {timeout:g} s"
@@ -413,6 +438,8 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
         why = f"kaixu answered {len(refused)} of {len(access)} requests with an error"
     elif case.tool and secret not in answer:
         why = "the file's content is not in the answer: the tool did not run"
+    elif case.forward and not any(line.endswith(" key=real-clients") and " /v1/messages" in line for line in access):
+        why = "kaixu logged no /v1/messages request under the key the CLI sent"
     route = f"{FRONTS[case.client]} -> {PROVIDERS[case.provider]}"
     result = CaseResult(
         name=case.name,

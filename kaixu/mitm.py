@@ -43,10 +43,15 @@ reach):
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
   (`kaixu/chain.py`) either way.
+* The forward listeners (kaixu/addons/forward.py): which regular-mode listeners are kaixu's
+  (`claim_forward_listeners`), the host a CONNECT tunnel leads to, and a tunnel passed through untouched
+  (mitmproxy's `ignore_hosts` does that, but it is global: it would also catch the reverse listeners, whose inert
+  upstream matches no intercepted host). kaixu's CA is created and read here too (mitmproxy's `certs`).
 
-Every patch acts only on kaixu's connections (a client that arrived on a reverse-mode listener: all of them
-under `kaixu run`, the reverse listeners under `mitmdump -s kaixu/plugin.py`); any other flow in the same
-mitmproxy keeps stock behaviour. `self_test()` runs at start-up and refuses to run on a mitmproxy whose
+Every patch acts only on kaixu's connections (a client that arrived on a reverse-mode listener or on one of
+kaixu's forward listeners: all of them under `kaixu run`, the reverse listeners under `mitmdump -s
+kaixu/plugin.py`); any other flow in the same mitmproxy keeps stock behaviour.
+`self_test()` runs at start-up and refuses to run on a mitmproxy whose
 internals moved.
 """
 
@@ -313,6 +318,8 @@ def self_test() -> None:
         (mode_servers.ServerInstance, "make", ("mode", "manager")),
         (mode_servers.ServerInstance, "handle_stream", ("self", "reader", "writer")),
         (proxyserver.Proxyserver, "register_connection", ("self", "connection_id", "handler")),
+        (tcp_layers.TCPLayer, "__init__", ("self", "context", "ignore")),
+        (certs.CertStore, "create_store", ("path", "basename", "key_size", "organization", "cn")),
     ]
     for owner, name, params in checks:
         func = getattr(owner, name, None)
