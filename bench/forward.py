@@ -100,7 +100,7 @@ def run(requests: int) -> dict[str, dict[str, Any]]:
 
         def clients() -> dict[str, Callable[[], httpx.Client]]:
             return {
-                "reverse": lambda: httpx.Client(timeout=30),
+                "reverse": lambda: httpx.Client(verify=trust, timeout=30),  # (a built context: no cost per client)
                 "forward": lambda: httpx.Client(proxy=proxy, verify=trust, timeout=30),
             }
 
