@@ -58,7 +58,14 @@ class Forward:
         if not mitm.is_forward_client(context.client):
             return
         host = mitm.tunnel_destination(nextlayer)
-        if host is not None and not intercepts(self.gateway.require_policy(), host):
+        if host is None:
+            return
+        try:
+            intercepted = intercepts(self.gateway.require_policy(), host)
+        except Exception:  # never decrypt on a decision that was not made
+            log.exception("forward listener: cannot decide on %s; tunnelled untouched", safe(host))
+            intercepted = False
+        if not intercepted:
             mitm.pass_through(nextlayer)
 
     def client_disconnected(self, client: connection.Client) -> None:

@@ -38,6 +38,7 @@ from tests.tls import make_tls_files
 
 FORWARD_HOST = "127.0.0.2"  # the reverse listener takes 127.0.0.1:0 (two port-0 listeners need two hosts)
 REAL_PROVIDER_KEY = "sk-proj-REAL-provider-key-baked-into-the-app"
+SELF_HOSTED = "llm.example.test"  # a host the policy adds to the intercepted ones (never resolved: routed)
 
 
 class Other:
@@ -81,8 +82,7 @@ def forward_policy(fake: FakeProvider, **forward: Any) -> dict[str, Any]:
         store={"sqlite": "ledger.db"},
     )
     policy["keys"][1]["limits"] = {"rpm": 2}  # `limited`: limits apply through the forward listener too
-    if forward:
-        policy["forward"] = forward
+    policy["forward"] = {"intercept_hosts": [SELF_HOSTED], **forward}
     return policy
 
 
@@ -207,6 +207,22 @@ def test_the_sdk_configured_by_the_environment_alone(gw: Kaixu) -> None:
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "echo: env only"
+
+
+def test_the_host_names_the_door_where_the_path_does_not(gw: Kaixu) -> None:
+    """`/v1/models` is shared by three SDKs, an unknown path has no door: the provider's host the app called says."""
+    with proxied(gw) as client:
+        models = client.get("https://api.anthropic.com/v1/models", headers={"x-api-key": TEST_KEY})
+        assert models.status_code == 200 and "has_more" in models.json()  # Anthropic's list, no anthropic-version
+        unknown = client.get("https://generativelanguage.googleapis.com/v9/nothing", headers={"x-goog-api-key": "k"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"  # Gemini's shape
+
+
+def test_intercept_hosts_adds_a_host(gw: Kaixu, fake: FakeProvider) -> None:
+    client = openai.OpenAI(api_key=TEST_KEY, base_url=f"https://{SELF_HOSTED}/v1", http_client=proxied(gw))
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=chat("self hosted"))  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "echo: self hosted"
+    assert upstream_saw(fake, "self hosted")["authorization"] == f"Bearer {UPSTREAM_KEYS['openai']}"
 
 
 # -- credentials -----------------------------------------------------------------------------------------------------
