@@ -22,9 +22,10 @@ Cases, per CLI: its default model on the built-in mock; a thinking model on a ro
 wire format (Claude Code -> an OpenAI-format provider, Gemini CLI -> an Anthropic-format one); and a tool
 turn: the prompt carries the fake's ``<<call NAME {json}>>`` marker, so the "model" asks the CLI to read a
 file of the workspace, and the case passes when the file's secret comes back in the CLI's answer. Claude Code
-also runs with no base URL at all, only ``HTTPS_PROXY`` (kaixu's forward listener, ``forward.others: deny``)
-and ``NODE_EXTRA_CA_CERTS`` (kaixu's CA): it calls api.anthropic.com, which kaixu intercepts and routes to the
-mock; the case passes when kaixu logged its requests under the key it sent (docs/forward-proxy.md).
+(and Gemini CLI) also run with no base URL at all, only ``HTTPS_PROXY`` (kaixu's forward listener,
+``forward.others: deny``) and ``NODE_EXTRA_CA_CERTS`` (kaixu's CA): they call their provider's host, which kaixu
+intercepts and routes to the mock; the case passes when kaixu logged their API requests under the key they sent
+(docs/forward-proxy.md).
 
 A case passes when the CLI exits 0, reports no error in its JSON output, and every request kaixu logged for
 it was answered 2xx. Results: a markdown table on stdout, ``bench/results/real-clients-<timestamp>.json``
@@ -124,9 +125,12 @@ CASES = (
     Case(
         "codex tool turn (exec, a free-form tool), translated to Anthropic", "codex", "fake-anthropic", None, tool=True
     ),
+    Case("gemini via HTTPS_PROXY, no base URL, mock", "gemini", "mock", None, forward=True),
 )
 TOOL_NAMES = {"claude": "Read", "gemini": "read_file", "codex": "exec"}
 FRONTS = {"claude": "Anthropic", "gemini": "Gemini", "codex": "OpenAI Responses"}
+# a forward case's API calls, in the access log
+API_PATHS = {"claude": " /v1/messages", "gemini": " /v1beta/models/", "codex": " /v1/responses"}
 FORWARD_HOST = "127.0.0.2"  # the forward listener's (two port-0 listeners need two hosts)
 
 
@@ -265,13 +269,16 @@ def claude_run(exe: Path, url: str, home: Path, case: Case, prompt: str) -> tupl
 
 
 def gemini_run(exe: Path, url: str, home: Path, case: Case, prompt: str) -> tuple[list[str], dict[str, str]]:
-    env = base_env(home) | {
-        "GOOGLE_GEMINI_BASE_URL": url,
-        "GOOGLE_VERTEX_BASE_URL": url,
-        "GEMINI_API_KEY": CLIENT_KEY,
-        "GEMINI_CLI_TRUST_WORKSPACE": "true",
-        "GEMINI_TELEMETRY_ENABLED": "false",
-    }
+    bases = {"GOOGLE_GEMINI_BASE_URL": url, "GOOGLE_VERTEX_BASE_URL": url}
+    env = (
+        base_env(home)
+        | ({} if case.forward else bases)
+        | {  # forward: `url` is the proxy (run_case)
+            "GEMINI_API_KEY": CLIENT_KEY,
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            "GEMINI_TELEMETRY_ENABLED": "false",
+        }
+    )
     # With a base URL, Gemini CLI picks an auth type it then rejects unless the settings name the API key.
     settings = {
         "security": {"auth": {"selectedType": "gemini-api-key"}},
@@ -438,8 +445,10 @@ def run_case(case: Case, exe: Path, fake_port: int, work: Path, timeout: float) 
         why = f"kaixu answered {len(refused)} of {len(access)} requests with an error"
     elif case.tool and secret not in answer:
         why = "the file's content is not in the answer: the tool did not run"
-    elif case.forward and not any(line.endswith(" key=real-clients") and " /v1/messages" in line for line in access):
-        why = "kaixu logged no /v1/messages request under the key the CLI sent"
+    elif case.forward and not any(
+        line.endswith(" key=real-clients") and API_PATHS[case.client] in line for line in access
+    ):
+        why = f"kaixu logged no{API_PATHS[case.client]} request under the key the CLI sent"
     route = f"{FRONTS[case.client]} -> {PROVIDERS[case.provider]}"
     result = CaseResult(
         name=case.name,
