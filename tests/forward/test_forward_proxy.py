@@ -33,7 +33,16 @@ from google import genai
 from google.genai import types
 
 from tests.fakes.provider import FakeProvider
-from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS, Kaixu, ledger_row, policy_for, unavailable
+from tests.harness import (
+    LIMITED_KEY,
+    TEST_KEY,
+    UPSTREAM_KEYS,
+    Kaixu,
+    ledger_row,
+    policy_for,
+    unavailable,
+    wait_for,
+)
 from tests.tls import make_tls_files
 
 FORWARD_HOST = "127.0.0.2"  # the reverse listener takes 127.0.0.1:0 (two port-0 listeners need two hosts)
@@ -265,6 +274,22 @@ def test_unknown_credentials_are_refused_and_nothing_is_forwarded(gw: Kaixu, fak
     assert refused.value.code == "invalid_proxy_credential"
     assert not [r for r in fake.requests if b"unknown key" in r.body or b"wrong proxy password" in r.body]
     assert "sk-not-a-kaixu-key" not in gw.log()
+
+
+def test_forward_byok_forwards_the_apps_own_key(gw: Kaixu, fake: FakeProvider) -> None:
+    """`forward.byok: true` (a hot reload of the module's gateway, undone after): an unknown key goes upstream as is."""
+    generation = gw.health()["policy"]["generation"]
+    gw.write_policy(forward_policy(fake, byok=True))
+    wait_for(lambda: gw.health()["policy"]["generation"] > generation, 10, "the byok policy")
+    try:
+        client = openai.OpenAI(api_key=REAL_PROVIDER_KEY, http_client=proxied(gw), max_retries=0)
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=chat("own key"))  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "echo: own key"
+        assert upstream_saw(fake, "own key")["authorization"] == f"Bearer {REAL_PROVIDER_KEY}"
+    finally:
+        generation = gw.health()["policy"]["generation"]
+        gw.write_policy(forward_policy(fake))
+        wait_for(lambda: gw.health()["policy"]["generation"] > generation, 10, "the policy back")
 
 
 def test_replace_bills_an_app_by_its_address_and_replaces_its_provider_key(strict: Kaixu, fake: FakeProvider) -> None:
