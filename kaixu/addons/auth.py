@@ -122,20 +122,12 @@ class Auth:
             caller.client_key = key
             caller.byok = True
             return
-        if key is None and call.policy.anonymous:
-            return
-        flow.response = (
-            _invalid(call)
-            if key is not None
-            else error_response(
-                call,
-                401,
-                "missing API key: send a kaixu key in the provider's header or as the proxy password "
-                "(HTTPS_PROXY=http://app:<key>@host:port)",
-                "authentication_error",
-                "missing_api_key",
-            )
-        )
+        if key is not None:
+            flow.response = _invalid(call)
+        elif not call.policy.anonymous:
+            message = ("missing API key: send a kaixu key in the provider's header or as the proxy password "
+                       "(HTTPS_PROXY=http://app:<key>@host:port)")  # fmt: skip
+            flow.response = error_response(call, 401, message, "authentication_error", "missing_api_key")
 
     @staticmethod
     def _settle(flow: http.HTTPFlow, call: Call, found: VirtualKey | http.Response) -> None:

@@ -272,6 +272,9 @@ def test_unknown_credentials_are_refused_and_nothing_is_forwarded(gw: Kaixu, fak
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.chat.completions.create(model="gpt-4o-mini", messages=chat("wrong proxy password"))  # type: ignore[arg-type]
     assert refused.value.code == "invalid_proxy_credential"
+    with proxied(gw) as bare:  # no credential at all
+        missing = bare.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o-mini"})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
     assert not [r for r in fake.requests if b"unknown key" in r.body or b"wrong proxy password" in r.body]
     assert "sk-not-a-kaixu-key" not in gw.log()
 
