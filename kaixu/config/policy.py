@@ -901,6 +901,10 @@ def build_policy(
     used = {t.provider for route in [*models.values(), *patterns] for t in route.targets}
     for name in providers.keys() - used:
         warnings.append((("providers", name), "no model routes to this provider"))
+    if data.get("forward") and not forward_listen:
+        warnings.append((("forward",), "no listener has mode: forward: this section has nothing to act on"))
+    if forward.clients and forward.credentials != "replace":
+        warnings.append((("forward", "clients"), "read only under forward.credentials: replace"))
     if store.postgres is not None and store.redis is None:
         warnings.append(
             (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")

@@ -444,3 +444,31 @@ def test_the_console_without_admin_keys_is_warned_about() -> None:
     assert [w.split(": ", 1)[1] for w in parse_policy(console).warnings] == [warned]
     admins = console + 'admin_keys: [{name: ops, hash: "sha256:' + "9" * 64 + '"}]\n'
     assert not [w for w in parse_policy(admins).warnings if "console" in w]
+
+
+FORWARD_KEY = 'keys: [{name: app, hash: "sha256:' + "0" * 64 + '"}]\n'
+
+
+def test_forward_listeners_and_their_section() -> None:
+    text = BASE + FORWARD_KEY + "listen: [{port: 4000}, {host: 127.0.0.2, port: 8080, mode: forward}]\n"
+    text += "forward: {intercept_hosts: [LLM.Example.test], others: deny, credentials: replace, "
+    text += "clients: [{address: 10.1.0.0/16, key: app}]}\n"
+    policy = parse_policy(text)
+    assert (policy.listen, policy.forward_listen) == ((("127.0.0.1", 4000),), (("127.0.0.2", 8080),))
+    assert policy.forward.intercept_hosts == {"llm.example.test"} and policy.forward.others == "deny"
+    assert policy.forward.client_key("10.1.2.3").name == "app"  # type: ignore[union-attr]
+    assert policy.forward.client_key("::ffff:10.1.2.3").name == "app"  # type: ignore[union-attr]
+    assert policy.forward.client_key("10.2.0.1") is None
+    assert policy.warnings == ()
+    only_forward = parse_policy(BASE + "listen: [{port: 8080, mode: forward}]\n")
+    assert only_forward.listen == () and only_forward.forward_listen == (("127.0.0.1", 8080),)  # no reverse added
+
+
+def test_forward_problems_and_warnings() -> None:
+    found = lines_of(BASE + FORWARD_KEY + "forward: {clients: [{address: not-an-ip, key: nobody}]}\n")
+    assert any("forward.clients[0].key: unknown key name 'nobody'" in line for line in found)
+    assert any("forward.clients[0].address: not an address" in line for line in found)
+    assert any("forward.intercept_hosts" in line for line in lines_of(BASE + "forward: {intercept_hosts: ['a b']}\n"))
+    warned = parse_policy(BASE + FORWARD_KEY + "forward: {clients: [{address: 10.0.0.1, key: app}]}\n").warnings
+    assert any("no listener has mode: forward" in w for w in warned)
+    assert any("forward.clients: read only under forward.credentials: replace" in w for w in warned)

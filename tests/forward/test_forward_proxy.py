@@ -359,7 +359,7 @@ def test_plain_http_to_another_host_goes_without_the_proxy_credential(gw: Kaixu,
     assert_no_secret_left(upstream_saw(fake, "plain other"), TEST_KEY)
 
 
-def test_others_deny_refuses_the_connect(strict: Kaixu, other: Other) -> None:
+def test_others_deny_refuses_the_connect(strict: Kaixu, other: Other, fake: FakeProvider) -> None:
     status, sock = connect(strict.proxy_urls[0], "localhost", other.port)
     sock.close()
     assert status == 403
@@ -368,6 +368,10 @@ def test_others_deny_refuses_the_connect(strict: Kaixu, other: Other) -> None:
     with httpx.Client(proxy=strict.proxy_urls[0], verify=verify) as c, pytest.raises(httpx.ProxyError):
         c.get(f"https://localhost:{other.port}/z")
     assert len(other.seen) == seen
+    with httpx.Client(proxy=strict.proxy_urls[0]) as plain:  # a plain-HTTP request to another host: refused too
+        body = {"model": "gpt-4o-mini", "messages": chat("plain denied")}
+        assert plain.post(fake.base_url + "/v1/chat/completions", json=body).status_code == 403
+    assert not [r for r in fake.requests if b"plain denied" in r.body]
     # the providers' hosts still go through
     client = openai.OpenAI(api_key=TEST_KEY, http_client=proxied(strict), max_retries=0)
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=chat("deny others"))  # type: ignore[arg-type]
