@@ -146,7 +146,14 @@ async def _run(args: argparse.Namespace, policy: Policy) -> int:
     while not ps.listen_addrs() and not task.done():
         await asyncio.sleep(0.02)
     if not task.done():
-        _announce(args, policy, ps.listen_addrs())
+        from kaixu import mitm
+
+        bound = mitm.bound_listeners(master)
+        _announce(args, policy, [(host, port) for forward, host, port in bound if not forward])
+        for host, port in [(host, port) for forward, host, port in bound if forward]:
+            print(f"kaixu {__version__} forward proxy on {_url(host, port)}: HTTPS_PROXY for apps that cannot set a "
+                  "base URL (`kaixu env CLIENT` prints a client's lines; docs/forward-proxy.md)")  # fmt: skip
+        sys.stdout.flush()
     await task
     errors = master.addons.get("errorcheck")
     return 1 if errors is not None and errors.logger.has_errored else 0

@@ -151,6 +151,16 @@ def is_forward_client(client: connection.Client) -> bool:
     return isinstance(mode, mode_specs.RegularMode) and mode.full_spec in _forward_specs
 
 
+def bound_listeners(master: Any) -> list[tuple[bool, str, int]]:
+    """(is a forward listener, host, port) of every address the proxy listens on, in the order of `mode`."""
+    servers = master.addons.get("proxyserver").servers
+    return [
+        (isinstance(server.mode, mode_specs.RegularMode), str(addr[0]), int(addr[1]))
+        for server in servers
+        for addr in server.listen_addrs
+    ]
+
+
 def tunnel_destination(nextlayer: Any) -> str | None:
     """The host a forward client's CONNECT tunnel leads to, when mitmproxy asks what runs inside it (None for any
     other layer decision: the connection's first, before a CONNECT)."""
@@ -648,6 +658,7 @@ __all__ = [
     "ErrorCode",
     "IncompatibleMitmproxy",
     "assemble_response",
+    "bound_listeners",
     "ca_exists",
     "ca_in_use",
     "claim_forward_listeners",

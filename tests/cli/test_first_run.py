@@ -175,7 +175,7 @@ def test_readme_commands_exist_as_written() -> None:
     from kaixu.cli import build_parser
 
     rows = re.findall(r"^\| `(\.venv/bin/[^`]+)` \|", README, re.M)
-    assert len(rows) == 15, rows
+    assert len(rows) == 17, rows
     for row in rows:
         program, *words = row.split()
         assert (ROOT / program).is_file(), f"{program} (make test and make run create it)"
