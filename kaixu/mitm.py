@@ -329,6 +329,7 @@ def self_test() -> None:
         (mode_servers.ServerInstance, "handle_stream", ("self", "reader", "writer")),
         (proxyserver.Proxyserver, "register_connection", ("self", "connection_id", "handler")),
         (tcp_layers.TCPLayer, "__init__", ("self", "context", "ignore")),
+        (mode_servers.ServerInstance, "__init__", ("self", "mode", "manager")),  # `.mode`: bound_listeners
         (certs.CertStore, "create_store", ("path", "basename", "key_size", "organization", "cn")),
     ]
     for owner, name, params in checks:
@@ -342,6 +343,7 @@ def self_test() -> None:
         (http_layers.HttpLayer, "streams"),
         (http_layers.HttpStream, "flow"),
         (ResponseHeaders, "end_stream"),
+        (mode_servers.ServerInstance, "listen_addrs"),
     )
     for owner, attr in attributes:
         if attr not in getattr(owner, "__annotations__", {}) and not hasattr(owner, attr):
