@@ -170,10 +170,16 @@ def _supervise(args: argparse.Namespace, policy: Policy) -> int:
         return _fail("kaixu: --workers needs a store the workers share: store.sqlite must be a file (or set both "
                      "store.postgres for the ledger and store.redis for the counters); with :memory: each worker "
                      "would keep its own ledger and counters")  # fmt: skip
+    if policy.forward_listen:
+        return _fail("kaixu: --workers does not serve forward listeners (listen[].mode: forward) yet: run them in "
+                     "one process (kaixu run without --workers)")  # fmt: skip
     try:
         count = worker_count(args.workers)
     except ValueError:
         return _fail(f"kaixu: --workers: expected a number from 1 or auto, got {args.workers!r}")
+    from kaixu import ca
+
+    ca.init(policy.ca_dir)  # once, here: N workers would each make one in the same folder at once
     listener = _configure_logging(args.log_level, args.access_log, "supervisor")
     if policy.ui.enabled and count > 1:
         logging.getLogger("kaixu").warning(

@@ -38,8 +38,7 @@ CLIENTS: dict[str, ClientEnv] = {
     "codex": ClientEnv(
         "Codex CLI",
         (_PROXY, "export CODEX_CA_CERTIFICATE={bundle}", "export OPENAI_API_KEY={key}"),
-        "Codex calls the OpenAI Responses API (/v1/responses), which kaixu does not serve yet: its requests are "
-        "answered 404 (unknown endpoint) until it does",
+        "no base URL: it calls api.openai.com's Responses API (/v1/responses), kaixu's Responses door",
     ),
     "gemini-cli": ClientEnv(
         "Gemini CLI",
