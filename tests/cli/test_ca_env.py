@@ -101,3 +101,10 @@ def test_env_without_a_forward_listener(tmp_path: Path) -> None:
     done = kaixu("env", "curl", cwd=tmp_path)
     assert done.returncode == 1 and "forward listener" in done.stderr
     assert kaixu("env", "curl", "--proxy", "127.0.0.1:9999", cwd=tmp_path).returncode == 0
+
+
+def test_workers_refuse_a_forward_listener(folder: Path) -> None:
+    """`--workers N` serves only reverse listeners (its own SO_REUSEPORT sockets): a forward one is refused, not
+    silently left closed."""
+    done = kaixu("run", "--workers", "2", cwd=folder)
+    assert done.returncode == 1 and "forward listeners" in done.stderr
