@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mitmproxy import http
 
@@ -60,6 +60,14 @@ class Bill:
     streamed_text: list[str] | None = None
     """The streamed answer's text, collected only when the policy stores content (`ledger.content.enabled`):
     None means "do not collect"."""
+    inner_calls: int = 0
+    """An agent's own model calls settled so far (kaixu/agents/grants.py): their cost is part of this one's."""
+    inner_cost_micros: int = 0
+    inner_unpriced: bool = False
+    """One of those calls used tokens at no known price: the sum is unknown."""
+    own_cost_micros: int | None = None
+    """What this request's own usage cost (`cost_micros` less the inner calls'), for its budget: the inner calls
+    were settled against the budgets one by one."""
 
     @property
     def unpriced(self) -> bool:
@@ -88,11 +96,17 @@ class Bill:
         """Price the usage known now at ``price``, the served attempt's (`Call.price`), with
         `kaixu.pricing.cost_micros`, the one pricing function. Idempotent: the stream step prices at the end of a
         stream for its final comment, the settle step once more."""
-        if self.usage is None:
+        own = None
+        if self.usage is not None:
+            self.usage_source = self.usage_source or "provider"
+            own = cost_micros(price, self.usage)
+        self.own_cost_micros = own
+        if not self.inner_calls:
+            self.cost_micros = own
+        elif self.inner_unpriced or (own is None and self.usage is not None):
             self.cost_micros = None
-            return
-        self.usage_source = self.usage_source or "provider"
-        self.cost_micros = cost_micros(price, self.usage)
+        else:
+            self.cost_micros = (own or 0) + self.inner_cost_micros
 
     def cost_usd(self) -> str:
         """The cost as the answer shows it: exact USD (`0.000123`), or `unknown`."""
@@ -279,7 +293,24 @@ class Turn:
     """The response object the client got: from the JSON answer, or a stream's terminal event."""
 
 
-@dataclass(slots=True, eq=False)
+class ParentRun(Protocol):
+    """The agent run an inner model call was made by (kaixu/agents/grants.py `AgentRun`)."""
+
+    outer: Call
+
+    def ended(self, cost_micros: int | None, usage: Usage | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAsk:
+    """What a request asks of an agent provider (`kind: claude-cli`, docs/claude-cli.md): the folder it works in
+    and the tools it may use, by name (the Intelligent AI Gateway's `working_directory`, `tools: ["Read"]`)."""
+
+    working_directory: str | None
+    tools: tuple[str, ...]
+
+
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Call:
     """One request's decisions, in four typed sub-records (`route`, `caller`, `bill`, `governance`) plus the
     request facts the dialect and body steps read."""
@@ -320,6 +351,12 @@ class Call:
     """An explicit backend (Intelligent AI Gateway): a provider name or a model name."""
     provider_hint: str | None = None
     """Kaixu Gateway 13's `provider` field: narrows the route to that provider kind."""
+    agent: AgentAsk | None = None
+    """The body's agent fields: the request goes to an agent provider (`kind: claude-cli`), or degraded to an
+    API without them."""
+    parent: ParentRun | None = None
+    """An agent's own model call: the run (and so the outer request) whose short-lived credential it presented
+    (kaixu/agents/grants.py)."""
     json_array_stream: bool = False
     """Gemini `:streamGenerateContent` without `alt=sse`: the client reads one JSON array, not SSE."""
     forwarded: bool = False

@@ -21,6 +21,7 @@ from kaixu.store import Ledger
 if TYPE_CHECKING:
     import asyncio
 
+    from kaixu.agents.endpoint import Agents
     from kaixu.call import Call
     from kaixu.limits.governor import Governor
     from kaixu.store.keys import KeySnapshot
@@ -100,6 +101,8 @@ class Gateway:
     relay (kaixu/reliability/serve.py, the one entry)."""
     sessions: Sessions = field(default_factory=Sessions)
     """The web console's sign-ins (kaixu/console.py): made by the ui step, read by the admin step too."""
+    agents: Agents | None = None
+    """The agent providers' runs (kaixu/agents/endpoint.py), once the loopback server is built."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped

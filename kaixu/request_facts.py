@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kaixu.call import Call
-from kaixu.formats import fronts, json_type
+from kaixu.call import AgentAsk, Call
+from kaixu.formats import FormatError, fronts, json_type
 from kaixu.formats.canonical import ChatRequest
 from kaixu.formats.doors import front_door
 from kaixu.log import safe
@@ -24,6 +24,36 @@ _MODEL_FORBIDDEN = re.compile(r"[\s?#%\\]|\.\.|^/|/$")
 
 #: Body fields that only steer the gateway; a provider would reject them.
 GATEWAY_FIELDS = ("backend",)
+#: The Intelligent AI Gateway's agent fields (docs/claude-cli.md): `working_directory`, and `tools` given as
+#: tool *names* (["Read", "Glob"]) rather than function schemas. Only an agent provider reads them.
+MAX_AGENT_TOOLS = 64
+
+
+def agent_ask(body: dict[str, Any]) -> AgentAsk | None:
+    """The agent the body asks for (a working directory, tools by name), or None; raises FormatError for a
+    field of the wrong shape (a 400 naming it)."""
+    directory = body.get("working_directory")
+    tools = body.get("tools")
+    named = isinstance(tools, list) and bool(tools) and all(isinstance(t, str) for t in tools)
+    if directory is None and not named:
+        return None
+    if directory is not None and (not isinstance(directory, str) or not directory or "\x00" in directory):
+        raise FormatError("working_directory", f"must be a folder path (string), got {json_type(directory)}")
+    names: tuple[str, ...] = ()
+    if named:
+        assert isinstance(tools, list)
+        if len(tools) > MAX_AGENT_TOOLS or any(not t.isidentifier() for t in tools):
+            raise FormatError("tools", f'agent tools are up to {MAX_AGENT_TOOLS} names such as "Read"')
+        names = tuple(dict.fromkeys(tools))
+    return AgentAsk(directory, names)
+
+
+def stripped_fields(call: Call) -> tuple[str, ...]:
+    """The body fields only kaixu reads, which no provider gets: the routing hints, and the agent's fields (an
+    agent provider reads them from the call: kaixu/agents/claude_cli.py)."""
+    if call.agent is None:
+        return GATEWAY_FIELDS
+    return (*GATEWAY_FIELDS, "working_directory", *(("tools",) if call.agent.tools else ()))
 
 
 def model_name_problem(name: str) -> str | None:
@@ -47,7 +77,8 @@ def decode_chat(call: Call) -> ChatRequest:
     decoded = call.decoded
     if decoded is None:
         assert call.body is not None
-        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        dropped = stripped_fields(call)
+        body = {k: v for k, v in call.body.items() if k not in dropped}
         decoded = call.decoded = fronts.decode_request(
             call.front,
             body,

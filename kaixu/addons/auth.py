@@ -11,6 +11,7 @@ import time
 
 from mitmproxy import http
 
+from kaixu.agents.grants import CREDENTIAL_PREFIX, run_for_credential
 from kaixu.call import Call, get_call
 from kaixu.config import VirtualKey
 from kaixu.credentials import key_hash, presented_key
@@ -83,6 +84,9 @@ class Auth:
                 "missing_api_key",
             )
             return
+        if key.startswith(CREDENTIAL_PREFIX):  # an agent's own model call (kaixu/agents/grants.py)
+            self._agent_call(flow, call, key)
+            return
         found = self.identify(call, key)
         if isinstance(found, VirtualKey):
             caller.key = found
@@ -128,6 +132,21 @@ class Auth:
             message = ("missing API key: send a kaixu key in the provider's header or as the proxy password "
                        "(HTTPS_PROXY=http://app:<key>@host:port)")  # fmt: skip
             flow.response = error_response(call, 401, message, "authentication_error", "missing_api_key")
+
+    @staticmethod
+    def _agent_call(flow: http.HTTPFlow, call: Call, key: str) -> None:
+        """An agent's model call presents its run's credential: it is made as the caller of the request that runs
+        the agent (its key, or its own provider key under bring-your-own-key, never shown to the agent), with
+        that request as its parent; an unknown, closed or expired run is a 401."""
+        run = run_for_credential(key)
+        if run is None:
+            message = "this agent credential is unknown or no longer valid"
+            flow.response = error_response(call, 401, message, "authentication_error", "invalid_api_key")
+            return
+        outer = run.outer.caller
+        call.caller.key, call.caller.client_key, call.caller.byok = outer.key, outer.client_key, outer.byok
+        call.parent = run
+        run.began()
 
     @staticmethod
     def _settle(flow: http.HTTPFlow, call: Call, found: VirtualKey | http.Response) -> None:

@@ -19,7 +19,7 @@ from kaixu.call import Call, get_call
 from kaixu.formats import FormatError, json_type
 from kaixu.formats.doors import Endpoint, front_door
 from kaixu.request_body import BodyRefused, decompress, parse_json_object
-from kaixu.request_facts import model_name_problem, output_limit_problem
+from kaixu.request_facts import agent_ask, model_name_problem, output_limit_problem
 from kaixu.respond import error_response
 
 
@@ -90,6 +90,8 @@ class Body:
                 call.provider_hint = door.provider_hint(body)
             if door.include_raw is not None:  # read again when the router aims the call (its SeedContext)
                 door.include_raw(body)
+            if endpoint.operation == "chat":  # the Intelligent AI Gateway's working_directory, tools by name
+                call.agent = agent_ask(body)
         except FormatError as exc:
             return str(exc)
         if endpoint.operation == "chat":  # before anything is reserved, translated or forwarded (same-format too)

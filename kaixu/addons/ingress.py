@@ -181,7 +181,8 @@ class Ingress:
         queued = queues.get("queued", 0)
         capacity = queues.get("maxConcurrent") or POOL_MAX_CONCURRENT
         active = max(0, counters.active - queued)  # a waiting request is forwarded, not yet running
-        counts = {"total": len(policy.providers), "tool": 0, "api": len(policy.providers)}
+        tool = sum(1 for p in policy.providers.values() if p.agent is not None)
+        counts = {"total": len(policy.providers), "tool": tool, "api": len(policy.providers) - tool}
         pool = {
             "active": active,
             "queued": queued,

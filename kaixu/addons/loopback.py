@@ -1,8 +1,13 @@
 """Runs kaixu's loopback server for as long as the proxy runs: the built-in mock provider
-(providers/mock.py) and the stream relay (reliability/relay.py)."""
+(providers/mock.py), the stream relay (reliability/relay.py) and the agent providers (agents/endpoint.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mitmproxy import ctx
+
+from kaixu.agents.endpoint import Agents
 from kaixu.gateway import Gateway
 from kaixu.providers.mock import MOCK_ROUTE, LoopbackServer
 
@@ -10,7 +15,27 @@ from kaixu.providers.mock import MOCK_ROUTE, LoopbackServer
 class Loopback:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.server = LoopbackServer([gateway.reliability.relay.route(), MOCK_ROUTE])
+        self.agents = Agents(self._listen_url, self._agent_state)
+        gateway.agents = self.agents
+        self.server = LoopbackServer([gateway.reliability.relay.route(), self.agents.route(), MOCK_ROUTE])
+
+    @staticmethod
+    def _listen_url() -> str | None:
+        """kaixu's own listener, where an agent's model calls go: its first address (a wildcard one reached
+        on the loopback interface)."""
+        addrs = ctx.master.addons.get("proxyserver").listen_addrs()
+        if not addrs:
+            return None
+        host, port = addrs[0][:2]
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _agent_state(self) -> Path:
+        """The agents' HOME folders: in kaixu's state folder beside the policy (`.kaixu/`, as mitmproxy's)."""
+        return Path(self.gateway.policy_path or ".").resolve().parent / ".kaixu" / "agents"
 
     def running(self) -> None:
         url = self.server.start()

@@ -47,8 +47,13 @@ class Router:
             while not targets:  # none of its deployments takes tools: the first fallback that does
                 start += 1
                 if start == len(chain):
+                    what = "supports tools"
+                    if call.parent is not None:
+                        what = "is not an agent (an agent's own model call never starts another agent)"
+                    elif call.agent is not None:
+                        what = "runs an agent (kind: claude-cli)"
                     raise RouteRefused(
-                        400, f"no deployment of model {call.model!r} (or of its fallbacks) supports tools",
+                        400, f"no deployment of model {call.model!r} (or of its fallbacks) {what}",
                         "invalid_request_error", "tools_not_supported",
                     )  # fmt: skip
                 route, targets = chain[start], usable_targets(call, chain[start].targets)

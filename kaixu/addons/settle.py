@@ -200,12 +200,19 @@ class Settle:
             failed = deployment_failed(status) and not call.client_disconnected and not call.failed
             self.gateway.deployments.finished(served.target, failed, elapsed, call.policy.routing)
         self.gateway.pool.finished(call, status, error)
-        call.bill.settle(call.price)
+        bill = call.bill
+        bill.settle(call.price)
+        if call.parent is not None:  # an agent's own model call: its cost joins the request that ran the agent
+            call.parent.ended(bill.cost_micros, bill.usage)
         governor = self.gateway.governor
         if governor is not None and call.governance.holds:
-            used = call.bill.usage
+            used = bill.usage
             tokens = used.input_tokens + used.output_tokens if used else None
-            governor.finish(call.governance, call.bill.cost_micros, tokens, call.policy.alerts, call.policy.ca_file)
+            cost = bill.cost_micros
+            if bill.inner_calls:  # the agent's own calls were settled against the same counters one by one
+                cost = bill.own_cost_micros
+                tokens = 0 if served is not None and served.provider.agent is not None else tokens
+            governor.finish(call.governance, cost, tokens, call.policy.alerts, call.policy.ca_file)
         provider = served.provider.name if served is not None else "-"
         model = served.route if served is not None else "-"  # a policy name, never the client's string
         upstream_model = served.model if served is not None else None
@@ -222,7 +229,6 @@ class Settle:
                 f" error={safe(error)!r}" if error else "",
             )  # fmt: skip
         if self.gateway.ledger is not None:
-            bill = call.bill
             text = content.recorded(call)
             self.gateway.ledger.record(
                 LedgerRecord(
@@ -266,5 +272,6 @@ class Settle:
                     attempts=call.route.attempts.ledger() if call.route.attempts is not None else None,
                     degraded=int(call.route.degraded),
                     verdicts=json.dumps(call.verdicts, separators=(",", ":")) if call.verdicts else None,
+                    parent_request_id=call.parent.outer.request_id if call.parent is not None else None,
                 )
             )

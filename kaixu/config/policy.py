@@ -19,7 +19,11 @@ from typing import Any, Literal
 from kaixu import pricing
 from kaixu.redact import ContentRedactor, Redactor
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "mock", "claude-cli"]
+AGENT_KIND = "claude-cli"
+"""The provider kind that runs a coding agent (Claude Code, headless) instead of calling a model API."""
+AGENT_WRITE_TOOLS = frozenset({"Bash", "Write", "Edit", "MultiEdit", "NotebookEdit"})
+"""Agent tools that change the machine: on only where both the provider's and the key's `tools` name them."""
 WireFormat = Literal["openai", "anthropic", "gemini", "responses"]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
@@ -27,6 +31,21 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """A `kind: claude-cli` provider's agent (docs/claude-cli.md): the command, where it may run, its tools."""
+
+    command: str = "claude"
+    config_dir: str | None = None
+    """`CLAUDE_CONFIG_DIR` of the runs (None: a folder of its own under kaixu's state folder)."""
+    timeout_s: float = 120.0
+    allowed_roots: tuple[str, ...] = ()
+    """A request's `working_directory` must resolve (symlinks followed) inside one of these."""
+    tools: tuple[str, ...] = ("Read", "Glob", "Grep")
+    model: str | None = None
+    """What the CLI is told to ask for (`--model`); kaixu routes that name like any other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +66,14 @@ class ProviderConfig:
     keeps_responses: bool = False
     """A Responses API provider (OpenAI itself) that keeps its own responses: a `previous_response_id` is
     forwarded to it, not expanded from kaixu's store (kaixu/addons/responses_recall.py)."""
+    agent: AgentConfig | None = None
+    """Set for `kind: claude-cli` only."""
 
     @property
     def has_key(self) -> bool:
         """Whether kaixu can call it without the client's own key: it has an `api_key`, or it is the mock, which
         needs none (the health answers' `key_configured`, `kaixu check`'s warning)."""
-        return self.kind == "mock" or bool(self.api_key)
+        return self.kind in ("mock", AGENT_KIND) or bool(self.api_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +242,8 @@ class VirtualKey:
     """Installs (`x-kaixu-install-id`) the key may be used from."""
     expires: datetime.date | None = None
     """The last day a policy key is valid (a store key's expiry is its row's, `StoredKey.state`)."""
+    tools: tuple[str, ...] | None = None
+    """The agent tools (`kind: claude-cli`) the key may use; None: the provider's, less `AGENT_WRITE_TOOLS`."""
 
     def may_use(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -633,6 +656,9 @@ def renamed_fields(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     return found
 
 
+_CLI_ONLY_FIELDS = frozenset({"command", "config_dir", "timeout_s", "allowed_roots", "tools", "model"})
+
+
 def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """What a schema cannot see: names that must exist elsewhere in the file, a key listed twice, a missing file,
     a store this version does not have.
@@ -644,6 +670,12 @@ def reference_problems(data: dict[str, Any], *, base_dir: Path) -> list[tuple[tu
     providers = _mapping(data.get("providers"))
     models = _mapping(data.get("models"))
     concrete = {name for name in models if isinstance(name, str) and not is_glob(name)}
+    for name, spec in providers.items():  # the agent's fields go with `kind: claude-cli`, and only they
+        spec = _mapping(spec)
+        agent = spec.get("kind") == AGENT_KIND
+        wrong = "a claude-cli provider takes none" if agent else "only a claude-cli provider takes it"
+        for field_name in sorted(set(spec) & ({"base_url", "api_key"} if agent else _CLI_ONLY_FIELDS)):
+            problems.append((("providers", name, field_name), wrong))
     for name, spec in models.items():
         for index, target in enumerate(_sequence(_mapping(spec).get("route"))):
             provider = _mapping(target).get("provider")
@@ -784,6 +816,19 @@ def _timeouts(spec: dict[str, Any] | None) -> Timeouts | None:
     )
 
 
+def _agent(spec: dict[str, Any], base_dir: Path) -> AgentConfig:
+    """A `kind: claude-cli` provider's agent; relative paths are the policy file's folder's."""
+    config_dir = spec.get("config_dir")
+    return AgentConfig(
+        command=spec.get("command", "claude"),
+        config_dir=None if config_dir is None else str((base_dir / Path(config_dir).expanduser()).resolve()),
+        timeout_s=float(spec.get("timeout_s", 120)),
+        allowed_roots=tuple(str((base_dir / Path(root).expanduser()).resolve()) for root in spec["allowed_roots"]),
+        tools=tuple(spec.get("tools", ("Read", "Glob", "Grep"))),
+        model=spec.get("model"),
+    )
+
+
 def build_policy(
     data: dict[str, Any], *, digest: str, base_dir: Path
 ) -> tuple[Policy, list[tuple[tuple[Any, ...], str]]]:
@@ -793,7 +838,7 @@ def build_policy(
     for name, spec in (data.get("providers") or {}).items():
         kind: ProviderKind = spec["kind"]
         base_url = spec.get("base_url") or DEFAULT_BASE_URLS.get(kind, "")
-        wire: WireFormat | None = None if kind == "mock" else kind
+        wire: WireFormat | None = None if kind == "mock" else "openai" if kind == AGENT_KIND else kind  # type: ignore[assignment]
         if kind == "openai" and spec.get("api") == "responses":  # models OpenAI serves only by its Responses API
             wire = "responses"
         providers[name] = ProviderConfig(
@@ -803,10 +848,11 @@ def build_policy(
             api_key=spec.get("api_key") or None,
             headers=dict(spec.get("headers") or {}),
             wire_format=wire,
-            max_concurrent=spec.get("max_concurrent"),
+            max_concurrent=spec.get("max_concurrent", 10 if kind == AGENT_KIND else None),
             queue_size=int(spec.get("queue_size", 50)),
             supports_tools=bool(spec.get("supports_tools", True)),
             keeps_responses=bool(spec.get("keeps_responses", False)),
+            agent=_agent(spec, base_dir) if kind == AGENT_KIND else None,
         )
 
     models: dict[str, ModelRoute] = {}
@@ -845,6 +891,7 @@ def build_policy(
             limits=_rate_limits(spec.get("limits")),
             seats=spec.get("seats"),
             expires=None if expires is None else datetime.date.fromisoformat(expires),
+            tools=None if spec.get("tools") is None else tuple(spec["tools"]),
         )
     teams = {
         name: Team(
@@ -905,6 +952,16 @@ def build_policy(
         warnings.append((("forward",), "no listener has mode: forward: this section has nothing to act on"))
     if forward.clients and forward.credentials != "replace":
         warnings.append((("forward", "clients"), "read only under forward.credentials: replace"))
+    for name, provider in providers.items():
+        agent_model = provider.agent.model if provider.agent is not None else None
+        if (
+            agent_model is not None
+            and agent_model not in models
+            and not any(fnmatch.fnmatchcase(agent_model, route.name) for route in patterns)
+        ):
+            warnings.append(
+                (("providers", name, "model"), f"the agent asks for {agent_model!r}, which no model routes")
+            )
     if store.postgres is not None and store.redis is None:
         warnings.append(
             (("store", "postgres"), "postgres without redis: each replica counts budgets and limits on its own")

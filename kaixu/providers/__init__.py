@@ -13,6 +13,9 @@ from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import GEMINI_ACTION_FOR
 
 ANTHROPIC_VERSION = "2023-06-01"
+AGENT_PATH = "/_kaixu/agent/"
+"""Where kaixu's loopback server runs an agent provider's requests (kaixu/agents/claude_cli.py): its chat
+completions endpoint is `AGENT_PATH + <provider name> + /v1/chat/completions`."""
 
 _OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "models": "/models"}
 _RESPONSES_PATHS = {"chat": "/responses", "count_tokens": "/responses/input_tokens", "models": "/models"}
@@ -35,6 +38,10 @@ def base_url(provider: ProviderConfig, wire: str, mock_url: str | None) -> str:
         if mock_url is None:
             raise RuntimeError("the mock provider is not running")
         return mock_url + "/v1" if wire in ("openai", "responses") else mock_url
+    if provider.agent is not None:  # served by kaixu's loopback server, in the OpenAI format
+        if mock_url is None:
+            raise RuntimeError("kaixu's loopback server is not running")
+        return mock_url + AGENT_PATH + quote(provider.name, safe="") + "/v1"
     return provider.base_url
 
 

@@ -5,6 +5,14 @@ It exists so that the default policy serves real responses offline with no keys,
 path as a real provider (routing, streaming, metering). Answers are deterministic: an echo of the last
 user message, split into several stream events, with plausible token counts. It speaks through the
 formats package, so it is also a live check that our encoders produce what the official SDKs parse.
+
+Tools (docs/clients.md#the-mock-and-tools):
+- a line of the last user message's text that starts with `mock:tool NAME {JSON arguments}` (the first such
+  line wins; agents wrap the person's text in blocks of their own) is answered with that one tool call, when the
+  request offers a tool of that name (otherwise the line is ignored);
+- without such a line, a request with tools whose last message is the user's is answered with a call of its
+  first tool, arguments `{"echo": <the text>}`;
+- a turn that ends with a tool result is answered with that result's text: `tool said: <text>`.
 """
 
 from __future__ import annotations
@@ -51,14 +59,46 @@ def last_user_text(request: ChatRequest) -> str:
     return ""
 
 
+TOOL_DIRECTIVE = "mock:tool "
+
+
+def tool_directive(request: ChatRequest) -> tuple[str, str | None] | None:
+    """The first `mock:tool NAME {JSON}` line of the last message, when it is the user's: (name, arguments as
+    JSON text, or None when the request offers no tool of that name). A line whose arguments are not a JSON
+    object is not a directive."""
+    last = request.messages[-1] if request.messages else None
+    if last is None or last.role != "user" or not request.tools:
+        return None
+    for part in last.parts:
+        if not isinstance(part, TextPart):
+            continue
+        for line in part.text.splitlines():
+            line = line.strip()
+            if not line.startswith(TOOL_DIRECTIVE):
+                continue
+            name, _, rest = line[len(TOOL_DIRECTIVE) :].strip().partition(" ")
+            try:
+                arguments = json.loads(rest or "{}")
+            except ValueError:
+                continue
+            if not isinstance(arguments, dict):
+                continue
+            offered = any(tool.name == name for tool in request.tools)
+            return name, json.dumps(arguments) if offered else None
+    return None
+
+
 def answer(request: ChatRequest) -> ChatResponse:
     """The deterministic reply to a canonical request."""
     text = last_user_text(request)
     usage = Usage(input_tokens=estimate_tokens(request))
     last = request.messages[-1] if request.messages else None
-    if request.tools and last is not None and last.role == "user":
-        arguments = json.dumps({"echo": text})
-        call = ToolCall(id="call_" + uuid.uuid4().hex[:12], name=request.tools[0].name, arguments=arguments)
+    directive = tool_directive(request)
+    if directive is None and request.tools and last is not None and last.role == "user":
+        directive = request.tools[0].name, json.dumps({"echo": text})
+    arguments = directive[1] if directive is not None else None
+    if directive is not None and arguments is not None:
+        call = ToolCall(id="call_" + uuid.uuid4().hex[:12], name=directive[0], arguments=arguments)
         usage.output_tokens = max(1, len(arguments) // 4)
         message = Message(role="assistant", parts=[], tool_calls=[call])
         finish = "tool_calls"
@@ -104,14 +144,25 @@ def embedding(text: str) -> list[float]:
     return [round(b / 255 * 2 - 1, 6) for b in digest[:8]]
 
 
-class _Handler(tornado.web.RequestHandler):
+class LoopbackHandler(tornado.web.RequestHandler):
+    """A handler of kaixu's loopback server (the mock, the relay, the agent providers): an API, not a web form
+    (no XSRF check), without tornado's `Server` header (clients would see it as kaixu's own), and the task it
+    sets in `_task` cancelled when kaixu's side hangs up (its client left: what it runs for it is stopped)."""
+
+    _task: asyncio.Task[Any] | None = None
+
     def set_default_headers(self) -> None:
-        # tornado names itself in every answer, which clients would see as kaixu's own `Server` header
         self.clear_header("Server")
 
-    def check_xsrf_cookie(self) -> None:  # an API, not a web form
+    def check_xsrf_cookie(self) -> None:
         return None
 
+    def on_connection_close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class _Handler(LoopbackHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # an exception in the mock is still a provider's JSON error, never tornado's HTML page
         self.clear()

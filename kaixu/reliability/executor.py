@@ -35,6 +35,9 @@ from kaixu.reliability.upstream import RESPONSE_HOP, ProtocolError, Response, Up
 from kaixu.respond import error_json
 from kaixu.routing import RouteRefused, aim, reachable_targets
 
+AGENT_GRACE_S = 15.0
+"""Beyond an agent provider's `timeout_s`: the time to stop its process and settle its model calls."""
+
 if TYPE_CHECKING:
     from kaixu.reliability.health import Deployments
 
@@ -262,7 +265,11 @@ class Executor:
         assert served is not None
         provider = served.provider
         timeouts = route.timeouts or NO_TIMEOUTS
-        total = timeouts.total_s or call.policy.upstream_timeout_s
+        # an agent's run is bounded by its own timeout_s, and may be quiet as long (its tools run meanwhile)
+        patience = (
+            call.policy.upstream_timeout_s if provider.agent is None else provider.agent.timeout_s + AGENT_GRACE_S
+        )
+        total = timeouts.total_s or patience
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total
         pool = self.pools.get(provider)
@@ -299,7 +306,7 @@ class Executor:
                 raise ProtocolError("the stream ended before its first event")
             return Outcome(response.status_code, headers, first=first, chunks=chunks, response=response,
                            release=release, deadline=deadline if timeouts.total_s else 0.0, total_s=total,
-                           idle_s=timeouts.idle_s or call.policy.upstream_timeout_s)  # fmt: skip
+                           idle_s=timeouts.idle_s or patience)  # fmt: skip
         except (TimeoutError, OSError) as exc:
             if response is not None:
                 await response.aclose()

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import tornado.iostream
-import tornado.web
 
 from kaixu.call import Call
 from kaixu.formats import get_codec
+from kaixu.providers.mock import LoopbackHandler
 from kaixu.reliability.failures import credentials_rejected, hides_provider_answer
 from kaixu.reliability.upstream import RESPONSE_HOP
 
@@ -73,22 +73,11 @@ def _event_end(buffer: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-class RelayHandler(tornado.web.RequestHandler):
-    def set_default_headers(self) -> None:
-        # tornado names itself in every answer, which clients would see as kaixu's own `Server` header
-        self.clear_header("Server")
+class RelayHandler(LoopbackHandler):
+    """mitmproxy hanging up (its client left) cancels the provider's request and frees its queue slot."""
 
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
-        self._task: asyncio.Task[Any] | None = None
-
-    def check_xsrf_cookie(self) -> None:
-        return None
-
-    def on_connection_close(self) -> None:
-        """mitmproxy hung up (its client left): the provider's request is cancelled, its queue slot freed."""
-        if self._task is not None:
-            self._task.cancel()
 
     async def post(self, token: str) -> None:
         plan = self.relay.plans.pop(token, None)

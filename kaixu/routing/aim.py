@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from kaixu.agents.claude_cli import AgentRefused, plan_run
+from kaixu.agents.grants import call_token
 from kaixu.call import Attempt, Call, Prepared
 from kaixu.config import ModelRoute, ProviderConfig, RouteTarget
 from kaixu.formats import FormatError, droppable, embeddings, fronts, get_codec, json_type
 from kaixu.formats.canonical import Usage
 from kaixu.formats.doors import front_door
 from kaixu.formats.seeds import SeedContext
-from kaixu.pricing import cents, cost_micros
+from kaixu.pricing import Price, Rates, cents, cost_micros
 from kaixu.providers import ANTHROPIC_VERSION, UnsupportedOperation, auth_headers, endpoint_url, split_url
-from kaixu.request_facts import GATEWAY_FIELDS, decode_chat
+from kaixu.request_facts import decode_chat, stripped_fields
 from kaixu.routing.resolve import RouteRefused
 
 if TYPE_CHECKING:
     from kaixu.formats.canonical import ChatRequest
     from kaixu.formats.embeddings import EmbeddingRequest
-    from kaixu.pricing import Price
 
 #: The client headers a provider gets (lower-case). Everything else is dropped: credentials (kaixu sends the
 #: provider's own), cookies, proxy credentials, forwarding and client-IP headers. docs/compatibility.md lists it.
@@ -85,11 +87,14 @@ def aim(
     price = None
     seed_context = None
     try:
-        if not (key if call.caller.byok else provider.has_key):
+        if provider.agent is not None:
+            key, price = _agent_attempt(call, provider)
+        if not (key if call.caller.byok or provider.agent is not None else provider.has_key):
             raise RouteRefused(
                 500, f"provider {provider.name!r} has no API key configured", "server_error", "provider_key_missing"
             )
-        price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
+        if price is None:
+            price = call.policy.pricing.table.lookup(provider.kind, upstream_model)
         if price is None and call.policy.pricing.require and call.operation != "count_tokens":
             raise RouteRefused(
                 409, f"model {upstream_model!r} on provider {provider.name!r} has no price and this gateway "
@@ -120,6 +125,25 @@ def aim(
     )  # fmt: skip
 
 
+AGENT_PRICE = Price(
+    "claude-cli/*", Rates(Fraction(0), Fraction(0)), source="kaixu: an agent's cost is its model calls'"
+)
+"""An agent attempt's own tokens are free: what it costs is what its model calls cost, each priced as it is made
+and summed into the request's bill (kaixu/agents/grants.py)."""
+
+
+def _agent_attempt(call: Call, provider: ProviderConfig) -> tuple[str, Price]:
+    """An attempt on an agent provider: the credential kaixu's loopback server knows the call by, and its price;
+    RouteRefused when the request asks for a folder or a tool the policy does not allow it."""
+    if call.operation != "chat":
+        raise UnsupportedOperation(f"agent provider {provider.name!r} serves chat requests only")
+    try:
+        plan_run(call, provider)
+    except AgentRefused as exc:
+        raise RouteRefused(400, str(exc), exc.type, exc.code) from exc
+    return call_token(call), AGENT_PRICE
+
+
 @dataclass(slots=True)
 class _Upstream:
     """What `_upstream_body` decides: the body (None: answered locally) and the translation state behind it."""
@@ -141,9 +165,10 @@ def _upstream_body(call: Call, model: str, wire: str) -> _Upstream:
         door = front_door(call.front)
         rewrite_model = door.model_in_body and call.body.get("model") != model
         ask_usage = door.stream_usage_option and call.stream and not _asks_for_usage(call.body)
-        if not rewrite_model and not ask_usage and not any(field in call.body for field in GATEWAY_FIELDS):
+        dropped = stripped_fields(call)
+        if not rewrite_model and not ask_usage and not any(field in call.body for field in dropped):
             return _Upstream(b"")  # keep the original bytes
-        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        body = {k: v for k, v in call.body.items() if k not in dropped}
         if door.model_in_body:
             body["model"] = model
         if ask_usage:

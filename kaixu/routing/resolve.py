@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kaixu.call import Attempt, Call
 from kaixu.config import ModelRoute, Policy, ProviderConfig, RouteTarget
+from kaixu.config.policy import AGENT_KIND
 from kaixu.exceptions import KaixuError
 from kaixu.formats.doors import front_door
 from kaixu.permission import model_refusal
@@ -89,25 +90,38 @@ def resolve_route(call: Call) -> ModelRoute:
 
 
 def wants_tools(call: Call) -> bool:
-    """The request offers tools (OpenAI and Anthropic `tools`, Gemini `tools`/`functionDeclarations`)."""
+    """The request offers function tools (OpenAI and Anthropic `tools`, Gemini `tools`/`functionDeclarations`);
+    tools by name are an agent's (`Call.agent`)."""
     body = call.body or {}
-    return bool(body.get("tools") or body.get("functions"))
+    return bool(body.get("tools") or body.get("functions")) and not (call.agent and call.agent.tools)
 
 
-def usable_targets(call: Call, targets: tuple[RouteTarget, ...]) -> tuple[RouteTarget, ...]:
-    """The deployments that can take this request: a request with tools never goes to a provider that says
-    `supports_tools: false`."""
-    if not wants_tools(call):
-        return targets
+def usable_targets(call: Call, targets: tuple[RouteTarget, ...], *, degraded: bool = False) -> tuple[RouteTarget, ...]:
+    """The deployments that can take this request. As the Intelligent AI Gateway routes: a request with a
+    working directory or tools by name goes to an agent (`kind: claude-cli`), or, ``degraded`` (a fallback),
+    to any deployment without them; a request with function tools never goes to an agent nor to a provider
+    that says `supports_tools: false`; any other request prefers deployments that are not agents (an
+    agent-only model, or a backend naming one, still serves it). An agent's own model call (`Call.parent`) never
+    goes to an agent."""
     providers = call.policy.providers
-    return tuple(t for t in targets if providers[t.provider].supports_tools)
+    if call.agent is not None and call.parent is None:
+        return targets if degraded else tuple(t for t in targets if providers[t.provider].kind == AGENT_KIND)
+    apis = tuple(t for t in targets if providers[t.provider].kind != AGENT_KIND)
+    if call.parent is not None:  # an agent's own model call never starts another agent
+        return apis if not wants_tools(call) else tuple(t for t in apis if providers[t.provider].supports_tools)
+    if not wants_tools(call):
+        return apis or targets
+    return tuple(t for t in apis if providers[t.provider].supports_tools)
 
 
 def reachable_targets(call: Call, route: ModelRoute, *, fallback: bool) -> tuple[RouteTarget, ...]:
     """The deployments of one model of a plan an attempt may be aimed at: the model asked for's as the client
     narrowed them (`candidate_targets`), a fallback's all; either way only those that take the request
-    (`usable_targets`). What the executor aims at, and what the budget step reserves for."""
-    return usable_targets(call, route.targets if fallback else candidate_targets(call, route))
+    (`usable_targets`; an agent's request degraded on a fallback). What the executor aims at, and what the
+    budget step reserves for."""
+    if fallback:
+        return usable_targets(call, route.targets, degraded=True)
+    return usable_targets(call, candidate_targets(call, route))
 
 
 def fallback_routes(call: Call, route: ModelRoute) -> tuple[ModelRoute, ...]:

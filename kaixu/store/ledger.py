@@ -86,6 +86,9 @@ class LedgerRecord:
     verdicts: str | None = None
     """JSON list of what the governing steps decided ({step, name, outcome, detail}: the `policies:` rules that
     applied, the rate limits and budgets it counted against, shadow verdicts included); NULL when none applied."""
+    parent_request_id: str | None = None
+    """An agent's own model call (docs/claude-cli.md): the request id of the request whose agent made it. That
+    request's `cost_micros` includes this one's."""
 
 
 class StoreUnavailable(KaixuError):

@@ -299,10 +299,19 @@ def _col(name: str, present: set[str]) -> str:
     return name if name in present else "NULL"
 
 
+def _own(name: str, present: set[str]) -> str:
+    """A row's tokens or cost as a report adds them: an agent's own model call (`parent_request_id`) adds 0, since
+    the request that ran the agent carries its cost and tokens already (docs/claude-cli.md)."""
+    column = _col(name, present)
+    if "parent_request_id" not in present or column == "NULL":
+        return column
+    return f"CASE WHEN parent_request_id IS NULL THEN {column} ELSE 0 END"
+
+
 def sums_sql(present: set[str]) -> str:
     """The aggregate columns of a `CostRow`, in its field order after `group`."""
     parts = ["COUNT(*)"]
-    parts += [f"SUM({_col(name, present)})" for name in (*TOKEN_COLUMNS, "cost_micros")]
+    parts += [f"SUM({_own(name, present)})" for name in (*TOKEN_COLUMNS, "cost_micros")]
     parts.append(f"COALESCE(SUM({_col('unpriced', present)}), 0)")
     return ", ".join(parts)
 

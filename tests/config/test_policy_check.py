@@ -96,7 +96,8 @@ def test_problems_in_different_sections_are_all_listed_in_file_order() -> None:
 def test_a_provider_the_schema_rejects_is_not_also_called_unknown() -> None:
     text = "providers:\n  openai: {kind: openia}\nmodels:\n  m: {route: [{provider: openai}]}\n"
     assert lines_of(text) == [
-        'line 2: providers.openai.kind: must be one of "openai", "anthropic", "gemini", "mock", got "openia"'
+        'line 2: providers.openai.kind: must be one of "openai", "anthropic", "gemini", "mock", "claude-cli", '
+        'got "openia"'
     ]
 
 
@@ -472,3 +473,17 @@ def test_forward_problems_and_warnings() -> None:
     warned = parse_policy(BASE + FORWARD_KEY + "forward: {clients: [{address: 10.0.0.1, key: app}]}\n").warnings
     assert any("no listener has mode: forward" in w for w in warned)
     assert any("forward.clients: read only under forward.credentials: replace" in w for w in warned)
+
+
+def test_claude_cli_fields_go_with_their_kind() -> None:
+    text = (
+        "providers:\n"
+        "  agent: {kind: claude-cli, base_url: 'http://x', model: claude-x}\n"
+        "  oai: {kind: openai, api_key: k, tools: [Read]}\n"
+        "models:\n  m: {route: [{provider: agent}, {provider: oai}]}\n"
+    )
+    assert lines_of(text) == [
+        "line 2: providers.agent: 'allowed_roots' is required",
+        "line 2: providers.agent.base_url: a claude-cli provider takes none",
+        "line 3: providers.oai.tools: only a claude-cli provider takes it",
+    ]
