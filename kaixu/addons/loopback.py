@@ -19,11 +19,13 @@ class Loopback:
         gateway.agents = self.agents
         self.server = LoopbackServer([gateway.reliability.relay.route(), self.agents.route(), MOCK_ROUTE])
 
-    @staticmethod
-    def _listen_url() -> str | None:
+    def _listen_url(self) -> str | None:
         """kaixu's own listener, where an agent's model calls go: its first address (a wildcard one reached
-        on the loopback interface)."""
-        addrs = ctx.master.addons.get("proxyserver").listen_addrs()
+        on the loopback interface). A worker of `kaixu run --workers N` has its own sockets on the policy's
+        addresses, which every worker shares, instead of mitmproxy's."""
+        addrs = list(ctx.master.addons.get("proxyserver").listen_addrs())
+        if not addrs and self.gateway.policy is not None:
+            addrs = [address for address in self.gateway.policy.listen if address[1]]
         if not addrs:
             return None
         host, port = addrs[0][:2]
