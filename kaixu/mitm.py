@@ -63,6 +63,7 @@ import inspect
 import logging
 import os
 import re
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
@@ -259,6 +260,16 @@ def connection_handler(host: str, port: int) -> Callable[[asyncio.StreamReader, 
         f"reverse:{INERT_UPSTREAM}@{host}:{port}", manager
     )
     return instance.handle_stream
+
+
+async def serve_on_loopback() -> asyncio.Server:
+    """A listener of this process only, on 127.0.0.1 and a free port, served as mitmproxy's reverse-mode
+    listeners are (`connection_handler`): where an agent's own model calls come back to the worker of
+    `kaixu run --workers N` that ran the agent (the shared port may hand them to another worker)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    return await asyncio.start_server(connection_handler("127.0.0.1", port), sock=sock)
 
 
 class CachedAddonManager(addonmanager.AddonManager):

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from mitmproxy import ctx
 
+from kaixu import mitm
 from kaixu.agents.endpoint import Agents
 from kaixu.gateway import Gateway
 from kaixu.providers.mock import MOCK_ROUTE, LoopbackServer
@@ -15,19 +17,21 @@ from kaixu.providers.mock import MOCK_ROUTE, LoopbackServer
 class Loopback:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._private: asyncio.Future[asyncio.Server] | None = None
         self.agents = Agents(self._listen_url, self._agent_state)
         gateway.agents = self.agents
         self.server = LoopbackServer([gateway.reliability.relay.route(), self.agents.route(), MOCK_ROUTE])
 
-    def _listen_url(self) -> str | None:
+    async def _listen_url(self) -> str | None:
         """kaixu's own listener, where an agent's model calls go: its first address (a wildcard one reached
-        on the loopback interface). A worker of `kaixu run --workers N` has its own sockets on the policy's
-        addresses, which every worker shares, instead of mitmproxy's."""
+        on the loopback interface). A worker of `kaixu run --workers N` serves the policy's addresses on
+        sockets every worker shares, and a run credential is known only to the worker that made it: there
+        the calls go to a listener of this worker's own (opened once, on first use)."""
         addrs = list(ctx.master.addons.get("proxyserver").listen_addrs())
-        if not addrs and self.gateway.policy is not None:
-            addrs = [address for address in self.gateway.policy.listen if address[1]]
         if not addrs:
-            return None
+            if self._private is None:
+                self._private = asyncio.ensure_future(mitm.serve_on_loopback())
+            addrs = [(await self._private).sockets[0].getsockname()]
         host, port = addrs[0][:2]
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
@@ -46,5 +50,7 @@ class Loopback:
         self.gateway.reliability.loopback_url = url
 
     async def done(self) -> None:
+        if self._private is not None and self._private.done() and not self._private.exception():
+            self._private.result().close()
         await self.server.stop()
         await self.gateway.reliability.close()

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +72,7 @@ class Agents:
     """What the agent endpoint needs of the running proxy: kaixu's own listener (where the agent's model
     calls go) and the folder its runs keep their HOME in."""
 
-    listen_url: Callable[[], str | None]
+    listen_url: Callable[[], Awaitable[str | None]]
     state_dir: Callable[[], Path]
 
     def route(self) -> tuple[str, type[AgentHandler], dict[str, Any]]:
@@ -109,7 +109,7 @@ class AgentHandler(LoopbackHandler):
         except ValueError:
             self._error(400, "invalid JSON", "invalid_request_error")
             return
-        base_url = self.agents.listen_url()
+        base_url = await self.agents.listen_url()
         if base_url is None:
             self._error(503, "kaixu's listener is not known yet")
             return

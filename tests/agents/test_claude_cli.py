@@ -4,7 +4,6 @@ directive makes the "model" use the agent's tools. One kaixu for the module."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -20,34 +19,11 @@ import openai
 import pytest
 
 from kaixu.pricing import usd
-from tests.harness import ROOT, TEST_KEY, Kaixu, key_hash, ledger_row, unavailable, wait_for
+from tests.harness import TEST_KEY, Kaixu, key_hash, ledger_row, wait_for
 
-PACKAGE, VERSION = "@anthropic-ai/claude-code", "2.1.197"  # as bench/real_clients.py pins it
 BASH_KEY = "sk-agent-bash"
 ADMIN_KEY = "sk-agent-admin"
 ONLY_HERE = "only-here-5e1c9.txt"
-
-
-@pytest.fixture(scope="session")
-def claude_bin() -> Path:
-    """The pinned CLI, installed once into the pytest cache (`npm install --prefix`), under a file lock."""
-    prefix = ROOT / ".pytest_cache" / f"claude-code-{VERSION}"
-    binary = prefix / "node_modules" / ".bin" / "claude"
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not binary.exists():
-            try:
-                done = subprocess.run(
-                    ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel", "error",
-                     f"{PACKAGE}@{VERSION}"],
-                    capture_output=True, text=True, timeout=900,
-                )  # fmt: skip
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                unavailable(f"npm install {PACKAGE}@{VERSION} failed: {exc}")
-            if done.returncode != 0 or not binary.exists():
-                unavailable(f"npm install {PACKAGE}@{VERSION} failed: {done.stderr[-2000:]}")
-    return binary
 
 
 @pytest.fixture(scope="module")
