@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mitmproxy import ctx
-
 from kaixu import mitm
 from kaixu.agents.endpoint import Agents
 from kaixu.gateway import Gateway
@@ -23,21 +21,14 @@ class Loopback:
         self.server = LoopbackServer([gateway.reliability.relay.route(), self.agents.route(), MOCK_ROUTE])
 
     async def _listen_url(self) -> str | None:
-        """kaixu's own listener, where an agent's model calls go: its first address (a wildcard one reached
-        on the loopback interface). A worker of `kaixu run --workers N` serves the policy's addresses on
-        sockets every worker shares, and a run credential is known only to the worker that made it: there
-        the calls go to a listener of this worker's own (opened once, on first use)."""
-        addrs = list(ctx.master.addons.get("proxyserver").listen_addrs())
-        if not addrs:
-            if self._private is None:
-                self._private = asyncio.ensure_future(mitm.serve_on_loopback())
-            addrs = [(await self._private).sockets[0].getsockname()]
-        host, port = addrs[0][:2]
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        """Where an agent's model calls go: a listener of this process's own, on 127.0.0.1 and a free port
+        (opened on first use), served by the same chain as the policy's listeners. Not one of those: they may
+        be forward proxies, or (`kaixu run --workers N`) sockets every worker shares, while a run credential is
+        known only to the process whose agent holds it."""
+        if self._private is None:
+            self._private = asyncio.ensure_future(mitm.serve_on_loopback())
+        host, port = (await self._private).sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
 
     def _agent_state(self) -> Path:
         """The agents' HOME folders: in kaixu's state folder beside the policy (`.kaixu/`, as mitmproxy's)."""
