@@ -256,6 +256,8 @@ def valid_body(door: Door, model: str) -> dict[str, Any]:
         return {"model": model, "prompt": "hi"}
     if door.operation == "embeddings":
         return {"model": model, "input": "hi"}
+    if door.front == "responses":
+        return {"model": model, "input": chat}
     return {"model": model, "messages": chat}
 
 
@@ -271,6 +273,7 @@ OUTPUT_LIMITS: dict[str, tuple[tuple[str, ...], ...]] = {
     "kaixu_gate": (("generationConfig", "maxOutputTokens"), ("config", "maxOutputTokens")),
     "gateway13": (("max_tokens",),),
     "pulse": (("maxTokens",),),
+    "responses": (("max_output_tokens",),),
 }  # fmt: skip
 """Each chat door's fields that bound what a request produces (its output tokens, its number of answers), in
 the vendors' spellings: a value that is not a positive number must be refused, never forwarded (llama.cpp and
@@ -728,7 +731,7 @@ def text_probes() -> list[Probe]:
             continue
         # each way of asking for a stream: a body flag, Gemini's SSE and JSON-array framings (the path's action)
         streams: tuple[tuple[bool, str], ...] = ((False, ""),)
-        if door.front in ("openai", "anthropic"):
+        if door.front in ("openai", "anthropic", "responses"):
             streams = ((False, ""), (True, ""))
         elif door.path.endswith(":streamGenerateContent"):
             streams = ((False, ""), (False, "?alt=sse"))
@@ -989,7 +992,7 @@ def shape_problem(front: str, status: int, body: Any) -> str | None:
     if not isinstance(body, dict):
         return f"not an object: {type(body).__name__}"
     error = body.get("error")
-    if front == "openai":
+    if front in ("openai", "responses"):  # the Responses API answers errors in OpenAI's shape
         ok = isinstance(error, dict) and isinstance(error.get("message"), str)
         return None if ok else 'expected {"error": {"message": ...}}'
     if front == "anthropic":
@@ -1096,7 +1099,7 @@ _UPSTREAM_PATHS = {
     "/v1/messages/count_tokens": "anthropic",
 }
 _UPSTREAM_GEMINI = re.compile(
-    r"^/v1beta/models/(?P<model>[A-Za-z0-9._-]+):(?:(?:generateContent|countTokens|embedContent|batchEmbedContents)"
+    r"^/v1beta/models/(?P<model>(?:[A-Za-z0-9._-]|%2F)+):(?:(?:generateContent|countTokens|embedContent|batchEmbedContents)"
     r"|streamGenerateContent\?alt=sse)$"
 )
 _CREDENTIAL_HEADERS = {"openai": "authorization", "anthropic": "x-api-key", "gemini": "x-goog-api-key"}
