@@ -5,6 +5,7 @@ Each addon reads what earlier steps decided and adds its own decision; nothing i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from kaixu.pricing import cost_micros, usd
 
 if TYPE_CHECKING:
     from kaixu.config import Policy, ProviderConfig, RouteTarget, VirtualKey
+    from kaixu.conversation import Session
     from kaixu.formats.canonical import ChatRequest
     from kaixu.formats.doors import Endpoint
     from kaixu.formats.embeddings import EmbeddingRequest
@@ -242,6 +244,20 @@ _NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """Control characters (C0, DEL, C1: ESC, CR, NUL...) and lone surrogates (bytes that were not UTF-8)."""
 
 
+# Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
+#: What a client may say about itself, for the ledger and `/api/costs?group_by=` (never for access decisions).
+ATTRIBUTE_HEADERS = (
+    ("x-kaixu-app", "app"),
+    ("x-kaixu-build", "build"),
+    ("x-kaixu-install-id", "install_id"),
+    ("x-kaixu-customer", "customer"),
+    ("x-kaixu-user", "user"),
+    ("x-kaixu-team", "team"),
+    ("x-kaixu-project", "project"),
+    ("x-kaixu-client", "client"),
+)
+
+
 @dataclass(slots=True, eq=False)
 class Caller:
     """Who is calling, decided by the auth step and what the client says about itself: what governance
@@ -262,6 +278,16 @@ class Caller:
     The policy step adds `policy_shadow` (the names in `shadow_refusals`) so the ledger shows them."""
     shadow_refusals: list[str] = field(default_factory=list)
     """Policies in shadow mode (`enforce: false`) that would have refused or clamped this request."""
+
+    def owner(self) -> str:
+        """Whose the state a request leaves is (its background jobs, its sessions): the key's name (policy and
+        store keys share one namespace), the hash of a client's own key on bring-your-own-key routes (never the
+        key), "" for an anonymous caller."""
+        if self.key is not None:
+            return self.key.name
+        if self.client_key is not None:
+            return "byok:" + hashlib.sha256(self.client_key.encode("utf-8", "surrogateescape")).hexdigest()
+        return ""
 
     def say(self, name: str, value: str, source: str, *, replace: bool = True) -> str | None:
         """Record what the client says about itself: `attributes[name]`, cut to `MAX_ATTRIBUTE_CHARS` (kept
@@ -357,6 +383,8 @@ class Call:
     parent: ParentRun | None = None
     """An agent's own model call: the run (and so the outer request) whose short-lived credential it presented
     (kaixu/agents/grants.py)."""
+    session: Session | None = None
+    """The conversation the call continues or starts under `sessions:` (kaixu/addons/sessions.py)."""
     json_array_stream: bool = False
     """Gemini `:streamGenerateContent` without `alt=sse`: the client reads one JSON array, not SSE."""
     forwarded: bool = False

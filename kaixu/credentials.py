@@ -5,7 +5,9 @@ read them the same way."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 
 from mitmproxy import http
 
@@ -63,3 +65,30 @@ def admin_refusal(call: Call, request: http.Request, what: str) -> http.Response
     reason = "admin_keys lists the keys that may" if call.policy.admin_keys else "the policy has no admin_keys"
     message = f"this key is not an admin key ({reason}); {what} is for admin keys only"
     return error_response(call, 403, message, "permission_error", "not_an_admin_key")
+
+
+INTERNAL_HEADER = "x-kaixu-internal"
+"""Where kaixu's own background work (kaixu/jobs/runner.py) says whose request it sends to kaixu itself: a
+credential `internal_credential` made, never a client's key (a job keeps no key). No provider gets it (the
+router's header allowlist)."""
+
+
+def internal_credential(secret: bytes, key_name: str, expires_at: float) -> str:
+    """A short-lived credential for the key named `key_name`, valid in the process holding `secret` (a random
+    secret made at start, never stored) until `expires_at`: `<name, base64url>.<expiry>.<HMAC-SHA256>`."""
+    name = base64.urlsafe_b64encode(key_name.encode()).decode().rstrip("=") or "-"
+    payload = f"{name}.{int(expires_at)}"
+    return f"{payload}.{hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()}"
+
+
+def internal_key_name(secret: bytes, credential: str, now: float) -> str | None:
+    """The key name an `internal_credential` carries ("" for an anonymous caller), or None when it is forged,
+    made by another process or expired."""
+    payload, _, mac = credential.rpartition(".")
+    name, _, expiry = payload.partition(".")
+    expected = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac.encode(), expected.encode()) or not expiry.isdigit() or int(expiry) < now:
+        return None
+    if name == "-":
+        return ""
+    return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()

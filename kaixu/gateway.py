@@ -6,6 +6,7 @@ same way (`kaixu.addons.build_addons`).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from kaixu.agents.endpoint import Agents
     from kaixu.call import Call
+    from kaixu.jobs.runner import JobRunner
     from kaixu.limits.governor import Governor
     from kaixu.store.keys import KeySnapshot
     from kaixu.store.stores import Stores
@@ -103,6 +105,13 @@ class Gateway:
     """The web console's sign-ins (kaixu/console.py): made by the ui step, read by the admin step too."""
     agents: Agents | None = None
     """The agent providers' runs (kaixu/agents/endpoint.py), once the loopback server is built."""
+    own_listeners: list[asyncio.Server] = field(default_factory=list)
+    """A worker's listeners (`kaixu run --workers N`: kaixu's own SO_REUSEPORT sockets, not mitmproxy's)."""
+    jobs: JobRunner | None = None
+    """The background job runner (kaixu/jobs/runner.py): what a door's jobs are submitted to."""
+    internal_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    """Signs the credentials kaixu's own background requests carry (`credentials.internal_credential`): made at
+    start, never stored or shown, so such a credential is worth nothing outside this process."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped

@@ -23,7 +23,7 @@ MAX_MODEL_CHARS = 256
 _MODEL_FORBIDDEN = re.compile(r"[\s?#%\\]|\.\.|^/|/$")
 
 #: Body fields that only steer the gateway; a provider would reject them.
-GATEWAY_FIELDS = ("backend",)
+GATEWAY_FIELDS = ("backend", "session_id")
 #: The Intelligent AI Gateway's agent fields (docs/claude-cli.md): `working_directory`, and `tools` given as
 #: tool *names* (["Read", "Glob"]) rather than function schemas. Only an agent provider reads them.
 MAX_AGENT_TOOLS = 64

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from kaixu.addons.dialect import _ATTRIBUTE_HEADERS
+from kaixu.call import ATTRIBUTE_HEADERS
 from kaixu.formats.doors import PATHS
 from tests.harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEYS
 
@@ -59,7 +59,7 @@ SMUGGLED_HEADERS = (
     ("api-key", CLIENT_SECRETS[3]),
 )
 """Client headers that carry credentials of their own and must never be forwarded."""
-ATTRIBUTION_HEADERS = tuple(header for header, _ in _ATTRIBUTE_HEADERS)
+ATTRIBUTION_HEADERS = tuple(header for header, _ in ATTRIBUTE_HEADERS)
 """What a client says about itself (`x-kaixu-user`, `x-kaixu-team`...): it reaches the ledger."""
 CONTROL_CHARACTERS = ("\x1b[31m", "\x00", "\r", "\x7f", "\x07", "\x08", "\x9b", "\udcff")
 """Never text in the ledger: ESC (a terminal escape), NUL, a bare CR, DEL, BEL, BS, a C1 control (its UTF-8

@@ -18,6 +18,7 @@ from kaixu.addons.dispatch import Dispatch
 from kaixu.addons.errors import Errors
 from kaixu.addons.forward import Forward
 from kaixu.addons.ingress import Ingress
+from kaixu.addons.jobs import Jobs
 from kaixu.addons.ledger_writer import LedgerWriter
 from kaixu.addons.local import Local
 from kaixu.addons.loopback import Loopback
@@ -28,6 +29,7 @@ from kaixu.addons.responses_recall import ResponsesRecall
 from kaixu.addons.retries import Retries
 from kaixu.addons.router import Router
 from kaixu.addons.seat_limits import Seats
+from kaixu.addons.sessions import SessionHistory, SessionRecord
 from kaixu.addons.settle import Settle
 from kaixu.addons.store_choice import StoreChoice
 from kaixu.addons.store_keys import StoreKeys
@@ -53,7 +55,9 @@ def build_steps(gateway: Gateway) -> list[object]:
         Dialect(),  # which front door (request head)
         Auth(gateway),  # who is calling (request head)
         Body(),  # only now: decompress (bounded), parse, request facts
+        SessionHistory(gateway),  # `sessions:` a chat naming its session gets the earlier turns prepended
         Local(gateway),  # model lists and token checks for the authenticated caller
+        Jobs(gateway),  # a door's background jobs (submit, status, result, cancel) and the job runner (kaixu/jobs/)
         ResponsesRecall(gateway),  # Responses API: previous_response_id's conversation, stored responses by id
         Seats(gateway),  # installs per key / customer (`seats: N`, x-kaixu-install-id): docs/keys.md#seats
         CallerRules(),  # may the caller call the model (kaixu/permission.py); `policies:` token caps, shadow mode
@@ -65,6 +69,7 @@ def build_steps(gateway: Gateway) -> list[object]:
         Stream(),  # SSE pass-through meter or translator
         Settle(gateway),  # usage, translation of buffered answers, budget settled, metrics, ledger
         ResponsesKeeper(gateway),  # a Responses API answer with `store` not false is kept (in the background)
+        SessionRecord(gateway),  # `sessions:` the answer names its session, whose new turns are kept
         # the stores `store:` names, chosen at each (re)load (Gateway.stores); last, so that its `done` closes
         # them after every step that reads them has stopped
         StoreChoice(gateway),

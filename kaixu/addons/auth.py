@@ -14,7 +14,7 @@ from mitmproxy import http
 from kaixu.agents.grants import CREDENTIAL_PREFIX, run_for_credential
 from kaixu.call import Call, get_call
 from kaixu.config import VirtualKey
-from kaixu.credentials import key_hash, presented_key
+from kaixu.credentials import INTERNAL_HEADER, internal_key_name, key_hash, presented_key
 from kaixu.gateway import Gateway
 from kaixu.respond import error_response
 
@@ -55,10 +55,42 @@ class Auth:
             return self.store_key(call, key)
         return _expired(call) if _is_expired(virtual) else virtual
 
+    def internal(self, flow: http.HTTPFlow, call: Call, credential: str) -> None:
+        """kaixu's own background request (a job, kaixu/jobs/runner.py) for the key named in its credential:
+        that key as it is now (a key revoked or expired since the job was made is refused as itself)."""
+        name = internal_key_name(self.gateway.internal_secret, credential, time.time())
+        if name is None:
+            message = "invalid internal credential"
+            flow.response = error_response(call, 401, message, "authentication_error", "invalid_api_key")
+            return
+        if name == "":
+            if not call.policy.anonymous:
+                flow.response = error_response(call, 401, "missing API key", "authentication_error", "missing_api_key")
+            return
+        virtual = call.policy.key_named(name)
+        if virtual is not None:
+            if _is_expired(virtual):
+                flow.response = _expired(call)
+                return
+            call.caller.key = virtual
+            return
+        snapshot = self.gateway.key_snapshot
+        stored = snapshot.named(name) if snapshot is not None else None
+        state = stored.state(time.time()) if stored is not None else "unknown"
+        if stored is None or state != "active":
+            message = f"the key that made this job is no longer valid ({state})"
+            flow.response = error_response(call, 401, message, "authentication_error", "invalid_api_key")
+            return
+        call.caller.key = stored.virtual()
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or call.operation == "local":
             return  # kaixu's own endpoints (admin ones check the admin key themselves: admin_refusal)
+        internal = flow.request.headers.get(INTERNAL_HEADER)
+        if internal is not None and flow.response is None:
+            self.internal(flow, call, internal)
+            return
         key = presented_key(flow.request)
         policy = call.policy
         caller = call.caller

@@ -8,24 +8,11 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from kaixu.call import get_call
+from kaixu.call import ATTRIBUTE_HEADERS, get_call
 from kaixu.formats.doors import door_for_path, front_door, front_for_path, models_front
 from kaixu.log import safe
 from kaixu.request_facts import model_name_problem
 from kaixu.respond import error_response
-
-# Client self-description headers (Kaixu Gateway 13 asks every app to send them) -> ledger attribute names.
-#: What a client may say about itself, for the ledger and `/api/costs?group_by=` (never for access decisions).
-_ATTRIBUTE_HEADERS = (
-    ("x-kaixu-app", "app"),
-    ("x-kaixu-build", "build"),
-    ("x-kaixu-install-id", "install_id"),
-    ("x-kaixu-customer", "customer"),
-    ("x-kaixu-user", "user"),
-    ("x-kaixu-team", "team"),
-    ("x-kaixu-project", "project"),
-    ("x-kaixu-client", "client"),
-)
 
 
 class Dialect:
@@ -74,7 +61,7 @@ class Dialect:
         if endpoint.stream and front_door(endpoint.front).json_array_without_sse and "alt=sse" not in request.path:
             call.json_array_stream = True  # what Google streams without alt=sse
         headers = request.headers
-        for header, name in _ATTRIBUTE_HEADERS:
+        for header, name in ATTRIBUTE_HEADERS:
             if header in headers:
                 problem = call.caller.say(name, headers[header], header)
                 if problem is not None:

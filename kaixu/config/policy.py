@@ -370,6 +370,38 @@ class LedgerPolicy:
     content: ContentPolicy = field(default_factory=ContentPolicy)
 
 
+@dataclass(frozen=True, slots=True)
+class JobsPolicy:
+    """`jobs:`: the background job runner (kaixu/jobs/runner.py, docs/jobs.md)."""
+
+    concurrency: int = 4
+    """Jobs one process runs at once per provider."""
+    lease_s: float = 30.0
+    """A running job's claim lasts this long and is renewed while it runs: a job whose process died is taken
+    again once its lease has run out."""
+    poll_s: float = 1.0
+    """How often a process looks for jobs it was not told about (another replica's, a lease run out)."""
+    timeout_s: float = 600.0
+    """The longest a job's request may take."""
+    max_attempts: int = 3
+    """A job is claimed at most this many times (a worker that died, kaixu unreachable, 429/503 waits)."""
+    keep_s: float = 86400.0
+    """Finished jobs (and their results) are deleted this long after they finished."""
+    max_pending: int = 100
+    """Jobs one key may have queued or running at once: a submit past it is a 429."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsPolicy:
+    """`sessions:`: the Intelligent AI Gateway's session continuity on the OpenAI chat door (docs/jobs.md)."""
+
+    enabled: bool = False
+    ttl_s: float = 3600.0
+    """A session not used for this long is forgotten."""
+    max_turns: int = 100
+    """At most this many earlier messages are prepended (the most recent ones)."""
+
+
 DEFAULT_POOL_SIZE = 10
 """Connections each replica keeps to PostgreSQL at most (`store.postgres.pool_size`)."""
 
@@ -562,6 +594,8 @@ class Policy:
     ui: UiPolicy = field(default_factory=UiPolicy)
     alerts: AlertsPolicy = field(default_factory=AlertsPolicy)
     ledger: LedgerPolicy = field(default_factory=LedgerPolicy)
+    jobs: JobsPolicy = field(default_factory=JobsPolicy)
+    sessions: SessionsPolicy = field(default_factory=SessionsPolicy)
     policies: tuple[CallerPolicy, ...] = ()
     """`policies[]`, in file order (kaixu/addons/caller_rules.py)."""
     teams: dict[str, Team] = field(default_factory=dict)
@@ -1050,6 +1084,8 @@ def build_policy(
                 redactor=content_redactor,
             ),
         ),
+        jobs=JobsPolicy(**(data.get("jobs") or {})),
+        sessions=SessionsPolicy(**{"enabled": data.get("sessions") is not None, **(data.get("sessions") or {})}),
         limits=ClientLimits(
             client_header_timeout_s=float(limits.get("client_header_timeout_s", 10)),
             client_idle_timeout_s=float(limits.get("client_idle_timeout_s", 60)),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from . import responses
 from .seeds import gateway13, kaixu_gate, pulse
 from .seeds.context import MonthRollup
 
@@ -30,6 +31,25 @@ class Endpoint:
     needs_body: bool
     stream: bool | None = None
     """Fixed by the path (seed APIs, Gemini); None = the body's `stream` field decides."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobDoor:
+    """A door's background jobs (kaixu/jobs/runner.py): where a job's request runs and the shapes of the
+    answers about it. Its endpoints' operations: `job_submit`, `job_status`, `job_result`, `job_cancel`; a chat
+    whose body sets `background_field` is submitted too."""
+
+    run_path: str
+    """The door's own JSON endpoint a job's request is sent to when it runs: its answer is the job's result."""
+    accepted: Callable[[str, str | None], tuple[int, JSON]]
+    """The answer to a submit: (the job's id, its model) -> status and body."""
+    state: Callable[[JSON, str | None, str], tuple[int, JSON]]
+    """The answer about a job: (its public view, its result once it succeeded (the run's answer, JSON text),
+    what was asked: `status` or `result`) -> status and body."""
+    background_field: str | None = None
+    """A chat body field that, when true, makes the chat a job (the Responses API's `background`)."""
+    new_id: Callable[[], str] | None = None
+    """The door's own job ids (None: a uuid4)."""
 
 
 # -- the shapes of a model list (`GET /v1/models`, `GET /v1beta/models`, and one model) --------------------------
@@ -134,6 +154,11 @@ class FrontDoor:
     stores_answers: bool = False
     """Its chat answers are kept (unless the body says `store: false`) and continued (`previous_response_id`)
     in kaixu's store, and read back by id (the Responses API's, kaixu/store/responses.py)."""
+    jobs: JobDoor | None = None
+    """Its background jobs (Gateway 13's `gateway-job-*`); None: it has none."""
+    session_field: str | None = None
+    """The chat body field (and answer field) naming a conversation session kaixu keeps under `sessions:` (the
+    Intelligent AI Gateway's `session_id`, whose routes are OpenAI's); None: the door has no sessions."""
 
 
 _POST = ("POST",)
@@ -156,6 +181,7 @@ OPENAI = FrontDoor(
         "/v1/embeddings": Endpoint("openai", "embeddings", _POST, True),
         "/v1/models": Endpoint("openai", "models", _GET, False),
     },
+    session_field="session_id",
 )
 ANTHROPIC = FrontDoor(
     "anthropic",
@@ -210,6 +236,13 @@ RESPONSES = FrontDoor(  # OpenAI's Responses API (Codex CLI, the Agents SDK, `cl
     stream_usage_option=False,  # its streams always end with the usage (`response.completed`)
     degraded_field=False,
     stores_answers=True,
+    jobs=JobDoor(
+        "/v1/responses",
+        responses.background_accepted,
+        responses.background_state,
+        background_field="background",
+        new_id=responses.new_response_id,
+    ),
 )
 KAIXU_GATE = FrontDoor(  # kAIxu Gate (seed 001)
     kaixu_gate.NAME,
@@ -233,6 +266,9 @@ GATEWAY13 = FrontDoor(  # Kaixu Gateway 13 (seed 000)
     endpoints={
         "/.netlify/functions/gateway-chat": Endpoint(gateway13.NAME, "chat", _POST, True, stream=False),
         "/.netlify/functions/gateway-stream": Endpoint(gateway13.NAME, "chat", _POST, True, stream=True),
+        gateway13.JOB_PATHS["submit"]: Endpoint(gateway13.NAME, "job_submit", _POST, True, stream=False),
+        gateway13.JOB_PATHS["status"]: Endpoint(gateway13.NAME, "job_status", _GET, False),
+        gateway13.JOB_PATHS["result"]: Endpoint(gateway13.NAME, "job_result", _GET, False),
     },
     path_prefixes=("/.netlify/functions/",),
     health_path="/.netlify/functions/health",
@@ -247,6 +283,7 @@ GATEWAY13 = FrontDoor(  # Kaixu Gateway 13 (seed 000)
     month_rollup=True,
     budget_body=gateway13.budget_refusal_body,
     provider_hint=gateway13.provider_hint,
+    jobs=JobDoor(gateway13.JOB_RUN_PATH, gateway13.job_accepted, gateway13.job_state),
 )
 PULSE = FrontDoor(  # Pulse (seed 003)
     pulse.NAME,
@@ -303,9 +340,10 @@ _MODEL_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+)$")
 # Intelligent AI Gateway (seed 002): an explicit backend (a provider, or a model alias) in the path.
 _BACKEND_PATH = re.compile(r"^/v1/(?P<backend>[A-Za-z0-9_.@-]+)/chat/completions$")
 # A stored response (GET, DELETE) and its input items (GET): kaixu's ids and a Responses provider's.
-_RESPONSE_PATH = re.compile(r"^/v1/responses/(?P<id>resp_[A-Za-z0-9_-]{1,200})(?P<items>/input_items)?$")
+_RESPONSE_PATH = re.compile(r"^/v1/responses/(?P<id>resp_[A-Za-z0-9_-]{1,200})(?P<items>/input_items|/cancel)?$")
 _STORED = Endpoint(RESPONSES.name, "stored_response", ("GET", "DELETE"), False)
 _STORED_ITEMS = Endpoint(RESPONSES.name, "stored_input_items", _GET, False)
+_CANCEL = Endpoint(RESPONSES.name, "job_cancel", _POST, False)  # a background response
 
 
 class Found(NamedTuple):
@@ -335,7 +373,8 @@ def door_for_path(path: str) -> Found | None:
         return Found(PATHS["/v1/chat/completions"], backend=match["backend"])
     match = _RESPONSE_PATH.match(path)
     if match:
-        return Found(_STORED_ITEMS if match["items"] else _STORED, resource=match["id"])
+        found = {"/input_items": _STORED_ITEMS, "/cancel": _CANCEL}.get(match["items"] or "", _STORED)
+        return Found(found, resource=match["id"])
     return None
 
 

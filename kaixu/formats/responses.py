@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 from ._common import (
@@ -696,6 +697,33 @@ def response_object(
         "usage": usage_to_responses(usage) if usage is not None else None,
     }
     return body
+
+
+# --- background responses (`background: true`, run as kaixu jobs: kaixu/jobs/runner.py) ---------------------
+
+_BACKGROUND_STATUS = {"queued": "queued", "running": "in_progress", "cancelled": "cancelled", "failed": "failed"}
+
+
+def background_accepted(job_id: str, model: str | None) -> tuple[int, JSON]:
+    """The answer to `background: true`: the response, `queued` (OpenAI answers 200)."""
+    body = response_object(job_id, model or "", int(time.time()), "queued", [], None, None)
+    return 200, {**body, "background": True}
+
+
+def background_state(job: JSON, result: str | None, asked: str) -> tuple[int, JSON]:
+    """`GET /v1/responses/{id}` (and `POST .../cancel`) of a background response: the response as its run
+    answered it once it succeeded, else the job's state as a response's `status`."""
+    if job["status"] == "succeeded" and result:
+        body = json.loads(result)
+        return 200, {**body, "id": job["id"], "background": True}
+    status = _BACKGROUND_STATUS.get(job["status"], "failed")
+    error = (
+        {"code": "server_error", "message": job.get("error") or "the response failed"} if status == "failed" else None
+    )
+    body = response_object(
+        job["id"], job.get("model") or "", int(job["created_at"]), status, [], None, None, error=error
+    )
+    return 200, {**body, "background": True}
 
 
 def encode_response(resp: ChatResponse, req: ChatRequest | None = None) -> JSON:

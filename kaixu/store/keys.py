@@ -263,6 +263,10 @@ class KeySnapshot:
     def find(self, key: str) -> StoredKey | None:
         return self.keys.get(digest(self.pepper, key))
 
+    def named(self, name: str) -> StoredKey | None:
+        """The key of that name (a background job runs as the key that made it: kaixu/jobs/runner.py)."""
+        return next((key for key in self.keys.values() if key.name == name), None)
+
     def fresh(self, now: float) -> bool:
         return now - self.loaded_at <= self.stale_after_s
 

@@ -116,7 +116,7 @@ def dsn_shown(dsn: str) -> str:
     return f"postgresql://{host}{port}/{database}"
 
 
-async def _in_schema_lock(connection: asyncpg.Connection, script: str) -> None:
+async def in_schema_lock(connection: asyncpg.Connection, script: str) -> None:
     """DDL run by one replica at a time (two `CREATE TABLE IF NOT EXISTS` at once can both try to create)."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(hashtext('kaixu schema'))")
@@ -168,7 +168,7 @@ class PostgresLedgerStore:
         self._pool = pool
         try:
             async with pool.acquire() as connection:
-                await _in_schema_lock(connection, LEDGER_SCHEMA)
+                await in_schema_lock(connection, LEDGER_SCHEMA)
         except BaseException as exc:
             self._pool = None
             await close_pool(pool)
@@ -295,7 +295,7 @@ class PostgresKeyStore:
             self._pool = await open_pool(self.dsn, self.pool_size)
         if not self._ready:
             async with self._pool.acquire() as connection:
-                await _in_schema_lock(connection, KEYS_SCHEMA)
+                await in_schema_lock(connection, KEYS_SCHEMA)
             self._ready = True
         return self._pool
 
@@ -445,3 +445,46 @@ class PostgresLedgerQueries:
                     return [tuple(row) for row in await connection.fetch(numbered(sql), *params)]
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise LedgerUnavailable(f"the ledger {self.path} could not be read: {describe(exc)}") from exc
+
+
+# -- tables of other state (jobs, sessions) -------------------------------------------------------------------
+
+
+class PooledTables:
+    """A store's tables on the process's pool: made (under the schema lock) on first use, each call on a
+    connection of the pool; a server that cannot be reached is `StoreUnavailable` (`what` names the store)."""
+
+    def __init__(self, config: PostgresConfig, schema: str, what: str) -> None:
+        self.config = config
+        self.schema = schema
+        self.what = what
+        self._pool: asyncpg.Pool | None = None
+        self._ready = False
+
+    async def run(self, work: Callable[[asyncpg.Connection], Any]) -> Any:
+        """`await work(connection)` on a connection of the pool."""
+        try:
+            if self._pool is None:
+                self._pool = await open_pool(self.config.dsn, self.config.pool_size)
+            async with self._pool.acquire() as connection:
+                if not self._ready:
+                    await in_schema_lock(connection, self.schema)
+                    self._ready = True
+                return await work(connection)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"the {self.what} cannot be reached: {exc}") from exc
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Rows an INSERT, UPDATE or DELETE (`?` placeholders) touched."""
+        status = await self.run(lambda c: c.execute(numbered(sql), *args))
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        """The first row of a query with `?` placeholders."""
+        row = await self.run(lambda c: c.fetchrow(numbered(sql), *args))
+        return None if row is None else tuple(row)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await close_pool(pool)

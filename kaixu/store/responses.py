@@ -170,7 +170,7 @@ class PostgresResponseStore:
         pool = self._pool
         if not self._ready:
             async with pool.acquire() as connection:
-                await postgres._in_schema_lock(connection, SCHEMA)
+                await postgres.in_schema_lock(connection, SCHEMA)
             self._ready = True
         return pool
 

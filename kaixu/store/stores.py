@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 from kaixu.config.policy import StoreConfig
 from kaixu.store import postgres
+from kaixu.store.jobs import JobStore, job_store
 from kaixu.store.keys import AsyncKeyStore, InThread, SqliteKeyStore
 from kaixu.store.queries import LedgerQueries, SqliteLedgerQueries
 from kaixu.store.responses import Kept, MemoryResponseStore, PostgresResponseStore, ResponseStore, SqliteResponseStore
 from kaixu.store.seats import PostgresSeatStore, SeatStore, SqliteSeatStore
+from kaixu.store.sessions import SessionStore, session_store
 
 
 def key_store(store: StoreConfig, *, sqlite_path: str | None = None) -> AsyncKeyStore | None:
@@ -78,14 +80,29 @@ class Stores:
     """None when the policy keeps no durable store (`store.sqlite: :memory:`)."""
     responses: Kept
     """The Responses API's stored responses (kaixu/store/responses.py)."""
+    jobs: JobStore
+    """The background jobs (kaixu/jobs/): the SQLite file (kept in memory under `:memory:`), or PostgreSQL."""
+    sessions: SessionStore
+    """The conversations of `sessions:` (kaixu/addons/sessions.py), where the jobs are."""
 
     @classmethod
     def build(cls, config: StoreConfig) -> Stores:
         """Cheap and without I/O: connections open on first use (a PostgreSQL pool, a SQLite file)."""
-        return cls(config, key_store(config), ledger_queries(config), seat_store(config), Kept(response_store(config)))
+        where = (config.sqlite, config.postgres)
+        return cls(
+            config,
+            key_store(config),
+            ledger_queries(config),
+            seat_store(config),
+            Kept(response_store(config)),
+            job_store(*where),
+            session_store(*where),
+        )
 
     async def close(self) -> None:
         if self.keys is not None:
             await self.keys.close()
         await self.queries.close()
         await self.responses.close()
+        await self.jobs.close()
+        await self.sessions.close()

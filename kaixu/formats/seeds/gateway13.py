@@ -27,6 +27,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -214,6 +215,45 @@ def budget_refusal_body(level: str, cap_micros: int, spent_micros: int, month: M
     else:
         month = replace(month, key_cap_cents=cents(cap_micros), key_spent_cents=cents(spent_micros))
     return cap_reached_body(scope, month)
+
+
+# --- background jobs -----------------------------------------------------------------
+
+JOB_PATHS = {
+    "submit": "/.netlify/functions/gateway-job-submit",
+    "status": "/.netlify/functions/gateway-job-status",
+    "result": "/.netlify/functions/gateway-job-result",
+}
+JOB_RUN_PATH = "/.netlify/functions/gateway-chat"
+"""A job's request runs as this one: its result is the gateway-chat answer."""
+
+
+def job_accepted_body(job_id: str) -> JSON:
+    """The 202 of ``gateway-job-submit``. The URLs are paths: the client knows the gateway it called (its
+    ``KAIXU_API_BASE``), kaixu cannot know the scheme and host a load balancer in front shows."""
+    return {
+        "job_id": job_id,
+        "status_url": f"{JOB_PATHS['status']}?id={job_id}",
+        "result_url": f"{JOB_PATHS['result']}?id={job_id}",
+        "note": "Job accepted: poll status_url until job.status is succeeded or failed, then fetch result_url.",
+    }
+
+
+def job_accepted(job_id: str, model: str | None) -> tuple[int, JSON]:
+    return 202, job_accepted_body(job_id)
+
+
+def job_state(job: JSON, result: str | None, asked: str) -> tuple[int, JSON]:
+    """``gateway-job-status``: 200 ``{"job": {id, status, ...}}`` whatever the status. ``gateway-job-result``: 200
+    with the gateway-chat answer once it succeeded, 202 ``{"job"}`` while it waits or runs, 500 ``{"error",
+    "job"}`` when it failed (or was cancelled)."""
+    if asked == "status":
+        return 200, {"job": job}
+    if job["status"] == "succeeded":
+        return 200, json.loads(result or "{}")
+    if job["status"] in ("failed", "cancelled"):
+        return 500, {"error": job.get("error") or f"the job was {job['status']}", "job": job}
+    return 202, {"job": job}
 
 
 # --- codec ---------------------------------------------------------------------------
