@@ -216,7 +216,7 @@ async def _run_worker(args: argparse.Namespace, policy: Policy, worker: Worker) 
     shared = metrics.share(worker.metrics_dir)
     master, gateway = build_master(args.policy, policy, listen=[], reload_ms=args.reload_ms, worker=worker)
     own: list[asyncio.Server] = []
-    gateway.own_listeners = own  # where this worker listens (the job runner sends its requests there)
+    gateway.own_listeners = own  # whether this worker still accepts (the job runner claims only while it does)
     task = asyncio.create_task(serve(master, gateway, own))
     ps = master.addons.get("proxyserver")
     while not ps.is_running and not task.done():

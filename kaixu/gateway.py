@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -107,11 +107,15 @@ class Gateway:
     """The agent providers' runs (kaixu/agents/endpoint.py), once the loopback server is built."""
     own_listeners: list[asyncio.Server] = field(default_factory=list)
     """A worker's listeners (`kaixu run --workers N`: kaixu's own SO_REUSEPORT sockets, not mitmproxy's)."""
+    private_url: Callable[[], Awaitable[str | None]] | None = None
+    """A listener of this process only, served by the chain (kaixu/addons/loopback.py): where kaixu's own requests
+    come back to the process that made their credential (an agent's model calls, a background job's request)."""
     jobs: JobRunner | None = None
     """The background job runner (kaixu/jobs/runner.py): what a door's jobs are submitted to."""
     internal_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     """Signs the credentials kaixu's own background requests carry (`credentials.internal_credential`): made at
-    start, never stored or shown, so such a credential is worth nothing outside this process."""
+    start, never stored or shown, so such a credential is worth nothing outside this process (its requests come
+    back to it through `private_url`)."""
 
     def __post_init__(self) -> None:
         metrics.DEPLOYMENTS.source = self.deployments.public  # the process's gateway is the one scraped

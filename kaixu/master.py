@@ -54,7 +54,6 @@ def build_master(
     gateway = Gateway(worker=worker)
     if worker is not None:  # every (re)load says which policy this worker has in force (/health `workers`)
         gateway.installed.append(lambda p: worker.note_policy(p.digest, gateway.generation))
-        gateway.internal_secret = worker.internal_secret()  # a job's request may reach any worker
     master.addons.add(*build_addons(gateway))
     # `--listen` replaces the policy's reverse listeners; its forward listeners are opened either way (not by a
     # worker of `--workers N`, which has only its own SO_REUSEPORT sockets: the CLI refuses that combination)

@@ -692,9 +692,9 @@ __all__ = [
 
 
 def listen_address() -> tuple[str, int] | None:
-    """Where mitmproxy's first listener is bound (a wildcard host as it is), or None while none listens (before
-    start, during a graceful stop, and in a worker of `--workers N`, whose listeners are kaixu's own). The
-    proxyserver addon's `listen_addrs` is not a documented API."""
+    """Where mitmproxy's first listener is bound, or None while none listens (before start, during a graceful
+    stop, and in a worker of `--workers N`, whose listeners are kaixu's own). The proxyserver addon's
+    `listen_addrs` is not a documented API."""
     from mitmproxy import ctx  # late: ctx.master exists only once a Master runs
 
     server = ctx.master.addons.get("proxyserver")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -35,8 +34,6 @@ log = logging.getLogger("kaixu.workers")
 READY_TIMEOUT_S = 60.0
 """How long the supervisor waits for every worker to listen at start."""
 RESTART_BACKOFF_MAX_S = 30.0
-SECRET_FILE = "internal-secret"
-"""In the run's folder (mode 0600, like the folder 0700): the workers' shared `Worker.internal_secret`."""
 STABLE_S = 10.0
 """A worker that ran this long before it exited is restarted at once; one that keeps dying, with a backoff."""
 
@@ -81,12 +78,6 @@ class Worker:
     @property
     def metrics_dir(self) -> str:
         return os.path.join(self.run_dir, "metrics")
-
-    def internal_secret(self) -> bytes:
-        """The secret every worker signs kaixu's own requests with (a background job's request, sent to the
-        shared port, may reach any worker: kaixu/jobs/runner.py), made by the supervisor (`Supervisor.reserve`)."""
-        with open(os.path.join(self.run_dir, SECRET_FILE), "rb") as fh:
-            return bytes.fromhex(fh.read().decode())
 
     def ready_file(self) -> str:
         return os.path.join(self.run_dir, f"ready-{self.id}")
@@ -149,9 +140,6 @@ class Supervisor:
             bound.append((host, sock.getsockname()[1]))
         self.addresses = bound
         os.makedirs(os.path.join(self.run_dir, "metrics"), exist_ok=True)
-        secret = os.open(os.path.join(self.run_dir, SECRET_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(secret, "w") as fh:
-            fh.write(secrets.token_hex(32))
         return bound
 
     def command(self, worker_id: int) -> list[str]:

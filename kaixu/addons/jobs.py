@@ -22,12 +22,6 @@ from kaixu.request_facts import decode_chat
 from kaixu.respond import error_response, json_response
 
 
-def _local_url(host: str, port: int) -> str:
-    """A listener's URL as a client on this host reaches it (a wildcard host: the loopback of its family)."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 class Jobs:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -39,14 +33,13 @@ class Jobs:
         )
         gateway.jobs = self.runner
 
-    def base_url(self) -> str | None:
-        """Where kaixu listens now (None: it does not, or no longer): a worker's own sockets, else mitmproxy's."""
-        for server in self.gateway.own_listeners:
-            if server.is_serving() and server.sockets:
-                host, port = server.sockets[0].getsockname()[:2]
-                return _local_url(host, port)
-        address = mitm.listen_address()
-        return None if address is None else _local_url(*address)
+    async def base_url(self) -> str | None:
+        """Where a job's request goes: a listener of this process only (`Gateway.private_url`: the credential it
+        carries is known to this process alone; the policy's listeners may be forward proxies or shared by
+        workers). None once kaixu no longer accepts requests (a graceful stop): no job is claimed then."""
+        accepting = mitm.listen_address() is not None or any(s.is_serving() for s in self.gateway.own_listeners)
+        private = self.gateway.private_url
+        return await private() if accepting and private is not None else None
 
     def running(self) -> None:
         self.runner.start()

@@ -18,13 +18,14 @@ class Loopback:
         self._private: asyncio.Future[asyncio.Server] | None = None
         self.agents = Agents(self._listen_url, self._agent_state)
         gateway.agents = self.agents
+        gateway.private_url = self._listen_url
         self.server = LoopbackServer([gateway.reliability.relay.route(), self.agents.route(), MOCK_ROUTE])
 
     async def _listen_url(self) -> str | None:
-        """Where an agent's model calls go: a listener of this process's own, on 127.0.0.1 and a free port
-        (opened on first use), served by the same chain as the policy's listeners. Not one of those: they may
-        be forward proxies, or (`kaixu run --workers N`) sockets every worker shares, while a run credential is
-        known only to the process whose agent holds it."""
+        """Where an agent's model calls (and a background job's request) go: a listener of this process's own,
+        on 127.0.0.1 and a free port (opened on first use), served by the same chain as the policy's listeners.
+        Not one of those: they may be forward proxies, or (`kaixu run --workers N`) sockets every worker shares,
+        while a run credential (a job's internal credential) is known only to the process that made it."""
         if self._private is None:
             self._private = asyncio.ensure_future(mitm.serve_on_loopback())
         host, port = (await self._private).sockets[0].getsockname()[:2]

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -85,7 +85,7 @@ class JobRunner:
         self,
         store: Callable[[], JobStore | None],
         settings: Callable[[], JobsPolicy],
-        target: Callable[[], str | None],
+        target: Callable[[], Awaitable[str | None]],
         credential: Callable[[str, float], str],
     ) -> None:
         """`store`: the job store in force (it changes when a reload changes `store:`); `settings`: the
@@ -209,7 +209,7 @@ class JobRunner:
             self._wake.clear()
             claimed = None
             store = self._store()
-            if store is not None and self._target() is not None:
+            if store is not None and await self._target() is not None:
                 try:
                     claimed = await self._claim(store, settings)
                     await self._prune(store, settings)
@@ -279,7 +279,7 @@ class JobRunner:
                 return
 
     async def _send(self, store: JobStore, job: Job, settings: JobsPolicy) -> None:
-        target, client = self._target(), self._client
+        target, client = await self._target(), self._client
         if target is None or client is None:
             await store.release(job.id, self.worker, time.time() + 1, time.time(), "kaixu is not listening")
             return

@@ -62,7 +62,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, Target, SqliteJo
     await target.start()
     store = SqliteJobStore(str(tmp_path / "jobs.db"))
     settings = JobsPolicy(concurrency=2, poll_s=0.05, lease_s=5, max_pending=10)
-    runner = JobRunner(lambda: store, lambda: settings, lambda: target.url, lambda name, expires: f"for:{name}")
+
+    async def url() -> str:
+        return target.url
+
+    runner = JobRunner(lambda: store, lambda: settings, url, lambda name, expires: f"for:{name}")
     runner.start()
     yield runner, target, store
     target.release.set()
