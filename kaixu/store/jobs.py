@@ -220,12 +220,14 @@ class SqliteJobStore(JobTable):
     async def claim(self, worker: str, now: float, lease_s: float, full: frozenset[str]) -> Job | None:
         skip = f" AND provider NOT IN ({', '.join('?' * len(full))})" if full else ""
 
+        due = f"SELECT id FROM kaixu_jobs WHERE {_DUE}{skip} ORDER BY created_at LIMIT 1"
+
         def claim(db: sqlite3.Connection) -> Job | None:
+            if db.execute(due, (now, now, *full)).fetchone() is None:
+                return None  # nothing due: no write lock taken (an idle gateway polls without one)
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
-                    f"SELECT id FROM kaixu_jobs WHERE {_DUE}{skip} ORDER BY created_at LIMIT 1", (now, now, *full)
-                ).fetchone()
+                row = db.execute(due, (now, now, *full)).fetchone()
                 if row is None:
                     db.execute("COMMIT")
                     return None
