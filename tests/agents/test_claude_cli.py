@@ -58,6 +58,7 @@ def kaixu(tmp_path_factory: pytest.TempPathFactory, claude_bin: Path, root: Path
         "listen": [{"host": "127.0.0.1", "port": 0}],
         "store": {"sqlite": "ledger.db"},
         "ledger": {"content": {"enabled": True, "max_chars": 200_000}},
+        "sessions": {},  # the Intelligent AI Gateway's session_id: a CLI conversation continues (docs/jobs.md)
         "limits": {"upstream_timeout_s": 2},
         "providers": {
             "mock": {"kind": "mock"},
@@ -153,6 +154,26 @@ def test_glob_answer_names_a_file_only_that_folder_holds(kaixu: Kaixu, project: 
             "SELECT SUM(cost_micros) FROM requests WHERE key_name = 'test' AND parent_request_id IS NULL"
         )
     assert costs["cost_micros"] == top[0]
+
+
+def test_a_session_id_continues_the_agents_conversation(kaixu: Kaixu, project: Path) -> None:
+    """`session_id` with a CLI request: the earlier turns (the agent's own answer among them) are the start of what
+    the next run is given, so its model sees the whole conversation."""
+    first = client(kaixu).chat.completions.with_raw_response.create(
+        model="agent-model", messages=[], extra_body=agent_body(project, 'mock:tool Glob {"pattern": "*.txt"}')
+    )
+    assert ONLY_HERE in (first.parse().choices[0].message.content or "")
+    session = first.headers["x-session-id"]
+    follow_up = {"working_directory": str(project), "tools": ["Read", "Glob"], "session_id": session}
+    second = client(kaixu).chat.completions.with_raw_response.create(
+        model="agent-model", messages=[{"role": "user", "content": "Which of them did you list?"}], extra_body=follow_up
+    )
+    assert second.headers["x-session-id"] == session
+    request_id = second.headers["x-request-id"]
+    wait_for(lambda: inner_rows(kaixu, request_id), 10, "the follow-up's inner call")
+    for row in inner_rows(kaixu, request_id):
+        assert "Which files are here?" in row["prompt"] and ONLY_HERE in row["prompt"], row["prompt"][-2000:]
+        assert "Which of them did you list?" in row["prompt"]
 
 
 def test_read_streams(kaixu: Kaixu, project: Path) -> None:
