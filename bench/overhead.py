@@ -109,6 +109,8 @@ class WrkResult:
     gateway_cpu_ms_per_req: float | None = None
     load_cpu_share: float | None = None
     """CPU seconds the load generator (wrk) and the fake provider used per second of the run (1.0 = one core)."""
+    invalid: int = 0
+    """Answers a validating wrk script (`VALIDATE_LUA`) refused: a 200 whose body was not the expected one."""
 
 
 @dataclass
@@ -446,6 +448,7 @@ def parse_wrk(output: str, connections: int, duration_s: float) -> WrkResult:
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     counts = map(int, errors.groups()) if errors else (0, 0, 0, 0)  # wrk omits the line when all are 0
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    validated = re.search(r"kaixu-bench-validated good=(\d+) bad=(\d+)", output)
     return WrkResult(
         connections=connections,
         duration_s=duration_s,
@@ -457,6 +460,7 @@ def parse_wrk(output: str, connections: int, duration_s: float) -> WrkResult:
         p99_ms=pct[99],
         non_2xx=int(non_2xx[1]) if non_2xx else 0,
         socket_errors=dict(zip(("connect", "read", "write", "timeout"), counts, strict=True)),
+        invalid=int(validated[2]) if validated else 0,
     )
 
 
@@ -493,10 +497,11 @@ def run_wrk(
 
 def check_clean(name: str, result: WrkResult) -> None:
     """Every response must be a 2xx and no socket may fail, or the config measured an error path."""
-    bad = result.non_2xx + sum(result.socket_errors.values())
+    bad = result.non_2xx + sum(result.socket_errors.values()) + result.invalid
     if result.requests == 0 or bad:
         raise BenchError(
             f"{name} c={result.connections}: {result.requests} requests, {result.non_2xx} non-2xx, "
+            f"{result.invalid} invalid bodies, "
             f"socket errors {result.socket_errors}: fix the config before trusting any number"
         )
 
@@ -512,11 +517,12 @@ def post(conn: http.client.HTTPConnection, body: dict[str, Any], key: str, extra
     conn.request("POST", PATH, body=json.dumps(body).encode(), headers=headers)
 
 
-def preflight(name: str, port: int, key: str) -> None:
-    """One real request before loading: a wrong key, path or route fails here with the body shown."""
+def preflight(name: str, port: int, key: str, extra: dict[str, str] | None = None) -> None:
+    """One real request before loading: a wrong key, path or route fails here with the body shown; ``extra``:
+    headers the gateway needs (Portkey's provider and upstream)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        post(conn, SMALL_BODY, key, {})
+        post(conn, SMALL_BODY, key, extra or {})
         response = conn.getresponse()
         data = response.read()
     finally:
@@ -525,10 +531,12 @@ def preflight(name: str, port: int, key: str) -> None:
         raise BenchError(f"{name}: preflight got HTTP {response.status}: {data[:500]!r}")
 
 
-def stream_once(conn: http.client.HTTPConnection, key: str) -> tuple[float, float, int]:
+def stream_once(
+    conn: http.client.HTTPConnection, key: str, extra: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """One streamed completion: (ms to the first body bytes, ms to the end, number of SSE events)."""
     start = time.perf_counter()
-    post(conn, SSE_BODY, key, {})
+    post(conn, SSE_BODY, key, extra or {})
     response = conn.getresponse()
     first = response.read1(65536)
     ttfb = time.perf_counter() - start
@@ -539,15 +547,17 @@ def stream_once(conn: http.client.HTTPConnection, key: str) -> tuple[float, floa
     return ttfb * 1000, total * 1000, (first + rest).count(b"data:")
 
 
-def measure_sse(name: str, port: int, key: str, requests: int) -> SseResult:
+def measure_sse(
+    name: str, port: int, key: str, requests: int, extra: dict[str, str] | None = None, timeout_s: float = 10
+) -> SseResult:
     """Sequential streams on one keep-alive connection (after 3 warm-up streams), reporting medians."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     ttfbs: list[float] = []
     totals: list[float] = []
     events = 0
     try:
         for index in range(requests + 3):
-            ttfb, total, events = stream_once(conn, key)
+            ttfb, total, events = stream_once(conn, key, extra)
             if events < SSE_EVENTS:
                 raise BenchError(f"{name}: stream carried {events} events, expected at least {SSE_EVENTS}")
             if index >= 3:
