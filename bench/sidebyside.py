@@ -289,7 +289,9 @@ class Plan:
 def wrk_turn(wrk: str, gw: Gateway, scenario: Scenario, plan: Plan, round_: int, fake_pid: int | None) -> Sample:
     url = f"http://{HOST}:{gw.port}{PATH}"
     lua = gw.lua[scenario.stream]
-    check_clean(f"{gw.name} {scenario.name} warm-up", run_wrk(wrk, url, lua, scenario.connections, plan.warmup_s))
+    warm = run_wrk(wrk, url, lua, scenario.connections, plan.warmup_s)
+    if warm.requests or warm.non_2xx or any(warm.socket_errors.values()):  # a paced stream may outlast a warm-up
+        check_clean(f"{gw.name} {scenario.name} warm-up", warm)
     before = cpu_seconds(gw.pid) if gw.pid else 0.0
     with rss_peak(gw.pid) as peak:
         run = run_wrk(wrk, url, lua, scenario.connections, plan.measure_s, fake_pid)
