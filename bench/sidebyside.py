@@ -453,11 +453,15 @@ def ratio_table(samples: list[Sample], targets: list[str]) -> str:
     kaixus = [t for t in KAIXU_CONFIGS if t in targets]
     bases = [b for b in BASELINES if b in targets]
     pairs = [(k, b) for b in bases for k in kaixus]
+    if "kaixu" in targets and "kaixu-2w" in targets:
+        pairs.append(("kaixu-2w", "kaixu"))
     if not pairs:
         return ""
     lines = [
-        "| ratio (median of rounds, lowest-highest) | better | " + " | ".join(f"{k} / {b}" for k, b in pairs) + " |",
-        "|---|---|" + "---:|" * len(pairs),
+        "| ratio (median of rounds, lowest-highest) | better | load average | "
+        + " | ".join(f"{k} / {b}" for k, b in pairs)
+        + " |",
+        "|---|---|---:|" + "---:|" * len(pairs),
     ]
     for label, scenario, metric, better in RATIOS:
         cells = []
@@ -465,15 +469,14 @@ def ratio_table(samples: list[Sample], targets: list[str]) -> str:
             own, base = pick(samples, k, scenario, metric), pick(samples, b, scenario, metric)
             ratios = [own[r] / base[r] for r in own if base.get(r)]
             cells.append(spread(ratios, 2, "x"))
-        lines.append(f"| {label} | {better} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {better} | {loads_of(samples, scenario=scenario)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def report(samples: list[Sample], targets: list[str], plan: Plan) -> str:
-    info = machine()
+def report(samples: list[Sample], targets: list[str], plan: Plan, info: dict[str, str], node: str) -> str:
     return (
         f"Measured {info['date']} on {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, mitmproxy "
-        f"{info['mitmproxy']}, Portkey gateway {PORTKEY_VERSION} (node {node_version()}); pinned: {info['pinned']}; "
+        f"{info['mitmproxy']}, Portkey gateway {PORTKEY_VERSION} (node {node}); pinned: {info['pinned']}; "
         f"{plan.rounds} rounds, each configuration's turn {plan.warmup_s:g} s warm-up + {plan.measure_s:g} s of wrk "
         f"per scenario, {plan.ttfb_streams} sequential streams and {plan.paced_streams} paced ones; load average "
         f"{loads_of(samples)} over the run (per row in brackets). Every answer validated, 0 errors.\n\n"
@@ -488,11 +491,25 @@ def node_version() -> str:
     return "?"
 
 
-def save(kind: str, payload: object) -> Path:
+def save(kind: str, payload: object, **more: object) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{kind}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps({"machine": machine(), "results": payload}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine(), **more, "results": payload}, indent=2) + "\n")
     return path
+
+
+def from_results(path: Path, plan: Plan) -> tuple[list[Sample], list[str], Plan, dict[str, str], str]:
+    """A saved side-by-side run, to report again (``--report``) without measuring again."""
+    payload = json.loads(path.read_text())
+    samples = [Sample(**item) for item in payload["results"]]
+    saved = payload.get("plan")
+    return (
+        samples,
+        list(dict.fromkeys(s.target for s in samples)),
+        Plan(**saved) if saved else plan,
+        payload["machine"],
+        str(payload.get("node") or node_version()),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="instead: a soak of SECONDS per configuration")
     parser.add_argument("--soak-slice", type=float, default=30.0, help="seconds per soak slice")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
+    parser.add_argument("--report", type=Path, help="report a saved run (bench/results/sidebyside-*.json) again")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - set(DEFAULT_CONFIGS)
@@ -616,13 +634,19 @@ def main(argv: list[str] | None = None) -> int:
                 update_doc(text, SOAK_BEGIN, SOAK_END)
             return 0
         plan = Plan(args.rounds, args.warmup, args.duration, args.ttfb_streams, args.paced_streams)
-        samples = run_side_by_side(plan, only, args.redis)
+        if args.report:
+            samples, only, plan, info, node = from_results(args.report, plan)
+        else:
+            samples = run_side_by_side(plan, only, args.redis)
+            info, node = machine(), node_version()
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    text = report(samples, only, plan)
+    text = report(samples, only, plan, info, node)
     print(text)
-    print(f"raw results: {save('sidebyside', [asdict(s) for s in samples]).relative_to(ROOT)}")
+    if not args.report:
+        raw = save("sidebyside", [asdict(s) for s in samples], plan=asdict(plan), node=node)
+        print(f"raw results: {raw.relative_to(ROOT)}")
     if not args.no_doc:
         update_doc(text, DOC_BEGIN, DOC_END)
     return 0
