@@ -339,16 +339,17 @@ def family(pid: int) -> list[int]:
     return [pid, *(int(child) for child in children)]
 
 
-def rss_mb(pid: int) -> float:
-    """Current resident set size of ``pid`` and its children in MB (VmRSS is reported in kB)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Current resident set size of ``pid`` and its children in MB (VmRSS is reported in kB); ``field``: another
+    line of /proc/<pid>/status in kB (``RssAnon``: the heap's share)."""
     total = 0.0
     for member in family(pid):
         for line in Path(f"/proc/{member}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 total += int(line.split()[1]) / 1024
                 break
         else:
-            raise BenchError(f"no VmRSS for pid {member}")
+            raise BenchError(f"no {field} for pid {member}")
     return total
 
 

@@ -525,6 +525,8 @@ class Slice:
     at_s: float
     loadavg: float
     rss_mb: float
+    anon_mb: float
+    """RssAnon: the heap's share of the RSS (the rest is mapped files and shared memory)."""
     json_rps: float
     json_p99_ms: float
     stream_rps: float
@@ -555,6 +557,7 @@ def soak(seconds: float, slice_s: float, only: list[str], redis: str) -> list[Sl
                         time.monotonic() - started,
                         os.getloadavg()[0],
                         rss_mb(gw.pid),
+                        rss_mb(gw.pid, "RssAnon"),
                         runs[0].rps,
                         runs[0].p99_ms,
                         runs[1].rps,
@@ -569,29 +572,35 @@ def soak(seconds: float, slice_s: float, only: list[str], redis: str) -> list[Sl
     return slices
 
 
+def slope_per_min(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) in MB per minute."""
+    if len(points) < 2:
+        return 0.0
+    return statistics.linear_regression([t / 60 for t, _ in points], [mb for _, mb in points]).slope
+
+
 def soak_report(slices: list[Slice], seconds: float, slice_s: float) -> str:
     lines = [
-        f"{seconds:g} s per configuration at fixed load (wrk JSON at 16 connections and 50-event streams at 4, "
-        f"at once), in slices of {slice_s:g} s; RSS of the process tree after each slice. Slope: least squares over "
-        f"the slices after the first (the first holds the warm-up).",
+        f"Measured {machine()['date']}: {seconds:g} s per configuration at fixed load (wrk JSON at 16 connections "
+        f"and 50-event streams at 4, at once), in slices of {slice_s:g} s; RSS of the process tree after each "
+        "slice. Slope: least squares over the slices after the first (the first holds the warm-up).",
         "",
-        "| config | load average | RSS MB first / last slice | RSS slope MB/min | JSON p99 ms first / median / last "
-        "| stream p99 ms first / median / last | JSON req/s median |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| config | load average | RSS MB first / last slice | RSS slope MB/min | RssAnon MB first / last "
+        "| RssAnon slope MB/min | JSON p99 ms first / median / last | stream p99 ms first / median / last "
+        "| JSON req/s median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in dict.fromkeys(s.target for s in slices):
         own = [s for s in slices if s.target == target]
         tail = own[1:] if len(own) > 2 else own
-        slope = (
-            statistics.linear_regression([s.at_s / 60 for s in tail], [s.rss_mb for s in tail]).slope
-            if len(tail) >= 2
-            else 0.0
-        )
+        slope = slope_per_min([(s.at_s, s.rss_mb) for s in tail])
+        anon = slope_per_min([(s.at_s, s.anon_mb) for s in tail])
         loads = [s.loadavg for s in own]
         jp, sp = [s.json_p99_ms for s in own], [s.stream_p99_ms for s in own]
         lines.append(
             f"| {target} | {min(loads):.1f}-{max(loads):.1f} | {own[0].rss_mb:.1f} / {own[-1].rss_mb:.1f} "
-            f"| {slope:+.2f} | {jp[0]:.1f} / {statistics.median(jp):.1f} / {jp[-1]:.1f} "
+            f"| {slope:+.2f} | {own[0].anon_mb:.1f} / {own[-1].anon_mb:.1f} | {anon:+.2f} "
+            f"| {jp[0]:.1f} / {statistics.median(jp):.1f} / {jp[-1]:.1f} "
             f"| {sp[0]:.1f} / {statistics.median(sp):.1f} / {sp[-1]:.1f} "
             f"| {statistics.median(s.json_rps for s in own):,.0f} |"
         )

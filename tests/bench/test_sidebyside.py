@@ -70,3 +70,13 @@ def test_pacing_is_set_and_cleared(bench_fake: tuple[int, str]) -> None:
     unpaced = overhead.measure_sse("direct", port, gateway.key, 1)
     assert paced.total_ms_median >= 49 * 10
     assert unpaced.total_ms_median < paced.total_ms_median
+
+
+def test_the_soak_slope_is_megabytes_per_minute_after_the_first_slice() -> None:
+    # 1 MB more every 30 s slice after a first slice 50 MB higher (the warm-up): +2 MB/min, the first left out.
+    slices = [
+        sidebyside.Slice("kaixu", 30 * i, 3.0, 100 + i + (50 if i == 1 else 0), 80, 300, 5, 50, 120)
+        for i in range(1, 7)
+    ]
+    row = sidebyside.soak_report(slices, 180, 30).splitlines()[-1]
+    assert "| +2.00 | 80.0 / 80.0 | +0.00 |" in row
