@@ -32,6 +32,7 @@ import httpx
 from kaixu.config.policy import JobsPolicy
 from kaixu.credentials import INTERNAL_HEADER
 from kaixu.exceptions import KaixuError
+from kaixu.log import Outage
 from kaixu.store.jobs import FINISHED, Job, JobStore
 from kaixu.store.ledger import StoreUnavailable
 
@@ -103,6 +104,8 @@ class JobRunner:
         self._providers: dict[str, str] = {}
         self._client: httpx.AsyncClient | None = None
         self._pruned_at = 0.0
+        self.outage = Outage("job store", log, level=logging.WARNING)
+        """A store that does not answer: a line when it goes and one when it is back, never one a poll."""
 
     # -- the API a door uses ------------------------------------------------------------------------------
 
@@ -213,8 +216,9 @@ class JobRunner:
                 try:
                     claimed = await self._claim(store, settings)
                     await self._prune(store, settings)
+                    self.outage.recovered()
                 except StoreUnavailable as exc:
-                    log.warning("jobs: the store does not answer: %s", exc)
+                    self.outage.failed(exc)
                 except Exception:
                     log.exception("jobs: claiming failed")
             if claimed is not None:
@@ -254,7 +258,7 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await asyncio.shield(store.release(job.id, self.worker, 0.0, time.time(), None))
         except StoreUnavailable as exc:
-            log.warning("jobs: job %s: the store does not answer: %s (its lease will run out)", job.id, exc)
+            self.outage.failed(f"job {job.id} could not be saved (its lease will run out): {exc}")
         except Exception:
             log.exception("jobs: job %s failed in the runner", job.id)
         finally:
