@@ -28,6 +28,11 @@ from typing import Protocol, runtime_checkable
 
 from kaixu.exceptions import KaixuError
 
+SETTLED_MEMORY_S = 300.0
+"""How long a settled reservation's id is remembered, so that a repeated settle does not count twice. A repeat
+is a call retried after the server applied it, within seconds; kept longer, every request's id of that period
+stays (a day held the ids of a day's requests: memory that grew with the traffic, never levelling off)."""
+
 
 class CountersUnavailable(KaixuError):
     """The backend cannot answer (Redis unreachable or timed out, the SQLite file locked too long or unreadable).

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from kaixu.limits import (
+    SETTLED_MEMORY_S,
     Admission,
     CountersUnavailable,
     Refusal,
@@ -39,7 +40,7 @@ from kaixu.limits import (
     new_id,
     window_answer,
 )
-from kaixu.limits.sqlite_counters import SCHEMA, SETTLED_MEMORY_S
+from kaixu.limits.sqlite_counters import SCHEMA
 from kaixu.log import Outage
 from kaixu.store.connect import WAL_NORMAL, open_sqlite
 

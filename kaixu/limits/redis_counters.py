@@ -12,7 +12,7 @@ span scopes, which Cluster would put on different slots):
   P spend:SCOPE          integer, settled micro-dollars (no expiry: the scope names its own period)
   P held:SCOPE           integer, micro-dollars held by the live reservations in P res:SCOPE
   P res:SCOPE            sorted set, member "AMOUNT:ID", score = expiry (ms): reaped by every script that reads it
-  P done:ID              a settled reservation, remembered a day so a second settle counts nothing
+  P done:ID              a settled reservation, remembered 5 minutes so a repeated settle counts nothing
   P win:WINDOW_S:SCOPE   hash {start, count}, the current fixed window, expiring after two windows
   P slot:SCOPE           sorted set, member slot id, score = expiry (ms)
 """
@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kaixu.limits import (
+    SETTLED_MEMORY_S,
     Admission,
     CountersUnavailable,
     Refusal,
@@ -42,7 +43,7 @@ from kaixu.limits import (
 
 LAYOUT = 1
 """The key layout's version, in key names and script text: bump it when the data a script reads changes."""
-SETTLED_MEMORY_MS = 86_400_000
+SETTLED_MEMORY_MS = int(SETTLED_MEMORY_S * 1000)
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from kaixu.limits import (
+    SETTLED_MEMORY_S,
     Admission,
     CountersUnavailable,
     Refusal,
@@ -44,8 +45,7 @@ CREATE TABLE IF NOT EXISTS counter_window (
 CREATE TABLE IF NOT EXISTS counter_slot (
     scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID;
 """
-SETTLED_MEMORY_S = 86400.0
-"""How long a settled reservation's id is remembered, so that a repeated settle does not count twice."""
+
 
 T = TypeVar("T")
 

@@ -385,6 +385,26 @@ async def test_end_settles_releases_frees_and_counts_tokens_in_one_operation(cou
 # SQLite: a restart, and processes sharing one file
 
 
+async def test_settled_ids_are_remembered_minutes_not_a_day() -> None:
+    """A settled reservation's id is kept so that a repeated settle (a call retried after the server applied it)
+    counts nothing; such a repeat comes within seconds. Kept a day, the ids of every request of that day stayed
+    in memory (the side-by-side soak: RSS up 4 MB a minute at 500 requests/s, never levelling off)."""
+    now = [1_000_000.0]
+    counters = await MemoryCounters(":memory:", clock=lambda: now[0]).open()
+    try:
+        for _ in range(100):
+            held = await counters.reserve(["key:k"], 10, [10**9], 60)
+            assert isinstance(held, Reservation)
+            assert await counters.settle(held, 5) and not await counters.settle(held, 5)  # once, within the memory
+        now[0] += 3600  # an hour on: every id is forgotten at the next settle
+        last = await counters.reserve(["key:k"], 10, [10**9], 60)
+        assert isinstance(last, Reservation) and await counters.settle(last, 5)
+        assert len(counters._settled) == 1, "settled ids of an hour ago are still held"
+        assert await counters.spent("key:k") == 505
+    finally:
+        await counters.close()
+
+
 async def test_sqlite_keeps_settled_spend_across_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "counters.db")
     counters = await SqliteCounters(path).open()
