@@ -196,7 +196,8 @@ def test_sigterm_drains_a_stream_in_flight_in_every_worker(fake: FakeProvider, t
             started = time.monotonic()
             rest = [line for line in lines if line.startswith("data: ")]
         assert first and rest[-1] == "data: [DONE]", rest
-        assert fake.streams[-1].outcome == "complete"
+        # the client reads the last event before the fake's handler records that it finished sending
+        wait_for(lambda: fake.streams[-1].outcome == "complete", 5, "the fake to record its stream complete")
         assert gateway.proc.wait(30) == 0
         assert time.monotonic() - started < 30
         request_id = r.headers["x-request-id"]
