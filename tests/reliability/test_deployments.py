@@ -101,7 +101,7 @@ def test_a_deployment_that_refuses_connections_is_taken_out(tmp_path: Path, fake
         statuses: list[int] = []
         while statuses.count(502) < 2 and len(statuses) < 60:
             statuses.append(status())
-        assert statuses.count(502) == 2 and set(statuses) == {200, 502}, statuses
+        assert statuses.count(502) == 2 and set(statuses) <= {200, 502}, statuses
         assert [status() for _ in range(10)] == [200] * 10, "once out, no request goes there"
         states = {(d["provider"], d["state"]) for d in kaixu.health()["deployments"]}
         assert ("dead", "open") in states and ("oai", "closed") in states
