@@ -105,7 +105,12 @@ def test_a_job_is_its_keys_own(gateway: Kaixu) -> None:
     assert result(gateway, job_id, key=LIMITED_KEY).status_code == 404
     assert status(gateway, job_id, key=LIMITED_KEY, kick=True).status_code == 404
     assert status(gateway, "no-such-job").status_code == 404
-    assert status(gateway, job_id, key="sk-unknown").status_code == 401
+    # an unknown key is looked up in the store keys' snapshot too: on a loaded machine that snapshot can be
+    # stale for a moment, and kaixu then fails closed with a 503 (seen once in CI); the answer that counts is 401
+    unknown: list[int] = []
+    wait_for(lambda: unknown.append(status(gateway, job_id, key="sk-unknown").status_code) or unknown[-1] != 503,
+             15, "the store keys' snapshot to be fresh")  # fmt: skip
+    assert unknown[-1] == 401, unknown
     unauthenticated = httpx.post(gateway.url + f"{FN}/gateway-job-submit", json=BODY)
     assert unauthenticated.status_code == 401
 
