@@ -253,6 +253,29 @@ GOOGLE_STATUS_TYPES = {
 }
 
 
+def token_count(value: Any) -> int:
+    """A token count as a provider reports it: an int (not a bool), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def openai_style_usage(raw: Any, input_key: str, output_key: str, input_details: str, output_details: str) -> Usage:
+    """The usage object of OpenAI's two APIs, which differ only in their field names (chat completions:
+    `prompt_tokens`, `completion_tokens`, `*_tokens_details`; Responses: `input_tokens`, `output_tokens`...)."""
+    if not isinstance(raw, dict):
+        return Usage()
+    inp = raw.get(input_details)
+    out = raw.get(output_details)
+    inp = inp if isinstance(inp, dict) else {}
+    out = out if isinstance(out, dict) else {}
+    return Usage(
+        input_tokens=token_count(raw.get(input_key)),
+        output_tokens=token_count(raw.get(output_key)),
+        cached_input_tokens=token_count(inp.get("cached_tokens")),
+        cache_creation_input_tokens=token_count(inp.get("cache_write_tokens")),
+        reasoning_tokens=token_count(out.get("reasoning_tokens")),
+    )
+
+
 def reports_usage(raw: Any, counters: tuple[str, ...]) -> bool:
     """Whether a usage object reports anything: it is an object holding at least one of the format's token
     counts. An answer without one has *unknown* usage, which is estimated, never taken as zero tokens."""

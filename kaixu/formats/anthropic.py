@@ -66,6 +66,7 @@ from ._common import (
     reports_usage,
     req_str,
     str_list,
+    token_count,
 )
 from .canonical import (
     EFFORT_BUDGET,
@@ -160,10 +161,6 @@ _FINISH_OUT: dict[FinishReason, str] = {
 }
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _stop_reason(finish: FinishReason, stop_sequence: str | None) -> str:
     return "stop_sequence" if finish == "stop" and stop_sequence else _FINISH_OUT[finish]
 
@@ -175,15 +172,15 @@ def usage_from_anthropic(raw: Any) -> Usage:
     """Anthropic's ``input_tokens`` excludes cache reads/writes; canonical input includes them."""
     if not isinstance(raw, dict):
         return Usage()
-    cache_read = _int(raw.get("cache_read_input_tokens"))
-    cache_write = _int(raw.get("cache_creation_input_tokens"))
+    cache_read = token_count(raw.get("cache_read_input_tokens"))
+    cache_write = token_count(raw.get("cache_creation_input_tokens"))
     details = raw.get("output_tokens_details")
     return Usage(
-        input_tokens=_int(raw.get("input_tokens")) + cache_read + cache_write,
-        output_tokens=_int(raw.get("output_tokens")),
+        input_tokens=token_count(raw.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=token_count(raw.get("output_tokens")),
         cached_input_tokens=cache_read,
         cache_creation_input_tokens=cache_write,
-        reasoning_tokens=_int(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
+        reasoning_tokens=token_count(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
     )
 
 

@@ -77,6 +77,7 @@ from ._common import (
     reports_usage,
     safe_id,
     str_list,
+    token_count,
 )
 from .canonical import (
     ChatRequest,
@@ -175,10 +176,6 @@ _TYPE_STATUS = {
 _STATUS_HTTP = {s: code for code, s in _HTTP_STATUS.items()}
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 @lru_cache(maxsize=256)
 def _snake(key: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in key)
@@ -208,11 +205,11 @@ def usage_from_gemini(raw: Any) -> Usage:
     """``promptTokenCount`` already includes cached tokens; thoughts are billed as output."""
     if not isinstance(raw, dict):
         return Usage()
-    thoughts = _int(_g(raw, "thoughtsTokenCount"))
+    thoughts = token_count(_g(raw, "thoughtsTokenCount"))
     return Usage(
-        input_tokens=_int(_g(raw, "promptTokenCount")) + _int(_g(raw, "toolUsePromptTokenCount")),
-        output_tokens=_int(_g(raw, "candidatesTokenCount")) + thoughts,
-        cached_input_tokens=_int(_g(raw, "cachedContentTokenCount")),
+        input_tokens=token_count(_g(raw, "promptTokenCount")) + token_count(_g(raw, "toolUsePromptTokenCount")),
+        output_tokens=token_count(_g(raw, "candidatesTokenCount")) + thoughts,
+        cached_input_tokens=token_count(_g(raw, "cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 

@@ -48,6 +48,7 @@ from ._common import (
     merge_extra,
     new_id,
     now,
+    openai_style_usage,
     opt_bool,
     opt_int,
     opt_num,
@@ -129,26 +130,12 @@ _FINISH_OUT: dict[FinishReason, str] = {
 }
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 # --- usage ---------------------------------------------------------------------------
 
 
 def usage_from_openai(raw: Any) -> Usage:
-    if not isinstance(raw, dict):
-        return Usage()
-    prompt = raw.get("prompt_tokens_details")
-    completion = raw.get("completion_tokens_details")
-    prompt = prompt if isinstance(prompt, dict) else {}
-    completion = completion if isinstance(completion, dict) else {}
-    return Usage(
-        input_tokens=_int(raw.get("prompt_tokens")),
-        output_tokens=_int(raw.get("completion_tokens")),
-        cached_input_tokens=_int(prompt.get("cached_tokens")),
-        cache_creation_input_tokens=_int(prompt.get("cache_write_tokens")),
-        reasoning_tokens=_int(completion.get("reasoning_tokens")),
+    return openai_style_usage(
+        raw, "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details"
     )
 
 

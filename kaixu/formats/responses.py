@@ -48,6 +48,7 @@ from ._common import (
     image_at,
     jstr,
     now,
+    openai_style_usage,
     opt_bool,
     opt_int,
     opt_num,
@@ -118,27 +119,11 @@ def _item_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 # --- usage ---------------------------------------------------------------------------
 
 
 def usage_from_responses(raw: Any) -> Usage:
-    if not isinstance(raw, dict):
-        return Usage()
-    inp = raw.get("input_tokens_details")
-    out = raw.get("output_tokens_details")
-    inp = inp if isinstance(inp, dict) else {}
-    out = out if isinstance(out, dict) else {}
-    return Usage(
-        input_tokens=_int(raw.get("input_tokens")),
-        output_tokens=_int(raw.get("output_tokens")),
-        cached_input_tokens=_int(inp.get("cached_tokens")),
-        cache_creation_input_tokens=_int(inp.get("cache_write_tokens")),
-        reasoning_tokens=_int(out.get("reasoning_tokens")),
-    )
+    return openai_style_usage(raw, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
 
 
 _COUNTERS = ("input_tokens", "output_tokens")
