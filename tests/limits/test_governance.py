@@ -301,10 +301,18 @@ def refusing(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> It
     kaixu.stop()
 
 
+def slow_key_used_up(gateway: Kaixu) -> None:
+    """The `sk-slow` key's one request of the current minute is taken, whichever minute the test runs in: the
+    module's tests can outlast the minute the fixture used it in (the rpm window is aligned on the minute)."""
+    clear_of_a_minute_boundary(5)
+    chat(gateway, "sk-slow")  # a 429 when it is taken already
+
+
 def test_refusals_with_the_openai_sdk(refusing: Kaixu) -> None:
     with pytest.raises(openai.APIStatusError) as broke:
         oai(refusing, "sk-broke").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     assert broke.value.status_code == 402 and broke.value.code == "budget_exceeded"
+    slow_key_used_up(refusing)
     with pytest.raises(openai.RateLimitError) as slow:
         oai(refusing, "sk-slow").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     assert slow.value.code == "rate_limit_exceeded" and int(slow.value.response.headers["retry-after"]) >= 1
@@ -317,6 +325,7 @@ def test_refusals_with_the_anthropic_sdk(refusing: Kaixu) -> None:
     assert broke.value.status_code == 402
     assert broke.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
     client = anthropic.Anthropic(base_url=refusing.url, api_key="sk-slow", max_retries=0)
+    slow_key_used_up(refusing)
     with pytest.raises(anthropic.RateLimitError) as slow:
         client.messages.create(model="claude-test", max_tokens=5, messages=HI)  # type: ignore[arg-type]
     assert slow.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
@@ -324,6 +333,7 @@ def test_refusals_with_the_anthropic_sdk(refusing: Kaixu) -> None:
 
 def test_refusals_with_the_google_genai_sdk(refusing: Kaixu) -> None:
     for key, status in (("sk-broke", 402), ("sk-slow", 429)):
+        slow_key_used_up(refusing)
         client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=refusing.url))
         with pytest.raises(genai_errors.APIError) as refused:
             client.models.generate_content(model="gemini-test", contents="hi")
@@ -338,6 +348,7 @@ def test_refusals_at_the_seed_doors(refusing: Kaixu) -> None:
     refused = gw13.json()
     assert refused["error"] == "Monthly cap reached" and refused["scope"] == "key"
     assert refused["month"]["key_cap_cents"] == 0 and "key_spent_cents" in refused["month"]
+    slow_key_used_up(refusing)
     pulse = httpx.post(refusing.url + "/api/ai/request", headers={"x-pulse-key": "sk-slow"},
                        json={"model": "gpt-4o-mini", "prompt": "hi"})  # fmt: skip
     assert pulse.status_code == 429 and pulse.json()["success"] is False and "rate limit" in pulse.json()["error"]
