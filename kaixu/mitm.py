@@ -562,8 +562,11 @@ def _patch_http1_read_body() -> None:
     original = _http1.Http1Connection.read_body
 
     def read_body(self: _http1.Http1Connection, event: events.Event) -> Generator[commands.Command, Any]:
-        if not isinstance(self, _http1.Http1Server) or not _ours(self):
+        if not _ours(self):
             yield from original(self, event)
+            return
+        if isinstance(self, _http1.Http1Client):
+            yield from _coalesced(original(self, event))
             return
         for command in original(self, event):
             if (
@@ -578,6 +581,27 @@ def _patch_http1_read_body() -> None:
             yield command
 
     _http1.Http1Connection.read_body = read_body  # type: ignore[method-assign]
+
+
+def _coalesced(produced: Generator[commands.Command, Any]) -> Generator[commands.Command, Any]:
+    """A provider's body as one `ResponseData` per read from its socket, not one per HTTP chunk: mitmproxy
+    passes every chunk through its layers, the stream step's callable and a write to the client on its own,
+    and a provider that sends an SSE event per chunk (all of them) delivers several chunks per read as soon as
+    the proxy is busy. Chunk boundaries carry no meaning (RFC 9112 section 7.1); nothing waits for more bytes
+    than one read brought, so no byte is delayed."""
+    pending: list[bytes] = []
+    stream_id = 0
+    for command in produced:
+        if type(command) is ReceiveHttp and type(command.event) is ResponseData:
+            pending.append(command.event.data)
+            stream_id = command.event.stream_id
+            continue
+        if pending:
+            yield ReceiveHttp(ResponseData(stream_id, pending[0] if len(pending) == 1 else b"".join(pending)))
+            pending = []
+        yield command
+    if pending:
+        yield ReceiveHttp(ResponseData(stream_id, pending[0] if len(pending) == 1 else b"".join(pending)))
 
 
 def _patch_http2_server() -> None:
