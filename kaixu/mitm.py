@@ -43,6 +43,11 @@ reach):
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
   (`kaixu/chain.py`) either way.
+* One read, one `ResponseData`: a provider's body reaches mitmproxy's layers once per read from its socket
+  (`_coalesced`), not once per HTTP chunk; every SSE event is a chunk, and each one otherwise travels the layer
+  stack, the stream step's callable and a write to the client on its own.
+* `skip_message_type_checks` (`kaixu run` only): mitmproxy's debug-mode type check of every request and
+  response field.
 * The forward listeners (kaixu/addons/forward.py): which regular-mode listeners are kaixu's
   (`claim_forward_listeners`), the host a CONNECT tunnel leads to, and a tunnel passed through untouched
   (mitmproxy's `ignore_hosts` does that, but it is global: it would also catch the reverse listeners, whose inert
@@ -331,6 +336,7 @@ def self_test() -> None:
         (_http1.Http1Server, "read_headers", ("self", "event")),
         (_http1.Http1Server, "mark_done", ("self", "request", "response")),
         (_http1.Http1Connection, "read_body", ("self", "event")),
+        (_http1.Http1Client, "read_headers", ("self", "event")),
         (_http2.Http2Connection, "_handle_event", ("self", "event")),
         (_http2.Http2Server, "_handle_event", ("self", "event")),
         (http_layers.HttpStream, "check_body_size", ("self", "request")),
@@ -366,6 +372,21 @@ def self_test() -> None:
     if "connections" not in proxyserver.Proxyserver.__annotations__:
         raise IncompatibleMitmproxy(f"mitmproxy {VERSION}: Proxyserver.connections is gone")
     _tested = True
+
+
+def skip_message_type_checks() -> None:
+    """`kaixu run` only (a process that is kaixu's alone): mitmproxy type-checks every field of every request
+    and response it builds (`MessageData.__post_init__`, defined under `if __debug__`, i.e. unless Python runs
+    with -O), about 7% of the CPU of a small JSON request. The check guards against an addon passing a wrong
+    type; kaixu's calls are checked by mypy instead. Not under `mitmdump -s kaixu/plugin.py`, whose other
+    addons keep mitmproxy's checks."""
+    post_init = getattr(http.MessageData, "__post_init__", None)
+    if post_init is not None and post_init is not _no_checks:
+        http.MessageData.__post_init__ = _no_checks  # type: ignore[attr-defined]
+
+
+def _no_checks(self: http.MessageData) -> None:
+    return None
 
 
 def install(renderer: ErrorRenderer, terminal: TerminalEvent | None = None) -> None:
@@ -711,6 +732,7 @@ __all__ = [
     "pass_through",
     "remove_ca",
     "self_test",
+    "skip_message_type_checks",
     "tunnel_destination",
 ]
 

@@ -13,6 +13,7 @@ error hook instead, where the settle step estimates from the same counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -158,21 +159,28 @@ def translator(call: Call, decoder: StreamDecoder, encoder: StreamEncoder) -> St
     failed = False
 
     def on_chunk(data: bytes) -> bytes | Iterable[bytes]:
+        """Event by event: a chunk holds many (mitm.py reads a provider's body a socket read at a time), and
+        what was translated before an event that could not be is still the client's."""
         nonlocal failed
-        out = b""
+        out: list[bytes] = []
+        events: list[StreamEvent] = []
+        index = -1
         try:
             events = decoder.feed(data) if data else decoder.close()
-            count(events)  # billed even when encoding fails, or after: the provider bills all it produced
-            if not failed:
-                out = b"".join(encoder.encode(event) for event in events)
-                if not data:
-                    out += encoder.close()
+            for index, event in enumerate(events):  # noqa: B007 (read in the handler)
+                count((event,))
+                if not failed:
+                    out.append(encoder.encode(event))
+            if not data and not failed:
+                out.append(encoder.close())
         except Exception:
             if not failed:
                 failed = True
-                out = untranslatable(call)
+                out.append(untranslatable(call))
+            with contextlib.suppress(Exception):  # the provider bills all it produced: count the rest
+                count(events[index + 1 :])
         call.bill.usage = decoder.usage or call.bill.usage
-        return out or []
+        return b"".join(out) or []
 
     return on_chunk
 
@@ -188,14 +196,16 @@ def reframed(call: Call, reframer: gemini.GeminiArrayReframer) -> StreamCallable
         nonlocal failed
         if failed:
             return []
+        out: list[bytes] = []
         try:
-            out, events = reframer.reframe_events(data)
-            call.bill.usage = reframer.usage or call.bill.usage
-            count(events)
+            for piece, events in reframer.reframe_pieces(data):  # the elements billed before one that is not
+                count(events)
+                out.append(piece)
         except Exception:
             failed = True
-            return untranslatable(call)
-        return out or []
+            out.append(untranslatable(call))
+        call.bill.usage = reframer.usage or call.bill.usage
+        return b"".join(out) or []
 
     return on_chunk
 

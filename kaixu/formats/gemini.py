@@ -888,7 +888,8 @@ class GeminiArrayReframer(GeminiStreamDecoder):
     def __init__(self) -> None:
         super().__init__()
         self._framing = JsonArrayFraming()
-        self._ready: list[bytes] = []
+        self._ready: list[tuple[bytes, int]] = []
+        """Elements not yet handed out, each with how many of the feed's canonical events it carries so far."""
 
     def reframe(self, chunk: bytes) -> bytes:
         """Provider bytes in, client bytes out (``b""`` until an event completes); ``b""`` in = end of body."""
@@ -896,18 +897,32 @@ class GeminiArrayReframer(GeminiStreamDecoder):
 
     def reframe_events(self, chunk: bytes) -> tuple[bytes, list[StreamEvent]]:
         """``reframe``, with the canonical events the chunk decoded to (what the stream step bills)."""
+        pieces = self.reframe_pieces(chunk)
+        return b"".join(out for out, _ in pieces), [event for _, events in pieces for event in events]
+
+    def reframe_pieces(self, chunk: bytes) -> list[tuple[bytes, list[StreamEvent]]]:
+        """``reframe_events`` element by element: each element's bytes with the canonical events its provider
+        event decoded to (a chunk holds many; the stream step stops at one it cannot bill), and a last piece
+        of no bytes for events that belong to no element (the end of a stream cut short)."""
         if chunk:
             events = self.feed(chunk)
         else:
             events = self.close()
-            self._ready.append(self._framing.close())
-        out = b"".join(self._ready)
+            self._ready.append((self._framing.close(), len(events)))
+        pieces: list[tuple[bytes, list[StreamEvent]]] = []
+        start = 0
+        for out, end in self._ready:
+            pieces.append((out, events[start:end]))
+            start = end
+        if start < len(events):
+            pieces.append((b"", events[start:]))
         self._ready.clear()
-        return out, events
+        return pieces
 
     def _response(self, obj: JSON, data: str, out: list[StreamEvent]) -> None:
-        self._ready.append(self._framing.value(obj))
+        element = self._framing.value(obj)
         super()._response(obj, data, out)
+        self._ready.append((element, len(out)))
 
     def fail(self, message: str) -> bytes:
         """The provider broke the stream: an error element, then the array's end (what is pending is dropped)."""

@@ -9,10 +9,12 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kaixu.addons.stream import usage_stripping_meter
+from kaixu.addons.stream import translator, usage_stripping_meter
 from kaixu.call import Call
 from kaixu.config import parse_policy
 from kaixu.formats import get_codec
+from kaixu.formats.canonical import ChatRequest
+from kaixu.stream_errors import ender
 
 POLICY = parse_policy("providers: {mock: {kind: mock}}\n")
 
@@ -65,3 +67,28 @@ def test_crlf_streams_are_not_held_back() -> None:
     on_chunk = usage_stripping_meter(call, get_codec("openai").stream_decoder())
     first = on_chunk(crlf[: len(DELTAS[0]) + 2])
     assert first, "a complete CRLF event must be forwarded at once"
+
+
+BROKEN = [*DELTAS[:2], DELTAS[2].replace(b'"content":" you"', b'"content":5'), *DELTAS[2:]]
+"""A provider stream whose third event kaixu cannot bill (its text is a number), then one more good event."""
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(b"".join(BROKEN)) - 1), max_size=6))
+def test_a_translated_stream_keeps_what_came_before_an_event_it_cannot_translate(cuts: list[int]) -> None:
+    # mitm.py hands the stream step a socket read at a time, so one chunk holds many events, the bad one among them:
+    # the client still gets the events before it, then the error event, then nothing (whatever the chunking)
+    stream = b"".join(BROKEN)
+    call = Call(request_id="r", policy=POLICY, front="anthropic")
+    request = ChatRequest(model="m", stream=True)
+    encoder = get_codec("anthropic").stream_encoder(request)
+    call.delivery.ender = ender(encoder, False)  # as the stream step sets it
+    on_chunk = translator(call, get_codec("openai").stream_decoder(), encoder)
+    out = b""
+    for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(stream)]):
+        if end > start:
+            result = on_chunk(stream[start:end])
+            out += result if isinstance(result, bytes) else b"".join(result)
+    text = out.decode()
+    assert '"text":"Hel"' in text and '"text":"lo"' in text, text
+    assert text.count("event: error") == 1 and " you" not in text and text.rstrip().endswith("}"), text
+    assert call.delivery.stream_broken and call.bill.streamed_chars >= len("Hello")
