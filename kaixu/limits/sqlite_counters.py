@@ -1,9 +1,10 @@
 """Counters in one SQLite file, which the kaixu processes of one machine can share.
 
-Every operation is one `BEGIN IMMEDIATE` transaction: it takes the file's write lock before it reads, so two
+Operations run in `BEGIN IMMEDIATE` transactions: one takes the file's write lock before it reads, so two
 processes (or two threads) can never both read the same `spent + reserved` and both admit. sqlite3 blocks, so
-every call runs in a worker thread (`asyncio.to_thread`), never on the event loop; a lock serialises this
-object's calls on its one connection. WAL with `synchronous=NORMAL`: a committed transaction survives a
+they run in a worker thread (`asyncio.to_thread`), never on the event loop, in batches: the operations asked for
+while a batch runs make the next one, one transaction, each in a savepoint (`_run`). A lock serialises this
+object's batches on its one connection. WAL with `synchronous=NORMAL`: a committed transaction survives a
 `kill -9` of the process (it is in the WAL file); only a power cut can lose the last ones.
 """
 
@@ -15,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kaixu.limits import (
     SETTLED_MEMORY_S,
@@ -61,6 +62,8 @@ class SqliteCounters:
         self.clock = clock
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._queued: list[tuple[Callable[[sqlite3.Connection, float], Any], asyncio.Future[Any]]] = []
+        self._batches: asyncio.Task[None] | None = None
 
     async def open(self) -> SqliteCounters:
         await asyncio.to_thread(self._open)
@@ -91,6 +94,8 @@ class SqliteCounters:
             self._db = db
 
     async def close(self) -> None:
+        if self._batches is not None:  # what was asked before closing is answered
+            await asyncio.wait([self._batches])
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
@@ -101,17 +106,75 @@ class SqliteCounters:
                     db.close()
 
     async def _run(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
-        return await asyncio.to_thread(self._locked, operation)
+        """Queue the operation for the next batch and wait for its answer. One batch at a time runs in a worker
+        thread, as one transaction; the operations that arrive meanwhile make the next one. A busy gateway
+        thus pays one thread hop and one write lock per batch, not per operation: with `--workers N` the
+        processes take turns at the file's lock, and a lock waited for costs SQLite's busy handler a sleep."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        self._queued.append((operation, answer))
+        if self._batches is None or self._batches.done():  # (done: it ended before its first await)
+            self._batches = loop.create_task(self._run_batches())
+        return await answer
 
-    def _locked(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
+    async def _run_batches(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    outcomes = await asyncio.to_thread(self._locked, [operation for operation, _ in batch])
+                except BaseException as exc:  # CountersUnavailable for all of them (or this task cancelled)
+                    failure = exc if isinstance(exc, Exception) else CountersUnavailable("counters are closing")
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, answer), (ok, value) in zip(batch, outcomes, strict=True):
+                    if answer.done():  # its caller gave up waiting; what it did stands, as before batching
+                        continue
+                    if ok:
+                        answer.set_result(value)
+                    else:
+                        answer.set_exception(value)
+        finally:  # cancelled (the loop is closing): what is still queued is not run
+            self._batches = None
+            queued, self._queued = self._queued, []
+            for _, answer in queued:
+                if not answer.done():
+                    answer.set_exception(CountersUnavailable("counters are closing"))
+
+    def _locked(self, operations: Sequence[Callable[[sqlite3.Connection, float], object]]) -> list[tuple[bool, Any]]:
+        """One transaction, each operation in a savepoint of its own: one that raises is undone and gets its
+        exception, the others stand. A SQLite error (locked past the busy timeout, file gone, disk full) fails
+        the whole batch with `CountersUnavailable`."""
         with self._lock:
             if self._db is None:
                 raise CountersUnavailable("counters are not open")
+            db = self._db
+            outcomes: list[tuple[bool, Any]] = []
             try:
-                with _transaction(self._db):
-                    return operation(self._db, self.clock())
-            except sqlite3.Error as e:  # locked past the busy timeout, file gone, disk full
+                with _transaction(db):
+                    for operation in operations:
+                        if len(operations) == 1:
+                            outcomes.append((True, operation(db, self.clock())))
+                            break
+                        db.execute("SAVEPOINT op")
+                        try:
+                            value = operation(db, self.clock())
+                        except sqlite3.Error:
+                            raise
+                        except Exception as exc:
+                            db.execute("ROLLBACK TO op")
+                            db.execute("RELEASE op")
+                            outcomes.append((False, exc))
+                            continue
+                        db.execute("RELEASE op")
+                        outcomes.append((True, value))
+            except sqlite3.Error as e:
                 raise CountersUnavailable(f"counters {self.path}: {e}") from e
+            return outcomes
 
     # Budgets
 
