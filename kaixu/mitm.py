@@ -382,7 +382,7 @@ def skip_message_type_checks() -> None:
     addons keep mitmproxy's checks."""
     post_init = getattr(http.MessageData, "__post_init__", None)
     if post_init is not None and post_init is not _no_checks:
-        http.MessageData.__post_init__ = _no_checks  # type: ignore[attr-defined]
+        http.MessageData.__post_init__ = _no_checks  # type: ignore[method-assign]
 
 
 def _no_checks(self: http.MessageData) -> None:
