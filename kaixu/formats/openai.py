@@ -32,6 +32,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ._common import (
@@ -114,6 +115,13 @@ _KNOWN_REQUEST_KEYS = frozenset(
     }
 )
 _OPAQUE_PART_TYPES = frozenset({"input_audio", "file"})
+_PLAIN_TEXT_DELTA = re.compile(
+    r'"choices":\[\{"index":0,"delta":\{"content":"((?:[^"\\]|\\.)*)"\}(?:,"logprobs":null)?,"finish_reason":null\}\]'
+)
+"""A chunk that carries one piece of text for choice 0 and nothing else the decoder reads (no role, tool call,
+reasoning, refusal, finish reason or usage; `_handle` checks the last two before it looks): the text is read
+without decoding the chunk's JSON. Anything else, in any other key order or spacing, is decoded in full."""
+
 _FINISH_IN: dict[Any, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -586,6 +594,15 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         if data.startswith("[DONE]"):
             self._end(out)
             return
+        if self._started and '"usage":{' not in data and '"error"' not in data:
+            plain = _PLAIN_TEXT_DELTA.search(data)
+            if plain is not None:  # most of a stream: one piece of text for choice 0, and nothing else to read
+                text = plain.group(1)
+                if "\\" in text:
+                    text = json.loads('"' + text + '"')
+                if text:
+                    out.append(TextDelta(text))
+                return
         try:
             obj = json.loads(data)
         except ValueError:

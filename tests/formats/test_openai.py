@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kaixu.formats import get_codec
 from kaixu.formats import openai as openai_mod
@@ -315,3 +317,40 @@ def test_stream_decode_with_several_choices_translates_choice_zero() -> None:
     raw = chunk(0, "a") + chunk(1, "X") + chunk(0, "b") + b"data: [DONE]\n\n"
     events, _ = decode_stream("openai", [raw])
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", "b"]
+
+
+def _chunk_event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice], **extra}
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+@given(st.text(), st.booleans())
+def test_a_plain_text_chunk_read_without_decoding_its_json_gives_what_decoding_gives(
+    text: str, ascii_only: bool
+) -> None:
+    # the decoder reads a chunk of one piece of text for choice 0 with a regular expression (openai.py
+    # `_PLAIN_TEXT_DELTA`): whatever the text holds (quotes, backslashes, escapes, non-ASCII), the events are
+    # those of the chunk decoded as JSON
+    first = _chunk_event({"role": "assistant", "content": ""})
+    event = _chunk_event({"content": text})
+    if ascii_only:
+        event = json.dumps(json.loads(event), separators=(",", ":"))
+    assert (openai_mod._PLAIN_TEXT_DELTA.search(event) is not None) is True
+    decoder = get_codec("openai").stream_decoder()
+    events = decoder.feed(f"data: {first}\n\ndata: {event}\n\n".encode())
+    assert [e for e in events if isinstance(e, TextDelta)] == ([TextDelta(text)] if text else [])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _chunk_event({"content": "a"}, finish="stop"),
+        _chunk_event({"content": "a"}, usage={"prompt_tokens": 1, "completion_tokens": 1}),
+        _chunk_event({"content": "a", "tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        _chunk_event({"content": "a", "reasoning_content": "r"}),
+        json.dumps({"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]}),
+    ],
+)
+def test_a_chunk_that_carries_more_than_text_is_decoded_in_full(event: str) -> None:
+    assert openai_mod._PLAIN_TEXT_DELTA.search(event) is None or '"usage":{' in event
