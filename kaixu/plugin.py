@@ -3,10 +3,15 @@
     mitmdump -s kaixu/plugin.py --set kaixu_policy=proxy.yaml \\
         --mode reverse:http://127.0.0.1:9@127.0.0.1:4000 --set connection_strategy=lazy
 
-The same addons as `kaixu run`, on mitmdump's own Master (with its default addon set, so slower).
+The same addons as `kaixu run`, on mitmdump's own Master. kaixu's connections (its reverse listeners) meet only
+the addons `kaixu run` has, plus mitmproxy's `block` and your scripts (`kaixu/mitm.py` `PluginAddonManager`):
+mitmdump's other default addons never see kaixu's flows, so mitmdump prints no line per kaixu request and its
+map/modify/save options leave them alone. Every other listener of the same mitmdump (`--mode regular@8080`...)
+keeps every default addon, as without kaixu. No other option is needed for speed.
 """
 
+from kaixu import mitm
 from kaixu.addons import build_addons
 from kaixu.gateway import Gateway
 
-addons = build_addons(Gateway())
+addons = [mitm.PluginDispatch(), *build_addons(Gateway())]
