@@ -311,13 +311,15 @@ def tree_python(tree: Path) -> tuple[str, Path, dict[str, str]]:
 
 def start_kaixu_plugin(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
     """The same chain as a mitmdump script (`mitmdump -s kaixu/plugin.py`, README's second way to run kaixu):
-    mitmdump's own Master and default addons around kaixu's. Returns (port, pid)."""
+    mitmdump's own Master and default addons around kaixu's, with the options kaixu/plugin.py recommends.
+    Returns (port, pid)."""
     work.mkdir(parents=True, exist_ok=True)
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "mitmdump.log"
     policy.write_text(kaixu_policy(fake_port))
     mitmdump = str(Path(sys.executable).parent / "mitmdump")
-    cmd = [mitmdump, "-q", "-s", str(ROOT / "kaixu" / "plugin.py"), "--mode", f"reverse:http://{HOST}:9@{HOST}:0"]
-    cmd += ["--set", f"kaixu_policy={policy}", "--set", "connection_strategy=lazy", "--set", "kaixu_reload_ms=0"]
+    cmd = [mitmdump, "-s", str(ROOT / "kaixu" / "plugin.py"), "--mode", f"reverse:http://{HOST}:9@{HOST}:0"]
+    cmd += ["--set", f"kaixu_policy={policy}", "--set", "connection_strategy=lazy", "--set", "termlog_verbosity=warn"]
+    cmd += ["--set", "kaixu_reload_ms=0"]
     cmd += ["--set", f"kaixu_port_file={port_file}", "--set", f"confdir={work / 'mitmproxy'}"]
     proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "kaixu-plugin")

@@ -404,21 +404,20 @@ def plugin_dispatch(master: Any) -> bool:
     """Give kaixu's connections the `kaixu run` dispatch on mitmdump's Master (`PluginAddonManager`); False
     when its manager is not mitmproxy's stock one (then nothing changes). Undone by `stock_dispatch`."""
     self_test()
-    manager = master.addons
-    if type(manager) is PluginAddonManager:
-        manager._forget()
-        return True
-    if type(manager) is not addonmanager.AddonManager:
+    manager: Any = master.addons
+    if type(manager) is addonmanager.AddonManager:
+        manager.__class__ = PluginAddonManager
+    if type(manager) is not PluginAddonManager:
         return False
-    manager.__class__ = PluginAddonManager
     manager._forget()
     return True
 
 
 def stock_dispatch(master: Any) -> None:
     """mitmproxy's own dispatch again (the plugin is unloaded)."""
-    if type(master.addons) is PluginAddonManager:
-        master.addons.__class__ = addonmanager.AddonManager
+    manager: Any = master.addons
+    if type(manager) is PluginAddonManager:
+        manager.__class__ = addonmanager.AddonManager  # type: ignore[assignment]
 
 
 class PluginDispatch:

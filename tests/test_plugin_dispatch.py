@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from mitmproxy import hooks, options
+from mitmproxy import hooks, http, options
 from mitmproxy.addons import dumper
 from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.proxy.mode_specs import ProxyMode
@@ -27,14 +27,14 @@ class Seen:
         self.responses: list[str] = []
         self.updates = 0
 
-    def response(self, flow: object) -> None:
-        self.responses.append(flow.request.path)  # type: ignore[attr-defined]
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.responses.append(flow.request.path)
 
     def update(self, flows: object) -> None:
         self.updates += 1
 
 
-def flow_on(mode: str, path: str) -> object:
+def flow_on(mode: str, path: str) -> http.HTTPFlow:
     flow = tflow.tflow(resp=True)
     flow.client_conn.proxy_mode = ProxyMode.parse(mode)
     flow.request.path = path
