@@ -11,14 +11,17 @@ map/modify/save options leave them alone. Every other listener of the same mitmd
 keeps every default addon, as without kaixu.
 
 Options: `connection_strategy=lazy` (kaixu picks the upstream per request; mitmdump would otherwise connect to
-the inert target of `--mode` first). `termlog_verbosity=warn` keeps kaixu's warnings and errors and drops
-mitmproxy's info lines, two per client connection (`client connect`, `client disconnect`); `kaixu run` logs at
-warning too. kaixu's flows are never printed by mitmdump's dumper, so `flow_detail` and `-q` change nothing for
-them (`-q` also hides kaixu's warnings). docs/performance.md#plugin-path has what the plugin path costs.
+the inert target of `--mode` first). `termlog_verbosity=warn` keeps kaixu's warnings and errors and drops the
+info lines: kaixu's access line per request and mitmproxy's two per client connection (`client connect`, `client
+disconnect`); kaixu's loggers take that level (`kaixu.log.TermlogLevel`), so a line that would not be printed
+is not made either (`kaixu run` logs at warning, without access lines, by default too). kaixu's flows are never
+printed by mitmdump's dumper, so `flow_detail` changes nothing for them. docs/performance.md#plugin-path has
+what the plugin path costs.
 """
 
 from kaixu import mitm
 from kaixu.addons import build_addons
 from kaixu.gateway import Gateway
+from kaixu.log import TermlogLevel
 
-addons = [mitm.PluginDispatch(), *build_addons(Gateway())]
+addons = [mitm.PluginDispatch(), TermlogLevel(), *build_addons(Gateway())]

@@ -8,15 +8,17 @@ script's addons stand (under the script loader)."""
 from __future__ import annotations
 
 import io
+import logging
 
 from mitmproxy import hooks, http, options
-from mitmproxy.addons import dumper
+from mitmproxy.addons import dumper, termlog
 from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 from mitmproxy.tools.dump import DumpMaster
 
 from kaixu import mitm
+from kaixu.log import TermlogLevel
 
 
 class Seen:
@@ -88,3 +90,23 @@ async def test_lifecycle_events_reach_every_addon() -> None:
     master, _, seen, _ = await mitmdump_with_plugin()
     await master.addons.trigger_event(hooks.UpdateHook([]))
     assert seen.updates == 1
+
+
+async def test_kaixus_loggers_make_no_record_mitmdumps_terminal_would_not_print() -> None:
+    """mitmdump sets the root logger to DEBUG and filters in its terminal handler: kaixu's loggers take the level
+    of `termlog_verbosity`, so the access line of every request is not even made at `warn`."""
+    kaixu_logger, root = logging.getLogger("kaixu"), logging.getLogger()
+    before, root_before = kaixu_logger.level, root.level
+    root.setLevel(logging.DEBUG)  # as mitmdump does (mitmproxy/tools/main.py)
+    master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+    terminal = termlog.TermLog(io.StringIO())
+    try:
+        master.addons.add(terminal, TermlogLevel())
+        master.options.update(termlog_verbosity="warn")
+        assert not logging.getLogger("kaixu.access").isEnabledFor(logging.INFO)
+        master.options.update(termlog_verbosity="info")
+        assert logging.getLogger("kaixu.access").isEnabledFor(logging.INFO)
+    finally:
+        terminal.uninstall()
+        kaixu_logger.setLevel(before)
+        root.setLevel(root_before)
