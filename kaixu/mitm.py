@@ -363,14 +363,18 @@ class PluginAddonManager(addonmanager.AddonManager):
         super().clear()
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        data = event.args()[0]
-        client = _client_of(data)
+        args = event.args()
+        client = _client_of(args[0])
         if client is None or not is_kaixu_client(client):
             await super().handle_lifecycle(event)
             return
-        await self._trigger_kaixu(event)
-        if isinstance(data, flow.Flow):
-            await self._trigger_kaixu(hooks.UpdateHook([data]))
+        funcs = self.kaixu_hooks(event)
+        if funcs:
+            await _call_hooks(funcs, args)
+        if isinstance(args[0], flow.Flow):  # mitmproxy's `update` after each flow hook
+            funcs = self.kaixu_hooks(_UPDATE)
+            if funcs:
+                await _call_hooks(funcs, [[args[0]]])
 
     def kaixu_hooks(self, event: hooks.Hook) -> list[Callable[..., Any]]:
         """The callables an event of a kaixu connection reaches, in chain order."""
@@ -381,10 +385,9 @@ class PluginAddonManager(addonmanager.AddonManager):
             self._kaixu_hooks[event.name] = funcs
         return funcs
 
-    async def _trigger_kaixu(self, event: hooks.Hook) -> None:
-        funcs = self.kaixu_hooks(event)
-        if funcs:
-            await _call_hooks(funcs, event.args())
+
+_UPDATE = hooks.UpdateHook([])
+"""The `update` event, as `_iter_hooks` looks its hooks up by name."""
 
 
 def _client_of(data: object) -> connection.Client | None:
