@@ -43,6 +43,12 @@ reach):
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
   (`kaixu/chain.py`) either way.
+* `PluginAddonManager` (`mitmdump -s kaixu/plugin.py` only, installed by the plugin's `PluginDispatch`, which
+  swaps the class of mitmdump's manager): the events of kaixu's connections reach `kaixu run`'s core addons,
+  mitmproxy's `block` and the scripts, with hook lists resolved once; mitmdump's other ~25 default addons (the
+  dumper among them) never see kaixu's flows. Every other connection's events, and lifecycle events, keep
+  mitmproxy's own dispatch to every addon. The plugin cost 1.8-2x `kaixu run`'s CPU per request and per stream
+  without it (docs/performance.md#plugin-path).
 * One read, one `ResponseData`: a provider's body reaches mitmproxy's layers once per read from its socket
   (`_coalesced`), not once per HTTP chunk; every SSE event is a chunk, and each one otherwise travels the layer
   stack, the stream step's callable and a write to the client on its own.
