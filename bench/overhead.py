@@ -311,13 +311,15 @@ def tree_python(tree: Path) -> tuple[str, Path, dict[str, str]]:
 
 def start_kaixu_plugin(work: Path, fake_port: int, stack: contextlib.ExitStack) -> tuple[int, int]:
     """The same chain as a mitmdump script (`mitmdump -s kaixu/plugin.py`, README's second way to run kaixu):
-    mitmdump's own Master and default addons around kaixu's. Returns (port, pid)."""
+    mitmdump's own Master and default addons around kaixu's, with the options kaixu/plugin.py recommends.
+    Returns (port, pid)."""
     work.mkdir(parents=True, exist_ok=True)
     policy, port_file, log = work / "policy.yaml", work / "kaixu.ports", work / "mitmdump.log"
     policy.write_text(kaixu_policy(fake_port))
     mitmdump = str(Path(sys.executable).parent / "mitmdump")
-    cmd = [mitmdump, "-q", "-s", str(ROOT / "kaixu" / "plugin.py"), "--mode", f"reverse:http://{HOST}:9@{HOST}:0"]
-    cmd += ["--set", f"kaixu_policy={policy}", "--set", "connection_strategy=lazy", "--set", "kaixu_reload_ms=0"]
+    cmd = [mitmdump, "-s", str(ROOT / "kaixu" / "plugin.py"), "--mode", f"reverse:http://{HOST}:9@{HOST}:0"]
+    cmd += ["--set", f"kaixu_policy={policy}", "--set", "connection_strategy=lazy", "--set", "termlog_verbosity=warn"]
+    cmd += ["--set", "kaixu_reload_ms=0"]
     cmd += ["--set", f"kaixu_port_file={port_file}", "--set", f"confdir={work / 'mitmproxy'}"]
     proc = spawn(pinned(cmd, GATEWAY_CPU), log, stack)
     wait_until(port_file.exists, proc, log, "kaixu-plugin")
@@ -414,6 +416,39 @@ def ensure_wrk() -> str:
 def lua_string(value: str) -> str:
     """A Lua string literal (JSON escaping is a valid subset for the ASCII we send)."""
     return json.dumps(value)
+
+
+VALIDATE_LUA = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) good = 0; bad = 0 end
+function response(status, headers, body)
+  local ok = status == 200
+  if ok and STREAM then
+    local _, events = string.gsub(body, "data:", "")
+    ok = events >= MIN_EVENTS and string.find(body, "[DONE]", 1, true) ~= nil
+  elseif ok then
+    ok = string.find(body, '"choices"', 1, true) ~= nil
+  end
+  if ok then good = good + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local g, b = 0, 0
+  for _, t in ipairs(threads) do g = g + t:get("good"); b = b + t:get("bad") end
+  io.write(string.format("kaixu-bench-validated good=%d bad=%d\\n", g, b))
+end
+"""
+"""Appended to a wrk script: counts the answers that are not what was asked for (`check_clean` fails on any);
+the script sets ``STREAM`` and ``MIN_EVENTS`` first (`validating_lua`)."""
+
+
+def validating_lua(path: Path, key: str, stream: bool, extra: dict[str, str] | None = None) -> Path:
+    """A wrk script that validates every answer: a 200 with ``choices``, or a stream of at least `SSE_EVENTS`
+    events ending in ``[DONE]``."""
+    write_lua(path, SSE_BODY if stream else SMALL_BODY, key, extra)
+    head = f"STREAM = {'true' if stream else 'false'}\nMIN_EVENTS = {SSE_EVENTS}\n"
+    path.write_text(head + path.read_text() + VALIDATE_LUA)
+    return path
 
 
 def write_lua(path: Path, body: dict[str, Any], key: str, extra: dict[str, str] | None = None) -> Path:
@@ -589,7 +624,7 @@ class Plan:
     measure_s: float
     sse_requests: int
     rounds: int = 0
-    """With rounds: only JSON at c=32, the configurations taking turns (`run_rounds`)."""
+    """With rounds: only JSON and 50-event streams at c=32, the configurations taking turns (`run_rounds`)."""
 
 
 def measure(
@@ -673,7 +708,7 @@ def run_all(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Co
 
 @dataclass
 class Round:
-    """One turn of one configuration in `run_rounds`."""
+    """One turn of one configuration in one scenario of `run_rounds`."""
 
     name: str
     round: int
@@ -681,62 +716,81 @@ class Round:
     cpu_ms_per_req: float
     load_cpu_share: float | None
     loadavg: float
+    scenario: str = "json"
+
+
+ROUND_SCENARIOS = (("json", False), ("stream", True))
+"""What `run_rounds` loads at c=32: a small JSON completion, and a 50-event stream (`SSE_BODY`)."""
 
 
 def run_rounds(plan: Plan, only: set[str], baseline: Path | None = None) -> list[Round]:
     """Interleaved A/B on a machine other work shares: every configuration runs at once (idle but for its
-    turn), and they take turns at JSON c=32 for `plan.measure_s` each, the order reversed every round, so a
-    change of the machine's load falls on all of them alike. Compare the ratios within a round."""
+    turn), and they take turns at JSON c=32 and at 50-event streams c=32 for `plan.measure_s` each, the order
+    reversed every round, so a change of the machine's load falls on all of them alike. Every answer is
+    validated. Compare the ratios within a round."""
     wrk = ensure_wrk()
     turns: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="kaixu-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         fake_port = start_fake(work, stack)
-        lua = write_lua(work / "kaixu.lua", SMALL_BODY, CLIENT_KEY)
+        luas = {stream: validating_lua(work / f"kaixu-{scenario}.lua", CLIENT_KEY, stream)
+                for scenario, stream in ROUND_SCENARIOS}  # fmt: skip
         running = []
         for name, starter, key in gateways(baseline):
             if name in only and key == CLIENT_KEY:
                 port, pid = starter(work, fake_port, stack)
                 preflight(name, port, key)
-                check_clean(name, run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.warmup_s))
+                for lua in luas.values():
+                    check_clean(name, run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.warmup_s))
                 running.append((name, port, pid))
         for index in range(plan.rounds):
-            for name, port, pid in running if index % 2 == 0 else running[::-1]:
-                before = cpu_seconds(pid)
-                run = run_wrk(wrk, f"http://{HOST}:{port}{PATH}", lua, 32, plan.measure_s, FAKE_PIDS.get(fake_port))
-                check_clean(name, run)
-                cpu = (cpu_seconds(pid) - before) * 1000 / run.requests
-                turns.append(Round(name, index, run.rps, cpu, run.load_cpu_share, os.getloadavg()[0]))
-                print(f"  round {index} {name}: {run.rps:,.0f} req/s, {cpu:.2f} CPU ms/req", file=sys.stderr)
+            for scenario, stream in ROUND_SCENARIOS:
+                for name, port, pid in running if index % 2 == 0 else running[::-1]:
+                    url = f"http://{HOST}:{port}{PATH}"
+                    check_clean(name, run_wrk(wrk, url, luas[stream], 32, min(plan.warmup_s, 1.0)))
+                    before = cpu_seconds(pid)
+                    run = run_wrk(wrk, url, luas[stream], 32, plan.measure_s, FAKE_PIDS.get(fake_port))
+                    check_clean(name, run)
+                    cpu = (cpu_seconds(pid) - before) * 1000 / run.requests
+                    turns.append(Round(name, index, run.rps, cpu, run.load_cpu_share, os.getloadavg()[0], scenario))
+                    print(
+                        f"  round {index} {scenario} {name}: {run.rps:,.0f}/s, {cpu:.2f} CPU ms each "
+                        f"(load {turns[-1].loadavg:.1f})",
+                        file=sys.stderr,
+                    )
     return turns
 
 
 def rounds_report(turns: list[Round], plan: Plan) -> str:
-    """Per configuration: median requests/s and CPU per request, and its ratio to the first configuration
-    within each round (median, and the lowest and highest round)."""
+    """Per scenario and configuration: median requests (or streams)/s and CPU per request (or stream), and the
+    ratios to the first configuration within each round (median, and the lowest and highest round)."""
     names = list(dict.fromkeys(t.name for t in turns))
     first = names[0]
-    by_round = {(t.name, t.round): t for t in turns}
+    by_round = {(t.scenario, t.name, t.round): t for t in turns}
     loads = [t.loadavg for t in turns]
     lines = [
         f"{machine_line(machine(), plan).partition('; ')[0]}; {plan.warmup_s:g} s warm-up, then {plan.rounds} rounds "
-        f"of {plan.measure_s:g} s of JSON at c=32 per configuration, turns reversed every round; load average "
-        f"{min(loads):.1f}-{max(loads):.1f} during the turns.",
+        f"of {plan.measure_s:g} s per configuration and scenario at c=32 (JSON, then 50-event streams), turns "
+        f"reversed every round; every answer validated; load average {min(loads):.1f}-{max(loads):.1f} during "
+        "the turns.",
         "",
-        f"| config | req/s (median) | CPU ms/req (median) | load side's CPU (cores) | req/s vs {first}: median "
-        "(lowest-highest round) |",
-        "|---|---:|---:|---:|---:|",
+        f"| scenario | config | /s (median) | CPU ms each (median) | load side's CPU (cores) | /s vs {first} "
+        f"| CPU vs {first} |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name in names:
-        own = [t for t in turns if t.name == name]
-        ratios = sorted(t.rps / by_round[(first, t.round)].rps for t in own)
-        shares = [t.load_cpu_share for t in own if t.load_cpu_share is not None]
-        lines.append(
-            f"| {name} | {statistics.median(t.rps for t in own):,.0f} "
-            f"| {statistics.median(t.cpu_ms_per_req for t in own):.2f} "
-            f"| {statistics.median(shares) if shares else 0:.2f} "
-            f"| {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |"
-        )
+    for scenario in dict.fromkeys(t.scenario for t in turns):
+        for name in names:
+            own = [t for t in turns if t.name == name and t.scenario == scenario]
+            rps = sorted(t.rps / by_round[(scenario, first, t.round)].rps for t in own)
+            cpu = sorted(t.cpu_ms_per_req / by_round[(scenario, first, t.round)].cpu_ms_per_req for t in own)
+            shares = [t.load_cpu_share for t in own if t.load_cpu_share is not None]
+            lines.append(
+                f"| {scenario} | {name} | {statistics.median(t.rps for t in own):,.0f} "
+                f"| {statistics.median(t.cpu_ms_per_req for t in own):.2f} "
+                f"| {statistics.median(shares) if shares else 0:.2f} "
+                f"| {statistics.median(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f}) "
+                f"| {statistics.median(cpu):.2f}x ({cpu[0]:.2f}-{cpu[-1]:.2f}) |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -966,7 +1020,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, set[str], bool, Path | Non
         "--rounds",
         type=int,
         default=0,
-        help="interleaved A/B: the kaixu configurations of --only take N turns each at JSON c=32 (no doc rewrite)",
+        help="interleaved A/B: the kaixu configurations of --only take N turns each at JSON and 50-event streams, "
+        "c=32 (no doc rewrite)",
     )
     args = parser.parse_args(argv)
     default = [*DEFAULT_CONFIGS, *(["kaixu-baseline"] if args.baseline_tree else [])]

@@ -54,9 +54,6 @@ from overhead import (
     PATH,
     RESULTS_DIR,
     ROOT,
-    SMALL_BODY,
-    SSE_BODY,
-    SSE_EVENTS,
     UPSTREAM_KEY,
     WORKERS_2,
     BenchError,
@@ -80,8 +77,8 @@ from overhead import (
     start_mitmdump,
     update_doc,
     wait_until,
-    write_lua,
 )
+from overhead import validating_lua as overhead_lua
 
 PORTKEY_VERSION = "1.15.2"
 HONO_NODE_SERVER = "1.13.8"  # later versions fail Portkey's streams with "TypeError: immutable"
@@ -95,27 +92,6 @@ SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 DEFAULT_CONFIGS = ("direct", "mitmdump", "portkey", "kaixu", "kaixu-redis", "kaixu-2w")
 KAIXU_CONFIGS = ("kaixu", "kaixu-redis", "kaixu-2w")
 BASELINES = ("portkey", "mitmdump")
-
-VALIDATE_LUA = """
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) good = 0; bad = 0 end
-function response(status, headers, body)
-  local ok = status == 200
-  if ok and STREAM then
-    local _, events = string.gsub(body, "data:", "")
-    ok = events >= MIN_EVENTS and string.find(body, "[DONE]", 1, true) ~= nil
-  elseif ok then
-    ok = string.find(body, '"choices"', 1, true) ~= nil
-  end
-  if ok then good = good + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local g, b = 0, 0
-  for _, t in ipairs(threads) do g = g + t:get("good"); b = b + t:get("bad") end
-  io.write(string.format("kaixu-bench-validated good=%d bad=%d\\n", g, b))
-end
-"""
 
 
 @dataclass
@@ -248,11 +224,7 @@ def starters(redis: str) -> dict[str, Callable[[Path, int, contextlib.ExitStack]
 
 
 def validating_lua(path: Path, gateway: Gateway, stream: bool) -> Path:
-    body = SSE_BODY if stream else SMALL_BODY
-    write_lua(path, body, gateway.key, gateway.extra)
-    head = f"STREAM = {'true' if stream else 'false'}\nMIN_EVENTS = {SSE_EVENTS}\n"
-    path.write_text(head + path.read_text() + VALIDATE_LUA)
-    return path
+    return overhead_lua(path, gateway.key, stream, gateway.extra)
 
 
 def set_pacing(fake_port: int, delay_ms: int) -> None:

@@ -17,6 +17,20 @@ OUTAGE_REPORT_S = 60.0
 """While a dependency stays away, how often the log says so again (with what it cost meanwhile)."""
 
 
+class TermlogLevel:
+    """Under `mitmdump -s kaixu/plugin.py` (kaixu/plugin.py loads it): kaixu's loggers take the level of mitmdump's
+    `termlog_verbosity`. mitmdump sets the root logger to DEBUG and filters in its terminal handler, so without
+    this every record below that level (the access line of every request, at info) would be built and thrown
+    away; what is printed does not change. (`kaixu run` sets its levels itself: `--log-level`, `--access-log`.)"""
+
+    def configure(self, updated: set[str]) -> None:
+        from mitmproxy import ctx  # late: ctx.options exists only once a Master runs
+
+        level = getattr(ctx.options, "termlog_verbosity", None) if "termlog_verbosity" in updated else None
+        if isinstance(level, str):
+            logging.getLogger("kaixu").setLevel(level.upper())
+
+
 def safe(value: object, limit: int = _MAX) -> str:
     """`value` as one printable line: control characters escaped, long values cut (with a marker)."""
     text = value if isinstance(value, str) else str(value)

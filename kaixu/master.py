@@ -1,7 +1,8 @@
 """The embedded mitmproxy Master: the few core addons a reverse proxy needs, plus kaixu's chain.
 
 mitmdump loads ~30 addons, and every flow event is dispatched to each of them; the minimal set roughly
-halves the CPU per request. kaixu's own chain is one addon (kaixu/chain.py), here and under `mitmdump -s`.
+halves the CPU per request. kaixu's own chain is one addon (kaixu/chain.py), here and under `mitmdump -s`, where
+kaixu's connections meet the same few addons (kaixu/mitm.py `PluginAddonManager`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import signal
 
 from mitmproxy import options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from kaixu import ca, mitm
@@ -44,13 +44,7 @@ def build_master(
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     master.addons = mitm.CachedAddonManager(master)  # why: kaixu/mitm.py
-    master.addons.add(
-        core.Core(),
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(),
-    )
+    master.addons.add(*(addon() for addon in mitm.CORE_ADDONS))
     gateway = Gateway(worker=worker)
     if worker is not None:  # every (re)load says which policy this worker has in force (/health `workers`)
         gateway.installed.append(lambda p: worker.note_policy(p.digest, gateway.generation))

@@ -43,6 +43,12 @@ reach):
   `update` event after each flow hook, for every event; measured at about 150 µs per request with the six
   addons of `kaixu run`, against 20 µs with hook lists resolved once. kaixu's own steps are one addon
   (`kaixu/chain.py`) either way.
+* `PluginAddonManager` (`mitmdump -s kaixu/plugin.py` only, installed by the plugin's `PluginDispatch`, which
+  swaps the class of mitmdump's manager): the events of kaixu's connections reach `kaixu run`'s core addons,
+  mitmproxy's `block` and the scripts, with hook lists resolved once; mitmdump's other ~25 default addons (the
+  dumper among them) never see kaixu's flows. Every other connection's events, and lifecycle events, keep
+  mitmproxy's own dispatch to every addon. The plugin cost 1.8-2x `kaixu run`'s CPU per request and per stream
+  without it (docs/performance.md#plugin-path).
 * One read, one `ResponseData`: a provider's body reaches mitmproxy's layers once per read from its socket
   (`_coalesced`), not once per HTTP chunk; every SSE event is a chunk, and each one otherwise travels the layer
   stack, the stream step's callable and a write to the client on its own.
@@ -76,12 +82,12 @@ from typing import Any
 
 import mitmproxy
 from cryptography import x509
-from mitmproxy import addonmanager, certs, connection, exceptions, flow, hooks, http
-from mitmproxy.addons import proxyserver
+from mitmproxy import addonmanager, certs, connection, exceptions, flow, hooks, http, tls
+from mitmproxy.addons import block, core, errorcheck, next_layer, proxyserver, script, tlsconfig
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http.http1 import assemble_response, connection_close
 from mitmproxy.options import CONF_BASENAME
-from mitmproxy.proxy import commands, events, mode_servers, mode_specs
+from mitmproxy.proxy import commands, events, mode_servers, mode_specs, server_hooks
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tcp as tcp_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
@@ -304,20 +310,139 @@ class CachedAddonManager(addonmanager.AddonManager):
         if funcs is None:
             funcs = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
             self._hooks[event.name] = funcs
-        if not funcs:
+        if funcs:
+            await _call_hooks(funcs, event.args())
+
+
+async def _call_hooks(funcs: list[Callable[..., Any]], args: list[Any]) -> None:
+    """mitmproxy's semantics for one event: each callable in turn, async ones awaited, AddonHalt stops the
+    chain, OptionsError propagates, any other exception is logged as an addon error."""
+    for func in funcs:
+        try:
+            result = func(*args)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except exceptions.AddonHalt:
             return
+        except exceptions.OptionsError:
+            raise
+        except Exception as exc:
+            logging.getLogger("mitmproxy.addonmanager").error(f"Addon error: {exc}", exc_info=True)
+
+
+#: The mitmproxy addons `kaixu run`'s Master has besides kaixu's own (kaixu/master.py): what a reverse proxy needs.
+CORE_ADDONS = (core.Core, proxyserver.Proxyserver, next_layer.NextLayer, tlsconfig.TlsConfig, errorcheck.ErrorCheck)
+#: Under `mitmdump -s kaixu/plugin.py`, the addons of mitmdump's Master that kaixu's connections still meet:
+#: `kaixu run`'s, mitmproxy's `block` (it refuses clients from public addresses unless `--set
+#: block_global=false`: once per connection, kept so the plugin opens nothing it did not open before) and the
+#: script loader, whose scripts (kaixu's, and any other `-s`) keep every event.
+PLUGIN_ADDONS = (*CORE_ADDONS, block.Block, script.ScriptLoader)
+
+
+class PluginAddonManager(addonmanager.AddonManager):
+    """mitmdump's AddonManager, under `mitmdump -s kaixu/plugin.py`: the events of kaixu's connections (a client
+    that `is_kaixu_client`) go to `PLUGIN_ADDONS` only, in chain order, their hook lists resolved once, as
+    `CachedAddonManager` does for `kaixu run`; every other event (lifecycle events, and every event of another
+    listener's connections) goes through mitmproxy's own dispatch to every addon, unchanged.
+
+    mitmdump's ~30 default addons (the dumper printing each flow, map/modify options, playback, save...) are
+    not `kaixu run`'s and never see kaixu's flows; walking them for every event (and again for the `update`
+    event mitmproxy fires after each flow hook) was most of what the plugin cost beyond `kaixu run`.
+    Installed on the running mitmdump's manager by `plugin_dispatch` (its class is swapped: mitmproxy has no
+    public hook for how events are dispatched)."""
+
+    _kaixu_hooks: dict[str, list[Callable[..., Any]]]
+
+    def _forget(self) -> None:
+        self._kaixu_hooks = {}
+
+    def register(self, addon: Any) -> Any:
+        self._forget()
+        return super().register(addon)
+
+    def remove(self, addon: Any) -> None:
+        self._forget()
+        super().remove(addon)
+
+    def clear(self) -> None:
+        self._forget()
+        super().clear()
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
         args = event.args()
-        for func in funcs:
-            try:
-                result = func(*args)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as exc:
-                logging.getLogger("mitmproxy.addonmanager").error(f"Addon error: {exc}", exc_info=True)
+        client = _client_of(args[0])
+        if client is None or not is_kaixu_client(client):
+            await super().handle_lifecycle(event)
+            return
+        funcs = self.kaixu_hooks(event)
+        if funcs:
+            await _call_hooks(funcs, args)
+        if isinstance(args[0], flow.Flow):  # mitmproxy's `update` after each flow hook
+            funcs = self.kaixu_hooks(_UPDATE)
+            if funcs:
+                await _call_hooks(funcs, [[args[0]]])
+
+    def kaixu_hooks(self, event: hooks.Hook) -> list[Callable[..., Any]]:
+        """The callables an event of a kaixu connection reaches, in chain order."""
+        funcs = self._kaixu_hooks.get(event.name)
+        if funcs is None:
+            kept = [addon for addon in self.chain if isinstance(addon, PLUGIN_ADDONS)]
+            funcs = [func for addon in kept for _, func in self._iter_hooks(addon, event)]
+            self._kaixu_hooks[event.name] = funcs
+        return funcs
+
+
+_UPDATE = hooks.UpdateHook([])
+"""The `update` event, as `_iter_hooks` looks its hooks up by name."""
+
+
+def _client_of(data: object) -> connection.Client | None:
+    """The client connection a hook's data belongs to (None: a lifecycle event, which every addon gets)."""
+    if isinstance(data, flow.Flow):
+        return data.client_conn
+    if isinstance(data, connection.Client):
+        return data
+    context = getattr(data, "context", None)  # next_layer, TLS hooks
+    if context is not None:
+        return getattr(context, "client", None)
+    client = getattr(data, "client", None)  # server connection hooks
+    return client if isinstance(client, connection.Client) else None
+
+
+def plugin_dispatch(master: Any) -> bool:
+    """Give kaixu's connections the `kaixu run` dispatch on mitmdump's Master (`PluginAddonManager`); False
+    when its manager is not mitmproxy's stock one (then nothing changes). Undone by `stock_dispatch`."""
+    self_test()
+    manager: Any = master.addons
+    if type(manager) is addonmanager.AddonManager:
+        manager.__class__ = PluginAddonManager
+    if type(manager) is not PluginAddonManager:
+        return False
+    manager._forget()
+    return True
+
+
+def stock_dispatch(master: Any) -> None:
+    """mitmproxy's own dispatch again (the plugin is unloaded)."""
+    manager: Any = master.addons
+    if type(manager) is PluginAddonManager:
+        manager.__class__ = addonmanager.AddonManager  # type: ignore[assignment]
+
+
+class PluginDispatch:
+    """The addon kaixu/plugin.py loads before kaixu's chain: `plugin_dispatch` while the script is loaded."""
+
+    def __init__(self) -> None:
+        self.master: Any = None
+
+    def load(self, loader: addonmanager.Loader) -> None:
+        self.master = loader.master
+        if not plugin_dispatch(self.master):
+            log.warning("kaixu: mitmproxy's addon manager is not the stock one; kaixu's flows meet every addon")
+
+    def done(self) -> None:
+        if self.master is not None:
+            stock_dispatch(self.master)
 
 
 def self_test() -> None:
@@ -342,6 +467,10 @@ def self_test() -> None:
         (http_layers.HttpStream, "check_body_size", ("self", "request")),
         (addonmanager.AddonManager, "_iter_hooks", ("self", "addon", "event")),
         (addonmanager.AddonManager, "trigger_event", ("self", "event")),
+        (addonmanager.AddonManager, "handle_lifecycle", ("self", "event")),
+        (addonmanager.AddonManager, "register", ("self", "addon")),
+        (addonmanager.AddonManager, "remove", ("self", "addon")),
+        (addonmanager.AddonManager, "clear", ("self",)),
         (mode_servers.ServerInstance, "make", ("mode", "manager")),
         (mode_servers.ServerInstance, "handle_stream", ("self", "reader", "writer")),
         (proxyserver.Proxyserver, "register_connection", ("self", "connection_id", "handler")),
@@ -361,6 +490,9 @@ def self_test() -> None:
         (http_layers.HttpStream, "flow"),
         (ResponseHeaders, "end_stream"),
         (mode_servers.ServerInstance, "listen_addrs"),
+        (server_hooks.ServerConnectionHookData, "client"),  # what `_client_of` reads from each hook's data
+        (tls.TlsData, "context"),
+        (tls.ClientHelloData, "context"),
     )
     for owner, attr in attributes:
         if attr not in getattr(owner, "__annotations__", {}) and not hasattr(owner, attr):

@@ -91,6 +91,7 @@ class Kaixu:
         policy: dict[str, Any] | str,
         *,
         plugin: bool = False,
+        quiet: bool = True,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
@@ -102,6 +103,8 @@ class Kaixu:
         self.port_file = workdir / "ports.json"
         self.log_path = workdir / "kaixu.log"
         self.plugin = plugin
+        self.quiet = quiet
+        """The plugin's mitmdump with `-q` (False: mitmdump prints a line per flow its dumper sees)."""
         self.write_policy(policy)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -119,7 +122,7 @@ class Kaixu:
         if self.plugin:
             mitmdump = str(Path(sys.executable).parent / "mitmdump")
             return [
-                mitmdump, "-q", "-s", str(ROOT / "kaixu" / "plugin.py"),
+                mitmdump, *(["-q"] if self.quiet else []), "-s", str(ROOT / "kaixu" / "plugin.py"),
                 "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
                 "--set", f"kaixu_policy={self.policy_path}", "--set", "connection_strategy=lazy",
                 "--set", f"kaixu_port_file={self.port_file}", "--set", "kaixu_reload_ms=100",

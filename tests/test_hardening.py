@@ -300,7 +300,10 @@ def test_under_mitmdump_other_listeners_keep_stock_behaviour(fake: FakeProvider,
     with socket.socket() as probe:  # mitmproxy refuses two listeners on "port 0" of one host
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    gateway = Kaixu(workdir, policy_for(fake.base_url), plugin=True, args=("--mode", f"regular@127.0.0.1:{free}"))
+    # not quiet: mitmdump's dumper prints a line per flow it sees
+    gateway = Kaixu(
+        workdir, policy_for(fake.base_url), plugin=True, quiet=False, args=("--mode", f"regular@127.0.0.1:{free}")
+    )
     gateway.start()
     try:
         addrs = json.loads(gateway.port_file.read_text())
@@ -318,9 +321,12 @@ def test_under_mitmdump_other_listeners_keep_stock_behaviour(fake: FakeProvider,
             assert forwarded.headers.get("cookie") == "c=1"  # kaixu's allowlist is not applied here
             dead = client.get("http://127.0.0.1:9/")
             assert dead.status_code == 502 and "text/html" in dead.headers["content-type"]  # mitmproxy's own page
-        assert httpx.post(gateway.url + "/v1/chat/completions", json={}).status_code == 401  # kaixu's listener
+        assert httpx.post(gateway.url + "/v1/chat/completions?kaixus-own", json={}).status_code == 401  # kaixu's
     finally:
         gateway.stop()
+    # kaixu's flows meet only the addons `kaixu run` has (kaixu/mitm.py PluginAddonManager): the dumper, one of
+    # mitmdump's default addons, printed the regular listener's flows and not kaixu's
+    assert "127.0.0.1:9/" in gateway.log() and "kaixus-own" not in gateway.log()
 
 
 def test_an_absolute_form_request_target_goes_upstream_in_origin_form(gw: Kaixu, fake: FakeProvider) -> None:
