@@ -18,7 +18,10 @@ request (``close``: a new client connection per request), at 1 and 16 connection
 and p99 latency added over direct, the gateway's CPU per request, and the upstream TLS handshakes per request
 (the fake counts the connections it accepted: ``GET /_fake/connections``).
 
-The gateway is pinned to CPU 1, wrk and the fake to CPU 0 (bench/overhead.py's helpers). Run it with::
+All configurations run at once; for each client kind and connection count they take turns (``--rounds``, the order
+reversed every round), so ratios compare runs made minutes apart on a shared machine. The gateway is pinned to
+CPU 1, wrk and the fake to CPU 0 (bench/overhead.py's helpers). ``--plain``: the fake speaks plain HTTP (what
+a new TCP connection alone costs). Run it with::
 
     flock /tmp/bench.lock nice -n 19 .venv/bin/python bench/upstream_tls.py [--baseline-tree DIR] [--quick]
 """
@@ -31,6 +34,7 @@ import hashlib
 import json
 import os
 import ssl
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -74,6 +78,7 @@ class Run:
     config: str
     mode: str
     connections: int
+    round: int
     wrk: WrkResult
     cpu_ms_per_req: float | None
     handshakes_per_req: float
@@ -124,84 +129,120 @@ def policy(fake_port: int, ca_path: Path, queue: bool, scheme: str) -> str:
     )
 
 
-def measure(
-    config: str, url: str, pid: int | None, lua: dict[str, Path], wrk: str,
-    fake: tuple[int, int, ssl.SSLContext | None], warmup_s: float, measure_s: float,
-) -> list[Run]:  # fmt: skip
-    fake_port, fake_pid, context = fake
-    runs = []
-    for mode in MODES:
-        for connections in CONNECTIONS:
-            check_clean(f"{config} {mode}", run_wrk(wrk, url, lua[mode], connections, warmup_s))
-            cpu_before = cpu_seconds(pid) if pid else 0.0
-            conns_before = accepted(fake_port, context)
-            result = run_wrk(wrk, url, lua[mode], connections, measure_s, fake_pid)
-            check_clean(f"{config} {mode}", result)
-            handshakes = (accepted(fake_port, context) - conns_before) / result.requests
-            cpu = (cpu_seconds(pid) - cpu_before) * 1000 / result.requests if pid else None
-            runs.append(Run(config, mode, connections, result, cpu, handshakes))
-            print(f"  {config} {mode} c={connections}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                  f"cpu {cpu or 0:.2f} ms/req, {handshakes:.3f} handshakes/req", file=sys.stderr)  # fmt: skip
-    return runs
+@dataclass
+class Target:
+    """One configuration, running for the whole run (idle but for its turns)."""
+
+    name: str
+    url: str
+    pid: int | None
+    lua: dict[str, Path]
 
 
-def run(baseline: Path | None, warmup_s: float, measure_s: float, only: set[str] | None, plain: bool) -> list[Run]:
-    wrk = ensure_wrk()
+def measure_one(target: Target, mode: str, connections: int, turn: int, bench: Bench) -> Run:
+    """One measured wrk run of ``target`` (after its warm-up), with the gateway's CPU and the fake's handshakes."""
+    fake_port, fake_pid, context = bench.fake
+    url, pid, lua = target.url, target.pid, target.lua[mode]
+    check_clean(f"{target.name} {mode}", run_wrk(bench.wrk, url, lua, connections, bench.warmup_s))
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    conns_before = accepted(fake_port, context)
+    result = run_wrk(bench.wrk, url, lua, connections, bench.measure_s, fake_pid)
+    check_clean(f"{target.name} {mode}", result)
+    handshakes = (accepted(fake_port, context) - conns_before) / result.requests
+    cpu = (cpu_seconds(pid) - cpu_before) * 1000 / result.requests if pid else None
+    print(f"  round {turn} {target.name} {mode} c={connections}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} "
+          f"ms, cpu {cpu or 0:.2f} ms/req, {handshakes:.3f} handshakes/req", file=sys.stderr)  # fmt: skip
+    return Run(target.name, mode, connections, turn, result, cpu, handshakes)
+
+
+@dataclass
+class Bench:
+    wrk: str
+    fake: tuple[int, int, ssl.SSLContext | None]
+    warmup_s: float
+    measure_s: float
+    rounds: int
+
+
+def run(bench_args: argparse.Namespace) -> list[Run]:
+    """Every configuration runs at once; for each client kind and connection count they take turns, the order
+    reversed every round, so a change of this shared machine's load falls on all of them alike."""
+    plain, baseline, only = bench_args.plain, bench_args.baseline_tree, bench_args.only
+    warmup_s, measure_s = (1.0, 3.0) if bench_args.quick else (2.0, 6.0)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="kaixu-bench-tls-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        fake = start_tls_fake(work, stack, plain)
+        bench = Bench(ensure_wrk(), start_tls_fake(work, stack, plain), warmup_s, measure_s, bench_args.rounds)
         scheme = "http" if plain else "https"
-        fake_port = fake[0]
-        ca_path = work / "ca.pem"
+        fake_port = bench.fake[0]
         close = {"Connection": "close"}
         direct_lua = {"keepalive": write_lua(work / "d-ka.lua", SMALL_BODY, UPSTREAM_KEY),
                       "close": write_lua(work / "d-cl.lua", SMALL_BODY, UPSTREAM_KEY, close)}  # fmt: skip
         kaixu_lua = {"keepalive": write_lua(work / "k-ka.lua", SMALL_BODY, CLIENT_KEY),
                      "close": write_lua(work / "k-cl.lua", SMALL_BODY, CLIENT_KEY, close)}  # fmt: skip
-        if only is None or "direct" in only:
-            print("measuring direct", file=sys.stderr)
-            runs += measure("direct", f"{scheme}://{HOST}:{fake_port}{PATH}", None, direct_lua, wrk, fake, warmup_s,
-                            measure_s)  # fmt: skip
+        targets = [Target("direct", f"{scheme}://{HOST}:{fake_port}{PATH}", None, direct_lua)]
         configs: list[tuple[str, bool, Path | None]] = [("kaixu", False, None), ("kaixu-queue", True, None)]
         if baseline is not None:
             configs.insert(0, ("kaixu-baseline", False, baseline))
         for name, queue, tree in configs:
-            if only is not None and name not in only:
-                continue
-            print(f"measuring {name}", file=sys.stderr)
-            with contextlib.ExitStack() as config_stack:
-                port, pid = start_kaixu(
-                    work / name, fake_port, config_stack, policy(fake_port, ca_path, queue, scheme), tree
-                )
-                runs += measure(name, f"http://{HOST}:{port}{PATH}", pid, kaixu_lua, wrk, fake, warmup_s, measure_s)
+            text = policy(fake_port, work / "ca.pem", queue, scheme)
+            port, pid = start_kaixu(work / name, fake_port, stack, text, tree)
+            targets.append(Target(name, f"http://{HOST}:{port}{PATH}", pid, kaixu_lua))
+        targets = [t for t in targets if only is None or t.name in only]
+        for mode in MODES:
+            for connections in CONNECTIONS:
+                for turn in range(bench.rounds):
+                    for target in targets if turn % 2 == 0 else targets[::-1]:
+                        runs.append(measure_one(target, mode, connections, turn, bench))
     return runs
 
 
-def report(runs: list[Run], warmup_s: float, measure_s: float) -> str:
+def report(runs: list[Run], bench_args: argparse.Namespace) -> str:
+    """Medians over the rounds; each configuration's requests/s as a ratio to the baseline's in the same round
+    (median, and the lowest and highest round)."""
     info = machine()
-    direct = {(r.mode, r.connections): r for r in runs if r.config == "direct"}
-    first = runs[0].config if runs and runs[0].config != "direct" else "kaixu"
-    base = {(r.mode, r.connections): r for r in runs if r.config == next(
-        (c for c in ("kaixu-baseline", "kaixu") if any(x.config == c for x in runs)), first)}  # fmt: skip
+    names = list(dict.fromkeys(r.config for r in runs))
+    base_name = next((n for n in ("kaixu-baseline", "kaixu") if n in names), names[-1])
+    cell = {(r.config, r.mode, r.connections, r.round): r for r in runs}
+    rounds = max(r.round for r in runs) + 1
+    warmup_s, measure_s = (1.0, 3.0) if bench_args.quick else (2.0, 6.0)
+    kind = "plain HTTP" if bench_args.plain else "TLS"
     lines = [
-        f"{info.get('cpu', '?')}, {os.cpu_count()} CPUs, gateway pinned to CPU 1, wrk and the TLS fake to CPU 0; "
-        f"{warmup_s:g} s warm-up and {measure_s:g} s measured per row; load average {os.getloadavg()[0]:.1f} "
-        "at the end.",
+        f"{info.get('cpu', '?')}, {os.cpu_count()} CPUs, Python {info.get('python')}, mitmproxy "
+        f"{info.get('mitmproxy')}; the gateway pinned to CPU 1, wrk and the {kind} fake to CPU 0; {rounds} rounds "
+        f"of {warmup_s:g} s warm-up and {measure_s:g} s measured per row, the "
+        f"configurations taking turns; load average {os.getloadavg()[0]:.1f} at the end (a shared machine: compare "
+        "within a run). Medians over the rounds.",
         "",
-        "| config | client | conns | req/s | vs baseline | added p50 / p99 ms | gateway CPU ms/req "
-        "| upstream TLS handshakes/req |",
+        f"| config | client | conns | req/s | vs {base_name} (lowest-highest round) | added p50 / p99 ms "
+        "| gateway CPU ms/req | upstream connections/req |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in runs:
-        d = direct.get((r.mode, r.connections))
-        added = "-" if d is None or r.config == "direct" else (
-            f"{r.wrk.p50_ms - d.wrk.p50_ms:+.2f} / {r.wrk.p99_ms - d.wrk.p99_ms:+.2f}")  # fmt: skip
-        b = base.get((r.mode, r.connections))
-        ratio = "-" if b is None or r.config == "direct" else f"{r.wrk.rps / b.wrk.rps:.2f}x"
-        cpu = "-" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.2f}"
-        lines.append(f"| {r.config} | {r.mode} | {r.connections} | {r.wrk.rps:,.0f} | {ratio} | {added} | {cpu} "
-                     f"| {r.handshakes_per_req:.3f} |")  # fmt: skip
+    for mode in MODES:
+        for connections in CONNECTIONS:
+            for name in names:
+                own = [
+                    cell[(name, mode, connections, i)] for i in range(rounds) if (name, mode, connections, i) in cell
+                ]
+                if not own:
+                    continue
+                rps = statistics.median(r.wrk.rps for r in own)
+                ratio = "-"
+                if name != "direct" and (base_name, mode, connections, 0) in cell:
+                    ratios = sorted(r.wrk.rps / cell[(base_name, mode, connections, r.round)].wrk.rps for r in own)
+                    ratio = f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+                added = "-"
+                if name != "direct" and ("direct", mode, connections, 0) in cell:
+                    p50 = statistics.median(r.wrk.p50_ms - cell[("direct", mode, connections, r.round)].wrk.p50_ms
+                                            for r in own)  # fmt: skip
+                    p99 = statistics.median(r.wrk.p99_ms - cell[("direct", mode, connections, r.round)].wrk.p99_ms
+                                            for r in own)  # fmt: skip
+                    added = f"{p50:+.2f} / {p99:+.2f}"
+                cpus = [r.cpu_ms_per_req for r in own if r.cpu_ms_per_req is not None]
+                cpu = f"{statistics.median(cpus):.2f}" if cpus else "-"
+                handshakes = statistics.median(r.handshakes_per_req for r in own)
+                lines.append(f"| {name} | {mode} | {connections} | {rps:,.0f} | {ratio} | {added} | {cpu} "
+                             f"| {handshakes:.3f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -210,16 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-tree", type=Path, help="also measure another checkout's kaixu (before/after)")
     parser.add_argument("--plain", action="store_true", help="the fake speaks plain HTTP (no TLS): a control")
     parser.add_argument("--quick", action="store_true", help="1 s warm-up, 3 s per row (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of every configuration per row")
     parser.add_argument("--only", help="comma-separated configs (direct, kaixu, kaixu-queue, kaixu-baseline)")
     args = parser.parse_args(argv)
-    warmup_s, measure_s = (1.0, 3.0) if args.quick else (2.0, 8.0)
-    only = set(args.only.split(",")) if args.only else None
+    args.only = set(args.only.split(",")) if args.only else None
     try:
-        runs = run(args.baseline_tree, warmup_s, measure_s, only, args.plain)
+        runs = run(args)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    print(report(runs, warmup_s, measure_s))
+    print(report(runs, args))
     return 0
 
 

@@ -28,7 +28,13 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.reliability.failures import UpstreamFailure, deployment_failed, hides_provider_answer, transport_failure
+from kaixu.reliability.failures import (
+    UpstreamFailure,
+    deployment_failed,
+    hides_provider_answer,
+    native_failure,
+    transport_failure,
+)
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
 from kaixu.reliability.upstream import CONNECTION_HOP, RESPONSE_HOP, ProtocolError, Response, UpstreamClient
@@ -59,6 +65,8 @@ class Outcome:
     response: Response | None = None
     release: Callable[[], None] | None = None
     transport_error: str | None = None
+    cause: str | None = None
+    """What the HTTP client said when there was no answer (the ledger's error for `Executor.forward`)."""
     deadline: float = 0.0
     idle_s: float = 0.0
     """How long a stream may go without data (the route's `idle_s`, else `limits.upstream_timeout_s`)."""
@@ -130,9 +138,11 @@ class Executor:
         attempt, its time bounded as mitmproxy's would be (`limits.upstream_timeout_s`); the answer becomes the
         flow's response with the provider's headers as mitmproxy would pass them on (`forwarded_response`), a
         provider that gives none kaixu's 502/504 (the wording of `failures.upstream_failure`)."""
-        outcome = await self._cancellable(flow, call, self._attempt(call, None, Upstream.of(flow.request), False))
+        attempt = self._attempt(call, None, Upstream.of(flow.request), False, native=True)
+        outcome = await self._cancellable(flow, call, attempt)
         if outcome is not None:
             flow.response = forwarded_response(outcome)
+            call.delivery.relay_error = outcome.cause  # the ledger's error, as mitmproxy's would be
 
     async def fetch(
         self, flow: http.HTTPFlow, call: Call, first: Upstream | None, done: Outcome | None = None
@@ -276,8 +286,11 @@ class Executor:
 
     # -- one attempt -----------------------------------------------------------------------------------------
 
-    async def _attempt(self, call: Call, timeouts: Timeouts | None, upstream: Upstream, stream: bool) -> Outcome:
-        """One attempt on the pooled client, bounded by ``timeouts`` (a route's; None: `upstream_timeout_s`)."""
+    async def _attempt(
+        self, call: Call, timeouts: Timeouts | None, upstream: Upstream, stream: bool, native: bool = False
+    ) -> Outcome:
+        """One attempt on the pooled client, bounded by ``timeouts`` (a route's; None: `upstream_timeout_s`);
+        ``native``: a failure is worded as mitmproxy's own forwarding's would be (`failures.native_failure`)."""
         served = call.served
         assert served is not None
         provider = served.provider
@@ -330,9 +343,11 @@ class Executor:
             if release is not None:
                 release()
             seconds = first_byte if what == "time to first byte" else total
-            failure = transport_failure(exc, provider.name, seconds, what)
+            failure = (native_failure if native else transport_failure)(exc, provider.name, seconds, what)
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, failure.message)
-            return self.unanswered(call, failure)
+            outcome = self.unanswered(call, failure)
+            outcome.cause = str(exc) or type(exc).__name__
+            return outcome
         except BaseException:
             if response is not None:
                 await response.aclose()

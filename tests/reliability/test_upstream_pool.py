@@ -119,7 +119,27 @@ def test_an_unreachable_provider_is_the_same_502_either_way(gateway: Kaixu) -> N
         forwarded = client.post("/v1/chat/completions", json=dead, headers=AUTH)  # mitmproxy's
     assert pooled.status_code == forwarded.status_code == 502
     errors = [a.json()["error"] for a in (pooled, forwarded)]
-    assert errors[0]["code"] == errors[1]["code"] == "upstream_connect_error"
-    assert errors[0]["type"] == errors[1]["type"]
-    assert errors[0]["message"].startswith("provider 'dead' is unreachable")
-    assert errors[1]["message"].startswith("provider 'dead' is unreachable")
+    assert errors[0] == errors[1]
+    assert errors[0]["code"] == "upstream_connect_error"
+    assert errors[0]["message"].startswith("provider 'dead' is unreachable (")
+    rows = [ledgered(ledger_row(gateway, a.headers["x-kaixu-request-id"])) for a in (pooled, forwarded)]
+    assert rows[0] == rows[1]
+
+
+def test_a_silent_provider_is_the_same_504_either_way(gateway: Kaixu, tls_fake: tuple[FakeProvider, Path]) -> None:
+    fake, _ = tls_fake
+    fake.add_fault(Fault(latency_ms=3000, path_contains="/chat/completions"))  # upstream_timeout_s is 2
+    pooled = one_shot(gateway)
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        client.post("/v1/chat/completions", json=BODY, headers=AUTH).raise_for_status()  # the pool's turn
+        fake.add_fault(Fault(latency_ms=3000, path_contains="/chat/completions"))
+        forwarded = client.post("/v1/chat/completions", json=BODY, headers=AUTH)  # mitmproxy's
+    assert pooled.status_code == forwarded.status_code == 504
+    errors = [a.json()["error"] for a in (pooled, forwarded)]
+    assert errors[0] == errors[1]
+    assert errors[0]["message"] == "provider 'oai' did not answer within 2 s"
+    rows = [ledgered(ledger_row(gateway, a.headers["x-kaixu-request-id"])) for a in (pooled, forwarded)]
+    # the ledger's error is each client's own words: mitmproxy's "server closed connection" (kaixu's timer closed
+    # it), the pooled client's TimeoutError
+    assert (rows[0].pop("error"), rows[1].pop("error")) == ("TimeoutError", "server closed connection")
+    assert rows[0] == rows[1]
