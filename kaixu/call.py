@@ -208,7 +208,8 @@ class Delivery:
     """The stream goes through the loopback relay (reliability/relay.py)."""
     relay_error: str | None = None
     """What ended the client's stream early (the ledger's error): a provider failure the relay saw, or a stream
-    kaixu could not translate (kaixu/addons/stream.py: `untranslatable`)."""
+    kaixu could not translate (kaixu/addons/stream.py: `untranslatable`); or why a request kaixu sent in
+    mitmproxy's stead got no answer (`Executor.forward`)."""
     relay_status: int | None = None
     """What the provider answered when the relay had already told the client 200."""
     stream_broken: bool = False

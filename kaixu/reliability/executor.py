@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,16 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
-from kaixu.reliability.failures import UpstreamFailure, deployment_failed, hides_provider_answer, transport_failure
+from kaixu.reliability.failures import (
+    UpstreamFailure,
+    deployment_failed,
+    hides_provider_answer,
+    native_failure,
+    transport_failure,
+)
 from kaixu.reliability.plan import Attempts, Upstream, Verdict, backoff_s, retry_after_s, str_headers, verdict
 from kaixu.reliability.pools import QUEUE_FULL, Pools, QueueFull
-from kaixu.reliability.upstream import RESPONSE_HOP, ProtocolError, Response, UpstreamClient
+from kaixu.reliability.upstream import CONNECTION_HOP, RESPONSE_HOP, ProtocolError, Response, UpstreamClient
 from kaixu.respond import error_json
 from kaixu.routing import RouteRefused, aim, reachable_targets
 
@@ -59,10 +65,14 @@ class Outcome:
     response: Response | None = None
     release: Callable[[], None] | None = None
     transport_error: str | None = None
+    cause: str | None = None
+    """What the HTTP client said when there was no answer (the ledger's error for `Executor.forward`)."""
     deadline: float = 0.0
     idle_s: float = 0.0
     """How long a stream may go without data (the route's `idle_s`, else `limits.upstream_timeout_s`)."""
     total_s: float = 0.0
+    reason: str | None = None
+    """The provider's reason phrase (`forwarded_response`)."""
     local: bool = False
     """kaixu's own refusal before anything was sent (a full provider queue): no mark against the deployment."""
 
@@ -122,10 +132,26 @@ class Executor:
         if outcome is not None:
             flow.response = as_response(outcome)
 
+    async def forward(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The dispatch step's hook for a buffered request without a plan that kaixu sends on a pooled
+        connection rather than mitmproxy on a new one of its own (`Reliability.serve` decides when): one
+        attempt, its time bounded as mitmproxy's would be (`limits.upstream_timeout_s`); the answer becomes the
+        flow's response with the provider's headers as mitmproxy would pass them on (`forwarded_response`), a
+        provider that gives none kaixu's 502/504 (the wording of `failures.upstream_failure`)."""
+        attempt = self._attempt(call, None, Upstream.of(flow.request), False, native=True)
+        outcome = await self._cancellable(flow, call, attempt)
+        if outcome is not None:
+            flow.response = forwarded_response(outcome)
+            call.delivery.relay_error = outcome.cause  # the ledger's error, as mitmproxy's would be
+
     async def fetch(
         self, flow: http.HTTPFlow, call: Call, first: Upstream | None, done: Outcome | None = None
     ) -> Outcome | None:
-        """`run` for a buffered answer, from a flow hook (closed when it returns). A client that hangs up
+        """`run` for a buffered answer, from a flow hook (closed when it returns)."""
+        return await self._cancellable(flow, call, self.run(call, first, stream=False, done=done))
+
+    async def _cancellable(self, flow: http.HTTPFlow, call: Call, running_: Awaitable[Outcome]) -> Outcome | None:
+        """Await a buffered answer's fetch from a flow hook (closed when it returns). A client that hangs up
         meanwhile cancels it (`client_gone`): the provider's request is dropped and its queue slot freed, the
         flow gets an empty 499, and the hook still ends normally, so mitmproxy goes on to the error hook and the
         settle step records the 499. None then."""
@@ -134,7 +160,7 @@ class Executor:
         running = self._running.setdefault(flow.client_conn.id, {})
         running[task] = call
         try:
-            outcome = await self.run(call, first, stream=False, done=done)
+            outcome = await running_
         except asyncio.CancelledError:
             if task.cancelling() == 0 or not call.client_disconnected:
                 raise  # not ours: kaixu is stopping
@@ -181,7 +207,7 @@ class Executor:
                 else:
                     assert upstream is not None
                     since = time.monotonic()
-                    outcome = await self._attempt(call, route, upstream, stream)
+                    outcome = await self._attempt(call, route.timeouts, upstream, stream)
                 upstream = None
                 provider = served.provider.name
                 if outcome.ok:
@@ -260,11 +286,15 @@ class Executor:
 
     # -- one attempt -----------------------------------------------------------------------------------------
 
-    async def _attempt(self, call: Call, route: ModelRoute, upstream: Upstream, stream: bool) -> Outcome:
+    async def _attempt(
+        self, call: Call, timeouts: Timeouts | None, upstream: Upstream, stream: bool, native: bool = False
+    ) -> Outcome:
+        """One attempt on the pooled client, bounded by ``timeouts`` (a route's; None: `upstream_timeout_s`);
+        ``native``: a failure is worded as mitmproxy's own forwarding's would be (`failures.native_failure`)."""
         served = call.served
         assert served is not None
         provider = served.provider
-        timeouts = route.timeouts or NO_TIMEOUTS
+        timeouts = timeouts or NO_TIMEOUTS
         # an agent's run is bounded by its own timeout_s, and may be quiet as long (its tools run meanwhile)
         patience = (
             call.policy.upstream_timeout_s if provider.agent is None else provider.agent.timeout_s + AGENT_GRACE_S
@@ -298,7 +328,7 @@ class Executor:
                 await response.aclose()
                 if release is not None:
                     release()
-                return Outcome(response.status_code, headers, body=body)
+                return Outcome(response.status_code, headers, body=body, reason=response.reason)
             chunks = response.aiter_raw()
             left = max(0.0, min(first_byte, deadline - loop.time()))
             first = await asyncio.wait_for(anext(chunks, b""), left)
@@ -313,9 +343,11 @@ class Executor:
             if release is not None:
                 release()
             seconds = first_byte if what == "time to first byte" else total
-            failure = transport_failure(exc, provider.name, seconds, what)
+            failure = (native_failure if native else transport_failure)(exc, provider.name, seconds, what)
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, failure.message)
-            return self.unanswered(call, failure)
+            outcome = self.unanswered(call, failure)
+            outcome.cause = str(exc) or type(exc).__name__
+            return outcome
         except BaseException:
             if response is not None:
                 await response.aclose()
@@ -347,6 +379,17 @@ def as_response(outcome: Outcome) -> http.Response:
     """An attempt's outcome as the flow's response, for the response steps to translate, price and record."""
     headers = [(k.encode(), v.encode()) for k, v in outcome.headers if k.lower() not in RESPONSE_HOP]
     return http.Response.make(outcome.status, outcome.body, headers)
+
+
+def forwarded_response(outcome: Outcome) -> http.Response:
+    """An answer kaixu fetched in mitmproxy's stead (`Executor.forward`) as the flow's response: the provider's
+    status, reason and headers as mitmproxy would pass them on (its `date`, `server`, `content-encoding`...),
+    only the connection's own headers replaced by a `content-length` of the body, which is kept as sent."""
+    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in outcome.headers if k.lower() not in CONNECTION_HOP]
+    fields.append((b"content-length", str(len(outcome.body)).encode()))
+    now = time.time()
+    reason = outcome.reason.encode("latin-1") if outcome.reason is not None else None
+    return http.Response(b"HTTP/1.1", outcome.status, reason or b"", http.Headers(fields), outcome.body, None, now, now)
 
 
 def _header(outcome: Outcome, name: str) -> str | None:

@@ -63,6 +63,13 @@ def transport_failure(exc: BaseException, provider: str, seconds: float, what: s
     return upstream_failure(kind, provider, str(exc) or type(exc).__name__)
 
 
+def native_failure(exc: BaseException, provider: str, seconds: float, what: str) -> UpstreamFailure:
+    """An attempt of kaixu's own HTTP client made in mitmproxy's stead (`Executor.forward`) that got no answer,
+    worded as mitmproxy's own forwarding failing (`forwarding_failure`), which the client would have got."""
+    timed_out = seconds if isinstance(exc, TimeoutError) else None
+    return forwarding_failure(provider, timed_out, not isinstance(exc, ConnectError), str(exc) or type(exc).__name__)
+
+
 def forwarding_failure(provider: str, timed_out_after: float | None, connected: bool, detail: str) -> UpstreamFailure:
     """mitmproxy's own forwarding of a first attempt that got no whole answer: kaixu's timer closed it
     (``timed_out_after`` seconds), it never connected, or the connection broke before a whole answer."""

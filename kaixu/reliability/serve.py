@@ -8,6 +8,11 @@ the request's attempts run:
   plan with the executor and streams the winner back;
 - a buffered request whose provider has a queue is fetched by the executor (kaixu/reliability/executor.py), so
   mitmproxy never connects upstream itself;
+- the first request of a client connection, when it is buffered and has no plan, is sent by the executor's
+  pooled HTTP client too (`Executor.forward`): mitmproxy opens its upstream connections per client connection,
+  so a client that opens a connection per request would make it open a new TCP + TLS connection to the provider
+  for each (docs/performance.md, "Upstream connections"); a client that keeps its connection has the next ones
+  forwarded by mitmproxy on the connection it then opens and keeps;
 - anything else is forwarded by mitmproxy itself, the first attempt of a plan included (a plan costs nothing
   while providers answer); its time to the answer's head is bounded here (`first_attempt_timeout`), by a timer
   that closes the upstream connection.
@@ -51,6 +56,8 @@ class Reliability:
         self.loopback_url: str | None = None
         """kaixu's loopback server, once it listens (the relay is one of its routes)."""
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._opened: set[str] = set()
+        """The client connections that have sent a request to a provider (ids; forgotten when they close)."""
 
     # -- the request leaves ----------------------------------------------------------------------------------
 
@@ -70,10 +77,20 @@ class Reliability:
                 # mitmproxy makes the first attempt, as for any request; `retry` / `recover` take over if it fails
                 call.delivery.native_first = True
                 call.delivery.sent_at = time.monotonic()
+        elif served is not None and self._first_of_connection(flow) and not call.stream:
+            return self.executor.forward(flow, call)  # on a pooled connection, not a new one for one request
         if served is not None:
             timer = asyncio.get_running_loop().call_later(first_attempt_timeout(call), self._expire, flow, call)
             self._timers[flow.id] = timer
         return None
+
+    def _first_of_connection(self, flow: http.HTTPFlow) -> bool:
+        """Whether this is the first request of its client connection to go to a provider (counted as it goes)."""
+        client = flow.client_conn.id
+        if client in self._opened:
+            return False
+        self._opened.add(client)
+        return True
 
     def _divert_to_relay(self, flow: http.HTTPFlow, call: Call) -> bool:
         """Send the flow, as it would go to the provider, through the relay, which runs its attempts and keeps the
@@ -106,6 +123,7 @@ class Reliability:
 
     def client_gone(self, client_id: str) -> None:
         """A client connection closed: the fetches it was waiting for are cancelled."""
+        self._opened.discard(client_id)
         self.executor.client_gone(client_id)
 
     # -- mitmproxy's first attempt failed: the plan goes on -----------------------------------------------------

@@ -27,6 +27,10 @@ from kaixu.trust import ssl_context
 #: made the request itself (the executor, the relay).
 RESPONSE_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
                           "proxy-connection", "upgrade", "te", "trailer", "date", "server"})  # fmt: skip
+#: The provider's headers about its connection to kaixu and the answer's framing: all that is not passed on of an
+#: answer kaixu fetched in mitmproxy's stead (`executor.forwarded_response`), which passes the rest on as it is.
+CONNECTION_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection",
+                            "upgrade", "te", "trailer"})  # fmt: skip
 #: Request headers an HTTP client sets itself when kaixu makes an upstream request on its own (the executor).
 REQUEST_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
@@ -73,6 +77,7 @@ class Response:
     _done: bool = False
     _keep: bool = True
     _started: bool = field(default=False)
+    reason: str = ""
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_raw()])
@@ -210,6 +215,7 @@ class UpstreamClient:
         length = None if chunked or "content-length" not in lowered else int(lowered["content-length"])
         empty = method == "HEAD" or status in (204, 304) or 100 <= status < 200 or length == 0
         response = Response(status, headers, self, conn, length, chunked)
+        response.reason = status_line[2] if len(status_line) > 2 else ""
         response._keep = lowered.get("connection", "").lower() != "close" and status_line[0] != "HTTP/1.0"
         if empty:
             response._done = True

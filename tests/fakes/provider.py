@@ -1692,6 +1692,8 @@ class FakeProvider:
         self._stop_event: asyncio.Event | None = None
         self._bound = threading.Event()
         self._error: BaseException | None = None
+        self.connections = 0
+        """Connections accepted so far (with TLS: handshakes completed), also at ``GET /_fake/connections``."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -1814,6 +1816,7 @@ class FakeProvider:
     # -- connection handling -----------------------------------------------------------------------
 
     async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while await self._handle_one(reader, writer):
                 pass
@@ -2059,6 +2062,8 @@ class FakeProvider:
 
         if path == "/_fake/health" and method == "GET":
             return reply(200, {"ok": True, "port": self.port})
+        if path == "/_fake/connections" and method == "GET":
+            return reply(200, {"accepted": self.connections})
         if path == "/_fake/requests":
             if method == "GET":
                 with self._lock:
@@ -2141,13 +2146,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-events", type=int, default=5, help="pieces a streamed reply is split into")
     parser.add_argument("--require-key", help="reject requests not carrying this API key (401)")
     parser.add_argument("--no-record", action="store_true", help="do not record requests (long benchmarks)")
+    parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--keyfile", help="the certificate's PEM private key (with --certfile)")
     args = parser.parse_args(argv)
+    context = None
+    if args.certfile:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.certfile, args.keyfile)
     provider = FakeProvider(
         args.host,
         args.port,
         stream_events=args.stream_events,
         require_key=args.require_key,
         record=not args.no_record,
+        ssl_context=context,
     )
 
     def on_bound() -> None:

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from google.genai import types
 
 from tests.fakes.provider import FakeProvider, Fault
 from tests.harness import wait_for
+from tests.tls import make_tls_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -1075,6 +1077,36 @@ def test_cli_port_file_and_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_serves_tls_and_counts_its_connections(tmp_path: Path) -> None:
+    ca_file, _context = make_tls_files(tmp_path)
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "tests.fakes.provider", "--port", "0", "--port-file", str(port_file)),
+            *("--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.key")),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_file.exists():
+            assert proc.poll() is None, "the fake provider exited early"
+            assert time.monotonic() < deadline, "no port file within 15 s"
+            time.sleep(0.02)
+        base = f"https://127.0.0.1:{int(port_file.read_text())}"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file))) as client:
+            assert client.post(f"{base}/v1/chat/completions", json=chat_body("tls")).status_code == 200
+            assert client.get(f"{base}/_fake/connections").json() == {"accepted": 1}, "one kept-alive connection"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file))) as client:
+            assert client.get(f"{base}/_fake/connections").json() == {"accepted": 2}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------
