@@ -28,6 +28,7 @@ from mitmproxy import http
 from kaixu import metrics
 from kaixu.call import Call
 from kaixu.config.policy import ModelRoute, RouteTarget, Timeouts
+from kaixu.estimates import estimate_usage
 from kaixu.reliability.failures import (
     UpstreamFailure,
     deployment_failed,
@@ -75,6 +76,9 @@ class Outcome:
     """The provider's reason phrase (`forwarded_response`)."""
     local: bool = False
     """kaixu's own refusal before anything was sent (a full provider queue): no mark against the deployment."""
+    answer_began: bool = False
+    """No answer, but the provider had begun one (its head, a success status, then the body was cut): from then
+    on it bills, so kaixu does (`Executor.forward`, as the settle step's error hook does for mitmproxy's)."""
 
     @property
     def ok(self) -> bool:
@@ -143,6 +147,8 @@ class Executor:
         if outcome is not None:
             flow.response = forwarded_response(outcome)
             call.delivery.relay_error = outcome.cause  # the ledger's error, as mitmproxy's would be
+            if outcome.answer_began and not call.bill.usage_final:
+                estimate_usage(call)  # the provider began answering, then its body was cut: it bills
 
     async def fetch(
         self, flow: http.HTTPFlow, call: Call, first: Upstream | None, done: Outcome | None = None
@@ -347,6 +353,7 @@ class Executor:
             log.warning("request %s: attempt on %s failed: %s", call.request_id, provider.name, failure.message)
             outcome = self.unanswered(call, failure)
             outcome.cause = str(exc) or type(exc).__name__
+            outcome.answer_began = response is not None and response.status_code < 400
             return outcome
         except BaseException:
             if response is not None:
