@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS counter_reservation (
     scope TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (scope, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counter_settled (id TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counter_settled_until ON counter_settled (until);
 CREATE TABLE IF NOT EXISTS counter_window (
     scope TEXT NOT NULL, window_s INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (scope, window_s, start)) WITHOUT ROWID;

@@ -602,3 +602,15 @@ async def test_sqlite_batches_concurrent_operations_and_one_that_fails_undoes_on
         assert [await counters.spent(f"s{i}") for i in range(8)] == [1, 1, 1, 0, 1, 1, 1, 1]
     finally:
         await counters.close()
+
+
+async def test_sqlite_forgets_settled_ids_without_reading_every_one(tmp_path: Path) -> None:
+    # every settle forgets the ids past their memory (`_settle`): with minutes of ids kept (hundreds of thousands
+    # under load) a scan of the table per settle cost --workers more than the request itself
+    counters = await SqliteCounters(str(tmp_path / "counters.db")).open()
+    try:
+        assert counters._db is not None
+        plan = counters._db.execute("EXPLAIN QUERY PLAN DELETE FROM counter_settled WHERE until <= 1").fetchall()
+        assert any("INDEX counter_settled_until" in str(row) for row in plan), plan
+    finally:
+        await counters.close()
