@@ -115,6 +115,26 @@ def _is_usage_only_chunk(event: bytes) -> bool:
     return isinstance(payload, dict) and payload.get("choices") == [] and bool(payload.get("usage"))
 
 
+def _without_usage_only_chunks(data: bytes) -> bytes:
+    """``data`` (complete SSE events) without the usage-only chunks, every other byte as it came: only the events
+    that mention a usage object are looked at (a socket read brings a whole stream's events at once)."""
+    data = data.replace(b"\r\n", b"\n") if b"\r" in data else data
+    kept: list[bytes] = []
+    start = 0
+    while True:
+        hits = [i for i in (data.find(b'"usage":{', start), data.find(b'"usage": {', start)) if i >= 0]
+        if not hits:
+            break
+        begin = data.rfind(b"\n\n", start, min(hits))
+        begin = start if begin < 0 else begin + 2
+        end = data.find(b"\n\n", min(hits))
+        end = len(data) if end < 0 else end + 2
+        kept.append(data[start:begin] if _is_usage_only_chunk(data[begin:end]) else data[start:end])
+        start = end
+    kept.append(data[start:])
+    return b"".join(kept)
+
+
 def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
     """Pass-through for an OpenAI stream where kaixu asked for the usage chunk the client did not ask for:
     meter everything, forward every complete event as it arrives except that one chunk."""
@@ -134,8 +154,7 @@ def usage_stripping_meter(call: Call, decoder: StreamDecoder) -> StreamCallable:
         if not complete:
             return []
         if b'"usage":{' in complete or b'"usage": {' in complete:  # not the `"usage":null` of every chunk
-            events = complete.replace(b"\r\n", b"\n").split(b"\n\n")
-            complete = b"".join(e + b"\n\n" for e in events if e and not _is_usage_only_chunk(e))
+            complete = _without_usage_only_chunks(complete)
         return complete or []
 
     return on_chunk
