@@ -1045,25 +1045,27 @@ def test_raw_http_keep_alive_pipelining_and_chunked_body(fake: FakeProvider) -> 
     assert fake.requests[1].json == fake.requests[0].json
 
 
-def test_cli_port_file_and_sigterm(tmp_path: Path) -> None:
+def start_cli(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`python -m tests.fakes.provider` with ``args``, once its port file says where it listens."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            *("-m", "tests.fakes.provider", "--port", "0", "--port-file", str(port_file)),
-            *("--require-key", "cli-key", "--stream-events", "3"),
-        ],
+        [sys.executable, *("-m", "tests.fakes.provider", "--port", "0", "--port-file", str(port_file)), *args],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
+    deadline = time.monotonic() + 15
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the fake provider exited early or wrote no port file within 15 s")
+        time.sleep(0.02)
+    return proc, int(port_file.read_text())
+
+
+def test_cli_port_file_and_sigterm(tmp_path: Path) -> None:
+    proc, port = start_cli(tmp_path, "--require-key", "cli-key", "--stream-events", "3")
     try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert proc.poll() is None, "the fake provider exited early"
-            assert time.monotonic() < deadline, "no port file within 15 s"
-            time.sleep(0.02)
-        port = int(port_file.read_text())
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/_fake/health").json()["port"] == port
         headers = {"authorization": "Bearer cli-key"}
@@ -1081,24 +1083,11 @@ def test_cli_port_file_and_sigterm(tmp_path: Path) -> None:
 
 def test_cli_serves_tls_and_counts_its_connections(tmp_path: Path) -> None:
     ca_file, _context = make_tls_files(tmp_path)
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            *("-m", "tests.fakes.provider", "--port", "0", "--port-file", str(port_file)),
-            *("--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.key")),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    proc, port = start_cli(
+        tmp_path, "--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.key")
     )
     try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert proc.poll() is None, "the fake provider exited early"
-            assert time.monotonic() < deadline, "no port file within 15 s"
-            time.sleep(0.02)
-        base = f"https://127.0.0.1:{int(port_file.read_text())}"
+        base = f"https://127.0.0.1:{port}"
         with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file))) as client:
             assert client.post(f"{base}/v1/chat/completions", json=chat_body("tls")).status_code == 200
             assert client.get(f"{base}/_fake/connections").json() == {"accepted": 1}, "one kept-alive connection"
