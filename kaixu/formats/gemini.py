@@ -893,17 +893,13 @@ class GeminiArrayReframer(GeminiStreamDecoder):
 
     def reframe(self, chunk: bytes) -> bytes:
         """Provider bytes in, client bytes out (``b""`` until an event completes); ``b""`` in = end of body."""
-        return self.reframe_events(chunk)[0]
-
-    def reframe_events(self, chunk: bytes) -> tuple[bytes, list[StreamEvent]]:
-        """``reframe``, with the canonical events the chunk decoded to (what the stream step bills)."""
-        pieces = self.reframe_pieces(chunk)
-        return b"".join(out for out, _ in pieces), [event for _, events in pieces for event in events]
+        return b"".join(out for out, _ in self.reframe_pieces(chunk))
 
     def reframe_pieces(self, chunk: bytes) -> list[tuple[bytes, list[StreamEvent]]]:
-        """``reframe_events`` element by element: each element's bytes with the canonical events its provider
-        event decoded to (a chunk holds many; the stream step stops at one it cannot bill), and a last piece
-        of no bytes for events that belong to no element (the end of a stream cut short)."""
+        """``reframe`` element by element, with what the stream step bills: each element's bytes with the
+        canonical events its provider event decoded to (a chunk holds many; the stream step stops at one it
+        cannot bill), and a last piece of no bytes for events that belong to no element (the end of a stream
+        cut short)."""
         if chunk:
             events = self.feed(chunk)
         else:

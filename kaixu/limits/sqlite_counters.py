@@ -157,10 +157,9 @@ class SqliteCounters:
             outcomes: list[tuple[bool, Any]] = []
             try:
                 with _transaction(db):
+                    if len(operations) == 1:  # alone in its transaction: the rollback undoes it, no savepoint
+                        return [(True, operations[0](db, self.clock()))]
                     for operation in operations:
-                        if len(operations) == 1:
-                            outcomes.append((True, operation(db, self.clock())))
-                            break
                         db.execute("SAVEPOINT op")
                         try:
                             value = operation(db, self.clock())

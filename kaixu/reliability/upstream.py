@@ -23,14 +23,13 @@ from urllib.parse import urlsplit
 from kaixu.exceptions import KaixuError
 from kaixu.trust import ssl_context
 
-#: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
-#: made the request itself (the executor, the relay).
-RESPONSE_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-                          "proxy-connection", "upgrade", "te", "trailer", "date", "server"})  # fmt: skip
 #: The provider's headers about its connection to kaixu and the answer's framing: all that is not passed on of an
 #: answer kaixu fetched in mitmproxy's stead (`executor.forwarded_response`), which passes the rest on as it is.
 CONNECTION_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection",
                             "upgrade", "te", "trailer"})  # fmt: skip
+#: Provider response headers that describe the provider's connection, not the answer: never passed on when kaixu
+#: made the request itself (the executor, the relay).
+RESPONSE_HOP = CONNECTION_HOP | {"content-encoding", "date", "server"}
 #: Request headers an HTTP client sets itself when kaixu makes an upstream request on its own (the executor).
 REQUEST_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
