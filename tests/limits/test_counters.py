@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -613,4 +614,43 @@ async def test_sqlite_forgets_settled_ids_without_reading_every_one(tmp_path: Pa
         plan = counters._db.execute("EXPLAIN QUERY PLAN DELETE FROM counter_settled WHERE until <= 1").fetchall()
         assert any("INDEX counter_settled_until" in str(row) for row in plan), plan
     finally:
+        await counters.close()
+
+
+async def test_sqlite_waits_for_another_process_lock_in_short_tries_then_gives_up_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    # Another connection holds the file's write lock, as another `--workers` process does for one batch. The
+    # counters try `BEGIN IMMEDIATE` again after short pauses (`_begin`), not inside SQLite's busy handler, which
+    # sleeps 1, 2, 5, 10 ms between tries: the holder lets go once it has seen the counters try three times.
+    path = str(tmp_path / "counters.db")
+    counters = await SqliteCounters(path, busy_timeout_s=3).open()
+    holder = sqlite3.connect(path, isolation_level=None)
+    tries = 0
+    three_tries = threading.Event()
+
+    def trace(statement: str) -> None:
+        nonlocal tries
+        if statement == "BEGIN IMMEDIATE":
+            tries += 1
+            if tries == 3:
+                three_tries.set()
+
+    try:
+        assert counters._db is not None
+        counters._db.set_trace_callback(trace)
+        holder.execute("BEGIN IMMEDIATE")
+        asked = asyncio.create_task(counters.spent("team"))
+        assert await asyncio.to_thread(three_tries.wait, 6), f"{tries} tries while the lock was held"
+        holder.execute("COMMIT")
+        assert await asked == 0
+
+        counters.busy_timeout_s = 0.2  # a lock held past the timeout: the operation fails, closed
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(CountersUnavailable, match="locked"):
+            await counters.spent("team")
+        holder.execute("COMMIT")
+        assert await counters.spent("team") == 0
+    finally:
+        holder.close()
         await counters.close()
