@@ -55,8 +55,11 @@ from sidebyside import governed_policy
 SCENARIOS = {"json": SMALL_BODY, "sse": SSE_BODY}
 
 
-def count(tree: Path | None, scenario: str, requests: int, connections: int, work: Path) -> float:
-    """Millions of instructions kaixu executes per request of ``scenario``, from ``tree`` (None: this checkout)."""
+def count(
+    tree: Path | None, scenario: str, requests: int, connections: int, work: Path, shared: bool = False
+) -> float:
+    """Millions of instructions kaixu executes per request of ``scenario``, from ``tree`` (None: this checkout);
+    ``shared``: the counters in the SQLite file, as ``--workers N`` keeps them (``store.counters: shared``)."""
     body = json.dumps(SCENARIOS[scenario])
     with contextlib.ExitStack() as stack:
         (work / "fake").mkdir(parents=True)
@@ -64,7 +67,7 @@ def count(tree: Path | None, scenario: str, requests: int, connections: int, wor
         folder = work / "kaixu"
         folder.mkdir()
         policy = folder / "policy.yaml"
-        policy.write_text(governed_policy(fake_port, folder, {}))
+        policy.write_text(governed_policy(fake_port, folder, {"counters": "shared"} if shared else {}))
         python, cwd, env = tree_python(tree) if tree is not None else (sys.executable, ROOT, None)
         out, ports = folder / "callgrind.out", folder / "ports"
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", python, "-m"]
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="json,sse", help="scenarios: json, sse")
     parser.add_argument("--requests", type=int, default=200, help="counted requests per scenario (streams: half)")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--shared-counters", action="store_true", help="the counters in the SQLite file, as --workers N keeps them"
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         counted: list[float] = []
         for name, tree in trees:
             with tempfile.TemporaryDirectory(prefix="kaixu-instr-") as tmp:
-                counted.append(count(tree, scenario, requests, args.connections, Path(tmp)))
+                counted.append(count(tree, scenario, requests, args.connections, Path(tmp), args.shared_counters))
             print(f"{scenario}: {name}: {counted[-1]:.2f} M instructions per request ({requests} requests)")
         if len(counted) == 2:
             print(f"{scenario}: this checkout / baseline = {counted[0] / counted[1]:.3f}")

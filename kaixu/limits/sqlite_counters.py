@@ -10,6 +10,11 @@ object's batches on its one connection. WAL with `synchronous=NORMAL`: a committ
 The write lock is waited for here, not in SQLite's busy handler (`_begin`): that handler sleeps 1, 2, 5, 10 ms
 between tries, while another process holds the lock for well under a millisecond (one batch), so with
 `--workers N` a batch waited about twice as long as the lock was held.
+
+Rows past their time (expired reservations and slots, settled ids past their memory, windows gone by) are swept
+at most once a second (`SWEEP_EVERY_S`), in the first batch after, and the reads skip them until then: each
+statement an operation runs is a return trip to the event loop's thread for the GIL, so an operation runs as few
+as it can.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ CREATE TABLE IF NOT EXISTS counter_slot (
 
 T = TypeVar("T")
 
+SWEEP_EVERY_S = 1.0
+"""How often (seconds of `clock`) a batch first deletes the rows past their time (`_sweep`)."""
+
 
 class SqliteCounters:
     """`kaixu.limits.Counters` on a SQLite file. `clock` (Unix seconds) is injectable for tests; processes
@@ -69,6 +77,8 @@ class SqliteCounters:
         self._db: sqlite3.Connection | None = None
         self._queued: list[tuple[Callable[[sqlite3.Connection, float], Any], asyncio.Future[Any]]] = []
         self._batches: asyncio.Task[None] | None = None
+        self._swept = float("-inf")
+        """`clock` time of the last `_sweep` (only the batch thread, under `_lock`, reads and writes it)."""
 
     async def open(self) -> SqliteCounters:
         await asyncio.to_thread(self._open)
@@ -162,6 +172,10 @@ class SqliteCounters:
             outcomes: list[tuple[bool, Any]] = []
             try:
                 with _transaction(db, time.monotonic() + self.busy_timeout_s):
+                    now = self.clock()
+                    if now - self._swept >= SWEEP_EVERY_S:
+                        _sweep(db, now)
+                        self._swept = now
                     if len(operations) == 1:  # alone in its transaction: the rollback undoes it, no savepoint
                         return [(True, operations[0](db, self.clock()))]
                     for operation in operations:
@@ -192,7 +206,7 @@ class SqliteCounters:
 
         def reserve(db: sqlite3.Connection, now: float) -> Reservation | Refusal:
             for scope, cap in zip(scopes, caps, strict=True):
-                spent, reserved = _spent(db, scope), _reserved(db, scope, now)
+                spent, reserved = db.execute(_SPENT_AND_RESERVED, (scope, scope, now)).fetchone()
                 if spent + reserved + amount_micros > cap:
                     return Refusal(scope, cap, spent, reserved, amount_micros)
             expires = now + ttl_s
@@ -279,11 +293,13 @@ class SqliteCounters:
         def end(db: sqlite3.Connection, now: float) -> None:
             for reservation, actual in settle:
                 _settle(db, reservation, max(0, actual), now)
-            db.executemany(
-                "DELETE FROM counter_reservation WHERE scope = ? AND id = ?",
-                [(scope, r.id) for r in release for scope in r.scopes],
-            )
-            db.executemany("DELETE FROM counter_slot WHERE scope = ? AND id = ?", [(s.scope, s.id) for s in slots])
+            if release:
+                db.executemany(
+                    "DELETE FROM counter_reservation WHERE scope = ? AND id = ?",
+                    [(scope, r.id) for r in release for scope in r.scopes],
+                )
+            if slots:
+                db.executemany("DELETE FROM counter_slot WHERE scope = ? AND id = ?", [(s.scope, s.id) for s in slots])
             for asked in windows:
                 _count(db, asked, int(now * 1000))
 
@@ -313,26 +329,44 @@ class SqliteCounters:
         return await self._run(lambda db, now: _held(db, scope, now))
 
 
-def _settle(db: sqlite3.Connection, reservation: Reservation, actual_micros: int, now: float) -> bool:
+_SPENT_AND_RESERVED = (
+    "SELECT COALESCE((SELECT spent FROM counter_spend WHERE scope = ?), 0), "
+    "COALESCE((SELECT SUM(amount) FROM counter_reservation WHERE scope = ? AND expires > ?), 0)"
+)
+
+
+def _sweep(db: sqlite3.Connection, now: float) -> None:
+    """Deletes what is past its time; until then every read skips it (`expires > now`, the current window only,
+    a settled id a little longer than `SETTLED_MEMORY_S`)."""
+    db.execute("DELETE FROM counter_reservation WHERE expires <= ?", (now,))
+    db.execute("DELETE FROM counter_slot WHERE expires <= ?", (now,))
     db.execute("DELETE FROM counter_settled WHERE until <= ?", (now,))
-    if db.execute("SELECT 1 FROM counter_settled WHERE id = ?", (reservation.id,)).fetchone():
+    db.execute("DELETE FROM counter_window WHERE (start + 1) * window_s * 1000 <= ?", (int(now * 1000),))
+
+
+def _settle(db: sqlite3.Connection, reservation: Reservation, actual_micros: int, now: float) -> bool:
+    remembered = db.execute(
+        "INSERT INTO counter_settled (id, until) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+        (reservation.id, now + SETTLED_MEMORY_S),
+    )
+    if remembered.rowcount == 0:  # settled before: counted once
         return False
-    db.execute("INSERT INTO counter_settled (id, until) VALUES (?, ?)", (reservation.id, now + SETTLED_MEMORY_S))
-    for scope in reservation.scopes:
-        db.execute("DELETE FROM counter_reservation WHERE scope = ? AND id = ?", (scope, reservation.id))
-        db.execute(
-            "INSERT INTO counter_spend (scope, spent) VALUES (?, ?) "
-            "ON CONFLICT (scope) DO UPDATE SET spent = spent + excluded.spent",
-            (scope, actual_micros),
-        )
+    db.executemany(
+        "DELETE FROM counter_reservation WHERE scope = ? AND id = ?",
+        [(scope, reservation.id) for scope in reservation.scopes],
+    )
+    db.executemany(
+        "INSERT INTO counter_spend (scope, spent) VALUES (?, ?) "
+        "ON CONFLICT (scope) DO UPDATE SET spent = spent + excluded.spent",
+        [(scope, actual_micros) for scope in reservation.scopes],
+    )
     return True
 
 
 def _look(db: sqlite3.Connection, asked: Window, now_ms: int, force: bool = False) -> WindowHit:
-    """What counting `asked.amount` in the current window would answer (older windows are deleted here)."""
+    """What counting `asked.amount` in the current window would answer (older windows are `_sweep`'s)."""
     start = now_ms // (asked.window_s * 1000)
     key = (asked.scope, asked.window_s, start)
-    db.execute("DELETE FROM counter_window WHERE scope = ? AND window_s = ? AND start < ?", key)
     row = db.execute("SELECT count FROM counter_window WHERE scope = ? AND window_s = ? AND start = ?", key).fetchone()
     return window_answer(row[0] if row else 0, asked.limit, asked.amount, force, now_ms, asked.window_s)
 
@@ -352,16 +386,13 @@ def _spent(db: sqlite3.Connection, scope: str) -> int:
 
 
 def _reserved(db: sqlite3.Connection, scope: str, now: float) -> int:
-    """Expired reservations are deleted on the way: the table holds what is in flight, not history."""
-    db.execute("DELETE FROM counter_reservation WHERE scope = ? AND expires <= ?", (scope, now))
-    return db.execute("SELECT COALESCE(SUM(amount), 0) FROM counter_reservation WHERE scope = ?", (scope,)).fetchone()[
-        0
-    ]
+    """What is in flight: an expired reservation holds nothing (`_sweep` deletes it)."""
+    sql = "SELECT COALESCE(SUM(amount), 0) FROM counter_reservation WHERE scope = ? AND expires > ?"
+    return db.execute(sql, (scope, now)).fetchone()[0]
 
 
 def _held(db: sqlite3.Connection, scope: str, now: float) -> int:
-    db.execute("DELETE FROM counter_slot WHERE scope = ? AND expires <= ?", (scope, now))
-    return db.execute("SELECT COUNT(*) FROM counter_slot WHERE scope = ?", (scope,)).fetchone()[0]
+    return db.execute("SELECT COUNT(*) FROM counter_slot WHERE scope = ? AND expires > ?", (scope, now)).fetchone()[0]
 
 
 BUSY_FIRST_WAIT_S = 0.00005

@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from kaixu.limits import Counters, CountersUnavailable, Refusal, Reservation, Slot, Window
+from kaixu.limits import SETTLED_MEMORY_S, Counters, CountersUnavailable, Refusal, Reservation, Slot, Window
 from kaixu.limits import redis_counters as redis_backend
 from kaixu.limits.memory_counters import MemoryCounters
 from kaixu.limits.redis_counters import RedisCounters
@@ -653,4 +653,38 @@ async def test_sqlite_waits_for_another_process_lock_in_short_tries_then_gives_u
         assert await counters.spent("team") == 0
     finally:
         holder.close()
+        await counters.close()
+
+
+async def test_sqlite_sweeps_rows_past_their_time_once_a_second_and_reads_skip_them_before(tmp_path: Path) -> None:
+    # An operation runs as few statements as it can (each is a trip back for the GIL): rows past their time are
+    # not deleted by every read but swept by the first batch a second after the last sweep; until then the reads
+    # skip them.
+    now = [1_000_000.6]
+    counters = await SqliteCounters(str(tmp_path / "counters.db"), clock=lambda: now[0]).open()
+    try:
+        db = counters._db
+        assert db is not None
+        held = await counters.reserve(["team:t"], 100, [150], 0.3)  # the first batch sweeps (nothing to sweep)
+        settled = await counters.reserve(["team:t"], 10, [150], 60)
+        assert isinstance(held, Reservation) and isinstance(settled, Reservation)
+        assert await counters.settle(settled, 10)
+        assert await counters.acquire_slot("team:t:parallel", 1, 0.3) is not None
+        assert (await counters.hit("team:t:rps", 1, 1)).allowed
+        assert await counters.reserved("team:t") == 100 and await counters.held_slots("team:t:parallel") == 1
+
+        now[0] += 0.5  # the reservation, the slot and the window are past their time; no sweep is due yet
+        assert db.execute("SELECT COUNT(*) FROM counter_reservation").fetchone()[0] == 1
+        assert await counters.reserved("team:t") == 0
+        assert await counters.held_slots("team:t:parallel") == 0
+        assert (await counters.hit("team:t:rps", 1, 1)).allowed, "the window gone by counts no more"
+        assert isinstance(await counters.reserve(["team:t"], 141, [150], 1), Refusal), "spent 10 + 141 > 150"
+        assert db.execute("SELECT COUNT(*) FROM counter_reservation").fetchone()[0] == 1, "swept before its time"
+
+        now[0] += SETTLED_MEMORY_S  # a sweep is due: only what is current stays
+        assert await counters.spent("team:t") == 10
+        rows = {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("counter_reservation", "counter_slot", "counter_settled", "counter_window")}  # fmt: skip
+        assert rows == dict.fromkeys(rows, 0), rows
+    finally:
         await counters.close()
