@@ -108,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"kaixu: not starting: {exc}")
     mitm.skip_message_type_checks()  # this process is kaixu's alone (why: kaixu/mitm.py)
     mitm.fast_header_lookups()
+    mitm.cached_hook_arguments()
+    mitm.plain_task_names()
     if args.workers is not None and args.worker_id is None:
         return _supervise(args, policy)
     worker = None

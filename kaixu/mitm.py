@@ -69,12 +69,14 @@ internals moved.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import inspect
 import logging
 import os
 import re
 import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
@@ -99,6 +101,7 @@ from mitmproxy.proxy.layers.http._events import (
     ResponseHeaders,
     ResponseProtocolError,
 )
+from mitmproxy.utils import asyncio_utils
 from mitmproxy.version import VERSION
 
 from kaixu.exceptions import KaixuError
@@ -477,6 +480,8 @@ def self_test() -> None:
         (tcp_layers.TCPLayer, "__init__", ("self", "context", "ignore")),
         (mode_servers.ServerInstance, "__init__", ("self", "mode", "manager")),  # `.mode`: bound_listeners
         (certs.CertStore, "create_store", ("path", "basename", "key_size", "organization", "cn")),
+        (hooks.Hook, "args", ("self",)),  # cached_hook_arguments
+        (asyncio_utils, "set_task_debug_info", ("task", "name", "client")),  # plain_task_names
     ]
     for owner, name, params in checks:
         func = getattr(owner, name, None)
@@ -531,6 +536,41 @@ def fast_header_lookups() -> None:
         http.Headers.get_all = _headers_get_all  # type: ignore[method-assign]
         http.Headers.get = _headers_get  # type: ignore[method-assign,assignment]
         http.Headers.__contains__ = _headers_contains  # type: ignore[method-assign,assignment]
+
+
+def cached_hook_arguments() -> None:
+    """`kaixu run` only: mitmproxy lists a hook's arguments (`Hook.args`) by reading its class's dataclass
+    fields on every call, several times for every hook of every flow; here the names are read once per class
+    (a dataclass's fields are fixed when its class is made)."""
+    if hooks.Hook.args is not _hook_args:
+        hooks.Hook.args = _hook_args  # type: ignore[method-assign]
+
+
+HOOK_ARGS = hooks.Hook.args
+"""mitmproxy's own `Hook.args`, which `cached_hook_arguments` replaces (the differential test calls it)."""
+_HOOK_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _hook_args(self: hooks.Hook) -> list[Any]:
+    names = _HOOK_FIELD_NAMES.get(type(self))
+    if names is None:
+        names = _HOOK_FIELD_NAMES[type(self)] = tuple(field.name for field in dataclasses.fields(self))  # type: ignore[arg-type]
+    return [getattr(self, name) for name in names]
+
+
+def plain_task_names() -> None:
+    """`kaixu run` only: mitmproxy names every task it starts (a connection's, each hook's) and, unless Python
+    runs with -O, reads the PYTEST_CURRENT_TEST environment variable for each one to add a test's name to it. A
+    `kaixu run` process is no test: its tasks get their name alone, without a look at the environment."""
+    if asyncio_utils.set_task_debug_info is not _task_debug_info:
+        asyncio_utils.set_task_debug_info = _task_debug_info
+
+
+def _task_debug_info(task: asyncio.Task[Any], *, name: str, client: tuple[Any, ...] | None = None) -> None:
+    task.created = time.time()  # type: ignore[attr-defined]
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
 
 
 HEADERS_LOOKUPS = (http.Headers.get_all, http.Headers.get, http.Headers.__contains__)
