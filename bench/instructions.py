@@ -55,9 +55,7 @@ from sidebyside import governed_policy
 SCENARIOS = {"json": SMALL_BODY, "sse": SSE_BODY}
 
 
-def count(
-    tree: Path | None, scenario: str, requests: int, connections: int, work: Path, shared: bool = False
-) -> float:
+def count(tree: Path | None, scenario: str, requests: int, connections: int, work: Path, shared: bool = False) -> float:
     """Millions of instructions kaixu executes per request of ``scenario``, from ``tree`` (None: this checkout);
     ``shared``: the counters in the SQLite file, as ``--workers N`` keeps them (``store.counters: shared``)."""
     body = json.dumps(SCENARIOS[scenario])
