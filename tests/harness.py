@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -9,7 +11,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +37,19 @@ def unavailable(message: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def apt_lock() -> Iterator[None]:
+    """Held around every apt-get the tests run: xdist workers installing at once (Chromium for one test,
+    Prometheus for another) would fail on apt's own locks, whose timeout option does not cover `apt-get
+    update`. The holder after the first finds the package installed."""
+    with open(os.path.join(tempfile.gettempdir(), "kaixu-tests-apt.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import unavailable, wait_for
+from tests.harness import apt_lock, unavailable, wait_for
 
 PACKAGE = "prometheus"
 
@@ -33,7 +33,7 @@ def _install() -> str | None:
     if os.geteuid() != 0:
         return "installing it needs root"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another xdist worker may be installing it right now: wait for it
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # and an apt-get of something other than the tests: wait for it
     install = ["apt-get", *wait, "install", "-y", "--no-install-recommends", PACKAGE]
     result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:  # a fresh container has no package lists yet
@@ -50,7 +50,9 @@ def binary() -> str:
     """The prometheus binary, installed if need be; fails under CI=true, skips elsewhere, when there is none."""
     found = shutil.which(PACKAGE)
     if found is None:
-        problem = _install()
+        with apt_lock():  # another worker may be installing it, or Chromium, right now
+            found = shutil.which(PACKAGE)
+            problem = _install() if found is None else None
         found = shutil.which(PACKAGE)
         if found is None:
             unavailable(f"no prometheus binary: {problem or 'not on PATH after installing'}")

@@ -9,13 +9,20 @@ import os
 import shutil
 import subprocess
 
-from tests.harness import unavailable
+from tests.harness import apt_lock, unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 
 
 def ensure_chromium() -> str:
     if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    with apt_lock():
+        return _install()
+
+
+def _install() -> str:
+    if os.access(CHROMIUM, os.X_OK):  # another worker installed it while this one waited
         return CHROMIUM
     sudo: list[str] = []
     if os.geteuid() != 0:
