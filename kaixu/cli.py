@@ -110,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mitm.fast_header_lookups()
     mitm.cached_hook_arguments()
     mitm.plain_task_names()
+    mitm.cheaper_option_reads()
     if args.workers is not None and args.worker_id is None:
         return _supervise(args, policy)
     worker = None

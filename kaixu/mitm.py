@@ -84,7 +84,7 @@ from typing import Any
 
 import mitmproxy
 from cryptography import x509
-from mitmproxy import addonmanager, certs, connection, exceptions, flow, hooks, http, tls
+from mitmproxy import addonmanager, certs, connection, exceptions, flow, hooks, http, optmanager, tls
 from mitmproxy.addons import block, core, errorcheck, next_layer, proxyserver, script, tlsconfig
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http.http1 import assemble_response, connection_close
@@ -482,6 +482,7 @@ def self_test() -> None:
         (certs.CertStore, "create_store", ("path", "basename", "key_size", "organization", "cn")),
         (hooks.Hook, "args", ("self",)),  # cached_hook_arguments
         (asyncio_utils, "set_task_debug_info", ("task", "name", "client")),  # plain_task_names
+        (optmanager._Option, "current", ("self",)),  # cheaper_option_reads
     ]
     for owner, name, params in checks:
         func = getattr(owner, name, None)
@@ -538,6 +539,25 @@ def fast_header_lookups() -> None:
         http.Headers.__contains__ = _headers_contains  # type: ignore[method-assign,assignment]
 
 
+def cheaper_option_reads() -> None:
+    """`kaixu run` only: mitmproxy deep-copies an option's value, and its default, at every read
+    (`_Option.current`), so that a caller cannot change a list in place; its layers read options about 14 times
+    a request. A value of an immutable type is returned as it is, which is what `copy.deepcopy` returns for it;
+    any other goes mitmproxy's way."""
+    if optmanager._Option.current is not _option_current:
+        optmanager._Option.current = _option_current  # type: ignore[method-assign]
+
+
+OPTION_CURRENT = optmanager._Option.current
+"""mitmproxy's own `_Option.current`, which `cheaper_option_reads` replaces (the differential test calls it)."""
+_IMMUTABLE = frozenset({str, int, bool, float, bytes, type(None)})
+
+
+def _option_current(self: optmanager._Option) -> Any:
+    value = self._default if self.value is optmanager.unset else self.value
+    return value if type(value) in _IMMUTABLE else OPTION_CURRENT(self)
+
+
 def cached_hook_arguments() -> None:
     """`kaixu run` only: mitmproxy lists a hook's arguments (`Hook.args`) by reading its class's dataclass
     fields on every call, several times for every hook of every flow; here the names are read once per class
@@ -582,8 +602,24 @@ def _headers_get_all(self: http.Headers, name: str | bytes) -> list[str]:
         name = name.encode("utf-8", "surrogateescape")
     elif not isinstance(name, bytes):
         return HEADERS_LOOKUPS[0](self, name)
-    name = name.lower()
-    return [value.decode("utf-8", "surrogateescape") for key, value in self.fields if key.lower() == name]
+    values = _headers_index(self).get(name.lower())
+    return [value.decode("utf-8", "surrogateescape") for value in values] if values else []
+
+
+def _headers_index(self: http.Headers) -> dict[bytes, list[bytes]]:
+    """The fields' values by lower-case name, kept on the object with the `fields` tuple they were read from:
+    every change of a `Headers` replaces its (immutable) `fields` tuple, so a new tuple means a new index (a
+    lookup asks `is`: the kept reference holds the old tuple alive, so no other can take its identity)."""
+    fields = self.fields
+    kept = self.__dict__.get("_kaixu_index")
+    if kept is not None and kept[0] is fields:
+        return kept[1]
+    index: dict[bytes, list[bytes]] = {}
+    for key, value in fields:
+        index.setdefault(key.lower(), []).append(value)
+    if type(fields) is tuple:  # (a list set by hand could change in place: not kept)
+        self.__dict__["_kaixu_index"] = (fields, index)
+    return index
 
 
 def _headers_get(self: http.Headers, name: str | bytes, default: Any = None) -> Any:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import hooks, http
+from mitmproxy.options import Options
 
 from kaixu import mitm
 
@@ -58,3 +59,42 @@ async def test_a_task_is_named_as_mitmproxy_names_it_outside_a_test() -> None:
     assert started.client == ("127.0.0.1", 5)  # type: ignore[attr-defined]
     assert isinstance(started.created, float)  # type: ignore[attr-defined]
     await started
+
+
+_CHANGES = st.lists(
+    st.tuples(st.sampled_from(["set", "delete", "insert", "assign", "add"]), _NAMES, _VALUES), max_size=5
+)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6), _CHANGES, _ASKED)
+def test_the_lookups_follow_every_change_of_the_headers(
+    fields: list[tuple[bytes, bytes]], changes: list[tuple[str, bytes, bytes]], asked: str | bytes
+) -> None:
+    # `_headers_index` is kept with the `fields` tuple it was read from: a lookup after any change answers for the
+    # fields as they are now
+    headers = http.Headers(fields)
+    get_all, get, contains = mitm.HEADERS_LOOKUPS
+    for change, name, value in changes:
+        mitm._headers_get(headers, asked)  # an index is kept before the change
+        if change == "set":
+            headers[name] = value
+        elif change == "delete" and mitm._headers_contains(headers, name):
+            del headers[name]
+        elif change == "insert":
+            headers.insert(0, name, value)
+        elif change == "assign":
+            headers.fields = ((name, value), *headers.fields[1:])
+        elif change == "add":
+            headers.add(name, value)
+        assert mitm._headers_get_all(headers, asked) == get_all(headers, asked)
+        assert mitm._headers_get(headers, asked) == get(headers, asked)
+        assert mitm._headers_contains(headers, asked) == contains(headers, asked)
+
+
+def test_an_option_reads_as_mitmproxy_reads_it_and_a_list_is_still_a_copy() -> None:
+    options = Options()
+    options.update(ignore_hosts=["a.example"], mode=["reverse:http://127.0.0.1:1"])
+    for option in options._options.values():
+        assert mitm._option_current(option) == mitm.OPTION_CURRENT(option), option.name
+    listed = options._options["ignore_hosts"]
+    assert mitm._option_current(listed) is not listed.value, "a caller could change the option's list in place"
