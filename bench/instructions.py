@@ -82,9 +82,12 @@ def count(tree: Path | None, scenario: str, requests: int, connections: int, wor
                 raise BenchError(f"kaixu under valgrind did not start: {(folder / 'kaixu.log').read_text()[-2000:]}")
             time.sleep(0.2)
         port = int(json.loads(ports.read_text())[0][1])
-        _load(port, body, scenario, connections * 10, connections)  # warm-up: imports, caches, connections
-        _control("-i", "on", proc.pid)
-        _load(port, body, scenario, requests, connections)
+        try:
+            _load(port, body, scenario, connections * 10, connections)  # warm-up: imports, caches, connections
+            _control("-i", "on", proc.pid)
+            _load(port, body, scenario, requests, connections)
+        except BenchError as exc:  # the gateway's own account goes with it (the folder is deleted)
+            raise BenchError(f"{exc}\nkaixu's log:\n{(folder / 'kaixu.log').read_text()[-4000:]}") from exc
         _control("-i", "off", proc.pid)
         _control("-d", "", proc.pid)  # a dump of what was counted, written by valgrind as it gets to it
         deadline = time.monotonic() + 60
