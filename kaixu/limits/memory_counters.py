@@ -52,9 +52,18 @@ FLUSH_S = 0.05
 class MemoryCounters:
     """`kaixu.limits.Counters` in one process. `path` None keeps nothing on disk (tests, `:memory:` stores)."""
 
-    def __init__(self, path: str | None, *, flush_s: float = FLUSH_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        *,
+        flush_s: float = FLUSH_S,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
         self.path = None if path == ":memory:" else path
         self.flush_s = flush_s
+        self.busy_timeout_s = busy_timeout_s
+        """How long opening waits for another connection's write lock on the file."""
         self.clock = clock
         self._spent: dict[str, int] = {}
         self._held: dict[str, _Holds] = {}
@@ -70,8 +79,13 @@ class MemoryCounters:
         self._last_reap = 0.0
 
     async def open(self) -> MemoryCounters:
+        """Reads the spend kept in the file; a file it cannot read (locked past the busy timeout, unreadable) is
+        `CountersUnavailable`, which the gateway answers with a 503, never an exception out of a hook."""
         if self.path is not None:
-            self._spent = await asyncio.to_thread(_load, self.path)
+            try:
+                self._spent = await asyncio.to_thread(_load, self.path, self.busy_timeout_s)
+            except sqlite3.Error as e:
+                raise CountersUnavailable(f"counters {self.path}: {e}") from e
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
         return self
 
@@ -309,16 +323,16 @@ class _Holds:
         self.earliest = min((expires for _, expires in self.entries.values()), default=math.inf)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    db = open_sqlite(path, timeout_s=5.0, pragmas=WAL_NORMAL)
+def _connect(path: str, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+    db = open_sqlite(path, timeout_s=busy_timeout_s, pragmas=WAL_NORMAL)
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
     return db
 
 
-def _load(path: str) -> dict[str, int]:
-    db = _connect(path)
+def _load(path: str, busy_timeout_s: float) -> dict[str, int]:
+    db = _connect(path, busy_timeout_s)
     try:
         return {str(scope): int(spent) for scope, spent in db.execute("SELECT scope, spent FROM counter_spend")}
     finally:

@@ -688,3 +688,19 @@ async def test_sqlite_sweeps_rows_past_their_time_once_a_second_and_reads_skip_t
         assert rows == dict.fromkeys(rows, 0), rows
     finally:
         await counters.close()
+
+
+async def test_memory_counters_that_cannot_read_their_file_are_unavailable_not_a_crash(tmp_path: Path) -> None:
+    # Seen under load: the counters opened while another connection held the file's write lock past the busy
+    # timeout. `sqlite3.OperationalError` escaped `open`, the opening task kept it, and every governed request
+    # then failed with a 500 (an exception in a hook) instead of the 503 that `CountersUnavailable` gives.
+    path = str(tmp_path / "kaixu.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("CREATE TABLE held (x)")
+        with pytest.raises(CountersUnavailable, match="locked"):
+            await MemoryCounters(path, busy_timeout_s=0.2).open()
+    finally:
+        holder.close()
