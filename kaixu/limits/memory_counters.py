@@ -185,13 +185,19 @@ class MemoryCounters:
         return self._live(scope, self.clock()).total
 
     def _reap(self, now: float) -> None:
-        """At most once a minute: forget settled ids past their memory, and windows and empty scopes no
+        """Forget the settled ids past their memory, from the oldest (they are kept in the order they were
+        settled, which is the order they expire in): a few at a time, never a walk over minutes of ids on the
+        event loop (300,000 at 1,000 requests/s). At most once a minute: forget windows and empty scopes no
         request touched since their window ended (client IPs come and go)."""
+        settled = self._settled
+        while settled:
+            oldest = next(iter(settled))
+            if settled[oldest] > now:
+                break
+            del settled[oldest]
         if now - self._last_reap < 60:
             return
         self._last_reap = now
-        for rid in [rid for rid, until in self._settled.items() if until <= now]:
-            del self._settled[rid]
         now_ms = int(now * 1000)
         for key in [k for k, (start, _) in self._windows.items() if start < now_ms // (k[1] * 1000)]:
             del self._windows[key]

@@ -704,3 +704,25 @@ async def test_memory_counters_that_cannot_read_their_file_are_unavailable_not_a
             await MemoryCounters(path, busy_timeout_s=0.2).open()
     finally:
         holder.close()
+
+
+async def test_memory_forgets_each_settled_id_when_its_memory_ends_not_a_minute_later() -> None:
+    # the ids are forgotten from the oldest at every settle: a once-a-minute walk over all of them (minutes of
+    # ids under load) held the event loop, and kept each id up to a minute too long
+    start = 1_000_000.0
+    now = [start]
+    counters = await MemoryCounters(":memory:", clock=lambda: now[0]).open()
+    try:
+        for _ in range(3):  # remembered until start + 300, + 301, + 302
+            held = await counters.reserve(["key:k"], 10, [10**9], 60)
+            assert isinstance(held, Reservation) and await counters.settle(held, 1)
+            now[0] += 1
+        now[0] = start + SETTLED_MEMORY_S + 0.5
+        await counters.hit("key:k:rpm", 60, 1000)  # the first id's memory has ended
+        assert len(counters._settled) == 2
+        now[0] += 1  # and now the second's, a second later
+        last = await counters.reserve(["key:k"], 10, [10**9], 60)
+        assert isinstance(last, Reservation) and await counters.settle(last, 1)
+        assert len(counters._settled) == 2, "the third id and the last one"
+    finally:
+        await counters.close()
