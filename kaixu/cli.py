@@ -106,11 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mitm.self_test()
     except mitm.IncompatibleMitmproxy as exc:
         return _fail(f"kaixu: not starting: {exc}")
-    mitm.skip_message_type_checks()  # this process is kaixu's alone (why: kaixu/mitm.py)
-    mitm.fast_header_lookups()
-    mitm.cached_hook_arguments()
-    mitm.plain_task_names()
-    mitm.cheaper_option_reads()
+    mitm.kaixu_run_shortcuts()  # this process is kaixu's alone (why: kaixu/mitm.py)
     if args.workers is not None and args.worker_id is None:
         return _supervise(args, policy)
     worker = None

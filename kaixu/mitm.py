@@ -512,6 +512,16 @@ def self_test() -> None:
     _tested = True
 
 
+def kaixu_run_shortcuts() -> None:
+    """What `kaixu run` (a process that is kaixu's alone) skips of mitmproxy's per-message bookkeeping; each
+    below says why. Not under `mitmdump -s kaixu/plugin.py`, whose other addons keep mitmproxy as it is."""
+    skip_message_type_checks()
+    fast_header_lookups()
+    cached_hook_arguments()
+    plain_task_names()
+    cheaper_option_reads()
+
+
 def skip_message_type_checks() -> None:
     """`kaixu run` only (a process that is kaixu's alone): mitmproxy type-checks every field of every request
     and response it builds (`MessageData.__post_init__`, defined under `if __debug__`, i.e. unless Python runs
@@ -531,12 +541,58 @@ def fast_header_lookups() -> None:
     """`kaixu run` only, as `skip_message_type_checks`: mitmproxy's `Headers` finds a name by calling its
     `_kconv` (a static method) once per field, and answers `get` and `in` through `collections.abc.Mapping`,
     which raises and catches a `KeyError` for a name that is absent (most of a proxy's lookups: is there a
-    Transfer-Encoding?). These give the same answers in one pass over the fields (tests/test_mitm.py holds them
-    equal to mitmproxy's for any fields and names); any name other than str or bytes goes mitmproxy's way."""
+    Transfer-Encoding?). These give the same answers from an index by lower-case name
+    (tests/test_mitm_shortcuts.py holds them equal to mitmproxy's for any fields, names and changes); a name that
+    is neither str nor bytes goes mitmproxy's way."""
     if http.Headers.get_all is not _headers_get_all:
         http.Headers.get_all = _headers_get_all  # type: ignore[method-assign]
         http.Headers.get = _headers_get  # type: ignore[method-assign,assignment]
         http.Headers.__contains__ = _headers_contains  # type: ignore[method-assign,assignment]
+
+
+HEADERS_LOOKUPS = (http.Headers.get_all, http.Headers.get, http.Headers.__contains__)
+"""mitmproxy's own `Headers` lookups, which `fast_header_lookups` replaces (the differential test calls them)."""
+
+
+def _header_key(name: object) -> bytes | None:
+    """A name as the index keys it (lower-case bytes), or None for one that is neither str nor bytes."""
+    if isinstance(name, str):
+        return name.encode("utf-8", "surrogateescape").lower()
+    return name.lower() if isinstance(name, bytes) else None
+
+
+def _headers_get_all(self: http.Headers, name: str | bytes) -> list[str]:
+    key = _header_key(name)
+    if key is None:
+        return HEADERS_LOOKUPS[0](self, name)
+    values = _headers_index(self).get(key)
+    return [value.decode("utf-8", "surrogateescape") for value in values] if values else []
+
+
+def _headers_get(self: http.Headers, name: str | bytes, default: Any = None) -> Any:
+    values = _headers_get_all(self, name)
+    return ", ".join(values) if values else default
+
+
+def _headers_contains(self: http.Headers, name: object) -> bool:
+    key = _header_key(name)
+    return HEADERS_LOOKUPS[2](self, name) if key is None else key in _headers_index(self)
+
+
+def _headers_index(self: http.Headers) -> dict[bytes, list[bytes]]:
+    """The fields' values by lower-case name, kept on the object with the `fields` tuple they were read from:
+    every change of a `Headers` replaces its (immutable) `fields` tuple, so a new tuple means a new index (a
+    lookup asks `is`: the kept reference holds the old tuple alive, so no other can take its identity)."""
+    fields = self.fields
+    kept = self.__dict__.get("_kaixu_index")
+    if kept is not None and kept[0] is fields:
+        return kept[1]
+    index: dict[bytes, list[bytes]] = {}
+    for key, value in fields:
+        index.setdefault(key.lower(), []).append(value)
+    if type(fields) is tuple:  # (a list set by hand could change in place: not kept)
+        self.__dict__["_kaixu_index"] = (fields, index)
+    return index
 
 
 def cheaper_option_reads() -> None:
@@ -591,44 +647,6 @@ def _task_debug_info(task: asyncio.Task[Any], *, name: str, client: tuple[Any, .
     task.set_name(name)
     if client:
         task.client = client  # type: ignore[attr-defined]
-
-
-HEADERS_LOOKUPS = (http.Headers.get_all, http.Headers.get, http.Headers.__contains__)
-"""mitmproxy's own `Headers` lookups, which `fast_header_lookups` replaces (the differential test calls them)."""
-
-
-def _headers_get_all(self: http.Headers, name: str | bytes) -> list[str]:
-    if isinstance(name, str):
-        name = name.encode("utf-8", "surrogateescape")
-    elif not isinstance(name, bytes):
-        return HEADERS_LOOKUPS[0](self, name)
-    values = _headers_index(self).get(name.lower())
-    return [value.decode("utf-8", "surrogateescape") for value in values] if values else []
-
-
-def _headers_index(self: http.Headers) -> dict[bytes, list[bytes]]:
-    """The fields' values by lower-case name, kept on the object with the `fields` tuple they were read from:
-    every change of a `Headers` replaces its (immutable) `fields` tuple, so a new tuple means a new index (a
-    lookup asks `is`: the kept reference holds the old tuple alive, so no other can take its identity)."""
-    fields = self.fields
-    kept = self.__dict__.get("_kaixu_index")
-    if kept is not None and kept[0] is fields:
-        return kept[1]
-    index: dict[bytes, list[bytes]] = {}
-    for key, value in fields:
-        index.setdefault(key.lower(), []).append(value)
-    if type(fields) is tuple:  # (a list set by hand could change in place: not kept)
-        self.__dict__["_kaixu_index"] = (fields, index)
-    return index
-
-
-def _headers_get(self: http.Headers, name: str | bytes, default: Any = None) -> Any:
-    values = _headers_get_all(self, name)
-    return ", ".join(values) if values else default
-
-
-def _headers_contains(self: http.Headers, name: object) -> bool:
-    return bool(_headers_get_all(self, name))  # type: ignore[arg-type]
 
 
 def install(renderer: ErrorRenderer, terminal: TerminalEvent | None = None) -> None:

@@ -63,7 +63,7 @@ class MemoryCounters:
         self.path = None if path == ":memory:" else path
         self.flush_s = flush_s
         self.busy_timeout_s = busy_timeout_s
-        """How long opening waits for another connection's write lock on the file."""
+        """How long opening and each flush wait for another connection's write lock on the file."""
         self.clock = clock
         self._spent: dict[str, int] = {}
         self._held: dict[str, _Holds] = {}
@@ -109,7 +109,7 @@ class MemoryCounters:
         batch, self._pending = self._pending, {}
         self._writing = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.to_thread(_add_spend, self.path, batch)
+            await asyncio.to_thread(_add_spend, self.path, batch, self.busy_timeout_s)
         except (sqlite3.Error, OSError) as e:
             for scope, micros in batch.items():  # kept for the next flush: nothing settled is dropped
                 self._pending[scope] = self._pending.get(scope, 0) + micros
@@ -329,7 +329,7 @@ class _Holds:
         self.earliest = min((expires for _, expires in self.entries.values()), default=math.inf)
 
 
-def _connect(path: str, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     db = open_sqlite(path, timeout_s=busy_timeout_s, pragmas=WAL_NORMAL)
     for statement in SCHEMA.split(";"):
         if statement.strip():
@@ -345,8 +345,8 @@ def _load(path: str, busy_timeout_s: float) -> dict[str, int]:
         db.close()
 
 
-def _add_spend(path: str, batch: dict[str, int]) -> None:
-    db = _connect(path)
+def _add_spend(path: str, batch: dict[str, int], busy_timeout_s: float) -> None:
+    db = _connect(path, busy_timeout_s)
     try:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
